@@ -1,0 +1,177 @@
+// kernels::Backend: the one interface between the model and a device (CPU cores or a GPU).
+// It owns device memory, streams and events, and the ops a Llama-family forward pass needs.
+// The model calls ops in order on one stream; a backend may run them asynchronously and
+// only Synchronize() guarantees results are visible to the host.
+//
+// Thread safety: a Backend instance is driven by one thread (its instance's engine thread).
+// Ops must not allocate on the hot path: buffers come from Allocate() at set-up time.
+// Must not: know about requests, sequences' lifetimes or scheduling. Sequences appear only
+// as block tables and positions inside one op's parameters.
+#ifndef TANDEM_KERNELS_BACKEND_H_
+#define TANDEM_KERNELS_BACKEND_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/quant.h"
+
+namespace tandem::kernels {
+
+// A weight matrix [rows, cols] (rows = output features, cols = input features), quantized
+// along cols, as the backend chose to store it (it may repack it at PackWeight time, the
+// TurboMind idea: the layout is chosen for the GEMM, the values stay quantized).
+class Weight {
+ public:
+  virtual ~Weight() = default;
+  DType type() const { return type_; }
+  int64_t rows() const { return rows_; }
+  int64_t cols() const { return cols_; }
+
+ protected:
+  Weight(DType type, int64_t rows, int64_t cols) : type_(type), rows_(rows), cols_(cols) {}
+
+ private:
+  DType type_;
+  int64_t rows_;
+  int64_t cols_;
+};
+
+// Host view of a weight as GGUF stores it: row-major, each row RowBytes(type, cols) bytes.
+struct WeightDesc {
+  DType type;
+  int64_t rows;
+  int64_t cols;
+  const void* data;  // [rows, RowBytes(type, cols)]; must outlive PackWeight only
+  std::string name;  // for error messages
+};
+
+enum class KvDType { kF32, kF16, kInt8 };
+
+// Device storage of the paged KV cache. kvcache/ decides block ids; kernels only index.
+// Invariant: a slot id is block * block_size + offset, 0 <= slot < n_blocks * block_size.
+struct KvCacheView {
+  KvDType dtype = KvDType::kF16;
+  int n_layers = 0;
+  int n_blocks = 0;
+  int block_size = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  void* k = nullptr;  // [n_layers, n_blocks, n_kv_heads, block_size, head_dim] of dtype
+  void* v = nullptr;  // same shape as k
+  // int8 only: asymmetric per token per head, x = q * scale + zero with q in [0, 255].
+  float* k_scale_zero = nullptr;  // [n_layers, n_blocks, n_kv_heads, block_size, 2]
+  float* v_scale_zero = nullptr;  // same shape
+};
+
+// Bytes of one of the K/V/scale arrays of a KvCacheView with these dimensions.
+size_t KvElemBytes(KvDType dtype);
+
+enum class RopeStyle {
+  kNormal,  // rotate adjacent pairs (x[2i], x[2i+1]): llama GGUFs (Q/K permuted at conversion)
+  kNeox,    // rotate (x[i], x[i + d/2]): Qwen2, GPT-NeoX
+};
+
+struct RopeParams {
+  float* q;                  // [n_tokens, n_heads, head_dim], rotated in place
+  float* k;                  // [n_tokens, n_kv_heads, head_dim], rotated in place
+  const int32_t* positions;  // [n_tokens]
+  int n_tokens = 0;
+  int n_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  int rot_dim = 0;  // leading dims of each head that rotate (== head_dim for llama)
+  float theta = 10000.f;
+  RopeStyle style = RopeStyle::kNormal;
+};
+
+struct KvAppendParams {
+  const float* k;         // [n_tokens, n_kv_heads, head_dim]
+  const float* v;         // [n_tokens, n_kv_heads, head_dim]
+  const int32_t* slots;   // [n_tokens] slot ids in the cache
+  int n_tokens = 0;
+  int layer = 0;
+  KvCacheView cache;
+};
+
+// Causal attention over the paged cache, for a batch mixing prefill chunks and decode tokens
+// of different sequences. A token at position p of sequence s attends to positions 0..p of s,
+// which must already be in the cache (KvAppend runs first).
+struct AttentionParams {
+  const float* q;               // [n_tokens, n_heads, head_dim]
+  float* out;                   // [n_tokens, n_heads, head_dim]
+  const int32_t* token_seq;     // [n_tokens] row of block_tables for each token
+  const int32_t* positions;     // [n_tokens] absolute position of each token
+  const int32_t* block_tables;  // [n_seqs, max_blocks_per_seq] block ids
+  int n_tokens = 0;
+  int n_seqs = 0;
+  int max_blocks_per_seq = 0;
+  int n_heads = 0;
+  int n_kv_heads = 0;  // n_heads % n_kv_heads == 0 (GQA)
+  int head_dim = 0;
+  float scale = 1.f;   // usually 1 / sqrt(head_dim)
+  int layer = 0;
+  KvCacheView cache;
+};
+
+// An opaque ordered queue of work. CPU backends run each op before returning.
+struct Stream {
+  void* handle = nullptr;
+};
+
+struct DeviceBuffer {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual std::string Name() const = 0;  // e.g. "cpu/avx512-vnni x2"
+  virtual bool IsHostMemory() const = 0; // device pointers are readable by the host
+
+  // Memory. Allocation happens at set-up time, never inside a step.
+  virtual absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) = 0;
+  virtual void Free(DeviceBuffer buffer) = 0;
+  virtual void CopyToDevice(void* dst, const void* src, size_t bytes, Stream s) = 0;
+  virtual void CopyToHost(void* dst, const void* src, size_t bytes, Stream s) = 0;
+  virtual void Memset(void* dst, int value, size_t bytes, Stream s) = 0;
+
+  // Streams and events.
+  virtual Stream DefaultStream() = 0;
+  virtual void Synchronize(Stream s) = 0;
+
+  // Weights: copies (and may repack) a host weight into device memory.
+  virtual absl::StatusOr<std::unique_ptr<Weight>> PackWeight(const WeightDesc& desc) = 0;
+
+  // Ops. Pointers are device pointers; shapes are in the comments of each parameter.
+  // y[m, w.rows] = x[m, w.cols] * w^T
+  virtual void Matmul(const Weight& w, const float* x, int m, float* y, Stream s) = 0;
+  // out[n, w.cols] = dequantized rows ids[n] of w (embedding lookup)
+  virtual void EmbeddingGather(const Weight& w, const int32_t* ids, int n, float* out,
+                               Stream s) = 0;
+  // out[rows, dim] = x / rms(x) * weight[dim]; out may alias x
+  virtual void RmsNorm(const float* x, const float* weight, int rows, int dim, float eps,
+                       float* out, Stream s) = 0;
+  // x[rows, dim] += bias[dim]
+  virtual void AddBias(float* x, const float* bias, int rows, int dim, Stream s) = 0;
+  // x[n] += y[n]
+  virtual void Add(float* x, const float* y, int64_t n, Stream s) = 0;
+  // out[rows, dim] = silu(gate[rows, dim]) * up[rows, dim]
+  virtual void SwiGlu(const float* gate, const float* up, int rows, int dim, float* out,
+                      Stream s) = 0;
+  // out[n, dim] = x[idx[i], dim]
+  virtual void GatherRows(const float* x, const int32_t* idx, int n, int dim, float* out,
+                          Stream s) = 0;
+  virtual void Rope(const RopeParams& p, Stream s) = 0;
+  virtual void KvAppend(const KvAppendParams& p, Stream s) = 0;
+  virtual void Attention(const AttentionParams& p, Stream s) = 0;
+};
+
+}  // namespace tandem::kernels
+
+#endif  // TANDEM_KERNELS_BACKEND_H_
