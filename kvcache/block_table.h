@@ -1,0 +1,44 @@
+// BlockTable: one sequence's list of KV blocks, in position order, and its token count.
+// Position p of the sequence lives in slot blocks[p / block_size] * block_size + p % block_size.
+//
+// Thread safety: engine thread only.
+// Invariants: blocks().size() * block_size >= num_tokens(); every block holds a reference in
+// the pool it came from until Release().
+#ifndef TANDEM_KVCACHE_BLOCK_TABLE_H_
+#define TANDEM_KVCACHE_BLOCK_TABLE_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "kvcache/block_pool.h"
+
+namespace tandem::kvcache {
+
+class BlockTable {
+ public:
+  explicit BlockTable(int block_size) : block_size_(block_size) {}
+
+  int block_size() const { return block_size_; }
+  int num_tokens() const { return num_tokens_; }
+  const std::vector<int32_t>& blocks() const { return blocks_; }
+
+  // Blocks needed beyond those held to store `n_tokens` tokens in total.
+  int BlocksNeeded(int n_tokens) const;
+  // Grows the table to hold `n_tokens` tokens, all or nothing.
+  absl::Status Reserve(BlockPool& pool, int n_tokens);
+  // Records that the first `n` positions now hold KV (n <= capacity).
+  void SetNumTokens(int n);
+  int32_t SlotFor(int position) const;
+  // Returns every block to the pool; the table becomes empty.
+  void Release(BlockPool& pool);
+
+ private:
+  int block_size_;
+  int num_tokens_ = 0;
+  std::vector<int32_t> blocks_;
+};
+
+}  // namespace tandem::kvcache
+
+#endif  // TANDEM_KVCACHE_BLOCK_TABLE_H_

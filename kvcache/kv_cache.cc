@@ -1,0 +1,98 @@
+#include "kvcache/kv_cache.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/check.h"
+
+namespace tandem::kvcache {
+
+using kernels::KvDType;
+
+absl::Status KvCacheConfig::Validate() const {
+  if (n_layers <= 0 || n_kv_heads <= 0 || head_dim <= 0) {
+    return absl::InvalidArgumentError("KV cache: layers, kv heads and head dim must be > 0");
+  }
+  if (block_size <= 0 || block_size > 256) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV cache: block size must be in 1..256, got ", block_size));
+  }
+  if (num_blocks < 0) return absl::InvalidArgumentError("KV cache: num_blocks must be >= 0");
+  if (num_blocks == 0 && memory_bytes < BytesPerBlock()) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache: memory of ", memory_bytes,
+                                                   " bytes holds no block of ", BytesPerBlock(),
+                                                   " bytes"));
+  }
+  return absl::OkStatus();
+}
+
+size_t KvCacheConfig::BytesPerBlock() const {
+  const size_t elems = static_cast<size_t>(n_layers) * n_kv_heads * block_size * head_dim;
+  size_t bytes = 2 * elems * kernels::KvElemBytes(dtype);
+  if (dtype == KvDType::kInt8) {
+    bytes += 2 * static_cast<size_t>(n_layers) * n_kv_heads * block_size * 2 * sizeof(float);
+  }
+  return bytes;
+}
+
+absl::StatusOr<KvDType> ParseKvDType(std::string_view name) {
+  if (name == "f32" || name == "float32") return KvDType::kF32;
+  if (name == "f16" || name == "float16" || name == "auto") return KvDType::kF16;
+  if (name == "int8") return KvDType::kInt8;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown KV cache dtype '", std::string(name), "' (supported: auto, f16, f32, int8)"));
+}
+
+std::string_view KvDTypeName(KvDType dtype) {
+  switch (dtype) {
+    case KvDType::kF32: return "f32";
+    case KvDType::kF16: return "f16";
+    case KvDType::kInt8: return "int8";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const KvCacheConfig& config,
+                                                         kernels::Backend& backend) {
+  TANDEM_RETURN_IF_ERROR(config.Validate());
+  const int num_blocks = config.num_blocks > 0
+                             ? config.num_blocks
+                             : static_cast<int>(config.memory_bytes / config.BytesPerBlock());
+  std::unique_ptr<KvCache> cache(new KvCache(config, backend, num_blocks));
+  kernels::KvCacheView& v = cache->view_;
+  v.dtype = config.dtype;
+  v.n_layers = config.n_layers;
+  v.n_blocks = num_blocks;
+  v.block_size = config.block_size;
+  v.n_kv_heads = config.n_kv_heads;
+  v.head_dim = config.head_dim;
+  const size_t slots = static_cast<size_t>(config.n_layers) * num_blocks * config.n_kv_heads *
+                       config.block_size;
+  const size_t data_bytes = slots * config.head_dim * kernels::KvElemBytes(config.dtype);
+  TANDEM_ASSIGN_OR_RETURN(cache->buffers_[0], backend.Allocate(data_bytes));
+  TANDEM_ASSIGN_OR_RETURN(cache->buffers_[1], backend.Allocate(data_bytes));
+  v.k = cache->buffers_[0].ptr;
+  v.v = cache->buffers_[1].ptr;
+  if (config.dtype == KvDType::kInt8) {
+    const size_t scale_bytes = slots * 2 * sizeof(float);
+    TANDEM_ASSIGN_OR_RETURN(cache->buffers_[2], backend.Allocate(scale_bytes));
+    TANDEM_ASSIGN_OR_RETURN(cache->buffers_[3], backend.Allocate(scale_bytes));
+    v.k_scale_zero = static_cast<float*>(cache->buffers_[2].ptr);
+    v.v_scale_zero = static_cast<float*>(cache->buffers_[3].ptr);
+  }
+  return cache;
+}
+
+KvCache::KvCache(const KvCacheConfig& config, kernels::Backend& backend, int num_blocks)
+    : config_(config), backend_(backend), pool_(num_blocks) {}
+
+KvCache::~KvCache() {
+  for (auto& b : buffers_) {
+    if (b.ptr != nullptr) backend_.Free(b);
+  }
+}
+
+double KvCache::Usage() const {
+  if (pool_.num_total() == 0) return 0;
+  return 1.0 - static_cast<double>(pool_.num_free()) / pool_.num_total();
+}
+
+}  // namespace tandem::kvcache

@@ -1,0 +1,309 @@
+#include "model/llama_model.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/check.h"
+
+namespace tandem::model {
+
+using kernels::DType;
+
+absl::Status ModelOptions::Validate() const {
+  if (max_batch_tokens <= 0 || max_logit_rows <= 0 || max_seqs <= 0 || block_size <= 0 ||
+      max_blocks_per_seq < 0) {
+    return absl::InvalidArgumentError(
+        "model options: max_batch_tokens, max_logit_rows, max_seqs and block_size must be > 0");
+  }
+  return absl::OkStatus();
+}
+
+LlamaModel::LlamaModel(const ModelConfig& config, const ModelOptions& options,
+                       kernels::Backend& backend)
+    : config_(config), options_(options), backend_(backend) {
+  max_blocks_per_seq_ = options.max_blocks_per_seq > 0
+                            ? options.max_blocks_per_seq
+                            : (config.context_length + options.block_size - 1) / options.block_size;
+}
+
+LlamaModel::~LlamaModel() {
+  for (auto& b : buffers_) backend_.Free(b);
+}
+
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const GgufFile& file,
+                                                             kernels::Backend& backend,
+                                                             const ModelOptions& options) {
+  TANDEM_RETURN_IF_ERROR(options.Validate());
+  TANDEM_ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromGguf(file));
+  std::unique_ptr<LlamaModel> model(new LlamaModel(config, options, backend));
+  TANDEM_RETURN_IF_ERROR(model->LoadWeights(file));
+  TANDEM_RETURN_IF_ERROR(model->AllocateScratch());
+  return model;
+}
+
+absl::StatusOr<float*> LlamaModel::UploadVector(const GgufFile& file, const std::string& name,
+                                                int64_t n) {
+  const GgufTensor* t = file.FindTensor(name);
+  if (t == nullptr) return absl::NotFoundError(absl::StrCat("model: missing tensor ", name));
+  int64_t elems = 1;
+  for (int64_t d : t->dims) elems *= d;
+  if (elems != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model: tensor ", name, " has ", elems, " elements, expected ", n));
+  }
+  std::vector<float> host(n);
+  kernels::DequantizeRow(t->type, t->data, n, host.data());
+  TANDEM_ASSIGN_OR_RETURN(kernels::DeviceBuffer buf, backend_.Allocate(n * sizeof(float)));
+  buffers_.push_back(buf);
+  backend_.CopyToDevice(buf.ptr, host.data(), n * sizeof(float), backend_.DefaultStream());
+  return static_cast<float*>(buf.ptr);
+}
+
+absl::StatusOr<std::unique_ptr<kernels::Weight>> LlamaModel::UploadMatrix(
+    const GgufFile& file, const std::string& name, int64_t rows, int64_t cols) {
+  const GgufTensor* t = file.FindTensor(name);
+  if (t == nullptr) return absl::NotFoundError(absl::StrCat("model: missing tensor ", name));
+  if (t->dims.size() != 2 || t->dims[0] != cols || t->dims[1] != rows) {
+    return absl::InvalidArgumentError(absl::StrCat("model: tensor ", name,
+                                                   " has the wrong shape, expected [", cols,
+                                                   ", ", rows, "]"));
+  }
+  return backend_.PackWeight({t->type, rows, cols, t->data, name});
+}
+
+absl::Status LlamaModel::LoadWeights(const GgufFile& file) {
+  const ModelConfig& c = config_;
+  const int64_t q_dim = static_cast<int64_t>(c.n_heads) * c.head_dim;
+  const int64_t kv_dim = static_cast<int64_t>(c.n_kv_heads) * c.head_dim;
+  TANDEM_ASSIGN_OR_RETURN(token_embd_,
+                          UploadMatrix(file, "token_embd.weight", c.vocab_size, c.hidden));
+  if (!c.tied_embeddings) {
+    TANDEM_ASSIGN_OR_RETURN(output_, UploadMatrix(file, "output.weight", c.vocab_size, c.hidden));
+  }
+  TANDEM_ASSIGN_OR_RETURN(output_norm_, UploadVector(file, "output_norm.weight", c.hidden));
+  layers_.resize(c.n_layers);
+  for (int i = 0; i < c.n_layers; ++i) {
+    Layer& l = layers_[i];
+    const std::string p = absl::StrCat("blk.", i, ".");
+    TANDEM_ASSIGN_OR_RETURN(l.attn_norm, UploadVector(file, p + "attn_norm.weight", c.hidden));
+    TANDEM_ASSIGN_OR_RETURN(l.ffn_norm, UploadVector(file, p + "ffn_norm.weight", c.hidden));
+    TANDEM_ASSIGN_OR_RETURN(l.wq, UploadMatrix(file, p + "attn_q.weight", q_dim, c.hidden));
+    TANDEM_ASSIGN_OR_RETURN(l.wk, UploadMatrix(file, p + "attn_k.weight", kv_dim, c.hidden));
+    TANDEM_ASSIGN_OR_RETURN(l.wv, UploadMatrix(file, p + "attn_v.weight", kv_dim, c.hidden));
+    TANDEM_ASSIGN_OR_RETURN(l.wo, UploadMatrix(file, p + "attn_output.weight", c.hidden, q_dim));
+    TANDEM_ASSIGN_OR_RETURN(l.w_gate, UploadMatrix(file, p + "ffn_gate.weight", c.ffn_dim, c.hidden));
+    TANDEM_ASSIGN_OR_RETURN(l.w_up, UploadMatrix(file, p + "ffn_up.weight", c.ffn_dim, c.hidden));
+    TANDEM_ASSIGN_OR_RETURN(l.w_down, UploadMatrix(file, p + "ffn_down.weight", c.hidden, c.ffn_dim));
+    if (c.has_qkv_bias) {
+      TANDEM_ASSIGN_OR_RETURN(l.bq, UploadVector(file, p + "attn_q.bias", q_dim));
+      TANDEM_ASSIGN_OR_RETURN(l.bk, UploadVector(file, p + "attn_k.bias", kv_dim));
+      TANDEM_ASSIGN_OR_RETURN(l.bv, UploadVector(file, p + "attn_v.bias", kv_dim));
+    }
+  }
+  return absl::OkStatus();
+}
+
+template <typename T>
+T* LlamaModel::Scratch(size_t count) {
+  auto buf = backend_.Allocate(count * sizeof(T));
+  if (!buf.ok()) return nullptr;
+  buffers_.push_back(*buf);
+  return static_cast<T*>(buf->ptr);
+}
+
+absl::Status LlamaModel::AllocateScratch() {
+  const ModelConfig& c = config_;
+  const size_t t = options_.max_batch_tokens;
+  const size_t r = options_.max_logit_rows;
+  const size_t q_dim = static_cast<size_t>(c.n_heads) * c.head_dim;
+  const size_t kv_dim = static_cast<size_t>(c.n_kv_heads) * c.head_dim;
+  x_ = Scratch<float>(t * c.hidden);
+  h_ = Scratch<float>(t * c.hidden);
+  q_ = Scratch<float>(t * q_dim);
+  k_ = Scratch<float>(t * kv_dim);
+  v_ = Scratch<float>(t * kv_dim);
+  attn_ = Scratch<float>(t * q_dim);
+  gate_ = Scratch<float>(t * c.ffn_dim);
+  up_ = Scratch<float>(t * c.ffn_dim);
+  ffn_ = Scratch<float>(t * c.ffn_dim);
+  sel_ = Scratch<float>(r * c.hidden);
+  logits_ = Scratch<float>(r * c.vocab_size);
+  d_tokens_ = Scratch<int32_t>(t);
+  d_positions_ = Scratch<int32_t>(t);
+  d_token_seq_ = Scratch<int32_t>(t);
+  d_slots_ = Scratch<int32_t>(t);
+  d_rows_ = Scratch<int32_t>(r);
+  d_tables_ = Scratch<int32_t>(static_cast<size_t>(options_.max_seqs) * max_blocks_per_seq_);
+  for (void* p : {static_cast<void*>(x_), static_cast<void*>(h_), static_cast<void*>(q_),
+                  static_cast<void*>(k_), static_cast<void*>(v_), static_cast<void*>(attn_),
+                  static_cast<void*>(gate_), static_cast<void*>(up_), static_cast<void*>(ffn_),
+                  static_cast<void*>(sel_), static_cast<void*>(logits_),
+                  static_cast<void*>(d_tokens_), static_cast<void*>(d_positions_),
+                  static_cast<void*>(d_token_seq_), static_cast<void*>(d_slots_),
+                  static_cast<void*>(d_rows_), static_cast<void*>(d_tables_)}) {
+    if (p == nullptr) {
+      return absl::ResourceExhaustedError("model: cannot allocate step scratch buffers");
+    }
+  }
+  slots_.resize(t);
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::ValidateBatch(const StepBatch& b,
+                                       const kernels::KvCacheView& cache) const {
+  const int n = b.n_tokens();
+  if (n == 0) return absl::InvalidArgumentError("step batch is empty");
+  if (n > options_.max_batch_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("step batch has ", n, " tokens, max ",
+                                                   options_.max_batch_tokens));
+  }
+  if (b.positions.size() != b.tokens.size() || b.token_seq.size() != b.tokens.size()) {
+    return absl::InvalidArgumentError("step batch: tokens, positions, token_seq lengths differ");
+  }
+  if (b.n_seqs <= 0 || b.n_seqs > options_.max_seqs ||
+      b.max_blocks_per_seq <= 0 || b.max_blocks_per_seq > max_blocks_per_seq_ ||
+      b.block_tables.size() != static_cast<size_t>(b.n_seqs) * b.max_blocks_per_seq) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "step batch: block tables must be n_seqs (1..", options_.max_seqs,
+        ") x max_blocks_per_seq (1..", max_blocks_per_seq_, ")"));
+  }
+  if (b.logit_rows.empty() || static_cast<int>(b.logit_rows.size()) > options_.max_logit_rows) {
+    return absl::InvalidArgumentError(absl::StrCat("step batch: 1..", options_.max_logit_rows,
+                                                   " logit rows allowed, got ",
+                                                   b.logit_rows.size()));
+  }
+  if (cache.block_size != options_.block_size || cache.n_layers != config_.n_layers ||
+      cache.n_kv_heads != config_.n_kv_heads || cache.head_dim != config_.head_dim) {
+    return absl::InvalidArgumentError("KV cache shape does not match the model");
+  }
+  for (int i = 0; i < n; ++i) {
+    if (b.tokens[i] < 0 || b.tokens[i] >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", b.tokens[i], " out of range [0, ",
+                                                     config_.vocab_size, ")"));
+    }
+    if (b.positions[i] < 0 || b.positions[i] >= config_.context_length) {
+      return absl::InvalidArgumentError(absl::StrCat("position ", b.positions[i],
+                                                     " outside the context of ",
+                                                     config_.context_length));
+    }
+    if (b.token_seq[i] < 0 || b.token_seq[i] >= b.n_seqs) {
+      return absl::InvalidArgumentError("step batch: token_seq out of range");
+    }
+    const int block_index = b.positions[i] / cache.block_size;
+    if (block_index >= b.max_blocks_per_seq) {
+      return absl::InvalidArgumentError("step batch: position beyond the sequence's block table");
+    }
+    // Every block the token attends to must be a valid id.
+    const int32_t* table = &b.block_tables[static_cast<size_t>(b.token_seq[i]) *
+                                           b.max_blocks_per_seq];
+    for (int j = 0; j <= block_index; ++j) {
+      if (table[j] < 0 || table[j] >= cache.n_blocks) {
+        return absl::InvalidArgumentError(absl::StrCat("step batch: block id ", table[j],
+                                                       " out of range [0, ", cache.n_blocks, ")"));
+      }
+    }
+  }
+  for (int32_t row : b.logit_rows) {
+    if (row < 0 || row >= n) return absl::InvalidArgumentError("step batch: logit row out of range");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView& cache,
+                                 float* logits) {
+  TANDEM_RETURN_IF_ERROR(ValidateBatch(b, cache));
+  const ModelConfig& c = config_;
+  kernels::Backend& be = backend_;
+  const kernels::Stream s = be.DefaultStream();
+  const int n = b.n_tokens();
+  const int n_out = static_cast<int>(b.logit_rows.size());
+  const int q_dim = c.n_heads * c.head_dim;
+  const int kv_dim = c.n_kv_heads * c.head_dim;
+
+  // prepare: batch metadata to the device.
+  for (int i = 0; i < n; ++i) {
+    const int32_t* table =
+        &b.block_tables[static_cast<size_t>(b.token_seq[i]) * b.max_blocks_per_seq];
+    const int p = b.positions[i];
+    slots_[i] = table[p / cache.block_size] * cache.block_size + p % cache.block_size;
+  }
+  be.CopyToDevice(d_tokens_, b.tokens.data(), n * sizeof(int32_t), s);
+  be.CopyToDevice(d_positions_, b.positions.data(), n * sizeof(int32_t), s);
+  be.CopyToDevice(d_token_seq_, b.token_seq.data(), n * sizeof(int32_t), s);
+  be.CopyToDevice(d_slots_, slots_.data(), n * sizeof(int32_t), s);
+  be.CopyToDevice(d_rows_, b.logit_rows.data(), n_out * sizeof(int32_t), s);
+  be.CopyToDevice(d_tables_, b.block_tables.data(), b.block_tables.size() * sizeof(int32_t), s);
+
+  kernels::RopeParams rope;
+  rope.q = q_;
+  rope.k = k_;
+  rope.positions = d_positions_;
+  rope.n_tokens = n;
+  rope.n_heads = c.n_heads;
+  rope.n_kv_heads = c.n_kv_heads;
+  rope.head_dim = c.head_dim;
+  rope.rot_dim = c.rope_dim;
+  rope.theta = c.rope_theta;
+  rope.style = c.rope_style;
+
+  kernels::KvAppendParams append;
+  append.k = k_;
+  append.v = v_;
+  append.slots = d_slots_;
+  append.n_tokens = n;
+  append.cache = cache;
+
+  kernels::AttentionParams attn;
+  attn.q = q_;
+  attn.out = attn_;
+  attn.token_seq = d_token_seq_;
+  attn.positions = d_positions_;
+  attn.block_tables = d_tables_;
+  attn.n_tokens = n;
+  attn.n_seqs = b.n_seqs;
+  attn.max_blocks_per_seq = b.max_blocks_per_seq;
+  attn.n_heads = c.n_heads;
+  attn.n_kv_heads = c.n_kv_heads;
+  attn.head_dim = c.head_dim;
+  attn.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  attn.cache = cache;
+
+  // execute: embeddings, then each layer, then the head on the selected rows.
+  be.EmbeddingGather(*token_embd_, d_tokens_, n, x_, s);
+  for (int il = 0; il < c.n_layers; ++il) {
+    const Layer& l = layers_[il];
+    be.RmsNorm(x_, l.attn_norm, n, c.hidden, c.rms_eps, h_, s);
+    be.Matmul(*l.wq, h_, n, q_, s);
+    be.Matmul(*l.wk, h_, n, k_, s);
+    be.Matmul(*l.wv, h_, n, v_, s);
+    if (l.bq != nullptr) {
+      be.AddBias(q_, l.bq, n, q_dim, s);
+      be.AddBias(k_, l.bk, n, kv_dim, s);
+      be.AddBias(v_, l.bv, n, kv_dim, s);
+    }
+    be.Rope(rope, s);
+    append.layer = il;
+    be.KvAppend(append, s);
+    attn.layer = il;
+    be.Attention(attn, s);
+    be.Matmul(*l.wo, attn_, n, h_, s);
+    be.Add(x_, h_, static_cast<int64_t>(n) * c.hidden, s);
+
+    be.RmsNorm(x_, l.ffn_norm, n, c.hidden, c.rms_eps, h_, s);
+    be.Matmul(*l.w_gate, h_, n, gate_, s);
+    be.Matmul(*l.w_up, h_, n, up_, s);
+    be.SwiGlu(gate_, up_, n, c.ffn_dim, ffn_, s);
+    be.Matmul(*l.w_down, ffn_, n, h_, s);
+    be.Add(x_, h_, static_cast<int64_t>(n) * c.hidden, s);
+  }
+  be.GatherRows(x_, d_rows_, n_out, c.hidden, sel_, s);
+  be.RmsNorm(sel_, output_norm_, n_out, c.hidden, c.rms_eps, sel_, s);
+  const kernels::Weight& head = output_ ? *output_ : *token_embd_;
+  be.Matmul(head, sel_, n_out, logits_, s);
+  be.CopyToHost(logits, logits_, static_cast<size_t>(n_out) * c.vocab_size * sizeof(float), s);
+  be.Synchronize(s);
+  return absl::OkStatus();
+}
+
+}  // namespace tandem::model
