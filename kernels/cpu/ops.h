@@ -1,0 +1,107 @@
+// The CPU backend's non-matmul ops (RMSNorm, SwiGLU, bias, residual add, row gather, RoPE,
+// KV append, paged attention) as range functions: each processes work items [begin, end) of
+// one op so that CpuBackend can split an op across its thread pool. The unit of work is named
+// on each function; results never depend on how the items are split.
+//
+// Each op has a scalar, an AVX2 and an AVX-512 variant (ops*.cc, attention*.cc), chosen by a
+// process-wide OpsIsa. The default is the best the CPU supports; CpuBackend sets it at
+// construction and tests force each supported value.
+//
+// Thread safety: every *Range function may run concurrently with others on disjoint item
+// ranges of the same op (they write only their items' outputs and use stack buffers only).
+// SetOpsIsa must not race with running ops: call it at set-up time.
+//
+// Invariants (checked): dim > 0; head_dim <= kMaxHeadDim; rot_dim even and <= head_dim;
+// n_heads % n_kv_heads == 0. Attention and KV append take their vector paths when head_dim
+// is a multiple of 16 (every Llama-family model) and run the scalar code otherwise.
+#ifndef TANDEM_KERNELS_CPU_OPS_H_
+#define TANDEM_KERNELS_CPU_OPS_H_
+
+#include <cstdint>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include "kernels/backend.h"
+
+namespace tandem::kernels::cpu {
+
+// Largest head_dim the ops accept (RoPE and attention keep per-head vectors on the stack).
+inline constexpr int kMaxHeadDim = 256;
+
+enum class OpsIsa { kScalar, kAvx2, kAvx512 };
+
+// True when this CPU can run `isa`'s variants (kAvx2: AVX2+FMA+F16C; kAvx512: AVX-512
+// F/BW/VL/DQ on top).
+bool OpsIsaSupported(OpsIsa isa);
+// The best supported value; what GetOpsIsa returns until SetOpsIsa is called.
+OpsIsa BestOpsIsa();
+// Process-wide choice of variant. Checks OpsIsaSupported(isa).
+void SetOpsIsa(OpsIsa isa);
+OpsIsa GetOpsIsa();
+const char* OpsIsaName(OpsIsa isa);
+
+// Work items: rows of [rows, dim] matrices.
+// out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w; out may alias x.
+void RmsNormRange(const float* x, const float* w, int dim, float eps, float* out,
+                  int64_t begin, int64_t end);
+// out[r] = silu(gate[r]) * up[r], silu(g) = g / (1 + exp(-g)); out may alias gate or up.
+void SwiGluRange(const float* gate, const float* up, int dim, float* out, int64_t begin,
+                 int64_t end);
+// x[r] += bias.
+void AddBiasRange(float* x, const float* bias, int dim, int64_t begin, int64_t end);
+// out[r] = x[idx[r]]; out must not alias x.
+void GatherRowsRange(const float* x, const int32_t* idx, int dim, float* out, int64_t begin,
+                     int64_t end);
+
+// Work items: elements. x[i] += y[i].
+void AddRange(float* x, const float* y, int64_t begin, int64_t end);
+
+// Work items: tokens. Rotates q's n_heads and k's n_kv_heads heads of each token in place.
+void RopeRange(const RopeParams& p, int64_t begin, int64_t end);
+// Work items: tokens. Writes each token's K and V rows into its slot of layer p.layer.
+void KvAppendRange(const KvAppendParams& p, int64_t begin, int64_t end);
+
+// Work items: (token, kv_head) pairs, item = token * n_kv_heads + kv_head. Each item computes
+// the n_heads / n_kv_heads query heads that share kv_head, reading each K/V row once.
+void AttentionRange(const AttentionParams& p, int64_t begin, int64_t end);
+inline int64_t AttentionItems(const AttentionParams& p) {
+  return static_cast<int64_t>(p.n_tokens) * p.n_kv_heads;
+}
+
+// Per-ISA variants, called by the dispatchers above. Exposed only so that the dispatch code
+// in ops.cc and attention.cc can see them; everything else uses the functions above.
+namespace internal {
+
+#define TANDEM_CPU_OPS_DECLARE_VARIANT(suffix)                                               \
+  void RmsNormRange##suffix(const float* x, const float* w, int dim, float eps, float* out,  \
+                            int64_t begin, int64_t end);                                     \
+  void SwiGluRange##suffix(const float* gate, const float* up, int dim, float* out,          \
+                           int64_t begin, int64_t end);                                      \
+  void AddBiasRange##suffix(float* x, const float* bias, int dim, int64_t begin,             \
+                            int64_t end);                                                    \
+  void AddRange##suffix(float* x, const float* y, int64_t begin, int64_t end);               \
+  void KvAppendRange##suffix(const KvAppendParams& p, int64_t begin, int64_t end);           \
+  void AttentionRange##suffix(const AttentionParams& p, int64_t begin, int64_t end);
+
+TANDEM_CPU_OPS_DECLARE_VARIANT(Scalar)
+TANDEM_CPU_OPS_DECLARE_VARIANT(Avx2)
+TANDEM_CPU_OPS_DECLARE_VARIANT(Avx512)
+#undef TANDEM_CPU_OPS_DECLARE_VARIANT
+
+// Vector exp shared by the ops and attention files of one ISA (declared only in the files
+// built for it). Relative error ~1e-7. Inputs are clamped, so the result is never inf or
+// NaN: to [-103.9, 88.72] for AVX-512 (exp(-103.9) is 0 in float) and to [-87.3, 88.3] for
+// AVX2 (which then returns ~1e-38 for very negative inputs, not 0).
+#if defined(__AVX512F__)
+__m512 ExpAvx512(__m512 x);
+#endif
+#if defined(__AVX2__)
+__m256 ExpAvx2(__m256 x);
+#endif
+
+}  // namespace internal
+}  // namespace tandem::kernels::cpu
+
+#endif  // TANDEM_KERNELS_CPU_OPS_H_

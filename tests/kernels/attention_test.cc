@@ -1,0 +1,385 @@
+// Tests of paged attention (kernels/cpu/ops.h AttentionRange) against the scalar reference
+// (kernels/ref/attention_ref.h) for every OpsIsa this CPU supports, on batches that mix
+// prefill chunks and decode tokens of several sequences with shuffled block tables.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/ref/attention_ref.h"
+#include "kernels/ref/ops_ref.h"
+
+namespace tandem::kernels::cpu {
+namespace {
+
+std::vector<OpsIsa> SupportedIsas() {
+  std::vector<OpsIsa> out;
+  for (OpsIsa isa : {OpsIsa::kScalar, OpsIsa::kAvx2, OpsIsa::kAvx512}) {
+    if (OpsIsaSupported(isa)) out.push_back(isa);
+  }
+  return out;
+}
+
+class IsaGuard {
+ public:
+  explicit IsaGuard(OpsIsa isa) : saved_(GetOpsIsa()) { SetOpsIsa(isa); }
+  ~IsaGuard() { SetOpsIsa(saved_); }
+
+ private:
+  OpsIsa saved_;
+};
+
+const char* DTypeName(KvDType d) {
+  switch (d) {
+    case KvDType::kF32: return "f32";
+    case KvDType::kF16: return "f16";
+    case KvDType::kInt8: return "int8";
+  }
+  return "?";
+}
+
+struct Shape {
+  int block_size = 16;
+  int n_kv_heads = 2;
+  int group = 1;  // n_heads / n_kv_heads
+  int head_dim = 64;
+};
+
+// A batch over a paged cache: sequences of different lengths whose blocks are scattered
+// over a shuffled pool, every position's K/V written, and a batch of query tokens:
+//   seq 0 (len 70): a prefill chunk, positions 40..69;
+//   seq 1 (len 1): decode at position 0;
+//   seq 2 (len 200): decode at 199;
+//   seq 3 (len 33): a whole prompt, positions 0..32;
+//   seq 4 (len 17): decode at 16.
+// The original K/V values are kept to measure quantization error.
+class Scenario {
+ public:
+  Scenario(const Shape& s, KvDType dtype, uint32_t seed) : shape_(s), rng_(seed) {
+    const std::vector<int> lens = {70, 1, 200, 33, 17};
+    n_seqs_ = static_cast<int>(lens.size());
+    max_blocks_ = 0;
+    int total_blocks = 0;
+    for (int len : lens) {
+      const int nb = (len + s.block_size - 1) / s.block_size;
+      max_blocks_ = std::max(max_blocks_, nb + 1);  // +1: tables have unused tails
+      total_blocks += nb;
+    }
+    // Twice the blocks needed, handed out in shuffled order: tables are non-contiguous and
+    // unordered, and some blocks stay unused.
+    const int n_blocks = 2 * total_blocks;
+    std::vector<int32_t> pool(n_blocks);
+    std::iota(pool.begin(), pool.end(), 0);
+    std::shuffle(pool.begin(), pool.end(), rng_);
+    tables_.assign(static_cast<size_t>(n_seqs_) * max_blocks_, -1);
+    int next = 0;
+    for (int q = 0; q < n_seqs_; ++q) {
+      for (int b = 0; b * s.block_size < lens[q]; ++b) tables_[q * max_blocks_ + b] = pool[next++];
+    }
+
+    cache_.dtype = dtype;
+    cache_.n_layers = 2;
+    cache_.n_blocks = n_blocks;
+    cache_.block_size = s.block_size;
+    cache_.n_kv_heads = s.n_kv_heads;
+    cache_.head_dim = s.head_dim;
+    const size_t rows = static_cast<size_t>(2) * n_blocks * s.n_kv_heads * s.block_size;
+    const size_t elem = dtype == KvDType::kF32 ? 4 : dtype == KvDType::kF16 ? 2 : 1;
+    k_.assign(rows * s.head_dim * elem, 0x5a);
+    v_.assign(rows * s.head_dim * elem, 0xa5);
+    ksz_.assign(rows * 2, 1.f);
+    vsz_.assign(rows * 2, 1.f);
+    cache_.k = k_.data();
+    cache_.v = v_.data();
+    cache_.k_scale_zero = ksz_.data();
+    cache_.v_scale_zero = vsz_.data();
+
+    // K/V of every position of every sequence, in layer 1 (layer 0 is left as filler).
+    std::uniform_real_distribution<float> kv_dist(-1.f, 1.f);
+    std::vector<float> k_in, v_in;
+    std::vector<int32_t> slots;
+    orig_k_.resize(n_seqs_);
+    orig_v_.resize(n_seqs_);
+    const size_t row = static_cast<size_t>(s.n_kv_heads) * s.head_dim;
+    for (int q = 0; q < n_seqs_; ++q) {
+      orig_k_[q].resize(lens[q] * row);
+      orig_v_[q].resize(lens[q] * row);
+      for (float& x : orig_k_[q]) x = kv_dist(rng_);
+      for (float& x : orig_v_[q]) x = kv_dist(rng_);
+      k_in.insert(k_in.end(), orig_k_[q].begin(), orig_k_[q].end());
+      v_in.insert(v_in.end(), orig_v_[q].begin(), orig_v_[q].end());
+      for (int pos = 0; pos < lens[q]; ++pos) {
+        slots.push_back(tables_[q * max_blocks_ + pos / s.block_size] * s.block_size +
+                        pos % s.block_size);
+      }
+    }
+    KvAppendParams ap;
+    ap.k = k_in.data();
+    ap.v = v_in.data();
+    ap.slots = slots.data();
+    ap.n_tokens = static_cast<int>(slots.size());
+    ap.layer = 1;
+    ap.cache = cache_;
+    ref::KvAppendRef(ap);
+
+    // The batch: decode tokens and chunks interleaved.
+    auto add = [&](int seq, int from, int to) {
+      for (int pos = from; pos <= to; ++pos) {
+        token_seq_.push_back(seq);
+        positions_.push_back(pos);
+      }
+    };
+    add(1, 0, 0);
+    add(0, 40, 69);
+    add(2, 199, 199);
+    add(3, 0, 32);
+    add(4, 16, 16);
+    const int n_heads = s.n_kv_heads * s.group;
+    std::uniform_real_distribution<float> q_dist(-2.f, 2.f);  // scores spread over a few units
+    q_.resize(positions_.size() * n_heads * s.head_dim);
+    for (float& x : q_) x = q_dist(rng_);
+  }
+
+  AttentionParams Params(float* out) const {
+    AttentionParams p;
+    p.q = q_.data();
+    p.out = out;
+    p.token_seq = token_seq_.data();
+    p.positions = positions_.data();
+    p.block_tables = tables_.data();
+    p.n_tokens = static_cast<int>(positions_.size());
+    p.n_seqs = n_seqs_;
+    p.max_blocks_per_seq = max_blocks_;
+    p.n_heads = shape_.n_kv_heads * shape_.group;
+    p.n_kv_heads = shape_.n_kv_heads;
+    p.head_dim = shape_.head_dim;
+    p.scale = 1.f / std::sqrt(static_cast<float>(shape_.head_dim));
+    p.layer = 1;
+    p.cache = cache_;
+    return p;
+  }
+  size_t OutSize() const { return q_.size(); }
+
+  // The same attention on an F32 cache holding the unquantized K/V, by the reference.
+  std::vector<float> ExactReference() const {
+    Scenario exact(shape_, KvDType::kF32, 0);
+    exact.CopyInputsFrom(*this);
+    std::vector<float> out(OutSize());
+    ref::AttentionRef(exact.Params(out.data()));
+    return out;
+  }
+
+  // Bound on |int8-cache output - exact output| for output element i of (token t, head h),
+  // from the stored quantization steps (see Int8KvErrorIsWithinDerivedBound).
+  double Int8Bound(int t, int h, int i) const {
+    const Shape& s = shape_;
+    const int seq = token_seq_[t], pos = positions_[t], kvh = h / s.group;
+    const float* q = q_.data() + (static_cast<size_t>(t) * s.n_kv_heads * s.group + h) * s.head_dim;
+    double q_l1 = 0;
+    for (int j = 0; j < s.head_dim; ++j) q_l1 += std::fabs(q[j]);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(s.head_dim));
+    double max_ds = 0, max_dv = 0, vmin = 1e30, vmax = -1e30;
+    for (int j = 0; j <= pos; ++j) {
+      const int block = tables_[seq * max_blocks_ + j / s.block_size];
+      const size_t row = ((static_cast<size_t>(1) * cache_.n_blocks + block) * s.n_kv_heads + kvh) *
+                             s.block_size + j % s.block_size;
+      max_ds = std::max(max_ds, scale * q_l1 * ksz_[row * 2] / 2);
+      max_dv = std::max(max_dv, static_cast<double>(vsz_[row * 2]) / 2);
+      const float v = orig_v_[seq][(static_cast<size_t>(j) * s.n_kv_heads + kvh) * s.head_dim + i];
+      vmin = std::min<double>(vmin, v);
+      vmax = std::max<double>(vmax, v);
+    }
+    return max_dv + std::expm1(2 * max_ds) * (vmax - vmin) / 2;
+  }
+
+  const Shape& shape() const { return shape_; }
+  int n_tokens() const { return static_cast<int>(positions_.size()); }
+
+ private:
+  // Takes over other's batch and K/V values (rewriting them into this cache's format) and
+  // its block tables.
+  void CopyInputsFrom(const Scenario& other) {
+    q_ = other.q_;
+    token_seq_ = other.token_seq_;
+    positions_ = other.positions_;
+    tables_ = other.tables_;
+    std::vector<float> k_in, v_in;
+    std::vector<int32_t> slots;
+    for (int q = 0; q < n_seqs_; ++q) {
+      k_in.insert(k_in.end(), other.orig_k_[q].begin(), other.orig_k_[q].end());
+      v_in.insert(v_in.end(), other.orig_v_[q].begin(), other.orig_v_[q].end());
+      const int len = static_cast<int>(other.orig_k_[q].size() / (shape_.n_kv_heads * shape_.head_dim));
+      for (int pos = 0; pos < len; ++pos) {
+        slots.push_back(tables_[q * max_blocks_ + pos / shape_.block_size] * shape_.block_size +
+                        pos % shape_.block_size);
+      }
+    }
+    KvAppendParams ap;
+    ap.k = k_in.data();
+    ap.v = v_in.data();
+    ap.slots = slots.data();
+    ap.n_tokens = static_cast<int>(slots.size());
+    ap.layer = 1;
+    ap.cache = cache_;
+    ref::KvAppendRef(ap);
+  }
+
+  Shape shape_;
+  std::mt19937 rng_;
+  int n_seqs_ = 0;
+  int max_blocks_ = 0;
+  std::vector<int32_t> tables_;  // [n_seqs, max_blocks]
+  KvCacheView cache_;
+  std::vector<uint8_t> k_, v_;
+  std::vector<float> ksz_, vsz_;
+  std::vector<std::vector<float>> orig_k_, orig_v_;  // per seq [len, n_kv_heads, head_dim]
+  std::vector<int32_t> token_seq_, positions_;
+  std::vector<float> q_;
+};
+
+using Param = std::tuple<OpsIsa, KvDType, int /*block_size*/, int /*group*/, int /*head_dim*/>;
+
+class AttentionTest : public ::testing::TestWithParam<Param> {
+ protected:
+  AttentionTest() : guard_(std::get<0>(GetParam())) {}
+  KvDType dtype() const { return std::get<1>(GetParam()); }
+  Shape shape() const {
+    Shape s;
+    s.block_size = std::get<2>(GetParam());
+    s.group = std::get<3>(GetParam());
+    s.head_dim = std::get<4>(GetParam());
+    return s;
+  }
+  IsaGuard guard_;
+};
+
+// Against the reference reading the same cache: only float-vs-double arithmetic differs.
+// V is in [-1, 1], so an absolute 1e-5 is 1e-5 relative to V's scale. Then: split ranges
+// give bit-identical results.
+TEST_P(AttentionTest, MatchesReferenceOnSameCache) {
+  Scenario sc(shape(), dtype(), 7);
+  std::vector<float> want(sc.OutSize()), got(sc.OutSize(), -7.f);
+  ref::AttentionRef(sc.Params(want.data()));
+  AttentionParams p = sc.Params(got.data());
+  const int64_t items = AttentionItems(p);
+  AttentionRange(p, 0, items);
+  for (size_t i = 0; i < want.size(); ++i) {
+    ASSERT_NEAR(got[i], want[i], 1e-5f) << "element " << i;
+  }
+
+  std::vector<float> split(sc.OutSize(), -7.f);
+  p.out = split.data();
+  // Cuts inside tokens (between kv heads of one token) and across tokens, empty pieces too.
+  const int64_t cuts[] = {0, 1, 1, 2, items / 2 - 1, items / 2 + 2, items - 1, items};
+  for (size_t i = 0; i + 1 < std::size(cuts); ++i) {
+    AttentionRange(p, std::max<int64_t>(0, cuts[i]), std::clamp<int64_t>(cuts[i + 1], cuts[i], items));
+  }
+  EXPECT_EQ(0, std::memcmp(split.data(), got.data(), sizeof(float) * got.size()));
+}
+
+// Against exact math on the unquantized K/V: F32 1e-5; F16 1e-3 (its relative rounding is
+// 2^-11 on values <= 1 in magnitude, plus the score perturbation that causes); Int8 the
+// bound derived per element in Int8Bound.
+TEST_P(AttentionTest, MatchesExactMath) {
+  Scenario sc(shape(), dtype(), 11);
+  const std::vector<float> exact = sc.ExactReference();
+  std::vector<float> got(sc.OutSize(), -7.f);
+  AttentionParams p = sc.Params(got.data());
+  AttentionRange(p, 0, AttentionItems(p));
+  const int n_heads = p.n_heads, d = p.head_dim;
+  double max_err = 0, sum_sq = 0, max_bound_ratio = 0;
+  for (int t = 0; t < sc.n_tokens(); ++t) {
+    for (int h = 0; h < n_heads; ++h) {
+      for (int i = 0; i < d; ++i) {
+        const size_t j = (static_cast<size_t>(t) * n_heads + h) * d + i;
+        const double err = std::fabs(static_cast<double>(got[j]) - exact[j]);
+        max_err = std::max(max_err, err);
+        sum_sq += err * err;
+        double tol = 1e-5;
+        if (dtype() == KvDType::kF16) tol = 1e-3;
+        if (dtype() == KvDType::kInt8) {
+          const double bound = sc.Int8Bound(t, h, i);
+          max_bound_ratio = std::max(max_bound_ratio, err / bound);
+          tol = bound + 1e-5;
+        }
+        ASSERT_LE(err, tol) << "token " << t << " head " << h << " dim " << i;
+      }
+    }
+  }
+  if (dtype() == KvDType::kInt8) {
+    // The figures the int8 KV cache costs (see kernels/README.md).
+    std::printf("int8 KV vs exact (block %d, group %d, head_dim %d): max abs err %.3g, "
+                "rms err %.3g, max err/bound %.3f\n",
+                shape().block_size, shape().group, d, max_err,
+                std::sqrt(sum_sq / got.size()), max_bound_ratio);
+  }
+}
+
+std::string ParamName(const ::testing::TestParamInfo<Param>& info) {
+  const auto& [isa, dtype, block, group, head_dim] = info.param;
+  return std::string(OpsIsaName(isa)) + "_" + DTypeName(dtype) + "_b" + std::to_string(block) +
+         "_g" + std::to_string(group) + "_d" + std::to_string(head_dim);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    All, AttentionTest,
+    ::testing::Combine(::testing::ValuesIn(SupportedIsas()),
+                       ::testing::Values(KvDType::kF32, KvDType::kF16, KvDType::kInt8),
+                       ::testing::Values(16, 32), ::testing::Values(1, 3, 4),
+                       ::testing::Values(64, 128)),
+    ParamName);
+
+// Shapes off the main grid: head_dim 80 (vector path with a run-time row length), 40 (not a
+// multiple of 16: the scalar fallback under every ISA), a GQA group of 12 (more query heads
+// than one pass keeps, so the group is processed in two passes), and block size 8 (shorter
+// than a score tile).
+TEST(AttentionShapes, OddShapesMatchReference) {
+  const Shape shapes[] = {{16, 2, 3, 80}, {16, 1, 2, 40}, {32, 1, 12, 64}, {8, 2, 4, 128}};
+  for (OpsIsa isa : SupportedIsas()) {
+    IsaGuard guard(isa);
+    for (const Shape& s : shapes) {
+      for (KvDType dtype : {KvDType::kF32, KvDType::kF16, KvDType::kInt8}) {
+        Scenario sc(s, dtype, 5);
+        std::vector<float> want(sc.OutSize()), got(sc.OutSize(), -7.f);
+        ref::AttentionRef(sc.Params(want.data()));
+        AttentionParams p = sc.Params(got.data());
+        AttentionRange(p, 0, AttentionItems(p));
+        for (size_t i = 0; i < want.size(); ++i) {
+          ASSERT_NEAR(got[i], want[i], 1e-5f)
+              << OpsIsaName(isa) << " " << DTypeName(dtype) << " head_dim " << s.head_dim
+              << " group " << s.group << " block " << s.block_size << " element " << i;
+        }
+      }
+    }
+  }
+}
+
+// A sharply peaked softmax whose maximum moves late in the context: the online rescaling
+// must still give the reference's answer (scores here span about +-60).
+TEST(AttentionShapes, PeakedScoresMatchReference) {
+  for (OpsIsa isa : SupportedIsas()) {
+    IsaGuard guard(isa);
+    Scenario sc({16, 2, 3, 64}, KvDType::kF32, 3);
+    std::vector<float> want(sc.OutSize()), got(sc.OutSize(), -7.f);
+    AttentionParams p = sc.Params(got.data());
+    p.scale = 4.f;
+    AttentionParams pr = p;
+    pr.out = want.data();
+    ref::AttentionRef(pr);
+    AttentionRange(p, 0, AttentionItems(p));
+    for (size_t i = 0; i < want.size(); ++i) {
+      ASSERT_NEAR(got[i], want[i], 1e-5f) << OpsIsaName(isa) << " element " << i;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tandem::kernels::cpu
