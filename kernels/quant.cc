@@ -76,7 +76,8 @@ float HalfToFloat(uint16_t h) {
       bits = sign | (exp << 23) | (mant << 13);
     }
   } else if (exp == 0x1f) {
-    bits = sign | 0x7f800000u | (mant << 13);
+    // Infinity, or NaN made quiet with its payload kept (what vcvtph2ps does).
+    bits = sign | 0x7f800000u | (mant != 0 ? 0x400000u : 0) | (mant << 13);
   } else {
     bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
   }
@@ -90,8 +91,9 @@ uint16_t FloatToHalf(float f) {
   std::memcpy(&x, &f, 4);
   const uint32_t sign = (x >> 16) & 0x8000;
   const uint32_t abs = x & 0x7fffffff;
-  if (abs >= 0x7f800000u) {  // inf or nan
-    return static_cast<uint16_t>(sign | 0x7c00 | (abs > 0x7f800000u ? 0x200 : 0));
+  if (abs >= 0x7f800000u) {  // inf, or NaN made quiet keeping the payload's top bits
+    if (abs == 0x7f800000u) return static_cast<uint16_t>(sign | 0x7c00);
+    return static_cast<uint16_t>(sign | 0x7e00 | ((abs >> 13) & 0x3ff));
   }
   if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00);  // overflow to inf
   if (abs < 0x38800000u) {  // result is subnormal or zero

@@ -1,0 +1,324 @@
+#include "kernels/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "common/check.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace tandem::kernels::cpu {
+namespace {
+
+// Below this many multiply-adds a chunk is not worth a wake-up of another thread (a
+// dispatch costs ~1 us; 128K MACs take ~5-10 us on one core).
+constexpr int64_t kMinChunkMacs = int64_t{1} << 17;
+// Element-wise ops: items per chunk below which one thread does it all.
+constexpr int64_t kMinChunkElems = 16384;
+
+size_t RoundUp64(size_t n) { return (n + 63) / 64 * 64; }
+
+struct AlignedFree {
+  void operator()(void* p) const { std::free(p); }
+};
+using AlignedBytes = std::unique_ptr<uint8_t, AlignedFree>;
+
+AlignedBytes AllocAligned(size_t bytes) {
+  return AlignedBytes(static_cast<uint8_t*>(std::aligned_alloc(64, RoundUp64(std::max<size_t>(bytes, 1)))));
+}
+
+OpsIsa ToOpsIsa(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar: return OpsIsa::kScalar;
+    case Isa::kAvx2: return OpsIsa::kAvx2;
+    case Isa::kAvx512:
+    case Isa::kAmx: return OpsIsa::kAvx512;
+  }
+  return OpsIsa::kScalar;
+}
+
+// A weight in host memory: quantized types in the packed layout of matmul.h, float types as
+// GGUF rows. `owner` lets ops check the weight came from this backend.
+class CpuWeight : public Weight {
+ public:
+  CpuWeight(const void* owner, DType type, int64_t rows, int64_t cols, AlignedBytes data,
+            PackedLayout layout)
+      : Weight(type, rows, cols), owner_(owner), data_(std::move(data)), layout_(layout) {}
+  const void* owner() const { return owner_; }
+  const uint8_t* data() const { return data_.get(); }
+  const PackedLayout& layout() const { return layout_; }
+
+ private:
+  const void* owner_;
+  AlignedBytes data_;
+  PackedLayout layout_;  // quantized types only
+};
+
+class CpuBackend : public Backend {
+ public:
+  CpuBackend(const CpuBackendConfig& config, std::unique_ptr<ThreadPool> pool)
+      : config_(config), pool_(std::move(pool)) {
+    SetOpsIsa(ToOpsIsa(config.isa));
+  }
+
+  std::string Name() const override {
+    return absl::StrCat("cpu/", IsaName(config_.isa), " x", config_.threads);
+  }
+  bool IsHostMemory() const override { return true; }
+
+  absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) override {
+    void* p = std::aligned_alloc(64, RoundUp64(std::max<size_t>(bytes, 1)));
+    if (p == nullptr) {
+      return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " bytes"));
+    }
+    return DeviceBuffer{p, bytes};
+  }
+  void Free(DeviceBuffer buffer) override { std::free(buffer.ptr); }
+  void CopyToDevice(void* dst, const void* src, size_t bytes, Stream) override {
+    std::memcpy(dst, src, bytes);
+  }
+  void CopyToHost(void* dst, const void* src, size_t bytes, Stream) override {
+    std::memcpy(dst, src, bytes);
+  }
+  void Memset(void* dst, int value, size_t bytes, Stream) override {
+    std::memset(dst, value, bytes);
+  }
+  Stream DefaultStream() override { return Stream{}; }
+  void Synchronize(Stream) override {}
+
+  absl::StatusOr<std::unique_ptr<Weight>> PackWeight(const WeightDesc& desc) override;
+  void Matmul(const Weight& w, const float* x, int m, float* y, Stream s) override;
+  void EmbeddingGather(const Weight& w, const int32_t* ids, int n, float* out,
+                       Stream s) override;
+
+  void RmsNorm(const float* x, const float* weight, int rows, int dim, float eps, float* out,
+               Stream) override {
+    pool_->ParallelFor(rows, RowsPerChunk(dim), [&](int64_t b, int64_t e, int) {
+      RmsNormRange(x, weight, dim, eps, out, b, e);
+    });
+  }
+  void AddBias(float* x, const float* bias, int rows, int dim, Stream) override {
+    pool_->ParallelFor(rows, RowsPerChunk(dim), [&](int64_t b, int64_t e, int) {
+      AddBiasRange(x, bias, dim, b, e);
+    });
+  }
+  void Add(float* x, const float* y, int64_t n, Stream) override {
+    pool_->ParallelFor(n, kMinChunkElems, [&](int64_t b, int64_t e, int) { AddRange(x, y, b, e); });
+  }
+  void SwiGlu(const float* gate, const float* up, int rows, int dim, float* out,
+              Stream) override {
+    // exp() makes each element ~4x the work of an add.
+    pool_->ParallelFor(rows, std::max<int64_t>(1, RowsPerChunk(dim) / 4),
+                       [&](int64_t b, int64_t e, int) { SwiGluRange(gate, up, dim, out, b, e); });
+  }
+  void GatherRows(const float* x, const int32_t* idx, int n, int dim, float* out,
+                  Stream) override {
+    pool_->ParallelFor(n, RowsPerChunk(dim), [&](int64_t b, int64_t e, int) {
+      GatherRowsRange(x, idx, dim, out, b, e);
+    });
+  }
+  void Rope(const RopeParams& p, Stream) override {
+    const int64_t per_token = static_cast<int64_t>(p.n_heads + p.n_kv_heads) * p.rot_dim * 4;
+    pool_->ParallelFor(p.n_tokens, RowsPerChunk(per_token),
+                       [&](int64_t b, int64_t e, int) { RopeRange(p, b, e); });
+  }
+  void KvAppend(const KvAppendParams& p, Stream) override {
+    const int64_t per_token = static_cast<int64_t>(p.cache.n_kv_heads) * p.cache.head_dim * 2;
+    pool_->ParallelFor(p.n_tokens, RowsPerChunk(per_token),
+                       [&](int64_t b, int64_t e, int) { KvAppendRange(p, b, e); });
+  }
+  void Attention(const AttentionParams& p, Stream) override {
+    // An item reads its whole context, so even one item per thread is worth splitting.
+    pool_->ParallelFor(AttentionItems(p), 1,
+                       [&](int64_t b, int64_t e, int) { AttentionRange(p, b, e); });
+  }
+
+ private:
+  static int64_t RowsPerChunk(int64_t elems_per_row) {
+    return std::max<int64_t>(1, kMinChunkElems / std::max<int64_t>(1, elems_per_row));
+  }
+  void EnsureScratch(int64_t cols);
+  // Splits rows [0, m) x units [0, n_units) (16-row groups) into items for the pool and
+  // calls fn(m0, m1, u0, u1) on each contiguous run.
+  template <typename Fn>
+  void ParallelGemm(int64_t m, int64_t n_units, int64_t cols, Fn&& fn);
+
+  // Constant after construction.
+  const CpuBackendConfig config_;
+  const std::unique_ptr<ThreadPool> pool_;
+
+  // Activation scratch: max_batch_tokens + 16 rows of scratch_cols_ columns; grown only by
+  // PackWeight.
+  int64_t scratch_cols_ = 0;
+  AlignedBytes q_;
+  AlignedBytes d_;
+  AlignedBytes s_;
+  AlignedBytes bias_;
+};
+
+void CpuBackend::EnsureScratch(int64_t cols) {
+  if (cols <= scratch_cols_) return;
+  const int64_t rows = config_.max_batch_tokens + kGroupRows;
+  const int64_t nb = cols / kQuantBlock;
+  q_ = AllocAligned(rows * cols);
+  d_ = AllocAligned(rows * nb * sizeof(float));
+  s_ = AllocAligned(rows * nb * sizeof(float));
+  bias_ = AllocAligned(rows * nb * sizeof(int32_t));
+  TANDEM_CHECK(q_ && d_ && s_ && bias_);
+  // The AMX kernel may read whole 16-row tiles; keep unused rows defined.
+  std::memset(q_.get(), 0, rows * cols);
+  scratch_cols_ = cols;
+}
+
+absl::StatusOr<std::unique_ptr<Weight>> CpuBackend::PackWeight(const WeightDesc& desc) {
+  if (!IsSupported(desc.type)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight ", desc.name, ": unsupported type ", static_cast<int>(desc.type)));
+  }
+  if (desc.rows <= 0 || desc.cols <= 0 || desc.cols % BlockElems(desc.type) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "weight ", desc.name, ": bad shape [", desc.rows, ", ", desc.cols, "] for type ",
+        std::string(DTypeName(desc.type))));
+  }
+  if (desc.data == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("weight ", desc.name, ": no data"));
+  }
+  PackedLayout layout;
+  AlignedBytes data;
+  if (IsQuantized(desc.type)) {
+    layout = MakePackedLayout(desc.type, desc.rows, desc.cols);
+    data = AllocAligned(layout.total_bytes());
+    if (!data) return absl::ResourceExhaustedError(absl::StrCat("weight ", desc.name, ": out of memory"));
+    PackQuantized(layout, desc.data, data.get());
+    EnsureScratch(desc.cols);
+  } else {
+    const size_t bytes = desc.rows * RowBytes(desc.type, desc.cols);
+    data = AllocAligned(bytes);
+    if (!data) return absl::ResourceExhaustedError(absl::StrCat("weight ", desc.name, ": out of memory"));
+    std::memcpy(data.get(), desc.data, bytes);
+  }
+  return std::make_unique<CpuWeight>(this, desc.type, desc.rows, desc.cols, std::move(data),
+                                     layout);
+}
+
+template <typename Fn>
+void CpuBackend::ParallelGemm(int64_t m, int64_t n_units, int64_t cols, Fn&& fn) {
+  const int threads = pool_->size();
+  // Split m only when there are too few row groups to keep every thread busy.
+  int64_t n_mt = 1;
+  if (threads > 1 && n_units < 4 * threads && m >= 2 * kGroupRows) {
+    n_mt = std::min<int64_t>((m + kGroupRows - 1) / kGroupRows,
+                             (4 * threads + n_units - 1) / n_units);
+  }
+  const int64_t mt_rows = ((m + n_mt - 1) / n_mt + kGroupRows - 1) / kGroupRows * kGroupRows;
+  n_mt = (m + mt_rows - 1) / mt_rows;
+  const int64_t item_macs = std::min(mt_rows, m) * kGroupRows * cols;
+  const int64_t min_chunk = std::max<int64_t>(1, kMinChunkMacs / std::max<int64_t>(1, item_macs));
+  pool_->ParallelFor(n_mt * n_units, min_chunk, [&](int64_t b, int64_t e, int) {
+    while (b < e) {
+      const int64_t mt = b / n_units;
+      const int64_t u0 = b % n_units;
+      const int64_t u1 = std::min(n_units, u0 + (e - b));
+      fn(mt * mt_rows, std::min(m, (mt + 1) * mt_rows), u0, u1);
+      b += u1 - u0;
+    }
+  });
+}
+
+void CpuBackend::Matmul(const Weight& w, const float* x, int m, float* y, Stream) {
+  const auto& cw = static_cast<const CpuWeight&>(w);
+  TANDEM_CHECK(cw.owner() == this);
+  TANDEM_CHECK_GE(m, 0);
+  if (m == 0) return;
+  const Isa isa = config_.isa;
+  const int64_t cols = cw.cols();
+  const int64_t rows = cw.rows();
+  const int64_t n_groups = (rows + kGroupRows - 1) / kGroupRows;
+  if (!IsQuantized(cw.type())) {
+    const FloatGemmArgs args{cw.type(), cw.data(), cols, x, y, rows};
+    ParallelGemm(m, n_groups, cols, [&](int64_t m0, int64_t m1, int64_t g0, int64_t g1) {
+      FloatGemm(isa, args, m0, m1, g0 * kGroupRows, std::min(rows, g1 * kGroupRows));
+    });
+    return;
+  }
+  TANDEM_CHECK_LE(cols, scratch_cols_);
+  const int32_t offset = ActOffset(cw.type(), isa);
+  const int64_t nb = cols / kQuantBlock;
+  const QuantizedActs acts{reinterpret_cast<int8_t*>(q_.get()),
+                           reinterpret_cast<float*>(d_.get()),
+                           reinterpret_cast<float*>(s_.get()),
+                           reinterpret_cast<int32_t*>(bias_.get()), cols, nb};
+  for (int64_t base = 0; base < m; base += config_.max_batch_tokens) {
+    const int64_t mc = std::min<int64_t>(config_.max_batch_tokens, m - base);
+    const float* xc = x + base * cols;
+    pool_->ParallelFor(mc, RowsPerChunk(cols), [&](int64_t b, int64_t e, int) {
+      QuantizeActs(isa, xc, offset, acts, b, e);
+    });
+    const QuantGemmArgs args{&cw.layout(), cw.data(), &acts, y + base * rows, rows};
+    ParallelGemm(mc, n_groups, cols, [&](int64_t m0, int64_t m1, int64_t g0, int64_t g1) {
+      QuantGemm(isa, args, m0, m1, g0, g1);
+    });
+  }
+}
+
+void CpuBackend::EmbeddingGather(const Weight& w, const int32_t* ids, int n, float* out,
+                                 Stream) {
+  const auto& cw = static_cast<const CpuWeight&>(w);
+  TANDEM_CHECK(cw.owner() == this);
+  const int64_t cols = cw.cols();
+  pool_->ParallelFor(n, RowsPerChunk(cols), [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i) {
+      TANDEM_CHECK(ids[i] >= 0 && ids[i] < cw.rows());
+      if (IsQuantized(cw.type())) {
+        DequantizePackedRow(cw.layout(), cw.data(), ids[i], out + i * cols);
+      } else {
+        DequantizeRow(cw.type(), cw.data() + ids[i] * RowBytes(cw.type(), cols), cols,
+                      out + i * cols);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+absl::Status ValidateCpuBackendConfig(const CpuBackendConfig& config) {
+  if (config.threads < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("cpu backend: threads must be >= 1, got ",
+                                                   config.threads));
+  }
+  if (!config.cpus.empty() && static_cast<int>(config.cpus.size()) != config.threads) {
+    return absl::InvalidArgumentError(absl::StrCat("cpu backend: ", config.cpus.size(),
+                                                   " CPUs listed for ", config.threads,
+                                                   " threads"));
+  }
+  if (!IsaAvailable(config.isa)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cpu backend: ISA ", IsaName(config.isa), " is not available on this CPU (best: ",
+        IsaName(BestIsa()), ")"));
+  }
+  if (!OpsIsaSupported(ToOpsIsa(config.isa))) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cpu backend: ops have no variant for ISA ", IsaName(config.isa)));
+  }
+  if (config.max_batch_tokens < 1) {
+    return absl::InvalidArgumentError("cpu backend: max_batch_tokens must be >= 1");
+  }
+  if (config.spin_us < 0) return absl::InvalidArgumentError("cpu backend: spin_us must be >= 0");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendConfig& config) {
+  TANDEM_RETURN_IF_ERROR(ValidateCpuBackendConfig(config));
+  ThreadPoolOptions options;
+  options.threads = config.threads;
+  options.cpus = config.cpus;
+  options.spin_us = config.spin_us;
+  TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<ThreadPool> pool, ThreadPool::Create(options));
+  return std::make_unique<CpuBackend>(config, std::move(pool));
+}
+
+}  // namespace tandem::kernels::cpu

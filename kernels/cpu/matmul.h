@@ -1,0 +1,136 @@
+// The CPU backend's GEMM for y[m, rows] = x[m, cols] * W^T: the packed weight layout, the
+// on-the-fly int8 quantization of activations, and one range kernel per ISA. CpuBackend
+// owns the scratch buffers and the thread split; everything here works on given ranges.
+//
+// Quantized weights (Q4_0, Q4_1, Q8_0) stay quantized; PackWeight repacks them (the bytes
+// are the same values, only reordered) so that one 64-byte load feeds 16 output rows:
+//   rows are cut into groups of kGroupRows = 16 (the last one padded with zero rows); a
+//   group stores, for each 32-element block b of the row, a qs tile, then after all qs
+//   tiles the 16 rows' fp16 scales d per block, then (Q4_1) their fp16 minima m per block:
+//     qs tile, Q4:  4 vectors of 64 bytes; vector p, bytes 4r..4r+3 = GGUF qs[4p..4p+3] of
+//                   row r (low nibbles: elements 4p..4p+3, high nibbles: 16+4p..16+4p+3)
+//     qs tile, Q8:  8 vectors of 64 bytes; vector p, bytes 4r..4r+3 = qs[4p..4p+3] of row r
+//                   stored as unsigned (q + 128)
+//     d: [nb][16] fp16, m: [nb][16] fp16
+// So after unpacking nibbles, every 32-bit lane of a vector holds 4 consecutive elements of
+// one row, and an int8 dot product (vpdpbusd / maddubs) against the 4 matching activation
+// bytes broadcast to all lanes leaves each lane with its own row's sum: 16 rows come out
+// of one register with no horizontal reduction, and the 16 scales of a block load as one
+// vector. Weights are unsigned (nibbles, or q + 128) and activations signed, which is the
+// operand order of vpdpbusd; the constant offsets (-8 for Q4_0, -128 for Q8_0) are undone
+// per activation block with an integer bias = offset * sum(qx).
+//
+// Activations are quantized per 32-element block like GGUF's Q8 formats: d = max|x| / 127,
+// q = round-to-nearest-even(x / d); we keep d in fp32, plus s = d * sum(q) for Q4_1's
+// minimum term: sum_j (q_j d + m)(qx_j dx) = d dx sum(q_j qx_j) + m dx sum(qx_j).
+//
+// Float weights (F32, F16, BF16) stay row-major as GGUF stores them and are computed in
+// fp32 against fp32 activations.
+//
+// Thread safety: all functions are pure apart from writing their output range; concurrent
+// calls on disjoint ranges are safe.
+#ifndef TANDEM_KERNELS_CPU_MATMUL_H_
+#define TANDEM_KERNELS_CPU_MATMUL_H_
+
+#include <cstdint>
+
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/quant.h"
+
+namespace tandem::kernels::cpu {
+
+inline constexpr int kGroupRows = 16;
+
+inline bool IsQuantized(DType t) {
+  return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ8_0;
+}
+
+// Where the parts of a packed quantized weight live; see the header comment.
+struct PackedLayout {
+  DType type = DType::kQ4_0;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t nb = 0;           // blocks per row = cols / 32
+  int64_t n_groups = 0;     // ceil(rows / 16)
+  int64_t qs_bytes = 0;     // bytes of one block's qs tile: 256 (Q4) or 512 (Q8)
+  int64_t group_bytes = 0;  // stride between groups, a multiple of 64
+  int64_t d_offset = 0;     // offset of d inside a group
+  int64_t m_offset = 0;     // offset of m inside a group (Q4_1)
+  int64_t total_bytes() const { return n_groups * group_bytes; }
+};
+
+PackedLayout MakePackedLayout(DType type, int64_t rows, int64_t cols);
+// Repacks GGUF rows ([rows, RowBytes(type, cols)]) into `out` (layout.total_bytes(), 64-byte
+// aligned).
+void PackQuantized(const PackedLayout& layout, const void* gguf_rows, uint8_t* out);
+// Dequantizes row `row` of a packed weight into out[cols].
+void DequantizePackedRow(const PackedLayout& layout, const uint8_t* packed, int64_t row,
+                         float* out);
+
+// Activations quantized per 32-element block. Buffers hold at least m + kGroupRows rows (the
+// AMX kernel reads whole 16-row tiles; rows past m are never used in results).
+struct QuantizedActs {
+  int8_t* q = nullptr;        // [m, cols]
+  float* d = nullptr;         // [m, nb] block scales
+  float* s = nullptr;         // [m, nb] d * sum(q) (Q4_1's minimum term)
+  int32_t* bias = nullptr;    // [m, nb] offset * sum(q), offset = ActOffset(type, isa)
+  int64_t cols = 0;
+  int64_t nb = 0;
+};
+
+// The constant the kernel of `isa` must add per unit of sum(qx) for weights of `type`.
+int32_t ActOffset(DType type, Isa isa);
+
+// Quantizes rows [begin, end) of x[., cols]. Every ISA produces bit-identical results.
+void QuantizeActs(Isa isa, const float* x, int32_t offset, const QuantizedActs& a,
+                  int64_t begin, int64_t end);
+
+// y[i, 16 g + r] for x rows i in [m0, m1) and row groups g in [g0, g1); y has row stride
+// ldy (>= rows). Rows of the padded last group past layout.rows are not written.
+struct QuantGemmArgs {
+  const PackedLayout* layout;
+  const uint8_t* packed;
+  const QuantizedActs* acts;
+  float* y;
+  int64_t ldy;
+};
+void QuantGemm(Isa isa, const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0,
+               int64_t g1);
+
+// Float weights: y[i, r] for i in [m0, m1), output rows r in [r0, r1); w is [rows, cols]
+// row-major of type F32, F16 or BF16; x is [m, cols] fp32.
+struct FloatGemmArgs {
+  DType type;
+  const void* w;
+  int64_t cols;
+  const float* x;
+  float* y;
+  int64_t ldy;
+};
+void FloatGemm(Isa isa, const FloatGemmArgs& args, int64_t m0, int64_t m1, int64_t r0,
+               int64_t r1);
+
+namespace internal {
+void QuantizeActsScalar(const float* x, int32_t offset, const QuantizedActs& a, int64_t begin,
+                        int64_t end);
+void QuantizeActsAvx2(const float* x, int32_t offset, const QuantizedActs& a, int64_t begin,
+                      int64_t end);
+void QuantizeActsAvx512(const float* x, int32_t offset, const QuantizedActs& a, int64_t begin,
+                        int64_t end);
+void QuantGemmScalar(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0,
+                     int64_t g1);
+void QuantGemmAvx2(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int64_t g1);
+void QuantGemmAvx512(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0,
+                     int64_t g1);
+// Needs m1 - m0 to be a multiple of 16 (callers give the tail to QuantGemmAvx512).
+void QuantGemmAmx(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int64_t g1);
+void FloatGemmScalar(const FloatGemmArgs& args, int64_t m0, int64_t m1, int64_t r0,
+                     int64_t r1);
+void FloatGemmAvx2(const FloatGemmArgs& args, int64_t m0, int64_t m1, int64_t r0, int64_t r1);
+void FloatGemmAvx512(const FloatGemmArgs& args, int64_t m0, int64_t m1, int64_t r0,
+                     int64_t r1);
+}  // namespace internal
+
+}  // namespace tandem::kernels::cpu
+
+#endif  // TANDEM_KERNELS_CPU_MATMUL_H_

@@ -1,0 +1,237 @@
+// AVX2 kernels of matmul.h (compiled with -mavx2 -mfma -mf16c; run only when
+// IsaAvailable(Isa::kAvx2)). A 16-row group is processed as two 8-row halves, the low and
+// high 32 bytes of each 64-byte vector of the packed layout.
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "common/check.h"
+#include "kernels/cpu/matmul.h"
+
+namespace tandem::kernels::cpu::internal {
+namespace {
+
+using AliasI32 = int32_t __attribute__((may_alias));
+
+inline __m256i Bcast4(const int8_t* p) {
+  return _mm256_set1_epi32(*reinterpret_cast<const AliasI32*>(p));
+}
+
+inline float HorizontalMax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+inline int32_t HorizontalSum(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+
+inline float HorizontalSum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// MR activation rows against half `h` (rows 8h..8h+7) of a 16-row weight group.
+template <DType kType, int MR>
+void HalfGroupTile(const PackedLayout& l, const uint8_t* group, int h, const QuantizedActs& a,
+                   int64_t i0, float* y, int64_t ldy, int n_store) {
+  constexpr bool kQ8 = kType == DType::kQ8_0;
+  constexpr bool kMin = kType == DType::kQ4_1;
+  const auto* dh = reinterpret_cast<const uint16_t*>(group + l.d_offset) + 8 * h;
+  const auto* mh = reinterpret_cast<const uint16_t*>(group + l.m_offset) + 8 * h;
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  __m256 acc[MR];
+  for (int r = 0; r < MR; ++r) acc[r] = _mm256_setzero_ps();
+  const int8_t* xq0 = a.q + i0 * a.cols;
+  const int64_t nb = l.nb;
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* tile = group + b * l.qs_bytes + 32 * h;
+    __m256i s[MR];
+    if constexpr (kQ8) {
+      for (int r = 0; r < MR; ++r) s[r] = _mm256_setzero_si256();
+      const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+#pragma GCC unroll 8
+      for (int p = 0; p < 8; ++p) {
+        // Back to signed, then |w| (unsigned) times x carrying w's sign: maddubs's pair
+        // sums stay below 2 * 128 * 127 and never saturate.
+        const __m256i ws = _mm256_xor_si256(
+            _mm256_load_si256(reinterpret_cast<const __m256i*>(tile + 64 * p)), flip);
+        const __m256i aw = _mm256_abs_epi8(ws);
+#pragma GCC unroll 4
+        for (int r = 0; r < MR; ++r) {
+          const __m256i xs = _mm256_sign_epi8(Bcast4(xq0 + r * a.cols + b * 32 + 4 * p), ws);
+          s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xs), ones16));
+        }
+      }
+    } else {
+      // Nibble x int8 pair sums are at most 2 * 15 * 127, so eight of them fit in int16.
+      __m256i s16[MR];
+      for (int r = 0; r < MR; ++r) s16[r] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) {
+        const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tile + 64 * p));
+        const __m256i lo = _mm256_and_si256(v, low4);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+#pragma GCC unroll 4
+        for (int r = 0; r < MR; ++r) {
+          const int8_t* xb = xq0 + r * a.cols + b * 32;
+          s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(lo, Bcast4(xb + 4 * p)));
+          s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(hi, Bcast4(xb + 16 + 4 * p)));
+        }
+      }
+      for (int r = 0; r < MR; ++r) s[r] = _mm256_madd_epi16(s16[r], ones16);
+    }
+    const __m256 dv =
+        _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dh + b * 16)));
+    __m256 mv = _mm256_setzero_ps();
+    if constexpr (kMin) {
+      mv = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(mh + b * 16)));
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < MR; ++r) {
+      const int64_t i = i0 + r;
+      __m256i si = s[r];
+      if (a.bias[i * nb + b] != 0) si = _mm256_add_epi32(si, _mm256_set1_epi32(a.bias[i * nb + b]));
+      const __m256 scale = _mm256_mul_ps(dv, _mm256_set1_ps(a.d[i * nb + b]));
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si), scale, acc[r]);
+      if constexpr (kMin) acc[r] = _mm256_fmadd_ps(mv, _mm256_set1_ps(a.s[i * nb + b]), acc[r]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    float* yr = y + (i0 + r) * ldy + 8 * h;
+    if (n_store >= 8) {
+      _mm256_storeu_ps(yr, acc[r]);
+    } else {
+      alignas(32) float tmp[8];
+      _mm256_store_ps(tmp, acc[r]);
+      std::copy(tmp, tmp + n_store, yr);
+    }
+  }
+}
+
+template <DType kType>
+void QuantGemmTyped(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0,
+                    int64_t g1) {
+  const PackedLayout& l = *args.layout;
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint8_t* group = args.packed + g * l.group_bytes;
+    const int n_valid = static_cast<int>(std::min<int64_t>(kGroupRows, l.rows - g * kGroupRows));
+    float* y = args.y + g * kGroupRows;
+    for (int h = 0; h < 2; ++h) {
+      const int n_store = std::min(8, n_valid - 8 * h);
+      if (n_store <= 0) break;
+      int64_t i = m0;
+      for (; i + 4 <= m1; i += 4) {
+        HalfGroupTile<kType, 4>(l, group, h, *args.acts, i, y, args.ldy, n_store);
+      }
+      for (; i < m1; ++i) HalfGroupTile<kType, 1>(l, group, h, *args.acts, i, y, args.ldy, n_store);
+    }
+  }
+}
+
+inline __m256 LoadFloat8(DType type, const void* base, int64_t k) {
+  switch (type) {
+    case DType::kF32:
+      return _mm256_loadu_ps(static_cast<const float*>(base) + k);
+    case DType::kF16:
+      return _mm256_cvtph_ps(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + k)));
+    default: {  // kBF16
+      const __m128i h =
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + k));
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+  }
+}
+
+inline float LoadFloat1(DType type, const void* base, int64_t k) {
+  switch (type) {
+    case DType::kF32: return static_cast<const float*>(base)[k];
+    case DType::kF16: return HalfToFloat(static_cast<const uint16_t*>(base)[k]);
+    default: return Bf16ToFloat(static_cast<const uint16_t*>(base)[k]);
+  }
+}
+
+}  // namespace
+
+void QuantizeActsAvx2(const float* x, int32_t offset, const QuantizedActs& a, int64_t begin,
+                      int64_t end) {
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int64_t i = begin; i < end; ++i) {
+    const float* xr = x + i * a.cols;
+    int8_t* q = a.q + i * a.cols;
+    for (int64_t b = 0; b < a.nb; ++b) {
+      __m256 v[4];
+      __m256 mx = _mm256_setzero_ps();
+      for (int j = 0; j < 4; ++j) {
+        v[j] = _mm256_loadu_ps(xr + b * 32 + 8 * j);
+        mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v[j]));
+      }
+      const float amax = HorizontalMax(mx);
+      const float d = amax / 127.f;
+      const float id = amax != 0.f ? 1.f / d : 0.f;
+      const __m256 idv = _mm256_set1_ps(id);
+      __m256i qi[4];
+      for (int j = 0; j < 4; ++j) qi[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], idv));
+      const __m256i sum4 = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]),
+                                            _mm256_add_epi32(qi[2], qi[3]));
+      const __m256i p01 = _mm256_packs_epi32(qi[0], qi[1]);
+      const __m256i p23 = _mm256_packs_epi32(qi[2], qi[3]);
+      const __m256i p = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p01, p23), order);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * 32), p);
+      const int32_t sum = HorizontalSum(sum4);
+      a.d[i * a.nb + b] = d;
+      a.s[i * a.nb + b] = d * static_cast<float>(sum);
+      a.bias[i * a.nb + b] = offset * sum;
+    }
+  }
+}
+
+void QuantGemmAvx2(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int64_t g1) {
+  switch (args.layout->type) {
+    case DType::kQ4_0: return QuantGemmTyped<DType::kQ4_0>(args, m0, m1, g0, g1);
+    case DType::kQ4_1: return QuantGemmTyped<DType::kQ4_1>(args, m0, m1, g0, g1);
+    case DType::kQ8_0: return QuantGemmTyped<DType::kQ8_0>(args, m0, m1, g0, g1);
+    default: TANDEM_CHECK(false && "not a quantized type");
+  }
+}
+
+void FloatGemmAvx2(const FloatGemmArgs& args, int64_t m0, int64_t m1, int64_t r0, int64_t r1) {
+  const int64_t cols = args.cols;
+  const int64_t row_bytes = RowBytes(args.type, cols);
+  const int64_t vec_end = cols / 8 * 8;
+  for (int64_t r = r0; r < r1; ++r) {
+    const void* wr = static_cast<const uint8_t*>(args.w) + r * row_bytes;
+    int64_t i = m0;
+    for (; i < m1; i += 2) {
+      const int n = static_cast<int>(std::min<int64_t>(2, m1 - i));
+      __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+      const float* x0 = args.x + i * cols;
+      const float* x1 = n > 1 ? x0 + cols : x0;
+      for (int64_t k = 0; k < vec_end; k += 8) {
+        const __m256 wv = LoadFloat8(args.type, wr, k);
+        acc0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + k), acc0);
+        acc1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x1 + k), acc1);
+      }
+      float t0 = HorizontalSum(acc0), t1 = HorizontalSum(acc1);
+      for (int64_t k = vec_end; k < cols; ++k) {
+        const float wk = LoadFloat1(args.type, wr, k);
+        t0 += wk * x0[k];
+        t1 += wk * x1[k];
+      }
+      args.y[i * args.ldy + r] = t0;
+      if (n > 1) args.y[(i + 1) * args.ldy + r] = t1;
+    }
+  }
+}
+
+}  // namespace tandem::kernels::cpu::internal

@@ -1,0 +1,160 @@
+#include "kernels/cpu/cpu_backend.h"
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/ops.h"
+
+namespace tandem::kernels::cpu {
+namespace {
+
+std::vector<float> RandomFloats(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-2.f, 2.f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+TEST(CpuFeaturesTest, ParsesIsaNames) {
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAmx}) {
+    auto parsed = ParseIsa(IsaName(isa));
+    ASSERT_TRUE(parsed.ok());
+    EXPECT_EQ(*parsed, isa);
+  }
+  auto best = ParseIsa("auto");
+  ASSERT_TRUE(best.ok());
+  EXPECT_EQ(*best, BestIsa());
+  EXPECT_FALSE(ParseIsa("sse9").ok());
+  EXPECT_TRUE(IsaAvailable(Isa::kScalar));
+  EXPECT_TRUE(IsaAvailable(BestIsa()));
+  // Tiers are nested.
+  EXPECT_TRUE(!IsaAvailable(Isa::kAmx) || IsaAvailable(Isa::kAvx512));
+  EXPECT_TRUE(!IsaAvailable(Isa::kAvx512) || IsaAvailable(Isa::kAvx2));
+  // Cross-check with the compiler's own detection.
+  EXPECT_EQ(IsaAvailable(Isa::kAvx2), __builtin_cpu_supports("avx2") &&
+                                          __builtin_cpu_supports("fma") &&
+                                          __builtin_cpu_supports("f16c"));
+  EXPECT_EQ(GetCpuFeatures().avx512vnni, __builtin_cpu_supports("avx512vnni") != 0);
+}
+
+TEST(CpuBackendTest, ValidatesConfig) {
+  CpuBackendConfig config;
+  config.threads = 0;
+  EXPECT_EQ(CreateCpuBackend(config).status().code(), absl::StatusCode::kInvalidArgument);
+  config.threads = 2;
+  config.cpus = {0};
+  EXPECT_EQ(CreateCpuBackend(config).status().code(), absl::StatusCode::kInvalidArgument);
+  config.cpus = {};
+  config.max_batch_tokens = 0;
+  EXPECT_FALSE(CreateCpuBackend(config).ok());
+  config.max_batch_tokens = 16;
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAmx}) {
+    config.isa = isa;
+    auto backend = CreateCpuBackend(config);
+    if (IsaAvailable(isa)) {
+      ASSERT_TRUE(backend.ok()) << backend.status();
+      EXPECT_EQ((*backend)->Name(), std::string("cpu/") + IsaName(isa) + " x2");
+    } else {
+      EXPECT_EQ(backend.status().code(), absl::StatusCode::kFailedPrecondition);
+    }
+  }
+}
+
+TEST(CpuBackendTest, MemoryIsAlignedHostMemory) {
+  auto backend = CreateCpuBackend({});
+  ASSERT_TRUE(backend.ok());
+  Backend& b = **backend;
+  EXPECT_TRUE(b.IsHostMemory());
+  for (size_t bytes : {size_t{1}, size_t{100}, size_t{4096}, size_t{0}}) {
+    auto buf = b.Allocate(bytes);
+    ASSERT_TRUE(buf.ok());
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(buf->ptr) % 64, 0u);
+    EXPECT_EQ(buf->bytes, bytes);
+    if (bytes >= 100) {
+      std::vector<uint8_t> src(bytes), dst(bytes);
+      for (size_t i = 0; i < bytes; ++i) src[i] = static_cast<uint8_t>(i * 7);
+      b.CopyToDevice(buf->ptr, src.data(), bytes, b.DefaultStream());
+      b.CopyToHost(dst.data(), buf->ptr, bytes, b.DefaultStream());
+      EXPECT_EQ(src, dst);
+      b.Memset(buf->ptr, 0xab, bytes, b.DefaultStream());
+      b.Synchronize(b.DefaultStream());
+      EXPECT_EQ(static_cast<uint8_t*>(buf->ptr)[bytes - 1], 0xab);
+    }
+    b.Free(*buf);
+  }
+}
+
+TEST(CpuBackendTest, PackWeightRejectsBadDescriptions) {
+  auto backend = CreateCpuBackend({});
+  ASSERT_TRUE(backend.ok());
+  std::vector<uint8_t> data(1 << 16);
+  EXPECT_EQ((*backend)->PackWeight({DType::kQ4_1, 4, 40, data.data(), "w"}).status().code(),
+            absl::StatusCode::kInvalidArgument);  // cols not a multiple of 32
+  EXPECT_FALSE((*backend)->PackWeight({DType::kQ8_0, 0, 32, data.data(), "w"}).ok());
+  EXPECT_FALSE((*backend)->PackWeight({DType::kF32, 4, 32, nullptr, "w"}).ok());
+  EXPECT_FALSE(
+      (*backend)->PackWeight({static_cast<DType>(12), 4, 256, data.data(), "w"}).ok());
+  auto ok = (*backend)->PackWeight({DType::kQ4_0, 5, 64, data.data(), "w"});
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ((*ok)->type(), DType::kQ4_0);
+  EXPECT_EQ((*ok)->rows(), 5);
+  EXPECT_EQ((*ok)->cols(), 64);
+}
+
+TEST(CpuBackendTest, KvElemBytes) {
+  EXPECT_EQ(KvElemBytes(KvDType::kF32), 4u);
+  EXPECT_EQ(KvElemBytes(KvDType::kF16), 2u);
+  EXPECT_EQ(KvElemBytes(KvDType::kInt8), 1u);
+}
+
+// The backend's split of row-wise ops over threads must give the same bits as one call
+// over all rows (the ops' own numerics are tested with the ops).
+TEST(CpuBackendTest, RowOpsSplitAcrossThreadsMatchOneRange) {
+  CpuBackendConfig config;
+  config.threads = 2;
+  auto backend = CreateCpuBackend(config);
+  ASSERT_TRUE(backend.ok());
+  Backend& b = **backend;
+  const int rows = 300, dim = 576;
+  const std::vector<float> x = RandomFloats(rows * dim, 1);
+  const std::vector<float> w = RandomFloats(dim, 2);
+  const std::vector<float> u = RandomFloats(rows * dim, 3);
+
+  std::vector<float> got(rows * dim), want(rows * dim);
+  b.RmsNorm(x.data(), w.data(), rows, dim, 1e-5f, got.data(), b.DefaultStream());
+  RmsNormRange(x.data(), w.data(), dim, 1e-5f, want.data(), 0, rows);
+  EXPECT_EQ(got, want);
+
+  b.SwiGlu(x.data(), u.data(), rows, dim, got.data(), b.DefaultStream());
+  SwiGluRange(x.data(), u.data(), dim, want.data(), 0, rows);
+  EXPECT_EQ(got, want);
+
+  got = x;
+  want = x;
+  b.Add(got.data(), u.data(), int64_t{rows} * dim, b.DefaultStream());
+  AddRange(want.data(), u.data(), 0, int64_t{rows} * dim);
+  EXPECT_EQ(got, want);
+
+  got = x;
+  want = x;
+  b.AddBias(got.data(), w.data(), rows, dim, b.DefaultStream());
+  AddBiasRange(want.data(), w.data(), dim, 0, rows);
+  EXPECT_EQ(got, want);
+
+  std::vector<int32_t> idx(rows);
+  for (int i = 0; i < rows; ++i) idx[i] = (i * 37) % rows;
+  b.GatherRows(x.data(), idx.data(), rows, dim, got.data(), b.DefaultStream());
+  for (int i = 0; i < rows; ++i) {
+    for (int k = 0; k < dim; ++k) ASSERT_EQ(got[i * dim + k], x[idx[i] * dim + k]);
+  }
+}
+
+}  // namespace
+}  // namespace tandem::kernels::cpu
