@@ -16,8 +16,8 @@
 namespace tandem::kernels::cpu {
 namespace {
 
-constexpr int kTile = 16;       // positions per score tile
-constexpr int kGroupTile = 8;   // query heads processed together over one K/V pass
+constexpr int kTile = 16;      // positions per score tile
+constexpr int kGroupTile = 8;  // query heads processed together over one K/V pass
 
 // Checks the parameters and the block-table entries every item in [begin, end) will read,
 // so a corrupt batch fails loudly instead of reading outside the cache.
@@ -158,9 +158,12 @@ void AttentionRange(const AttentionParams& p, int64_t begin, int64_t end) {
   CheckAttention(p, begin, end);
   if (p.head_dim % 16 == 0) {
     switch (GetOpsIsa()) {
-      case OpsIsa::kAvx512: return internal::AttentionRangeAvx512(p, begin, end);
-      case OpsIsa::kAvx2: return internal::AttentionRangeAvx2(p, begin, end);
-      case OpsIsa::kScalar: break;
+      case OpsIsa::kAvx512:
+        return internal::AttentionRangeAvx512(p, begin, end);
+      case OpsIsa::kAvx2:
+        return internal::AttentionRangeAvx2(p, begin, end);
+      case OpsIsa::kScalar:
+        break;
     }
   }
   internal::AttentionRangeScalar(p, begin, end);

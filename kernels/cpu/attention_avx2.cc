@@ -44,8 +44,8 @@ inline void LoadRow(const void* base, const float* scale_zero, int64_t row, int 
     const __m256 zero = _mm256_set1_ps(scale_zero[row * 2 + 1]);
 #pragma GCC unroll 16
     for (int i = 0; i < nv; ++i) {
-      const __m256i w = _mm256_cvtepu8_epi32(
-          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * i)));
+      const __m256i w =
+          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * i)));
       out[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(w), scale, zero);
     }
   }
@@ -107,8 +107,7 @@ void Attend(const AttentionParams& p, int64_t t, int kv_head) {
         const float tile_max = HorizontalMax(sv);
         const float m_new = tile_max > m[g] ? tile_max : m[g];
         const float corr = _mm256_cvtss_f32(ExpAvx2(_mm256_set1_ps(m[g] - m_new)));
-        const __m256 pv =
-            _mm256_and_ps(valid, ExpAvx2(_mm256_sub_ps(sv, _mm256_set1_ps(m_new))));
+        const __m256 pv = _mm256_and_ps(valid, ExpAvx2(_mm256_sub_ps(sv, _mm256_set1_ps(m_new))));
         l[g] = l[g] * corr + HorizontalSum(pv);
         _mm256_store_ps(s[g], pv);
         if (corr != 1.f) {
@@ -156,9 +155,12 @@ void AttendRange(const AttentionParams& p, int64_t begin, int64_t end) {
 // Requires head_dim % 16 == 0 (checked by the dispatcher; 8 would do for this variant).
 void AttentionRangeAvx2(const AttentionParams& p, int64_t begin, int64_t end) {
   switch (p.cache.dtype) {
-    case KvDType::kF32: return AttendRange<KvDType::kF32>(p, begin, end);
-    case KvDType::kF16: return AttendRange<KvDType::kF16>(p, begin, end);
-    case KvDType::kInt8: return AttendRange<KvDType::kInt8>(p, begin, end);
+    case KvDType::kF32:
+      return AttendRange<KvDType::kF32>(p, begin, end);
+    case KvDType::kF16:
+      return AttendRange<KvDType::kF16>(p, begin, end);
+    case KvDType::kInt8:
+      return AttendRange<KvDType::kInt8>(p, begin, end);
   }
 }
 

@@ -93,9 +93,12 @@ OpsIsa GetOpsIsa() { return IsaState().load(std::memory_order_relaxed); }
 
 const char* OpsIsaName(OpsIsa isa) {
   switch (isa) {
-    case OpsIsa::kScalar: return "scalar";
-    case OpsIsa::kAvx2: return "avx2";
-    case OpsIsa::kAvx512: return "avx512";
+    case OpsIsa::kScalar:
+      return "scalar";
+    case OpsIsa::kAvx2:
+      return "avx2";
+    case OpsIsa::kAvx512:
+      return "avx512";
   }
   return "unknown";
 }
@@ -103,14 +106,17 @@ const char* OpsIsaName(OpsIsa isa) {
 // ---------------------------------------------------------------------------------------
 // Dispatchers.
 
-void RmsNormRange(const float* x, const float* w, int dim, float eps, float* out,
-                  int64_t begin, int64_t end) {
+void RmsNormRange(const float* x, const float* w, int dim, float eps, float* out, int64_t begin,
+                  int64_t end) {
   TANDEM_CHECK_GT(dim, 0);
   CheckRange(begin, end);
   switch (GetOpsIsa()) {
-    case OpsIsa::kAvx512: return internal::RmsNormRangeAvx512(x, w, dim, eps, out, begin, end);
-    case OpsIsa::kAvx2: return internal::RmsNormRangeAvx2(x, w, dim, eps, out, begin, end);
-    case OpsIsa::kScalar: break;
+    case OpsIsa::kAvx512:
+      return internal::RmsNormRangeAvx512(x, w, dim, eps, out, begin, end);
+    case OpsIsa::kAvx2:
+      return internal::RmsNormRangeAvx2(x, w, dim, eps, out, begin, end);
+    case OpsIsa::kScalar:
+      break;
   }
   internal::RmsNormRangeScalar(x, w, dim, eps, out, begin, end);
 }
@@ -120,9 +126,12 @@ void SwiGluRange(const float* gate, const float* up, int dim, float* out, int64_
   TANDEM_CHECK_GT(dim, 0);
   CheckRange(begin, end);
   switch (GetOpsIsa()) {
-    case OpsIsa::kAvx512: return internal::SwiGluRangeAvx512(gate, up, dim, out, begin, end);
-    case OpsIsa::kAvx2: return internal::SwiGluRangeAvx2(gate, up, dim, out, begin, end);
-    case OpsIsa::kScalar: break;
+    case OpsIsa::kAvx512:
+      return internal::SwiGluRangeAvx512(gate, up, dim, out, begin, end);
+    case OpsIsa::kAvx2:
+      return internal::SwiGluRangeAvx2(gate, up, dim, out, begin, end);
+    case OpsIsa::kScalar:
+      break;
   }
   internal::SwiGluRangeScalar(gate, up, dim, out, begin, end);
 }
@@ -131,9 +140,12 @@ void AddBiasRange(float* x, const float* bias, int dim, int64_t begin, int64_t e
   TANDEM_CHECK_GT(dim, 0);
   CheckRange(begin, end);
   switch (GetOpsIsa()) {
-    case OpsIsa::kAvx512: return internal::AddBiasRangeAvx512(x, bias, dim, begin, end);
-    case OpsIsa::kAvx2: return internal::AddBiasRangeAvx2(x, bias, dim, begin, end);
-    case OpsIsa::kScalar: break;
+    case OpsIsa::kAvx512:
+      return internal::AddBiasRangeAvx512(x, bias, dim, begin, end);
+    case OpsIsa::kAvx2:
+      return internal::AddBiasRangeAvx2(x, bias, dim, begin, end);
+    case OpsIsa::kScalar:
+      break;
   }
   internal::AddBiasRangeScalar(x, bias, dim, begin, end);
 }
@@ -141,9 +153,12 @@ void AddBiasRange(float* x, const float* bias, int dim, int64_t begin, int64_t e
 void AddRange(float* x, const float* y, int64_t begin, int64_t end) {
   CheckRange(begin, end);
   switch (GetOpsIsa()) {
-    case OpsIsa::kAvx512: return internal::AddRangeAvx512(x, y, begin, end);
-    case OpsIsa::kAvx2: return internal::AddRangeAvx2(x, y, begin, end);
-    case OpsIsa::kScalar: break;
+    case OpsIsa::kAvx512:
+      return internal::AddRangeAvx512(x, y, begin, end);
+    case OpsIsa::kAvx2:
+      return internal::AddRangeAvx2(x, y, begin, end);
+    case OpsIsa::kScalar:
+      break;
   }
   internal::AddRangeScalar(x, y, begin, end);
 }
@@ -206,9 +221,12 @@ void KvAppendRange(const KvAppendParams& p, int64_t begin, int64_t end) {
   }
   if (c.head_dim % 16 == 0) {
     switch (GetOpsIsa()) {
-      case OpsIsa::kAvx512: return internal::KvAppendRangeAvx512(p, begin, end);
-      case OpsIsa::kAvx2: return internal::KvAppendRangeAvx2(p, begin, end);
-      case OpsIsa::kScalar: break;
+      case OpsIsa::kAvx512:
+        return internal::KvAppendRangeAvx512(p, begin, end);
+      case OpsIsa::kAvx2:
+        return internal::KvAppendRangeAvx2(p, begin, end);
+      case OpsIsa::kScalar:
+        break;
     }
   }
   internal::KvAppendRangeScalar(p, begin, end);

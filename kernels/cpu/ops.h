@@ -44,8 +44,8 @@ const char* OpsIsaName(OpsIsa isa);
 
 // Work items: rows of [rows, dim] matrices.
 // out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w; out may alias x.
-void RmsNormRange(const float* x, const float* w, int dim, float eps, float* out,
-                  int64_t begin, int64_t end);
+void RmsNormRange(const float* x, const float* w, int dim, float eps, float* out, int64_t begin,
+                  int64_t end);
 // out[r] = silu(gate[r]) * up[r], silu(g) = g / (1 + exp(-g)); out may alias gate or up.
 void SwiGluRange(const float* gate, const float* up, int dim, float* out, int64_t begin,
                  int64_t end);
@@ -74,15 +74,14 @@ inline int64_t AttentionItems(const AttentionParams& p) {
 // in ops.cc and attention.cc can see them; everything else uses the functions above.
 namespace internal {
 
-#define TANDEM_CPU_OPS_DECLARE_VARIANT(suffix)                                               \
-  void RmsNormRange##suffix(const float* x, const float* w, int dim, float eps, float* out,  \
-                            int64_t begin, int64_t end);                                     \
-  void SwiGluRange##suffix(const float* gate, const float* up, int dim, float* out,          \
-                           int64_t begin, int64_t end);                                      \
-  void AddBiasRange##suffix(float* x, const float* bias, int dim, int64_t begin,             \
-                            int64_t end);                                                    \
-  void AddRange##suffix(float* x, const float* y, int64_t begin, int64_t end);               \
-  void KvAppendRange##suffix(const KvAppendParams& p, int64_t begin, int64_t end);           \
+#define TANDEM_CPU_OPS_DECLARE_VARIANT(suffix)                                                     \
+  void RmsNormRange##suffix(const float* x, const float* w, int dim, float eps, float* out,        \
+                            int64_t begin, int64_t end);                                           \
+  void SwiGluRange##suffix(const float* gate, const float* up, int dim, float* out, int64_t begin, \
+                           int64_t end);                                                           \
+  void AddBiasRange##suffix(float* x, const float* bias, int dim, int64_t begin, int64_t end);     \
+  void AddRange##suffix(float* x, const float* y, int64_t begin, int64_t end);                     \
+  void KvAppendRange##suffix(const KvAppendParams& p, int64_t begin, int64_t end);                 \
   void AttentionRange##suffix(const AttentionParams& p, int64_t begin, int64_t end);
 
 TANDEM_CPU_OPS_DECLARE_VARIANT(Scalar)
@@ -90,15 +89,52 @@ TANDEM_CPU_OPS_DECLARE_VARIANT(Avx2)
 TANDEM_CPU_OPS_DECLARE_VARIANT(Avx512)
 #undef TANDEM_CPU_OPS_DECLARE_VARIANT
 
-// Vector exp shared by the ops and attention files of one ISA (declared only in the files
-// built for it). Relative error ~1e-7. Inputs are clamped, so the result is never inf or
-// NaN: to [-103.9, 88.72] for AVX-512 (exp(-103.9) is 0 in float) and to [-87.3, 88.3] for
-// AVX2 (which then returns ~1e-38 for very negative inputs, not 0).
+// Vector exp for the files built for AVX2 / AVX-512 (declared only where those ISAs are
+// enabled). exp(x) = 2^n * e^r with n = round(x / ln 2), |r| <= ln(2)/2, e^r by its degree-7
+// Taylor polynomial (truncation error 5e-9 relative), so the result is within ~1e-7 relative.
+// Inputs are clamped so the result is never inf or NaN. `static` on purpose: each
+// ISA-specific file gets its own copy, compiled with its own flags (an inline function with
+// external linkage could be merged with a copy built for a wider ISA).
 #if defined(__AVX512F__)
-__m512 ExpAvx512(__m512 x);
+// Clamped to [-103.9, 88.72]: exp(-103.9) rounds to 0; scalef applies 2^n exactly.
+static inline __m512 ExpAvx512(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.72f)), _mm512_set1_ps(-103.9f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln 2 in two parts
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 e = _mm512_set1_ps(1.f / 5040);
+  e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.f / 720));
+  e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.f / 120));
+  e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.f / 24));
+  e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.f / 6));
+  e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(0.5f));
+  e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.f));
+  e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(e, n);
+}
 #endif
-#if defined(__AVX2__)
-__m256 ExpAvx2(__m256 x);
+#if defined(__AVX2__) && defined(__FMA__)
+// Clamped to [-87.3, 88.3] to keep n in [-126, 127] for the exponent-bits construction of
+// 2^n; very negative inputs therefore give ~1e-38 rather than 0.
+static inline __m256 ExpAvx2(__m256 x) {
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3f)), _mm256_set1_ps(-87.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 e = _mm256_set1_ps(1.f / 5040);
+  e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(1.f / 720));
+  e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(1.f / 120));
+  e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(1.f / 24));
+  e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(1.f / 6));
+  e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(0.5f));
+  e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(1.f));
+  e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(1.f));
+  const __m256i bits =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(e, _mm256_castsi256_ps(bits));
+}
 #endif
 
 }  // namespace internal

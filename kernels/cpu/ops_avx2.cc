@@ -32,37 +32,14 @@ float HorizontalMax(__m256 v) {
 }
 
 int64_t KvRow(const KvCacheView& c, int layer, int block, int head, int offset) {
-  return ((static_cast<int64_t>(layer) * c.n_blocks + block) * c.n_kv_heads + head) *
-             c.block_size +
+  return ((static_cast<int64_t>(layer) * c.n_blocks + block) * c.n_kv_heads + head) * c.block_size +
          offset;
 }
 
 }  // namespace
 
-// exp(x) = 2^n * e^r with n = round(x / ln 2), |r| <= ln(2)/2, e^r by its degree-7 Taylor
-// polynomial (truncation error 5e-9 relative); 2^n is built in the exponent bits, so x is
-// clamped to keep n in [-126, 127].
-__m256 ExpAvx2(__m256 x) {
-  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3f)), _mm256_set1_ps(-87.3f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.f / 5040);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 720));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-  const __m256i bits =
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-}
-
-void RmsNormRangeAvx2(const float* x, const float* w, int dim, float eps, float* out,
-                      int64_t begin, int64_t end) {
+void RmsNormRangeAvx2(const float* x, const float* w, int dim, float eps, float* out, int64_t begin,
+                      int64_t end) {
   for (int64_t r = begin; r < end; ++r) {
     const float* xr = x + r * dim;
     float* outr = out + r * dim;
@@ -113,8 +90,8 @@ void SwiGluRangeAvx2(const float* gate, const float* up, int dim, float* out, in
     }
     const __m256 gv = _mm256_loadu_ps(g);
     const __m256 e = ExpAvx2(_mm256_sub_ps(_mm256_setzero_ps(), gv));
-    _mm256_storeu_ps(o, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(one, e)),
-                                      _mm256_loadu_ps(u)));
+    _mm256_storeu_ps(o,
+                     _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(one, e)), _mm256_loadu_ps(u)));
     for (int64_t j = 0; j < n; ++j) out[i + j] = o[j];
   }
 }
@@ -124,8 +101,7 @@ void AddBiasRangeAvx2(float* x, const float* bias, int dim, int64_t begin, int64
     float* xr = x + r * dim;
     int i = 0;
     for (; i + 8 <= dim; i += 8) {
-      _mm256_storeu_ps(xr + i, _mm256_add_ps(_mm256_loadu_ps(xr + i),
-                                             _mm256_loadu_ps(bias + i)));
+      _mm256_storeu_ps(xr + i, _mm256_add_ps(_mm256_loadu_ps(xr + i), _mm256_loadu_ps(bias + i)));
     }
     for (; i < dim; ++i) xr[i] += bias[i];
   }
@@ -191,8 +167,8 @@ void KvAppendRangeAvx2(const KvAppendParams& p, int64_t begin, int64_t end) {
               // Saturating packs clamp to [0, 255]; packs work per 128-bit lane, so the
               // permute restores element order.
               const __m256i w16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xd8);
-              const __m128i b8 = _mm_packus_epi16(_mm256_castsi256_si128(w16),
-                                                  _mm256_extracti128_si256(w16, 1));
+              const __m128i b8 =
+                  _mm_packus_epi16(_mm256_castsi256_si128(w16), _mm256_extracti128_si256(w16, 1));
               _mm_storeu_si128(reinterpret_cast<__m128i*>(o + i), b8);
             }
             float* sz = (which == 0 ? c.k_scale_zero : c.v_scale_zero) + row * 2;

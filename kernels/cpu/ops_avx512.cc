@@ -20,32 +20,11 @@ __mmask16 TailMask(int64_t n) {  // lanes [0, n) of 16, n in [0, 16]
 }
 
 int64_t KvRow(const KvCacheView& c, int layer, int block, int head, int offset) {
-  return ((static_cast<int64_t>(layer) * c.n_blocks + block) * c.n_kv_heads + head) *
-             c.block_size +
+  return ((static_cast<int64_t>(layer) * c.n_blocks + block) * c.n_kv_heads + head) * c.block_size +
          offset;
 }
 
 }  // namespace
-
-// exp(x) = 2^n * e^r with n = round(x / ln 2), |r| <= ln(2)/2, e^r by its degree-7 Taylor
-// polynomial (truncation error 5e-9 relative); scalef applies 2^n with correct
-// overflow/underflow. The clamp keeps n finite (and -inf inputs from producing NaN).
-__m512 ExpAvx512(__m512 x) {
-  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.72f)), _mm512_set1_ps(-103.9f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.f / 5040);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, n);
-}
 
 void RmsNormRangeAvx512(const float* x, const float* w, int dim, float eps, float* out,
                         int64_t begin, int64_t end) {
@@ -67,8 +46,8 @@ void RmsNormRangeAvx512(const float* x, const float* w, int dim, float eps, floa
       const __m512 a = _mm512_maskz_loadu_ps(TailMask(dim - i < 16 ? dim - i : 16), xr + i);
       s0 = _mm512_fmadd_ps(a, a, s0);
     }
-    const float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1),
-                                                         _mm512_add_ps(s2, s3)));
+    const float sum =
+        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
     const float inv = 1.f / __builtin_sqrtf(sum / static_cast<float>(dim) + eps);
     const __m512 vinv = _mm512_set1_ps(inv);
     for (i = 0; i < dim; i += 16) {

@@ -11,8 +11,7 @@ namespace tandem::kernels::ref {
 namespace {
 
 int64_t RowIndex(const KvCacheView& c, int layer, int block, int head, int offset) {
-  return ((static_cast<int64_t>(layer) * c.n_blocks + block) * c.n_kv_heads + head) *
-             c.block_size +
+  return ((static_cast<int64_t>(layer) * c.n_blocks + block) * c.n_kv_heads + head) * c.block_size +
          offset;
 }
 
@@ -76,12 +75,12 @@ void RopeRef(const RopeParams& p) {
   TANDEM_CHECK_LE(p.rot_dim, p.head_dim);
   for (int t = 0; t < p.n_tokens; ++t) {
     for (int h = 0; h < p.n_heads; ++h) {
-      RotateRef(p.q + (static_cast<int64_t>(t) * p.n_heads + h) * p.head_dim,
-                p.positions[t], p.rot_dim, p.theta, p.style);
+      RotateRef(p.q + (static_cast<int64_t>(t) * p.n_heads + h) * p.head_dim, p.positions[t],
+                p.rot_dim, p.theta, p.style);
     }
     for (int h = 0; h < p.n_kv_heads; ++h) {
-      RotateRef(p.k + (static_cast<int64_t>(t) * p.n_kv_heads + h) * p.head_dim,
-                p.positions[t], p.rot_dim, p.theta, p.style);
+      RotateRef(p.k + (static_cast<int64_t>(t) * p.n_kv_heads + h) * p.head_dim, p.positions[t],
+                p.rot_dim, p.theta, p.style);
     }
   }
 }
@@ -97,7 +96,8 @@ void KvAppendRef(const KvAppendParams& p) {
     for (int h = 0; h < c.n_kv_heads; ++h) {
       const int64_t row = RowIndex(c, p.layer, block, h, offset);
       for (int which = 0; which < 2; ++which) {
-        const float* in = (which == 0 ? p.k : p.v) + (static_cast<int64_t>(t) * c.n_kv_heads + h) * d;
+        const float* in =
+            (which == 0 ? p.k : p.v) + (static_cast<int64_t>(t) * c.n_kv_heads + h) * d;
         void* base = which == 0 ? c.k : c.v;
         switch (c.dtype) {
           case KvDType::kF32:
@@ -131,8 +131,8 @@ void KvAppendRef(const KvAppendParams& p) {
   }
 }
 
-void KvReadRowRef(const KvCacheView& c, bool is_v, int layer, int block, int head,
-                  int offset, float* out) {
+void KvReadRowRef(const KvCacheView& c, bool is_v, int layer, int block, int head, int offset,
+                  float* out) {
   const int d = c.head_dim;
   const int64_t row = RowIndex(c, layer, block, head, offset);
   const void* base = is_v ? c.v : c.k;
@@ -150,8 +150,7 @@ void KvReadRowRef(const KvCacheView& c, bool is_v, int layer, int block, int hea
       const double scale = sz[row * 2];
       const double zero = sz[row * 2 + 1];
       for (int i = 0; i < d; ++i) {
-        out[i] = static_cast<float>(static_cast<const uint8_t*>(base)[row * d + i] * scale +
-                                    zero);
+        out[i] = static_cast<float>(static_cast<const uint8_t*>(base)[row * d + i] * scale + zero);
       }
       return;
     }

@@ -35,8 +35,8 @@ void KvAppendRef(const KvAppendParams& p);
 
 // Reads back the dequantized K (is_v false) or V row of (layer, block, head, offset):
 // head_dim floats; int8 values are q * scale + zero.
-void KvReadRowRef(const KvCacheView& c, bool is_v, int layer, int block, int head,
-                  int offset, float* out);
+void KvReadRowRef(const KvCacheView& c, bool is_v, int layer, int block, int head, int offset,
+                  float* out);
 
 }  // namespace tandem::kernels::ref
 

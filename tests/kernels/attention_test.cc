@@ -39,9 +39,12 @@ class IsaGuard {
 
 const char* DTypeName(KvDType d) {
   switch (d) {
-    case KvDType::kF32: return "f32";
-    case KvDType::kF16: return "f16";
-    case KvDType::kInt8: return "int8";
+    case KvDType::kF32:
+      return "f32";
+    case KvDType::kF16:
+      return "f16";
+    case KvDType::kInt8:
+      return "int8";
   }
   return "?";
 }
@@ -189,8 +192,9 @@ class Scenario {
     double max_ds = 0, max_dv = 0, vmin = 1e30, vmax = -1e30;
     for (int j = 0; j <= pos; ++j) {
       const int block = tables_[seq * max_blocks_ + j / s.block_size];
-      const size_t row = ((static_cast<size_t>(1) * cache_.n_blocks + block) * s.n_kv_heads + kvh) *
-                             s.block_size + j % s.block_size;
+      const size_t row =
+          ((static_cast<size_t>(1) * cache_.n_blocks + block) * s.n_kv_heads + kvh) * s.block_size +
+          j % s.block_size;
       max_ds = std::max(max_ds, scale * q_l1 * ksz_[row * 2] / 2);
       max_dv = std::max(max_dv, static_cast<double>(vsz_[row * 2]) / 2);
       const float v = orig_v_[seq][(static_cast<size_t>(j) * s.n_kv_heads + kvh) * s.head_dim + i];
@@ -216,7 +220,8 @@ class Scenario {
     for (int q = 0; q < n_seqs_; ++q) {
       k_in.insert(k_in.end(), other.orig_k_[q].begin(), other.orig_k_[q].end());
       v_in.insert(v_in.end(), other.orig_v_[q].begin(), other.orig_v_[q].end());
-      const int len = static_cast<int>(other.orig_k_[q].size() / (shape_.n_kv_heads * shape_.head_dim));
+      const int len =
+          static_cast<int>(other.orig_k_[q].size() / (shape_.n_kv_heads * shape_.head_dim));
       for (int pos = 0; pos < len; ++pos) {
         slots.push_back(tables_[q * max_blocks_ + pos / shape_.block_size] * shape_.block_size +
                         pos % shape_.block_size);
@@ -280,7 +285,8 @@ TEST_P(AttentionTest, MatchesReferenceOnSameCache) {
   // Cuts inside tokens (between kv heads of one token) and across tokens, empty pieces too.
   const int64_t cuts[] = {0, 1, 1, 2, items / 2 - 1, items / 2 + 2, items - 1, items};
   for (size_t i = 0; i + 1 < std::size(cuts); ++i) {
-    AttentionRange(p, std::max<int64_t>(0, cuts[i]), std::clamp<int64_t>(cuts[i + 1], cuts[i], items));
+    AttentionRange(p, std::max<int64_t>(0, cuts[i]),
+                   std::clamp<int64_t>(cuts[i + 1], cuts[i], items));
   }
   EXPECT_EQ(0, std::memcmp(split.data(), got.data(), sizeof(float) * got.size()));
 }
@@ -316,10 +322,11 @@ TEST_P(AttentionTest, MatchesExactMath) {
   }
   if (dtype() == KvDType::kInt8) {
     // The figures the int8 KV cache costs (see kernels/README.md).
-    std::printf("int8 KV vs exact (block %d, group %d, head_dim %d): max abs err %.3g, "
-                "rms err %.3g, max err/bound %.3f\n",
-                shape().block_size, shape().group, d, max_err,
-                std::sqrt(sum_sq / got.size()), max_bound_ratio);
+    std::printf(
+        "int8 KV vs exact (block %d, group %d, head_dim %d): max abs err %.3g, "
+        "rms err %.3g, max err/bound %.3f\n",
+        shape().block_size, shape().group, d, max_err, std::sqrt(sum_sq / got.size()),
+        max_bound_ratio);
   }
 }
 
@@ -329,13 +336,13 @@ std::string ParamName(const ::testing::TestParamInfo<Param>& info) {
          "_g" + std::to_string(group) + "_d" + std::to_string(head_dim);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    All, AttentionTest,
-    ::testing::Combine(::testing::ValuesIn(SupportedIsas()),
-                       ::testing::Values(KvDType::kF32, KvDType::kF16, KvDType::kInt8),
-                       ::testing::Values(16, 32), ::testing::Values(1, 3, 4),
-                       ::testing::Values(64, 128)),
-    ParamName);
+INSTANTIATE_TEST_SUITE_P(All, AttentionTest,
+                         ::testing::Combine(::testing::ValuesIn(SupportedIsas()),
+                                            ::testing::Values(KvDType::kF32, KvDType::kF16,
+                                                              KvDType::kInt8),
+                                            ::testing::Values(16, 32), ::testing::Values(1, 3, 4),
+                                            ::testing::Values(64, 128)),
+                         ParamName);
 
 // Shapes off the main grid: head_dim 80 (vector path with a run-time row length), 40 (not a
 // multiple of 16: the scalar fallback under every ISA), a GQA group of 12 (more query heads

@@ -82,7 +82,8 @@ TEST_P(OpsTest, RmsNormMatchesReference) {
     ref::RmsNormRef(x.data(), w.data(), rows, dim, 1e-5f, want.data());
     RmsNormRange(x.data(), w.data(), dim, 1e-5f, got.data(), 0, rows);
     for (size_t i = 0; i < x.size(); ++i) {
-      ASSERT_NEAR(got[i], want[i], 1e-5f * std::fabs(want[i]) + 1e-7f) << "dim " << dim << " i " << i;
+      ASSERT_NEAR(got[i], want[i], 1e-5f * std::fabs(want[i]) + 1e-7f)
+          << "dim " << dim << " i " << i;
     }
     // In place (out aliases x), split into ranges: same values as out of place.
     std::vector<float> inplace = x;
@@ -123,7 +124,8 @@ TEST_P(OpsTest, AddBiasAndAddAreExact) {
     const auto bias = Random(dim, -1.f, 1.f, rng_);
     std::vector<float> want = x0, got = x0;
     ref::AddBiasRef(want.data(), bias.data(), rows, dim);
-    CallSplit(rows, [&](int64_t b, int64_t e) { AddBiasRange(got.data(), bias.data(), dim, b, e); });
+    CallSplit(rows,
+              [&](int64_t b, int64_t e) { AddBiasRange(got.data(), bias.data(), dim, b, e); });
     EXPECT_EQ(want, got);
 
     const auto y = Random(x0.size(), -5.f, 5.f, rng_);
@@ -142,7 +144,9 @@ TEST_P(OpsTest, GatherRowsIsExact) {
   const std::vector<int32_t> idx = {9, 0, 3, 3, 7, 1, 9};
   std::vector<float> want(n * dim), got(n * dim, -1.f);
   ref::GatherRowsRef(x.data(), idx.data(), n, dim, want.data());
-  CallSplit(n, [&](int64_t b, int64_t e) { GatherRowsRange(x.data(), idx.data(), dim, got.data(), b, e); });
+  CallSplit(n, [&](int64_t b, int64_t e) {
+    GatherRowsRange(x.data(), idx.data(), dim, got.data(), b, e);
+  });
   EXPECT_EQ(want, got);
 }
 
