@@ -105,6 +105,12 @@ class Sampler {
   // Sample uses it; public so the exact arithmetic can be tested.
   void ApplyPenalties(std::span<float> logits) const;
 
+  // The RNG state, so a sequence that moves to another worker (prefill -> decode) continues the
+  // same random stream: the receiver builds a Sampler with the same params, replays the prompt
+  // (AddPromptTokens) and output (Accept), then sets the state.
+  std::array<uint64_t, 4> rng_state() const { return rng_; }
+  void set_rng_state(const std::array<uint64_t, 4>& state) { rng_ = state; }
+
   int vocab_size() const { return vocab_size_; }
   const SamplingParams& params() const { return params_; }
   int num_generated() const { return num_generated_; }

@@ -132,6 +132,20 @@ TEST(ChatTemplateTest, SmolLM2InsertsItsDefaultSystemMessage) {
             "Face<|im_end|>\n<|im_start|>assistant\nHey<|im_end|>\n");
 }
 
+// SmolLM2-135M-Instruct.Q4_1.gguf stores the template with real newlines inside the Jinja
+// string literals (its converter decoded the escapes); the result must be the same.
+TEST(ChatTemplateTest, SmolLM2TemplateWithRealNewlines) {
+  std::string jinja = kSmolLM2;
+  for (size_t pos; (pos = jinja.find("\\n")) != std::string::npos;) jinja.replace(pos, 2, "\n");
+  ASSERT_EQ(jinja.find('\\'), std::string::npos);
+  const ChatTemplate t = FromJinja(jinja.c_str());
+  EXPECT_EQ(t.default_system_message(),
+            "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
+  EXPECT_EQ(RenderOrDie(t, {{"user", "Hi"}}, true),
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+            "Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+}
+
 TEST(ChatTemplateTest, ChatMLWithSystemMultiTurn) {
   const ChatTemplate t = FromJinja(kSmolLM2);
   EXPECT_EQ(RenderOrDie(t, SystemUserAssistantUser(), true),

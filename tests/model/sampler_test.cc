@@ -439,6 +439,24 @@ TEST(SamplerTest, SameSeedSameTokensDifferentSeedDifferentTokens) {
   EXPECT_NE(run(1234), run(1235));
 }
 
+TEST(SamplerTest, RngStateHandoffContinuesTheStream) {
+  const std::vector<float> logits = RandomLogits(300, 25, 1.0f);
+  SamplingParams p = Seeded(26);
+  p.frequency_penalty = 0.5f;
+  Sampler a(p, 300, -1);
+  std::vector<int32_t> out;
+  for (int i = 0; i < 5; ++i) out.push_back(a.Sample(logits.data(), 300).token);
+
+  SamplingParams q = p;
+  q.seed = 999;  // the receiver's own seed is overridden by the handed-over state
+  Sampler b(q, 300, -1);
+  for (int32_t t : out) b.Accept(t);
+  b.set_rng_state(a.rng_state());
+  for (int i = 0; i < 50; ++i) {
+    EXPECT_EQ(a.Sample(logits.data(), 300).token, b.Sample(logits.data(), 300).token);
+  }
+}
+
 // --- Logprobs ---------------------------------------------------------------------------------
 
 TEST(SamplerTest, LogprobsAreRawLogSoftmaxSortedAndConsistent) {
