@@ -238,7 +238,9 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromGgufTemplate(std::string_view jin
   }
   const std::vector<JinjaLiteral> literals = ScanLiterals(jinja);
 
-  if (Contains(jinja, "<|im_start|>")) {
+  // Phi-4 uses ChatML's markers with "<|im_sep|>" after the role instead of a newline: a
+  // different format, left to the unrecognized path.
+  if (Contains(jinja, "<|im_start|>") && !Contains(jinja, "<|im_sep|>")) {
     ChatTemplate t(ChatTemplateKind::kChatML, options);
     // A default system turn written out whole in one literal, e.g. SmolLM2's
     // '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, ...<|im_end|>\n', which

@@ -20,9 +20,10 @@
 //             followed.
 //   llama2  - Llama-2-chat: "<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {assistant}
 //             </s><s>[INST] {user} [/INST]", contents stripped, roles alternating.
-// Not reproduced: Mistral v7's [SYSTEM_PROMPT] format (not recognized), tool calls, Llama 3.1+'s
-// "Cutting Knowledge Date" system preamble (3.1/3.2 templates are recognized as llama3 and rendered
-// without it), multimodal content.
+// Not reproduced: Mistral v7's [SYSTEM_PROMPT] format and Phi-4's "<|im_sep|>" ChatML variant
+// (both refused as unrecognized), tool calls, Llama 3.1+'s "Cutting Knowledge Date" system
+// preamble (3.1/3.2 templates are recognized as llama3 and rendered without it), multimodal
+// content.
 //
 // The rendered text contains the BOS marker where the template emits one ("<s>",
 // "<|begin_of_text|>"), so it must be tokenized with special tokens recognized and without the

@@ -309,7 +309,10 @@ TEST(ChatTemplateTest, UnknownOrMissingTemplateNamesTheFlag) {
   // Mistral v7's [SYSTEM_PROMPT] format is a different one: not rendered as v0.x.
   const char* kMistralV7 =
       R"({{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + '[/INST]' }}{% elif message['role'] == 'system' %}{{ '[SYSTEM_PROMPT] ' + message['content'] + '[/SYSTEM_PROMPT]' }}{% endif %}{% endfor %})";
-  for (const char* jinja : {kGemma, kMistralV7, ""}) {
+  // Phi-4: ChatML markers, but "<|im_sep|>" where ChatML has a newline.
+  const char* kPhi4 =
+      R"({% for message in messages %}{% if (message['role'] == 'system') %}{{'<|im_start|>system<|im_sep|>' + message['content'] + '<|im_end|>'}}{% elif (message['role'] == 'user') %}{{'<|im_start|>user<|im_sep|>' + message['content'] + '<|im_end|><|im_start|>assistant<|im_sep|>'}}{% elif (message['role'] == 'assistant') %}{{message['content'] + '<|im_end|>'}}{% endif %}{% endfor %})";
+  for (const char* jinja : {kGemma, kMistralV7, kPhi4, ""}) {
     absl::StatusOr<ChatTemplate> t = ChatTemplate::FromGgufTemplate(jinja);
     ASSERT_FALSE(t.ok());
     EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
