@@ -62,6 +62,8 @@ void RotateHead(float* v, const float* cos_t, const float* sin_t, int half, Rope
 }  // namespace
 
 bool OpsIsaSupported(OpsIsa isa) {
+  // Needed when this runs before libgcc's own constructor (e.g. from a static initializer).
+  __builtin_cpu_init();
   switch (isa) {
     case OpsIsa::kScalar:
       return true;
