@@ -168,8 +168,8 @@ absl::Status LlamaModel::ValidateBatch(const StepBatch& b,
         "step batch: block tables must be n_seqs (1..", options_.max_seqs,
         ") x max_blocks_per_seq (1..", max_blocks_per_seq_, ")"));
   }
-  if (b.logit_rows.empty() || static_cast<int>(b.logit_rows.size()) > options_.max_logit_rows) {
-    return absl::InvalidArgumentError(absl::StrCat("step batch: 1..", options_.max_logit_rows,
+  if (static_cast<int>(b.logit_rows.size()) > options_.max_logit_rows) {
+    return absl::InvalidArgumentError(absl::StrCat("step batch: at most ", options_.max_logit_rows,
                                                    " logit rows allowed, got ",
                                                    b.logit_rows.size()));
   }
@@ -232,7 +232,7 @@ absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView&
   be.CopyToDevice(d_positions_, b.positions.data(), n * sizeof(int32_t), s);
   be.CopyToDevice(d_token_seq_, b.token_seq.data(), n * sizeof(int32_t), s);
   be.CopyToDevice(d_slots_, slots_.data(), n * sizeof(int32_t), s);
-  be.CopyToDevice(d_rows_, b.logit_rows.data(), n_out * sizeof(int32_t), s);
+  if (n_out > 0) be.CopyToDevice(d_rows_, b.logit_rows.data(), n_out * sizeof(int32_t), s);
   be.CopyToDevice(d_tables_, b.block_tables.data(), b.block_tables.size() * sizeof(int32_t), s);
 
   kernels::RopeParams rope;
@@ -296,6 +296,10 @@ absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView&
     be.SwiGlu(gate_, up_, n, c.ffn_dim, ffn_, s);
     be.Matmul(*l.w_down, ffn_, n, h_, s);
     be.Add(x_, h_, static_cast<int64_t>(n) * c.hidden, s);
+  }
+  if (n_out == 0) {  // a prefill chunk in the middle of a prompt needs no logits
+    be.Synchronize(s);
+    return absl::OkStatus();
   }
   be.GatherRows(x_, d_rows_, n_out, c.hidden, sel_, s);
   be.RmsNorm(sel_, output_norm_, n_out, c.hidden, c.rms_eps, sel_, s);

@@ -46,7 +46,8 @@ class LlamaModel {
   int max_blocks_per_seq() const { return max_blocks_per_seq_; }
 
   // Runs one step: appends the batch's K/V into `cache` and writes float logits
-  // [batch.logit_rows.size(), vocab] into `logits` (host memory). InvalidArgument when the
+  // [batch.logit_rows.size(), vocab] into `logits` (host memory; untouched when no rows
+  // are requested, as for a prefill chunk in the middle of a prompt). InvalidArgument when the
   // batch breaks StepBatch's invariants or exceeds ModelOptions; nothing runs then.
   absl::Status Forward(const StepBatch& batch, const kernels::KvCacheView& cache,
                        float* logits);

@@ -137,7 +137,7 @@ TEST(LlamaCppReferenceTest, LastPromptLogitsMatchLlamaCppOnEveryIsa) {
   ASSERT_EQ(static_cast<size_t>(bin.gcount()), all.size() * sizeof(float));
   for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAmx}) {
     if (!kernels::cpu::IsaAvailable(isa)) continue;
-    SCOPED_TRACE(kernels::cpu::IsaName(isa));
+    SCOPED_TRACE(std::string(kernels::cpu::IsaName(isa)));
     Engine e = MakeEngine(isa);
     ASSERT_NE(e.model, nullptr);
     ASSERT_EQ(e.model->config().vocab_size, vocab);
