@@ -295,9 +295,11 @@ absl::Status GgufFile::Parser::ReadValue(GgufType type, std::string_view key, in
       return absl::OkStatus();
     }
     case GgufType::kArray: {
-      out->items.resize(out->count);
+      // Grown as items parse (each takes >= 12 file bytes) rather than sized up front:
+      // nested arrays sized up front could each claim memory for the whole file.
       for (uint64_t j = 0; j < out->count; ++j) {
-        TANDEM_RETURN_IF_ERROR(ReadValue(GgufType::kArray, key, depth + 1, &out->items[j]));
+        out->items.emplace_back();
+        TANDEM_RETURN_IF_ERROR(ReadValue(GgufType::kArray, key, depth + 1, &out->items.back()));
       }
       return absl::OkStatus();
     }
