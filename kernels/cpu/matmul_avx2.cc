@@ -13,6 +13,9 @@ namespace {
 
 using AliasI32 = int32_t __attribute__((may_alias));
 
+// Prefetch distance into L2, as in matmul_avx512.cc (where it is measured).
+constexpr int64_t kPrefetchBytes = 12288;
+
 inline __m256i Bcast4(const int8_t* p) {
   return _mm256_set1_epi32(*reinterpret_cast<const AliasI32*>(p));
 }
@@ -54,6 +57,15 @@ void HalfGroupTile(const PackedLayout& l, const uint8_t* group, int h, const Qua
   const int64_t nb = l.nb;
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* tile = group + b * l.qs_bytes + 32 * h;
+    if (h == 0) {
+      for (int p = 0; p < (kQ8 ? 8 : 4); ++p) {
+        _mm_prefetch(reinterpret_cast<const char*>(tile + kPrefetchBytes + 64 * p), _MM_HINT_T1);
+      }
+      _mm_prefetch(reinterpret_cast<const char*>(dh + b * 16) + kPrefetchBytes / 8, _MM_HINT_T1);
+      if constexpr (kMin) {
+        _mm_prefetch(reinterpret_cast<const char*>(mh + b * 16) + kPrefetchBytes / 8, _MM_HINT_T1);
+      }
+    }
     __m256i s[MR];
     if constexpr (kQ8) {
       for (int r = 0; r < MR; ++r) s[r] = _mm256_setzero_si256();

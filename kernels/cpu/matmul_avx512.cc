@@ -15,6 +15,13 @@ namespace {
 
 using AliasI32 = int32_t __attribute__((may_alias));
 
+// How far ahead in the qs stream to prefetch into L2 (scales: 1/8 of it, their stream is
+// 8x thinner). Measured on Zen 4 streaming a 120 MB Q4_1 weight: no prefetch or a short
+// distance gives ~10 GB/s per core, 8-32 KB ahead into L2 gives ~14-15 GB/s (Q8_0: 11 ->
+// 18 GB/s, about the plain streaming-read rate): hardware prefetchers stop at 4 KB pages,
+// this runs a few pages ahead of them. _MM_HINT_T1 at the same distances did not help.
+constexpr int64_t kPrefetchBytes = 12288;
+
 inline __m512i Bcast4(const int8_t* p) {
   return _mm512_set1_epi32(*reinterpret_cast<const AliasI32*>(p));
 }
@@ -40,6 +47,16 @@ void GroupTile(const PackedLayout& l, const uint8_t* group, const QuantizedActs&
   const int64_t nb = l.nb;
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* tile = group + b * l.qs_bytes;
+    // Decode (MR = 1) is bound by how fast weights stream in from DRAM (see
+    // kPrefetchBytes; the group's scales are separate streams, fetched ahead too).
+#pragma GCC unroll 8
+    for (int p = 0; p < (kQ8 ? 8 : 4); ++p) {
+      _mm_prefetch(reinterpret_cast<const char*>(tile + kPrefetchBytes + 64 * p), _MM_HINT_T1);
+    }
+    _mm_prefetch(reinterpret_cast<const char*>(dh + b * 16) + kPrefetchBytes / 8, _MM_HINT_T1);
+    if constexpr (kMin) {
+      _mm_prefetch(reinterpret_cast<const char*>(mh + b * 16) + kPrefetchBytes / 8, _MM_HINT_T1);
+    }
     __m512i w[8];
     if constexpr (kQ8) {
 #pragma GCC unroll 8
