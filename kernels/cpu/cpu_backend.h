@@ -35,6 +35,8 @@ struct CpuBackendConfig {
 };
 
 absl::Status ValidateCpuBackendConfig(const CpuBackendConfig& config);
+// Errors: an invalid config, a forced ISA this CPU lacks, or (isa = kAmx) an AMX GEMM that
+// fails its one-time check against the AVX-512 kernel.
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendConfig& config);
 
 }  // namespace tandem::kernels::cpu

@@ -127,13 +127,22 @@ void ThreadPool::ParallelFor(int64_t n_items, int64_t min_chunk, RangeFn fn) {
 
   fn(0, ChunkBegin(n_items, n_chunks, 1), 0);
 
+  // Spin while the workers are plausibly running; past ~20 us a worker has probably lost
+  // its core (oversubscribed machine), and spinning on would keep it from getting one.
   int spins = 0;
+  std::chrono::steady_clock::time_point spin_start;
+  bool yielding = false;
   while (pending_.load(std::memory_order_acquire) != 0) {
-    // A worker that lost its core (this machine is shared) must not be starved by us.
-    if (++spins > 20000) {
+    if (yielding) {
       sched_yield();
-    } else {
-      CpuRelax();
+      continue;
+    }
+    CpuRelax();
+    if (++spins == 64) {
+      spin_start = std::chrono::steady_clock::now();
+    } else if (spins > 64 && (spins & 63) == 0 &&
+               std::chrono::steady_clock::now() - spin_start > std::chrono::microseconds(20)) {
+      yielding = true;
     }
   }
 }
