@@ -1,0 +1,378 @@
+// Tokenizer tests: token ids against llama.cpp's (tests/reference/tokenizer_cases.jsonl, made
+// by tests/reference/gen_reference.py from the default model), round trips, the streaming
+// decoder, malformed input, and BPE/special-token rules on a hand-built vocabulary.
+#include "model/tokenizer.h"
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "model/gguf_file.h"
+#include "model/unicode_util.h"
+#include "nlohmann/json.hpp"
+
+namespace tandem::model {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+std::string SourceDir() {
+  const char* dir = std::getenv("TANDEM_SOURCE_DIR");
+  return dir != nullptr ? dir : TANDEM_SOURCE_DIR;
+}
+
+std::string HexToBytes(const std::string& hex) {
+  std::string out;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+    out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  }
+  return out;
+}
+
+std::string Printable(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c < 0x20 || c == 0x7F) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
+      out += buf;
+    } else {
+      out.push_back(static_cast<char>(c));
+    }
+  }
+  return out;
+}
+
+struct Case {
+  std::string text;
+  bool special = true;
+  bool from_hex = false;  // malformed UTF-8 input
+  std::vector<int32_t> ids;
+};
+
+class DefaultModelTokenizerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const std::string path = SourceDir() + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    auto gguf = GgufFile::Open(path);
+    if (!gguf.ok()) {
+      load_error_ = new std::string("cannot open the default model " + path + " (run the "
+                                    "model download script): " + gguf.status().ToString());
+      return;
+    }
+    auto tok = Tokenizer::FromGguf(**gguf);
+    if (!tok.ok()) {
+      load_error_ = new std::string(tok.status().ToString());
+      return;
+    }
+    tokenizer_ = tok->release();
+
+    const std::string cases_path = SourceDir() + "/tests/reference/tokenizer_cases.jsonl";
+    std::ifstream in(cases_path);
+    if (!in) {
+      load_error_ = new std::string("cannot read " + cases_path);
+      return;
+    }
+    cases_ = new std::vector<Case>();
+    std::string line;
+    bool header = true;
+    while (std::getline(in, line)) {
+      auto j = nlohmann::json::parse(line);
+      if (header) {
+        header = false;
+        expected_count_ = j.at("count").get<int>();
+        continue;
+      }
+      Case c;
+      if (j.contains("hex")) {
+        c.text = HexToBytes(j.at("hex").get<std::string>());
+        c.from_hex = true;
+      } else {
+        c.text = j.at("text").get<std::string>();
+      }
+      c.special = j.value("special", true);
+      c.ids = j.at("ids").get<std::vector<int32_t>>();
+      cases_->push_back(std::move(c));
+    }
+  }
+
+  void SetUp() override {
+    ASSERT_EQ(load_error_, nullptr) << *load_error_;
+  }
+
+  static inline Tokenizer* tokenizer_ = nullptr;
+  static inline std::vector<Case>* cases_ = nullptr;
+  static inline int expected_count_ = 0;
+  static inline std::string* load_error_ = nullptr;
+};
+
+TEST_F(DefaultModelTokenizerTest, Metadata) {
+  const Tokenizer& t = *tokenizer_;
+  EXPECT_EQ(t.vocab_size(), 49152);
+  EXPECT_EQ(t.pre(), "smollm");
+  EXPECT_EQ(t.bos_id(), 1);
+  EXPECT_EQ(t.eos_id(), 2);
+  EXPECT_FALSE(t.add_bos());
+  EXPECT_EQ(t.TokenText(1), "<|im_start|>");
+  EXPECT_EQ(t.TokenId("<|im_end|>"), 2);
+  EXPECT_TRUE(t.IsSpecial(0));
+  EXPECT_FALSE(t.IsSpecial(100));
+  EXPECT_TRUE(t.IsEndOfGeneration(2));   // <|im_end|>
+  EXPECT_TRUE(t.IsEndOfGeneration(0));   // <|endoftext|>
+  EXPECT_FALSE(t.IsEndOfGeneration(1));  // <|im_start|>
+  EXPECT_FALSE(t.IsEndOfGeneration(100));
+  EXPECT_EQ(t.TokenId("no such token text"), -1);
+}
+
+TEST_F(DefaultModelTokenizerTest, MatchesLlamaCpp) {
+  ASSERT_GE(cases_->size(), 300u);
+  ASSERT_EQ(static_cast<int>(cases_->size()), expected_count_);
+  int matched = 0;
+  for (const Case& c : *cases_) {
+    const std::vector<int32_t> ids = tokenizer_->Encode(c.text, c.special);
+    EXPECT_EQ(ids, c.ids) << "text: \"" << Printable(c.text) << "\" special=" << c.special;
+    matched += ids == c.ids;
+  }
+  std::printf("tokenizer: %d of %zu llama.cpp reference cases match\n", matched,
+              cases_->size());
+}
+
+TEST_F(DefaultModelTokenizerTest, DecodeInvertsEncode) {
+  for (const Case& c : *cases_) {
+    const std::string decoded = tokenizer_->Decode(tokenizer_->Encode(c.text, c.special));
+    // Malformed input comes back repaired: one U+FFFD per byte that starts no sequence.
+    const std::string expected = c.from_hex ? unicode::RepairInputUtf8(c.text) : c.text;
+    EXPECT_EQ(decoded, expected) << "text: \"" << Printable(c.text) << "\"";
+  }
+}
+
+TEST_F(DefaultModelTokenizerTest, StreamDecoderMatchesDecode) {
+  int held_back = 0;
+  for (const Case& c : *cases_) {
+    const std::vector<int32_t> ids = tokenizer_->Encode(c.text, c.special);
+    StreamDecoder stream(*tokenizer_);
+    std::string joined;
+    for (int32_t id : ids) {
+      const std::string part = stream.Push(id);
+      EXPECT_TRUE(unicode::IsValidUtf8(part)) << "mid-stream output \"" << Printable(part)
+                                              << "\" for \"" << Printable(c.text) << "\"";
+      held_back += stream.pending_bytes() > 0;
+      joined += part;
+    }
+    const std::string tail = stream.Flush();
+    EXPECT_TRUE(unicode::IsValidUtf8(tail));
+    EXPECT_EQ(stream.pending_bytes(), 0u);
+    joined += tail;
+    EXPECT_EQ(joined, tokenizer_->Decode(ids)) << "text: \"" << Printable(c.text) << "\"";
+  }
+  // The cases include characters split over several byte tokens (CJK, emoji), so the
+  // decoder must have held bytes back at some point; otherwise this test proves nothing.
+  EXPECT_GT(held_back, 0);
+}
+
+TEST_F(DefaultModelTokenizerTest, GreedyPromptTokensMatchLlamaCpp) {
+  const std::string path = SourceDir() + "/tests/reference/greedy.json";
+  std::ifstream in(path);
+  ASSERT_TRUE(in) << "cannot read " << path;
+  const auto j = nlohmann::json::parse(in);
+  int n = 0;
+  for (const auto& p : j.at("prompts")) {
+    const std::string prompt = p.at("prompt").get<std::string>();
+    EXPECT_EQ(tokenizer_->Encode(prompt), p.at("prompt_tokens").get<std::vector<int32_t>>())
+        << Printable(prompt);
+    ++n;
+  }
+  EXPECT_GE(n, 20);
+}
+
+TEST_F(DefaultModelTokenizerTest, EmptyInput) {
+  EXPECT_TRUE(tokenizer_->Encode("").empty());
+  EXPECT_TRUE(tokenizer_->Encode("", false).empty());
+  EXPECT_EQ(tokenizer_->Decode({}), "");
+  StreamDecoder stream(*tokenizer_);
+  EXPECT_EQ(stream.Flush(), "");
+}
+
+TEST_F(DefaultModelTokenizerTest, SpecialTokensOnlyWhenAsked) {
+  const std::string text = "<|im_start|>user\nhi<|im_end|>";
+  const auto with = tokenizer_->Encode(text, true);
+  const auto without = tokenizer_->Encode(text, false);
+  ASSERT_FALSE(with.empty());
+  EXPECT_EQ(with.front(), 1);
+  EXPECT_EQ(with.back(), 2);
+  for (int32_t id : without) EXPECT_FALSE(tokenizer_->IsSpecial(id)) << id;
+  EXPECT_EQ(tokenizer_->Decode(without), text);
+  // Without rendering special tokens only the text between them remains.
+  EXPECT_EQ(tokenizer_->Decode(with, /*render_special=*/false), "user\nhi");
+}
+
+TEST_F(DefaultModelTokenizerTest, MalformedUtf8) {
+  // Every invalid byte reads as U+FFFD; nothing crashes and nothing is dropped silently.
+  const std::string fffd = "\xEF\xBF\xBD";
+  EXPECT_EQ(tokenizer_->Encode("\xFF"), tokenizer_->Encode(fffd));
+  EXPECT_EQ(tokenizer_->Encode("a\x80" "b"), tokenizer_->Encode("a" + fffd + "b"));
+  EXPECT_EQ(tokenizer_->Encode("\xF0\x9F\x98"), tokenizer_->Encode(fffd + fffd + fffd));
+  // Surrogates (not valid in UTF-8) become one U+FFFD: a documented departure from
+  // llama.cpp, which tokenizes the raw bytes of the surrogate.
+  EXPECT_EQ(tokenizer_->Encode("\xED\xA0\x80"), tokenizer_->Encode(fffd));
+  for (int b = 0; b < 256; ++b) {
+    const std::string s = "x" + std::string(1, static_cast<char>(b)) + "\xE2\x82";
+    const auto ids = tokenizer_->Encode(s);
+    EXPECT_FALSE(ids.empty());
+    EXPECT_TRUE(unicode::IsValidUtf8(tokenizer_->Decode(ids)));
+  }
+}
+
+TEST_F(DefaultModelTokenizerTest, StreamDecoderHoldsPartialCharacters) {
+  // "é" is C3 A9; the byte tokens are the alphabet characters for those bytes.
+  const int32_t c3 = tokenizer_->TokenId(std::string(unicode::ByteToUtf8(0xC3)));
+  const int32_t a9 = tokenizer_->TokenId(std::string(unicode::ByteToUtf8(0xA9)));
+  ASSERT_GE(c3, 0);
+  ASSERT_GE(a9, 0);
+  StreamDecoder s(*tokenizer_);
+  EXPECT_EQ(s.Push(c3), "");
+  EXPECT_EQ(s.pending_bytes(), 1u);
+  EXPECT_EQ(s.Push(a9), "\xC3\xA9");
+  EXPECT_EQ(s.Push(a9), "\xEF\xBF\xBD");  // a lone continuation byte: replaced at once
+  EXPECT_EQ(s.Push(c3), "");
+  EXPECT_EQ(s.Push(c3), "\xEF\xBF\xBD");  // the first C3 can no longer complete
+  EXPECT_EQ(s.Flush(), "\xEF\xBF\xBD");   // the second never completed
+  EXPECT_EQ(s.Flush(), "");
+  // Special tokens render as text, or as nothing when the decoder is told so.
+  StreamDecoder plain(*tokenizer_, /*render_special=*/false);
+  EXPECT_EQ(plain.Push(2), "");
+  StreamDecoder rendered(*tokenizer_);
+  EXPECT_EQ(rendered.Push(2), "<|im_end|>");
+}
+
+TEST_F(DefaultModelTokenizerTest, LongInputIsFast) {
+  std::string text;
+  while (text.size() < 100 * 1024) {
+    text += "The quick brown fox jumps over the lazy dog 1234567890. café 日本語 😀\n\t";
+  }
+  text += std::string(20000, 'a');  // one long word: BPE must not be quadratic
+  text += std::string(20000, ' ');
+  const auto start = std::chrono::steady_clock::now();
+  const auto ids = tokenizer_->Encode(text);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("tokenizer: %zu bytes -> %zu tokens in %.1f ms\n", text.size(), ids.size(),
+              seconds * 1e3);
+  EXPECT_EQ(tokenizer_->Decode(ids), text);
+  EXPECT_LT(seconds, 1.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A hand-built vocabulary, to pin the rules independently of any model file.
+
+TokenizerData TinyData() {
+  TokenizerData d;
+  d.model = "gpt2";
+  d.pre = "gpt-2";
+  // Every byte's alphabet character first, then merged tokens and two specials.
+  for (int b = 0; b < 256; ++b) d.tokens.emplace_back(unicode::ByteToUtf8(static_cast<uint8_t>(b)));
+  d.tokens.push_back("aa");        // 256
+  d.tokens.push_back("aaa");       // 257
+  d.tokens.push_back("ab");        // 258
+  d.tokens.push_back("<s>");       // 259 control
+  d.tokens.push_back("<s><s>");    // 260 control (longer: wins over two <s>)
+  d.tokens.push_back("<user>");    // 261 user-defined
+  d.token_types.assign(d.tokens.size(), 1);
+  d.token_types[259] = 3;
+  d.token_types[260] = 3;
+  d.token_types[261] = 4;
+  d.merges = {"a b", "a a", "aa a"};
+  d.bos = 259;
+  d.eos = 259;
+  return d;
+}
+
+TEST(TinyTokenizerTest, MergesByRankThenLeftmost) {
+  auto t = Tokenizer::FromData(TinyData());
+  ASSERT_TRUE(t.ok()) << t.status();
+  // "aab": "a b" (rank 0) beats "a a" (rank 1).
+  EXPECT_THAT((*t)->Encode("aab"), ElementsAre('a', 258));
+  // "aaaa": equal ranks merge leftmost first: (aa)(aa), never a(aa)a.
+  EXPECT_THAT((*t)->Encode("aaaa"), ElementsAre(256, 256));
+  // "aaa": a a -> aa, then "aa a" -> aaa.
+  EXPECT_THAT((*t)->Encode("aaa"), ElementsAre(257));
+}
+
+TEST(TinyTokenizerTest, SpecialTokensLongestFirstAndUserDefinedAlways) {
+  auto t = Tokenizer::FromData(TinyData());
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_THAT((*t)->Encode("<s><s><s>"), ElementsAre(260, 259));
+  EXPECT_THAT((*t)->Encode("a<user>a", /*parse_special=*/false), ElementsAre('a', 261, 'a'));
+  const auto plain = (*t)->Encode("<s>", /*parse_special=*/false);
+  EXPECT_EQ(plain.size(), 3u);  // '<' 's' '>' as text
+  EXPECT_EQ((*t)->Decode(plain), "<s>");
+  // BOS only when both asked and configured.
+  EXPECT_THAT((*t)->Encode("a", true, /*add_special=*/true), ElementsAre('a'));
+  TokenizerData d = TinyData();
+  d.add_bos = true;
+  auto with_bos = Tokenizer::FromData(d);
+  ASSERT_TRUE(with_bos.ok());
+  EXPECT_THAT((*with_bos)->Encode("a", true, true), ElementsAre(259, 'a'));
+  EXPECT_THAT((*with_bos)->Encode("a"), ElementsAre('a'));
+}
+
+TEST(TinyTokenizerTest, Errors) {
+  TokenizerData spm = TinyData();
+  spm.model = "llama";
+  auto a = Tokenizer::FromData(spm);
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(a.status().message(), HasSubstr("unsupported tokenizer model 'llama'"));
+
+  TokenizerData pre = TinyData();
+  pre.pre = "no-such-pre";
+  auto b = Tokenizer::FromData(pre);
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(b.status().message(), HasSubstr("smollm"));
+
+  TokenizerData types = TinyData();
+  types.token_types.pop_back();
+  EXPECT_FALSE(Tokenizer::FromData(types).ok());
+
+  TokenizerData bos = TinyData();
+  bos.bos = 100000;
+  EXPECT_FALSE(Tokenizer::FromData(bos).ok());
+
+  TokenizerData merges = TinyData();
+  merges.merges.push_back("nospace");
+  EXPECT_FALSE(Tokenizer::FromData(merges).ok());
+}
+
+TEST(TinyTokenizerTest, PreTokenizersSplitAsTheirFamiliesDo) {
+  // With no merges beyond the tiny set, the pieces show through as byte ids, so compare
+  // piece boundaries via the splitter directly.
+  auto split = [](const std::string& pre, const std::string& text) {
+    TokenizerData d = TinyData();
+    d.pre = pre;
+    auto t = Tokenizer::FromData(d);
+    EXPECT_TRUE(t.ok()) << t.status();
+    std::vector<RegexSplitter::Piece> pieces;
+    (*t)->splitter().Split(text, &pieces);
+    std::vector<std::string> out;
+    for (auto [b, e] : pieces) out.push_back(text.substr(b, e - b));
+    return out;
+  };
+  EXPECT_THAT(split("gpt-2", "I'll pay 1234 now!!  ok"),
+              ElementsAre("I", "'ll", " pay", " 1234", " now", "!!", " ", " ok"));
+  EXPECT_THAT(split("smollm", "pay 1234"), ElementsAre("pay", " ", "1", "2", "3", "4"));
+  EXPECT_THAT(split("llama3", "I'LL pay 12345\n\n x"),
+              ElementsAre("I", "'LL", " pay", " ", "123", "45", "\n\n", " x"));
+  EXPECT_THAT(split("qwen2", "x 12"), ElementsAre("x", " ", "1", "2"));
+  EXPECT_THAT(split("gpt-2", "a\t\tb"), ElementsAre("a", "\t", "\t", "b"));
+  EXPECT_THAT(split("gpt-2", "a\xC2\x85\xC2\x85" "b"),  // U+0085 counts as whitespace
+              ElementsAre("a", "\xC2\x85", "\xC2\x85", "b"));
+}
+
+}  // namespace
+}  // namespace tandem::model
