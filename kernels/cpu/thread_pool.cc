@@ -110,8 +110,8 @@ void ThreadPool::ParallelFor(int64_t n_items, int64_t min_chunk, RangeFn fn) {
   if (n_items <= 0) return;
   PinCallerIfNeeded();
   min_chunk = std::max<int64_t>(min_chunk, 1);
-  const int n_chunks =
-      static_cast<int>(std::min<int64_t>(n_threads_, (n_items + min_chunk - 1) / min_chunk));
+  const int n_chunks = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(n_threads_, n_items / min_chunk)));
   if (n_chunks <= 1) {
     fn(0, n_items, 0);
     return;

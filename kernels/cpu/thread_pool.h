@@ -63,9 +63,10 @@ class ThreadPool {
 
   int size() const { return n_threads_; }
 
-  // Calls fn(begin, end, thread) over contiguous chunks covering [0, n_items), one chunk per
-  // thread, at most n_items / min_chunk chunks (so small loops use fewer threads, and a loop
-  // that fits one chunk runs inline on the caller). Returns when every chunk is done.
+  // Calls fn(begin, end, thread) over contiguous chunks covering [0, n_items), at most one
+  // chunk per thread and max(1, n_items / min_chunk) chunks, so every chunk has at least
+  // min_chunk items when there is more than one (small loops use fewer threads; a loop
+  // under 2 * min_chunk items runs inline on the caller). Returns when every chunk is done.
   void ParallelFor(int64_t n_items, int64_t min_chunk, RangeFn fn);
   void ParallelFor(int64_t n_items, RangeFn fn) { ParallelFor(n_items, 1, fn); }
 

@@ -41,7 +41,8 @@ TEST(ThreadPoolTest, CoversEveryItemOnceWithContiguousChunks) {
         });
         for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "item " << i;
         for (int t = 0; t < threads; ++t) EXPECT_LE(chunks_of_thread[t].load(), 1);
-        const int64_t max_chunks = n == 0 ? 0 : std::min<int64_t>(threads, (n + min_chunk - 1) / min_chunk);
+        const int64_t max_chunks =
+            n == 0 ? 0 : std::max<int64_t>(1, std::min<int64_t>(threads, n / min_chunk));
         EXPECT_EQ(n_chunks.load(), max_chunks) << "n=" << n << " min_chunk=" << min_chunk;
       }
     }
