@@ -74,9 +74,17 @@ void RegexSplitter::Split(std::string_view text, std::vector<Piece>* pieces) con
       size_t pos = 0;   // where the next search starts, relative to begin
       size_t last = 0;  // end of the last emitted piece, relative to begin
       while (pos < length) {
-        const int rc = pcre2_match(compiled->code, subject, length, pos, PCRE2_NO_UTF_CHECK,
-                                   md.get(), nullptr);
-        if (rc < 0) break;  // no further match (or a resource limit): the rest is a gap
+        int rc = pcre2_match(compiled->code, subject, length, pos, PCRE2_NO_UTF_CHECK,
+                             md.get(), nullptr);
+        if (rc < 0 && rc != PCRE2_ERROR_NOMATCH) {
+          // The JIT's fixed-size stack ran out (e.g. an unusually long run): the interpreter
+          // keeps its backtracking state on the heap, so ask it instead.
+          rc = pcre2_match(compiled->code, subject, length, pos,
+                           PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md.get(), nullptr);
+        }
+        // Past the interpreter's limits (default heap limit 20 MB), the rest of the piece
+        // is kept whole rather than failing the request.
+        if (rc < 0) break;
         const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
         const size_t ms = ov[0], me = ov[1];
         if (me == ms) {

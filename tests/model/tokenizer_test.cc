@@ -55,6 +55,9 @@ struct Case {
   bool special = true;
   bool from_hex = false;  // malformed UTF-8 input
   std::vector<int32_t> ids;
+  // What llama.cpp's detokenizer gives back for `ids` (special tokens rendered): `text`
+  // itself, except for malformed UTF-8 (repaired) and bytes missing from the vocabulary.
+  std::string decoded;
 };
 
 class DefaultModelTokenizerTest : public ::testing::Test {
@@ -99,6 +102,8 @@ class DefaultModelTokenizerTest : public ::testing::Test {
       }
       c.special = j.value("special", true);
       c.ids = j.at("ids").get<std::vector<int32_t>>();
+      c.decoded = j.contains("decoded_hex") ? HexToBytes(j.at("decoded_hex").get<std::string>())
+                                            : c.text;
       cases_->push_back(std::move(c));
     }
   }
@@ -145,16 +150,22 @@ TEST_F(DefaultModelTokenizerTest, MatchesLlamaCpp) {
 }
 
 TEST_F(DefaultModelTokenizerTest, DecodeInvertsEncode) {
+  int exact = 0;
   for (const Case& c : *cases_) {
     const std::string decoded = tokenizer_->Decode(tokenizer_->Encode(c.text, c.special));
-    // Malformed input comes back repaired: one U+FFFD per byte that starts no sequence.
-    const std::string expected = c.from_hex ? unicode::RepairInputUtf8(c.text) : c.text;
-    EXPECT_EQ(decoded, expected) << "text: \"" << Printable(c.text) << "\"";
+    // Where llama.cpp does not give the input back, tandem must give back what it does:
+    // malformed input comes back with one U+FFFD per byte that starts no sequence, and
+    // bytes without a vocabulary entry (SmolLM2 lacks 04 06 13 14 16 1D F1 F2) vanish.
+    EXPECT_EQ(decoded, c.decoded) << "text: \"" << Printable(c.text) << "\"";
+    if (c.from_hex) EXPECT_EQ(decoded, unicode::RepairInputUtf8(c.text));
+    exact += decoded == c.text;
   }
+  std::printf("tokenizer: %d of %zu cases decode to exactly their input\n", exact,
+              cases_->size());
 }
 
 TEST_F(DefaultModelTokenizerTest, StreamDecoderMatchesDecode) {
-  int held_back = 0;
+  int held_back = 0, exact = 0;
   for (const Case& c : *cases_) {
     const std::vector<int32_t> ids = tokenizer_->Encode(c.text, c.special);
     StreamDecoder stream(*tokenizer_);
@@ -170,8 +181,19 @@ TEST_F(DefaultModelTokenizerTest, StreamDecoderMatchesDecode) {
     EXPECT_TRUE(unicode::IsValidUtf8(tail));
     EXPECT_EQ(stream.pending_bytes(), 0u);
     joined += tail;
-    EXPECT_EQ(joined, tokenizer_->Decode(ids)) << "text: \"" << Printable(c.text) << "\"";
+    // Equal to Decode whenever Decode is valid UTF-8; otherwise (bytes missing from the
+    // vocabulary left half a character behind) equal to its repair.
+    const std::string decoded = tokenizer_->Decode(ids);
+    if (unicode::IsValidUtf8(decoded)) {
+      EXPECT_EQ(joined, decoded) << "text: \"" << Printable(c.text) << "\"";
+      ++exact;
+    } else {
+      EXPECT_EQ(joined, unicode::SanitizeUtf8(decoded)) << "text: \"" << Printable(c.text) << "\"";
+    }
   }
+  std::printf("tokenizer: stream == Decode for %d of %zu cases, == repaired Decode for the rest\n",
+              exact, cases_->size());
+  EXPECT_GE(exact, static_cast<int>(cases_->size()) - 2);
   // The cases include characters split over several byte tokens (CJK, emoji), so the
   // decoder must have held bytes back at some point; otherwise this test proves nothing.
   EXPECT_GT(held_back, 0);
@@ -347,6 +369,27 @@ TEST(TinyTokenizerTest, Errors) {
   TokenizerData merges = TinyData();
   merges.merges.push_back("nospace");
   EXPECT_FALSE(Tokenizer::FromData(merges).ok());
+}
+
+TEST(TinyTokenizerTest, LongRunsStayLinear) {
+  // Long runs of one character class are where a backtracking pattern or a naive BPE turns
+  // quadratic; 200 KB runs would take minutes then, and take milliseconds here.
+  std::string text = std::string(200000, ' ') + "x" + std::string(200000, 'a') +
+                     std::string(100000, '\n') + std::string(200000, '7') + " \t" +
+                     std::string(100000, '!');
+  for (const char* pre : {"default", "gpt-2", "smollm", "llama3", "qwen2"}) {
+    TokenizerData d = TinyData();
+    d.pre = pre;
+    auto t = Tokenizer::FromData(d);
+    ASSERT_TRUE(t.ok()) << t.status();
+    const auto start = std::chrono::steady_clock::now();
+    const auto ids = (*t)->Encode(text);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_EQ((*t)->Decode(ids), text) << pre;
+    EXPECT_LT(seconds, 2.0) << pre;
+    std::printf("tokenizer: pre %-7s %zu bytes in %.1f ms\n", pre, text.size(), seconds * 1e3);
+  }
 }
 
 TEST(TinyTokenizerTest, PreTokenizersSplitAsTheirFamiliesDo) {

@@ -156,6 +156,9 @@ UNICODE = [
     "en\u2002space em\u2003space", "line\u2028separator", "soft\u00adhyphen",
     "\u0085next line", "tab\u000bvertical", "form\u000cfeed", "bell\u0007char", "nul\u0000byte",
     "private\ue000use", "unassigned\U000e0fffcp", "BOM\ufeffmark", "rtl\u200fmark",
+    # Bytes whose alphabet character is not in SmolLM2's vocabulary (04 06 13 14 16 1D, and
+    # the lead bytes F1 F2 of planes 4..11): llama.cpp drops them, and so must tandem.
+    "\x04", "a\x04b", "\x06\x13\x14\x16\x1d", "x\U00040000y", "\U00090000",
 ]
 
 EMOJI = [
@@ -334,6 +337,18 @@ def sha256_of(path):
   return h.hexdigest()
 
 
+def token_piece(llm, token):
+  """llama_token_to_piece with special tokens rendered (Llama.detokenize truncates >32 B)."""
+  vocab = llama_cpp.llama_model_get_vocab(llm.model)
+  size = 256
+  while True:
+    buf = ctypes.create_string_buffer(size)
+    n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, True)
+    if n >= 0:
+      return buf.raw[:n]
+    size = -n
+
+
 def last_logits(llm):
   n_vocab = llm.n_vocab()
   ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
@@ -344,6 +359,8 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--model", default=DEFAULT_MODEL)
   ap.add_argument("--out", default=HERE)
+  ap.add_argument("--tokenizer-only", action="store_true",
+                  help="write tokenizer_cases.jsonl only (seconds instead of minutes)")
   args = ap.parse_args()
 
   header = {
@@ -366,15 +383,25 @@ def main():
   with open(os.path.join(args.out, "tokenizer_cases.jsonl"), "w", encoding="utf-8") as f:
     f.write(json.dumps({"header": header, "count": len(cases) + len(INVALID_UTF8)},
                        ensure_ascii=False) + "\n")
+    # "decoded_hex" is added where llama.cpp's detokenization (special tokens rendered) does
+    # not give the input back: malformed UTF-8 and bytes missing from the vocabulary.
     for text, special in cases:
-      ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+      raw = text.encode("utf-8")
+      ids = llm.tokenize(raw, add_bos=False, special=special)
       rec = {"text": text, "special": special, "ids": ids}
+      decoded = b"".join(token_piece(llm, t) for t in ids)
+      if decoded != raw:
+        rec["decoded_hex"] = decoded.hex()
       f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     for raw in INVALID_UTF8:
       ids = llm.tokenize(raw, add_bos=False, special=True)
-      rec = {"hex": raw.hex(), "special": True, "ids": ids}
+      rec = {"hex": raw.hex(), "special": True, "ids": ids,
+             "decoded_hex": b"".join(token_piece(llm, t) for t in ids).hex()}
       f.write(json.dumps(rec) + "\n")
   print(f"tokenizer_cases.jsonl: {len(cases) + len(INVALID_UTF8)} cases", file=sys.stderr)
+
+  if args.tokenizer_only:
+    return
 
   # 2./3. Greedy generations and last-position logits.
   template = llm.metadata["tokenizer.chat_template"]
@@ -401,7 +428,7 @@ def main():
     rec["prompt_tokens"] = prompt_tokens
     rec["tokens"] = tokens
     rec["top2_gap"] = gaps
-    rec["text"] = llm.detokenize(tokens, special=True).decode("utf-8", errors="replace")
+    rec["text"] = b"".join(token_piece(llm, t) for t in tokens).decode("utf-8", errors="replace")
     records.append(rec)
     print(f"greedy: {len(prompt_tokens)} prompt tokens, min gap {min(gaps):.4f}",
           file=sys.stderr)
