@@ -286,19 +286,22 @@ TEST(EmbeddingGatherTest, MatchesDequantizeRowExactly) {
 }
 
 TEST(MatmulTest, ThreadCountDoesNotChangeResults) {
-  // The split is over whole row groups and activation rows, so results are bit-identical.
+  // The split is over whole row groups and activation rows, so results are bit-identical
+  // (decode-sized m takes the per-thread activation path, larger m the shared one).
+  const std::vector<uint8_t> w = RandomWeights(DType::kQ4_1, 1536, 576, 700);
+  const std::vector<float> x = RandomFloats(40 * 576, 701);
   for (Isa isa : RunnableIsas()) {
     auto one = MakeBackend(isa, 1);
     auto two = MakeBackend(isa, 2);
-    const std::vector<uint8_t> w = RandomWeights(DType::kQ4_1, 1536, 576, 700);
-    const std::vector<float> x = RandomFloats(40 * 576, 701);
     auto p1 = one->PackWeight({DType::kQ4_1, 1536, 576, w.data(), "w"});
     auto p2 = two->PackWeight({DType::kQ4_1, 1536, 576, w.data(), "w"});
     ASSERT_TRUE(p1.ok() && p2.ok());
-    std::vector<float> y1(40 * 1536), y2(40 * 1536);
-    one->Matmul(**p1, x.data(), 40, y1.data(), one->DefaultStream());
-    two->Matmul(**p2, x.data(), 40, y2.data(), two->DefaultStream());
-    EXPECT_EQ(y1, y2) << one->Name();
+    for (int m : {1, 3, 40}) {
+      std::vector<float> y1(m * 1536), y2(m * 1536);
+      one->Matmul(**p1, x.data(), m, y1.data(), one->DefaultStream());
+      two->Matmul(**p2, x.data(), m, y2.data(), two->DefaultStream());
+      EXPECT_EQ(y1, y2) << one->Name() << " m=" << m;
+    }
   }
 }
 
