@@ -6,9 +6,12 @@ namespace tandem::kernels {
 
 size_t KvElemBytes(KvDType dtype) {
   switch (dtype) {
-    case KvDType::kF32: return 4;
-    case KvDType::kF16: return 2;
-    case KvDType::kInt8: return 1;
+    case KvDType::kF32:
+      return 4;
+    case KvDType::kF16:
+      return 2;
+    case KvDType::kInt8:
+      return 1;
   }
   TANDEM_CHECK(false && "unknown KvDType");
 }

@@ -13,8 +13,8 @@
 //   tandem-bench-matmul-bench [--isa all|scalar,avx2,...] [--threads 1,2] [--m 1,8,32,128,512]
 //                             [--reps 7] [--cold_mib 256]
 #include <algorithm>
-#include <ctime>
 #include <cstdio>
+#include <ctime>
 #include <memory>
 #include <random>
 #include <string>
@@ -31,8 +31,7 @@
 
 ABSL_FLAG(std::vector<std::string>, isa, std::vector<std::string>({"all"}),
           "ISAs to run (all = every available one)");
-ABSL_FLAG(std::vector<std::string>, threads, std::vector<std::string>({"1", "2"}),
-          "thread counts");
+ABSL_FLAG(std::vector<std::string>, threads, std::vector<std::string>({"1", "2"}), "thread counts");
 ABSL_FLAG(std::vector<std::string>, m, std::vector<std::string>({"1", "8", "32", "128", "512"}),
           "activation rows per call");
 ABSL_FLAG(int, reps, 7, "timed passes per figure (median reported)");
@@ -170,7 +169,8 @@ int Main() {
         for (int m : ms) {
           // Scalar is slow: fewer calls for big problems.
           const double flops = 2.0 * m * s.rows * s.cols;
-          const int calls = std::max(1, static_cast<int>(2e8 / flops / (isa == Isa::kScalar ? 20 : 1)));
+          const int calls =
+              std::max(1, static_cast<int>(2e8 / flops / (isa == Isa::kScalar ? 20 : 1)));
           std::vector<double> hot, cold;
           for (int rep = 0; rep < reps + 1; ++rep) {
             double t0 = Now();
@@ -190,8 +190,8 @@ int Main() {
           }
           const double t_hot = Median(hot);
           if (m == 1) {
-            std::printf("%-8s %-3d %-22s %5d %12.2f %12.2f %12.2f\n",
-                        kernels::cpu::IsaName(isa), threads, s.name, m, t_hot * 1e6,
+            std::printf("%-8s %-3d %-22s %5d %12.2f %12.2f %12.2f\n", kernels::cpu::IsaName(isa),
+                        threads, s.name, m, t_hot * 1e6,
                         cold.empty() ? 0.0 : wbytes / Median(cold) / 1e9, wbytes / t_hot / 1e9);
           } else {
             std::printf("%-8s %-3d %-22s %5d %12.2f %12s %12.2f\n", kernels::cpu::IsaName(isa),

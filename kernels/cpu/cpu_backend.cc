@@ -33,15 +33,19 @@ struct AlignedFree {
 using AlignedBytes = std::unique_ptr<uint8_t, AlignedFree>;
 
 AlignedBytes AllocAligned(size_t bytes) {
-  return AlignedBytes(static_cast<uint8_t*>(std::aligned_alloc(64, RoundUp64(std::max<size_t>(bytes, 1)))));
+  return AlignedBytes(
+      static_cast<uint8_t*>(std::aligned_alloc(64, RoundUp64(std::max<size_t>(bytes, 1)))));
 }
 
 OpsIsa ToOpsIsa(Isa isa) {
   switch (isa) {
-    case Isa::kScalar: return OpsIsa::kScalar;
-    case Isa::kAvx2: return OpsIsa::kAvx2;
+    case Isa::kScalar:
+      return OpsIsa::kScalar;
+    case Isa::kAvx2:
+      return OpsIsa::kAvx2;
     case Isa::kAvx512:
-    case Isa::kAmx: return OpsIsa::kAvx512;
+    case Isa::kAmx:
+      return OpsIsa::kAvx512;
   }
   return OpsIsa::kScalar;
 }
@@ -97,8 +101,7 @@ class CpuBackend : public Backend {
 
   absl::StatusOr<std::unique_ptr<Weight>> PackWeight(const WeightDesc& desc) override;
   void Matmul(const Weight& w, const float* x, int m, float* y, Stream s) override;
-  void EmbeddingGather(const Weight& w, const int32_t* ids, int n, float* out,
-                       Stream s) override;
+  void EmbeddingGather(const Weight& w, const int32_t* ids, int n, float* out, Stream s) override;
 
   void RmsNorm(const float* x, const float* weight, int rows, int dim, float eps, float* out,
                Stream) override {
@@ -107,24 +110,20 @@ class CpuBackend : public Backend {
     });
   }
   void AddBias(float* x, const float* bias, int rows, int dim, Stream) override {
-    pool_->ParallelFor(rows, RowsPerChunk(dim), [&](int64_t b, int64_t e, int) {
-      AddBiasRange(x, bias, dim, b, e);
-    });
+    pool_->ParallelFor(rows, RowsPerChunk(dim),
+                       [&](int64_t b, int64_t e, int) { AddBiasRange(x, bias, dim, b, e); });
   }
   void Add(float* x, const float* y, int64_t n, Stream) override {
     pool_->ParallelFor(n, kMinChunkElems, [&](int64_t b, int64_t e, int) { AddRange(x, y, b, e); });
   }
-  void SwiGlu(const float* gate, const float* up, int rows, int dim, float* out,
-              Stream) override {
+  void SwiGlu(const float* gate, const float* up, int rows, int dim, float* out, Stream) override {
     // exp() makes each element ~4x the work of an add.
     pool_->ParallelFor(rows, std::max<int64_t>(1, RowsPerChunk(dim) / 4),
                        [&](int64_t b, int64_t e, int) { SwiGluRange(gate, up, dim, out, b, e); });
   }
-  void GatherRows(const float* x, const int32_t* idx, int n, int dim, float* out,
-                  Stream) override {
-    pool_->ParallelFor(n, RowsPerChunk(dim), [&](int64_t b, int64_t e, int) {
-      GatherRowsRange(x, idx, dim, out, b, e);
-    });
+  void GatherRows(const float* x, const int32_t* idx, int n, int dim, float* out, Stream) override {
+    pool_->ParallelFor(n, RowsPerChunk(dim),
+                       [&](int64_t b, int64_t e, int) { GatherRowsRange(x, idx, dim, out, b, e); });
   }
   void Rope(const RopeParams& p, Stream) override {
     const int64_t per_token = static_cast<int64_t>(p.n_heads + p.n_kv_heads) * p.rot_dim * 4;
@@ -172,7 +171,9 @@ QuantizedActs CpuBackend::ScratchView(int64_t first_row, int64_t cols) const {
   return QuantizedActs{reinterpret_cast<int8_t*>(q_.get()) + first_row * cols,
                        reinterpret_cast<float*>(d_.get()) + first_row * nb,
                        reinterpret_cast<float*>(s_.get()) + first_row * nb,
-                       reinterpret_cast<int32_t*>(bias_.get()) + first_row * nb, cols, nb};
+                       reinterpret_cast<int32_t*>(bias_.get()) + first_row * nb,
+                       cols,
+                       nb};
 }
 
 void CpuBackend::EnsureScratch(int64_t cols) {
@@ -195,9 +196,9 @@ absl::StatusOr<std::unique_ptr<Weight>> CpuBackend::PackWeight(const WeightDesc&
         absl::StrCat("weight ", desc.name, ": unsupported type ", static_cast<int>(desc.type)));
   }
   if (desc.rows <= 0 || desc.cols <= 0 || desc.cols % BlockElems(desc.type) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "weight ", desc.name, ": bad shape [", desc.rows, ", ", desc.cols, "] for type ",
-        std::string(DTypeName(desc.type))));
+    return absl::InvalidArgumentError(absl::StrCat("weight ", desc.name, ": bad shape [", desc.rows,
+                                                   ", ", desc.cols, "] for type ",
+                                                   std::string(DTypeName(desc.type))));
   }
   if (desc.data == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("weight ", desc.name, ": no data"));
@@ -207,13 +208,15 @@ absl::StatusOr<std::unique_ptr<Weight>> CpuBackend::PackWeight(const WeightDesc&
   if (IsQuantized(desc.type)) {
     layout = MakePackedLayout(desc.type, desc.rows, desc.cols);
     data = AllocAligned(layout.total_bytes());
-    if (!data) return absl::ResourceExhaustedError(absl::StrCat("weight ", desc.name, ": out of memory"));
+    if (!data)
+      return absl::ResourceExhaustedError(absl::StrCat("weight ", desc.name, ": out of memory"));
     PackQuantized(layout, desc.data, data.get());
     EnsureScratch(desc.cols);
   } else {
     const size_t bytes = desc.rows * RowBytes(desc.type, desc.cols);
     data = AllocAligned(bytes);
-    if (!data) return absl::ResourceExhaustedError(absl::StrCat("weight ", desc.name, ": out of memory"));
+    if (!data)
+      return absl::ResourceExhaustedError(absl::StrCat("weight ", desc.name, ": out of memory"));
     std::memcpy(data.get(), desc.data, bytes);
   }
   return std::make_unique<CpuWeight>(this, desc.type, desc.rows, desc.cols, std::move(data),
@@ -226,8 +229,8 @@ void CpuBackend::ParallelGemm(int64_t m, int64_t n_units, int64_t cols, Fn&& fn)
   // Split m only when there are too few row groups to keep every thread busy.
   int64_t n_mt = 1;
   if (threads > 1 && n_units < 4 * threads && m >= 2 * kGroupRows) {
-    n_mt = std::min<int64_t>((m + kGroupRows - 1) / kGroupRows,
-                             (4 * threads + n_units - 1) / n_units);
+    n_mt =
+        std::min<int64_t>((m + kGroupRows - 1) / kGroupRows, (4 * threads + n_units - 1) / n_units);
   }
   const int64_t mt_rows = ((m + n_mt - 1) / n_mt + kGroupRows - 1) / kGroupRows * kGroupRows;
   n_mt = (m + mt_rows - 1) / mt_rows;
@@ -268,8 +271,8 @@ void CpuBackend::Matmul(const Weight& w, const float* x, int m, float* y, Stream
     // cores (measured: 1536x576 Q4_1 on two threads, 7.2 -> 6.0 us).
     ParallelGemm(m, n_groups, cols,
                  [&](int64_t m0, int64_t m1, int64_t g0, int64_t g1, int thread) {
-                   const QuantizedActs own = ScratchView(
-                       config_.max_batch_tokens + kGroupRows + thread * kSmallM, cols);
+                   const QuantizedActs own =
+                       ScratchView(config_.max_batch_tokens + kGroupRows + thread * kSmallM, cols);
                    QuantizeActs(isa, x, offset, own, m0, m1);
                    const QuantGemmArgs args{&cw.layout(), cw.data(), &own, y, rows};
                    QuantGemm(isa, args, m0, m1, g0, g1);
@@ -284,15 +287,13 @@ void CpuBackend::Matmul(const Weight& w, const float* x, int m, float* y, Stream
       QuantizeActs(isa, xc, offset, acts, b, e);
     });
     const QuantGemmArgs args{&cw.layout(), cw.data(), &acts, y + base * rows, rows};
-    ParallelGemm(mc, n_groups, cols,
-                 [&](int64_t m0, int64_t m1, int64_t g0, int64_t g1, int) {
-                   QuantGemm(isa, args, m0, m1, g0, g1);
-                 });
+    ParallelGemm(mc, n_groups, cols, [&](int64_t m0, int64_t m1, int64_t g0, int64_t g1, int) {
+      QuantGemm(isa, args, m0, m1, g0, g1);
+    });
   }
 }
 
-void CpuBackend::EmbeddingGather(const Weight& w, const int32_t* ids, int n, float* out,
-                                 Stream) {
+void CpuBackend::EmbeddingGather(const Weight& w, const int32_t* ids, int n, float* out, Stream) {
   const auto& cw = static_cast<const CpuWeight&>(w);
   TANDEM_CHECK(cw.owner() == this);
   const int64_t cols = cw.cols();
@@ -337,8 +338,8 @@ absl::Status CheckAmxAgainstAvx512() {
       AlignedBytes q = AllocAligned(kM * kCols);
       std::vector<float> d(kM * nb), s(kM * nb);
       std::vector<int32_t> bias(kM * nb);
-      const QuantizedActs acts{reinterpret_cast<int8_t*>(q.get()), d.data(), s.data(),
-                               bias.data(), kCols, nb};
+      const QuantizedActs acts{
+          reinterpret_cast<int8_t*>(q.get()), d.data(), s.data(), bias.data(), kCols, nb};
       QuantizeActs(isa, x.data(), ActOffset(type, isa), acts, 0, kM);
       float* y = isa == Isa::kAmx ? y_amx.data() : y_ref.data();
       const QuantGemmArgs args{&layout, packed.get(), &acts, y, kRows};
@@ -362,18 +363,17 @@ absl::Status CheckAmxAgainstAvx512() {
 
 absl::Status ValidateCpuBackendConfig(const CpuBackendConfig& config) {
   if (config.threads < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("cpu backend: threads must be >= 1, got ",
-                                                   config.threads));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cpu backend: threads must be >= 1, got ", config.threads));
   }
   if (!config.cpus.empty() && static_cast<int>(config.cpus.size()) != config.threads) {
-    return absl::InvalidArgumentError(absl::StrCat("cpu backend: ", config.cpus.size(),
-                                                   " CPUs listed for ", config.threads,
-                                                   " threads"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cpu backend: ", config.cpus.size(), " CPUs listed for ", config.threads, " threads"));
   }
   if (!IsaAvailable(config.isa)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cpu backend: ISA ", IsaName(config.isa), " is not available on this CPU (best: ",
-        IsaName(BestIsa()), ")"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("cpu backend: ISA ", IsaName(config.isa),
+                     " is not available on this CPU (best: ", IsaName(BestIsa()), ")"));
   }
   if (!OpsIsaSupported(ToOpsIsa(config.isa))) {
     return absl::FailedPreconditionError(

@@ -89,8 +89,8 @@ bool IsaAvailable(Isa isa) {
     case Isa::kAvx2:
       return f.os_avx && f.avx2 && f.fma && f.f16c;
     case Isa::kAvx512:
-      return IsaAvailable(Isa::kAvx2) && f.os_avx512 && f.avx512f && f.avx512bw &&
-             f.avx512vl && f.avx512dq && f.avx512vnni;
+      return IsaAvailable(Isa::kAvx2) && f.os_avx512 && f.avx512f && f.avx512bw && f.avx512vl &&
+             f.avx512dq && f.avx512vnni;
     case Isa::kAmx:
       return IsaAvailable(Isa::kAvx512) && f.amx_tile && f.amx_int8 && f.os_amx;
   }
@@ -106,10 +106,14 @@ Isa BestIsa() {
 
 const char* IsaName(Isa isa) {
   switch (isa) {
-    case Isa::kScalar: return "scalar";
-    case Isa::kAvx2: return "avx2";
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAmx: return "amx";
+    case Isa::kScalar:
+      return "scalar";
+    case Isa::kAvx2:
+      return "avx2";
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAmx:
+      return "amx";
   }
   return "unknown";
 }
@@ -119,8 +123,8 @@ absl::StatusOr<Isa> ParseIsa(std::string_view name) {
   for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAmx}) {
     if (name == IsaName(isa)) return isa;
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown CPU ISA '", std::string(name), "': expected auto, scalar, avx2, avx512 or amx"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown CPU ISA '", std::string(name),
+                                                 "': expected auto, scalar, avx2, avx512 or amx"));
 }
 
 }  // namespace tandem::kernels::cpu

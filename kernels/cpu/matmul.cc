@@ -18,8 +18,7 @@ struct SrcBlock {
   uint16_t m;
 };
 
-SrcBlock ReadSrcBlock(DType type, const uint8_t* rows, int64_t row_bytes, int64_t row,
-                      int64_t b) {
+SrcBlock ReadSrcBlock(DType type, const uint8_t* rows, int64_t row_bytes, int64_t row, int64_t b) {
   const uint8_t* base = rows + row * row_bytes + b * BlockBytes(type);
   SrcBlock s{};
   switch (type) {
@@ -92,8 +91,7 @@ void PackQuantized(const PackedLayout& l, const void* gguf_rows, uint8_t* out) {
   }
 }
 
-void DequantizePackedRow(const PackedLayout& l, const uint8_t* packed, int64_t row,
-                         float* out) {
+void DequantizePackedRow(const PackedLayout& l, const uint8_t* packed, int64_t row, float* out) {
   TANDEM_CHECK(row >= 0 && row < l.rows);
   const int64_t g = row / kGroupRows;
   const int r = static_cast<int>(row % kGroupRows);
@@ -140,8 +138,8 @@ int32_t ActOffset(DType type, Isa isa) {
   return 0;
 }
 
-void QuantizeActs(Isa isa, const float* x, int32_t offset, const QuantizedActs& a,
-                  int64_t begin, int64_t end) {
+void QuantizeActs(Isa isa, const float* x, int32_t offset, const QuantizedActs& a, int64_t begin,
+                  int64_t end) {
   switch (isa) {
     case Isa::kAmx:
     case Isa::kAvx512:
@@ -153,8 +151,7 @@ void QuantizeActs(Isa isa, const float* x, int32_t offset, const QuantizedActs& 
   }
 }
 
-void QuantGemm(Isa isa, const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0,
-               int64_t g1) {
+void QuantGemm(Isa isa, const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int64_t g1) {
   switch (isa) {
     case Isa::kAmx: {
       // Tiles of 16 activation rows go to AMX; a ragged tail is cheaper on VNNI.
@@ -172,8 +169,7 @@ void QuantGemm(Isa isa, const QuantGemmArgs& args, int64_t m0, int64_t m1, int64
   }
 }
 
-void FloatGemm(Isa isa, const FloatGemmArgs& args, int64_t m0, int64_t m1, int64_t r0,
-               int64_t r1) {
+void FloatGemm(Isa isa, const FloatGemmArgs& args, int64_t m0, int64_t m1, int64_t r0, int64_t r1) {
   switch (isa) {
     case Isa::kAmx:
     case Isa::kAvx512:
@@ -211,8 +207,7 @@ void QuantizeActsScalar(const float* x, int32_t offset, const QuantizedActs& a, 
   }
 }
 
-void QuantGemmScalar(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0,
-                     int64_t g1) {
+void QuantGemmScalar(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int64_t g1) {
   const PackedLayout& l = *args.layout;
   const QuantizedActs& a = *args.acts;
   const bool q8 = l.type == DType::kQ8_0;
@@ -248,8 +243,8 @@ void QuantGemmScalar(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t 
           const float scale = HalfToFloat(dh[b * kGroupRows + r]) * dx;
           acc[r] = std::fma(static_cast<float>(dot), scale, acc[r]);
           if (has_min) {
-            acc_min[r] = std::fma(HalfToFloat(mh[b * kGroupRows + r]), a.s[i * a.nb + b],
-                                  acc_min[r]);
+            acc_min[r] =
+                std::fma(HalfToFloat(mh[b * kGroupRows + r]), a.s[i * a.nb + b], acc_min[r]);
           }
         }
       }
@@ -259,8 +254,7 @@ void QuantGemmScalar(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t 
   }
 }
 
-void FloatGemmScalar(const FloatGemmArgs& args, int64_t m0, int64_t m1, int64_t r0,
-                     int64_t r1) {
+void FloatGemmScalar(const FloatGemmArgs& args, int64_t m0, int64_t m1, int64_t r0, int64_t r1) {
   const int64_t cols = args.cols;
   const int64_t row_bytes = RowBytes(args.type, cols);
   for (int64_t r = r0; r < r1; ++r) {

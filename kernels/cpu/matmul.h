@@ -70,10 +70,10 @@ void DequantizePackedRow(const PackedLayout& layout, const uint8_t* packed, int6
 // Activations quantized per 32-element block. Buffers hold at least m + kGroupRows rows (the
 // AMX kernel reads whole 16-row tiles; rows past m are never used in results).
 struct QuantizedActs {
-  int8_t* q = nullptr;        // [m, cols]
-  float* d = nullptr;         // [m, nb] block scales
-  float* s = nullptr;         // [m, nb] d * sum(q) (Q4_1's minimum term)
-  int32_t* bias = nullptr;    // [m, nb] offset * sum(q), offset = ActOffset(type, isa)
+  int8_t* q = nullptr;      // [m, cols]
+  float* d = nullptr;       // [m, nb] block scales
+  float* s = nullptr;       // [m, nb] d * sum(q) (Q4_1's minimum term)
+  int32_t* bias = nullptr;  // [m, nb] offset * sum(q), offset = ActOffset(type, isa)
   int64_t cols = 0;
   int64_t nb = 0;
 };
@@ -82,8 +82,8 @@ struct QuantizedActs {
 int32_t ActOffset(DType type, Isa isa);
 
 // Quantizes rows [begin, end) of x[., cols]. Every ISA produces bit-identical results.
-void QuantizeActs(Isa isa, const float* x, int32_t offset, const QuantizedActs& a,
-                  int64_t begin, int64_t end);
+void QuantizeActs(Isa isa, const float* x, int32_t offset, const QuantizedActs& a, int64_t begin,
+                  int64_t end);
 
 // y[i, 16 g + r] for x rows i in [m0, m1) and row groups g in [g0, g1); y has row stride
 // ldy (>= rows). Rows of the padded last group past layout.rows are not written.
@@ -94,8 +94,7 @@ struct QuantGemmArgs {
   float* y;
   int64_t ldy;
 };
-void QuantGemm(Isa isa, const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0,
-               int64_t g1);
+void QuantGemm(Isa isa, const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int64_t g1);
 
 // Float weights: y[i, r] for i in [m0, m1), output rows r in [r0, r1); w is [rows, cols]
 // row-major of type F32, F16 or BF16; x is [m, cols] fp32.
@@ -107,8 +106,7 @@ struct FloatGemmArgs {
   float* y;
   int64_t ldy;
 };
-void FloatGemm(Isa isa, const FloatGemmArgs& args, int64_t m0, int64_t m1, int64_t r0,
-               int64_t r1);
+void FloatGemm(Isa isa, const FloatGemmArgs& args, int64_t m0, int64_t m1, int64_t r0, int64_t r1);
 
 namespace internal {
 void QuantizeActsScalar(const float* x, int32_t offset, const QuantizedActs& a, int64_t begin,
@@ -117,18 +115,14 @@ void QuantizeActsAvx2(const float* x, int32_t offset, const QuantizedActs& a, in
                       int64_t end);
 void QuantizeActsAvx512(const float* x, int32_t offset, const QuantizedActs& a, int64_t begin,
                         int64_t end);
-void QuantGemmScalar(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0,
-                     int64_t g1);
+void QuantGemmScalar(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int64_t g1);
 void QuantGemmAvx2(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int64_t g1);
-void QuantGemmAvx512(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0,
-                     int64_t g1);
+void QuantGemmAvx512(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int64_t g1);
 // Needs m1 - m0 to be a multiple of 16 (callers give the tail to QuantGemmAvx512).
 void QuantGemmAmx(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int64_t g1);
-void FloatGemmScalar(const FloatGemmArgs& args, int64_t m0, int64_t m1, int64_t r0,
-                     int64_t r1);
+void FloatGemmScalar(const FloatGemmArgs& args, int64_t m0, int64_t m1, int64_t r0, int64_t r1);
 void FloatGemmAvx2(const FloatGemmArgs& args, int64_t m0, int64_t m1, int64_t r0, int64_t r1);
-void FloatGemmAvx512(const FloatGemmArgs& args, int64_t m0, int64_t m1, int64_t r0,
-                     int64_t r1);
+void FloatGemmAvx512(const FloatGemmArgs& args, int64_t m0, int64_t m1, int64_t r0, int64_t r1);
 }  // namespace internal
 
 }  // namespace tandem::kernels::cpu

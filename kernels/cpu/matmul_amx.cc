@@ -109,7 +109,7 @@ void EnsureAmxTileConfig() {
   cfg.colsb[TANDEM_TILE_C] = 64;
   cfg.rows[TANDEM_TILE_A] = 16;  // 16 activation rows x 32 int8 (one block)
   cfg.colsb[TANDEM_TILE_A] = 32;
-  cfg.rows[TANDEM_TILE_B] = 8;   // 8 element quads x 16 weight rows x 4 bytes
+  cfg.rows[TANDEM_TILE_B] = 8;  // 8 element quads x 16 weight rows x 4 bytes
   cfg.colsb[TANDEM_TILE_B] = 64;
   _tile_loadconfig(&cfg);
   loaded = true;
@@ -119,10 +119,14 @@ namespace internal {
 
 void QuantGemmAmx(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int64_t g1) {
   switch (args.layout->type) {
-    case DType::kQ4_0: return AmxTyped<DType::kQ4_0>(args, m0, m1, g0, g1);
-    case DType::kQ4_1: return AmxTyped<DType::kQ4_1>(args, m0, m1, g0, g1);
-    case DType::kQ8_0: return AmxTyped<DType::kQ8_0>(args, m0, m1, g0, g1);
-    default: TANDEM_CHECK(false && "not a quantized type");
+    case DType::kQ4_0:
+      return AmxTyped<DType::kQ4_0>(args, m0, m1, g0, g1);
+    case DType::kQ4_1:
+      return AmxTyped<DType::kQ4_1>(args, m0, m1, g0, g1);
+    case DType::kQ8_0:
+      return AmxTyped<DType::kQ8_0>(args, m0, m1, g0, g1);
+    default:
+      TANDEM_CHECK(false && "not a quantized type");
   }
 }
 

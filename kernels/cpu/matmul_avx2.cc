@@ -130,8 +130,7 @@ void HalfGroupTile(const PackedLayout& l, const uint8_t* group, int h, const Qua
 }
 
 template <DType kType>
-void QuantGemmTyped(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0,
-                    int64_t g1) {
+void QuantGemmTyped(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int64_t g1) {
   const PackedLayout& l = *args.layout;
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* group = args.packed + g * l.group_bytes;
@@ -154,8 +153,8 @@ inline __m256 LoadFloat8(DType type, const void* base, int64_t k) {
     case DType::kF32:
       return _mm256_loadu_ps(static_cast<const float*>(base) + k);
     case DType::kF16:
-      return _mm256_cvtph_ps(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + k)));
+      return _mm256_cvtph_ps(_mm_loadu_si128(
+          reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + k)));
     default: {  // kBF16
       const __m128i h =
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + k));
@@ -166,9 +165,12 @@ inline __m256 LoadFloat8(DType type, const void* base, int64_t k) {
 
 inline float LoadFloat1(DType type, const void* base, int64_t k) {
   switch (type) {
-    case DType::kF32: return static_cast<const float*>(base)[k];
-    case DType::kF16: return HalfToFloat(static_cast<const uint16_t*>(base)[k]);
-    default: return Bf16ToFloat(static_cast<const uint16_t*>(base)[k]);
+    case DType::kF32:
+      return static_cast<const float*>(base)[k];
+    case DType::kF16:
+      return HalfToFloat(static_cast<const uint16_t*>(base)[k]);
+    default:
+      return Bf16ToFloat(static_cast<const uint16_t*>(base)[k]);
   }
 }
 
@@ -194,8 +196,8 @@ void QuantizeActsAvx2(const float* x, int32_t offset, const QuantizedActs& a, in
       const __m256 idv = _mm256_set1_ps(id);
       __m256i qi[4];
       for (int j = 0; j < 4; ++j) qi[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], idv));
-      const __m256i sum4 = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]),
-                                            _mm256_add_epi32(qi[2], qi[3]));
+      const __m256i sum4 =
+          _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
       const __m256i p01 = _mm256_packs_epi32(qi[0], qi[1]);
       const __m256i p23 = _mm256_packs_epi32(qi[2], qi[3]);
       const __m256i p = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p01, p23), order);
@@ -210,10 +212,14 @@ void QuantizeActsAvx2(const float* x, int32_t offset, const QuantizedActs& a, in
 
 void QuantGemmAvx2(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int64_t g1) {
   switch (args.layout->type) {
-    case DType::kQ4_0: return QuantGemmTyped<DType::kQ4_0>(args, m0, m1, g0, g1);
-    case DType::kQ4_1: return QuantGemmTyped<DType::kQ4_1>(args, m0, m1, g0, g1);
-    case DType::kQ8_0: return QuantGemmTyped<DType::kQ8_0>(args, m0, m1, g0, g1);
-    default: TANDEM_CHECK(false && "not a quantized type");
+    case DType::kQ4_0:
+      return QuantGemmTyped<DType::kQ4_0>(args, m0, m1, g0, g1);
+    case DType::kQ4_1:
+      return QuantGemmTyped<DType::kQ4_1>(args, m0, m1, g0, g1);
+    case DType::kQ8_0:
+      return QuantGemmTyped<DType::kQ8_0>(args, m0, m1, g0, g1);
+    default:
+      TANDEM_CHECK(false && "not a quantized type");
   }
 }
 

@@ -107,8 +107,7 @@ void GroupTile(const PackedLayout& l, const uint8_t* group, const QuantizedActs&
 }
 
 template <DType kType>
-void QuantGemmTyped(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0,
-                    int64_t g1) {
+void QuantGemmTyped(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int64_t g1) {
   const PackedLayout& l = *args.layout;
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* group = args.packed + g * l.group_bytes;
@@ -118,10 +117,17 @@ void QuantGemmTyped(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g
     int64_t i = m0;
     for (; i + 4 <= m1; i += 4) GroupTile<kType, 4>(l, group, *args.acts, i, y, args.ldy, mask);
     switch (m1 - i) {
-      case 3: GroupTile<kType, 3>(l, group, *args.acts, i, y, args.ldy, mask); break;
-      case 2: GroupTile<kType, 2>(l, group, *args.acts, i, y, args.ldy, mask); break;
-      case 1: GroupTile<kType, 1>(l, group, *args.acts, i, y, args.ldy, mask); break;
-      default: break;
+      case 3:
+        GroupTile<kType, 3>(l, group, *args.acts, i, y, args.ldy, mask);
+        break;
+      case 2:
+        GroupTile<kType, 2>(l, group, *args.acts, i, y, args.ldy, mask);
+        break;
+      case 1:
+        GroupTile<kType, 1>(l, group, *args.acts, i, y, args.ldy, mask);
+        break;
+      default:
+        break;
     }
   }
 }
@@ -150,8 +156,8 @@ void FloatRowTile(const FloatGemmArgs& args, const void* wr, int64_t i0, int64_t
         cols - k >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (cols - k)) - 1);
     const __m512 wv = LoadFloat16(args.type, wr, k, mask);
     for (int j = 0; j < MR; ++j) {
-      acc[j] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(mask, args.x + (i0 + j) * cols + k),
-                               acc[j]);
+      acc[j] =
+          _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(mask, args.x + (i0 + j) * cols + k), acc[j]);
     }
   }
   for (int j = 0; j < MR; ++j) args.y[(i0 + j) * args.ldy + r] = _mm512_reduce_add_ps(acc[j]);
@@ -185,18 +191,20 @@ void QuantizeActsAvx512(const float* x, int32_t offset, const QuantizedActs& a, 
   }
 }
 
-void QuantGemmAvx512(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0,
-                     int64_t g1) {
+void QuantGemmAvx512(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int64_t g1) {
   switch (args.layout->type) {
-    case DType::kQ4_0: return QuantGemmTyped<DType::kQ4_0>(args, m0, m1, g0, g1);
-    case DType::kQ4_1: return QuantGemmTyped<DType::kQ4_1>(args, m0, m1, g0, g1);
-    case DType::kQ8_0: return QuantGemmTyped<DType::kQ8_0>(args, m0, m1, g0, g1);
-    default: TANDEM_CHECK(false && "not a quantized type");
+    case DType::kQ4_0:
+      return QuantGemmTyped<DType::kQ4_0>(args, m0, m1, g0, g1);
+    case DType::kQ4_1:
+      return QuantGemmTyped<DType::kQ4_1>(args, m0, m1, g0, g1);
+    case DType::kQ8_0:
+      return QuantGemmTyped<DType::kQ8_0>(args, m0, m1, g0, g1);
+    default:
+      TANDEM_CHECK(false && "not a quantized type");
   }
 }
 
-void FloatGemmAvx512(const FloatGemmArgs& args, int64_t m0, int64_t m1, int64_t r0,
-                     int64_t r1) {
+void FloatGemmAvx512(const FloatGemmArgs& args, int64_t m0, int64_t m1, int64_t r0, int64_t r1) {
   const int64_t row_bytes = RowBytes(args.type, args.cols);
   for (int64_t r = r0; r < r1; ++r) {
     const void* wr = static_cast<const uint8_t*>(args.w) + r * row_bytes;

@@ -43,16 +43,15 @@ inline int64_t ChunkBegin(int64_t n, int k, int t) { return n * t / k; }
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<ThreadPool>> ThreadPool::Create(
-    const ThreadPoolOptions& options) {
+absl::StatusOr<std::unique_ptr<ThreadPool>> ThreadPool::Create(const ThreadPoolOptions& options) {
   if (options.threads < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("thread pool needs at least 1 thread, got ", options.threads));
   }
   if (!options.cpus.empty()) {
     if (static_cast<int>(options.cpus.size()) != options.threads) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "pin list has ", options.cpus.size(), " CPUs for ", options.threads, " threads"));
+      return absl::InvalidArgumentError(absl::StrCat("pin list has ", options.cpus.size(),
+                                                     " CPUs for ", options.threads, " threads"));
     }
     cpu_set_t allowed;
     CPU_ZERO(&allowed);
@@ -74,8 +73,7 @@ absl::StatusOr<std::unique_ptr<ThreadPool>> ThreadPool::Create(
   if (options.spin_us < 0) return absl::InvalidArgumentError("spin_us must be >= 0");
   auto pool = std::unique_ptr<ThreadPool>(new ThreadPool(options));
   for (int i = 1; i < pool->n_threads_; ++i) {
-    if (!pool->cpus_.empty() && !PinThread(pool->workers_[i - 1].native_handle(),
-                                           pool->cpus_[i])) {
+    if (!pool->cpus_.empty() && !PinThread(pool->workers_[i - 1].native_handle(), pool->cpus_[i])) {
       return absl::InternalError(absl::StrCat("could not pin a worker to CPU ", pool->cpus_[i]));
     }
   }
@@ -110,8 +108,8 @@ void ThreadPool::ParallelFor(int64_t n_items, int64_t min_chunk, RangeFn fn) {
   if (n_items <= 0) return;
   PinCallerIfNeeded();
   min_chunk = std::max<int64_t>(min_chunk, 1);
-  const int n_chunks = static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>(n_threads_, n_items / min_chunk)));
+  const int n_chunks =
+      static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_threads_, n_items / min_chunk)));
   if (n_chunks <= 1) {
     fn(0, n_items, 0);
     return;

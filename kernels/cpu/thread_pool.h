@@ -30,16 +30,14 @@ namespace tandem::kernels::cpu {
 // callable must outlive the call it is passed to (it is a temporary lambda in practice).
 class RangeFn {
  public:
-  template <typename F, typename = std::enable_if_t<
-                            !std::is_same_v<std::remove_cvref_t<F>, RangeFn>>>
+  template <typename F,
+            typename = std::enable_if_t<!std::is_same_v<std::remove_cvref_t<F>, RangeFn>>>
   RangeFn(F&& f)  // NOLINT(google-explicit-constructor): passed as a lambda at call sites
       : obj_(const_cast<void*>(static_cast<const void*>(&f))),
         call_([](void* obj, int64_t begin, int64_t end, int thread) {
           (*static_cast<std::remove_reference_t<F>*>(obj))(begin, end, thread);
         }) {}
-  void operator()(int64_t begin, int64_t end, int thread) const {
-    call_(obj_, begin, end, thread);
-  }
+  void operator()(int64_t begin, int64_t end, int thread) const { call_(obj_, begin, end, thread); }
 
  private:
   void* obj_;
@@ -47,9 +45,9 @@ class RangeFn {
 };
 
 struct ThreadPoolOptions {
-  int threads = 1;          // >= 1, including the calling thread
-  std::vector<int> cpus;    // empty (no pinning) or one CPU id per thread, cpus[0] = caller
-  int spin_us = 200;        // how long an idle worker polls before sleeping
+  int threads = 1;        // >= 1, including the calling thread
+  std::vector<int> cpus;  // empty (no pinning) or one CPU id per thread, cpus[0] = caller
+  int spin_us = 200;      // how long an idle worker polls before sleeping
 };
 
 class ThreadPool {

@@ -7,9 +7,7 @@
 namespace tandem::kernels::ref {
 namespace {
 
-bool QuantizedType(DType t) {
-  return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ8_0;
-}
+bool QuantizedType(DType t) { return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ8_0; }
 
 void MatmulDouble(DType type, const void* w, int64_t rows, int64_t cols,
                   const std::vector<double>& x, int64_t m, float* y) {
@@ -44,8 +42,8 @@ void QuantizeActivationRow(const float* x, int64_t cols, int8_t* q, float* d) {
   }
 }
 
-void MatmulQuantizedActs(DType type, const void* w, int64_t rows, int64_t cols,
-                         const float* x, int64_t m, float* y) {
+void MatmulQuantizedActs(DType type, const void* w, int64_t rows, int64_t cols, const float* x,
+                         int64_t m, float* y) {
   if (!QuantizedType(type)) return Matmul(type, w, rows, cols, x, m, y);
   const int64_t nb = cols / kQuantBlock;
   std::vector<int8_t> q(cols);

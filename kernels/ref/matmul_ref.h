@@ -21,8 +21,8 @@ void QuantizeActivationRow(const float* x, int64_t cols, int8_t* q, float* d);
 // Like Matmul, but for quantized weight types the activations first go through
 // QuantizeActivationRow, so the result differs from the CPU kernels only by rounding in
 // their fp32 accumulation. For float weight types it equals Matmul.
-void MatmulQuantizedActs(DType type, const void* w, int64_t rows, int64_t cols,
-                         const float* x, int64_t m, float* y);
+void MatmulQuantizedActs(DType type, const void* w, int64_t rows, int64_t cols, const float* x,
+                         int64_t m, float* y);
 
 }  // namespace tandem::kernels::ref
 

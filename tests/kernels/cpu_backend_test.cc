@@ -100,8 +100,7 @@ TEST(CpuBackendTest, PackWeightRejectsBadDescriptions) {
             absl::StatusCode::kInvalidArgument);  // cols not a multiple of 32
   EXPECT_FALSE((*backend)->PackWeight({DType::kQ8_0, 0, 32, data.data(), "w"}).ok());
   EXPECT_FALSE((*backend)->PackWeight({DType::kF32, 4, 32, nullptr, "w"}).ok());
-  EXPECT_FALSE(
-      (*backend)->PackWeight({static_cast<DType>(12), 4, 256, data.data(), "w"}).ok());
+  EXPECT_FALSE((*backend)->PackWeight({static_cast<DType>(12), 4, 256, data.data(), "w"}).ok());
   auto ok = (*backend)->PackWeight({DType::kQ4_0, 5, 64, data.data(), "w"});
   ASSERT_TRUE(ok.ok());
   EXPECT_EQ((*ok)->type(), DType::kQ4_0);

@@ -128,11 +128,9 @@ void ErrorBounds(DType type, const std::vector<uint8_t>& w, int64_t rows, int64_
   }
 }
 
-void CheckMatmul(Backend& backend, DType type, int64_t rows, int64_t cols, int m,
-                 uint32_t seed) {
-  SCOPED_TRACE(std::string(DTypeName(type)) + " rows=" + std::to_string(rows) +
-               " cols=" + std::to_string(cols) + " m=" + std::to_string(m) + " on " +
-               backend.Name());
+void CheckMatmul(Backend& backend, DType type, int64_t rows, int64_t cols, int m, uint32_t seed) {
+  SCOPED_TRACE(std::string(DTypeName(type)) + " rows=" + std::to_string(rows) + " cols=" +
+               std::to_string(cols) + " m=" + std::to_string(m) + " on " + backend.Name());
   const std::vector<uint8_t> w = RandomWeights(type, rows, cols, seed);
   const std::vector<float> x = RandomFloats(int64_t{m} * cols, seed + 7);
   auto packed = backend.PackWeight({type, rows, cols, w.data(), "test"});
@@ -175,8 +173,8 @@ TEST(MatmulTest, SmolLmShapesEveryIsaAndType) {
   uint32_t seed = 1;
   for (Isa isa : RunnableIsas()) {
     auto backend = MakeBackend(isa, 2);
-    for (DType type : {DType::kQ4_0, DType::kQ4_1, DType::kQ8_0, DType::kF32, DType::kF16,
-                       DType::kBF16}) {
+    for (DType type :
+         {DType::kQ4_0, DType::kQ4_1, DType::kQ8_0, DType::kF32, DType::kF16, DType::kBF16}) {
       for (auto [rows, cols] : shapes) {
         for (int m : {1, 3, 17}) CheckMatmul(*backend, type, rows, cols, m, seed++);
       }
@@ -210,8 +208,8 @@ TEST(MatmulTest, RaggedShapes) {
       }
     }
     for (DType type : {DType::kF32, DType::kF16, DType::kBF16}) {
-      for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{
-               {1, 1}, {7, 37}, {40, 100}, {19, 17}}) {
+      for (auto [rows, cols] :
+           std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {7, 37}, {40, 100}, {19, 17}}) {
         for (int m : {1, 3, 17}) CheckMatmul(*backend, type, rows, cols, m, seed++);
       }
     }
@@ -265,8 +263,8 @@ TEST(EmbeddingGatherTest, MatchesDequantizeRowExactly) {
   const std::vector<int32_t> ids = {0, 52, 17, 16, 15, 31, 32, 17, 1};
   for (Isa isa : RunnableIsas()) {
     auto backend = MakeBackend(isa, 2);
-    for (DType type : {DType::kQ4_0, DType::kQ4_1, DType::kQ8_0, DType::kF32, DType::kF16,
-                       DType::kBF16}) {
+    for (DType type :
+         {DType::kQ4_0, DType::kQ4_1, DType::kQ8_0, DType::kF32, DType::kF16, DType::kBF16}) {
       SCOPED_TRACE(std::string(DTypeName(type)) + " " + backend->Name());
       const std::vector<uint8_t> w = RandomWeights(type, rows, cols, 600);
       auto packed = backend->PackWeight({type, rows, cols, w.data(), "embd"});

@@ -64,8 +64,9 @@ TEST(QuantTest, FloatToHalfMatchesF16c) {
   // Random bit patterns over the whole float range (inf and nan included).
   std::mt19937 rng(42);
   for (int i = 0; i < 2000000; ++i) check(FromBits(static_cast<uint32_t>(rng())));
-  for (float f : {0.f, -0.f, 65504.f, 65519.99f, 65520.f, 1e10f, 5.96e-8f, 2.98e-8f, 2.99e-8f,
-                  std::numeric_limits<float>::infinity(), std::numeric_limits<float>::denorm_min()}) {
+  for (float f :
+       {0.f, -0.f, 65504.f, 65519.99f, 65520.f, 1e10f, 5.96e-8f, 2.98e-8f, 2.99e-8f,
+        std::numeric_limits<float>::infinity(), std::numeric_limits<float>::denorm_min()}) {
     check(f);
     check(-f);
   }
@@ -118,8 +119,8 @@ double BlockErrorBound(DType type, float mn, float mx) {
 TEST(QuantTest, QuantizeDequantizeRoundTripWithinFormatError) {
   const int64_t cols = 256;
   std::mt19937 rng(3);
-  for (DType type : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ4_0, DType::kQ4_1,
-                     DType::kQ8_0}) {
+  for (DType type :
+       {DType::kF32, DType::kF16, DType::kBF16, DType::kQ4_0, DType::kQ4_1, DType::kQ8_0}) {
     for (float scale : {1e-3f, 1.f, 300.f}) {
       for (float shift : {0.f, 0.7f}) {  // shifted blocks exercise Q4_1's minimum
         std::uniform_real_distribution<float> dist(-1.f, 1.f);

@@ -74,7 +74,8 @@ TEST(ThreadPoolTest, WorkersWakeAfterSleeping) {
   ASSERT_TRUE(pool.ok());
   for (int i = 0; i < 200; ++i) {
     std::atomic<int> sum{0};
-    (*pool)->ParallelFor(2, [&](int64_t b, int64_t e, int) { sum.fetch_add(static_cast<int>(e - b)); });
+    (*pool)->ParallelFor(
+        2, [&](int64_t b, int64_t e, int) { sum.fetch_add(static_cast<int>(e - b)); });
     ASSERT_EQ(sum.load(), 2);
     if (i % 50 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
