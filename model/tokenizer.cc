@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "common/check.h"
 #include "model/unicode_util.h"
 
@@ -76,6 +77,33 @@ constexpr std::string_view kEndOfTurnTexts[] = {
     "<end_of_turn>", "<|eom_id|>", "</s>", "<EOT>",
 };
 
+// SentencePiece's visible space, U+2581.
+constexpr char kSpmSpace[] = "\xE2\x96\x81";
+
+// "<0x41>" -> 0x41; -1 when `text` is not a byte token's text.
+int ParseByteToken(std::string_view text) {
+  if (text.size() != 6 || text.substr(0, 3) != "<0x" || text[5] != '>') return -1;
+  int value = 0;
+  for (char c : text.substr(3, 2)) {
+    value <<= 4;
+    if (c >= '0' && c <= '9') {
+      value |= c - '0';
+    } else if (c >= 'A' && c <= 'F') {
+      value |= c - 'A' + 10;
+    } else if (c >= 'a' && c <= 'f') {
+      value |= c - 'a' + 10;
+    } else {
+      return -1;
+    }
+  }
+  return value;
+}
+
+std::string ByteTokenText(uint8_t byte) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  return std::string{'<', '0', 'x', kHex[byte >> 4], kHex[byte & 15], '>'};
+}
+
 bool IsSpecialType(TokenType t) {
   return t == TokenType::kControl || t == TokenType::kUnknown;
 }
@@ -83,11 +111,15 @@ bool IsSpecialType(TokenType t) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromData(TokenizerData data) {
-  if (data.model != "gpt2") {
+  const bool spm = data.model == "llama";
+  if (data.model != "gpt2" && !spm) {
     return absl::UnimplementedError(absl::StrCat("unsupported tokenizer model '", data.model,
-                                                 "' (supported: gpt2)"));
+                                                 "' (supported: gpt2, llama)"));
   }
-  TANDEM_ASSIGN_OR_RETURN(PreTokenizer pre, PreTokenizerFor(data.pre));
+  PreTokenizer pre;
+  if (!spm) {
+    TANDEM_ASSIGN_OR_RETURN(pre, PreTokenizerFor(data.pre));
+  }
   const size_t n = data.tokens.size();
   if (n == 0) return absl::InvalidArgumentError("tokenizer has an empty vocabulary");
   if (n > static_cast<size_t>(INT32_MAX)) {
@@ -108,8 +140,18 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromData(TokenizerData dat
     }
   }
 
+  if (spm && !data.scores.empty() && data.scores.size() != n) {
+    return absl::InvalidArgumentError(absl::StrCat("tokenizer has ", n, " tokens but ",
+                                                   data.scores.size(), " scores"));
+  }
+
   std::unique_ptr<Tokenizer> t(new Tokenizer());
-  t->pre_ = data.pre.empty() ? "default" : data.pre;
+  t->spm_ = spm;
+  t->add_space_prefix_ = spm && data.add_space_prefix;
+  if (spm) {
+    t->scores_ = data.scores.empty() ? std::vector<float>(n, 0.0f) : std::move(data.scores);
+  }
+  t->pre_ = spm ? data.pre : (data.pre.empty() ? "default" : data.pre);
   t->ignore_merges_ = pre.ignore_merges;
   t->bos_ = data.bos;
   t->eos_ = data.eos;
@@ -118,7 +160,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromData(TokenizerData dat
   t->pad_ = data.pad;
   t->add_bos_ = data.add_bos;
   t->add_eos_ = data.add_eos;
-  TANDEM_ASSIGN_OR_RETURN(t->splitter_, RegexSplitter::Create(std::move(pre.patterns)));
+  if (!spm) {
+    TANDEM_ASSIGN_OR_RETURN(t->splitter_, RegexSplitter::Create(std::move(pre.patterns)));
+  }
 
   t->types_.resize(n, TokenType::kNormal);
   for (size_t i = 0; i < data.token_types.size(); ++i) {
@@ -136,13 +180,18 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromData(TokenizerData dat
     t->token_to_id_[t->tokens_[i]] = static_cast<int32_t>(i);
   }
 
-  // Decoded bytes of every token. Normal tokens are spelled in the byte alphabet; a
-  // character outside it (a malformed vocabulary) is kept as its own UTF-8.
+  // Decoded bytes of every token. Normal gpt2 tokens are spelled in the byte alphabet (a
+  // character outside it, in a malformed vocabulary, is kept as its own UTF-8); normal
+  // llama tokens spell spaces as U+2581; byte tokens "<0xXX>" stand for one byte.
   t->pieces_.resize(n);
   for (size_t i = 0; i < n; ++i) {
     const std::string& text = t->tokens_[i];
     switch (t->types_[i]) {
       case TokenType::kNormal: {
+        if (spm) {
+          t->pieces_[i] = absl::StrReplaceAll(text, {{kSpmSpace, " "}});
+          break;
+        }
         std::string& piece = t->pieces_[i];
         for (size_t pos = 0; pos < text.size();) {
           const size_t start = pos;
@@ -161,16 +210,29 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromData(TokenizerData dat
       case TokenType::kUserDefined:
         t->pieces_[i] = text;
         break;
+      case TokenType::kByte: {
+        const int byte = ParseByteToken(text);
+        if (byte >= 0) t->pieces_[i] = std::string(1, static_cast<char>(byte));
+        break;
+      }
       default:
-        break;  // unused, byte and undefined tokens render as nothing
+        break;  // unused and undefined tokens render as nothing
     }
   }
 
   for (int b = 0; b < 256; ++b) {
-    auto it = t->token_to_id_.find(Absl(unicode::ByteToUtf8(static_cast<uint8_t>(b))));
-    t->byte_token_[b] = it == t->token_to_id_.end() ? -1 : it->second;
+    int32_t id = -1;
+    if (spm) {
+      // llama.cpp's order: the <0xXX> byte token, else a token that is the byte itself.
+      id = t->TokenId(ByteTokenText(static_cast<uint8_t>(b)));
+      if (id < 0) id = t->TokenId(std::string(1, static_cast<char>(b)));
+    } else {
+      id = t->TokenId(unicode::ByteToUtf8(static_cast<uint8_t>(b)));
+    }
+    t->byte_token_[b] = id;
   }
 
+  if (spm) data.merges.clear();  // SentencePiece vocabularies merge by score, not rank
   t->merges_.reserve(data.merges.size());
   std::string joined;
   for (size_t rank = 0; rank < data.merges.size(); ++rank) {
@@ -226,9 +288,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromData(TokenizerData dat
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& gguf) {
   TokenizerData data;
   TANDEM_ASSIGN_OR_RETURN(data.model, gguf.GetString("tokenizer.ggml.model"));
-  if (data.model != "gpt2") {
+  const bool spm = data.model == "llama";
+  if (data.model != "gpt2" && !spm) {
     return absl::UnimplementedError(absl::StrCat("unsupported tokenizer model '", data.model,
-                                                 "' (supported: gpt2) in ", gguf.path()));
+                                                 "' (supported: gpt2, llama) in ",
+                                                 gguf.path()));
   }
   if (gguf.Has("tokenizer.ggml.pre")) {
     TANDEM_ASSIGN_OR_RETURN(data.pre, gguf.GetString("tokenizer.ggml.pre"));
@@ -240,9 +304,17 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& g
   if (gguf.Has("tokenizer.ggml.token_type")) {
     TANDEM_ASSIGN_OR_RETURN(data.token_types, gguf.GetI32Array("tokenizer.ggml.token_type"));
   }
-  {
+  if (!spm) {
     TANDEM_ASSIGN_OR_RETURN(auto merges, gguf.GetStringArray("tokenizer.ggml.merges"));
     data.merges.assign(merges.begin(), merges.end());
+  } else {
+    if (gguf.Has("tokenizer.ggml.scores")) {
+      TANDEM_ASSIGN_OR_RETURN(data.scores, gguf.GetF32Array("tokenizer.ggml.scores"));
+    }
+    if (gguf.Has("tokenizer.ggml.add_space_prefix")) {
+      TANDEM_ASSIGN_OR_RETURN(data.add_space_prefix,
+                              gguf.GetBool("tokenizer.ggml.add_space_prefix"));
+    }
   }
   const std::initializer_list<std::pair<const char*, int32_t*>> id_keys = {
       {"tokenizer.ggml.bos_token_id", &data.bos},
@@ -260,9 +332,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& g
     }
     *field = static_cast<int32_t>(id);
   }
-  // Without the flag, the pre-tokenizer family's convention decides (Llama 3 adds BOS).
-  TANDEM_ASSIGN_OR_RETURN(PreTokenizer pre, PreTokenizerFor(data.pre));
-  data.add_bos = pre.default_add_bos;
+  // Without the flag, the vocabulary's convention decides: SentencePiece and Llama 3 add
+  // BOS, other byte-level BPE vocabularies do not.
+  if (spm) {
+    data.add_bos = true;
+  } else {
+    TANDEM_ASSIGN_OR_RETURN(PreTokenizer pre, PreTokenizerFor(data.pre));
+    data.add_bos = pre.default_add_bos;
+  }
   if (gguf.Has("tokenizer.ggml.add_bos_token")) {
     TANDEM_ASSIGN_OR_RETURN(data.add_bos, gguf.GetBool("tokenizer.ggml.add_bos_token"));
   }
@@ -309,11 +386,29 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool parse_special
     fragments.swap(next);
   }
 
+  // SentencePiece vocabularies prefix a space to text that starts the input or follows a
+  // special token, as the reference does.
+  bool after_special = true;
+  std::string escaped;
   for (const Fragment& f : fragments) {
+    const std::string_view fragment = text.substr(f.begin, f.end - f.begin);
     if (f.token >= 0) {
       out.push_back(f.token);
+      after_special = true;
+    } else if (spm_) {
+      escaped.clear();
+      if (add_space_prefix_ && after_special) escaped = kSpmSpace;
+      for (char c : fragment) {
+        if (c == ' ') {
+          escaped += kSpmSpace;
+        } else {
+          escaped.push_back(c);
+        }
+      }
+      EncodeSpm(escaped, &out);
+      after_special = false;
     } else {
-      EncodeText(text.substr(f.begin, f.end - f.begin), &out);
+      EncodeText(fragment, &out);
     }
   }
   if (add_special && add_eos_ && eos_ >= 0) out.push_back(eos_);
@@ -398,9 +493,86 @@ void Tokenizer::EncodePiece(std::string_view piece, BpeScratch* scratch,
   }
 }
 
+void Tokenizer::EncodeSpm(std::string_view text, std::vector<int32_t>* out) const {
+  // Symbols start as UTF-8 characters (a stray byte is its own symbol) in a linked list.
+  // Candidate pairs whose concatenation is a token wait in a max-heap by (score, -left);
+  // a popped pair is stale unless both symbols still have the lengths it was made from.
+  std::vector<int32_t> start, len, prev, next, ids;
+  for (size_t pos = 0; pos < text.size();) {
+    const uint8_t lead = static_cast<uint8_t>(text[pos]);
+    const size_t want = lead < 0xC0 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;
+    const size_t l = std::min(want, text.size() - pos);
+    const int32_t i = static_cast<int32_t>(start.size());
+    start.push_back(static_cast<int32_t>(pos));
+    len.push_back(static_cast<int32_t>(l));
+    prev.push_back(i - 1);
+    next.push_back(pos + l < text.size() ? i + 1 : -1);
+    ids.push_back(-1);
+    pos += l;
+  }
+  if (start.empty()) return;
+  struct Candidate {
+    float score;
+    int32_t left, right, size, id;
+  };
+  auto after = [](const Candidate& a, const Candidate& b) {
+    return a.score != b.score ? a.score < b.score : a.left > b.left;
+  };
+  std::vector<Candidate> heap;
+  auto consider = [&](int32_t left, int32_t right) {
+    if (left < 0 || right < 0) return;
+    const int32_t size = len[left] + len[right];
+    const int32_t id = TokenId(text.substr(start[left], size));
+    if (id < 0) return;
+    heap.push_back({scores_[id], left, right, size, id});
+    std::push_heap(heap.begin(), heap.end(), after);
+  };
+  for (size_t i = 0; i + 1 < start.size(); ++i) {
+    consider(static_cast<int32_t>(i), static_cast<int32_t>(i + 1));
+  }
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), after);
+    const Candidate c = heap.back();
+    heap.pop_back();
+    if (len[c.left] == 0 || len[c.right] == 0 || len[c.left] + len[c.right] != c.size ||
+        next[c.left] != c.right) {
+      continue;
+    }
+    len[c.left] = c.size;
+    ids[c.left] = c.id;
+    len[c.right] = 0;
+    next[c.left] = next[c.right];
+    if (next[c.right] >= 0) prev[next[c.right]] = c.left;
+    consider(prev[c.left], c.left);
+    consider(c.left, next[c.left]);
+  }
+  for (int32_t i = 0; i >= 0; i = next[i]) {
+    const int32_t id = ids[i] >= 0 ? ids[i] : TokenId(text.substr(start[i], len[i]));
+    if (id >= 0) {
+      out->push_back(id);
+      continue;
+    }
+    // Not a token: spell it as byte tokens (the unknown token where even those are missing).
+    for (int32_t k = 0; k < len[i]; ++k) {
+      const int32_t b = byte_token_[static_cast<uint8_t>(text[start[i] + k])];
+      if (b >= 0) {
+        out->push_back(b);
+      } else if (unk_ >= 0) {
+        out->push_back(unk_);
+      }
+    }
+  }
+}
+
 std::string Tokenizer::Decode(absl::Span<const int32_t> ids, bool render_special) const {
   std::string out;
-  for (int32_t id : ids) AppendPiece(id, render_special, &out);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const size_t before = out.size();
+    AppendPiece(ids[i], render_special, &out);
+    if (i == 0 && strips_leading_space() && out.size() > before && out[before] == ' ') {
+      out.erase(before, 1);
+    }
+  }
   return out;
 }
 
@@ -434,7 +606,13 @@ int32_t Tokenizer::TokenId(std::string_view text) const {
 }
 
 std::string StreamDecoder::Push(int32_t id) {
+  const size_t before = pending_.size();
   tokenizer_.AppendPiece(id, render_special_, &pending_);
+  if (first_ && tokenizer_.strips_leading_space() && pending_.size() > before &&
+      pending_[before] == ' ') {
+    pending_.erase(before, 1);
+  }
+  first_ = false;
   std::string out;
   const size_t consumed = unicode::AppendValidUtf8(pending_, /*final=*/false, &out);
   pending_.erase(0, consumed);

@@ -1,9 +1,11 @@
-// Tokenizer: text <-> token ids for GGUF models with a byte-level BPE vocabulary
-// (tokenizer.ggml.model = "gpt2": GPT-2, SmolLM, Llama 3, Qwen2, ...), producing the same ids
-// as llama.cpp for the same GGUF file. StreamDecoder turns a stream of ids into text that is
-// always valid UTF-8, for streaming responses.
+// Tokenizer: text <-> token ids for GGUF models, producing the same ids as llama.cpp for the
+// same GGUF file. Two vocabulary kinds (tokenizer.ggml.model):
+//   "gpt2"  byte-level BPE with merge ranks (GPT-2, SmolLM, Llama 3, Qwen2, ...);
+//   "llama" SentencePiece-style BPE with token scores and <0xXX> byte fallback (Llama 1/2,
+//           Mistral, TinyLlama, ...).
+// StreamDecoder turns a stream of ids into text that is always valid UTF-8, for streaming.
 //
-// Encoding, in order:
+// Byte-level BPE encoding, in order:
 //   1. Special tokens (control, user-defined and unknown types) are cut out of the raw text
 //      first, longest text first, each token taking all its non-overlapping occurrences
 //      left to right before the next token is tried. With parse_special = false only
@@ -16,8 +18,16 @@
 // Decoding maps normal tokens back through the byte alphabet; control tokens render as
 // their text (or nothing, when asked), user-defined tokens as their text.
 //
-// Not supported: SentencePiece vocabularies (tokenizer.ggml.model = "llama") and the other
-// non-BPE kinds; FromGguf says so with an Unimplemented error.
+// SentencePiece-style encoding: special tokens are cut out as above; each text fragment
+// that starts the input or follows a special token gets a leading space (when
+// tokenizer.ggml.add_space_prefix, the default), spaces become U+2581, and adjacent symbols
+// (initially UTF-8 characters) merge while their concatenation is a token, highest score
+// first, leftmost on ties. A final symbol that is not a token is spelled as <0xXX> byte
+// tokens. Input bytes are used as given (no UTF-8 repair). Decoding turns U+2581 back into
+// spaces, byte tokens into their byte, and drops the one space the prefix added.
+//
+// Not supported: the "bert" (WordPiece), "t5" (Unigram) and "rwkv" vocabularies; FromGguf
+// says so with an Unimplemented error.
 //
 // Thread safety: a Tokenizer is immutable after construction; all const methods may run
 // concurrently. A StreamDecoder is a small mutable object owned by one stream (one thread at
@@ -53,11 +63,13 @@ enum class TokenType : int32_t {
 // Everything the tokenizer reads from a model file, as plain values (FromGguf fills it;
 // tests can build one by hand).
 struct TokenizerData {
-  std::string model = "gpt2";              // tokenizer.ggml.model
-  std::string pre;                         // tokenizer.ggml.pre; empty = "default"
+  std::string model = "gpt2";              // tokenizer.ggml.model: "gpt2" or "llama"
+  std::string pre;                         // tokenizer.ggml.pre; empty = "default" (gpt2 only)
   std::vector<std::string> tokens;         // tokenizer.ggml.tokens, indexed by id
   std::vector<int32_t> token_types;        // tokenizer.ggml.token_type; empty = all normal
-  std::vector<std::string> merges;         // tokenizer.ggml.merges, "left right", by rank
+  std::vector<std::string> merges;         // tokenizer.ggml.merges, "left right", by rank (gpt2)
+  std::vector<float> scores;               // tokenizer.ggml.scores (llama); empty = all 0
+  bool add_space_prefix = true;            // tokenizer.ggml.add_space_prefix (llama)
   int32_t bos = -1, eos = -1, eot = -1, unk = -1, pad = -1;  // -1: not set
   bool add_bos = false;                    // tokenizer.ggml.add_bos_token
   bool add_eos = false;                    // tokenizer.ggml.add_eos_token
@@ -66,8 +78,9 @@ struct TokenizerData {
 class Tokenizer {
  public:
   // Validates `data` (ids in range, a known model and pre-tokenizer, parsable merges).
-  // Errors: Unimplemented for a tokenizer model other than "gpt2"; InvalidArgument for an
-  // unknown pre-tokenizer (the message lists the supported ones) or malformed data.
+  // Errors: Unimplemented for a tokenizer model other than "gpt2" and "llama";
+  // InvalidArgument for an unknown pre-tokenizer (the message lists the supported ones) or
+  // malformed data.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromData(TokenizerData data);
   // Reads the tokenizer.ggml.* metadata of `gguf`, then FromData.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromGguf(const GgufFile& gguf);
@@ -76,7 +89,8 @@ class Tokenizer {
   Tokenizer(const Tokenizer&) = delete;
   Tokenizer& operator=(const Tokenizer&) = delete;
 
-  // Token ids for `text` (any bytes; invalid UTF-8 is read as U+FFFD per bad byte). With
+  // Token ids for `text` (any bytes; for gpt2 vocabularies invalid UTF-8 is read as U+FFFD
+  // per bad byte, for llama ones it falls back to byte tokens). With
   // `parse_special`, control tokens written in the text (e.g. "<|im_start|>") become their
   // ids. With `add_special`, BOS / EOS are added when the model's metadata asks for them
   // (add_bos() / add_eos()); by default nothing is added.
@@ -87,10 +101,15 @@ class Tokenizer {
   // Decode(Encode(s)) == s) control and unknown tokens render as their text; without, as
   // nothing. The result is not necessarily valid UTF-8 (an id sequence may end inside a
   // character); use StreamDecoder or unicode::SanitizeUtf8 for text shown to users.
-  // Out-of-range ids render as nothing.
+  // Out-of-range ids render as nothing. For SentencePiece vocabularies with a space prefix,
+  // one leading space of the first token is dropped (the one Encode added).
   std::string Decode(absl::Span<const int32_t> ids, bool render_special = true) const;
-  // Appends the bytes of one token (see Decode).
+  // Appends the bytes of one token (see Decode), without the first-token space rule.
   void AppendPiece(int32_t id, bool render_special, std::string* out) const;
+  // Whether Decode drops one leading space of the first token (see above).
+  bool strips_leading_space() const { return spm_ && add_space_prefix_; }
+  // "gpt2" or "llama".
+  std::string_view model() const { return spm_ ? "llama" : "gpt2"; }
 
   int32_t vocab_size() const { return static_cast<int32_t>(tokens_.size()); }
   // The vocabulary entry as stored (byte-alphabet spelling for normal tokens).
@@ -112,6 +131,7 @@ class Tokenizer {
   bool add_bos() const { return add_bos_; }
   bool add_eos() const { return add_eos_; }
   const std::string& pre() const { return pre_; }
+  // The pre-tokenizer (gpt2 vocabularies only).
   const RegexSplitter& splitter() const { return *splitter_; }
 
  private:
@@ -135,6 +155,8 @@ class Tokenizer {
                    std::vector<int32_t>* out) const;
   // Appends the ids of a text fragment without special tokens.
   void EncodeText(std::string_view fragment, std::vector<int32_t>* out) const;
+  // SentencePiece-style: appends the ids of an escaped (U+2581 for spaces) fragment.
+  void EncodeSpm(std::string_view text, std::vector<int32_t>* out) const;
 
   static uint64_t PairKey(int32_t left, int32_t right) {
     return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) |
@@ -148,13 +170,17 @@ class Tokenizer {
   std::vector<std::string> pieces_;  // decoded bytes of each normal / user-defined token
   absl::flat_hash_map<std::string, int32_t> token_to_id_;
   absl::flat_hash_map<uint64_t, Merge> merges_;  // (left id, right id) -> rank, result
-  int32_t byte_token_[256];                      // id of each byte's alphabet character, or -1
+  // gpt2: id of each byte's alphabet character; llama: id of its <0xXX> token; or -1.
+  int32_t byte_token_[256];
   // Tokens cut out before BPE: all special kinds (longest first), and user-defined only.
   std::vector<int32_t> special_all_;
   std::vector<int32_t> special_user_;
   std::vector<bool> end_of_generation_;
-  std::unique_ptr<RegexSplitter> splitter_;
+  std::unique_ptr<RegexSplitter> splitter_;  // gpt2 only
   bool ignore_merges_ = false;  // llama3-style: a piece that is a whole token is not merged
+  bool spm_ = false;            // a "llama" (SentencePiece-style) vocabulary
+  bool add_space_prefix_ = false;
+  std::vector<float> scores_;   // spm: merge priority of each token
   int32_t bos_ = -1, eos_ = -1, eot_ = -1, unk_ = -1, pad_ = -1;
   bool add_bos_ = false, add_eos_ = false;
 };
@@ -178,6 +204,7 @@ class StreamDecoder {
  private:
   const Tokenizer& tokenizer_;
   const bool render_special_;
+  bool first_ = true;  // no token pushed yet (for the leading-space rule)
   std::string pending_;
 };
 

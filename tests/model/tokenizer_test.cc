@@ -346,11 +346,12 @@ TEST(TinyTokenizerTest, SpecialTokensLongestFirstAndUserDefinedAlways) {
 }
 
 TEST(TinyTokenizerTest, Errors) {
-  TokenizerData spm = TinyData();
-  spm.model = "llama";
-  auto a = Tokenizer::FromData(spm);
+  TokenizerData wpm = TinyData();
+  wpm.model = "bert";
+  auto a = Tokenizer::FromData(wpm);
   EXPECT_EQ(a.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(a.status().message(), HasSubstr("unsupported tokenizer model 'llama'"));
+  EXPECT_THAT(a.status().message(), HasSubstr("unsupported tokenizer model 'bert'"));
+  EXPECT_THAT(a.status().message(), HasSubstr("gpt2, llama"));
 
   TokenizerData pre = TinyData();
   pre.pre = "no-such-pre";
@@ -390,6 +391,78 @@ TEST(TinyTokenizerTest, LongRunsStayLinear) {
     EXPECT_LT(seconds, 2.0) << pre;
     std::printf("tokenizer: pre %-7s %zu bytes in %.1f ms\n", pre, text.size(), seconds * 1e3);
   }
+}
+
+// A SentencePiece-style ("llama") vocabulary: merges by score, <0xXX> byte fallback.
+constexpr char kSp[] = "\xE2\x96\x81";  // U+2581, SentencePiece's space
+
+TokenizerData TinySpmData(bool with_byte_tokens = true) {
+  TokenizerData d;
+  d.model = "llama";
+  auto add = [&](std::string text, int type, float score) {
+    d.tokens.push_back(std::move(text));
+    d.token_types.push_back(type);
+    d.scores.push_back(score);
+  };
+  add("<unk>", 2, 0);
+  add("<s>", 3, 0);
+  add("</s>", 3, 0);
+  if (with_byte_tokens) {
+    static constexpr char kHex[] = "0123456789ABCDEF";
+    for (int b = 0; b < 256; ++b) add(std::string{'<', '0', 'x', kHex[b >> 4], kHex[b & 15], '>'}, 6, 0);
+  }
+  for (const char* c : {"h", "e", "l", "o", "w", "r", "d"}) add(c, 1, -2);
+  add(kSp, 1, -1);
+  const std::pair<std::string, float> merged[] = {
+      {std::string(kSp) + "hello", -1}, {std::string(kSp) + "world", -1}, {"llo", -5},
+      {std::string(kSp) + "he", -6},    {std::string(kSp) + "wor", -6},   {"ll", -7},
+      {"ld", -7},                       {"he", -8},                       {"or", -8},
+      {std::string(kSp) + "h", -9},     {std::string(kSp) + "w", -9}};
+  for (const auto& [text, score] : merged) add(text, 1, score);
+  d.bos = 1;
+  d.eos = 2;
+  d.unk = 0;
+  d.add_bos = true;
+  return d;
+}
+
+TEST(TinySpmTokenizerTest, MergesByScoreAndDecodes) {
+  auto t = Tokenizer::FromData(TinySpmData());
+  ASSERT_TRUE(t.ok()) << t.status();
+  const Tokenizer& tok = **t;
+  EXPECT_EQ(tok.model(), "llama");
+  const int32_t hello = tok.TokenId(std::string(kSp) + "hello");
+  const int32_t world = tok.TokenId(std::string(kSp) + "world");
+  const int32_t sp_h = tok.TokenId(std::string(kSp) + "h");
+  ASSERT_GE(hello, 0);
+  // "hello world" is escaped to "▁hello▁world" and merges, best score first, into two tokens.
+  EXPECT_THAT(tok.Encode("hello world"), ElementsAre(hello, world));
+  EXPECT_EQ(tok.Decode(tok.Encode("hello world")), "hello world");
+  EXPECT_THAT(tok.Encode("hello", true, /*add_special=*/true), ElementsAre(1, hello));
+  // "é" is no token: it falls back to its two byte tokens.
+  const auto ids = tok.Encode("h\xC3\xA9");
+  EXPECT_THAT(ids, ElementsAre(sp_h, tok.TokenId("<0xC3>"), tok.TokenId("<0xA9>")));
+  EXPECT_EQ(tok.Decode(ids), "h\xC3\xA9");
+  // Text after a special token gets its own space prefix (llama.cpp does the same).
+  EXPECT_THAT(tok.Encode("<s>hello"), ElementsAre(1, hello));
+  EXPECT_EQ(tok.Decode(tok.Encode("<s>hello")), "<s> hello");
+  // Streaming drops the prefix space of the first token only.
+  StreamDecoder stream(tok);
+  EXPECT_EQ(stream.Push(hello), "hello");
+  EXPECT_EQ(stream.Push(world), " world");
+  EXPECT_EQ(stream.Push(tok.TokenId("<0xC3>")), "");
+  EXPECT_EQ(stream.Push(tok.TokenId("<0xA9>")), "\xC3\xA9");
+  EXPECT_EQ(stream.Flush(), "");
+}
+
+TEST(TinySpmTokenizerTest, UnknownWithoutByteTokens) {
+  auto t = Tokenizer::FromData(TinySpmData(/*with_byte_tokens=*/false));
+  ASSERT_TRUE(t.ok()) << t.status();
+  const int32_t sp_h = (*t)->TokenId(std::string(kSp) + "h");
+  EXPECT_THAT((*t)->Encode("h\xC3\xA9"), ElementsAre(sp_h, 0, 0));
+  TokenizerData bad = TinySpmData();
+  bad.scores.pop_back();
+  EXPECT_FALSE(Tokenizer::FromData(bad).ok());
 }
 
 TEST(TinyTokenizerTest, PreTokenizersSplitAsTheirFamiliesDo) {
