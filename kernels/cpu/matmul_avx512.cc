@@ -37,12 +37,8 @@ void GroupTile(const PackedLayout& l, const uint8_t* group, const QuantizedActs&
   const auto* mh = reinterpret_cast<const uint16_t*>(group + l.m_offset);
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   __m512 acc[MR];
-  __m512 acc_min[MR];
-#pragma GCC unroll 4
-  for (int r = 0; r < MR; ++r) {
-    acc[r] = _mm512_setzero_ps();
-    acc_min[r] = _mm512_setzero_ps();
-  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) acc[r] = _mm512_setzero_ps();
   const int8_t* xq0 = a.q + i0 * a.cols;
   const int64_t nb = l.nb;
   for (int64_t b = 0; b < nb; ++b) {
@@ -75,13 +71,15 @@ void GroupTile(const PackedLayout& l, const uint8_t* group, const QuantizedActs&
     if constexpr (kMin) {
       mv = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(mh + b * 16)));
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const int64_t i = i0 + r;
       const int8_t* xb = xq0 + r * a.cols + b * kQuantBlock;
       // Vector k holds elements 4k..4k+3 of each row (see matmul.h), so it meets the
       // activation's dword k broadcast to every lane. Two chains halve the latency.
-      __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], Bcast4(xb));
+      // The weights' offset correction starts the chain instead of being added after.
+      const __m512i init = kMin ? _mm512_setzero_si512() : _mm512_set1_epi32(a.bias[i * nb + b]);
+      __m512i s0 = _mm512_dpbusd_epi32(init, w[0], Bcast4(xb));
       __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], Bcast4(xb + 4));
       s0 = _mm512_dpbusd_epi32(s0, w[2], Bcast4(xb + 8));
       s1 = _mm512_dpbusd_epi32(s1, w[3], Bcast4(xb + 12));
@@ -89,22 +87,19 @@ void GroupTile(const PackedLayout& l, const uint8_t* group, const QuantizedActs&
       s1 = _mm512_dpbusd_epi32(s1, w[5], Bcast4(xb + 20));
       s0 = _mm512_dpbusd_epi32(s0, w[6], Bcast4(xb + 24));
       s1 = _mm512_dpbusd_epi32(s1, w[7], Bcast4(xb + 28));
-      __m512i s = _mm512_add_epi32(s0, s1);
-      if constexpr (!kMin) s = _mm512_add_epi32(s, _mm512_set1_epi32(a.bias[i * nb + b]));
+      const __m512i s = _mm512_add_epi32(s0, s1);
       const __m512 scale = _mm512_mul_ps(dv, _mm512_set1_ps(a.d[i * nb + b]));
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[r]);
-      if constexpr (kMin) {
-        acc_min[r] = _mm512_fmadd_ps(mv, _mm512_set1_ps(a.s[i * nb + b]), acc_min[r]);
-      }
+      if constexpr (kMin) acc[r] = _mm512_fmadd_ps(mv, _mm512_set1_ps(a.s[i * nb + b]), acc[r]);
     }
   }
-#pragma GCC unroll 4
-  for (int r = 0; r < MR; ++r) {
-    __m512 out = acc[r];
-    if constexpr (kMin) out = _mm512_add_ps(out, acc_min[r]);
-    _mm512_mask_storeu_ps(y + (i0 + r) * ldy, store_mask, out);
-  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) _mm512_mask_storeu_ps(y + (i0 + r) * ldy, store_mask, acc[r]);
 }
+
+// Activation rows per tile: 6 x (2 int chains + 1 fp32 accumulator) + 8 weight vectors +
+// scales fit the 32 zmm registers.
+constexpr int kTile = 6;
 
 template <DType kType>
 void QuantGemmTyped(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int64_t g1) {
@@ -115,8 +110,16 @@ void QuantGemmTyped(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g
     const __mmask16 mask = static_cast<__mmask16>((1u << n_valid) - 1);
     float* y = args.y + g * kGroupRows;
     int64_t i = m0;
-    for (; i + 4 <= m1; i += 4) GroupTile<kType, 4>(l, group, *args.acts, i, y, args.ldy, mask);
+    for (; i + kTile <= m1; i += kTile) {
+      GroupTile<kType, kTile>(l, group, *args.acts, i, y, args.ldy, mask);
+    }
     switch (m1 - i) {
+      case 5:
+        GroupTile<kType, 5>(l, group, *args.acts, i, y, args.ldy, mask);
+        break;
+      case 4:
+        GroupTile<kType, 4>(l, group, *args.acts, i, y, args.ldy, mask);
+        break;
       case 3:
         GroupTile<kType, 3>(l, group, *args.acts, i, y, args.ldy, mask);
         break;
