@@ -465,6 +465,55 @@ TEST(TinySpmTokenizerTest, UnknownWithoutByteTokens) {
   EXPECT_FALSE(Tokenizer::FromData(bad).ok());
 }
 
+// The SentencePiece-style path against llama.cpp, on a small vocabulary-only GGUF made by
+// tests/reference/gen_spm_reference.py (no SentencePiece model ships with the project).
+TEST(SpmReferenceTest, MatchesLlamaCpp) {
+  const std::string dir = SourceDir() + "/tests/reference/";
+  auto gguf = GgufFile::Open(dir + "tiny_spm.gguf");
+  ASSERT_TRUE(gguf.ok()) << gguf.status();
+  auto tok = Tokenizer::FromGguf(**gguf);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const Tokenizer& t = **tok;
+  EXPECT_EQ(t.model(), "llama");
+  EXPECT_TRUE(t.add_bos());
+  EXPECT_TRUE(t.strips_leading_space());
+  std::ifstream in(dir + "spm_cases.jsonl");
+  ASSERT_TRUE(in) << "cannot read " << dir << "spm_cases.jsonl";
+  std::string line;
+  std::getline(in, line);
+  const int count = nlohmann::json::parse(line).at("count").get<int>();
+  int n = 0, ids_match = 0, text_match = 0;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    const std::string text = j.contains("hex") ? HexToBytes(j.at("hex").get<std::string>())
+                                               : j.at("text").get<std::string>();
+    const bool special = j.at("special").get<bool>();
+    const auto want = j.at("ids").get<std::vector<int32_t>>();
+    const std::string want_text = HexToBytes(j.at("decoded_hex").get<std::string>());
+    const auto ids = t.Encode(text, special);
+    EXPECT_EQ(ids, want) << "text: \"" << Printable(text) << "\" special=" << special;
+    // llama.cpp's detokenizer (special tokens rendered, first token's prefix space dropped).
+    const std::string decoded = t.Decode(want);
+    EXPECT_EQ(decoded, want_text) << "text: \"" << Printable(text) << "\"";
+    StreamDecoder stream(t);
+    std::string joined;
+    for (int32_t id : want) {
+      const std::string part = stream.Push(id);
+      EXPECT_TRUE(unicode::IsValidUtf8(part));
+      joined += part;
+    }
+    joined += stream.Flush();
+    EXPECT_EQ(joined, unicode::SanitizeUtf8(decoded));
+    ++n;
+    ids_match += ids == want;
+    text_match += decoded == want_text;
+  }
+  EXPECT_EQ(n, count);
+  EXPECT_GE(n, 300);
+  std::printf("tokenizer (spm): ids match llama.cpp for %d of %d cases, decoded text for %d\n",
+              ids_match, n, text_match);
+}
+
 TEST(TinyTokenizerTest, PreTokenizersSplitAsTheirFamiliesDo) {
   // With no merges beyond the tiny set, the pieces show through as byte ids, so compare
   // piece boundaries via the splitter directly.
