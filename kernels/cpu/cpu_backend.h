@@ -28,7 +28,8 @@ namespace tandem::kernels::cpu {
 
 struct CpuBackendConfig {
   int threads = 1;              // >= 1, including the engine thread
-  std::vector<int> cpus;        // empty (no pinning) or one CPU id per thread
+  std::vector<int> cpus;        // empty (no pinning) or one CPU id per thread; the thread driving
+                                // the backend is pinned to cpus[0] at its first op
   Isa isa = BestIsa();          // forced tiers must be IsaAvailable
   int max_batch_tokens = 2048;  // activation rows quantized per GEMM pass (scratch size)
   int spin_us = 200;            // how long idle workers poll before sleeping
