@@ -54,8 +54,8 @@ absl::StatusOr<PreTokenizer> PreTokenizerFor(std::string_view pre) {
   if (OneOf(pre, {"gpt-2", "gpt2", "phi-2", "roberta-bpe", "mpt", "olmo", "jais"})) {
     return PreTokenizer{{kGpt2Pattern}};
   }
-  if (OneOf(pre, {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone",
-                  "minerva-7b"})) {
+  if (OneOf(pre,
+            {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"})) {
     // Every digit is its own piece before the GPT-2 split.
     return PreTokenizer{{R"(\p{N})", kGpt2Pattern}};
   }
@@ -66,15 +66,15 @@ absl::StatusOr<PreTokenizer> PreTokenizerFor(std::string_view pre) {
   if (OneOf(pre, {"qwen2", "deepseek-r1-qwen", "stablelm2", "megrez"})) {
     return PreTokenizer{{kQwen2Pattern}};
   }
-  return absl::InvalidArgumentError(absl::StrCat("unsupported pre-tokenizer '", Absl(pre),
-                                                 "' (tokenizer.ggml.pre); supported: ",
-                                                 kSupportedPre));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unsupported pre-tokenizer '", Absl(pre),
+                   "' (tokenizer.ggml.pre); supported: ", kSupportedPre));
 }
 
 // Control-token texts that end a turn in the chat formats tandem serves.
 constexpr std::string_view kEndOfTurnTexts[] = {
-    "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|end|>",
-    "<end_of_turn>", "<|eom_id|>", "</s>", "<EOT>",
+    "<|im_end|>",    "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|end|>",
+    "<end_of_turn>", "<|eom_id|>",    "</s>",       "<EOT>",
 };
 
 // SentencePiece's visible space, U+2581.
@@ -104,17 +104,15 @@ std::string ByteTokenText(uint8_t byte) {
   return std::string{'<', '0', 'x', kHex[byte >> 4], kHex[byte & 15], '>'};
 }
 
-bool IsSpecialType(TokenType t) {
-  return t == TokenType::kControl || t == TokenType::kUnknown;
-}
+bool IsSpecialType(TokenType t) { return t == TokenType::kControl || t == TokenType::kUnknown; }
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromData(TokenizerData data) {
   const bool spm = data.model == "llama";
   if (data.model != "gpt2" && !spm) {
-    return absl::UnimplementedError(absl::StrCat("unsupported tokenizer model '", data.model,
-                                                 "' (supported: gpt2, llama)"));
+    return absl::UnimplementedError(
+        absl::StrCat("unsupported tokenizer model '", data.model, "' (supported: gpt2, llama)"));
   }
   PreTokenizer pre;
   if (!spm) {
@@ -126,23 +124,25 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromData(TokenizerData dat
     return absl::InvalidArgumentError("tokenizer vocabulary is too large");
   }
   if (!data.token_types.empty() && data.token_types.size() != n) {
-    return absl::InvalidArgumentError(absl::StrCat("tokenizer has ", n, " tokens but ",
-                                                   data.token_types.size(), " token types"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tokenizer has ", n, " tokens but ", data.token_types.size(), " token types"));
   }
   const std::initializer_list<std::pair<const char*, int32_t>> special_ids = {
-      {"bos", data.bos}, {"eos", data.eos}, {"eot", data.eot}, {"unknown", data.unk},
+      {"bos", data.bos},
+      {"eos", data.eos},
+      {"eot", data.eot},
+      {"unknown", data.unk},
       {"padding", data.pad}};
   for (const auto& [name, id] : special_ids) {
     if (id < -1 || id >= static_cast<int64_t>(n)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tokenizer ", name, " token id ", id, " is outside the vocabulary (",
-                       n, " tokens)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tokenizer ", name, " token id ", id, " is outside the vocabulary (", n, " tokens)"));
     }
   }
 
   if (spm && !data.scores.empty() && data.scores.size() != n) {
-    return absl::InvalidArgumentError(absl::StrCat("tokenizer has ", n, " tokens but ",
-                                                   data.scores.size(), " scores"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tokenizer has ", n, " tokens but ", data.scores.size(), " scores"));
   }
 
   std::unique_ptr<Tokenizer> t(new Tokenizer());
@@ -168,8 +168,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromData(TokenizerData dat
   for (size_t i = 0; i < data.token_types.size(); ++i) {
     const int32_t v = data.token_types[i];
     if (v < 0 || v > static_cast<int32_t>(TokenType::kByte)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("token ", i, " has unknown token type ", v));
+      return absl::InvalidArgumentError(absl::StrCat("token ", i, " has unknown token type ", v));
     }
     t->types_[i] = static_cast<TokenType>(v);
   }
@@ -250,8 +249,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromData(TokenizerData dat
     auto r = t->token_to_id_.find(Absl(right));
     auto j = t->token_to_id_.find(joined);
     // A merge whose parts or result are not tokens can never apply to token symbols.
-    if (l == t->token_to_id_.end() || r == t->token_to_id_.end() ||
-        j == t->token_to_id_.end()) {
+    if (l == t->token_to_id_.end() || r == t->token_to_id_.end() || j == t->token_to_id_.end()) {
       continue;
     }
     // The first (lowest-rank) occurrence of a pair wins.
@@ -291,8 +289,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& g
   const bool spm = data.model == "llama";
   if (data.model != "gpt2" && !spm) {
     return absl::UnimplementedError(absl::StrCat("unsupported tokenizer model '", data.model,
-                                                 "' (supported: gpt2, llama) in ",
-                                                 gguf.path()));
+                                                 "' (supported: gpt2, llama) in ", gguf.path()));
   }
   if (gguf.Has("tokenizer.ggml.pre")) {
     TANDEM_ASSIGN_OR_RETURN(data.pre, gguf.GetString("tokenizer.ggml.pre"));

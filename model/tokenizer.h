@@ -63,16 +63,16 @@ enum class TokenType : int32_t {
 // Everything the tokenizer reads from a model file, as plain values (FromGguf fills it;
 // tests can build one by hand).
 struct TokenizerData {
-  std::string model = "gpt2";              // tokenizer.ggml.model: "gpt2" or "llama"
-  std::string pre;                         // tokenizer.ggml.pre; empty = "default" (gpt2 only)
-  std::vector<std::string> tokens;         // tokenizer.ggml.tokens, indexed by id
-  std::vector<int32_t> token_types;        // tokenizer.ggml.token_type; empty = all normal
-  std::vector<std::string> merges;         // tokenizer.ggml.merges, "left right", by rank (gpt2)
-  std::vector<float> scores;               // tokenizer.ggml.scores (llama); empty = all 0
-  bool add_space_prefix = true;            // tokenizer.ggml.add_space_prefix (llama)
+  std::string model = "gpt2";        // tokenizer.ggml.model: "gpt2" or "llama"
+  std::string pre;                   // tokenizer.ggml.pre; empty = "default" (gpt2 only)
+  std::vector<std::string> tokens;   // tokenizer.ggml.tokens, indexed by id
+  std::vector<int32_t> token_types;  // tokenizer.ggml.token_type; empty = all normal
+  std::vector<std::string> merges;   // tokenizer.ggml.merges, "left right", by rank (gpt2)
+  std::vector<float> scores;         // tokenizer.ggml.scores (llama); empty = all 0
+  bool add_space_prefix = true;      // tokenizer.ggml.add_space_prefix (llama)
   int32_t bos = -1, eos = -1, eot = -1, unk = -1, pad = -1;  // -1: not set
-  bool add_bos = false;                    // tokenizer.ggml.add_bos_token
-  bool add_eos = false;                    // tokenizer.ggml.add_eos_token
+  bool add_bos = false;                                      // tokenizer.ggml.add_bos_token
+  bool add_eos = false;                                      // tokenizer.ggml.add_eos_token
 };
 
 class Tokenizer {
@@ -151,8 +151,7 @@ class Tokenizer {
 
   Tokenizer() = default;
   // Appends the ids of one pre-tokenized piece (UTF-8 bytes) to `out`.
-  void EncodePiece(std::string_view piece, BpeScratch* scratch,
-                   std::vector<int32_t>* out) const;
+  void EncodePiece(std::string_view piece, BpeScratch* scratch, std::vector<int32_t>* out) const;
   // Appends the ids of a text fragment without special tokens.
   void EncodeText(std::string_view fragment, std::vector<int32_t>* out) const;
   // SentencePiece-style: appends the ids of an escaped (U+2581 for spaces) fragment.
@@ -180,7 +179,7 @@ class Tokenizer {
   bool ignore_merges_ = false;  // llama3-style: a piece that is a whole token is not merged
   bool spm_ = false;            // a "llama" (SentencePiece-style) vocabulary
   bool add_space_prefix_ = false;
-  std::vector<float> scores_;   // spm: merge priority of each token
+  std::vector<float> scores_;  // spm: merge priority of each token
   int32_t bos_ = -1, eos_ = -1, eot_ = -1, unk_ = -1, pad_ = -1;
   bool add_bos_ = false, add_eos_ = false;
 };

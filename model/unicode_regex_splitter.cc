@@ -41,9 +41,9 @@ absl::StatusOr<std::unique_ptr<RegexSplitter>> RegexSplitter::Create(
     if (compiled->code == nullptr) {
       PCRE2_UCHAR message[256];
       pcre2_get_error_message(error, message, sizeof(message));
-      return absl::InvalidArgumentError(
-          absl::StrCat("pre-tokenizer pattern '", pattern, "' does not compile at offset ",
-                       error_offset, ": ", reinterpret_cast<const char*>(message)));
+      return absl::InvalidArgumentError(absl::StrCat("pre-tokenizer pattern '", pattern,
+                                                     "' does not compile at offset ", error_offset,
+                                                     ": ", reinterpret_cast<const char*>(message)));
     }
     // JIT is an optimisation only: without it pcre2_match interprets the same pattern.
     if (pcre2_jit_compile(compiled->code, PCRE2_JIT_COMPLETE) != 0) splitter->jit_ = false;
@@ -74,13 +74,13 @@ void RegexSplitter::Split(std::string_view text, std::vector<Piece>* pieces) con
       size_t pos = 0;   // where the next search starts, relative to begin
       size_t last = 0;  // end of the last emitted piece, relative to begin
       while (pos < length) {
-        int rc = pcre2_match(compiled->code, subject, length, pos, PCRE2_NO_UTF_CHECK,
-                             md.get(), nullptr);
+        int rc = pcre2_match(compiled->code, subject, length, pos, PCRE2_NO_UTF_CHECK, md.get(),
+                             nullptr);
         if (rc < 0 && rc != PCRE2_ERROR_NOMATCH) {
           // The JIT's fixed-size stack ran out (e.g. an unusually long run): the interpreter
           // keeps its backtracking state on the heap, so ask it instead.
-          rc = pcre2_match(compiled->code, subject, length, pos,
-                           PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md.get(), nullptr);
+          rc = pcre2_match(compiled->code, subject, length, pos, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT,
+                           md.get(), nullptr);
         }
         // Past the interpreter's limits (default heap limit 20 MB), the rest of the piece
         // is kept whole rather than failing the request.

@@ -66,8 +66,9 @@ class DefaultModelTokenizerTest : public ::testing::Test {
     const std::string path = SourceDir() + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
     auto gguf = GgufFile::Open(path);
     if (!gguf.ok()) {
-      load_error_ = new std::string("cannot open the default model " + path + " (run the "
-                                    "model download script): " + gguf.status().ToString());
+      load_error_ =
+          new std::string("cannot open the default model " + path +
+                          " (fetch it with scripts/fetch-model): " + gguf.status().ToString());
       return;
     }
     auto tok = Tokenizer::FromGguf(**gguf);
@@ -102,15 +103,13 @@ class DefaultModelTokenizerTest : public ::testing::Test {
       }
       c.special = j.value("special", true);
       c.ids = j.at("ids").get<std::vector<int32_t>>();
-      c.decoded = j.contains("decoded_hex") ? HexToBytes(j.at("decoded_hex").get<std::string>())
-                                            : c.text;
+      c.decoded =
+          j.contains("decoded_hex") ? HexToBytes(j.at("decoded_hex").get<std::string>()) : c.text;
       cases_->push_back(std::move(c));
     }
   }
 
-  void SetUp() override {
-    ASSERT_EQ(load_error_, nullptr) << *load_error_;
-  }
+  void SetUp() override { ASSERT_EQ(load_error_, nullptr) << *load_error_; }
 
   static inline Tokenizer* tokenizer_ = nullptr;
   static inline std::vector<Case>* cases_ = nullptr;
@@ -145,8 +144,7 @@ TEST_F(DefaultModelTokenizerTest, MatchesLlamaCpp) {
     EXPECT_EQ(ids, c.ids) << "text: \"" << Printable(c.text) << "\" special=" << c.special;
     matched += ids == c.ids;
   }
-  std::printf("tokenizer: %d of %zu llama.cpp reference cases match\n", matched,
-              cases_->size());
+  std::printf("tokenizer: %d of %zu llama.cpp reference cases match\n", matched, cases_->size());
 }
 
 TEST_F(DefaultModelTokenizerTest, DecodeInvertsEncode) {
@@ -160,8 +158,7 @@ TEST_F(DefaultModelTokenizerTest, DecodeInvertsEncode) {
     if (c.from_hex) EXPECT_EQ(decoded, unicode::RepairInputUtf8(c.text));
     exact += decoded == c.text;
   }
-  std::printf("tokenizer: %d of %zu cases decode to exactly their input\n", exact,
-              cases_->size());
+  std::printf("tokenizer: %d of %zu cases decode to exactly their input\n", exact, cases_->size());
 }
 
 TEST_F(DefaultModelTokenizerTest, StreamDecoderMatchesDecode) {
@@ -172,8 +169,8 @@ TEST_F(DefaultModelTokenizerTest, StreamDecoderMatchesDecode) {
     std::string joined;
     for (int32_t id : ids) {
       const std::string part = stream.Push(id);
-      EXPECT_TRUE(unicode::IsValidUtf8(part)) << "mid-stream output \"" << Printable(part)
-                                              << "\" for \"" << Printable(c.text) << "\"";
+      EXPECT_TRUE(unicode::IsValidUtf8(part))
+          << "mid-stream output \"" << Printable(part) << "\" for \"" << Printable(c.text) << "\"";
       held_back += stream.pending_bytes() > 0;
       joined += part;
     }
@@ -239,7 +236,9 @@ TEST_F(DefaultModelTokenizerTest, MalformedUtf8) {
   // Every invalid byte reads as U+FFFD; nothing crashes and nothing is dropped silently.
   const std::string fffd = "\xEF\xBF\xBD";
   EXPECT_EQ(tokenizer_->Encode("\xFF"), tokenizer_->Encode(fffd));
-  EXPECT_EQ(tokenizer_->Encode("a\x80" "b"), tokenizer_->Encode("a" + fffd + "b"));
+  EXPECT_EQ(tokenizer_->Encode("a\x80"
+                               "b"),
+            tokenizer_->Encode("a" + fffd + "b"));
   EXPECT_EQ(tokenizer_->Encode("\xF0\x9F\x98"), tokenizer_->Encode(fffd + fffd + fffd));
   // Surrogates (not valid in UTF-8) become one U+FFFD: a documented departure from
   // llama.cpp, which tokenizes the raw bytes of the surrogate.
@@ -300,12 +299,12 @@ TokenizerData TinyData() {
   d.pre = "gpt-2";
   // Every byte's alphabet character first, then merged tokens and two specials.
   for (int b = 0; b < 256; ++b) d.tokens.emplace_back(unicode::ByteToUtf8(static_cast<uint8_t>(b)));
-  d.tokens.push_back("aa");        // 256
-  d.tokens.push_back("aaa");       // 257
-  d.tokens.push_back("ab");        // 258
-  d.tokens.push_back("<s>");       // 259 control
-  d.tokens.push_back("<s><s>");    // 260 control (longer: wins over two <s>)
-  d.tokens.push_back("<user>");    // 261 user-defined
+  d.tokens.push_back("aa");      // 256
+  d.tokens.push_back("aaa");     // 257
+  d.tokens.push_back("ab");      // 258
+  d.tokens.push_back("<s>");     // 259 control
+  d.tokens.push_back("<s><s>");  // 260 control (longer: wins over two <s>)
+  d.tokens.push_back("<user>");  // 261 user-defined
   d.token_types.assign(d.tokens.size(), 1);
   d.token_types[259] = 3;
   d.token_types[260] = 3;
@@ -409,15 +408,22 @@ TokenizerData TinySpmData(bool with_byte_tokens = true) {
   add("</s>", 3, 0);
   if (with_byte_tokens) {
     static constexpr char kHex[] = "0123456789ABCDEF";
-    for (int b = 0; b < 256; ++b) add(std::string{'<', '0', 'x', kHex[b >> 4], kHex[b & 15], '>'}, 6, 0);
+    for (int b = 0; b < 256; ++b)
+      add(std::string{'<', '0', 'x', kHex[b >> 4], kHex[b & 15], '>'}, 6, 0);
   }
   for (const char* c : {"h", "e", "l", "o", "w", "r", "d"}) add(c, 1, -2);
   add(kSp, 1, -1);
-  const std::pair<std::string, float> merged[] = {
-      {std::string(kSp) + "hello", -1}, {std::string(kSp) + "world", -1}, {"llo", -5},
-      {std::string(kSp) + "he", -6},    {std::string(kSp) + "wor", -6},   {"ll", -7},
-      {"ld", -7},                       {"he", -8},                       {"or", -8},
-      {std::string(kSp) + "h", -9},     {std::string(kSp) + "w", -9}};
+  const std::pair<std::string, float> merged[] = {{std::string(kSp) + "hello", -1},
+                                                  {std::string(kSp) + "world", -1},
+                                                  {"llo", -5},
+                                                  {std::string(kSp) + "he", -6},
+                                                  {std::string(kSp) + "wor", -6},
+                                                  {"ll", -7},
+                                                  {"ld", -7},
+                                                  {"he", -8},
+                                                  {"or", -8},
+                                                  {std::string(kSp) + "h", -9},
+                                                  {std::string(kSp) + "w", -9}};
   for (const auto& [text, score] : merged) add(text, 1, score);
   d.bos = 1;
   d.eos = 2;
@@ -535,7 +541,9 @@ TEST(TinyTokenizerTest, PreTokenizersSplitAsTheirFamiliesDo) {
               ElementsAre("I", "'LL", " pay", " ", "123", "45", "\n\n", " x"));
   EXPECT_THAT(split("qwen2", "x 12"), ElementsAre("x", " ", "1", "2"));
   EXPECT_THAT(split("gpt-2", "a\t\tb"), ElementsAre("a", "\t", "\t", "b"));
-  EXPECT_THAT(split("gpt-2", "a\xC2\x85\xC2\x85" "b"),  // U+0085 counts as whitespace
+  EXPECT_THAT(split("gpt-2",
+                    "a\xC2\x85\xC2\x85"
+                    "b"),  // U+0085 counts as whitespace
               ElementsAre("a", "\xC2\x85", "\xC2\x85", "b"));
 }
 
