@@ -109,7 +109,9 @@ class DefaultModelTokenizerTest : public ::testing::Test {
     }
   }
 
-  void SetUp() override { ASSERT_EQ(load_error_, nullptr) << *load_error_; }
+  void SetUp() override {
+    if (load_error_ != nullptr) GTEST_FAIL() << *load_error_;
+  }
 
   static inline Tokenizer* tokenizer_ = nullptr;
   static inline std::vector<Case>* cases_ = nullptr;
