@@ -256,6 +256,29 @@ def random_digit_runs(n, seed):
   return out
 
 
+def random_codepoints(n, seed):
+  """Seeded strings of random code points from every plane (assigned or not, no
+  surrogates), mixed with ASCII letters, digits, spaces and apostrophes: these probe the
+  Unicode category tables (letter / number / whitespace / other) where two
+  implementations are most likely to disagree."""
+  rng = random.Random(seed)
+  out = []
+  for _ in range(n):
+    s = ""
+    for _ in range(rng.randint(1, 8)):
+      r = rng.random()
+      if r < 0.4:
+        cp = rng.randrange(0x110000)
+      elif r < 0.7:
+        cp = rng.randrange(0x80, 0x3000)
+      else:
+        cp = ord(rng.choice(" \n\taA1'."))
+      if not 0xD800 <= cp <= 0xDFFF:
+        s += chr(cp)
+    out.append(s)
+  return out
+
+
 def long_text():
   """A ~4 KB passage mixing everything: catches merge-order bugs inside long words."""
   parts = PROSE + CODE[:10] + UNICODE[:20] + EMOJI[:8]
@@ -268,6 +291,7 @@ def tokenizer_strings():
     cases += [(s, True) for s in group]
   cases += [(s, True) for s in random_mixes(60, seed=1234)]
   cases += [(s, True) for s in random_digit_runs(20, seed=99)]
+  cases += [(s, True) for s in random_codepoints(300, seed=7)]
   cases.append((long_text(), True))
   cases += [(s, False) for s in NON_SPECIAL]
   cases += [(s, False) for s in random_mixes(8, seed=77)]
