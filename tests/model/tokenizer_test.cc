@@ -17,6 +17,7 @@
 #include "model/gguf_file.h"
 #include "model/unicode_util.h"
 #include "nlohmann/json.hpp"
+#include "tests/support/test_model.h"
 
 namespace tandem::model {
 namespace {
@@ -381,6 +382,30 @@ TEST_F(DefaultModelTokenizerTest, LongInputIsFast) {
               seconds * 1e3);
   EXPECT_EQ(tokenizer_->Decode(ids), text);
   EXPECT_LT(seconds, 1.0);
+}
+
+TEST(TestModelTokenizerTest, LoadsTheSyntheticModelsTokenizer) {
+  // The tiny synthetic models (tests/support) carry a "default" pre-tokenizer vocabulary
+  // with ChatML specials and unused padding tokens.
+  testing::TestModelSpec spec;
+  spec.vocab = testing::TestTokenizerSize() + 5;
+  const std::string path = ::testing::TempDir() + "/tokenizer_test_model.gguf";
+  ASSERT_TRUE(testing::WriteTestModel(spec, path).ok());
+  auto gguf = GgufFile::Open(path);
+  ASSERT_TRUE(gguf.ok()) << gguf.status();
+  auto tok = Tokenizer::FromGguf(**gguf);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const Tokenizer& t = **tok;
+  EXPECT_EQ(t.pre(), "default");
+  EXPECT_EQ(t.vocab_size(), spec.vocab);
+  const std::string sp = testing::ByteToUnicode(' ');
+  EXPECT_THAT(t.Encode("<|im_start|> hello world<|im_end|>"),
+              ElementsAre(1, t.TokenId(sp + "hello"), t.TokenId(sp + "world"), 2));
+  const std::string text = "Is the answer 1000? Yes, and you're in.\n\n  ok";
+  EXPECT_EQ(t.Decode(t.Encode(text)), text);
+  const int32_t pad = spec.vocab - 1;
+  EXPECT_EQ(t.TokenTypeOf(pad), TokenType::kUnused);
+  EXPECT_EQ(t.Decode({pad}), "");  // unused tokens render as nothing
 }
 
 // ---------------------------------------------------------------------------------------------
