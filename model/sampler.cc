@@ -138,6 +138,107 @@ TANDEM_SAMPLER_MULTIVERSION int SkipBlocksNotAbove(const float* v, int begin, in
   return i;
 }
 
+// As SkipBlocksNotAbove, for a block holding an entry in [lo, hi).
+TANDEM_SAMPLER_MULTIVERSION int SkipBlocksNotInRange(const float* v, int begin, int n, float lo,
+                                                     float hi) {
+  int i = begin;
+  for (; i + kBlock <= n; i += kBlock) {
+    int hit = 0;
+    for (int j = 0; j < kBlock; ++j) hit |= (v[i + j] >= lo) & (v[i + j] < hi);
+    if (hit) return i;
+  }
+  return i;
+}
+
+struct MassCount {
+  double mass;  // sum of the entries >= t
+  int count;    // how many there are
+};
+
+TANDEM_SAMPLER_MULTIVERSION MassCount MassCountAtLeast(const float* v, int n, float t) {
+  constexpr int kLanes = 8;
+  double mass[kLanes] = {};
+  int32_t count[kLanes] = {};
+  int i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const int32_t in = v[i + j] >= t;
+      mass[j] += std::bit_cast<float>(std::bit_cast<int32_t>(v[i + j]) & -in);
+      count[j] += in;
+    }
+  }
+  MassCount r{0.0, 0};
+  for (int j = 0; j < kLanes; ++j) {
+    r.mass += mass[j];
+    r.count += count[j];
+  }
+  for (; i < n; ++i) {
+    if (v[i] >= t) {
+      r.mass += v[i];
+      ++r.count;
+    }
+  }
+  return r;
+}
+
+// MassCountAtLeast for two thresholds in one pass.
+TANDEM_SAMPLER_MULTIVERSION void MassCountAtLeast2(const float* v, int n, float ta, float tb,
+                                                   MassCount& at_a, MassCount& at_b) {
+  constexpr int kLanes = 8;
+  double mass_a[kLanes] = {}, mass_b[kLanes] = {};
+  int32_t count_a[kLanes] = {}, count_b[kLanes] = {};
+  int i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const int32_t bits = std::bit_cast<int32_t>(v[i + j]);
+      const int32_t in_a = v[i + j] >= ta, in_b = v[i + j] >= tb;
+      mass_a[j] += std::bit_cast<float>(bits & -in_a);
+      mass_b[j] += std::bit_cast<float>(bits & -in_b);
+      count_a[j] += in_a;
+      count_b[j] += in_b;
+    }
+  }
+  at_a = {0.0, 0};
+  at_b = {0.0, 0};
+  for (int j = 0; j < kLanes; ++j) {
+    at_a.mass += mass_a[j];
+    at_a.count += count_a[j];
+    at_b.mass += mass_b[j];
+    at_b.count += count_b[j];
+  }
+  for (; i < n; ++i) {
+    if (v[i] >= ta) at_a.mass += v[i], ++at_a.count;
+    if (v[i] >= tb) at_b.mass += v[i], ++at_b.count;
+  }
+}
+
+// Draws from the entries >= t of v (non-negative masses), in index order, given u uniform in
+// [0, their sum): whole chunks are skipped by their vectorized sums.
+int32_t DrawAtLeast(const float* v, int n, float t, double u) {
+  constexpr int kChunk = 256;
+  double cum = 0.0;
+  int begin = 0;
+  for (; begin + kChunk < n; begin += kChunk) {
+    const double chunk = MassCountAtLeast(v + begin, kChunk, t).mass;
+    if (u < cum + chunk) break;
+    cum += chunk;
+  }
+  int32_t last = -1;
+  for (int i = begin; i < n; ++i) {
+    if (!(v[i] >= t)) continue;
+    cum += v[i];
+    last = i;
+    if (u < cum) return i;
+  }
+  // u landed past the end through rounding (chunked sums differ from the caller's in the last
+  // bits): the last entry that qualifies.
+  if (last < 0) {
+    for (last = n - 1; last > 0 && !(v[last] >= t); --last) {
+    }
+  }
+  return last;
+}
+
 // Index of the largest value, ties to the lowest index; NaN never wins; 0 when nothing is
 // larger than -inf. A vectorized max, then a search for its first occurrence.
 int32_t Argmax(const float* v, int n) {
@@ -355,29 +456,9 @@ int32_t Sampler::SampleFromLogits(const float* logits) {
       if (e >= min_e && e > 0.0f) cand[n++] = {e, cand[i].id};  // min-p, compacting
     }
   } else {
+    // Only top-p (and maybe min-p) over the whole vocabulary.
     ExpShifted(w, max_v, 0.0f, n_vocab);
-    mass = SumOf(w, n_vocab);
-    // The nucleus is a prefix of the likelihood order, so if the tokens with e >= t already
-    // hold top_p of the mass, it lies among them: try a cut that keeps peaked distributions'
-    // candidate lists short before taking every token.
-    const double target = params_.top_p * mass;
-    for (float t : {0x1.0p-10f, 0.0f}) {
-      n = 0;
-      double collected = 0.0;
-      const float cut = std::max(t, min_e);
-      // e >= cut && e > 0  <=>  e > below
-      const float below = cut > 0.0f ? std::nextafter(cut, kNegInf) : 0.0f;
-      for (int i = 0; i < n_vocab;) {
-        i = SkipBlocksNotAbove(w, i, n_vocab, below);
-        for (const int end = std::min(i + kBlock, n_vocab); i < end; ++i) {
-          if (w[i] > below) {
-            cand[n++] = {w[i], i};
-            collected += w[i];
-          }
-        }
-      }
-      if (collected >= target || cut == min_e) break;
-    }
+    return SampleNucleusOfVocab(SumOf(w, n_vocab));
   }
   // min-p and top-p each keep a prefix of the candidates in likelihood order, so the result
   // is the shorter prefix: when the min-p survivors hold less than top_p of the mass, they are
@@ -386,7 +467,7 @@ int32_t Sampler::SampleFromLogits(const float* logits) {
     const double target = params_.top_p * mass;
     double kept = 0.0;
     for (int i = 0; i < n; ++i) kept += cand[i].value;
-    if (kept >= target) n = SelectNucleus(cand, n, target);
+    if (kept >= target) n = SelectNucleus(cand, n, target, kept);
   }
 
   double total = 0.0;
@@ -400,6 +481,110 @@ int32_t Sampler::SampleFromLogits(const float* logits) {
     if (u < cum) return cand[i].id;
   }
   return last;
+}
+
+// Top-p over the whole vocabulary; w holds e_i = exp(l_i - max), `mass` their sum. Sorting or
+// quickselecting ~49k (value, id) pairs costs hundreds of microseconds when the nucleus is
+// large (high temperature), so the cut is found on the values in place: bisect a threshold t
+// (over float bit patterns, which order positive floats) with vectorized passes that sum the
+// mass at or above t, until the tokens between two thresholds lo < hi are few. Every token at
+// or above hi is in the nucleus; the boundary lies among the few in [lo, hi), which go through
+// SelectNucleus. min-p's threshold is the lowest lo allowed.
+int32_t Sampler::SampleNucleusOfVocab(double mass) {
+  const int n_vocab = vocab_size_;
+  const float* w = work_.data();
+  const double target = params_.top_p * mass;
+  // ExpNonPositive gives 0 or at least 2^-126, so this lo takes every token with mass.
+  float lo = params_.min_p > 0.0f ? params_.min_p : 0x1.0p-126f;
+  MassCount at_lo = MassCountAtLeast(w, n_vocab, lo);
+  if (at_lo.mass < target) {
+    // min-p keeps less than the nucleus: its survivors are the result.
+    return DrawAtLeast(w, n_vocab, lo, NextUniform() * at_lo.mass);
+  }
+  float hi = std::nextafter(1.0f, 2.0f);  // above every e
+  MassCount at_hi{0.0, 0};
+  // A first cut that brackets most distributions well: peaked ones hold top_p above it in a few
+  // tokens, flat ones hold all their tokens above it.
+  if (constexpr float kFirstCut = 0x1.0p-10f; kFirstCut > lo) {
+    const MassCount at_cut = MassCountAtLeast(w, n_vocab, kFirstCut);
+    if (at_cut.mass >= target) {
+      lo = kFirstCut;
+      at_lo = at_cut;
+    } else {
+      hi = kFirstCut;
+      at_hi = at_cut;
+    }
+  }
+  // Narrow [lo, hi) until it holds few enough tokens for SelectNucleus (a few microseconds per
+  // thousand), each step being one pass over the vocabulary. A step guesses where the boundary
+  // is (assuming the band's tokens spread evenly over its values, so mass density grows
+  // linearly) and measures two thresholds around the guess meant to bracket ~kBandMax/4 tokens;
+  // when the guess misses, the next step bisects the float bit patterns instead, which always
+  // halves the range.
+  constexpr int kBandMax = 512;
+  bool bisect = false;
+  while (at_lo.count - at_hi.count > kBandMax) {
+    const uint32_t lo_bits = std::bit_cast<uint32_t>(lo), hi_bits = std::bit_cast<uint32_t>(hi);
+    if (hi_bits - lo_bits <= 2) break;  // [lo, hi) holds a couple of values shared by many
+    float ta = lo, tb = hi;
+    if (!bisect) {
+      // Model: the band's tokens spread evenly over log(e) (logits evenly over the band), so
+      // the mass at or above t grows linearly as t falls: interpolate linearly in value, and
+      // size the window in log space.
+      const double frac = (target - at_hi.mass) / (at_lo.mass - at_hi.mass);
+      const double guess = double{hi} - frac * (double{hi} - lo);
+      const double half_log_width =
+          std::log(double{hi} / lo) * (kBandMax / 8.0) / (at_lo.count - at_hi.count);
+      ta = static_cast<float>(guess * std::exp(-half_log_width));
+      tb = static_cast<float>(guess * std::exp(half_log_width));
+    }
+    // Keep lo < ta < tb < hi; a degenerate guess becomes a bisection.
+    const uint32_t mid_bits = lo_bits + (hi_bits - lo_bits) / 2;
+    if (bisect || !(ta > lo && ta < hi)) ta = std::bit_cast<float>(mid_bits);
+    if (bisect || !(tb > ta && tb < hi)) tb = std::bit_cast<float>(mid_bits + 1);
+    MassCount at_a, at_b;
+    MassCountAtLeast2(w, n_vocab, ta, tb, at_a, at_b);
+    if (at_b.mass >= target) {
+      lo = tb;
+      at_lo = at_b;
+    } else if (at_a.mass >= target) {
+      lo = ta;
+      at_lo = at_a;
+      hi = tb;
+      at_hi = at_b;
+    } else {
+      hi = ta;
+      at_hi = at_a;
+    }
+    // A guess that did not land the boundary between ta and tb makes the next step a bisection.
+    bisect = !bisect && !(at_a.mass >= target && at_b.mass < target);
+  }
+  // The band [lo, hi): collect it and find how much of it the nucleus needs.
+  Candidate* cand = cand_.data();
+  int n = 0;
+  for (int i = 0; i < n_vocab;) {
+    i = SkipBlocksNotInRange(w, i, n_vocab, lo, hi);
+    for (const int end = std::min(i + kBlock, n_vocab); i < end; ++i) {
+      // Branch-free compaction: the write is unconditional, the count moves only on a hit.
+      cand[n] = {w[i], i};
+      n += (w[i] >= lo) & (w[i] < hi);
+    }
+  }
+  double band_total = 0.0;
+  for (int i = 0; i < n; ++i) band_total += cand[i].value;
+  n = SelectNucleus(cand, n, target - at_hi.mass, band_total);
+  double band_mass = 0.0;
+  for (int i = 0; i < n; ++i) band_mass += cand[i].value;
+
+  double u = NextUniform() * (at_hi.mass + band_mass);
+  if (u < at_hi.mass || n == 0) return DrawAtLeast(w, n_vocab, hi, u);
+  u -= at_hi.mass;
+  double cum = 0.0;
+  for (int i = 0; i < n; ++i) {
+    cum += cand[i].value;
+    if (u < cum) return cand[i].id;
+  }
+  return cand[n - 1].id;
 }
 
 void Sampler::SelectTopK(const float* w, int n, int k, Candidate* cand) {
@@ -425,30 +610,56 @@ void Sampler::SelectTopK(const float* w, int n, int k, Candidate* cand) {
   }
 }
 
-int Sampler::SelectNucleus(Candidate* cand, int n, double target) {
+int Sampler::SelectNucleus(Candidate* cand, int n, double target, double total) {
   // Weighted quickselect. Invariant: cand[0, lo) are in the nucleus and more likely than
-  // everything after them; `need` is the mass still missing; the boundary lies in [lo, hi).
+  // everything after them; `need` is the mass still missing; the boundary lies in [lo, hi),
+  // whose entries sum to `range_mass`.
   int lo = 0, hi = n;
   double need = target;
+  double range_mass = total;
   constexpr int kSortBelow = 64;
+  constexpr int kSamples = 64;
   while (hi - lo > kSortBelow) {
-    // Median of three as the pivot.
-    Candidate a = cand[lo], b = cand[lo + (hi - lo) / 2], c = cand[hi - 1];
-    if (MoreLikely(b, a)) std::swap(a, b);
-    if (MoreLikely(c, b)) std::swap(b, c);
-    if (MoreLikely(b, a)) std::swap(a, b);
-    const Candidate pivot = b;
+    const int m = hi - lo;
+    Candidate pivot;
+    if (m >= 16 * kSamples) {
+      // Pivot near the boundary, estimated from evenly spaced samples (ids, and so positions,
+      // are unrelated to likelihood): each pass then leaves little on the boundary's side.
+      Candidate sample[kSamples];
+      double sample_mass = 0.0;
+      for (int j = 0; j < kSamples; ++j) {
+        sample[j] = cand[lo + static_cast<int64_t>(m) * (2 * j + 1) / (2 * kSamples)];
+        sample_mass += sample[j].value;
+      }
+      std::sort(sample, sample + kSamples, &Sampler::MoreLikely);
+      const double want = range_mass > 0.0 ? need / range_mass * sample_mass : 0.0;
+      double cum = 0.0;
+      int j = 0;
+      while (j < kSamples - 1 && cum + sample[j].value < want) cum += sample[j++].value;
+      pivot = sample[j];
+    } else {
+      Candidate a = cand[lo], b = cand[lo + m / 2], c = cand[hi - 1];
+      if (MoreLikely(b, a)) std::swap(a, b);
+      if (MoreLikely(c, b)) std::swap(b, c);
+      if (MoreLikely(b, a)) std::swap(a, b);
+      pivot = b;  // median of three
+    }
     // Partition [lo, hi) into strictly-more-likely-than-pivot | the rest, summing the former.
+    // Branch-free (Lomuto with an unconditional swap): the comparison is a coin flip near the
+    // boundary and mispredicted branches cost more than the extra stores.
     int mid = lo;
     double upper = 0.0;
     for (int i = lo; i < hi; ++i) {
-      if (MoreLikely(cand[i], pivot)) {
-        upper += cand[i].value;
-        std::swap(cand[i], cand[mid++]);
-      }
+      const Candidate c = cand[i];
+      const bool more = (c.value > pivot.value) | ((c.value == pivot.value) & (c.id < pivot.id));
+      cand[i] = cand[mid];
+      cand[mid] = c;
+      mid += more;
+      upper += static_cast<double>(c.value) * more;
     }
     if (upper >= need) {
       hi = mid;  // the boundary is among the more likely ones
+      range_mass = upper;
       continue;
     }
     need -= upper;
@@ -457,6 +668,7 @@ int Sampler::SelectNucleus(Candidate* cand, int n, double target) {
     while (cand[p].id != pivot.id) ++p;
     std::swap(cand[p], cand[mid]);
     need -= cand[mid].value;
+    range_mass -= upper + cand[mid].value;
     lo = mid + 1;
     if (need <= 0.0) return lo;
   }

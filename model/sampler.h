@@ -127,8 +127,9 @@ class Sampler {
     return a.value > b.value || (a.value == b.value && a.id < b.id);
   }
   // Reorders cand[0, n) so that cand[0, m) is the smallest set of most likely candidates whose
-  // values sum to >= target (m = n if none does) and returns m. Expected O(n).
-  static int SelectNucleus(Candidate* cand, int n, double target);
+  // values sum to >= target (m = n if none does) and returns m. `total` is the sum of all n
+  // values. Expected O(n).
+  static int SelectNucleus(Candidate* cand, int n, double target, double total);
   // Leaves the k most likely of w[0, n) in cand[0, k), unordered. 0 < k < n.
   static void SelectTopK(const float* w, int n, int k, Candidate* cand);
   static constexpr int kHeapTopKMax = 256;  // above this nth_element is faster than a heap
@@ -138,6 +139,7 @@ class Sampler {
   void Seed(uint64_t seed);
   void MarkSeen(int32_t token);
   int32_t SampleFromLogits(const float* logits);
+  int32_t SampleNucleusOfVocab(double mass);
   // Uses work_ as scratch.
   void FillLogprobs(const float* logits, SampleResult& result);
 

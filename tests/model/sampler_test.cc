@@ -312,6 +312,33 @@ TEST(SamplerTest, TopPOnFullVocabularyMatchesBruteForce) {
   }
 }
 
+// Equal logits: the likelihood order falls back to ids, so the nucleus is exactly the lower ids.
+TEST(SamplerTest, TopPOnTiedVocabularyKeepsLowestIds) {
+  const std::vector<float> logits(49152, 0.25f);
+  SamplingParams p = Seeded(27);
+  p.top_p = 0.5f;
+  Sampler s(p, logits.size(), -1);
+  const std::set<int> drawn = Drawn(Histogram(s, logits, 1000));
+  EXPECT_LT(*drawn.rbegin(), 24576);
+  EXPECT_GT(*drawn.rbegin(), 23000);  // reaches up to the boundary
+  EXPECT_GT(drawn.size(), 950u);
+}
+
+TEST(SamplerTest, MinPAndTopPOverTheWholeVocabulary) {
+  const std::vector<float> logits = LogitsFromProbs({0.3, 0.25, 0.2, 0.15, 0.1});
+  SamplingParams p = Seeded(28);
+  p.top_p = 0.99f;
+  p.min_p = 0.6f;  // binds first: p >= 0.18
+  {
+    Sampler s(p, 5, -1);
+    EXPECT_EQ(Drawn(Histogram(s, logits, 5000)), (std::set<int>{0, 1, 2}));
+  }
+  p.top_p = 0.5f;  // binds first: 0.3 + 0.25
+  p.min_p = 0.1f;
+  Sampler s(p, 5, -1);
+  EXPECT_EQ(Drawn(Histogram(s, logits, 5000)), (std::set<int>{0, 1}));
+}
+
 TEST(SamplerTest, MinPRemovesTokensBelowMinPTimesMax) {
   const std::vector<float> logits = LogitsFromProbs({0.5, 0.2, 0.1, 0.09, 0.11});
   SamplingParams p = Seeded(12);
