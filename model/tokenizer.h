@@ -15,8 +15,10 @@
 //      tokenizer.ggml.pre (see RegexSplitter).
 //   3. Each piece is spelled in GPT-2's byte alphabet and merged by BPE: repeatedly the
 //      adjacent pair with the lowest merge rank, leftmost first.
-// Decoding maps normal tokens back through the byte alphabet; control tokens render as
-// their text (or nothing, when asked), user-defined tokens as their text.
+// Decoding maps normal tokens back through the byte alphabet and "<0xXX>" byte tokens to
+// their byte; control tokens render as their text (or nothing, when asked), user-defined
+// tokens as their text. A byte whose alphabet character is not in the vocabulary cannot be
+// encoded and is dropped, as llama.cpp drops it (SmolLM2 lacks 04 06 13 14 16 1D F1 F2).
 //
 // SentencePiece-style encoding: special tokens are cut out as above; each text fragment
 // that starts the input or follows a special token gets a leading space (when
@@ -28,6 +30,16 @@
 //
 // Not supported: the "bert" (WordPiece), "t5" (Unigram) and "rwkv" vocabularies; FromGguf
 // says so with an Unimplemented error.
+//
+// Known differences from llama.cpp (deliberate): a surrogate (ED A0..BF xx) or a value past
+// U+10FFFF in the input becomes U+FFFD, where llama.cpp passes the raw value on (or throws);
+// special tokens of equal length are tried in id order (llama.cpp's order is unspecified);
+// pre-tokenizer character classes come from PCRE2's Unicode tables (10.42: Unicode 14),
+// llama.cpp's from its own (newer) ones, so characters assigned after Unicode 14 may split
+// differently.
+//
+// Invariants: the vocabulary is non-empty; every id stored (bos, eos, ..., merge results)
+// is a valid index; Encode only returns valid ids.
 //
 // Thread safety: a Tokenizer is immutable after construction; all const methods may run
 // concurrently. A StreamDecoder is a small mutable object owned by one stream (one thread at
