@@ -10,9 +10,9 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
-#include <type_traits>
 #include <limits>
 #include <new>
+#include <type_traits>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -48,10 +48,10 @@ constexpr int kMaxArrayDepth = 8;  // deeper nesting is never legitimate; bounds
 // unsupported file gets a useful message.
 std::string_view GgmlTypeName(uint32_t id) {
   static constexpr std::string_view kNames[] = {
-      "F32",  "F16",  "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0",  "Q8_1",
-      "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS",
-      "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64",
-      "IQ1_M", "BF16"};
+      "F32",     "F16",    "Q4_0",    "Q4_1",  "Q4_2",   "Q4_3",  "Q5_0",  "Q5_1",
+      "Q8_0",    "Q8_1",   "Q2_K",    "Q3_K",  "Q4_K",   "Q5_K",  "Q6_K",  "Q8_K",
+      "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS",
+      "I8",      "I16",    "I32",     "I64",   "F64",    "IQ1_M", "BF16"};
   if (id < std::size(kNames)) return kNames[id];
   return "unknown";
 }
@@ -87,8 +87,8 @@ bool ValidType(uint32_t t) { return t <= static_cast<uint32_t>(GgufType::kF64); 
 
 // Smallest encoding of one value of type `t`, used to reject counts that cannot fit.
 uint64_t MinEncodedSize(GgufType t) {
-  if (t == GgufType::kString) return 8;           // length
-  if (t == GgufType::kArray) return 4 + 8;        // element type + count
+  if (t == GgufType::kString) return 8;     // length
+  if (t == GgufType::kArray) return 4 + 8;  // element type + count
   return ScalarSize(t);
 }
 
@@ -99,21 +99,43 @@ T Load(const uint8_t* p) {
   return v;
 }
 
-// Decodes element `idx` of a packed numeric array into the scalar fields of `out`.
+// Decodes one little-endian scalar at `p` into the scalar fields of `out`.
 void DecodeScalar(GgufType t, const uint8_t* p, GgufValue* out) {
   out->type = t;
   switch (t) {
-    case GgufType::kU8: out->u = Load<uint8_t>(p); break;
-    case GgufType::kI8: out->i = Load<int8_t>(p); break;
-    case GgufType::kU16: out->u = Load<uint16_t>(p); break;
-    case GgufType::kI16: out->i = Load<int16_t>(p); break;
-    case GgufType::kU32: out->u = Load<uint32_t>(p); break;
-    case GgufType::kI32: out->i = Load<int32_t>(p); break;
-    case GgufType::kU64: out->u = Load<uint64_t>(p); break;
-    case GgufType::kI64: out->i = Load<int64_t>(p); break;
-    case GgufType::kF32: out->f = Load<float>(p); break;
-    case GgufType::kF64: out->f = Load<double>(p); break;
-    case GgufType::kBool: out->u = Load<uint8_t>(p); break;
+    case GgufType::kU8:
+      out->u = Load<uint8_t>(p);
+      break;
+    case GgufType::kI8:
+      out->i = Load<int8_t>(p);
+      break;
+    case GgufType::kU16:
+      out->u = Load<uint16_t>(p);
+      break;
+    case GgufType::kI16:
+      out->i = Load<int16_t>(p);
+      break;
+    case GgufType::kU32:
+      out->u = Load<uint32_t>(p);
+      break;
+    case GgufType::kI32:
+      out->i = Load<int32_t>(p);
+      break;
+    case GgufType::kU64:
+      out->u = Load<uint64_t>(p);
+      break;
+    case GgufType::kI64:
+      out->i = Load<int64_t>(p);
+      break;
+    case GgufType::kF32:
+      out->f = Load<float>(p);
+      break;
+    case GgufType::kF64:
+      out->f = Load<double>(p);
+      break;
+    case GgufType::kBool:
+      out->u = Load<uint8_t>(p);
+      break;
     case GgufType::kString:
     case GgufType::kArray:
       TANDEM_CHECK(false && "not a scalar type");
@@ -125,7 +147,8 @@ template <typename T>
 bool IntegerTo(const GgufValue& v, T* out) {
   if (v.IsSigned()) {
     if (v.i < static_cast<int64_t>(std::numeric_limits<T>::min())) return false;
-    if (v.i > 0 && static_cast<uint64_t>(v.i) > static_cast<uint64_t>(std::numeric_limits<T>::max()))
+    if (v.i > 0 &&
+        static_cast<uint64_t>(v.i) > static_cast<uint64_t>(std::numeric_limits<T>::max()))
       return false;
     *out = static_cast<T>(v.i);
     return true;
@@ -162,19 +185,32 @@ bool ToFloat(const GgufValue& v, float* out) {
 
 std::string_view GgufTypeName(GgufType t) {
   switch (t) {
-    case GgufType::kU8: return "uint8";
-    case GgufType::kI8: return "int8";
-    case GgufType::kU16: return "uint16";
-    case GgufType::kI16: return "int16";
-    case GgufType::kU32: return "uint32";
-    case GgufType::kI32: return "int32";
-    case GgufType::kF32: return "float32";
-    case GgufType::kBool: return "bool";
-    case GgufType::kString: return "string";
-    case GgufType::kArray: return "array";
-    case GgufType::kU64: return "uint64";
-    case GgufType::kI64: return "int64";
-    case GgufType::kF64: return "float64";
+    case GgufType::kU8:
+      return "uint8";
+    case GgufType::kI8:
+      return "int8";
+    case GgufType::kU16:
+      return "uint16";
+    case GgufType::kI16:
+      return "int16";
+    case GgufType::kU32:
+      return "uint32";
+    case GgufType::kI32:
+      return "int32";
+    case GgufType::kF32:
+      return "float32";
+    case GgufType::kBool:
+      return "bool";
+    case GgufType::kString:
+      return "string";
+    case GgufType::kArray:
+      return "array";
+    case GgufType::kU64:
+      return "uint64";
+    case GgufType::kI64:
+      return "int64";
+    case GgufType::kF64:
+      return "float64";
   }
   return "unknown";
 }
@@ -210,7 +246,7 @@ int64_t GgufTensor::Elements() const {
 // item being read (set by the caller through `what`).
 class GgufFile::Parser {
  public:
-  Parser(GgufFile* file) : f_(file) {}
+  explicit Parser(GgufFile* file) : f_(file) {}
 
   absl::Status Run();
 
@@ -237,8 +273,8 @@ class GgufFile::Parser {
     uint64_t len = 0;
     TANDEM_RETURN_IF_ERROR(Read(&len, what));
     if (len > Remaining()) {
-      return Error(Cat("string length ", len, " of ", what, " exceeds the ",
-                                Remaining(), " bytes left in the file (truncated or corrupt)"));
+      return Error(Cat("string length ", len, " of ", what, " exceeds the ", Remaining(),
+                       " bytes left in the file (truncated or corrupt)"));
     }
     *out = std::string_view(reinterpret_cast<const char*>(f_->base_ + pos_), len);
     pos_ += len;
@@ -281,9 +317,9 @@ absl::Status GgufFile::Parser::ReadValue(GgufType type, std::string_view key, in
   // Reject impossible counts before allocating anything for them.
   const uint64_t min_size = MinEncodedSize(out->elem_type);
   if (out->count > Remaining() / min_size) {
-    return Error(Cat("key '", key, "': array of ", out->count, " ",
-                              GgufTypeName(out->elem_type), " elements cannot fit in the ",
-                              Remaining(), " bytes left in the file (truncated or corrupt)"));
+    return Error(Cat("key '", key, "': array of ", out->count, " ", GgufTypeName(out->elem_type),
+                     " elements cannot fit in the ", Remaining(),
+                     " bytes left in the file (truncated or corrupt)"));
   }
   switch (out->elem_type) {
     case GgufType::kString: {
@@ -309,8 +345,7 @@ absl::Status GgufFile::Parser::ReadValue(GgufType type, std::string_view key, in
       if (out->elem_type == GgufType::kBool) {
         for (uint64_t j = 0; j < out->count; ++j) {
           if (out->raw[j] > 1) {
-            return Error(Cat("key '", key, "': bool array element ", j, " is ",
-                                      out->raw[j]));
+            return Error(Cat("key '", key, "': bool array element ", j, " is ", out->raw[j]));
           }
         }
       }
@@ -346,16 +381,16 @@ absl::Status GgufFile::Parser::ReadTensorInfo(size_t index, GgufTensor* t, uint6
   TANDEM_RETURN_IF_ERROR(Read(&type_id, Cat("the type of ", label)));
   const auto type = static_cast<kernels::DType>(type_id);
   if (!kernels::IsSupported(type)) {
-    return absl::UnimplementedError(Cat(
-        "GGUF file '", f_->path_, "': ", label, " has type id ", type_id, " (",
-        GgmlTypeName(type_id), "), which tandem does not support; supported types: ",
-        kSupportedTypes));
+    return absl::UnimplementedError(
+        Cat("GGUF file '", f_->path_, "': ", label, " has type id ", type_id, " (",
+            GgmlTypeName(type_id),
+            "), which tandem does not support; supported types: ", kSupportedTypes));
   }
   t->type = type;
   const uint64_t block = static_cast<uint64_t>(kernels::BlockElems(type));
   if (t->dims[0] % block != 0) {
     return Error(Cat(label, ": row length ", t->dims[0], " is not a multiple of the ",
-                              kernels::DTypeName(type), " block size ", block));
+                     kernels::DTypeName(type), " block size ", block));
   }
   // bytes = elements / block * block_bytes; elements fits int64 and block_bytes <= 34, but
   // the product can still overflow for absurd shapes.
@@ -377,10 +412,10 @@ absl::Status GgufFile::Parser::Run() {
   }
   TANDEM_RETURN_IF_ERROR(Read(&f_->version_, "the version"));
   if (f_->version_ == 1) {
-    return absl::UnimplementedError(Cat(
-        "GGUF file '", f_->path_,
-        "': GGUF version 1 is not supported (it used 32-bit counts); convert the model to "
-        "GGUF version 3"));
+    return absl::UnimplementedError(
+        Cat("GGUF file '", f_->path_,
+            "': GGUF version 1 is not supported (it used 32-bit counts); convert the model to "
+            "GGUF version 3"));
   }
   if (f_->version_ != 2 && f_->version_ != 3) {
     return Error(Cat("unknown GGUF version ", f_->version_, " (expected 2 or 3)"));
@@ -417,12 +452,11 @@ absl::Status GgufFile::Parser::Run() {
   if (const GgufValue* a = f_->Find("general.alignment")) {
     uint64_t align = 0;
     if (!a->IsInteger() || !IntegerTo(*a, &align)) {
-      return Error(Cat("key 'general.alignment' must be an unsigned integer, not ",
-                                GgufTypeName(a->type)));
+      return Error(
+          Cat("key 'general.alignment' must be an unsigned integer, not ", GgufTypeName(a->type)));
     }
     if (align == 0 || !std::has_single_bit(align)) {
-      return Error(Cat("key 'general.alignment' is ", align,
-                                ", which is not a power of two"));
+      return Error(Cat("key 'general.alignment' is ", align, ", which is not a power of two"));
     }
     f_->alignment_ = align;
   } else {
@@ -447,8 +481,8 @@ absl::Status GgufFile::Parser::Run() {
   const uint64_t data_start = pos_ + (align - pos_ % align) % align;
   f_->data_offset_ = data_start;
   if (n_tensors > 0 && data_start > f_->size_) {
-    return Error(Cat("file is truncated: the tensor data section would start at byte ",
-                              data_start, " but the file has ", f_->size_, " bytes"));
+    return Error(Cat("file is truncated: the tensor data section would start at byte ", data_start,
+                     " but the file has ", f_->size_, " bytes"));
   }
   const uint64_t data_size = n_tensors > 0 ? f_->size_ - data_start : 0;
   std::vector<size_t> order(n_tensors);
@@ -457,12 +491,12 @@ absl::Status GgufFile::Parser::Run() {
     const uint64_t off = offsets[t];
     if (off % align != 0) {
       return Error(Cat("tensor '", tensor.name, "': data offset ", off,
-                                " is not a multiple of the alignment ", align));
+                       " is not a multiple of the alignment ", align));
     }
     if (off > data_size || tensor.bytes > data_size - off) {
-      return Error(Cat("tensor '", tensor.name, "': data [", off, ", ", off,
-                                " + ", tensor.bytes, ") runs past the end of the file (the data ",
-                                "section holds ", data_size, " bytes; file truncated?)"));
+      return Error(Cat("tensor '", tensor.name, "': data [", off, ", ", off, " + ", tensor.bytes,
+                       ") runs past the end of the file (the data ", "section holds ", data_size,
+                       " bytes; file truncated?)"));
     }
     tensor.data = f_->base_ + data_start + off;
     order[t] = t;
@@ -472,8 +506,8 @@ absl::Status GgufFile::Parser::Run() {
   for (size_t j = 1; j < order.size(); ++j) {
     const size_t prev = order[j - 1], cur = order[j];
     if (offsets[prev] + f_->tensors_[prev].bytes > offsets[cur]) {
-      return Error(Cat("tensors '", f_->tensors_[prev].name, "' and '",
-                                f_->tensors_[cur].name, "' overlap in the data section"));
+      return Error(Cat("tensors '", f_->tensors_[prev].name, "' and '", f_->tensors_[cur].name,
+                       "' overlap in the data section"));
     }
   }
   return absl::OkStatus();
@@ -484,7 +518,7 @@ GgufFile::~GgufFile() {
   if (mapped_) {
     munmap(const_cast<uint8_t*>(base_), size_);
   } else {
-    ::operator delete(const_cast<uint8_t*>(base_), std::align_val_t{64});
+    ::operator delete (const_cast<uint8_t*>(base_), std::align_val_t{64});
   }
 }
 
@@ -500,8 +534,7 @@ absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;
-    const std::string msg =
-        Cat("cannot open GGUF file '", path, "': ", std::strerror(err));
+    const std::string msg = Cat("cannot open GGUF file '", path, "': ", std::strerror(err));
     if (err == ENOENT) return absl::NotFoundError(msg);
     if (err == EACCES) return absl::PermissionDeniedError(msg);
     return absl::UnavailableError(msg);
@@ -510,8 +543,7 @@ absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path
   if (fstat(fd, &st) != 0) {
     const int err = errno;
     ::close(fd);
-    return absl::UnavailableError(
-        Cat("cannot stat GGUF file '", path, "': ", std::strerror(err)));
+    return absl::UnavailableError(Cat("cannot stat GGUF file '", path, "': ", std::strerror(err)));
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
@@ -540,7 +572,7 @@ absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::FromBuffer(std::string_view 
   file->size_ = bytes.size();
   if (!bytes.empty()) {
     // 64-byte aligned like a mapping would be (as far as tensor alignment needs).
-    auto* buf = static_cast<uint8_t*>(::operator new(bytes.size(), std::align_val_t{64}));
+    auto* buf = static_cast<uint8_t*>(::operator new (bytes.size(), std::align_val_t{64}));
     std::memcpy(buf, bytes.data(), bytes.size());
     file->base_ = buf;
   }
@@ -560,8 +592,7 @@ const GgufTensor* GgufFile::FindTensor(std::string_view name) const {
 absl::StatusOr<const GgufValue*> GgufFile::Lookup(std::string_view key) const {
   const GgufValue* v = Find(key);
   if (v == nullptr) {
-    return absl::NotFoundError(
-        Cat("GGUF file '", path_, "' has no metadata key '", key, "'"));
+    return absl::NotFoundError(Cat("GGUF file '", path_, "' has no metadata key '", key, "'"));
   }
   return v;
 }
@@ -572,13 +603,13 @@ absl::Status WrongType(const std::string& path, std::string_view key, const Gguf
                        std::string_view wanted) {
   std::string have(GgufTypeName(v.type));
   if (v.type == GgufType::kArray) have = Cat("array of ", GgufTypeName(v.elem_type));
-  return absl::InvalidArgumentError(Cat("GGUF file '", path, "': key '", key,
-                                                 "' is ", have, ", expected ", wanted));
+  return absl::InvalidArgumentError(
+      Cat("GGUF file '", path, "': key '", key, "' is ", have, ", expected ", wanted));
 }
 
 absl::Status OutOfRange(const std::string& path, std::string_view key, std::string_view wanted) {
-  return absl::InvalidArgumentError(Cat("GGUF file '", path, "': key '", key,
-                                                 "' has a value that does not fit ", wanted));
+  return absl::InvalidArgumentError(
+      Cat("GGUF file '", path, "': key '", key, "' has a value that does not fit ", wanted));
 }
 
 template <typename T>

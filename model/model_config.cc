@@ -73,12 +73,12 @@ class ConfigReader {
     const GgufTensor* t = f_.FindTensor(name);
     if (t == nullptr) return Error(Cat("missing tensor '", name, "'"));
     if (t->dims != dims) {
-      return Error(Cat("tensor '", name, "' has shape ", ShapeString(t->dims),
-                                ", expected ", ShapeString(dims), " (ne0 first)"));
+      return Error(Cat("tensor '", name, "' has shape ", ShapeString(t->dims), ", expected ",
+                       ShapeString(dims), " (ne0 first)"));
     }
     if (dims.size() == 1 && t->type != kernels::DType::kF32) {
       return Error(Cat("tensor '", name, "' has type ", kernels::DTypeName(t->type),
-                                "; norm and bias vectors must be F32"));
+                       "; norm and bias vectors must be F32"));
     }
     return absl::OkStatus();
   }
@@ -105,9 +105,9 @@ absl::StatusOr<ModelConfig> ModelConfig::FromGguf(const GgufFile& file) {
     c.rope_style = kernels::RopeStyle::kNeox;
     default_eps = 1e-6f;
   } else {
-    return absl::UnimplementedError(Cat(
-        "model '", file.path(), "': architecture '", c.architecture,
-        "' is not supported; tandem supports llama (and mistral as llama) and qwen2"));
+    return absl::UnimplementedError(
+        Cat("model '", file.path(), "': architecture '", c.architecture,
+            "' is not supported; tandem supports llama (and mistral as llama) and qwen2"));
   }
   const ConfigReader r(file, c.architecture);
 
@@ -125,19 +125,19 @@ absl::StatusOr<ModelConfig> ModelConfig::FromGguf(const GgufFile& file) {
     TANDEM_ASSIGN_OR_RETURN(c.head_dim, r.Size("attention.key_length"));
   } else {
     if (c.hidden % c.n_heads != 0) {
-      return r.Error(Cat("hidden size ", c.hidden, " is not divisible by the ",
-                                  c.n_heads, " attention heads"));
+      return r.Error(Cat("hidden size ", c.hidden, " is not divisible by the ", c.n_heads,
+                         " attention heads"));
     }
     c.head_dim = c.hidden / c.n_heads;
   }
   TANDEM_ASSIGN_OR_RETURN(int value_dim, r.OptionalSize("attention.value_length", c.head_dim));
   if (value_dim != c.head_dim) {
-    return r.Error(Cat("value head size ", value_dim, " differs from key head size ",
-                                c.head_dim, "; tandem needs them equal"));
+    return r.Error(Cat("value head size ", value_dim, " differs from key head size ", c.head_dim,
+                       "; tandem needs them equal"));
   }
   if (c.n_kv_heads > c.n_heads || c.n_heads % c.n_kv_heads != 0) {
-    return r.Error(Cat(c.n_heads, " attention heads are not a multiple of the ",
-                                c.n_kv_heads, " KV heads"));
+    return r.Error(
+        Cat(c.n_heads, " attention heads are not a multiple of the ", c.n_kv_heads, " KV heads"));
   }
   if (c.head_dim % 2 != 0) {
     return r.Error(Cat("head size ", c.head_dim, " is odd; RoPE needs it even"));
@@ -145,7 +145,7 @@ absl::StatusOr<ModelConfig> ModelConfig::FromGguf(const GgufFile& file) {
   TANDEM_ASSIGN_OR_RETURN(c.rope_dim, r.OptionalSize("rope.dimension_count", c.head_dim));
   if (c.rope_dim > c.head_dim || c.rope_dim % 2 != 0) {
     return r.Error(Cat("rope dimension count ", c.rope_dim,
-                                " must be even and at most the head size ", c.head_dim));
+                       " must be even and at most the head size ", c.head_dim));
   }
 
   // Vocabulary: the explicit key, else the tokenizer's token list.
@@ -159,7 +159,7 @@ absl::StatusOr<ModelConfig> ModelConfig::FromGguf(const GgufFile& file) {
     c.vocab_size = static_cast<int>(n);
   } else {
     return r.Error(Cat("cannot tell the vocabulary size: neither '", r.Key("vocab_size"),
-                                "' nor 'tokenizer.ggml.tokens' is present"));
+                       "' nor 'tokenizer.ggml.tokens' is present"));
   }
 
   // Tensors: everything Forward reads, with shapes ne0 first (ne0 = input features).
@@ -187,13 +187,14 @@ absl::StatusOr<ModelConfig> ModelConfig::FromGguf(const GgufFile& file) {
       TANDEM_RETURN_IF_ERROR(r.ExpectTensor(p + "attn_k.bias", {kv}));
       TANDEM_RETURN_IF_ERROR(r.ExpectTensor(p + "attn_v.bias", {kv}));
     } else if (file.FindTensor(p + "attn_q.bias") != nullptr) {
-      return r.Error(Cat("tensor '", p, "attn_q.bias' is present but blk.0 has no "
-                                  "attention biases; biases must be in every layer or none"));
+      return r.Error(Cat("tensor '", p,
+                         "attn_q.bias' is present but blk.0 has no "
+                         "attention biases; biases must be in every layer or none"));
     }
   }
   if (file.FindTensor(Cat("blk.", c.n_layers, ".attn_norm.weight")) != nullptr) {
-    return r.Error(Cat("the file has tensors for layer ", c.n_layers, " but ",
-                                r.Key("block_count"), " is ", c.n_layers));
+    return r.Error(Cat("the file has tensors for layer ", c.n_layers, " but ", r.Key("block_count"),
+                       " is ", c.n_layers));
   }
   return c;
 }

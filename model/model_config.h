@@ -23,15 +23,15 @@ namespace tandem::model {
 struct ModelConfig {
   std::string architecture;  // GGUF general.architecture: "llama", "mistral" or "qwen2"
   int n_layers = 0;
-  int hidden = 0;           // embedding length
-  int n_heads = 0;          // query heads
-  int n_kv_heads = 0;       // key/value heads (== n_heads for MHA; fewer for GQA)
-  int head_dim = 0;         // per-head size (hidden / n_heads unless key_length says else)
-  int ffn_dim = 0;          // feed-forward (SwiGLU) inner size
+  int hidden = 0;      // embedding length
+  int n_heads = 0;     // query heads
+  int n_kv_heads = 0;  // key/value heads (== n_heads for MHA; fewer for GQA)
+  int head_dim = 0;    // per-head size (hidden / n_heads unless key_length says else)
+  int ffn_dim = 0;     // feed-forward (SwiGLU) inner size
   int vocab_size = 0;
-  int context_length = 0;   // trained context
+  int context_length = 0;  // trained context
   float rope_theta = 10000.0f;
-  int rope_dim = 0;         // rotated dimensions per head (== head_dim for these archs)
+  int rope_dim = 0;  // rotated dimensions per head (== head_dim for these archs)
   kernels::RopeStyle rope_style = kernels::RopeStyle::kNormal;
   float rms_eps = 1e-5f;
   bool tied_embeddings = false;  // no output.weight: the head reuses token_embd.weight

@@ -7,8 +7,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -23,8 +23,8 @@ namespace tandem::model {
 namespace {
 
 using kernels::DType;
-using ::testing::HasSubstr;
 using testing::GgufWriter;
+using ::testing::HasSubstr;
 
 std::string TempPath(const std::string& name) {
   return ::testing::TempDir() + "/gguf_file_test_" + std::to_string(getpid()) + "_" + name;
@@ -96,9 +96,8 @@ TEST_P(GgufRoundTrip, EveryMetadataType) {
            GgufWriter::EncodeArrayHeader(GgufType::kArray, 2) +
                GgufWriter::EncodeArrayHeader(GgufType::kU32, 2) +
                GgufWriter::EncodePod<uint32_t>(1) + GgufWriter::EncodePod<uint32_t>(2) +
-               GgufWriter::EncodeArrayHeader(GgufType::kString, 3) +
-               GgufWriter::EncodeString("p") + GgufWriter::EncodeString("q") +
-               GgufWriter::EncodeString("r"));
+               GgufWriter::EncodeArrayHeader(GgufType::kString, 3) + GgufWriter::EncodeString("p") +
+               GgufWriter::EncodeString("q") + GgufWriter::EncodeString("r"));
   w.AddTensor("t", DType::kF32, {4}, {1, 2, 3, 4});
   auto r = GgufFile::FromBuffer(w.Serialize(), "roundtrip");
   ASSERT_TRUE(r.ok()) << r.status();
@@ -127,11 +126,11 @@ TEST_P(GgufRoundTrip, EveryMetadataType) {
   EXPECT_EQ(*f.GetU64("u8"), 250u);
   EXPECT_EQ(*f.GetI32("u16"), 65000);
   EXPECT_EQ(*f.GetF32("i16"), -30000.0f);
-  EXPECT_FALSE(f.GetI32("u32").ok());   // 4e9 does not fit int32
-  EXPECT_FALSE(f.GetU32("i8").ok());    // negative
-  EXPECT_FALSE(f.GetU32("u64").ok());   // 2^40 does not fit uint32
+  EXPECT_FALSE(f.GetI32("u32").ok());  // 4e9 does not fit int32
+  EXPECT_FALSE(f.GetU32("i8").ok());   // negative
+  EXPECT_FALSE(f.GetU32("u64").ok());  // 2^40 does not fit uint32
   EXPECT_FALSE(f.GetF32("f64_inexact").ok());
-  EXPECT_FALSE(f.GetF32("u32").ok());   // not exact in float
+  EXPECT_FALSE(f.GetF32("u32").ok());  // not exact in float
   EXPECT_FALSE(f.GetU32("f32").ok());
   EXPECT_FALSE(f.GetBool("u8").ok());
   auto wrong = f.GetString("u8");
@@ -181,7 +180,7 @@ TEST_P(GgufRoundTrip, EveryMetadataType) {
 
 TEST_P(GgufRoundTrip, EveryTensorType) {
   const uint32_t align = GetParam();
-  const DType types[] = {DType::kF32, DType::kF16, DType::kBF16,
+  const DType types[] = {DType::kF32,  DType::kF16,  DType::kBF16,
                          DType::kQ4_0, DType::kQ4_1, DType::kQ8_0};
   GgufWriter w;
   w.SetAlignment(align);
@@ -190,10 +189,18 @@ TEST_P(GgufRoundTrip, EveryTensorType) {
     // 1-D, 2-D, 3-D and 4-D shapes; ne0 a multiple of 32 for the block types.
     std::vector<uint64_t> dims;
     switch (i % 4) {
-      case 0: dims = {64}; break;
-      case 1: dims = {32, 3}; break;
-      case 2: dims = {96, 2, 2}; break;
-      case 3: dims = {32, 1, 2, 3}; break;
+      case 0:
+        dims = {64};
+        break;
+      case 1:
+        dims = {32, 3};
+        break;
+      case 2:
+        dims = {96, 2, 2};
+        break;
+      case 3:
+        dims = {32, 1, 2, 3};
+        break;
     }
     uint64_t n = 1;
     for (uint64_t d : dims) n *= d;
@@ -214,7 +221,8 @@ TEST_P(GgufRoundTrip, EveryTensorType) {
     EXPECT_EQ(t.name, src.name);
     EXPECT_EQ(t.type, types[j]);
     ASSERT_EQ(t.dims.size(), src.dims.size());
-    for (size_t d = 0; d < t.dims.size(); ++d) EXPECT_EQ(t.dims[d], static_cast<int64_t>(src.dims[d]));
+    for (size_t d = 0; d < t.dims.size(); ++d)
+      EXPECT_EQ(t.dims[d], static_cast<int64_t>(src.dims[d]));
     EXPECT_EQ(t.bytes, src.data.size());
     EXPECT_EQ(t.bytes, static_cast<uint64_t>(kernels::RowBytes(t.type, t.dims[0]) * t.Rows()));
     EXPECT_EQ(0, std::memcmp(t.data, src.data.data(), t.bytes));
@@ -224,7 +232,9 @@ TEST_P(GgufRoundTrip, EveryTensorType) {
     std::vector<float> row(t.dims[0]);
     kernels::DequantizeRow(t.type, t.data, t.dims[0], row.data());
     const std::vector<float> want = Ramp(t.Elements(), 2.0f);
-    const float tol = t.type == DType::kF32 ? 0 : (t.type == DType::kQ4_0 || t.type == DType::kQ4_1) ? 0.3f : 0.02f;
+    const float tol = t.type == DType::kF32                                ? 0
+                      : (t.type == DType::kQ4_0 || t.type == DType::kQ4_1) ? 0.3f
+                                                                           : 0.02f;
     for (int64_t c = 0; c < t.dims[0]; ++c) EXPECT_NEAR(row[c], want[c], tol) << c;
   }
   // The mapping's tensor data is page-aligned at the file start, so alignment holds in memory.
@@ -284,139 +294,192 @@ std::string WithKeyPayload(uint32_t type, const std::string& payload) {
 std::vector<Corruption> Corruptions() {
   const uint32_t kArr = static_cast<uint32_t>(GgufType::kArray);
   std::vector<Corruption> c;
-  c.push_back({"bad_magic", [] {
+  c.push_back({"bad_magic",
+               [] {
                  std::string b = SmallWriter().Serialize();
                  b[0] = 'X';
                  return b;
-               }, {"bad magic", "not a GGUF file"}});
-  c.push_back({"duplicate_key", [] {
+               },
+               {"bad magic", "not a GGUF file"}});
+  c.push_back({"duplicate_key",
+               [] {
                  GgufWriter w = SmallWriter();
                  w.AddU32("llama.block_count", 2);
                  return w.Serialize();
-               }, {"duplicate metadata key 'llama.block_count'"}});
-  c.push_back({"duplicate_tensor", [] {
+               },
+               {"duplicate metadata key 'llama.block_count'"}});
+  c.push_back({"duplicate_tensor",
+               [] {
                  GgufWriter w = SmallWriter();
                  w.AddTensor("w", DType::kF32, {8}, Ramp(8, 1));
                  return w.Serialize();
-               }, {"duplicate tensor name 'w'"}});
-  c.push_back({"zero_dims", [] {
+               },
+               {"duplicate tensor name 'w'"}});
+  c.push_back({"zero_dims",
+               [] {
                  GgufWriter w = SmallWriter();
                  w.FindTensor("n")->dims = {};
                  return w.Serialize();
-               }, {"tensor 'n' has 0 dimensions"}});
-  c.push_back({"five_dims", [] {
+               },
+               {"tensor 'n' has 0 dimensions"}});
+  c.push_back({"five_dims",
+               [] {
                  GgufWriter w = SmallWriter();
                  w.FindTensor("n")->dims = {8, 1, 1, 1, 1};
                  return w.Serialize();
-               }, {"tensor 'n' has 5 dimensions"}});
-  c.push_back({"zero_dim", [] {
+               },
+               {"tensor 'n' has 5 dimensions"}});
+  c.push_back({"zero_dim",
+               [] {
                  GgufWriter w = SmallWriter();
                  w.FindTensor("w")->dims = {32, 0};
                  return w.Serialize();
-               }, {"tensor 'w' has a zero dimension"}});
-  c.push_back({"overflowing_dims", [] {
+               },
+               {"tensor 'w' has a zero dimension"}});
+  c.push_back({"overflowing_dims",
+               [] {
                  GgufWriter w = SmallWriter();
                  w.FindTensor("n")->dims = {1ull << 32, 1ull << 32};
                  return w.Serialize();
-               }, {"tensor 'n'", "overflows"}});
-  c.push_back({"huge_dim", [] {
+               },
+               {"tensor 'n'", "overflows"}});
+  c.push_back({"huge_dim",
+               [] {
                  GgufWriter w = SmallWriter();
                  w.FindTensor("n")->dims = {~0ull};
                  return w.Serialize();
-               }, {"tensor 'n'", "overflows"}});
-  c.push_back({"byte_size_overflow", [] {
+               },
+               {"tensor 'n'", "overflows"}});
+  c.push_back({"byte_size_overflow",
+               [] {
                  GgufWriter w = SmallWriter();
                  w.FindTensor("n")->dims = {1ull << 62};  // 2^62 F32 elements = 2^64 bytes
                  return w.Serialize();
-               }, {"tensor 'n'", "overflows"}});
-  c.push_back({"unsupported_type", [] {
+               },
+               {"tensor 'n'", "overflows"}});
+  c.push_back({"unsupported_type",
+               [] {
                  GgufWriter w = SmallWriter();
                  w.FindTensor("w")->type = 12;
                  return w.Serialize();
-               }, {"tensor 'w'", "type id 12 (Q4_K)", "supported types: F32"}});
-  c.push_back({"unknown_type", [] {
+               },
+               {"tensor 'w'", "type id 12 (Q4_K)", "supported types: F32"}});
+  c.push_back({"unknown_type",
+               [] {
                  GgufWriter w = SmallWriter();
                  w.FindTensor("n")->type = 1234;
                  return w.Serialize();
-               }, {"tensor 'n'", "type id 1234"}});
-  c.push_back({"not_block_multiple", [] {
+               },
+               {"tensor 'n'", "type id 1234"}});
+  c.push_back({"not_block_multiple",
+               [] {
                  GgufWriter w = SmallWriter();
                  GgufWriter::Tensor* t = w.FindTensor("w");
                  t->dims = {48, 1};  // Q8_0 rows must be multiples of 32
                  return w.Serialize();
-               }, {"tensor 'w'", "row length 48 is not a multiple of the Q8_0 block size 32"}});
-  c.push_back({"misaligned_offset", [] {
+               },
+               {"tensor 'w'", "row length 48 is not a multiple of the Q8_0 block size 32"}});
+  c.push_back({"misaligned_offset",
+               [] {
                  GgufWriter w = SmallWriter();
                  w.FindTensor("n")->info_offset = 80;  // 32-aligned offsets only
                  return w.Serialize();
-               }, {"tensor 'n'", "offset 80 is not a multiple of the alignment 32"}});
-  c.push_back({"data_out_of_range", [] {
+               },
+               {"tensor 'n'", "offset 80 is not a multiple of the alignment 32"}});
+  c.push_back({"data_out_of_range",
+               [] {
                  GgufWriter w = SmallWriter();
                  w.FindTensor("n")->info_offset = 1024;
                  return w.Serialize();
-               }, {"tensor 'n'", "runs past the end of the file"}});
-  c.push_back({"offset_wraps", [] {
+               },
+               {"tensor 'n'", "runs past the end of the file"}});
+  c.push_back({"offset_wraps",
+               [] {
                  GgufWriter w = SmallWriter();
                  w.FindTensor("n")->info_offset = ~uint64_t{31};
                  return w.Serialize();
-               }, {"tensor 'n'", "runs past the end of the file"}});
-  c.push_back({"overlap", [] {
+               },
+               {"tensor 'n'", "runs past the end of the file"}});
+  c.push_back({"overlap",
+               [] {
                  GgufWriter w = SmallWriter();
                  w.FindTensor("n")->info_offset = 32;  // inside w's 68 bytes at [0, 68)
                  return w.Serialize();
-               }, {"tensors 'w' and 'n' overlap"}});
-  c.push_back({"alignment_not_power_of_two", [] {
+               },
+               {"tensors 'w' and 'n' overlap"}});
+  c.push_back({"alignment_not_power_of_two",
+               [] {
                  GgufWriter w = SmallWriter();
                  w.AddU32("general.alignment", 48);
                  return w.Serialize();
-               }, {"'general.alignment' is 48", "power of two"}});
-  c.push_back({"alignment_zero", [] {
+               },
+               {"'general.alignment' is 48", "power of two"}});
+  c.push_back({"alignment_zero",
+               [] {
                  GgufWriter w = SmallWriter();
                  w.AddU32("general.alignment", 0);
                  return w.Serialize();
-               }, {"'general.alignment' is 0"}});
-  c.push_back({"alignment_string", [] {
+               },
+               {"'general.alignment' is 0"}});
+  c.push_back({"alignment_string",
+               [] {
                  GgufWriter w = SmallWriter();
                  w.AddString("general.alignment", "32");
                  return w.Serialize();
-               }, {"'general.alignment' must be an unsigned integer"}});
-  c.push_back({"unknown_value_type", [] { return WithKeyPayload(13, "x"); },
+               },
+               {"'general.alignment' must be an unsigned integer"}});
+  c.push_back({"unknown_value_type",
+               [] { return WithKeyPayload(13, "x"); },
                {"key 'bad.key' has unknown value type 13"}});
-  c.push_back({"bool_not_0_1", [] { return WithKeyPayload(7, std::string(1, '\x02')); },
+  c.push_back({"bool_not_0_1",
+               [] { return WithKeyPayload(7, std::string(1, '\x02')); },
                {"key 'bad.key'", "bool value 2"}});
-  c.push_back({"string_too_long", [] {
-                 return WithKeyPayload(8, GgufWriter::EncodePod<uint64_t>(1ull << 60));
-               }, {"the value of key 'bad.key'", "exceeds"}});
-  c.push_back({"array_count_too_big", [kArr] {
-                 return WithKeyPayload(kArr, GgufWriter::EncodeArrayHeader(GgufType::kString,
-                                                                           1ull << 61));
-               }, {"key 'bad.key'", "cannot fit"}});
-  c.push_back({"array_of_arrays_count_too_big", [kArr] {
-                 return WithKeyPayload(kArr, GgufWriter::EncodeArrayHeader(GgufType::kArray,
-                                                                           ~0ull / 2));
-               }, {"key 'bad.key'", "cannot fit"}});
-  c.push_back({"array_bad_elem_type", [kArr] {
-                 return WithKeyPayload(kArr, GgufWriter::EncodeArrayHeader(
-                                                 static_cast<GgufType>(99), 1));
-               }, {"key 'bad.key'", "unknown array element type 99"}});
-  c.push_back({"arrays_too_deep", [kArr] {
+  c.push_back({"string_too_long",
+               [] { return WithKeyPayload(8, GgufWriter::EncodePod<uint64_t>(1ull << 60)); },
+               {"the value of key 'bad.key'", "exceeds"}});
+  c.push_back({"array_count_too_big",
+               [kArr] {
+                 return WithKeyPayload(
+                     kArr, GgufWriter::EncodeArrayHeader(GgufType::kString, 1ull << 61));
+               },
+               {"key 'bad.key'", "cannot fit"}});
+  c.push_back({"array_of_arrays_count_too_big",
+               [kArr] {
+                 return WithKeyPayload(kArr,
+                                       GgufWriter::EncodeArrayHeader(GgufType::kArray, ~0ull / 2));
+               },
+               {"key 'bad.key'", "cannot fit"}});
+  c.push_back({"array_bad_elem_type",
+               [kArr] {
+                 return WithKeyPayload(kArr,
+                                       GgufWriter::EncodeArrayHeader(static_cast<GgufType>(99), 1));
+               },
+               {"key 'bad.key'", "unknown array element type 99"}});
+  c.push_back({"arrays_too_deep",
+               [kArr] {
                  std::string p;
-                 for (int d = 0; d < 9; ++d) p += GgufWriter::EncodeArrayHeader(GgufType::kArray, 1);
+                 for (int d = 0; d < 9; ++d)
+                   p += GgufWriter::EncodeArrayHeader(GgufType::kArray, 1);
                  p += GgufWriter::EncodeArrayHeader(GgufType::kU8, 0);
                  return WithKeyPayload(kArr, p);
-               }, {"key 'bad.key'", "nested deeper"}});
-  c.push_back({"kv_count_too_big", [] {
+               },
+               {"key 'bad.key'", "nested deeper"}});
+  c.push_back({"kv_count_too_big",
+               [] {
                  std::string b = SmallWriter().Serialize();
                  const uint64_t n = 1ull << 60;
                  std::memcpy(&b[16], &n, 8);
                  return b;
-               }, {"metadata count", "cannot fit"}});
-  c.push_back({"tensor_count_too_big", [] {
+               },
+               {"metadata count", "cannot fit"}});
+  c.push_back({"tensor_count_too_big",
+               [] {
                  std::string b = SmallWriter().Serialize();
                  const uint64_t n = 1ull << 60;
                  std::memcpy(&b[8], &n, 8);
                  return b;
-               }, {"tensor count", "cannot fit"}});
+               },
+               {"tensor count", "cannot fit"}});
   return c;
 }
 

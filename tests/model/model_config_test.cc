@@ -6,9 +6,9 @@
 #include <set>
 #include <string>
 
+#include "common/check.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "common/check.h"
 #include "model/gguf_file.h"
 #include "tests/support/gguf_writer.h"
 #include "tests/support/test_model.h"
@@ -17,8 +17,8 @@ namespace tandem::model {
 namespace {
 
 using kernels::DType;
-using ::testing::HasSubstr;
 using testing::GgufWriter;
+using ::testing::HasSubstr;
 using testing::TestModelSpec;
 
 absl::StatusOr<ModelConfig> ConfigOf(const GgufWriter& w) {
@@ -94,15 +94,15 @@ TEST(ModelConfig, Qwen2WithBias) {
 }
 
 TEST(ModelConfig, EveryWeightTypeLoads) {
-  for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ4_0, DType::kQ4_1,
-                  DType::kQ8_0}) {
+  for (DType t :
+       {DType::kF32, DType::kF16, DType::kBF16, DType::kQ4_0, DType::kQ4_1, DType::kQ8_0}) {
     TestModelSpec spec;
     spec.weight_type = t;
     spec.embd_type = t;
     spec.tied = false;
     const std::string path = ::testing::TempDir() + "/model_config_test_" +
-                             std::to_string(getpid()) + "_" +
-                             std::string(kernels::DTypeName(t)) + ".gguf";
+                             std::to_string(getpid()) + "_" + std::string(kernels::DTypeName(t)) +
+                             ".gguf";
     ASSERT_TRUE(testing::WriteTestModel(spec, path).ok());
     auto f = GgufFile::Open(path);
     ASSERT_TRUE(f.ok()) << f.status();
@@ -161,8 +161,8 @@ TEST(ModelConfig, CorruptModelsNameTheProblem) {
       {testing::ModelCorruption::kBadMagic, {"bad magic"}},
   };
   for (const Case& c : cases) {
-    const std::string path = ::testing::TempDir() + "/model_config_corrupt_" +
-                             std::to_string(getpid()) + ".gguf";
+    const std::string path =
+        ::testing::TempDir() + "/model_config_corrupt_" + std::to_string(getpid()) + ".gguf";
     ASSERT_TRUE(testing::WriteCorruptTestModel(spec, c.kind, path).ok());
     auto f = GgufFile::Open(path);
     absl::Status st = f.status();
@@ -291,7 +291,7 @@ TEST(TestModel, TokenizerIsValidByteLevelBpe) {
   EXPECT_EQ((*tokens)[3 + '!'], "!");
   EXPECT_EQ((*tokens)[3 + ' '], "\xC4\xA0");
   EXPECT_EQ((*tokens)[3 + '\n'], "\xC4\x8A");
-  EXPECT_EQ((*tokens)[3 + 0], "\xC4\x80");  // byte 0 -> U+0100
+  EXPECT_EQ((*tokens)[3 + 0], "\xC4\x80");     // byte 0 -> U+0100
   EXPECT_EQ((*tokens)[3 + 0xAD], "\xC5\x83");  // soft hyphen -> U+0143
   std::set<std::string_view> unique(tokens->begin(), tokens->end());
   EXPECT_EQ(unique.size(), tokens->size());

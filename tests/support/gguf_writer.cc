@@ -35,16 +35,36 @@ void GgufWriter::AddRaw(std::string key, uint32_t type, std::string payload) {
   kv_.push_back(Kv{std::move(key), type, std::move(payload)});
 }
 
-void GgufWriter::AddU8(std::string key, uint8_t v) { AddRaw(std::move(key), Id(GgufType::kU8), EncodePod(v)); }
-void GgufWriter::AddI8(std::string key, int8_t v) { AddRaw(std::move(key), Id(GgufType::kI8), EncodePod(v)); }
-void GgufWriter::AddU16(std::string key, uint16_t v) { AddRaw(std::move(key), Id(GgufType::kU16), EncodePod(v)); }
-void GgufWriter::AddI16(std::string key, int16_t v) { AddRaw(std::move(key), Id(GgufType::kI16), EncodePod(v)); }
-void GgufWriter::AddU32(std::string key, uint32_t v) { AddRaw(std::move(key), Id(GgufType::kU32), EncodePod(v)); }
-void GgufWriter::AddI32(std::string key, int32_t v) { AddRaw(std::move(key), Id(GgufType::kI32), EncodePod(v)); }
-void GgufWriter::AddU64(std::string key, uint64_t v) { AddRaw(std::move(key), Id(GgufType::kU64), EncodePod(v)); }
-void GgufWriter::AddI64(std::string key, int64_t v) { AddRaw(std::move(key), Id(GgufType::kI64), EncodePod(v)); }
-void GgufWriter::AddF32(std::string key, float v) { AddRaw(std::move(key), Id(GgufType::kF32), EncodePod(v)); }
-void GgufWriter::AddF64(std::string key, double v) { AddRaw(std::move(key), Id(GgufType::kF64), EncodePod(v)); }
+void GgufWriter::AddU8(std::string key, uint8_t v) {
+  AddRaw(std::move(key), Id(GgufType::kU8), EncodePod(v));
+}
+void GgufWriter::AddI8(std::string key, int8_t v) {
+  AddRaw(std::move(key), Id(GgufType::kI8), EncodePod(v));
+}
+void GgufWriter::AddU16(std::string key, uint16_t v) {
+  AddRaw(std::move(key), Id(GgufType::kU16), EncodePod(v));
+}
+void GgufWriter::AddI16(std::string key, int16_t v) {
+  AddRaw(std::move(key), Id(GgufType::kI16), EncodePod(v));
+}
+void GgufWriter::AddU32(std::string key, uint32_t v) {
+  AddRaw(std::move(key), Id(GgufType::kU32), EncodePod(v));
+}
+void GgufWriter::AddI32(std::string key, int32_t v) {
+  AddRaw(std::move(key), Id(GgufType::kI32), EncodePod(v));
+}
+void GgufWriter::AddU64(std::string key, uint64_t v) {
+  AddRaw(std::move(key), Id(GgufType::kU64), EncodePod(v));
+}
+void GgufWriter::AddI64(std::string key, int64_t v) {
+  AddRaw(std::move(key), Id(GgufType::kI64), EncodePod(v));
+}
+void GgufWriter::AddF32(std::string key, float v) {
+  AddRaw(std::move(key), Id(GgufType::kF32), EncodePod(v));
+}
+void GgufWriter::AddF64(std::string key, double v) {
+  AddRaw(std::move(key), Id(GgufType::kF64), EncodePod(v));
+}
 void GgufWriter::AddBool(std::string key, bool v) {
   AddRaw(std::move(key), Id(GgufType::kBool), EncodePod<uint8_t>(v ? 1 : 0));
 }

@@ -49,8 +49,7 @@ class Rng {
   }
   float Normal(float stddev) {
     const double u1 = Uniform(), u2 = Uniform();
-    return static_cast<float>(stddev * std::sqrt(-2.0 * std::log(u1)) *
-                              std::cos(2.0 * M_PI * u2));
+    return static_cast<float>(stddev * std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2));
   }
   std::vector<float> Normals(size_t n, float stddev) {
     std::vector<float> v(n);
@@ -69,8 +68,8 @@ class Rng {
 
 absl::Status CheckSpec(const TestModelSpec& s) {
   auto bad = [](std::string_view msg) {
-    return absl::InvalidArgumentError(absl::StrCat("bad TestModelSpec: ",
-                                                   absl::string_view(msg.data(), msg.size())));
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad TestModelSpec: ", absl::string_view(msg.data(), msg.size())));
   };
   if (s.arch != "llama" && s.arch != "qwen2") return bad("arch must be llama or qwen2");
   if (s.n_layers < 1 || s.hidden < 1 || s.n_heads < 1 || s.n_kv_heads < 1 || s.ffn < 1) {
@@ -112,14 +111,14 @@ const std::vector<std::pair<std::string, std::string>>& TestTokenizerMerges() {
   static const auto* merges = [] {
     const std::string sp = ByteToUnicode(' '), nl = ByteToUnicode('\n');
     return new std::vector<std::pair<std::string, std::string>>{
-        {"t", "h"},    {"h", "e"},     {"i", "n"},      {"e", "r"},     {"a", "n"},
-        {"o", "n"},    {"r", "e"},     {"e", "n"},      {"o", "r"},     {"i", "s"},
-        {"a", "t"},    {"e", "s"},     {"o", "u"},      {"l", "l"},     {sp, "t"},
-        {sp, "a"},     {sp, "s"},      {sp, "w"},       {sp, "i"},      {sp, "o"},
-        {sp, "c"},     {sp, "h"},      {sp, "y"},       {"th", "e"},    {sp, "the"},
-        {"in", "g"},   {"an", "d"},    {sp, "and"},     {"he", "ll"},   {"hell", "o"},
-        {sp, "hello"}, {sp + "y", "ou"}, {"w", "or"},   {"l", "d"},     {"wor", "ld"},
-        {sp + "w", "or"}, {sp + "wor", "ld"}, {"0", "0"}, {nl, nl},     {sp, sp},
+        {"t", "h"},       {"h", "e"},         {"i", "n"},  {"e", "r"},   {"a", "n"},
+        {"o", "n"},       {"r", "e"},         {"e", "n"},  {"o", "r"},   {"i", "s"},
+        {"a", "t"},       {"e", "s"},         {"o", "u"},  {"l", "l"},   {sp, "t"},
+        {sp, "a"},        {sp, "s"},          {sp, "w"},   {sp, "i"},    {sp, "o"},
+        {sp, "c"},        {sp, "h"},          {sp, "y"},   {"th", "e"},  {sp, "the"},
+        {"in", "g"},      {"an", "d"},        {sp, "and"}, {"he", "ll"}, {"hell", "o"},
+        {sp, "hello"},    {sp + "y", "ou"},   {"w", "or"}, {"l", "d"},   {"wor", "ld"},
+        {sp + "w", "or"}, {sp + "wor", "ld"}, {"0", "0"},  {nl, nl},     {sp, sp},
         {sp + "i", "s"}};
   }();
   return *merges;
@@ -262,9 +261,9 @@ absl::StatusOr<kernels::DType> ParseDType(std::string_view name) {
   if (n == "q4_0") return DType::kQ4_0;
   if (n == "q4_1") return DType::kQ4_1;
   if (n == "q8_0") return DType::kQ8_0;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown tensor type '", absl::string_view(name.data(), name.size()),
-                   "'; expected f32, f16, bf16, q4_0, q4_1 or q8_0"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown tensor type '",
+                                                 absl::string_view(name.data(), name.size()),
+                                                 "'; expected f32, f16, bf16, q4_0, q4_1 or q8_0"));
 }
 
 }  // namespace tandem::testing

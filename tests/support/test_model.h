@@ -38,8 +38,8 @@ struct TestModelSpec {
   float rms_eps = 1e-5f;
   kernels::DType weight_type = kernels::DType::kQ8_0;  // linear layers
   kernels::DType embd_type = kernels::DType::kQ8_0;    // token_embd (and output if untied)
-  bool tied = true;      // no output.weight
-  bool qkv_bias = false;  // blk.N.attn_{q,k,v}.bias
+  bool tied = true;                                    // no output.weight
+  bool qkv_bias = false;                               // blk.N.attn_{q,k,v}.bias
   uint32_t seed = 1;
   uint32_t alignment = 32;
   float weight_std = 0.05f;  // N(0, std) for linear weights
