@@ -5,7 +5,7 @@ MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: deps build model test test-unit test-asan serve bench clean
+.PHONY: deps build model test test-unit test-asan serve bench fuzz clean
 
 deps:
 	./scripts/install-deps
@@ -41,6 +41,19 @@ serve: build model
 
 bench: build model
 	./bench/engine/run
+
+# libFuzzer target for the GGUF parser (clang). FUZZ_SECONDS bounds the run.
+FUZZ_SECONDS ?= 60
+fuzz: build
+	mkdir -p $(BUILD)/fuzz/corpus
+	for t in q4_1 q8_0 f16; do $(BUILD)/bin/tandem-make-test-model --out $(BUILD)/fuzz/corpus/seed-$$t.gguf \
+	  --type $$t --hidden 32 --heads 2 --ffn 32 --layers 1; done
+	clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -I. tests/fuzz/gguf_fuzz.cc \
+	  model/gguf_file.cc model/model_config.cc kernels/quant.cc \
+	  $$(pkg-config --libs absl_statusor absl_strings absl_str_format absl_raw_hash_set absl_hash) \
+	  -o $(BUILD)/fuzz/gguf_fuzz
+	$(BUILD)/fuzz/gguf_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=2048 \
+	  $(BUILD)/fuzz/corpus
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)
