@@ -18,22 +18,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/check.h"
+#include "common/str_cat.h"
 
 namespace tandem::model {
 namespace {
 
-// Debian's Abseil has its own string_view type; convert std::string_view for StrCat.
-template <typename T>
-decltype(auto) CatArg(const T& v) {
-  if constexpr (std::is_same_v<T, std::string_view>) {
-    return absl::string_view(v.data(), v.size());
-  } else {
-    return (v);
-  }
-}
 template <typename... Args>
 std::string Cat(const Args&... args) {
-  return absl::StrCat(CatArg(args)...);
+  return ::tandem::StrCat(args...);
 }
 
 static_assert(std::endian::native == std::endian::little,
