@@ -5,7 +5,7 @@ MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: deps build model test test-unit test-asan serve bench fuzz clean
+.PHONY: deps build model test test-unit test-asan test-tsan serve bench fuzz clean
 
 deps:
 	./scripts/install-deps
@@ -34,6 +34,13 @@ test-asan: deps
 	cmake --build $(BUILD_ASAN) -j $(JOBS)
 	cd $(BUILD_ASAN) && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j $(JOBS)
+
+# ThreadSanitizer over the suite (not part of `make test`: it doubles CI time again).
+test-tsan: deps model
+	cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DTANDEM_SANITIZE=thread -DTANDEM_CUDA=OFF $(CMAKE_FLAGS)
+	cmake --build build-tsan -j $(JOBS)
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j $(JOBS)
 
 # Until the daemon lands, `make serve` runs the generate tool on the default model.
 serve: build model
