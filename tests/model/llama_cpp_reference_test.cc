@@ -37,11 +37,11 @@ constexpr double kMaxMismatchShare = 0.03;
 // quantize activations to int8 per block of 32 and keep KV in f16; they differ in rounding
 // details (llama.cpp rounds attention's Q and probabilities to f16 and activation scales to
 // f16; tandem keeps them in f32). On this 30-layer model such rounding differences alone move
-// logits by several percent: llama.cpp with flash attention on vs off differs by 3.8e-2 worst
-// / 2.6e-2 mean over the first 8 prompts, and llama.cpp vs the exact float64 model by 5.0e-2
-// worst / 3.0e-2 mean (tests/reference/README.md). The engine issue's 2e-2 target is below
-// that spread; tandem reaches the figures this test prints.
-constexpr double kMaxLogitErr = 6e-2;
+// logits by several percent: llama.cpp with flash attention on vs off differs by 6.84e-2 worst
+// / 3.05e-2 mean over the 24 prompts, and llama.cpp vs the exact float64 model by 5.0e-2 /
+// 3.0e-2 (tests/reference/README.md). The bounds are that self-spread, rounded up; the engine
+// issue's 2e-2 target is below it. tandem reaches the figures this test prints.
+constexpr double kMaxLogitErr = 7e-2;
 constexpr double kMaxMeanLogitErr = 3.5e-2;
 
 std::string SourceDir() {
