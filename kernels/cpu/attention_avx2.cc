@@ -4,26 +4,13 @@
 #include <immintrin.h>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/reduce_avx2.h"
 
 namespace tandem::kernels::cpu::internal {
 namespace {
 
 constexpr int kTile = 8;       // positions per score tile: one ymm of scores
 constexpr int kGroupTile = 8;  // query heads sharing one pass over K/V
-
-float HorizontalSum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-float HorizontalMax(__m256 v) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 template <KvDType kDt>
 inline void LoadRow(const void* base, const float* scale_zero, int64_t row, int d, int nv,

@@ -7,6 +7,7 @@
 
 #include "common/check.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/reduce_avx2.h"
 
 namespace tandem::kernels::cpu::internal {
 namespace {
@@ -18,27 +19,6 @@ constexpr int64_t kPrefetchBytes = 12288;
 
 inline __m256i Bcast4(const int8_t* p) {
   return _mm256_set1_epi32(*reinterpret_cast<const AliasI32*>(p));
-}
-
-inline float HorizontalMax(__m256 v) {
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_max_ss(m, _mm_movehdup_ps(m));
-  return _mm_cvtss_f32(m);
-}
-
-inline int32_t HorizontalSum(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-  return _mm_cvtsi128_si32(s);
-}
-
-inline float HorizontalSum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 // MR activation rows against half `h` (rows 8h..8h+7) of a 16-row weight group.

@@ -16,26 +16,14 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/ref/attention_ref.h"
 #include "kernels/ref/ops_ref.h"
+#include "tests/support/ops_isa.h"
 
 namespace tandem::kernels::cpu {
 namespace {
 
-std::vector<OpsIsa> SupportedIsas() {
-  std::vector<OpsIsa> out;
-  for (OpsIsa isa : {OpsIsa::kScalar, OpsIsa::kAvx2, OpsIsa::kAvx512}) {
-    if (OpsIsaSupported(isa)) out.push_back(isa);
-  }
-  return out;
-}
+using testing::OpsIsaGuard;
 
-class IsaGuard {
- public:
-  explicit IsaGuard(OpsIsa isa) : saved_(GetOpsIsa()) { SetOpsIsa(isa); }
-  ~IsaGuard() { SetOpsIsa(saved_); }
-
- private:
-  OpsIsa saved_;
-};
+std::vector<OpsIsa> SupportedIsas() { return testing::SupportedOpsIsas(); }
 
 const char* DTypeName(KvDType d) {
   switch (d) {
@@ -263,7 +251,7 @@ class AttentionTest : public ::testing::TestWithParam<Param> {
     s.head_dim = std::get<4>(GetParam());
     return s;
   }
-  IsaGuard guard_;
+  OpsIsaGuard guard_;
 };
 
 // Against the reference reading the same cache: only float-vs-double arithmetic differs.
@@ -351,7 +339,7 @@ INSTANTIATE_TEST_SUITE_P(All, AttentionTest,
 TEST(AttentionShapes, OddShapesMatchReference) {
   const Shape shapes[] = {{16, 2, 3, 80}, {16, 1, 2, 40}, {32, 1, 12, 64}, {8, 2, 4, 128}};
   for (OpsIsa isa : SupportedIsas()) {
-    IsaGuard guard(isa);
+    OpsIsaGuard guard(isa);
     for (const Shape& s : shapes) {
       for (KvDType dtype : {KvDType::kF32, KvDType::kF16, KvDType::kInt8}) {
         Scenario sc(s, dtype, 5);
@@ -373,7 +361,7 @@ TEST(AttentionShapes, OddShapesMatchReference) {
 // must still give the reference's answer (scores here span about +-60).
 TEST(AttentionShapes, PeakedScoresMatchReference) {
   for (OpsIsa isa : SupportedIsas()) {
-    IsaGuard guard(isa);
+    OpsIsaGuard guard(isa);
     Scenario sc({16, 2, 3, 64}, KvDType::kF32, 3);
     std::vector<float> want(sc.OutSize()), got(sc.OutSize(), -7.f);
     AttentionParams p = sc.Params(got.data());

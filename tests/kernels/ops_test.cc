@@ -14,27 +14,14 @@
 
 #include "kernels/quant.h"
 #include "kernels/ref/ops_ref.h"
+#include "tests/support/ops_isa.h"
 
 namespace tandem::kernels::cpu {
 namespace {
 
-std::vector<OpsIsa> SupportedIsas() {
-  std::vector<OpsIsa> out;
-  for (OpsIsa isa : {OpsIsa::kScalar, OpsIsa::kAvx2, OpsIsa::kAvx512}) {
-    if (OpsIsaSupported(isa)) out.push_back(isa);
-  }
-  return out;
-}
+using testing::OpsIsaGuard;
 
-// Forces an OpsIsa for one test and restores the previous choice.
-class IsaGuard {
- public:
-  explicit IsaGuard(OpsIsa isa) : saved_(GetOpsIsa()) { SetOpsIsa(isa); }
-  ~IsaGuard() { SetOpsIsa(saved_); }
-
- private:
-  OpsIsa saved_;
-};
+std::vector<OpsIsa> SupportedIsas() { return testing::SupportedOpsIsas(); }
 
 std::vector<float> Random(size_t n, float lo, float hi, std::mt19937& rng) {
   std::uniform_real_distribution<float> dist(lo, hi);
@@ -58,7 +45,7 @@ void CallSplit(int64_t n, Fn fn) {
 class OpsTest : public ::testing::TestWithParam<OpsIsa> {
  protected:
   OpsTest() : guard_(GetParam()) {}
-  IsaGuard guard_;
+  OpsIsaGuard guard_;
   std::mt19937 rng_{1234};
 };
 
