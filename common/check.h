@@ -48,6 +48,15 @@ std::string CheckOpDetail(const A& a, const B& b) {
 #define TANDEM_CHECK_GT(a, b) TANDEM_CHECK_OP_(>, a, b)
 #define TANDEM_CHECK_GE(a, b) TANDEM_CHECK_OP_(>=, a, b)
 
+// Aborts with the status's message when `expr` (an absl::Status) is not OK.
+#define TANDEM_CHECK_OK(expr)                                                       \
+  do {                                                                              \
+    const ::absl::Status tandem_check_status_ = (expr);                             \
+    if (!tandem_check_status_.ok())                                                 \
+      ::tandem::internal::CheckFailed(__FILE__, __LINE__, #expr " is OK",           \
+                                      std::string(tandem_check_status_.message())); \
+  } while (0)
+
 // Returns early from a function that returns absl::Status / StatusOr when `expr` fails.
 #define TANDEM_RETURN_IF_ERROR(expr)            \
   do {                                          \
