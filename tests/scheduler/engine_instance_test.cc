@@ -1,0 +1,265 @@
+#include "scheduler/engine_instance.h"
+
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "model/gguf_file.h"
+#include "tests/support/test_model.h"
+
+namespace tandem::scheduler {
+namespace {
+
+// Records what the engine reports for one sequence; cancels itself after `cancel_after`
+// tokens when that is >= 0.
+class RecordingSink : public SequenceSink {
+ public:
+  explicit RecordingSink(int cancel_after = -1) : cancel_after_(cancel_after) {}
+  void OnScheduled() override { scheduled_ = true; }
+  void OnToken(const model::SampleResult& r) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    tokens_.push_back(r.token);
+    if (cancel_after_ >= 0 && static_cast<int>(tokens_.size()) >= cancel_after_) cancel_ = true;
+  }
+  void OnFinish(SequenceEnd end, const absl::Status& status) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    EXPECT_FALSE(finished_) << "OnFinish twice";
+    finished_ = true;
+    end_ = end;
+    status_ = status;
+    cv_.notify_all();
+  }
+  bool cancelled() const override { return cancel_.load(); }
+
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return finished_; });
+  }
+  std::vector<int32_t> tokens() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return tokens_;
+  }
+  SequenceEnd end() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return end_;
+  }
+  absl::Status status() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return status_;
+  }
+  void Cancel() { cancel_ = true; }
+
+ private:
+  const int cancel_after_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<int32_t> tokens_;
+  bool finished_ = false;
+  bool scheduled_ = false;
+  SequenceEnd end_ = SequenceEnd::kFailed;
+  absl::Status status_;
+  std::atomic<bool> cancel_{false};
+};
+
+class EngineInstanceTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    testing::TestModelSpec spec;
+    spec.n_layers = 2;
+    spec.hidden = 64;
+    spec.n_heads = 4;
+    spec.n_kv_heads = 2;
+    spec.ffn = 128;
+    spec.context_length = 256;
+    spec.weight_type = kernels::DType::kQ8_0;
+    // Larger weights than the default make the synthetic model's logits less flat, so greedy
+    // choices are not near-ties.
+    spec.weight_std = 0.2f;
+    spec.embd_std = 0.5f;
+    path_ = new std::string(absl::StrCat(::testing::TempDir(), "/engine_instance_test.gguf"));
+    ASSERT_TRUE(testing::WriteTestModel(spec, *path_).ok());
+  }
+  static void TearDownTestSuite() { delete path_; }
+
+  std::unique_ptr<EngineInstance> MakeInstance(int max_num_seqs, int max_batch_tokens,
+                                               size_t kv_blocks, int max_queue = 1024) {
+    auto file = model::GgufFile::Open(*path_);
+    EXPECT_TRUE(file.ok()) << file.status();
+    EngineInstanceConfig c;
+    c.cpu.threads = 1;
+    c.scheduler.max_num_seqs = max_num_seqs;
+    c.scheduler.max_batch_tokens = max_batch_tokens;
+    c.block_size = 4;
+    c.max_queue = max_queue;
+    c.eos_token_id = 2;
+    // Size the cache in blocks: bytes per block = layers * 2 (K,V) * kv_heads * block * dim * 2.
+    c.kv_cache_bytes = kv_blocks * 2 * 2 * 2 * 4 * 16 * 2;
+    auto inst = EngineInstance::Create(c, **file);
+    EXPECT_TRUE(inst.ok()) << inst.status();
+    return inst.ok() ? std::move(*inst) : nullptr;
+  }
+
+  static SequenceRequest Request(std::vector<int32_t> prompt, int max_tokens,
+                                 std::shared_ptr<SequenceSink> sink) {
+    SequenceRequest r;
+    r.prompt = std::move(prompt);
+    r.max_tokens = max_tokens;
+    r.sampling.temperature = 0;
+    r.sampling.ignore_eos = true;
+    r.sink = std::move(sink);
+    return r;
+  }
+
+  static std::vector<std::vector<int32_t>> Prompts(int n, int seed) {
+    std::mt19937 rng(seed);
+    std::vector<std::vector<int32_t>> prompts;
+    for (int i = 0; i < n; ++i) {
+      std::vector<int32_t> p(3 + rng() % 40);
+      for (int32_t& t : p) t = 3 + rng() % 200;
+      prompts.push_back(p);
+    }
+    return prompts;
+  }
+
+  // Greedy output of each prompt, run one at a time on a fresh instance.
+  std::vector<std::vector<int32_t>> Solo(const std::vector<std::vector<int32_t>>& prompts,
+                                         int max_tokens) {
+    auto inst = MakeInstance(4, 64, 256);
+    std::vector<std::vector<int32_t>> out;
+    for (const auto& p : prompts) {
+      auto sink = std::make_shared<RecordingSink>();
+      EXPECT_TRUE(inst->Submit(Request(p, max_tokens, sink)).ok());
+      sink->Wait();
+      EXPECT_EQ(sink->end(), SequenceEnd::kLength);
+      out.push_back(sink->tokens());
+    }
+    return out;
+  }
+
+  static std::string* path_;
+};
+std::string* EngineInstanceTest::path_ = nullptr;
+
+TEST_F(EngineInstanceTest, ConcurrentSequencesMatchSoloRuns) {
+  const auto prompts = Prompts(12, 1);
+  const auto solo = Solo(prompts, 20);
+  // Small budget and seq limit: prefill chunks mix with decode tokens, sequences queue.
+  auto inst = MakeInstance(/*max_num_seqs=*/5, /*max_batch_tokens=*/16, /*kv_blocks=*/256);
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  for (const auto& p : prompts) {
+    sinks.push_back(std::make_shared<RecordingSink>());
+    ASSERT_TRUE(inst->Submit(Request(p, 20, sinks.back())).ok());
+  }
+  for (size_t i = 0; i < sinks.size(); ++i) {
+    sinks[i]->Wait();
+    EXPECT_EQ(sinks[i]->end(), SequenceEnd::kLength);
+    EXPECT_EQ(sinks[i]->tokens(), solo[i]) << "prompt " << i;
+  }
+  const InstanceStats st = inst->stats();
+  EXPECT_EQ(st.running, 0);
+  EXPECT_EQ(st.waiting, 0);
+  EXPECT_EQ(st.kv_blocks_free, st.kv_blocks_total);
+  EXPECT_GT(st.steps, 0u);
+}
+
+TEST_F(EngineInstanceTest, PreemptionUnderKvPressureKeepsOutputs) {
+  const auto prompts = Prompts(6, 2);
+  const auto solo = Solo(prompts, 40);
+  // 40 blocks of 4 tokens = 160 tokens: far less than 6 sequences need at once.
+  auto inst = MakeInstance(6, 64, 40);
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  for (const auto& p : prompts) {
+    sinks.push_back(std::make_shared<RecordingSink>());
+    ASSERT_TRUE(inst->Submit(Request(p, 40, sinks.back())).ok());
+  }
+  for (size_t i = 0; i < sinks.size(); ++i) {
+    sinks[i]->Wait();
+    EXPECT_EQ(sinks[i]->end(), SequenceEnd::kLength);
+    EXPECT_EQ(sinks[i]->tokens(), solo[i]) << "prompt " << i;
+  }
+  const InstanceStats st = inst->stats();
+  EXPECT_GT(st.preemptions, 0u);
+  EXPECT_EQ(st.kv_blocks_free, st.kv_blocks_total);
+}
+
+TEST_F(EngineInstanceTest, CancelledSequenceLeavesAndFreesItsBlocks) {
+  auto inst = MakeInstance(4, 64, 256);
+  auto keep = std::make_shared<RecordingSink>();
+  auto cancel = std::make_shared<RecordingSink>(/*cancel_after=*/3);
+  ASSERT_TRUE(inst->Submit(Request({5, 6, 7, 8, 9}, 200, keep)).ok());
+  ASSERT_TRUE(inst->Submit(Request({10, 11, 12}, 200, cancel)).ok());
+  cancel->Wait();
+  EXPECT_EQ(cancel->end(), SequenceEnd::kCancelled);
+  // The engine checks cancellation before every step: at most one more token.
+  EXPECT_LE(cancel->tokens().size(), 4u);
+  keep->Wait();
+  EXPECT_EQ(keep->end(), SequenceEnd::kLength);
+  EXPECT_EQ(keep->tokens().size(), 200u);
+  EXPECT_EQ(inst->stats().kv_blocks_free, inst->stats().kv_blocks_total);
+}
+
+TEST_F(EngineInstanceTest, StopTokenEndsWithoutEmittingIt) {
+  auto inst = MakeInstance(4, 64, 256);
+  const auto solo = Solo({{20, 21, 22}}, 8);
+  auto sink = std::make_shared<RecordingSink>();
+  SequenceRequest r = Request({20, 21, 22}, 8, sink);
+  r.sampling.stop_token_ids = {solo[0][3]};
+  ASSERT_TRUE(inst->Submit(std::move(r)).ok());
+  sink->Wait();
+  EXPECT_EQ(sink->end(), SequenceEnd::kStopToken);
+  const std::vector<int32_t> want(solo[0].begin(), solo[0].begin() + 3);
+  // The stop token may also appear earlier in the greedy output.
+  const auto got = sink->tokens();
+  ASSERT_LE(got.size(), 3u);
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), want.begin()));
+}
+
+TEST_F(EngineInstanceTest, SubmitValidates) {
+  auto inst = MakeInstance(4, 64, 16);  // 64 tokens of KV
+  auto sink = std::make_shared<RecordingSink>();
+  EXPECT_EQ(inst->Submit(Request({}, 4, sink)).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(inst->Submit(Request({1, 100000}, 4, sink)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(inst->Submit(Request({1, 2}, 0, sink)).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(inst->Submit(Request({1, 2}, 300, sink)).code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(inst->Submit(Request({1, 2}, 100, sink)).code(), absl::StatusCode::kOutOfRange);
+  SequenceRequest bad = Request({1, 2}, 4, sink);
+  bad.sampling.top_p = 2;
+  EXPECT_EQ(inst->Submit(std::move(bad)).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(EngineInstanceTest, QueueFullAndStopFailsTheRest) {
+  auto inst = MakeInstance(/*max_num_seqs=*/1, 64, 256, /*max_queue=*/2);
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  int accepted = 0, rejected = 0;
+  for (int i = 0; i < 6; ++i) {
+    sinks.push_back(std::make_shared<RecordingSink>());
+    absl::Status s = inst->Submit(Request({3, 4, 5}, 200, sinks.back()));
+    if (s.ok()) {
+      ++accepted;
+    } else {
+      EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+      sinks.pop_back();
+      ++rejected;
+    }
+  }
+  EXPECT_GE(rejected, 3);  // one running and two queued at most
+  EXPECT_LE(accepted, 3);
+  inst->Stop();
+  for (auto& s : sinks) {
+    s->Wait();
+    if (s->end() == SequenceEnd::kFailed) {
+      EXPECT_EQ(s->status().code(), absl::StatusCode::kUnavailable);
+    }
+  }
+  EXPECT_EQ(inst->Submit(Request({3}, 1, std::make_shared<RecordingSink>())).code(),
+            absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace tandem::scheduler

@@ -1,0 +1,189 @@
+#include "scheduler/scheduler.h"
+
+#include <memory>
+#include <numeric>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kvcache/block_pool.h"
+
+namespace tandem::scheduler {
+namespace {
+
+constexpr int kBlock = 4;
+constexpr int kVocab = 32;
+
+std::unique_ptr<Sequence> MakeSeq(uint64_t id, int prompt_len, int max_tokens = 100) {
+  SequenceRequest r;
+  r.id = id;
+  r.prompt.resize(prompt_len);
+  std::iota(r.prompt.begin(), r.prompt.end(), 0);
+  for (int32_t& t : r.prompt) t %= kVocab;
+  r.max_tokens = max_tokens;
+  r.sampling.temperature = 0;
+  return std::make_unique<Sequence>(std::move(r), kVocab, /*eos=*/-1, kBlock);
+}
+
+// Plays the engine's part after a step: KV recorded, a token appended where one was sampled.
+void RunStep(Scheduler& s, const SchedulerOutput& out) {
+  s.Complete(out);
+  for (const ScheduledChunk& c : out.chunks) {
+    if (c.want_logits) c.seq->tokens.push_back(7);
+  }
+}
+
+TEST(SchedulerConfigTest, RejectsBudgetBelowSeqs) {
+  EXPECT_FALSE((SchedulerConfig{.max_num_seqs = 8, .max_batch_tokens = 4}).Validate().ok());
+  EXPECT_FALSE((SchedulerConfig{.max_num_seqs = 0, .max_batch_tokens = 4}).Validate().ok());
+  EXPECT_TRUE((SchedulerConfig{.max_num_seqs = 4, .max_batch_tokens = 4}).Validate().ok());
+}
+
+TEST(SchedulerTest, ChunkedPrefillWithinTokenBudget) {
+  kvcache::BlockPool pool(1000);
+  Scheduler s({.max_num_seqs = 8, .max_batch_tokens = 64}, pool);
+  Sequence* a = nullptr;
+  Sequence* b = nullptr;
+  {
+    auto sa = MakeSeq(1, 100), sb = MakeSeq(2, 50);
+    a = sa.get();
+    b = sb.get();
+    s.Add(std::move(sa));
+    s.Add(std::move(sb));
+  }
+  SchedulerOutput o1 = s.Schedule();
+  ASSERT_EQ(o1.chunks.size(), 1u);  // a takes the whole budget
+  EXPECT_EQ(o1.chunks[0].seq, a);
+  EXPECT_EQ(o1.chunks[0].num_tokens, 64);
+  EXPECT_FALSE(o1.chunks[0].want_logits);
+  RunStep(s, o1);
+
+  SchedulerOutput o2 = s.Schedule();  // a's last 36 tokens, then b's first 28
+  ASSERT_EQ(o2.chunks.size(), 2u);
+  EXPECT_EQ(o2.chunks[0].seq, a);
+  EXPECT_EQ(o2.chunks[0].start, 64);
+  EXPECT_EQ(o2.chunks[0].num_tokens, 36);
+  EXPECT_TRUE(o2.chunks[0].want_logits);
+  EXPECT_EQ(o2.chunks[1].seq, b);
+  EXPECT_EQ(o2.chunks[1].num_tokens, 28);
+  EXPECT_EQ(o2.num_tokens, 64);
+  RunStep(s, o2);
+
+  SchedulerOutput o3 = s.Schedule();  // a decodes first, then b continues
+  ASSERT_EQ(o3.chunks.size(), 2u);
+  EXPECT_EQ(o3.chunks[0].seq, a);
+  EXPECT_EQ(o3.chunks[0].num_tokens, 1);
+  EXPECT_EQ(o3.chunks[0].start, 100);
+  EXPECT_EQ(o3.num_decode, 1);
+  EXPECT_EQ(o3.chunks[1].seq, b);
+  EXPECT_EQ(o3.chunks[1].num_tokens, 22);
+  EXPECT_TRUE(o3.chunks[1].want_logits);
+  RunStep(s, o3);
+  EXPECT_EQ(a->table.num_tokens(), 101);
+  EXPECT_EQ(b->table.num_tokens(), 50);
+}
+
+TEST(SchedulerTest, DecodeTokensComeBeforePrefillChunks) {
+  kvcache::BlockPool pool(1000);
+  Scheduler s({.max_num_seqs = 8, .max_batch_tokens = 8}, pool);
+  s.Add(MakeSeq(1, 4));
+  RunStep(s, s.Schedule());  // seq 1 prefilled, now decoding
+  s.Add(MakeSeq(2, 30));
+  for (int step = 0; step < 3; ++step) {
+    SchedulerOutput o = s.Schedule();
+    ASSERT_EQ(o.chunks.size(), 2u);
+    EXPECT_EQ(o.chunks[0].seq->id, 1u);
+    EXPECT_EQ(o.chunks[0].num_tokens, 1);
+    EXPECT_EQ(o.chunks[1].seq->id, 2u);
+    EXPECT_EQ(o.chunks[1].num_tokens, 7);
+    RunStep(s, o);
+  }
+}
+
+TEST(SchedulerTest, MaxNumSeqsBoundsRunning) {
+  kvcache::BlockPool pool(1000);
+  Scheduler s({.max_num_seqs = 2, .max_batch_tokens = 64}, pool);
+  for (int i = 0; i < 5; ++i) s.Add(MakeSeq(i, 3));
+  SchedulerOutput o = s.Schedule();
+  EXPECT_EQ(o.chunks.size(), 2u);
+  EXPECT_EQ(s.num_running(), 2);
+  EXPECT_EQ(s.num_waiting(), 3);
+  RunStep(s, o);
+  // Finishing one lets the next in.
+  s.Remove(o.chunks[0].seq);
+  SchedulerOutput o2 = s.Schedule();
+  EXPECT_EQ(o2.chunks.size(), 2u);
+  EXPECT_EQ(o2.chunks[1].seq->id, 2u);
+}
+
+TEST(SchedulerTest, PreemptsNewestWhenKvRunsOutAndRecomputesLater) {
+  // 6 blocks of 4 tokens. Two sequences of 8 prompt tokens take 4 blocks; decoding then
+  // needs new blocks every 4 tokens.
+  kvcache::BlockPool pool(6);
+  Scheduler s({.max_num_seqs = 4, .max_batch_tokens = 32}, pool);
+  s.Add(MakeSeq(1, 8));
+  s.Add(MakeSeq(2, 8));
+  RunStep(s, s.Schedule());
+  EXPECT_EQ(pool.num_free(), 2);
+  // Each decode step adds a token to both; after 4 steps (positions 8..11) they need block 3
+  // each: 2 free blocks suffice for positions up to 11, then position 12 needs 2 more.
+  bool preempted = false;
+  for (int step = 0; step < 12 && !preempted; ++step) {
+    SchedulerOutput o = s.Schedule();
+    if (!o.preempted.empty()) {
+      preempted = true;
+      ASSERT_EQ(o.preempted.size(), 1u);
+      EXPECT_EQ(o.preempted[0]->id, 2u);  // the newest goes
+      EXPECT_EQ(o.preempted[0]->num_computed, 0);
+      EXPECT_TRUE(o.preempted[0]->table.blocks().empty());
+      EXPECT_EQ(s.num_waiting(), 1);
+      ASSERT_EQ(o.chunks.size(), 1u);
+      EXPECT_EQ(o.chunks[0].seq->id, 1u);
+    }
+    RunStep(s, o);
+  }
+  ASSERT_TRUE(preempted);
+  // When sequence 1 ends, sequence 2 comes back and recomputes everything it had.
+  Sequence* one = s.All()[0];
+  ASSERT_EQ(one->id, 1u);
+  s.Remove(one);
+  EXPECT_EQ(pool.num_free(), 6);
+  SchedulerOutput o = s.Schedule();
+  ASSERT_EQ(o.chunks.size(), 1u);
+  EXPECT_EQ(o.chunks[0].seq->id, 2u);
+  EXPECT_EQ(o.chunks[0].start, 0);
+  EXPECT_EQ(o.chunks[0].num_tokens, o.chunks[0].seq->num_tokens());
+  EXPECT_TRUE(o.chunks[0].want_logits);
+  EXPECT_EQ(o.chunks[0].seq->preemptions, 1);
+}
+
+TEST(SchedulerTest, SequenceLargerThanTheCacheFails) {
+  kvcache::BlockPool pool(2);  // 8 tokens
+  Scheduler s({.max_num_seqs = 4, .max_batch_tokens = 32}, pool);
+  s.Add(MakeSeq(1, 6));
+  RunStep(s, s.Schedule());
+  RunStep(s, s.Schedule());
+  RunStep(s, s.Schedule());  // 8 tokens of KV: full
+  SchedulerOutput o = s.Schedule();
+  EXPECT_TRUE(o.chunks.empty());
+  ASSERT_EQ(o.failed.size(), 1u);
+  s.Remove(o.failed[0]);
+  EXPECT_EQ(pool.num_free(), 2);
+  EXPECT_TRUE(s.empty());
+}
+
+TEST(SchedulerTest, RemoveWaitingSequence) {
+  kvcache::BlockPool pool(100);
+  Scheduler s({.max_num_seqs = 1, .max_batch_tokens = 8}, pool);
+  s.Add(MakeSeq(1, 3));
+  s.Add(MakeSeq(2, 3));
+  RunStep(s, s.Schedule());
+  std::vector<Sequence*> all = s.All();
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[1]->id, 2u);
+  std::unique_ptr<Sequence> gone = s.Remove(all[1]);
+  EXPECT_EQ(gone->id, 2u);
+  EXPECT_EQ(s.num_waiting(), 0);
+}
+
+}  // namespace
+}  // namespace tandem::scheduler
