@@ -1,0 +1,119 @@
+#include "server/grpc/generation_service.h"
+
+#include <memory>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "server/grpc/proto_convert.h"
+#include "server/grpc/status_convert.h"
+
+namespace tandem::server::grpc_api {
+namespace {
+
+// Compares without an early exit, so the time taken does not reveal how much of a guessed
+// key was right.
+bool SameKey(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+}  // namespace
+
+grpc::Status CheckApiKey(const grpc::ServerContext& context, const std::string& api_key) {
+  if (api_key.empty()) return grpc::Status::OK;
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "missing API key: send metadata 'authorization: Bearer <key>'");
+  }
+  std::string_view value(it->second.data(), it->second.size());
+  constexpr std::string_view kBearer = "Bearer ";
+  if (value.substr(0, kBearer.size()) != kBearer ||
+      !SameKey(value.substr(kBearer.size()), api_key)) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "invalid API key");
+  }
+  return grpc::Status::OK;
+}
+
+GenerationServiceImpl::GenerationServiceImpl(Frontend& frontend, std::string api_key,
+                                             absl::Duration poll_interval)
+    : frontend_(frontend), api_key_(std::move(api_key)), poll_interval_(poll_interval) {}
+
+grpc::Status GenerationServiceImpl::Generate(
+    grpc::ServerContext* context, const tandem::v1::GenerateRequest* request,
+    grpc::ServerWriter<tandem::v1::GenerateResponse>* writer) {
+  if (grpc::Status auth = CheckApiKey(*context, api_key_); !auth.ok()) return auth;
+  absl::StatusOr<GenerationRequest> converted = FromProto(*request);
+  if (!converted.ok()) return ToGrpcStatus(converted.status());
+  absl::StatusOr<std::unique_ptr<GenerationStream>> started =
+      frontend_.Generate(*std::move(converted));
+  if (!started.ok()) return ToGrpcStatus(started.status());
+  GenerationStream& stream = **started;
+
+  std::vector<ChoiceDelta> deltas;
+  tandem::v1::GenerateResponse response;
+  for (;;) {
+    deltas.clear();
+    const bool done = stream.WaitAndTake(&deltas, poll_interval_);
+    if (context->IsCancelled()) {
+      stream.Cancel();
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the call");
+    }
+    if (!deltas.empty()) {
+      response.Clear();
+      for (const ChoiceDelta& delta : deltas) ToProto(delta, response.add_choices());
+      if (!writer->Write(response)) {
+        // The client is gone; nobody will read the rest.
+        stream.Cancel();
+        return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+      }
+    }
+    if (done) break;
+  }
+  if (absl::Status status = stream.status(); !status.ok()) return ToGrpcStatus(status);
+  response.Clear();
+  ToProto(stream.usage(), response.mutable_usage());
+  writer->Write(response);
+  return grpc::Status::OK;
+}
+
+grpc::Status GenerationServiceImpl::Tokenize(grpc::ServerContext* context,
+                                             const tandem::v1::TokenizeRequest* request,
+                                             tandem::v1::TokenizeResponse* response) {
+  if (grpc::Status auth = CheckApiKey(*context, api_key_); !auth.ok()) return auth;
+  absl::StatusOr<TokenizeRequest> converted = FromProto(*request);
+  if (!converted.ok()) return ToGrpcStatus(converted.status());
+  absl::StatusOr<std::vector<int32_t>> tokens = frontend_.Tokenize(*converted);
+  if (!tokens.ok()) return ToGrpcStatus(tokens.status());
+  response->mutable_token_ids()->Add(tokens->begin(), tokens->end());
+  response->set_max_model_len(frontend_.Model().max_model_len);
+  return grpc::Status::OK;
+}
+
+grpc::Status GenerationServiceImpl::Detokenize(grpc::ServerContext* context,
+                                               const tandem::v1::DetokenizeRequest* request,
+                                               tandem::v1::DetokenizeResponse* response) {
+  if (grpc::Status auth = CheckApiKey(*context, api_key_); !auth.ok()) return auth;
+  std::vector<int32_t> tokens(request->token_ids().begin(), request->token_ids().end());
+  absl::StatusOr<std::string> text = frontend_.Detokenize(request->model(), tokens);
+  if (!text.ok()) return ToGrpcStatus(text.status());
+  response->set_text(*std::move(text));
+  return grpc::Status::OK;
+}
+
+ModelsServiceImpl::ModelsServiceImpl(Frontend& frontend, std::string api_key)
+    : frontend_(frontend), api_key_(std::move(api_key)) {}
+
+grpc::Status ModelsServiceImpl::List(grpc::ServerContext* context,
+                                     const tandem::v1::ListModelsRequest* request,
+                                     tandem::v1::ListModelsResponse* response) {
+  if (grpc::Status auth = CheckApiKey(*context, api_key_); !auth.ok()) return auth;
+  ToProto(frontend_.Model(), response->add_models());
+  return grpc::Status::OK;
+}
+
+}  // namespace tandem::server::grpc_api

@@ -1,0 +1,69 @@
+// GenerationServiceImpl and ModelsServiceImpl: the tandem.v1 gRPC services
+// (proto/tandem/v1/generation.proto) over a server::Frontend. They only translate: proto in,
+// Frontend call, proto out, absl::Status -> grpc::Status (status_convert.h). Validation,
+// tokenization and generation are the Frontend's.
+//
+// Generate runs on a gRPC synchronous-server thread: it polls the GenerationStream with
+// WaitAndTake in short slices so a client that goes away (or a server shutdown past its
+// deadline) is noticed within one slice, and cancels the stream, which frees the request's
+// sequences in the engine.
+//
+// Authentication: when `api_key` is not empty every call must carry the metadata
+// `authorization: Bearer <api_key>`; others fail with UNAUTHENTICATED before the Frontend is
+// called.
+//
+// Thread safety: every method may run on many gRPC threads at once; the services hold only
+// constants and the Frontend, which is thread-safe. The Frontend must outlive the services.
+#ifndef TANDEM_SERVER_GRPC_GENERATION_SERVICE_H_
+#define TANDEM_SERVER_GRPC_GENERATION_SERVICE_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <string>
+
+#include "absl/time/time.h"
+#include "server/frontend.h"
+#include "tandem/v1/generation.grpc.pb.h"
+
+namespace tandem::server::grpc_api {
+
+// OK when `api_key` is empty or the call carries `authorization: Bearer <api_key>`.
+grpc::Status CheckApiKey(const grpc::ServerContext& context, const std::string& api_key);
+
+class GenerationServiceImpl final : public tandem::v1::Generation::Service {
+ public:
+  // `poll_interval`: how long one WaitAndTake may block before cancellation is checked.
+  GenerationServiceImpl(Frontend& frontend, std::string api_key,
+                        absl::Duration poll_interval = absl::Milliseconds(50));
+
+  grpc::Status Generate(grpc::ServerContext* context, const tandem::v1::GenerateRequest* request,
+                        grpc::ServerWriter<tandem::v1::GenerateResponse>* writer) override;
+  grpc::Status Tokenize(grpc::ServerContext* context, const tandem::v1::TokenizeRequest* request,
+                        tandem::v1::TokenizeResponse* response) override;
+  grpc::Status Detokenize(grpc::ServerContext* context,
+                          const tandem::v1::DetokenizeRequest* request,
+                          tandem::v1::DetokenizeResponse* response) override;
+
+ private:
+  // Constant after construction.
+  Frontend& frontend_;
+  const std::string api_key_;
+  const absl::Duration poll_interval_;
+};
+
+class ModelsServiceImpl final : public tandem::v1::Models::Service {
+ public:
+  ModelsServiceImpl(Frontend& frontend, std::string api_key);
+
+  grpc::Status List(grpc::ServerContext* context, const tandem::v1::ListModelsRequest* request,
+                    tandem::v1::ListModelsResponse* response) override;
+
+ private:
+  // Constant after construction.
+  Frontend& frontend_;
+  const std::string api_key_;
+};
+
+}  // namespace tandem::server::grpc_api
+
+#endif  // TANDEM_SERVER_GRPC_GENERATION_SERVICE_H_
