@@ -106,13 +106,14 @@ std::string ErrorBody(const absl::Status& status) {
       code = "invalid_value";
     }
   }
-  nlohmann::json error = {
+  using Json = nlohmann::ordered_json;
+  Json error = {
       {"message", std::string(status.message())},
       {"type", cls.type},
-      {"param", param.has_value() ? nlohmann::json(*param) : nlohmann::json(nullptr)},
-      {"code", code.has_value() ? nlohmann::json(*code) : nlohmann::json(nullptr)},
+      {"param", param.has_value() ? Json(*param) : Json(nullptr)},
+      {"code", code.has_value() ? Json(*code) : Json(nullptr)},
   };
-  return DumpJson(nlohmann::json{{"error", std::move(error)}});
+  return DumpJson(Json{{"error", std::move(error)}});
 }
 
 }  // namespace tandem::server::openai
