@@ -5,7 +5,7 @@ MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: deps build model test test-unit test-asan test-tsan serve bench fuzz clean
+.PHONY: deps build model test test-unit test-asan test-tsan serve bench fuzz fuzz-openai clean
 
 deps:
 	./scripts/install-deps
@@ -61,6 +61,20 @@ fuzz: build
 	  -o $(BUILD)/fuzz/gguf_fuzz
 	$(BUILD)/fuzz/gguf_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=2048 \
 	  $(BUILD)/fuzz/corpus
+
+# libFuzzer target for the OpenAI request parsers, validation and renderers (clang).
+OPENAI_SRC = server/openai/errors.cc server/openai/finish_reason.cc server/openai/json_body.cc \
+  server/openai/request_parser.cc server/openai/response_render.cc server/openai/validate.cc \
+  model/sampler.cc
+fuzz-openai:
+	mkdir -p $(BUILD)/fuzz/openai_corpus
+	clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -I. tests/fuzz/openai_fuzz.cc \
+	  $(OPENAI_SRC) \
+	  $$(pkg-config --libs absl_statusor absl_status absl_strings absl_str_format absl_cord \
+	    absl_raw_hash_set absl_hash) \
+	  -o $(BUILD)/fuzz/openai_fuzz
+	$(BUILD)/fuzz/openai_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=2048 \
+	  -dict=tests/fuzz/openai.dict $(BUILD)/fuzz/openai_corpus tests/fuzz/openai_corpus
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)
