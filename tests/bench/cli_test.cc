@@ -88,8 +88,8 @@ TEST(CliTest, OneRunWritesResultsAndCrossChecksTandemMetrics) {
 }
 
 TEST(CliTest, SweepReportsTheGoodputRate) {
-  // Latency grows with load: TTFT 5 ms alone, 400 ms once 3 or more are in flight. At 10 req/s (regular gaps: burstiness 8)
-  // requests overlap little; at 200 req/s all 8 overlap.
+  // Latency grows with load: TTFT 5 ms alone, 400 ms once 3 or more are in flight. At 10 req/s
+  // with regular gaps (burstiness 8) requests barely overlap; at 200 req/s all 8 do.
   FakeOpenAiServer server([](const nlohmann::json&, int in_flight) {
     FakeBehavior b;
     b.first_token_ms = in_flight >= 3 ? 400 : 5;
@@ -101,8 +101,7 @@ TEST(CliTest, SweepReportsTheGoodputRate) {
   const int rc = RunBench("--url " + server.url() +
                               " --num-prompts 8 --input-len 8 --output-len 3 --tokenizer words"
                               " --slo ttft:200,tpot:100 --sweep 10,200 --burstiness 8 --warmup 0"
-                              " --plots=false
-                              " --result-dir " + dir,
+                              " --plots=false --result-dir " + dir,
                           &out);
   ASSERT_EQ(rc, 0) << out;
   const nlohmann::json j = nlohmann::json::parse(ReadAll(dir + "/sweep.json"));
