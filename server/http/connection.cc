@@ -54,6 +54,7 @@ Connection::Connection(uint64_t id, Strand strand, tcp::socket socket, std::stri
       timer_(strand_) {}
 
 void Connection::Start() {
+  if (phase_ == Phase::kClosed) return;  // Shutdown() got here first
   ArmTimer(shared_->idle_timeout);
   StartRead();
 }

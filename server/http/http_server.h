@@ -19,7 +19,9 @@
 //   - A connection idle between requests for idle_timeout is closed. While a response is
 //     pending there is no timeout: the producer owns the pace (see buffered_bytes()).
 //   - While a response is pending the socket stays under an outstanding read, so a client
-//     disconnect fires ResponseWriter's OnClose promptly (response_writer.h).
+//     disconnect fires ResponseWriter's OnClose promptly (response_writer.h). (A client that
+//     pipelines more than 64 KiB behind a pending request pauses that read; its disconnect is
+//     then seen at the next write.)
 //   - TCP_NODELAY is set, so streamed chunks leave at once.
 //
 // Lifecycle: Start() binds and listens; StopAccepting() closes the listener and drains:

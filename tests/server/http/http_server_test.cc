@@ -577,6 +577,27 @@ TEST_F(HttpServerTest, DisconnectMidStreamFiresOnClose) {
   EXPECT_EQ(closed.count(), 1);
 }
 
+TEST_F(HttpServerTest, WriteErrorFiresOnCloseWhenReadingIsPaused) {
+  StartServer();
+  Client client(server_->port());
+  // Far more pipelined input than the server buffers while a response is pending, so it stops
+  // reading; it must then learn of the disconnect from a failed write.
+  ASSERT_TRUE(client.Send(Get("/stream") + std::string(256 << 10, 'j')));
+  ASSERT_TRUE(client.ReadUntil("data: 0\n\n"));
+  ASSERT_TRUE(pending_.WaitFor(1));
+  auto writer = pending_.at(0);
+  Event closed;
+  writer->OnClose([&] { closed.Set(); });
+  client.Reset();
+  const auto deadline = std::chrono::steady_clock::now() + kWait;
+  while (!writer->closed() && std::chrono::steady_clock::now() < deadline) {
+    writer->Write("data: more\n\n");
+    std::this_thread::sleep_for(1ms);
+  }
+  ASSERT_TRUE(closed.Wait());
+  EXPECT_TRUE(WaitConnections(0));
+}
+
 TEST_F(HttpServerTest, OnCloseDoesNotFireAfterNormalEnd) {
   StartServer();
   Client client(server_->port());
