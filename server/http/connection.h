@@ -29,13 +29,13 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <mutex>  // std::mutex, not absl::Mutex: Debian's Abseil is not TSan-instrumented
 #include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "server/http/http_server.h"
 
 namespace tandem::server::http::internal {
@@ -61,11 +61,11 @@ struct ServerShared {
   // Set by StopAccepting: responses close their connection afterwards.
   std::atomic<bool> draining{false};
 
-  mutable absl::Mutex mu;
+  mutable std::mutex mu;
   std::unordered_map<uint64_t, std::weak_ptr<Connection>> connections ABSL_GUARDED_BY(mu);
 
   void Forget(uint64_t id) {
-    absl::MutexLock lock(&mu);
+    std::lock_guard<std::mutex> lock(mu);
     connections.erase(id);
   }
 };

@@ -114,7 +114,7 @@ void HttpServer::Impl::OnAccept(Strand strand, boost::system::error_code ec, tcp
   auto connection =
       std::make_shared<Connection>(id, strand, std::move(socket), std::move(remote), shared);
   {
-    absl::MutexLock lock(&shared->mu);
+    std::lock_guard<std::mutex> lock(shared->mu);
     shared->connections.emplace(id, connection);
   }
   asio::post(strand, [connection] { connection->Start(); });
@@ -145,7 +145,7 @@ void HttpServer::Impl::RunOnAcceptStrand(std::function<void()> fn) {
 
 std::vector<std::shared_ptr<Connection>> HttpServer::Impl::Connections() const {
   std::vector<std::shared_ptr<Connection>> out;
-  absl::MutexLock lock(&shared->mu);
+  std::lock_guard<std::mutex> lock(shared->mu);
   for (const auto& [id, weak] : shared->connections) {
     if (auto connection = weak.lock()) out.push_back(std::move(connection));
   }
@@ -203,7 +203,7 @@ HttpServer::~HttpServer() { Shutdown(); }
 int HttpServer::port() const { return impl_->port; }
 
 size_t HttpServer::open_connections() const {
-  absl::MutexLock lock(&impl_->shared->mu);
+  std::lock_guard<std::mutex> lock(impl_->shared->mu);
   return impl_->shared->connections.size();
 }
 

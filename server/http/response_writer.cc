@@ -11,7 +11,7 @@ ResponseWriter::ResponseWriter(std::shared_ptr<internal::Connection> connection,
       connection_(std::move(connection)) {}
 
 ResponseWriter::~ResponseWriter() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (connection_ != nullptr && state_.load(std::memory_order_acquire) != kDone) {
     connection_->PostAbandon(seq_);
   }
@@ -29,7 +29,7 @@ void ResponseWriter::Send(int status, HttpHeaders headers, std::string body) {
   Transition(kNew, kDone, "Send() on a response already started");
   const size_t size = body.size();
   buffered_->fetch_add(size, std::memory_order_relaxed);
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (connection_ == nullptr) {
     buffered_->fetch_sub(size, std::memory_order_relaxed);
     return;
@@ -40,7 +40,7 @@ void ResponseWriter::Send(int status, HttpHeaders headers, std::string body) {
 void ResponseWriter::StartStream(int status, HttpHeaders headers) {
   TANDEM_CHECK(status >= 200 && status <= 999);
   Transition(kNew, kStreaming, "StartStream() on a response already started");
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (connection_ != nullptr) connection_->PostStartStream(seq_, status, std::move(headers));
 }
 
@@ -52,7 +52,7 @@ void ResponseWriter::Write(std::string data) {
   if (data.empty()) return;
   const size_t size = data.size();
   buffered_->fetch_add(size, std::memory_order_relaxed);
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (connection_ == nullptr) {
     buffered_->fetch_sub(size, std::memory_order_relaxed);
     return;
@@ -62,13 +62,13 @@ void ResponseWriter::Write(std::string data) {
 
 void ResponseWriter::End() {
   Transition(kStreaming, kDone, "End() without StartStream(), or twice");
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (connection_ != nullptr) connection_->PostEnd(seq_);
 }
 
 void ResponseWriter::OnClose(std::function<void()> fn) {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (!closed_.load(std::memory_order_acquire)) {
       if (connection_ != nullptr) on_close_ = std::move(fn);
       return;  // stored, or dropped because the response already ended
@@ -81,7 +81,7 @@ void ResponseWriter::NotifyClosed() {
   std::function<void()> fn;
   std::shared_ptr<internal::Connection> connection;  // released outside the lock
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     closed_.store(true, std::memory_order_release);
     connection = std::move(connection_);
     connection_ = nullptr;
@@ -95,7 +95,7 @@ void ResponseWriter::Detach() {
   std::shared_ptr<internal::Connection> connection;
   std::function<void()> fn;  // destroyed outside the lock: its captures may call back in
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     connection = std::move(connection_);
     connection_ = nullptr;
     fn = std::move(on_close_);

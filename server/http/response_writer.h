@@ -32,12 +32,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>  // std::mutex, not absl::Mutex: Debian's Abseil is not TSan-instrumented
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 
 namespace tandem::server::http {
 
@@ -97,7 +97,7 @@ class ResponseWriter {
   std::atomic<bool> closed_{false};
 
   // Held while posting to the connection, so nothing is posted after Detach/NotifyClosed.
-  absl::Mutex mu_;
+  std::mutex mu_;
   std::shared_ptr<internal::Connection> connection_ ABSL_GUARDED_BY(mu_);  // null once finished
   std::function<void()> on_close_ ABSL_GUARDED_BY(mu_);
 };

@@ -102,7 +102,7 @@ internal::FamilyBase* Registry::FindCompatible(const std::string& name, std::str
 Family<Counter>& Registry::AddCounter(std::string name, std::string help,
                                       std::vector<std::string> label_names) {
   CheckNames(name, label_names, /*histogram=*/false);
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (auto* found = FindCompatible(name, Counter::kType, help, label_names)) {
     return *static_cast<Family<Counter>*>(found);
   }
@@ -117,7 +117,7 @@ Family<Counter>& Registry::AddCounter(std::string name, std::string help,
 Family<Gauge>& Registry::AddGauge(std::string name, std::string help,
                                   std::vector<std::string> label_names) {
   CheckNames(name, label_names, /*histogram=*/false);
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (auto* found = FindCompatible(name, Gauge::kType, help, label_names)) {
     return *static_cast<Family<Gauge>*>(found);
   }
@@ -135,7 +135,7 @@ Family<Histogram>& Registry::AddHistogram(std::string name, std::string help,
   CheckNames(name, label_names, /*histogram=*/true);
   // Checks the bounds now, not at the first labelled series.
   Histogram check(bounds);
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (auto* found = FindCompatible(name, Histogram::kType, help, label_names)) {
     TANDEM_CHECK(histogram_bounds_[name] == bounds);
     return *static_cast<Family<Histogram>*>(found);
@@ -151,7 +151,7 @@ Family<Histogram>& Registry::AddHistogram(std::string name, std::string help,
 
 std::string Registry::Render() const {
   std::string out;
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   for (const auto& family : families_) family->Render(&out);
   return out;
 }

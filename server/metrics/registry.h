@@ -34,12 +34,12 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>  // std::mutex, not absl::Mutex: Debian's Abseil is not TSan-instrumented
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "server/metrics/metric.h"
 
 namespace tandem::server::metrics {
@@ -99,7 +99,7 @@ class Family final : public internal::FamilyBase {
   // Constant after construction.
   const std::function<std::unique_ptr<T>()> make_;
 
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;
   std::map<std::vector<std::string>, std::unique_ptr<T>> series_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -126,7 +126,7 @@ class Registry {
                                        const std::vector<std::string>& label_names) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;
   std::vector<std::unique_ptr<internal::FamilyBase>> families_ ABSL_GUARDED_BY(mu_);
   // Bounds of each histogram family, to check re-registrations.
   std::map<std::string, std::vector<double>> histogram_bounds_ ABSL_GUARDED_BY(mu_);
@@ -143,7 +143,7 @@ T& Family<T>::WithLabels(const std::vector<std::string>& label_values) {
   if (label_values.size() != label_names().size()) {
     internal::LabelCountMismatch(name(), label_names().size(), label_values.size());
   }
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   std::unique_ptr<T>& slot = series_[label_values];
   if (slot == nullptr) slot = make_();
   return *slot;
@@ -152,7 +152,7 @@ T& Family<T>::WithLabels(const std::vector<std::string>& label_values) {
 template <typename T>
 void Family<T>::Render(std::string* out) const {
   RenderHeader(out);
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   for (const auto& [values, series] : series_) {
     series->AppendSamples(name(), RenderLabels(values), out);
   }

@@ -1,5 +1,6 @@
 #include "server/metrics/registry.h"
 
+#include <cmath>
 #include <thread>
 #include <vector>
 
