@@ -32,7 +32,7 @@ CannedHttpServer::~CannedHttpServer() {
 }
 
 std::vector<std::string> CannedHttpServer::requests() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return requests_;
 }
 
@@ -56,7 +56,7 @@ void CannedHttpServer::Run() {
                  asio::transfer_exactly(head_end + content_length - request.size()), ec);
     }
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       requests_.push_back(request);
     }
     for (const std::string& piece : response) {

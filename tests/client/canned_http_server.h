@@ -8,12 +8,12 @@
 
 #include <atomic>
 #include <boost/asio/ip/tcp.hpp>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 
 namespace tandem::client::testing {
 
@@ -38,7 +38,7 @@ class CannedHttpServer {
   boost::asio::ip::tcp::acceptor acceptor_;
   int port_ = 0;
   std::atomic<bool> stopping_{false};
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;  // not absl::Mutex: Debian's Abseil is not TSan-instrumented
   std::vector<std::string> requests_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };

@@ -4,6 +4,22 @@
 
 namespace tandem::server::testing {
 
+void StreamRecord::NotifyCancelled() {
+  std::lock_guard<std::mutex> lock(mu_);
+  cancelled_ = true;
+  cv_.notify_all();
+}
+
+bool StreamRecord::cancelled() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return cancelled_;
+}
+
+bool StreamRecord::WaitForCancel(absl::Duration timeout) const {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_for(lock, absl::ToChronoMilliseconds(timeout), [this]() { return cancelled_; });
+}
+
 FakeStream::FakeStream(StreamScript script, std::shared_ptr<StreamRecord> record)
     : record_(std::move(record)), script_(std::move(script)) {}
 
@@ -16,7 +32,11 @@ bool FakeStream::Ended() const {
 }
 
 bool FakeStream::Take(std::vector<ChoiceDelta>* out) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
+  return TakeLocked(out);
+}
+
+bool FakeStream::TakeLocked(std::vector<ChoiceDelta>* out) {
   if (cancelled_) return true;
   if (next_batch_ < script_.batches.size()) {
     const std::vector<ChoiceDelta>& batch = script_.batches[next_batch_++];
@@ -26,55 +46,53 @@ bool FakeStream::Take(std::vector<ChoiceDelta>* out) {
 }
 
 bool FakeStream::WaitAndTake(std::vector<ChoiceDelta>* out, absl::Duration timeout) {
-  {
-    absl::MutexLock lock(&mu_);
-    // Only a hanging stream has nothing ready: wait for Cancel (or the timeout).
-    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return cancelled_ || next_batch_ < script_.batches.size() || !script_.hang_after_batches;
-    };
-    mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
-  }
-  return Take(out);
+  std::unique_lock<std::mutex> lock(mu_);
+  // Only a hanging stream has nothing ready: wait for Cancel (or the timeout).
+  cv_.wait_for(lock, absl::ToChronoMilliseconds(timeout), [this]() {
+    return cancelled_ || next_batch_ < script_.batches.size() || !script_.hang_after_batches;
+  });
+  return TakeLocked(out);
 }
 
 absl::Status FakeStream::status() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (cancelled_) return absl::CancelledError("cancelled");
   return Ended() ? script_.final_status : absl::OkStatus();
 }
 
 Usage FakeStream::usage() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return script_.usage;
 }
 
 void FakeStream::Cancel() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (cancelled_ || Ended()) return;  // a finished stream has nothing to cancel
   cancelled_ = true;
-  record_->cancelled.Notify();
+  record_->NotifyCancelled();
+  cv_.notify_all();
 }
 
 FakeFrontend::FakeFrontend() = default;
 
 void FakeFrontend::SetGenerateError(absl::Status status) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   generate_error_ = std::move(status);
 }
 
 void FakeFrontend::SetScript(StreamScript script) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   script_ = std::move(script);
 }
 
 void FakeFrontend::SetTokenizeError(absl::Status status) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   tokenize_error_ = std::move(status);
 }
 
 absl::StatusOr<std::unique_ptr<GenerationStream>> FakeFrontend::Generate(
     GenerationRequest request) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   ++generate_calls_;
   generate_requests_.push_back(std::move(request));
   if (!generate_error_.ok()) return generate_error_;
@@ -83,7 +101,7 @@ absl::StatusOr<std::unique_ptr<GenerationStream>> FakeFrontend::Generate(
 }
 
 absl::StatusOr<std::vector<int32_t>> FakeFrontend::Tokenize(const TokenizeRequest& request) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   tokenize_requests_.push_back(request);
   if (!tokenize_error_.ok()) return tokenize_error_;
   std::vector<int32_t> tokens;
@@ -107,22 +125,22 @@ absl::StatusOr<std::string> FakeFrontend::Detokenize(const std::string& model,
 ModelInfo FakeFrontend::Model() const { return {"fake-model", 1700000000, 2048}; }
 
 std::vector<GenerationRequest> FakeFrontend::generate_requests() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return generate_requests_;
 }
 
 std::vector<TokenizeRequest> FakeFrontend::tokenize_requests() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return tokenize_requests_;
 }
 
 std::shared_ptr<StreamRecord> FakeFrontend::last_stream() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return last_stream_;
 }
 
 int FakeFrontend::generate_calls() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return generate_calls_;
 }
 

@@ -8,13 +8,13 @@
 #ifndef TANDEM_TESTS_SERVER_GRPC_FAKE_FRONTEND_H_
 #define TANDEM_TESTS_SERVER_GRPC_FAKE_FRONTEND_H_
 
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "server/frontend.h"
 
 namespace tandem::server::testing {
@@ -28,8 +28,18 @@ struct StreamScript {
 };
 
 // Shared between a FakeStream and the test, so Cancel stays visible after the stream dies.
-struct StreamRecord {
-  absl::Notification cancelled;
+// (std::mutex, not absl::Mutex: Debian's Abseil is not TSan-instrumented.)
+class StreamRecord {
+ public:
+  void NotifyCancelled();
+  bool cancelled() const;
+  // True once cancelled, false if `timeout` passed first.
+  bool WaitForCancel(absl::Duration timeout) const;
+
+ private:
+  mutable std::mutex mu_;
+  mutable std::condition_variable cv_;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 class FakeStream final : public GenerationStream {
@@ -46,9 +56,11 @@ class FakeStream final : public GenerationStream {
 
  private:
   bool Ended() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool TakeLocked(std::vector<ChoiceDelta>* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::shared_ptr<StreamRecord> record_;
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;  // signalled by Cancel
   StreamScript script_ ABSL_GUARDED_BY(mu_);
   size_t next_batch_ ABSL_GUARDED_BY(mu_) = 0;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
@@ -76,7 +88,7 @@ class FakeFrontend final : public Frontend {
   int generate_calls() const;
 
  private:
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;
   absl::Status generate_error_ ABSL_GUARDED_BY(mu_);
   absl::Status tokenize_error_ ABSL_GUARDED_BY(mu_);
   StreamScript script_ ABSL_GUARDED_BY(mu_);

@@ -471,7 +471,7 @@ TEST_F(GrpcServerTest, ClientCallbackStopCancelsTheStream) {
   EXPECT_EQ(usage.status().code(), absl::StatusCode::kCancelled);
   EXPECT_EQ(deltas, 1);
   ASSERT_NE(frontend_.last_stream(), nullptr);
-  EXPECT_TRUE(frontend_.last_stream()->cancelled.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_TRUE(frontend_.last_stream()->WaitForCancel(absl::Seconds(10)));
 }
 
 TEST_F(GrpcServerTest, RawTryCancelReachesTheStream) {
@@ -486,7 +486,7 @@ TEST_F(GrpcServerTest, RawTryCancelReachesTheStream) {
   EXPECT_EQ(response.choices(0).text(), "first");
   context.TryCancel();
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
-  EXPECT_TRUE(frontend_.last_stream()->cancelled.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_TRUE(frontend_.last_stream()->WaitForCancel(absl::Seconds(10)));
 }
 
 TEST_F(GrpcServerTest, ClientDeadlineCancelsTheStream) {
@@ -501,7 +501,7 @@ TEST_F(GrpcServerTest, ClientDeadlineCancelsTheStream) {
   while (reader->Read(&response)) {
   }
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
-  EXPECT_TRUE(frontend_.last_stream()->cancelled.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_TRUE(frontend_.last_stream()->WaitForCancel(absl::Seconds(10)));
 }
 
 TEST_F(GrpcServerTest, ShutdownPastDeadlineCancelsRunningStreams) {
@@ -514,7 +514,7 @@ TEST_F(GrpcServerTest, ShutdownPastDeadlineCancelsRunningStreams) {
   tandem::v1::GenerateResponse response;
   ASSERT_TRUE(reader->Read(&response));
   server_->Shutdown(absl::Milliseconds(100));  // returns only once the handler has returned
-  EXPECT_TRUE(frontend_.last_stream()->cancelled.HasBeenNotified());
+  EXPECT_TRUE(frontend_.last_stream()->cancelled());
   EXPECT_FALSE(reader->Finish().ok());
 }
 
