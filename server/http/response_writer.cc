@@ -17,16 +17,17 @@ ResponseWriter::~ResponseWriter() {
   }
 }
 
-void ResponseWriter::Transition(State from, State to, const char* what) {
+bool ResponseWriter::Transition(State from, State to, const char* what) {
   int expected = from;
-  if (!state_.compare_exchange_strong(expected, to, std::memory_order_acq_rel)) {
-    ::tandem::internal::CheckFailed(__FILE__, __LINE__, what, "(ResponseWriter used out of order)");
-  }
+  if (state_.compare_exchange_strong(expected, to, std::memory_order_acq_rel)) return true;
+  // Once the client is gone every call is a no-op, so racing producers need not coordinate.
+  if (closed()) return false;
+  ::tandem::internal::CheckFailed(__FILE__, __LINE__, what, "(ResponseWriter used out of order)");
 }
 
 void ResponseWriter::Send(int status, HttpHeaders headers, std::string body) {
   TANDEM_CHECK(status >= 200 && status <= 999);
-  Transition(kNew, kDone, "Send() on a response already started");
+  if (!Transition(kNew, kDone, "Send() on a response already started")) return;
   const size_t size = body.size();
   buffered_->fetch_add(size, std::memory_order_relaxed);
   std::lock_guard<std::mutex> lock(mu_);
@@ -39,13 +40,14 @@ void ResponseWriter::Send(int status, HttpHeaders headers, std::string body) {
 
 void ResponseWriter::StartStream(int status, HttpHeaders headers) {
   TANDEM_CHECK(status >= 200 && status <= 999);
-  Transition(kNew, kStreaming, "StartStream() on a response already started");
+  if (!Transition(kNew, kStreaming, "StartStream() on a response already started")) return;
   std::lock_guard<std::mutex> lock(mu_);
   if (connection_ != nullptr) connection_->PostStartStream(seq_, status, std::move(headers));
 }
 
 void ResponseWriter::Write(std::string data) {
   if (state_.load(std::memory_order_acquire) != kStreaming) {
+    if (closed()) return;
     ::tandem::internal::CheckFailed(__FILE__, __LINE__, "Write() outside a stream",
                                     "(call StartStream() first, never after End())");
   }
@@ -61,7 +63,7 @@ void ResponseWriter::Write(std::string data) {
 }
 
 void ResponseWriter::End() {
-  Transition(kStreaming, kDone, "End() without StartStream(), or twice");
+  if (!Transition(kStreaming, kDone, "End() without StartStream(), or twice")) return;
   std::lock_guard<std::mutex> lock(mu_);
   if (connection_ != nullptr) connection_->PostEnd(seq_);
 }

@@ -23,7 +23,8 @@
 // Thread safety: every method may be called from any thread; calls take effect in the order
 // they are made (each is posted to the connection's strand, none blocks on the network).
 // Calling Send/StartStream twice, Write/End without StartStream, or anything after End is a
-// programming error (checked, aborts).
+// programming error (checked, aborts) while the client is connected; once closed() every call
+// is a no-op, in any order.
 #ifndef TANDEM_SERVER_HTTP_RESPONSE_WRITER_H_
 #define TANDEM_SERVER_HTTP_RESPONSE_WRITER_H_
 
@@ -86,8 +87,9 @@ class ResponseWriter {
   void NotifyClosed();  // fires the OnClose callback
   void Detach();        // the response ended normally
 
-  // Moves caller-side state `from` -> `to`, aborting with `what` on misuse.
-  void Transition(State from, State to, const char* what);
+  // Moves caller-side state `from` -> `to`; on misuse returns false if the client is gone,
+  // else aborts with `what`.
+  bool Transition(State from, State to, const char* what);
 
   // Constant after construction.
   const uint64_t seq_;  // which response of the connection this is

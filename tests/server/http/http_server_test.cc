@@ -574,6 +574,8 @@ TEST_F(HttpServerTest, DisconnectMidStreamFiresOnClose) {
   EXPECT_TRUE(writer->closed());
   writer->Write("data: 1\n\n");  // no-ops
   writer->End();
+  writer->End();  // even out of order, once the client is gone
+  writer->Write("after end");
   EXPECT_EQ(closed.count(), 1);
 }
 
