@@ -36,6 +36,7 @@ struct FakeOpenAiServer::Impl {
   FakeOpenAiServer* owner;
   BehaviorFn behavior;
   bool serve_metrics;
+  TokenizeForm tokenize_form;
   asio::io_context ioc{1};
   tcp::acceptor acceptor{ioc};
   int in_flight = 0;  // io thread only
@@ -43,6 +44,7 @@ struct FakeOpenAiServer::Impl {
   long success = 0, prompt_tokens = 0, generation_tokens = 0;
   mutable std::mutex mu;
   nlohmann::json last_body;  // guarded by mu
+  std::vector<FakeOpenAiServer::StreamLog> logs;  // guarded by mu
 
   static int CountWords(const std::string& s) {
     std::istringstream in(s);
@@ -58,7 +60,8 @@ struct FakeOpenAiServer::Impl {
     if (body.contains("messages") && body["messages"].is_array()) {
       for (const auto& m : body["messages"]) {
         if (m.contains("content") && m["content"].is_string()) {
-          all += m["content"].get<std::string>() + " ";
+          if (!all.empty()) all += " ";
+          all += m["content"].get<std::string>();
         }
       }
     }
@@ -105,10 +108,16 @@ struct FakeOpenAiServer::Impl {
     const std::string target(req.target());
     nlohmann::json body = nlohmann::json::parse(req.body(), nullptr, false);
     if (target == "/tokenize") {
+      const char* key = tokenize_form == TokenizeForm::kLlamaCpp ? "content" : "prompt";
+      if (tokenize_form == TokenizeForm::kNone || !body.is_object() || !body.contains(key) ||
+          !body[key].is_string() ||
+          (tokenize_form == TokenizeForm::kVllm && !body.contains("model"))) {
+        co_await SimpleReply(sock, tokenize_form == TokenizeForm::kNone ? 404 : 400, kJson,
+                             kNoRoute);
+        co_return;
+      }
       nlohmann::json tokens = nlohmann::json::array();
-      const int n = body.is_object() && body.contains("content") && body["content"].is_string()
-                        ? CountWords(body["content"].get<std::string>())
-                        : 0;
+      const int n = CountWords(body[key].get<std::string>());
       for (int i = 0; i < n; ++i) tokens.push_back(i + 10);
       nlohmann::json answer;
       answer["tokens"] = tokens;
@@ -171,6 +180,12 @@ struct FakeOpenAiServer::Impl {
     const int max_tokens = body.value("max_tokens", 16);
     const int n = b.tokens >= 0 ? b.tokens : max_tokens;
     const std::string prompt = PromptText(body);
+    size_t log_index = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      log_index = logs.size();
+      logs.push_back({prompt, t_read, {}});
+    }
     auto send_event = [&](const std::string& payload) -> asio::awaitable<void> {
       const std::string event = "data: " + payload + "\n\n";
       if (b.split_events) {
@@ -203,6 +218,11 @@ struct FakeOpenAiServer::Impl {
       }
       co_await send_event(chunk.dump());
       if (ec) co_return;
+      {
+        const Clock::time_point written = Clock::now();
+        std::lock_guard<std::mutex> lock(mu);
+        logs[log_index].token_writes.push_back(written);
+      }
     }
     const int p_tokens = CountWords(prompt);
     nlohmann::json usage = {{"choices", nlohmann::json::array()},
@@ -217,8 +237,10 @@ struct FakeOpenAiServer::Impl {
   }
 };
 
-FakeOpenAiServer::FakeOpenAiServer(BehaviorFn behavior, bool serve_metrics)
+FakeOpenAiServer::FakeOpenAiServer(BehaviorFn behavior, bool serve_metrics,
+                                   TokenizeForm tokenize)
     : impl_(std::make_unique<Impl>()) {
+  impl_->tokenize_form = tokenize;
   impl_->owner = this;
   impl_->behavior = std::move(behavior);
   impl_->serve_metrics = serve_metrics;
@@ -235,6 +257,11 @@ FakeOpenAiServer::FakeOpenAiServer(BehaviorFn behavior, bool serve_metrics)
 FakeOpenAiServer::~FakeOpenAiServer() {
   impl_->ioc.stop();
   thread_.join();
+}
+
+std::vector<FakeOpenAiServer::StreamLog> FakeOpenAiServer::streams() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->logs;
 }
 
 nlohmann::json FakeOpenAiServer::last_body() const {

@@ -5,7 +5,8 @@
 //        `itl_ms` (an absolute schedule, so delays do not accumulate), then a usage chunk and
 //        data: [DONE]; or a scripted failure (HTTP status, connection cut mid-stream, a hang,
 //        an error object in the stream)
-//   POST /tokenize   {"tokens": [...]} with one token per whitespace-separated word
+//   POST /tokenize   {"tokens": [...]} with one token per whitespace-separated word; the request
+//                    form is llama.cpp's {"content"} or vLLM's {"model", "prompt"} (TokenizeForm)
 //   GET  /v1/models  one model, "fake-model"
 //   GET  /metrics    tandem: counters (requests completed, prompt and generated tokens)
 // Thread safety: the constructor, destructor and accessors may be called from the test
@@ -14,6 +15,8 @@
 #define TANDEM_TESTS_BENCH_FAKE_OPENAI_SERVER_H_
 
 #include <atomic>
+#include <chrono>
+#include <vector>
 #include <functional>
 #include <memory>
 #include <string>
@@ -38,9 +41,12 @@ struct FakeBehavior {
 // requests in flight when it arrived (itself included).
 using BehaviorFn = std::function<FakeBehavior(const nlohmann::json& body, int in_flight)>;
 
+enum class TokenizeForm { kLlamaCpp, kVllm, kNone };
+
 class FakeOpenAiServer {
  public:
-  explicit FakeOpenAiServer(BehaviorFn behavior, bool serve_metrics = true);
+  explicit FakeOpenAiServer(BehaviorFn behavior, bool serve_metrics = true,
+                            TokenizeForm tokenize = TokenizeForm::kLlamaCpp);
   ~FakeOpenAiServer();
   FakeOpenAiServer(const FakeOpenAiServer&) = delete;
   FakeOpenAiServer& operator=(const FakeOpenAiServer&) = delete;
@@ -48,6 +54,17 @@ class FakeOpenAiServer {
   int port() const { return port_; }
   std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
   int generation_requests() const { return generation_requests_.load(); }
+
+  // What the server actually did for one generation request, on the process's steady clock
+  // (the tests' client runs in the same process): when it had read the request and when each
+  // token chunk's write completed. Lets tests tell the client's timing from the server's own
+  // lateness on a loaded machine.
+  struct StreamLog {
+    std::string prompt;
+    std::chrono::steady_clock::time_point read;
+    std::vector<std::chrono::steady_clock::time_point> token_writes;
+  };
+  std::vector<StreamLog> streams() const;
   int max_in_flight() const { return max_in_flight_.load(); }
   // The body of the last generation request.
   nlohmann::json last_body() const;
