@@ -200,10 +200,11 @@ std::string RateName(double rate) {
 }
 
 absl::StatusOr<std::vector<BenchRequest>> LoadRequests(const ServerUrl& server,
-                                                       const std::string& api_key) {
+                                                       const std::string& api_key,
+                                                       const std::string& model) {
   std::string note;
   TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<TokenCounter> counter,
-                          MakeTokenCounter(absl::GetFlag(FLAGS_tokenizer), server, api_key, &note));
+                          MakeTokenCounter(absl::GetFlag(FLAGS_tokenizer), server, api_key, model, &note));
   if (!note.empty()) std::fprintf(stderr, "tandem-bench: %s\n", note.c_str());
   std::fprintf(stderr, "tandem-bench: counting prompt tokens with: %s\n", counter->Name().c_str());
   const std::string kind = absl::GetFlag(FLAGS_dataset);
@@ -271,7 +272,7 @@ absl::StatusOr<int> Main() {
       return absl::InvalidArgumentError("GET /v1/models named no model; pass --model");
     }
   }
-  TANDEM_ASSIGN_OR_RETURN(ctx.requests, LoadRequests(ctx.load.server, ctx.load.api_key));
+  TANDEM_ASSIGN_OR_RETURN(ctx.requests, LoadRequests(ctx.load.server, ctx.load.api_key, ctx.load.model));
   long in_tokens = 0;
   for (const BenchRequest& r : ctx.requests) in_tokens += r.prompt_tokens;
   std::fprintf(stderr, "tandem-bench: %zu requests, mean prompt %.1f tokens, model '%s'\n",

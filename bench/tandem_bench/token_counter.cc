@@ -21,8 +21,13 @@ absl::StatusOr<int> WordTokenCounter::Count(std::string_view text) {
   return static_cast<int>((words * 4 + 2) / 3);
 }
 
-absl::StatusOr<int> ServerTokenCounter::Count(std::string_view text) {
-  nlohmann::json body = {{"content", std::string(text)}, {"add_special", false}};
+absl::StatusOr<int> ServerTokenCounter::CountWith(Form form, std::string_view text) {
+  nlohmann::json body;
+  if (form == Form::kLlamaCpp) {
+    body = {{"content", std::string(text)}, {"add_special", false}};
+  } else {
+    body = {{"model", model_}, {"prompt", std::string(text)}, {"add_special_tokens", false}};
+  }
   TANDEM_ASSIGN_OR_RETURN(HttpResponse r,
                           HttpFetch(server_, "POST", "/tokenize", body.dump(), api_key_, 30));
   if (r.status != 200) {
@@ -36,16 +41,33 @@ absl::StatusOr<int> ServerTokenCounter::Count(std::string_view text) {
   return static_cast<int>(j["tokens"].size());
 }
 
+absl::StatusOr<int> ServerTokenCounter::Count(std::string_view text) {
+  if (form_ != Form::kUnknown) return CountWith(form_, text);
+  absl::StatusOr<int> llama = CountWith(Form::kLlamaCpp, text);
+  if (llama.ok()) {
+    form_ = Form::kLlamaCpp;
+    return llama;
+  }
+  absl::StatusOr<int> vllm = CountWith(Form::kVllm, text);
+  if (vllm.ok()) {
+    form_ = Form::kVllm;
+    return vllm;
+  }
+  return absl::UnavailableError(StrCat("llama.cpp form: ", llama.status().message(),
+                                       "; vLLM form: ", vllm.status().message()));
+}
+
 absl::StatusOr<std::unique_ptr<TokenCounter>> MakeTokenCounter(std::string_view mode,
                                                                const ServerUrl& server,
                                                                const std::string& api_key,
+                                                               const std::string& model,
                                                                std::string* note) {
   if (mode == "words") return std::make_unique<WordTokenCounter>();
   if (mode != "server" && mode != "auto") {
     return absl::InvalidArgumentError(
         StrCat("--tokenizer '", mode, "': want auto, server or words"));
   }
-  auto counter = std::make_unique<ServerTokenCounter>(server, api_key);
+  auto counter = std::make_unique<ServerTokenCounter>(server, api_key, model);
   absl::StatusOr<int> probe = counter->Count("Hello world, this is a probe.");
   if (probe.ok() && *probe > 0) return counter;
   const std::string why =

@@ -1,7 +1,10 @@
 // TokenCounter: how many tokens a text is, for building prompts of a wanted length and for
 // the ShareGPT length filter. Two implementations:
-//   ServerTokenCounter  POST {url}/tokenize {"content": TEXT} -> {"tokens": [...]} (tandemd and
-//                       llama.cpp's llama-server both serve it): exact for that server's model.
+//   ServerTokenCounter  POST {url}/tokenize: exact for that server's model. Two request forms
+//                       exist and the first that works is kept: llama.cpp's
+//                       {"content": TEXT, "add_special": false} and vLLM's (also tandemd's)
+//                       {"model": M, "prompt": TEXT, "add_special_tokens": false}; both answer
+//                       {"tokens": [...]}.
 //   WordTokenCounter    no server help: tokens ~= ceil(words * 4 / 3), the usual ratio of
 //                       GPT-2-style BPE on English prose (about 0.75 words per token). The
 //                       server's own usage numbers still give the real counts in the results.
@@ -33,14 +36,19 @@ class WordTokenCounter : public TokenCounter {
 
 class ServerTokenCounter : public TokenCounter {
  public:
-  ServerTokenCounter(ServerUrl server, std::string api_key)
-      : server_(std::move(server)), api_key_(std::move(api_key)) {}
+  ServerTokenCounter(ServerUrl server, std::string api_key, std::string model)
+      : server_(std::move(server)), api_key_(std::move(api_key)), model_(std::move(model)) {}
   absl::StatusOr<int> Count(std::string_view text) override;
   std::string Name() const override { return "server /tokenize"; }
 
  private:
+  enum class Form { kUnknown, kLlamaCpp, kVllm };
+  absl::StatusOr<int> CountWith(Form form, std::string_view text);
+
   ServerUrl server_;
   std::string api_key_;
+  std::string model_;
+  Form form_ = Form::kUnknown;
 };
 
 // "server": the server's /tokenize (fails if it does not answer); "words": WordTokenCounter;
@@ -48,6 +56,7 @@ class ServerTokenCounter : public TokenCounter {
 absl::StatusOr<std::unique_ptr<TokenCounter>> MakeTokenCounter(std::string_view mode,
                                                                const ServerUrl& server,
                                                                const std::string& api_key,
+                                                               const std::string& model,
                                                                std::string* note);
 
 }  // namespace tandem::bench
