@@ -4,7 +4,8 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
-#include <boost/optional.hpp>
+#include <cstdint>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -173,7 +174,9 @@ absl::Status HttpClient::Exchange(bool post, const std::string& path, const std:
 
   beast::flat_buffer buffer;
   http::response_parser<http::buffer_body> parser;
-  parser.body_limit(boost::none);  // streams are as long as the generation
+  // Streams are as long as the generation. (Not boost::none: Boost 1.74 then rejects every
+  // Content-Length body, comparing the length against an empty optional.)
+  parser.body_limit(std::numeric_limits<std::uint64_t>::max());
   http::read_header(socket, buffer, parser, ec);
   if (ec) {
     return absl::UnavailableError(

@@ -45,6 +45,9 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcServerCo
   const std::string address = ListenAddress(config.host, config.port);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &server->port_);
+  // gRPC binds with SO_REUSEPORT by default: a second daemon on the same port would then
+  // share its traffic instead of failing to start.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(config.max_message_bytes);
   builder.SetMaxSendMessageSize(config.max_message_bytes);
   builder.RegisterService(&server->generation_);
@@ -59,7 +62,8 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcServerCo
 }
 
 GrpcServer::~GrpcServer() {
-  if (!shut_down_) Shutdown(absl::ZeroDuration());
+  // server_ is null only when Start failed to bind.
+  if (server_ != nullptr && !shut_down_) Shutdown(absl::ZeroDuration());
 }
 
 void GrpcServer::SetServing(bool serving) {

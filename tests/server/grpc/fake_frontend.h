@@ -1,0 +1,94 @@
+// FakeFrontend: a scripted server::Frontend for testing the API layers without an engine.
+// Generate returns a FakeStream that hands out the scripted delta batches one per Take (or
+// hangs until cancelled), then ends with the scripted status and usage; every request is
+// recorded. Each stream's cancellation is observable after the stream is gone.
+//
+// Thread safety: all methods may be called from any thread (the gRPC server calls them from its
+// threads while the test thread inspects the records).
+#ifndef TANDEM_TESTS_SERVER_GRPC_FAKE_FRONTEND_H_
+#define TANDEM_TESTS_SERVER_GRPC_FAKE_FRONTEND_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "server/frontend.h"
+
+namespace tandem::server::testing {
+
+// What one Generate call does.
+struct StreamScript {
+  std::vector<std::vector<ChoiceDelta>> batches;  // handed out one batch per Take
+  absl::Status final_status;                      // status once the batches are out
+  Usage usage;
+  bool hang_after_batches = false;  // true: never ends by itself, only through Cancel
+};
+
+// Shared between a FakeStream and the test, so Cancel stays visible after the stream dies.
+struct StreamRecord {
+  absl::Notification cancelled;
+};
+
+class FakeStream final : public GenerationStream {
+ public:
+  FakeStream(StreamScript script, std::shared_ptr<StreamRecord> record);
+  ~FakeStream() override;
+
+  void SetNotify(std::function<void()> notify) override;
+  bool Take(std::vector<ChoiceDelta>* out) override;
+  bool WaitAndTake(std::vector<ChoiceDelta>* out, absl::Duration timeout) override;
+  absl::Status status() const override;
+  Usage usage() const override;
+  void Cancel() override;
+
+ private:
+  bool Ended() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const std::shared_ptr<StreamRecord> record_;
+  mutable absl::Mutex mu_;
+  StreamScript script_ ABSL_GUARDED_BY(mu_);
+  size_t next_batch_ ABSL_GUARDED_BY(mu_) = 0;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+class FakeFrontend final : public Frontend {
+ public:
+  FakeFrontend();
+
+  // The next Generate calls fail with `status` (OK: they succeed with the script).
+  void SetGenerateError(absl::Status status);
+  void SetScript(StreamScript script);
+  void SetTokenizeError(absl::Status status);
+
+  absl::StatusOr<std::unique_ptr<GenerationStream>> Generate(GenerationRequest request) override;
+  absl::StatusOr<std::vector<int32_t>> Tokenize(const TokenizeRequest& request) override;
+  absl::StatusOr<std::string> Detokenize(const std::string& model,
+                                         const std::vector<int32_t>& tokens) override;
+  ModelInfo Model() const override;
+
+  std::vector<GenerationRequest> generate_requests() const;
+  std::vector<TokenizeRequest> tokenize_requests() const;
+  // The record of the latest stream Generate returned (null before any).
+  std::shared_ptr<StreamRecord> last_stream() const;
+  int generate_calls() const;
+
+ private:
+  mutable absl::Mutex mu_;
+  absl::Status generate_error_ ABSL_GUARDED_BY(mu_);
+  absl::Status tokenize_error_ ABSL_GUARDED_BY(mu_);
+  StreamScript script_ ABSL_GUARDED_BY(mu_);
+  std::vector<GenerationRequest> generate_requests_ ABSL_GUARDED_BY(mu_);
+  std::vector<TokenizeRequest> tokenize_requests_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<StreamRecord> last_stream_ ABSL_GUARDED_BY(mu_);
+  int generate_calls_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// Tokenize's fake vocabulary: one token per byte (its value), plus 1000 for BOS.
+inline constexpr int32_t kFakeBos = 1000;
+
+}  // namespace tandem::server::testing
+
+#endif  // TANDEM_TESTS_SERVER_GRPC_FAKE_FRONTEND_H_
