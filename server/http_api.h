@@ -1,0 +1,60 @@
+// HttpApi: tandemd's HTTP routes, OpenAI-compatible: POST /v1/completions and
+// /v1/chat/completions (stream or not), GET /v1/models, POST /tokenize and /detokenize,
+// GET /health (liveness), GET /ready (readiness), GET /metrics (Prometheus). It parses with
+// server/openai, calls the Frontend, renders with server/openai, and answers errors in OpenAI's
+// shape. Generation output is pumped off the engine thread: the stream's notify posts to a
+// strand of the API's own thread, which takes the deltas, renders them and writes them.
+//
+// A client that goes away (HTTP server's OnClose) cancels its generation, which frees its KV
+// within one engine step.
+//
+// Thread safety: Handle may be called from any io thread concurrently.
+#ifndef TANDEM_SERVER_HTTP_API_H_
+#define TANDEM_SERVER_HTTP_API_H_
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <boost/asio/thread_pool.hpp>
+
+#include "server/frontend.h"
+#include "server/http/http_request.h"
+#include "server/http/response_writer.h"
+
+namespace tandem::server {
+
+struct HttpApiConfig {
+  std::string api_key;  // empty: no authentication
+  int api_threads = 1;  // threads that render streamed output
+};
+
+class HttpApi {
+ public:
+  // `ready` tells /ready whether the daemon admits requests; `metrics` renders /metrics;
+  // `on_status` counts each answered request's status. All may be called from any thread.
+  HttpApi(const HttpApiConfig& config, Frontend& frontend, std::function<bool()> ready,
+          std::function<std::string()> metrics, std::function<void(int)> on_status);
+  ~HttpApi();  // joins the API threads
+
+  void Handle(http::HttpRequest request, std::shared_ptr<http::ResponseWriter> writer);
+
+ private:
+  void Generate(GenerationRequest::Kind kind, const http::HttpRequest& request,
+                std::shared_ptr<http::ResponseWriter> writer);
+  void SendJson(http::ResponseWriter& writer, int status, std::string body);
+  void SendError(http::ResponseWriter& writer, const absl::Status& status);
+
+  const HttpApiConfig config_;
+  Frontend& frontend_;
+  const std::function<bool()> ready_;
+  const std::function<std::string()> metrics_;
+  const std::function<void(int)> on_status_;
+  std::atomic<uint64_t> next_id_{1};
+  boost::asio::thread_pool pool_;
+};
+
+}  // namespace tandem::server
+
+#endif  // TANDEM_SERVER_HTTP_API_H_

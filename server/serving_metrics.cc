@@ -1,0 +1,118 @@
+#include "server/serving_metrics.h"
+
+namespace tandem::server {
+namespace {
+
+using metrics::Histogram;
+
+std::vector<double> LatencyBuckets() {  // 1 ms .. ~65 s
+  return Histogram::ExponentialBuckets(0.001, 2, 17);
+}
+std::vector<double> TokenLatencyBuckets() {  // 0.5 ms .. ~8 s
+  return Histogram::ExponentialBuckets(0.0005, 2, 15);
+}
+
+}  // namespace
+
+ServingMetrics::ServingMetrics(const scheduler::EngineInstance& engine)
+    : engine_(engine),
+      requests_(registry_.AddCounter("tandem:requests_total",
+                                     "API requests answered, by API and status.",
+                                     {"api", "status"})),
+      sequences_(registry_.AddCounter("tandem:sequences_finished_total",
+                                      "Sequences (choices) finished, by reason.", {"reason"})),
+      prompt_tokens_(registry_
+                         .AddCounter("tandem:prompt_tokens_total",
+                                     "Prompt tokens of finished sequences.")
+                         .Get()),
+      generation_tokens_(
+          registry_.AddCounter("tandem:generation_tokens_total", "Tokens generated.").Get()),
+      ttft_(registry_
+                .AddHistogram("tandem:time_to_first_token_seconds",
+                              "Time from request to first token, per sequence.", LatencyBuckets())
+                .Get()),
+      tpot_(registry_
+                .AddHistogram("tandem:time_per_output_token_seconds",
+                              "(e2e - ttft) / (output tokens - 1), per sequence with >= 2 tokens.",
+                              TokenLatencyBuckets())
+                .Get()),
+      itl_(registry_
+               .AddHistogram("tandem:inter_token_latency_seconds",
+                             "Every gap between consecutive tokens of a sequence.",
+                             TokenLatencyBuckets())
+               .Get()),
+      e2e_(registry_
+               .AddHistogram("tandem:e2e_request_latency_seconds",
+                             "Time from request to the sequence's end.", LatencyBuckets())
+               .Get()),
+      queue_(registry_
+                 .AddHistogram("tandem:request_queue_time_seconds",
+                               "Time from request to the sequence's first engine step.",
+                               LatencyBuckets())
+                 .Get()),
+      slo_judged_(registry_
+                      .AddCounter("tandem:slo_judged_total",
+                                  "Sequences judged against their TTFT/TPOT SLOs.")
+                      .Get()),
+      slo_ttft_met_(registry_
+                        .AddCounter("tandem:slo_ttft_met_total", "Judged sequences with TTFT <= SLO.")
+                        .Get()),
+      slo_tpot_met_(registry_
+                        .AddCounter("tandem:slo_tpot_met_total", "Judged sequences with TPOT <= SLO.")
+                        .Get()),
+      slo_met_(registry_
+                   .AddCounter("tandem:slo_met_total",
+                               "Judged sequences meeting both SLOs (goodput numerator).")
+                   .Get()),
+      running_(registry_.AddGauge("tandem:num_requests_running", "Sequences holding KV.").Get()),
+      waiting_(registry_.AddGauge("tandem:num_requests_waiting", "Sequences queued.").Get()),
+      kv_usage_(registry_.AddGauge("tandem:kv_cache_usage_ratio", "Share of KV blocks in use.")
+                    .Get()),
+      preemptions_(registry_
+                       .AddCounter("tandem:num_preemptions_total",
+                                   "Sequences preempted (KV freed, recomputed later).")
+                       .Get()),
+      steps_(registry_.AddGauge("tandem:engine_steps", "Engine steps run since start.").Get()) {}
+
+void ServingMetrics::OnTokenGap(absl::Duration gap) { itl_.Observe(absl::ToDoubleSeconds(gap)); }
+
+void ServingMetrics::OnSequenceDone(const SequenceRecord& r) {
+  sequences_.WithLabels({r.finish}).Increment();
+  prompt_tokens_.Increment(r.prompt_tokens);
+  generation_tokens_.Increment(r.output_tokens);
+  e2e_.Observe(absl::ToDoubleSeconds(r.e2e));
+  queue_.Observe(absl::ToDoubleSeconds(r.queue_time));
+  double tpot_s = 0;
+  if (r.ttft) {
+    ttft_.Observe(absl::ToDoubleSeconds(*r.ttft));
+    if (r.output_tokens > 1) {
+      tpot_s = absl::ToDoubleSeconds(r.e2e - *r.ttft) / (r.output_tokens - 1);
+      tpot_.Observe(tpot_s);
+    }
+  }
+  if (r.finish == "cancelled") return;  // the client went away: not judged
+  slo_judged_.Increment();
+  const bool ttft_ok = r.ttft && absl::ToDoubleMilliseconds(*r.ttft) <= r.ttft_slo_ms;
+  const bool tpot_ok = r.ttft && tpot_s * 1000 <= r.tpot_slo_ms;
+  if (ttft_ok) slo_ttft_met_.Increment();
+  if (tpot_ok) slo_tpot_met_.Increment();
+  if (ttft_ok && tpot_ok) slo_met_.Increment();
+}
+
+void ServingMetrics::OnRequest(const std::string& api, const std::string& status) {
+  requests_.WithLabels({api, status}).Increment();
+}
+
+std::string ServingMetrics::Render() {
+  std::lock_guard<std::mutex> lock(render_mu_);
+  const scheduler::InstanceStats s = engine_.stats();
+  running_.Set(s.running);
+  waiting_.Set(s.waiting);
+  kv_usage_.Set(s.kv_usage);
+  const double new_preemptions = static_cast<double>(s.preemptions) - preemptions_.Value();
+  if (new_preemptions > 0) preemptions_.Increment(new_preemptions);
+  steps_.Set(static_cast<double>(s.steps));
+  return registry_.Render();
+}
+
+}  // namespace tandem::server

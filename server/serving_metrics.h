@@ -1,0 +1,64 @@
+// ServingMetrics: tandemd's Prometheus metrics (names prefixed `tandem:`, units in the name).
+// It is the engine frontend's ServingObserver (per-sequence latencies, token counts, SLO
+// attainment) and is told of every API request's status by the HTTP and gRPC layers; gauges
+// (running, waiting, KV usage) are read from the engine instance at scrape time.
+//
+// Latencies are per sequence (one choice) and measured server-side from the moment the request
+// was parsed: TTFT to the first token, TPOT = (e2e - ttft) / (tokens - 1), ITL every gap. SLO
+// attainment counts sequences that ended normally (stop or length) or failed; a sequence whose
+// client went away is not judged. No peer exports goodput server-side; these counters let a
+// scraper compute attainment = tandem:slo_met_total / tandem:slo_judged_total.
+//
+// Thread safety: every method may be called from any thread.
+#ifndef TANDEM_SERVER_SERVING_METRICS_H_
+#define TANDEM_SERVER_SERVING_METRICS_H_
+
+#include <mutex>
+#include <string>
+
+#include "scheduler/engine_instance.h"
+#include "server/engine_frontend.h"
+#include "server/metrics/registry.h"
+
+namespace tandem::server {
+
+class ServingMetrics : public ServingObserver {
+ public:
+  explicit ServingMetrics(const scheduler::EngineInstance& engine);
+
+  void OnTokenGap(absl::Duration gap) override;
+  void OnSequenceDone(const SequenceRecord& record) override;
+  // One API request answered: api is "http" or "grpc", status the HTTP status code or the gRPC
+  // code name.
+  void OnRequest(const std::string& api, const std::string& status);
+
+  // Refreshes the gauges and renders everything (Content-Type metrics::kContentType).
+  std::string Render();
+
+ private:
+  const scheduler::EngineInstance& engine_;
+  std::mutex render_mu_;  // one scrape at a time updates the gauges
+  metrics::Registry registry_;
+  metrics::Family<metrics::Counter>& requests_;
+  metrics::Family<metrics::Counter>& sequences_;
+  metrics::Counter& prompt_tokens_;
+  metrics::Counter& generation_tokens_;
+  metrics::Histogram& ttft_;
+  metrics::Histogram& tpot_;
+  metrics::Histogram& itl_;
+  metrics::Histogram& e2e_;
+  metrics::Histogram& queue_;
+  metrics::Counter& slo_judged_;
+  metrics::Counter& slo_ttft_met_;
+  metrics::Counter& slo_tpot_met_;
+  metrics::Counter& slo_met_;
+  metrics::Gauge& running_;
+  metrics::Gauge& waiting_;
+  metrics::Gauge& kv_usage_;
+  metrics::Counter& preemptions_;
+  metrics::Gauge& steps_;
+};
+
+}  // namespace tandem::server
+
+#endif  // TANDEM_SERVER_SERVING_METRICS_H_

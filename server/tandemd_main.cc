@@ -1,0 +1,243 @@
+// tandemd: the tandem serving daemon. One colocated engine instance (prefill and decode
+// together, continuous batching with chunked prefill) behind an OpenAI-compatible HTTP API and
+// the tandem.v1 gRPC API. Flags are read here only and turned into each module's config.
+//
+// Lifecycle: load (with progress on stderr), serve, and on SIGTERM / SIGINT drain: readiness
+// goes false, new requests get 503 / UNAVAILABLE, requests in flight finish (up to
+// --shutdown-timeout), then exit 0. A second signal stops at once.
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/check.h"
+#include "common/str_cat.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kvcache/kv_cache.h"
+#include "model/chat_template.h"
+#include "model/gguf_file.h"
+#include "model/tokenizer.h"
+#include "scheduler/engine_instance.h"
+#include "server/engine_frontend.h"
+#include "server/grpc/grpc_server.h"
+#include "server/http/http_server.h"
+#include "server/http_api.h"
+#include "server/serving_metrics.h"
+#include "spdlog/spdlog.h"
+
+ABSL_FLAG(std::string, model, "", "Path of the GGUF model file (required).");
+ABSL_FLAG(std::string, served_model_name, "",
+          "Model name the API answers to (default: the file name without .gguf).");
+ABSL_FLAG(std::string, host, "0.0.0.0", "Address the HTTP and gRPC servers bind.");
+ABSL_FLAG(int, port, 8000, "HTTP port (0: pick a free one).");
+ABSL_FLAG(int, grpc_port, 50051, "gRPC port (0: pick a free one; -1: no gRPC server).");
+ABSL_FLAG(std::string, api_key, "", "If set, requests must carry 'Authorization: Bearer KEY'.");
+ABSL_FLAG(int, max_num_seqs, 64, "Most sequences running at once.");
+ABSL_FLAG(int, max_num_batched_tokens, 512,
+          "Token budget of one engine step (decode tokens plus prefill chunks).");
+ABSL_FLAG(int, max_queue, 1024, "Most sequences waiting; beyond, requests get 429.");
+ABSL_FLAG(int, threads, 0, "CPU threads of the engine instance (0: every core).");
+ABSL_FLAG(std::string, kv_cache_memory, "1GiB",
+          "KV cache size: bytes, or with a KiB/MiB/GiB suffix.");
+ABSL_FLAG(std::string, kv_cache_dtype, "f16", "KV cache element type: f16, f32 or int8.");
+ABSL_FLAG(std::string, isa, "auto", "CPU kernels: auto, scalar, avx2, avx512 or amx.");
+ABSL_FLAG(std::string, chat_template, "",
+          "Chat template: chatml, llama3, mistral or llama2 (default: from the GGUF).");
+ABSL_FLAG(double, ttft_slo_ms, 1000, "Default TTFT SLO (ms) for SLO attainment metrics.");
+ABSL_FLAG(double, tpot_slo_ms, 100, "Default TPOT SLO (ms) for SLO attainment metrics.");
+ABSL_FLAG(double, shutdown_timeout, 30, "Seconds to let requests in flight finish on SIGTERM.");
+ABSL_FLAG(int64_t, max_body_bytes, 8 << 20, "Largest HTTP request body.");
+ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off.");
+
+namespace tandem::server {
+namespace {
+
+absl::StatusOr<size_t> ParseBytes(std::string s) {
+  size_t mult = 1;
+  for (auto [suffix, m] : {std::pair{"KiB", size_t{1} << 10}, std::pair{"MiB", size_t{1} << 20},
+                           std::pair{"GiB", size_t{1} << 30}}) {
+    if (s.size() > 3 && s.compare(s.size() - 3, 3, suffix) == 0) {
+      mult = m;
+      s.resize(s.size() - 3);
+    }
+  }
+  uint64_t v = 0;
+  if (!absl::SimpleAtoi(s, &v) || v == 0 || v > (uint64_t{1} << 50) / mult) {
+    return absl::InvalidArgumentError(StrCat("--kv-cache-memory: not a size: '", s, "'"));
+  }
+  return v * mult;
+}
+
+absl::Status Run() {
+  const std::string model_path = absl::GetFlag(FLAGS_model);
+  if (model_path.empty()) return absl::InvalidArgumentError("--model is required");
+  const auto level = spdlog::level::from_str(absl::GetFlag(FLAGS_log_level));
+  if (level == spdlog::level::off && absl::GetFlag(FLAGS_log_level) != "off") {
+    return absl::InvalidArgumentError("--log-level must be trace, debug, info, warn, error or off");
+  }
+  spdlog::set_level(level);
+
+  // Everything that can be checked before the model loads.
+  TANDEM_ASSIGN_OR_RETURN(size_t kv_bytes, ParseBytes(absl::GetFlag(FLAGS_kv_cache_memory)));
+  TANDEM_ASSIGN_OR_RETURN(kernels::KvDType kv_dtype,
+                          kvcache::ParseKvDType(absl::GetFlag(FLAGS_kv_cache_dtype)));
+  TANDEM_ASSIGN_OR_RETURN(kernels::cpu::Isa isa,
+                          kernels::cpu::ParseIsa(absl::GetFlag(FLAGS_isa)));
+  int threads = absl::GetFlag(FLAGS_threads);
+  if (threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
+  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  if (absl::GetFlag(FLAGS_shutdown_timeout) < 0) {
+    return absl::InvalidArgumentError("--shutdown-timeout must be >= 0");
+  }
+
+  const absl::Time t0 = absl::Now();
+  spdlog::info("loading {}", model_path);
+  TANDEM_ASSIGN_OR_RETURN(auto file, model::GgufFile::Open(model_path));
+  TANDEM_ASSIGN_OR_RETURN(auto tokenizer, model::Tokenizer::FromGguf(*file));
+  const std::string tmpl_flag = absl::GetFlag(FLAGS_chat_template);
+  absl::StatusOr<model::ChatTemplate> tmpl =
+      tmpl_flag.empty()
+          ? model::ChatTemplate::FromGgufTemplate(
+                file->GetString("tokenizer.chat_template").value_or(""))
+          : model::ChatTemplate::FromName(tmpl_flag);
+  if (!tmpl.ok()) return tmpl.status();
+  spdlog::info("[1/3] tokenizer: {} tokens, chat template {}", tokenizer->vocab_size(),
+               std::string(tmpl->name()));
+
+  scheduler::EngineInstanceConfig ic;
+  ic.cpu.threads = threads;
+  ic.cpu.isa = isa;
+  ic.scheduler.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
+  ic.scheduler.max_batch_tokens = absl::GetFlag(FLAGS_max_num_batched_tokens);
+  ic.max_queue = absl::GetFlag(FLAGS_max_queue);
+  ic.kv_dtype = kv_dtype;
+  ic.kv_cache_bytes = kv_bytes;
+  ic.eos_token_id = tokenizer->eos_id();
+  TANDEM_RETURN_IF_ERROR(ic.Validate());
+  spdlog::info("[2/3] loading weights onto the CPU backend ({} threads)...", threads);
+  TANDEM_ASSIGN_OR_RETURN(auto engine, scheduler::EngineInstance::Create(ic, *file));
+  const model::ModelConfig& mc = engine->model_config();
+  spdlog::info("[2/3] {}: {} layers, hidden {}, context {}; backend {}; KV cache {} tokens ({})",
+               mc.architecture, mc.n_layers, mc.hidden, mc.context_length, engine->device_name(),
+               engine->kv_capacity_tokens(), std::string(kvcache::KvDTypeName(kv_dtype)));
+  file.reset();
+
+  std::string name = absl::GetFlag(FLAGS_served_model_name);
+  if (name.empty()) name = std::filesystem::path(model_path).stem().string();
+  ServingMetrics metrics(*engine);
+  EngineFrontendConfig fc;
+  fc.served_model_name = name;
+  fc.default_ttft_slo_ms = absl::GetFlag(FLAGS_ttft_slo_ms);
+  fc.default_tpot_slo_ms = absl::GetFlag(FLAGS_tpot_slo_ms);
+  EngineFrontend frontend(fc, std::move(tokenizer), std::move(*tmpl), *engine, &metrics);
+
+  std::atomic<bool> ready{true};
+  HttpApiConfig hc;
+  hc.api_key = absl::GetFlag(FLAGS_api_key);
+  HttpApi api(
+      hc, frontend, [&] { return ready.load(); }, [&] { return metrics.Render(); },
+      [&](int code) { metrics.OnRequest("http", std::to_string(code)); });
+  http::HttpServerConfig http_config;
+  http_config.host = absl::GetFlag(FLAGS_host);
+  http_config.port = absl::GetFlag(FLAGS_port);
+  http_config.max_body_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_body_bytes));
+  TANDEM_ASSIGN_OR_RETURN(
+      auto http_server,
+      http::HttpServer::Start(http_config, [&](http::HttpRequest r,
+                                                       std::shared_ptr<http::ResponseWriter> w) {
+        api.Handle(std::move(r), std::move(w));
+      }));
+  std::unique_ptr<grpc_api::GrpcServer> grpc_server;
+  if (absl::GetFlag(FLAGS_grpc_port) >= 0) {
+    grpc_api::GrpcServerConfig gc;
+    gc.host = absl::GetFlag(FLAGS_host);
+    gc.port = absl::GetFlag(FLAGS_grpc_port);
+    gc.api_key = absl::GetFlag(FLAGS_api_key);
+    TANDEM_ASSIGN_OR_RETURN(grpc_server, grpc_api::GrpcServer::Start(gc, frontend));
+  }
+  spdlog::info("[3/3] ready in {:.1f} s: model '{}' at http://{}:{}/v1{}", absl::ToDoubleSeconds(absl::Now() - t0),
+               name, http_config.host, http_server->port(),
+               grpc_server ? StrCat(", gRPC on ", http_config.host, ":", grpc_server->port()) : "");
+
+  // Wait for SIGTERM / SIGINT (blocked in every thread since main's start).
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  int sig = 0;
+  sigwait(&set, &sig);
+  spdlog::info("signal {}: draining ({} sequences in flight, up to {} s)", sig,
+               frontend.in_flight(), absl::GetFlag(FLAGS_shutdown_timeout));
+  ready.store(false);
+  frontend.SetDraining(true);
+  if (grpc_server) grpc_server->SetServing(false);
+
+  // A second signal ends the wait early.
+  std::atomic<bool> second{false};
+  std::thread waiter([&] {
+    int s2 = 0;
+    sigwait(&set, &s2);
+    second.store(true);
+  });
+  const absl::Time deadline = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_shutdown_timeout));
+  while (frontend.in_flight() > 0 && absl::Now() < deadline && !second.load()) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  if (frontend.in_flight() > 0) {
+    spdlog::warn("stopping with {} sequences still in flight", frontend.in_flight());
+  }
+  engine->Stop();  // fails what is left with 503 / UNAVAILABLE
+  // Let the pumps write the last responses before connections close.
+  absl::SleepFor(absl::Milliseconds(100));
+  http_server->Shutdown();
+  if (grpc_server) grpc_server->Shutdown(absl::Seconds(1));
+  if (!second.load()) {
+    pthread_kill(waiter.native_handle(), SIGTERM);
+  }
+  waiter.join();
+  spdlog::info("stopped");
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace tandem::server
+
+int main(int argc, char** argv) {
+  // Block the shutdown signals before any thread starts, so only sigwait receives them.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  absl::SetProgramUsageMessage("tandemd --model PATH [flags]: the tandem LLM serving daemon");
+  // vLLM spells flags with dashes (--max-num-seqs); Abseil names them with underscores.
+  std::vector<std::string> args(argv, argv + argc);
+  for (size_t i = 1; i < args.size(); ++i) {
+    if (args[i] == "--") break;
+    if (args[i].rfind("--", 0) != 0) continue;
+    const size_t end = std::min(args[i].find('='), args[i].size());
+    std::replace(args[i].begin() + 2, args[i].begin() + end, '-', '_');
+  }
+  std::vector<char*> cargs;
+  for (std::string& a : args) cargs.push_back(a.data());
+  absl::ParseCommandLine(static_cast<int>(cargs.size()), cargs.data());
+  absl::Status s = tandem::server::Run();
+  if (!s.ok()) {
+    std::fprintf(stderr, "tandemd: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,125 @@
+"""Fixtures for tandemd's end-to-end tests: a real daemon on the default model.
+
+Environment (set by CTest, see tests/e2e/CMakeLists.txt):
+  TANDEMD       path of the tandemd binary
+  TANDEM_MODEL  path of the default GGUF model
+  TANDEM_SOURCE_DIR  repository root (for proto/)
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+TANDEMD = os.environ.get("TANDEMD", "build/bin/tandemd")
+MODEL = os.environ.get("TANDEM_MODEL", "models/SmolLM2-135M-Instruct.Q4_1.gguf")
+SOURCE_DIR = os.environ.get("TANDEM_SOURCE_DIR", os.getcwd())
+MODEL_NAME = "smollm2"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """One tandemd process on free ports; stopped with SIGTERM."""
+
+    def __init__(self, *extra, startup_timeout=120):
+        self.port = free_port()
+        self.grpc_port = free_port()
+        self.log = tempfile.NamedTemporaryFile(prefix="tandemd-", suffix=".log", delete=False)
+        args = [TANDEMD, "--model", MODEL, "--served-model-name", MODEL_NAME,
+                "--host", "127.0.0.1", "--port", str(self.port),
+                "--grpc-port", str(self.grpc_port), "--threads", "2", *extra]
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + startup_timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tandemd exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                with urllib.request.urlopen(self.url + "/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError(f"tandemd not ready after {startup_timeout} s:\n{self.logs()}")
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_target(self):
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def logs(self):
+        with open(self.log.name, errors="replace") as f:
+            return f.read()
+
+    def metrics(self):
+        """GET /metrics as {name{labels}: value}."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
+
+    def terminate(self, timeout=60):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def daemon():
+    d = Daemon("--max-num-seqs", "64", "--max-queue", "512")
+    yield d
+    code = d.terminate()
+    assert code == 0, f"tandemd exited with {code}:\n{d.logs()}"
+    # Sanitizer builds print reports to the log; a report is a failure.
+    logs = d.logs()
+    assert "ERROR: AddressSanitizer" not in logs and "runtime error:" not in logs, logs
+
+
+@pytest.fixture(scope="session")
+def client(daemon):
+    import openai
+    return openai.OpenAI(base_url=daemon.url + "/v1", api_key="unused", max_retries=0,
+                         timeout=300)
+
+
+@pytest.fixture(scope="session")
+def grpc_stubs(tmp_path_factory):
+    """Python modules generated from proto/tandem/v1 with grpcio-tools."""
+    from grpc_tools import protoc
+    out = tmp_path_factory.mktemp("stubs")
+    proto_dir = os.path.join(SOURCE_DIR, "proto")
+    protos = []
+    for root, _, files in os.walk(os.path.join(proto_dir, "tandem")):
+        protos += [os.path.join(root, f) for f in files if f.endswith(".proto")]
+    assert protos, "no .proto files under proto/tandem"
+    rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}",
+                      f"--grpc_python_out={out}", *protos])
+    assert rc == 0
+    sys.path.insert(0, str(out))
+    import importlib
+    pb2 = importlib.import_module("tandem.v1.generation_pb2")
+    pb2_grpc = importlib.import_module("tandem.v1.generation_pb2_grpc")
+    return pb2, pb2_grpc
