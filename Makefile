@@ -68,7 +68,8 @@ OPENAI_SRC = server/openai/errors.cc server/openai/finish_reason.cc server/opena
   model/sampler.cc
 fuzz-openai:
 	mkdir -p $(BUILD)/fuzz/openai_corpus
-	clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -I. tests/fuzz/openai_fuzz.cc \
+	clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	  -I. tests/fuzz/openai_fuzz.cc \
 	  $(OPENAI_SRC) \
 	  $$(pkg-config --libs absl_statusor absl_status absl_strings absl_str_format absl_cord \
 	    absl_raw_hash_set absl_hash) \

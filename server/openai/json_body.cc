@@ -149,8 +149,8 @@ absl::StatusOr<json> ParseJsonObject(std::string_view body) {
   }
   // nlohmann's lexer takes a NUL byte for the end of input and would ignore what follows it.
   if (const size_t nul = body.find('\0'); nul != std::string_view::npos) {
-    return WithErrorCode(absl::InvalidArgumentError(StrCat(
-                             "request body is not valid JSON: NUL byte at offset ", nul)),
+    return WithErrorCode(absl::InvalidArgumentError(
+                             StrCat("request body is not valid JSON: NUL byte at offset ", nul)),
                          kCodeInvalidJson);
   }
   json root;
@@ -166,8 +166,8 @@ absl::StatusOr<json> ParseJsonObject(std::string_view body) {
     // 406: nlohmann's out_of_range "number overflow" (a number past the range of a double).
     const std::string field = builder.current_field();
     if (builder.error_id() == 406 && !field.empty()) {
-      return InvalidParamError(
-          field, StrCat("'", field, "' holds a number too large to represent"));
+      return InvalidParamError(field,
+                               StrCat("'", field, "' holds a number too large to represent"));
     }
     return WithErrorCode(absl::InvalidArgumentError(
                              StrCat("request body is not valid JSON: ",

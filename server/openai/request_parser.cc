@@ -218,9 +218,9 @@ absl::Status ParseMessages(const json& v, std::vector<model::ChatMessage>* out) 
   if (!v.is_array()) return TypeError("messages", "a list of messages");
   if (v.empty()) return InvalidParamError("messages", "'messages' must not be empty");
   if (v.size() > static_cast<size_t>(kMaxMessages)) {
-    return InvalidParamError("messages", StrCat("'messages' holds ", v.size(),
-                                                " messages, more than the ", kMaxMessages,
-                                                " allowed"));
+    return InvalidParamError(
+        "messages", StrCat("'messages' holds ", v.size(), " messages, more than the ", kMaxMessages,
+                           " allowed"));
   }
   out->reserve(v.size());
   for (size_t i = 0; i < v.size(); ++i) {
@@ -283,7 +283,9 @@ bool IsTextFormat(const json& v) {
   return it != v.end() && it->is_string() && it->get_ref<const std::string&>() == "text";
 }
 bool IsEmptyObject(const json& v) { return v.is_object() && v.empty(); }
-bool IsEmptyString(const json& v) { return v.is_string() && v.get_ref<const std::string&>().empty(); }
+bool IsEmptyString(const json& v) {
+  return v.is_string() && v.get_ref<const std::string&>().empty();
+}
 bool IsFalse(const json& v) { return v.is_boolean() && !v.get<bool>(); }
 bool IsZero(const json& v) { return v.is_number() && v.get<double>() == 0.0; }
 bool IsTextModality(const json& v) {
@@ -371,8 +373,7 @@ absl::Status ParseCommon(const json& body, GenerationRequest* r) {
   if (presence) s.presence_penalty = AsFloat(*presence);
   TANDEM_ASSIGN_OR_RETURN(std::optional<double> frequency, GetNumber(body, "frequency_penalty"));
   if (frequency) s.frequency_penalty = AsFloat(*frequency);
-  TANDEM_ASSIGN_OR_RETURN(std::optional<double> repetition,
-                          GetNumber(body, "repetition_penalty"));
+  TANDEM_ASSIGN_OR_RETURN(std::optional<double> repetition, GetNumber(body, "repetition_penalty"));
   if (repetition) s.repetition_penalty = AsFloat(*repetition);
   TANDEM_ASSIGN_OR_RETURN(std::optional<uint64_t> seed, GetSeed(body));
   if (seed) {
@@ -384,8 +385,8 @@ absl::Status ParseCommon(const json& body, GenerationRequest* r) {
   if (const json* ids = Field(body, "stop_token_ids"); ids != nullptr) {
     if (!ids->is_array()) return TypeError("stop_token_ids", "a list of integer token ids");
     if (ids->size() > static_cast<size_t>(kMaxStopTokenIds)) {
-      return InvalidParamError("stop_token_ids", StrCat("'stop_token_ids' holds more than ",
-                                                        kMaxStopTokenIds, " ids"));
+      return InvalidParamError(
+          "stop_token_ids", StrCat("'stop_token_ids' holds more than ", kMaxStopTokenIds, " ids"));
     }
     TANDEM_RETURN_IF_ERROR(ParseTokenIds(*ids, "stop_token_ids", kInt32Min, &s.stop_token_ids));
   }

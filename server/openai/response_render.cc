@@ -77,7 +77,8 @@ Json ChatLogprobs(const std::vector<LogprobEntry>& entries) {
 }
 
 Json Envelope(const ResponseMeta& meta, const char* object) {
-  return Json{{"id", meta.id}, {"object", object}, {"created", meta.created}, {"model", meta.model}};
+  return Json{
+      {"id", meta.id}, {"object", object}, {"created", meta.created}, {"model", meta.model}};
 }
 
 std::string Sse(const Json& chunk) { return "data: " + DumpJson(chunk) + "\n\n"; }
@@ -103,17 +104,15 @@ std::string MakeResponseId(GenerationRequest::Kind kind, uint64_t nonce) {
 void AppendDelta(const ChoiceDelta& delta, ChoiceResult* result) {
   TANDEM_CHECK_EQ(delta.index, result->index);
   result->text += delta.text;
-  result->token_ids.insert(result->token_ids.end(), delta.token_ids.begin(),
-                           delta.token_ids.end());
+  result->token_ids.insert(result->token_ids.end(), delta.token_ids.begin(), delta.token_ids.end());
   result->logprobs.insert(result->logprobs.end(), delta.logprobs.begin(), delta.logprobs.end());
   if (delta.finish.has_value()) result->finish = delta.finish;
 }
 
 void AppendDeltas(const std::vector<ChoiceDelta>& deltas, std::vector<ChoiceResult>* results) {
   for (const ChoiceDelta& delta : deltas) {
-    auto it = std::lower_bound(
-        results->begin(), results->end(), delta.index,
-        [](const ChoiceResult& r, int index) { return r.index < index; });
+    auto it = std::lower_bound(results->begin(), results->end(), delta.index,
+                               [](const ChoiceResult& r, int index) { return r.index < index; });
     if (it == results->end() || it->index != delta.index) {
       ChoiceResult fresh;
       fresh.index = delta.index;
@@ -129,10 +128,25 @@ std::string RenderCompletion(const ResponseMeta& meta, const std::vector<ChoiceR
   Json list = Json::array();
   for (const ChoiceResult& c : choices) {
     size_t offset = CodePointCount(c.echo_text);
+    list.push_back(Json{
+        {"index", c.index},
+        {"text", c.echo_text + c.text},
+        {"logprobs", c.logprobs.empty() ? Json(nullptr) : CompletionLogprobs(c.logprobs, &offset)},
+        {"finish_reason", FinishJson(c.finish)}});
+  }
+  out["choices"] = std::move(list);
+  out["usage"] = UsageJson(usage);
+  return DumpJson(out);
+}
+
+std::string RenderChatCompletion(const ResponseMeta& meta, const std::vector<ChoiceResult>& choices,
+                                 const Usage& usage) {
+  Json out = Envelope(meta, "chat.completion");
+  Json list = Json::array();
+  for (const ChoiceResult& c : choices) {
     list.push_back(Json{{"index", c.index},
-                        {"text", c.echo_text + c.text},
-                        {"logprobs", c.logprobs.empty() ? Json(nullptr)
-                                                        : CompletionLogprobs(c.logprobs, &offset)},
+                        {"message", Json{{"role", "assistant"}, {"content", c.text}}},
+                        {"logprobs", c.logprobs.empty() ? Json(nullptr) : ChatLogprobs(c.logprobs)},
                         {"finish_reason", FinishJson(c.finish)}});
   }
   out["choices"] = std::move(list);
@@ -140,24 +154,7 @@ std::string RenderCompletion(const ResponseMeta& meta, const std::vector<ChoiceR
   return DumpJson(out);
 }
 
-std::string RenderChatCompletion(const ResponseMeta& meta,
-                                 const std::vector<ChoiceResult>& choices, const Usage& usage) {
-  Json out = Envelope(meta, "chat.completion");
-  Json list = Json::array();
-  for (const ChoiceResult& c : choices) {
-    list.push_back(
-        Json{{"index", c.index},
-             {"message", Json{{"role", "assistant"}, {"content", c.text}}},
-             {"logprobs", c.logprobs.empty() ? Json(nullptr) : ChatLogprobs(c.logprobs)},
-             {"finish_reason", FinishJson(c.finish)}});
-  }
-  out["choices"] = std::move(list);
-  out["usage"] = UsageJson(usage);
-  return DumpJson(out);
-}
-
-StreamRenderer::StreamRenderer(GenerationRequest::Kind kind, ResponseMeta meta,
-                               bool include_usage)
+StreamRenderer::StreamRenderer(GenerationRequest::Kind kind, ResponseMeta meta, bool include_usage)
     : kind_(kind), meta_(std::move(meta)), include_usage_(include_usage) {}
 
 std::string StreamRenderer::Echo(int index, std::string_view prompt_text) {
@@ -203,17 +200,18 @@ std::string StreamRenderer::Delta(const ChoiceDelta& delta) {
     state.role_sent = true;
   }
   if (has_content) {
-    out += chat_chunk(Json{{"content", delta.text}},
-                      delta.logprobs.empty() ? Json(nullptr) : ChatLogprobs(delta.logprobs),
-                      nullptr);
+    out +=
+        chat_chunk(Json{{"content", delta.text}},
+                   delta.logprobs.empty() ? Json(nullptr) : ChatLogprobs(delta.logprobs), nullptr);
   }
-  if (delta.finish.has_value()) out += chat_chunk(Json::object(), nullptr, FinishJson(delta.finish));
+  if (delta.finish.has_value())
+    out += chat_chunk(Json::object(), nullptr, FinishJson(delta.finish));
   return out;
 }
 
 std::string StreamRenderer::UsageChunk(const Usage& usage) const {
-  Json chunk = Envelope(meta_, kind_ == GenerationRequest::Kind::kChat ? "chat.completion.chunk"
-                                                                       : "text_completion");
+  Json chunk = Envelope(
+      meta_, kind_ == GenerationRequest::Kind::kChat ? "chat.completion.chunk" : "text_completion");
   chunk["choices"] = Json::array();
   chunk["usage"] = UsageJson(usage);
   return Sse(chunk);
@@ -222,9 +220,8 @@ std::string StreamRenderer::UsageChunk(const Usage& usage) const {
 std::string StreamRenderer::Done() { return "data: [DONE]\n\n"; }
 
 std::string RenderTokenizeResponse(const std::vector<int32_t>& tokens, int max_model_len) {
-  return DumpJson(Json{{"tokens", tokens},
-                       {"count", tokens.size()},
-                       {"max_model_len", max_model_len}});
+  return DumpJson(
+      Json{{"tokens", tokens}, {"count", tokens.size()}, {"max_model_len", max_model_len}});
 }
 
 std::string RenderDetokenizeResponse(std::string_view prompt) {

@@ -69,8 +69,8 @@ void AppendDeltas(const std::vector<ChoiceDelta>& deltas, std::vector<ChoiceResu
 
 std::string RenderCompletion(const ResponseMeta& meta, const std::vector<ChoiceResult>& choices,
                              const Usage& usage);
-std::string RenderChatCompletion(const ResponseMeta& meta,
-                                 const std::vector<ChoiceResult>& choices, const Usage& usage);
+std::string RenderChatCompletion(const ResponseMeta& meta, const std::vector<ChoiceResult>& choices,
+                                 const Usage& usage);
 
 // Turns the deltas of one streaming response into SSE events. It remembers, per choice,
 // whether the chat role chunk went out and the completions text offset.
@@ -90,8 +90,8 @@ class StreamRenderer {
 
  private:
   struct ChoiceState {
-    bool role_sent = false;   // chat: the {"role":"assistant"} chunk went out
-    size_t text_offset = 0;   // completions: code points sent so far
+    bool role_sent = false;  // chat: the {"role":"assistant"} chunk went out
+    size_t text_offset = 0;  // completions: code points sent so far
   };
 
   // Constant after construction.

@@ -20,8 +20,8 @@ absl::Status Range(std::string_view field, std::string_view rule, double got) {
 // The field a model::SamplingParams::Validate message starts with ("top_p must be ...").
 std::string LeadingIdentifier(std::string_view message) {
   size_t n = 0;
-  while (n < message.size() && (std::islower(static_cast<unsigned char>(message[n])) ||
-                                message[n] == '_')) {
+  while (n < message.size() &&
+         (std::islower(static_cast<unsigned char>(message[n])) || message[n] == '_')) {
     ++n;
   }
   return std::string(message.substr(0, n));
@@ -43,15 +43,15 @@ absl::Status ValidatePrompts(const GenerationRequest& r, int vocab_size) {
     }
     if (p.tokens.size() > static_cast<size_t>(kMaxPromptTokens)) {
       return WithParam(absl::OutOfRangeError(StrCat("'prompt' holds ", p.tokens.size(),
-                                                    " token ids, more than the ",
-                                                    kMaxPromptTokens, " tandem accepts")),
+                                                    " token ids, more than the ", kMaxPromptTokens,
+                                                    " tandem accepts")),
                        "prompt");
     }
     for (int32_t id : p.tokens) {
       if (id < 0 || id >= vocab_size) {
-        return InvalidParamError("prompt", StrCat("'prompt' token id ", id,
-                                                  " is outside the vocabulary [0, ", vocab_size,
-                                                  ")"));
+        return InvalidParamError(
+            "prompt",
+            StrCat("'prompt' token id ", id, " is outside the vocabulary [0, ", vocab_size, ")"));
       }
     }
   }
@@ -61,9 +61,9 @@ absl::Status ValidatePrompts(const GenerationRequest& r, int vocab_size) {
 absl::Status ValidateMessages(const GenerationRequest& r) {
   if (r.messages.empty()) return InvalidParamError("messages", "'messages' must not be empty");
   if (r.messages.size() > static_cast<size_t>(kMaxMessages)) {
-    return InvalidParamError("messages", StrCat("'messages' holds ", r.messages.size(),
-                                                " messages, more than the ", kMaxMessages,
-                                                " allowed"));
+    return InvalidParamError(
+        "messages", StrCat("'messages' holds ", r.messages.size(), " messages, more than the ",
+                           kMaxMessages, " allowed"));
   }
   for (size_t i = 0; i < r.messages.size(); ++i) {
     const std::string& role = r.messages[i].role;
@@ -103,8 +103,7 @@ absl::Status ValidateSampling(const GenerationRequest& r, int vocab_size) {
     }
   } else {
     if (s.top_logprobs < 0 || s.top_logprobs > model::kMaxTopLogprobs) {
-      return Range("top_logprobs", StrCat("in [0, ", model::kMaxTopLogprobs, "]"),
-                   s.top_logprobs);
+      return Range("top_logprobs", StrCat("in [0, ", model::kMaxTopLogprobs, "]"), s.top_logprobs);
     }
     if (s.top_logprobs > 0 && !s.logprobs) {
       return InvalidParamError("top_logprobs", "'top_logprobs' requires 'logprobs' to be true");

@@ -35,9 +35,9 @@ bool IsJson(const std::string& s) { return nlohmann::json::accept(s); }
 
 void CheckError(const absl::Status& s) {
   if (s.ok()) return;
-  Require(s.code() == absl::StatusCode::kInvalidArgument ||
-              s.code() == absl::StatusCode::kOutOfRange,
-          "request errors are InvalidArgument or OutOfRange");
+  Require(
+      s.code() == absl::StatusCode::kInvalidArgument || s.code() == absl::StatusCode::kOutOfRange,
+      "request errors are InvalidArgument or OutOfRange");
   const int http = HttpStatusFor(s);
   Require(http == 400 || http == 413, "request errors are 400 or 413");
   Require(IsJson(ErrorBody(s)), "error body is JSON");

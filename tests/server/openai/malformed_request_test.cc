@@ -115,8 +115,7 @@ std::vector<BadCase> Battery() {
       {kC, C(R"("logprobs":true)"), 400, "logprobs", "must be an integer"},
       {kC, C(R"("logprobs":"5")"), 400, "logprobs", "must be an integer"},
       {kC, C(R"("logprobs":2.5)"), 400, "logprobs", "must be an integer"},
-      {kCh, Ch(R"("top_logprobs":"3","logprobs":true)"), 400, "top_logprobs",
-       "must be an integer"},
+      {kCh, Ch(R"("top_logprobs":"3","logprobs":true)"), 400, "top_logprobs", "must be an integer"},
       {kCh, Ch(R"("max_completion_tokens":"8")"), 400, "max_completion_tokens",
        "must be an integer"},
       // Non-numbers where a number is expected.
@@ -142,8 +141,7 @@ std::vector<BadCase> Battery() {
       {kC, C(R"("stop":5)"), 400, "stop", "must be a string or a list of strings"},
       {kC, C(R"("stop":["a",5])"), 400, "stop", "must be a string or a list of strings"},
       {kC, C(R"("stop":{"a":1})"), 400, "stop", "must be a string or a list of strings"},
-      {kC, C(R"("stream":true,"stream_options":true)"), 400, "stream_options",
-       "must be an object"},
+      {kC, C(R"("stream":true,"stream_options":true)"), 400, "stream_options", "must be an object"},
       {kC, C(R"("stream":true,"stream_options":{"include_usage":"yes"})"), 400,
        "stream_options.include_usage", "must be a boolean"},
       {kC, C(R"("stop_token_ids":5)"), 400, "stop_token_ids", "must be a list"},
@@ -215,8 +213,8 @@ std::vector<BadCase> Battery() {
       {kCh,
        R"({"messages":[{"role":"assistant","content":"","tool_calls":[{"id":"c","type":"function"}]}]})",
        400, "messages[0].tool_calls", "not supported"},
-      {kCh, R"({"messages":[{"role":"assistant","content":"","function_call":{"name":"f"}}]})",
-       400, "messages[0].function_call", "not supported"},
+      {kCh, R"({"messages":[{"role":"assistant","content":"","function_call":{"name":"f"}}]})", 400,
+       "messages[0].function_call", "not supported"},
       // Values out of range (ValidateGenerationRequest).
       {kC, C(R"("max_tokens":0)"), 400, "max_tokens", "'max_tokens' must be >= 1"},
       {kC, C(R"("max_tokens":-5)"), 400, "max_tokens", "must be >= 1"},
@@ -238,13 +236,10 @@ std::vector<BadCase> Battery() {
       {kC, C(R"("repetition_penalty":-1)"), 400, "repetition_penalty", "> 0"},
       {kC, C(R"("logprobs":6)"), 400, "logprobs", "'logprobs' must be in [0, 5]"},
       {kC, C(R"("logprobs":-1)"), 400, "logprobs", "must be in [0, 5]"},
-      {kCh, Ch(R"("logprobs":true,"top_logprobs":21)"), 400, "top_logprobs",
-       "must be in [0, 20]"},
-      {kCh, Ch(R"("logprobs":true,"top_logprobs":-1)"), 400, "top_logprobs",
-       "must be in [0, 20]"},
+      {kCh, Ch(R"("logprobs":true,"top_logprobs":21)"), 400, "top_logprobs", "must be in [0, 20]"},
+      {kCh, Ch(R"("logprobs":true,"top_logprobs":-1)"), 400, "top_logprobs", "must be in [0, 20]"},
       {kCh, Ch(R"("top_logprobs":2)"), 400, "top_logprobs", "requires 'logprobs'"},
-      {kCh, Ch(R"("logprobs":false,"top_logprobs":2)"), 400, "top_logprobs",
-       "requires 'logprobs'"},
+      {kCh, Ch(R"("logprobs":false,"top_logprobs":2)"), 400, "top_logprobs", "requires 'logprobs'"},
       {kC, C(R"("stop":["a","b","c","d","e"])"), 400, "stop", "more than the 4 allowed"},
       {kC, C(R"("stop":"")"), 400, "stop", "must not be empty"},
       {kC, C(R"("stop":["a",""])"), 400, "stop", "must not be empty"},
@@ -254,8 +249,8 @@ std::vector<BadCase> Battery() {
       {kC, C(R"("tpot_slo_ms":-10)"), 400, "tpot_slo_ms", "must be > 0"},
       {kC, C(R"("stream_options":{"include_usage":true})"), 400, "stream_options",
        "only allowed when 'stream' is true"},
-      {kC, C(R"("stream":false,"stream_options":{"include_usage":false})"), 400,
-       "stream_options", "only allowed when 'stream' is true"},
+      {kC, C(R"("stream":false,"stream_options":{"include_usage":false})"), 400, "stream_options",
+       "only allowed when 'stream' is true"},
       // Fields tandem does not support.
       {kCh, Ch(R"("tools":[{"type":"function","function":{"name":"f"}}])"), 400, "tools",
        "'tools' is not supported"},
@@ -369,8 +364,8 @@ TEST(MalformedRequests, EachGetsItsStatusAndNamesItsField) {
     // The error body is valid JSON carrying the same facts.
     const nlohmann::json body = nlohmann::json::parse(ErrorBody(s));
     EXPECT_EQ(body["error"]["message"], message);
-    EXPECT_EQ(body["error"]["type"], c.http == 400 ? "invalid_request_error"
-                                                   : body["error"]["type"].get<std::string>());
+    EXPECT_EQ(body["error"]["type"],
+              c.http == 400 ? "invalid_request_error" : body["error"]["type"].get<std::string>());
     if (c.param.empty()) {
       EXPECT_TRUE(body["error"]["param"].is_null());
     } else {

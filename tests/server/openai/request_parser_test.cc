@@ -133,10 +133,8 @@ TEST(CompletionParser, TopKMinusOneAndZeroAreOff) {
 
 TEST(CompletionParser, MaxCompletionTokensWins) {
   EXPECT_EQ(Completion(R"({"prompt":"p","max_completion_tokens":9})").max_tokens, 9);
-  EXPECT_EQ(Completion(R"({"prompt":"p","max_tokens":4,"max_completion_tokens":9})").max_tokens,
-            9);
-  EXPECT_EQ(Completion(R"({"prompt":"p","max_tokens":4,"max_completion_tokens":null})")
-                .max_tokens,
+  EXPECT_EQ(Completion(R"({"prompt":"p","max_tokens":4,"max_completion_tokens":9})").max_tokens, 9);
+  EXPECT_EQ(Completion(R"({"prompt":"p","max_tokens":4,"max_completion_tokens":null})").max_tokens,
             4);
 }
 

@@ -54,17 +54,16 @@ TEST(RenderCompletion, Golden) {
   c.index = 0;
   c.text = "Hello world";
   c.token_ids = {10, 11};
-  c.logprobs = {Entry(Tok(10, "Hello", -0.5f), {Tok(10, "Hello", -0.5f), Tok(12, "Hi", -1.5f)}),
-                Entry(Tok(11, " world", -1.25f),
-                      {Tok(11, " world", -1.25f), Tok(13, " there", -2.0f)})};
+  c.logprobs = {
+      Entry(Tok(10, "Hello", -0.5f), {Tok(10, "Hello", -0.5f), Tok(12, "Hi", -1.5f)}),
+      Entry(Tok(11, " world", -1.25f), {Tok(11, " world", -1.25f), Tok(13, " there", -2.0f)})};
   c.finish = FinishReason::kLength;
-  EXPECT_EQ(
-      RenderCompletion(Meta("cmpl-abc"), {c}, Usage{5, 2}),
-      R"({"id":"cmpl-abc","object":"text_completion","created":1700000000,"model":"smol",)"
-      R"("choices":[{"index":0,"text":"Hello world","logprobs":{"tokens":["Hello"," world"],)"
-      R"("token_logprobs":[-0.5,-1.25],"top_logprobs":[{"Hello":-0.5,"Hi":-1.5},)"
-      R"({" world":-1.25," there":-2.0}],"text_offset":[0,5]},"finish_reason":"length"}],)"
-      R"("usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}})");
+  EXPECT_EQ(RenderCompletion(Meta("cmpl-abc"), {c}, Usage{5, 2}),
+            R"({"id":"cmpl-abc","object":"text_completion","created":1700000000,"model":"smol",)"
+            R"("choices":[{"index":0,"text":"Hello world","logprobs":{"tokens":["Hello"," world"],)"
+            R"("token_logprobs":[-0.5,-1.25],"top_logprobs":[{"Hello":-0.5,"Hi":-1.5},)"
+            R"({" world":-1.25," there":-2.0}],"text_offset":[0,5]},"finish_reason":"length"}],)"
+            R"("usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}})");
 }
 
 TEST(RenderChatCompletion, Golden) {
@@ -107,18 +106,26 @@ TEST(StreamRenderer, ChatGoldenSequenceWithUsage) {
   EXPECT_EQ(stream,
             "data: " + head +
                 R"("delta":{"role":"assistant","content":""},"logprobs":null,)"
-                R"("finish_reason":null}],"usage":null})" "\n\n"
-                "data: " + head +
+                R"("finish_reason":null}],"usage":null})"
+                "\n\n"
+                "data: " +
+                head +
                 R"("delta":{"content":"Hi"},"logprobs":null,"finish_reason":null}],)"
-                R"("usage":null})" "\n\n"
-                "data: " + head +
+                R"("usage":null})"
+                "\n\n"
+                "data: " +
+                head +
                 R"("delta":{"content":"!"},"logprobs":null,"finish_reason":null}],)"
-                R"("usage":null})" "\n\n"
-                "data: " + head +
-                R"("delta":{},"logprobs":null,"finish_reason":"stop"}],"usage":null})" "\n\n"
+                R"("usage":null})"
+                "\n\n"
+                "data: " +
+                head +
+                R"("delta":{},"logprobs":null,"finish_reason":"stop"}],"usage":null})"
+                "\n\n"
                 R"(data: {"id":"chatcmpl-s","object":"chat.completion.chunk",)"
                 R"("created":1700000000,"model":"smol","choices":[],"usage":{"prompt_tokens":3,)"
-                R"("completion_tokens":2,"total_tokens":5}})" "\n\n"
+                R"("completion_tokens":2,"total_tokens":5}})"
+                "\n\n"
                 "data: [DONE]\n\n");
 }
 
@@ -274,8 +281,8 @@ TEST(Render, TokenizeDetokenizeModels) {
   EXPECT_EQ(RenderTokenizeResponse({1, 2, 3}, 2048),
             R"({"tokens":[1,2,3],"count":3,"max_model_len":2048})");
   EXPECT_EQ(RenderDetokenizeResponse("hi \"there\""), R"({"prompt":"hi \"there\""})");
-  const json models = json::parse(
-      RenderModelList(ModelInfo{.id = "smol", .created = 17, .max_model_len = 8192}));
+  const json models =
+      json::parse(RenderModelList(ModelInfo{.id = "smol", .created = 17, .max_model_len = 8192}));
   EXPECT_EQ(models["object"], "list");
   ASSERT_EQ(models["data"].size(), 1u);
   EXPECT_EQ(models["data"][0]["id"], "smol");
