@@ -5,7 +5,10 @@ MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: deps build model test test-unit test-asan test-tsan serve bench fuzz fuzz-openai clean
+PORT ?= 8000
+SERVE_FLAGS ?=
+
+.PHONY: deps pyenv build model test test-unit test-asan test-tsan serve bench fuzz fuzz-openai clean
 
 deps:
 	./scripts/install-deps
@@ -19,16 +22,20 @@ build: deps $(BUILD)/build.ninja
 model:
 	./scripts/fetch-model
 
-# Every test: unit tests, tests against llama.cpp's outputs on the default model, and the
-# same suite under ASan/UBSan.
-test: build model
+# The Python environment of the end-to-end tests (openai SDK, grpcio, pytest).
+pyenv:
+	./scripts/python-env > /dev/null
+
+# Every test: unit tests, tests against llama.cpp's outputs on the default model, the daemon
+# end to end (openai SDK, grpcio, curl), and the same suite under ASan/UBSan.
+test: build model pyenv
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	$(MAKE) test-asan
 
-test-unit: build
+test-unit: build model pyenv
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
-test-asan: deps
+test-asan: deps model pyenv
 	cmake -S . -B $(BUILD_ASAN) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DTANDEM_SANITIZE=address,undefined -DTANDEM_CUDA=OFF $(CMAKE_FLAGS)
 	cmake --build $(BUILD_ASAN) -j $(JOBS)
@@ -36,15 +43,16 @@ test-asan: deps
 	  ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j $(JOBS)
 
 # ThreadSanitizer over the suite (not part of `make test`: it doubles CI time again).
-test-tsan: deps model
+test-tsan: deps model pyenv
 	cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DTANDEM_SANITIZE=thread -DTANDEM_CUDA=OFF $(CMAKE_FLAGS)
 	cmake --build build-tsan -j $(JOBS)
 	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j $(JOBS)
 
-# Until the daemon lands, `make serve` runs the generate tool on the default model.
+# The daemon on the default model: OpenAI-compatible HTTP on $(PORT), gRPC on 50051.
 serve: build model
-	$(BUILD)/bin/tandem-generate --model $(MODEL) --chat "$${PROMPT:-Hello! What can you do?}" --max-tokens 128
+	@echo "tandemd: serving $(MODEL) at http://localhost:$(PORT)/v1 (Ctrl-C drains and stops)"
+	$(BUILD)/bin/tandemd --model $(MODEL) --port $(PORT) $(SERVE_FLAGS)
 
 bench: build model
 	./bench/engine/run

@@ -100,6 +100,7 @@ absl::Status LlamaModel::LoadWeights(const GgufFile& file) {
       TANDEM_ASSIGN_OR_RETURN(l.bk, UploadVector(file, p + "attn_k.bias", kv_dim));
       TANDEM_ASSIGN_OR_RETURN(l.bv, UploadVector(file, p + "attn_v.bias", kv_dim));
     }
+    if (options_.load_progress) options_.load_progress(i + 1, c.n_layers);
   }
   return absl::OkStatus();
 }

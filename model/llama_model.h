@@ -9,6 +9,7 @@
 #ifndef TANDEM_MODEL_LLAMA_MODEL_H_
 #define TANDEM_MODEL_LLAMA_MODEL_H_
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -27,6 +28,9 @@ struct ModelOptions {
   int max_seqs = 256;             // sequences one Forward may carry
   int max_blocks_per_seq = 0;     // 0: enough for the model's context at block_size
   int block_size = 16;            // KV page size the cache uses
+  // Called during Load after each layer's weights are in place (layers_done of n_layers), on
+  // the loading thread; for progress reports. May be empty.
+  std::function<void(int layers_done, int n_layers)> load_progress;
 
   absl::Status Validate() const;
 };

@@ -34,6 +34,7 @@ absl::StatusOr<std::unique_ptr<EngineInstance>> EngineInstance::Create(
   mo.max_logit_rows = config.scheduler.max_num_seqs;
   mo.max_seqs = config.scheduler.max_num_seqs;
   mo.block_size = config.block_size;
+  mo.load_progress = config.load_progress;
   TANDEM_ASSIGN_OR_RETURN(inst->model_, model::LlamaModel::Load(file, *inst->backend_, mo));
   const model::ModelConfig& mc = inst->model_->config();
 

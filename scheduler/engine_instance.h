@@ -17,6 +17,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -46,6 +47,8 @@ struct EngineInstanceConfig {
   size_t kv_cache_bytes = size_t{1} << 30;
   int block_size = 16;
   int32_t eos_token_id = -1;  // from the tokenizer; < 0: none
+  // Weight loading progress (see model::ModelOptions::load_progress). May be empty.
+  std::function<void(int layers_done, int n_layers)> load_progress;
 
   absl::Status Validate() const;
 };

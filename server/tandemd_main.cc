@@ -124,6 +124,14 @@ absl::Status Run() {
   ic.kv_dtype = kv_dtype;
   ic.kv_cache_bytes = kv_bytes;
   ic.eos_token_id = tokenizer->eos_id();
+  int last_pct = 0;
+  ic.load_progress = [&last_pct](int done, int total) {
+    const int pct = 100 * done / total;
+    if (pct >= last_pct + 25 || done == total) {
+      spdlog::info("[2/3] weights: {}/{} layers ({}%)", done, total, pct);
+      last_pct = pct;
+    }
+  };
   TANDEM_RETURN_IF_ERROR(ic.Validate());
   spdlog::info("[2/3] loading weights onto the CPU backend ({} threads)...", threads);
   TANDEM_ASSIGN_OR_RETURN(auto engine, scheduler::EngineInstance::Create(ic, *file));

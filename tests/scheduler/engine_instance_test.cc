@@ -87,7 +87,8 @@ class EngineInstanceTest : public ::testing::Test {
   static void TearDownTestSuite() { delete path_; }
 
   std::unique_ptr<EngineInstance> MakeInstance(int max_num_seqs, int max_batch_tokens,
-                                               size_t kv_blocks, int max_queue = 1024) {
+                                               size_t kv_blocks, int max_queue = 1024,
+                                               std::vector<int>* progress = nullptr) {
     auto file = model::GgufFile::Open(*path_);
     EXPECT_TRUE(file.ok()) << file.status();
     EngineInstanceConfig c;
@@ -99,6 +100,12 @@ class EngineInstanceTest : public ::testing::Test {
     c.eos_token_id = 2;
     // Size the cache in blocks: bytes per block = layers * 2 (K,V) * kv_heads * block * dim * 2.
     c.kv_cache_bytes = kv_blocks * 2 * 2 * 2 * 4 * 16 * 2;
+    if (progress) {
+      c.load_progress = [progress](int done, int total) {
+        EXPECT_EQ(total, 2);
+        progress->push_back(done);
+      };
+    }
     auto inst = EngineInstance::Create(c, **file);
     EXPECT_TRUE(inst.ok()) << inst.status();
     return inst.ok() ? std::move(*inst) : nullptr;
@@ -217,6 +224,13 @@ TEST_F(EngineInstanceTest, StopTokenEndsWithoutEmittingIt) {
   const auto got = sink->tokens();
   ASSERT_LE(got.size(), 3u);
   EXPECT_TRUE(std::equal(got.begin(), got.end(), want.begin()));
+}
+
+TEST_F(EngineInstanceTest, ReportsLoadProgressPerLayer) {
+  std::vector<int> progress;
+  auto inst = MakeInstance(4, 64, 16, 1024, &progress);
+  EXPECT_EQ(progress, (std::vector<int>{1, 2}));
+  EXPECT_EQ(inst->kv_capacity_tokens(), 16 * 4);
 }
 
 TEST_F(EngineInstanceTest, SubmitValidates) {
