@@ -492,15 +492,20 @@ TEST_F(GrpcServerTest, RawTryCancelReachesTheStream) {
 TEST_F(GrpcServerTest, ClientDeadlineCancelsTheStream) {
   frontend_.SetScript(HangingScript());
   StartServer();
+  // Connect first, so the deadline below is spent on the call, not on setting up the channel
+  // (slow under sanitizers).
+  ASSERT_TRUE(Client()->ListModels().ok());
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
   tandem::v1::GenerateRequest request;
   request.set_text("x");
   auto reader = stub_->Generate(&context, request);
   tandem::v1::GenerateResponse response;
+  ASSERT_TRUE(reader->Read(&response));  // the call reached the Frontend
   while (reader->Read(&response)) {
   }
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  ASSERT_NE(frontend_.last_stream(), nullptr);
   EXPECT_TRUE(frontend_.last_stream()->WaitForCancel(absl::Seconds(10)));
 }
 
