@@ -9,7 +9,8 @@ namespace tandem::bench {
 
 absl::StatusOr<ArrivalProcess> ArrivalProcess::Create(const ArrivalConfig& config) {
   if (!(config.rate > 0)) {
-    return absl::InvalidArgumentError(StrCat("request rate must be > 0 (or inf), got ", config.rate));
+    return absl::InvalidArgumentError(
+        StrCat("request rate must be > 0 (or inf), got ", config.rate));
   }
   if (!(config.burstiness > 0) || std::isinf(config.burstiness)) {
     return absl::InvalidArgumentError(

@@ -89,8 +89,8 @@ absl::StatusOr<PromptBuilder::Prompt> PromptBuilder::Build(int target, size_t st
 }
 
 absl::StatusOr<std::vector<BenchRequest>> SynthesizeRequests(const SyntheticConfig& config,
-                                                            std::vector<std::string> corpus_words,
-                                                            TokenCounter* counter) {
+                                                             std::vector<std::string> corpus_words,
+                                                             TokenCounter* counter) {
   if (corpus_words.empty()) return absl::InvalidArgumentError("empty corpus");
   const size_t n_words = corpus_words.size();
   PromptBuilder builder(std::move(corpus_words), counter);
@@ -112,8 +112,8 @@ absl::StatusOr<std::vector<BenchRequest>> SynthesizeRequests(const SyntheticConf
 }
 
 absl::StatusOr<std::vector<BenchRequest>> LoadShareGpt(const std::string& path, int num_requests,
-                                                      uint64_t seed, TokenCounter* counter,
-                                                      std::optional<int> output_len) {
+                                                       uint64_t seed, TokenCounter* counter,
+                                                       std::optional<int> output_len) {
   TANDEM_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
   nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
   if (!j.is_array()) return absl::InvalidArgumentError(StrCat("'", path, "' is not a JSON array"));
@@ -140,7 +140,7 @@ absl::StatusOr<std::vector<BenchRequest>> LoadShareGpt(const std::string& path, 
     } else {
       TANDEM_ASSIGN_OR_RETURN(o_len, counter->Count(reply));
     }
-    if (p_len < 4 || o_len < 4) continue;     // too short to time
+    if (p_len < 4 || o_len < 4) continue;                // too short to time
     if (p_len > 1024 || p_len + o_len > 2048) continue;  // vLLM's length limits
     BenchRequest r;
     r.prompt = std::move(prompt);
@@ -148,12 +148,13 @@ absl::StatusOr<std::vector<BenchRequest>> LoadShareGpt(const std::string& path, 
     r.max_tokens = o_len;
     out.push_back(std::move(r));
   }
-  if (out.empty()) return absl::InvalidArgumentError(StrCat("'", path, "': no usable conversations"));
+  if (out.empty())
+    return absl::InvalidArgumentError(StrCat("'", path, "': no usable conversations"));
   return out;
 }
 
 absl::StatusOr<std::vector<BenchRequest>> LoadJsonl(const std::string& path, int num_requests,
-                                                   int default_max_tokens, TokenCounter* counter) {
+                                                    int default_max_tokens, TokenCounter* counter) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(StrCat("cannot open '", path, "'"));
   std::vector<BenchRequest> out;
@@ -174,7 +175,8 @@ absl::StatusOr<std::vector<BenchRequest>> LoadJsonl(const std::string& path, int
       r.messages = j["messages"];
       TANDEM_ASSIGN_OR_RETURN(r.prompt_tokens, CountMessages(r.messages, counter));
     } else {
-      return absl::InvalidArgumentError(StrCat(where(), "needs \"prompt\" (string) or \"messages\""));
+      return absl::InvalidArgumentError(
+          StrCat(where(), "needs \"prompt\" (string) or \"messages\""));
     }
     r.max_tokens = default_max_tokens;
     if (j.contains("max_tokens")) {
@@ -185,11 +187,12 @@ absl::StatusOr<std::vector<BenchRequest>> LoadJsonl(const std::string& path, int
     }
     if (j.contains("slo")) {
       const auto& s = j["slo"];
-      if (!s.is_object()) return absl::InvalidArgumentError(StrCat(where(), "slo must be an object"));
+      if (!s.is_object())
+        return absl::InvalidArgumentError(StrCat(where(), "slo must be an object"));
       SloSpec spec;
-      for (auto [key, field] : {std::pair{"ttft_ms", &spec.ttft_ms},
-                                std::pair{"tpot_ms", &spec.tpot_ms},
-                                std::pair{"e2e_ms", &spec.e2e_ms}}) {
+      for (auto [key, field] :
+           {std::pair{"ttft_ms", &spec.ttft_ms}, std::pair{"tpot_ms", &spec.tpot_ms},
+            std::pair{"e2e_ms", &spec.e2e_ms}}) {
         if (!s.contains(key)) continue;
         if (!s[key].is_number() || !(s[key].get<double>() > 0)) {
           return absl::InvalidArgumentError(StrCat(where(), "slo.", key, " must be a number > 0"));

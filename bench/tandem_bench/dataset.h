@@ -13,12 +13,11 @@
 #define TANDEM_BENCH_TANDEM_BENCH_DATASET_H_
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/status/statusor.h"
 #include "bench/tandem_bench/length_dist.h"
@@ -28,10 +27,10 @@
 namespace tandem::bench {
 
 struct BenchRequest {
-  std::string prompt;        // the text (for chat: the user message when `messages` is null)
-  nlohmann::json messages;   // chat messages when the dataset gave them, else null
-  int prompt_tokens = 0;     // counted with the run's TokenCounter
-  int max_tokens = 0;        // output length asked for (enforced with ignore_eos when allowed)
+  std::string prompt;          // the text (for chat: the user message when `messages` is null)
+  nlohmann::json messages;     // chat messages when the dataset gave them, else null
+  int prompt_tokens = 0;       // counted with the run's TokenCounter
+  int max_tokens = 0;          // output length asked for (enforced with ignore_eos when allowed)
   std::optional<SloSpec> slo;  // per-request SLO from the dataset; overrides --slo
 };
 
@@ -66,18 +65,18 @@ struct SyntheticConfig {
   uint64_t seed = 0;
 };
 absl::StatusOr<std::vector<BenchRequest>> SynthesizeRequests(const SyntheticConfig& config,
-                                                            std::vector<std::string> corpus_words,
-                                                            TokenCounter* counter);
+                                                             std::vector<std::string> corpus_words,
+                                                             TokenCounter* counter);
 
 // `output_len` forces every max_tokens (vLLM's --sharegpt-output-len).
 absl::StatusOr<std::vector<BenchRequest>> LoadShareGpt(const std::string& path, int num_requests,
-                                                      uint64_t seed, TokenCounter* counter,
-                                                      std::optional<int> output_len);
+                                                       uint64_t seed, TokenCounter* counter,
+                                                       std::optional<int> output_len);
 
 // Rows without max_tokens get `default_max_tokens`. Returns at most `num_requests` rows
 // (all when <= 0).
 absl::StatusOr<std::vector<BenchRequest>> LoadJsonl(const std::string& path, int num_requests,
-                                                   int default_max_tokens, TokenCounter* counter);
+                                                    int default_max_tokens, TokenCounter* counter);
 
 }  // namespace tandem::bench
 

@@ -21,8 +21,8 @@ absl::StatusOr<SweepSpec> ParseSweep(std::string_view text) {
   for (absl::string_view part : absl::StrSplit(absl::string_view(text.data(), text.size()), ',')) {
     double r = 0;
     if (!absl::SimpleAtod(part, &r) || !(r > 0) || std::isinf(r)) {
-      return absl::InvalidArgumentError(StrCat("bad --sweep '", text,
-                                               "': want auto or a list of rates > 0, e.g. 0.5,1,2"));
+      return absl::InvalidArgumentError(
+          StrCat("bad --sweep '", text, "': want auto or a list of rates > 0, e.g. 0.5,1,2"));
     }
     spec.rates.push_back(r);
   }
@@ -39,8 +39,8 @@ double GoodputOfPoints(const std::vector<SweepPoint>& points, double target) {
 }
 
 absl::StatusOr<SweepOutcome> BisectGoodput(const BisectConfig& c, const MeasureFn& measure) {
-  if (!(c.start_rate > 0) || !(c.min_rate > 0) || c.max_rate < c.start_rate ||
-      !(c.rel_tol > 0) || c.max_runs < 2) {
+  if (!(c.start_rate > 0) || !(c.min_rate > 0) || c.max_rate < c.start_rate || !(c.rel_tol > 0) ||
+      c.max_runs < 2) {
     return absl::InvalidArgumentError("bad bisection settings (rates > 0, tolerance > 0)");
   }
   SweepOutcome out;
@@ -60,7 +60,10 @@ absl::StatusOr<SweepOutcome> BisectGoodput(const BisectConfig& c, const MeasureF
         return out;
       }
       TANDEM_ASSIGN_OR_RETURN(ok, run(lo * 2));
-      if (ok) lo *= 2; else hi = lo * 2;
+      if (ok)
+        lo *= 2;
+      else
+        hi = lo * 2;
     }
   } else {
     hi = c.start_rate;
@@ -70,13 +73,19 @@ absl::StatusOr<SweepOutcome> BisectGoodput(const BisectConfig& c, const MeasureF
         return out;
       }
       TANDEM_ASSIGN_OR_RETURN(ok, run(hi / 2));
-      if (ok) lo = hi / 2; else hi /= 2;
+      if (ok)
+        lo = hi / 2;
+      else
+        hi /= 2;
     }
   }
   while (hi / lo > 1 + c.rel_tol && static_cast<int>(out.points.size()) < c.max_runs) {
     const double mid = std::sqrt(lo * hi);  // geometric: the bracket spans a ratio
     TANDEM_ASSIGN_OR_RETURN(ok, run(mid));
-    if (ok) lo = mid; else hi = mid;
+    if (ok)
+      lo = mid;
+    else
+      hi = mid;
   }
   out.goodput_rate = lo;
   return out;

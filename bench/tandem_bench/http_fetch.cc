@@ -1,10 +1,9 @@
 #include "bench/tandem_bench/http_fetch.h"
 
-#include <chrono>
-
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <chrono>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
@@ -71,8 +70,9 @@ asio::awaitable<void> FetchCoro(const ServerUrl& server, http::request<http::str
   parser.body_limit(64 << 20);
   if (!ec) co_await http::async_read(stream, buf, parser, tok);
   if (ec) {
-    const std::string what = StrCat(std::string(req.method_string()), " ", std::string(req.target()),
-                                    " on ", server.HostHeader(), ": ", ec.message());
+    const std::string what =
+        StrCat(std::string(req.method_string()), " ", std::string(req.target()), " on ",
+               server.HostHeader(), ": ", ec.message());
     result = ec == beast::error::timeout ? absl::DeadlineExceededError(what)
                                          : absl::UnavailableError(what);
     co_return;

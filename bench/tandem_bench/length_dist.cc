@@ -44,8 +44,8 @@ int LengthDist::Sample(std::mt19937_64& rng) const {
     case Kind::kFixed:
       return static_cast<int>(a_);
     case Kind::kUniform:
-      return static_cast<int>(std::uniform_int_distribution<long>(static_cast<long>(a_),
-                                                                  static_cast<long>(b_))(rng));
+      return static_cast<int>(
+          std::uniform_int_distribution<long>(static_cast<long>(a_), static_cast<long>(b_))(rng));
     case Kind::kLognormal: {
       std::lognormal_distribution<double> d(std::log(a_) - b_ * b_ / 2, b_);
       const double v = std::round(d(rng));
@@ -57,18 +57,24 @@ int LengthDist::Sample(std::mt19937_64& rng) const {
 
 double LengthDist::Mean() const {
   switch (kind_) {
-    case Kind::kFixed: return a_;
-    case Kind::kUniform: return (a_ + b_) / 2;
-    case Kind::kLognormal: return a_;
+    case Kind::kFixed:
+      return a_;
+    case Kind::kUniform:
+      return (a_ + b_) / 2;
+    case Kind::kLognormal:
+      return a_;
   }
   return a_;
 }
 
 std::string LengthDist::ToString() const {
   switch (kind_) {
-    case Kind::kFixed: return StrCat("fixed:", a_);
-    case Kind::kUniform: return StrCat("uniform:", a_, ":", b_);
-    case Kind::kLognormal: return StrCat("lognormal:", a_, ":", b_);
+    case Kind::kFixed:
+      return StrCat("fixed:", a_);
+    case Kind::kUniform:
+      return StrCat("uniform:", a_, ":", b_);
+    case Kind::kLognormal:
+      return StrCat("lognormal:", a_, ":", b_);
   }
   return "";
 }

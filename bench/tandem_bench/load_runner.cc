@@ -1,13 +1,12 @@
 #include "bench/tandem_bench/load_runner.h"
 
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
 #include <chrono>
 #include <deque>
 #include <limits>
 #include <memory>
-
-#include <boost/asio.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
 
 #include "absl/status/status.h"
 #include "bench/tandem_bench/sse_parser.h"
@@ -27,17 +26,16 @@ std::string EndpointPath(Endpoint e) {
 
 nlohmann::json BuildRequestBody(const LoadConfig& config, const BenchRequest& request) {
   nlohmann::json body = {
-      {"model", config.model},
-      {"max_tokens", request.max_tokens},
-      {"stream", true},
-      {"stream_options", {{"include_usage", true}}},
+      {"model", config.model}, {"max_tokens", request.max_tokens},
+      {"stream", true},        {"stream_options", {{"include_usage", true}}},
       {"temperature", 0.0},
   };
   if (config.ignore_eos) body["ignore_eos"] = true;
   if (config.endpoint == Endpoint::kChat) {
-    body["messages"] = request.messages.is_array()
-                           ? request.messages
-                           : nlohmann::json::array({{{"role", "user"}, {"content", request.prompt}}});
+    body["messages"] =
+        request.messages.is_array()
+            ? request.messages
+            : nlohmann::json::array({{{"role", "user"}, {"content", request.prompt}}});
   } else {
     body["prompt"] = request.prompt;
   }
@@ -66,8 +64,8 @@ double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 class RunSession {
  public:
   RunSession(const LoadConfig& config, const std::vector<BenchRequest>& requests,
-             asio::io_context& ioc, asio::ip::tcp::resolver::results_type endpoints,
-             int expected, double stop_after_s, ProgressReporter* progress)
+             asio::io_context& ioc, asio::ip::tcp::resolver::results_type endpoints, int expected,
+             double stop_after_s, ProgressReporter* progress)
       : config_(config),
         requests_(requests),
         ioc_(ioc),
@@ -146,7 +144,8 @@ class RunSession {
     };
     auto io_fail = [&](const char* stage) {
       if (ec == beast::error::timeout) {
-        fail(RequestStatus::kTimeout, StrCat("timed out after ", config_.timeout_s, " s (", stage, ")"));
+        fail(RequestStatus::kTimeout,
+             StrCat("timed out after ", config_.timeout_s, " s (", stage, ")"));
       } else if (std::string_view(stage) == "connect" || std::string_view(stage) == "send") {
         fail(RequestStatus::kConnectError, StrCat(stage, ": ", ec.message()));
       } else {
@@ -184,8 +183,7 @@ class RunSession {
   // Reads the body in pieces; parses SSE for a 200, collects the text of an error otherwise.
   asio::awaitable<void> ReadBody(beast::tcp_stream& stream, beast::flat_buffer& buf,
                                  http::response_parser<http::buffer_body>& parser,
-                                 RequestRecord& rec, Clock::time_point t0,
-                                 beast::error_code& ec) {
+                                 RequestRecord& rec, Clock::time_point t0, beast::error_code& ec) {
     auto tok = asio::redirect_error(asio::use_awaitable, ec);
     const bool is_ok = rec.http_status == 200;
     SseParser sse;
@@ -262,7 +260,7 @@ class RunSession {
     if (!rec.ok()) ++errors_;
     slot_timer_.cancel();
     if (progress_) {
-      const double frac = expected_ > 0 ? static_cast<double>(finished_) / expected_
+      const double frac = expected_ > 0       ? static_cast<double>(finished_) / expected_
                           : stop_after_s_ > 0 ? Seconds(Clock::now() - start_) / stop_after_s_
                                               : 0.0;
       progress_->Update(frac, StrCat(finished_, expected_ > 0 ? StrCat("/", expected_) : "",
@@ -290,16 +288,16 @@ class RunSession {
 }  // namespace
 
 absl::StatusOr<RunResult> LoadRunner::Run(const std::vector<BenchRequest>& requests,
-                                          const ScheduleFn& next, double stop_after_s,
-                                          int expected, ProgressReporter* progress) {
+                                          const ScheduleFn& next, double stop_after_s, int expected,
+                                          ProgressReporter* progress) {
   if (requests.empty()) return absl::InvalidArgumentError("no requests to send");
   asio::io_context ioc(1);
   asio::ip::tcp::resolver resolver(ioc);
   beast::error_code ec;
   auto endpoints = resolver.resolve(config_.server.host, config_.server.port, ec);
   if (ec) {
-    return absl::UnavailableError(
-        StrCat("cannot resolve ", config_.server.host, ":", config_.server.port, ": ", ec.message()));
+    return absl::UnavailableError(StrCat("cannot resolve ", config_.server.host, ":",
+                                         config_.server.port, ": ", ec.message()));
   }
   RunSession session(config_, requests, ioc, std::move(endpoints), expected, stop_after_s,
                      progress);

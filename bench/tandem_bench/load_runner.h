@@ -12,11 +12,10 @@
 #define TANDEM_BENCH_TANDEM_BENCH_LOAD_RUNNER_H_
 
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/status/statusor.h"
 #include "bench/tandem_bench/dataset.h"
@@ -34,11 +33,11 @@ struct LoadConfig {
   Endpoint endpoint = Endpoint::kCompletions;
   std::string model;
   std::string api_key;
-  double timeout_s = 600;      // per request, send to last byte
-  int max_concurrency = 0;     // 0 = unlimited
-  bool ignore_eos = true;      // ask the server to generate exactly max_tokens
+  double timeout_s = 600;   // per request, send to last byte
+  int max_concurrency = 0;  // 0 = unlimited
+  bool ignore_eos = true;   // ask the server to generate exactly max_tokens
   nlohmann::json extra_body = nlohmann::json::object();  // merged into every request body
-  SloSpec slo;                 // for requests whose dataset row has none
+  SloSpec slo;                                           // for requests whose dataset row has none
 };
 
 // The JSON body sent for `request` (streaming, usage included, temperature 0).

@@ -50,7 +50,8 @@ ABSL_FLAG(std::string, input_len, "128",
           "synthetic prompt tokens: N, uniform:LO:HI or lognormal:MEAN:SIGMA");
 ABSL_FLAG(std::string, output_len, "128", "output tokens (max_tokens), same forms as --input-len");
 ABSL_FLAG(int, sharegpt_output_len, 0, "force max_tokens for ShareGPT requests (0: the reply's)");
-ABSL_FLAG(std::string, corpus, "", "text file synthetic prompts are cut from "
+ABSL_FLAG(std::string, corpus, "",
+          "text file synthetic prompts are cut from "
           "(default: bench/data/corpus.txt)");
 ABSL_FLAG(std::string, tokenizer, "auto",
           "how prompt tokens are counted: server (/tokenize), words, auto");
@@ -101,16 +102,17 @@ std::string FindCorpus() {
 }
 
 absl::StatusOr<std::map<std::string, double>> ScrapeMetrics(const LoadConfig& c) {
-  TANDEM_ASSIGN_OR_RETURN(HttpResponse r, HttpFetch(c.server, "GET", "/metrics", "", c.api_key, 10));
+  TANDEM_ASSIGN_OR_RETURN(HttpResponse r,
+                          HttpFetch(c.server, "GET", "/metrics", "", c.api_key, 10));
   if (r.status != 200) return absl::UnavailableError(StrCat("GET /metrics: HTTP ", r.status));
   return ParsePrometheusText(r.body);
 }
 
 // One measured run at `rate`, with the server's counters read around it.
 absl::StatusOr<RateRun> RunAtRate(const Context& ctx, double rate, const std::string& title) {
-  TANDEM_ASSIGN_OR_RETURN(ArrivalProcess arrivals,
-                          ArrivalProcess::Create({rate, absl::GetFlag(FLAGS_burstiness),
-                                                  absl::GetFlag(FLAGS_seed)}));
+  TANDEM_ASSIGN_OR_RETURN(
+      ArrivalProcess arrivals,
+      ArrivalProcess::Create({rate, absl::GetFlag(FLAGS_burstiness), absl::GetFlag(FLAGS_seed)}));
   const double duration = absl::GetFlag(FLAGS_duration);
   const size_t n_req = ctx.requests.size();
   ScheduleFn schedule;
@@ -141,8 +143,8 @@ absl::StatusOr<RateRun> RunAtRate(const Context& ctx, double rate, const std::st
   LoadRunner runner(ctx.load);
   RateRun out;
   out.rate = rate;
-  TANDEM_ASSIGN_OR_RETURN(out.result, runner.Run(ctx.requests, schedule, duration, expected,
-                                                 &progress));
+  TANDEM_ASSIGN_OR_RETURN(out.result,
+                          runner.Run(ctx.requests, schedule, duration, expected, &progress));
   out.summary = Summarize(out.result.records, out.result.duration_s);
   if (!ctx.server_kind.empty()) {
     auto after = ScrapeMetrics(ctx.load);
@@ -203,8 +205,9 @@ absl::StatusOr<std::vector<BenchRequest>> LoadRequests(const ServerUrl& server,
                                                        const std::string& api_key,
                                                        const std::string& model) {
   std::string note;
-  TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<TokenCounter> counter,
-                          MakeTokenCounter(absl::GetFlag(FLAGS_tokenizer), server, api_key, model, &note));
+  TANDEM_ASSIGN_OR_RETURN(
+      std::unique_ptr<TokenCounter> counter,
+      MakeTokenCounter(absl::GetFlag(FLAGS_tokenizer), server, api_key, model, &note));
   if (!note.empty()) std::fprintf(stderr, "tandem-bench: %s\n", note.c_str());
   std::fprintf(stderr, "tandem-bench: counting prompt tokens with: %s\n", counter->Name().c_str());
   const std::string kind = absl::GetFlag(FLAGS_dataset);
@@ -220,7 +223,8 @@ absl::StatusOr<std::vector<BenchRequest>> LoadRequests(const ServerUrl& server,
     return SynthesizeRequests(sc, std::move(words), counter.get());
   }
   const std::string path = absl::GetFlag(FLAGS_dataset_path);
-  if (path.empty()) return absl::InvalidArgumentError(StrCat("--dataset ", kind, " needs --dataset-path"));
+  if (path.empty())
+    return absl::InvalidArgumentError(StrCat("--dataset ", kind, " needs --dataset-path"));
   if (kind == "sharegpt") {
     const int forced = absl::GetFlag(FLAGS_sharegpt_output_len);
     return LoadShareGpt(path, n, absl::GetFlag(FLAGS_seed), counter.get(),
@@ -230,7 +234,8 @@ absl::StatusOr<std::vector<BenchRequest>> LoadRequests(const ServerUrl& server,
     TANDEM_ASSIGN_OR_RETURN(LengthDist out, LengthDist::Parse(absl::GetFlag(FLAGS_output_len)));
     return LoadJsonl(path, n, static_cast<int>(out.Mean()), counter.get());
   }
-  return absl::InvalidArgumentError(StrCat("--dataset '", kind, "': want synthetic, sharegpt or jsonl"));
+  return absl::InvalidArgumentError(
+      StrCat("--dataset '", kind, "': want synthetic, sharegpt or jsonl"));
 }
 
 absl::StatusOr<int> Main() {
@@ -241,7 +246,8 @@ absl::StatusOr<int> Main() {
   if (endpoint == "chat") {
     ctx.load.endpoint = Endpoint::kChat;
   } else if (endpoint != "completions") {
-    return absl::InvalidArgumentError(StrCat("--endpoint '", endpoint, "': want completions or chat"));
+    return absl::InvalidArgumentError(
+        StrCat("--endpoint '", endpoint, "': want completions or chat"));
   }
   ctx.load.timeout_s = absl::GetFlag(FLAGS_timeout);
   ctx.load.max_concurrency = absl::GetFlag(FLAGS_max_concurrency);
@@ -272,7 +278,8 @@ absl::StatusOr<int> Main() {
       return absl::InvalidArgumentError("GET /v1/models named no model; pass --model");
     }
   }
-  TANDEM_ASSIGN_OR_RETURN(ctx.requests, LoadRequests(ctx.load.server, ctx.load.api_key, ctx.load.model));
+  TANDEM_ASSIGN_OR_RETURN(ctx.requests,
+                          LoadRequests(ctx.load.server, ctx.load.api_key, ctx.load.model));
   long in_tokens = 0;
   for (const BenchRequest& r : ctx.requests) in_tokens += r.prompt_tokens;
   std::fprintf(stderr, "tandem-bench: %zu requests, mean prompt %.1f tokens, model '%s'\n",
@@ -285,14 +292,14 @@ absl::StatusOr<int> Main() {
   if (const int warm = absl::GetFlag(FLAGS_warmup); warm > 0) {
     LoadRunner runner(ctx.load);
     std::vector<double> offsets(warm, 0.0);
-    TANDEM_ASSIGN_OR_RETURN(RunResult w, runner.Run(ctx.requests,
-                                                    ScheduleFromOffsets(offsets, ctx.requests.size()),
-                                                    0, 0, nullptr));
+    TANDEM_ASSIGN_OR_RETURN(
+        RunResult w,
+        runner.Run(ctx.requests, ScheduleFromOffsets(offsets, ctx.requests.size()), 0, 0, nullptr));
     int ok = 0;
     for (const auto& r : w.records) ok += r.ok();
     if (ok == 0) {
-      return absl::UnavailableError(StrCat("every warm-up request failed; first error: ",
-                                           w.records.front().error));
+      return absl::UnavailableError(
+          StrCat("every warm-up request failed; first error: ", w.records.front().error));
     }
     std::fprintf(stderr, "tandem-bench: warm-up: %d/%d ok\n", ok, warm);
   }
@@ -304,12 +311,13 @@ absl::StatusOr<int> Main() {
   auto measure = [&](double rate) -> absl::StatusOr<RateRun*> {
     const std::string title = StrCat("rate ", RateName(rate));
     TANDEM_ASSIGN_OR_RETURN(RateRun run, RunAtRate(ctx, rate, title));
-    std::printf("%s", FormatSummaryTable(StrCat(absl::GetFlag(FLAGS_label), " ", title), run.summary,
-                                         slo_text, ctx.target).c_str());
+    std::printf("%s", FormatSummaryTable(StrCat(absl::GetFlag(FLAGS_label), " ", title),
+                                         run.summary, slo_text, ctx.target)
+                          .c_str());
     std::fflush(stdout);
     if (!ctx.result_dir.empty()) {
-      const std::string dir = sweep_text.empty() ? ctx.result_dir
-                                                 : StrCat(ctx.result_dir, "/rate-", RateName(rate));
+      const std::string dir =
+          sweep_text.empty() ? ctx.result_dir : StrCat(ctx.result_dir, "/rate-", RateName(rate));
       TANDEM_RETURN_IF_ERROR(WriteRunFiles(ctx, dir, run));
     }
     runs.push_back(std::move(run));
@@ -321,12 +329,15 @@ absl::StatusOr<int> Main() {
     const RateRun r = *run;
     if (!ctx.result_dir.empty() && absl::GetFlag(FLAGS_plots)) {
       std::vector<PlotSeries> series(1);
-      series[0] = {StrCat(RateName(r.rate), " req/s"), r.rate, r.summary.attainment,
-                   r.summary.attainment_ttft, r.summary.attainment_tpot, r.result.records};
-      TANDEM_ASSIGN_OR_RETURN(std::string msg,
-                              DrawPlots(ctx.result_dir, series, ctx.target,
-                                        ctx.load.slo.ttft_ms.value_or(0),
-                                        ctx.load.slo.tpot_ms.value_or(0)));
+      series[0] = {StrCat(RateName(r.rate), " req/s"),
+                   r.rate,
+                   r.summary.attainment,
+                   r.summary.attainment_ttft,
+                   r.summary.attainment_tpot,
+                   r.result.records};
+      TANDEM_ASSIGN_OR_RETURN(std::string msg, DrawPlots(ctx.result_dir, series, ctx.target,
+                                                         ctx.load.slo.ttft_ms.value_or(0),
+                                                         ctx.load.slo.tpot_ms.value_or(0)));
       std::fprintf(stderr, "tandem-bench: %s\n", msg.c_str());
     }
     return r.summary.completed == 0 ? 3 : 0;
@@ -360,7 +371,8 @@ absl::StatusOr<int> Main() {
   }
   std::vector<size_t> order(runs.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return runs[a].rate < runs[b].rate; });
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return runs[a].rate < runs[b].rate; });
   std::vector<SweepRow> rows;
   nlohmann::json points = nlohmann::json::array();
   std::vector<PlotSeries> series;
@@ -388,10 +400,9 @@ absl::StatusOr<int> Main() {
     TANDEM_RETURN_IF_ERROR(WriteTextFile(ctx.result_dir + "/sweep.json", j.dump(2) + "\n"));
     TANDEM_RETURN_IF_ERROR(WriteTextFile(ctx.result_dir + "/sweep.txt", table));
     if (absl::GetFlag(FLAGS_plots)) {
-      TANDEM_ASSIGN_OR_RETURN(std::string msg,
-                              DrawPlots(ctx.result_dir, series, ctx.target,
-                                        ctx.load.slo.ttft_ms.value_or(0),
-                                        ctx.load.slo.tpot_ms.value_or(0)));
+      TANDEM_ASSIGN_OR_RETURN(std::string msg, DrawPlots(ctx.result_dir, series, ctx.target,
+                                                         ctx.load.slo.ttft_ms.value_or(0),
+                                                         ctx.load.slo.tpot_ms.value_or(0)));
       std::fprintf(stderr, "tandem-bench: %s\n", msg.c_str());
     }
   }

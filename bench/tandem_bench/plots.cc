@@ -28,8 +28,10 @@ std::string CdfData(std::vector<double> ms) {
 std::string QuoteShell(const std::string& s) {
   std::string out = "'";
   for (char c : s) {
-    if (c == '\'') out += "'\\''";
-    else out += c;
+    if (c == '\'')
+      out += "'\\''";
+    else
+      out += c;
   }
   return out + "'";
 }
@@ -96,13 +98,13 @@ absl::StatusOr<std::string> DrawPlots(const std::string& dir, const std::vector<
   };
   if (!ttft_plot.empty()) {
     gp += StrCat("set output 'ttft_cdf.png'\nset title 'TTFT CDF'\nset xlabel 'TTFT (ms)'\n",
-                 "set ylabel 'fraction of requests'\nunset arrow\n", slo_line(ttft_slo_ms),
-                 "plot ", ttft_plot, "\n");
+                 "set ylabel 'fraction of requests'\nunset arrow\n", slo_line(ttft_slo_ms), "plot ",
+                 ttft_plot, "\n");
   }
   if (!tpot_plot.empty()) {
     gp += StrCat("set output 'tpot_cdf.png'\nset title 'TPOT CDF'\nset xlabel 'TPOT (ms)'\n",
-                 "set ylabel 'fraction of requests'\nunset arrow\n", slo_line(tpot_slo_ms),
-                 "plot ", tpot_plot, "\n");
+                 "set ylabel 'fraction of requests'\nunset arrow\n", slo_line(tpot_slo_ms), "plot ",
+                 tpot_plot, "\n");
   }
   TANDEM_RETURN_IF_ERROR(WriteTextFile(dir + "/plots.gp", gp));
   const std::string gnuplot = FindGnuplot();
@@ -110,8 +112,8 @@ absl::StatusOr<std::string> DrawPlots(const std::string& dir, const std::vector<
     return StrCat("plots: gnuplot not found on PATH, PNGs skipped (install gnuplot-nox, then run ",
                   "`cd ", dir, " && gnuplot plots.gp`)");
   }
-  const std::string cmd = StrCat("cd ", QuoteShell(dir), " && ", QuoteShell(gnuplot),
-                                 " plots.gp 2> plots.log");
+  const std::string cmd =
+      StrCat("cd ", QuoteShell(dir), " && ", QuoteShell(gnuplot), " plots.gp 2> plots.log");
   const int rc = std::system(cmd.c_str());
   if (rc != 0) return StrCat("plots: gnuplot failed (see ", dir, "/plots.log)");
   return StrCat("plots: ", series.size() > 1 ? "attainment_vs_rate.png, " : "",

@@ -4,12 +4,18 @@ namespace tandem::bench {
 
 const char* RequestStatusName(RequestStatus s) {
   switch (s) {
-    case RequestStatus::kOk: return "ok";
-    case RequestStatus::kHttpError: return "http_error";
-    case RequestStatus::kBrokenStream: return "broken_stream";
-    case RequestStatus::kTimeout: return "timeout";
-    case RequestStatus::kConnectError: return "connect_error";
-    case RequestStatus::kServerError: return "server_error";
+    case RequestStatus::kOk:
+      return "ok";
+    case RequestStatus::kHttpError:
+      return "http_error";
+    case RequestStatus::kBrokenStream:
+      return "broken_stream";
+    case RequestStatus::kTimeout:
+      return "timeout";
+    case RequestStatus::kConnectError:
+      return "connect_error";
+    case RequestStatus::kServerError:
+      return "server_error";
   }
   return "unknown";
 }

@@ -29,19 +29,19 @@ enum class RequestStatus {
 const char* RequestStatusName(RequestStatus s);
 
 struct RequestRecord {
-  int index = 0;             // position in the dataset
-  double send_s = 0;         // client send time, seconds since the run started
-  double ttft_s = -1;        // -1 when no token chunk arrived
-  double e2e_s = 0;          // send -> last byte (or -> failure)
-  std::vector<double> itl_s; // gaps between consecutive token chunks
-  int prompt_tokens = 0;     // usage.prompt_tokens when the server reports it, else the dataset's
-  int output_tokens = 0;     // usage.completion_tokens when reported, else token chunks seen
-  int token_chunks = 0;      // non-empty token chunks seen
+  int index = 0;              // position in the dataset
+  double send_s = 0;          // client send time, seconds since the run started
+  double ttft_s = -1;         // -1 when no token chunk arrived
+  double e2e_s = 0;           // send -> last byte (or -> failure)
+  std::vector<double> itl_s;  // gaps between consecutive token chunks
+  int prompt_tokens = 0;      // usage.prompt_tokens when the server reports it, else the dataset's
+  int output_tokens = 0;      // usage.completion_tokens when reported, else token chunks seen
+  int token_chunks = 0;       // non-empty token chunks seen
   bool usage_reported = false;
   RequestStatus status = RequestStatus::kOk;
   int http_status = 0;
-  std::string error;         // empty when ok
-  SloSpec slo;               // the SLO this request is judged against (run or dataset)
+  std::string error;  // empty when ok
+  SloSpec slo;        // the SLO this request is judged against (run or dataset)
 
   bool ok() const { return status == RequestStatus::kOk; }
   // (e2e - ttft) / (output_tokens - 1); 0 when output_tokens <= 1 or no token arrived.

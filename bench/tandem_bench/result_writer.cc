@@ -11,9 +11,12 @@ namespace {
 std::string CsvQuote(const std::string& s) {
   std::string out = "\"";
   for (char c : s) {
-    if (c == '"') out += "\"\"";
-    else if (c == '\n' || c == '\r') out += ' ';
-    else out += c;
+    if (c == '"')
+      out += "\"\"";
+    else if (c == '\n' || c == '\r')
+      out += ' ';
+    else
+      out += c;
   }
   return out + "\"";
 }
@@ -34,10 +37,9 @@ std::string RequestsCsv(const std::vector<RequestRecord>& records) {
     }
     out += StrCat(r.index, ",", absl::StrFormat("%.6f", r.send_s), ",", RequestStatusName(r.status),
                   ",", r.http_status, ",", r.ttft_s >= 0 ? Ms(r.ttft_s) : "", ",", Ms(r.TpotS()),
-                  ",", Ms(r.e2e_s), ",", r.prompt_tokens, ",", r.output_tokens, ",",
-                  r.token_chunks, ",", r.usage_reported ? 1 : 0, ",",
-                  r.slo.ttft_ms ? StrCat(*r.slo.ttft_ms) : "", ",",
-                  r.slo.tpot_ms ? StrCat(*r.slo.tpot_ms) : "", ",", r.MeetsSlo() ? 1 : 0, ",",
+                  ",", Ms(r.e2e_s), ",", r.prompt_tokens, ",", r.output_tokens, ",", r.token_chunks,
+                  ",", r.usage_reported ? 1 : 0, ",", r.slo.ttft_ms ? StrCat(*r.slo.ttft_ms) : "",
+                  ",", r.slo.tpot_ms ? StrCat(*r.slo.tpot_ms) : "", ",", r.MeetsSlo() ? 1 : 0, ",",
                   itl, ",", CsvQuote(r.error), "\n");
   }
   return out;
@@ -91,17 +93,16 @@ std::string FormatSummaryTable(const std::string& title, const RunSummary& s,
   return out;
 }
 
-std::string FormatSweepTable(const std::vector<SweepRow>& rows, double goodput_rate,
-                             double target, bool bounded) {
-  std::string out = absl::StrFormat("%9s %9s %8s %8s %8s %10s %11s %11s %6s\n", "rate",
-                                    "thr(r/s)", "att.TTFT", "att.TPOT", "att.all",
-                                    "good(r/s)", "TTFT p90ms", "TPOT p90ms", "errors");
+std::string FormatSweepTable(const std::vector<SweepRow>& rows, double goodput_rate, double target,
+                             bool bounded) {
+  std::string out =
+      absl::StrFormat("%9s %9s %8s %8s %8s %10s %11s %11s %6s\n", "rate", "thr(r/s)", "att.TTFT",
+                      "att.TPOT", "att.all", "good(r/s)", "TTFT p90ms", "TPOT p90ms", "errors");
   for (const SweepRow& r : rows) {
     const RunSummary& s = r.summary;
-    out += absl::StrFormat("%9.3f %9.3f %7.1f%% %7.1f%% %7.1f%% %10.3f %11.1f %11.1f %6d\n",
-                           r.rate, s.request_throughput, 100 * s.attainment_ttft,
-                           100 * s.attainment_tpot, 100 * s.attainment, s.goodput, s.ttft.p90,
-                           s.tpot.p90, s.failed);
+    out += absl::StrFormat("%9.3f %9.3f %7.1f%% %7.1f%% %7.1f%% %10.3f %11.1f %11.1f %6d\n", r.rate,
+                           s.request_throughput, 100 * s.attainment_ttft, 100 * s.attainment_tpot,
+                           100 * s.attainment, s.goodput, s.ttft.p90, s.tpot.p90, s.failed);
   }
   if (goodput_rate > 0) {
     out += absl::StrFormat("Goodput: %.3f req/s (highest rate with attainment >= %.0f%%)%s\n",

@@ -8,10 +8,9 @@
 #ifndef TANDEM_BENCH_TANDEM_BENCH_RESULT_WRITER_H_
 #define TANDEM_BENCH_TANDEM_BENCH_RESULT_WRITER_H_
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/status/status.h"
 #include "bench/tandem_bench/request_record.h"
@@ -31,8 +30,8 @@ struct SweepRow {
   RunSummary summary;
 };
 // One line per rate: rate, throughput, attainment (TTFT, TPOT, both), goodput, p90s.
-std::string FormatSweepTable(const std::vector<SweepRow>& rows, double goodput_rate,
-                             double target, bool bounded);
+std::string FormatSweepTable(const std::vector<SweepRow>& rows, double goodput_rate, double target,
+                             bool bounded);
 
 }  // namespace tandem::bench
 

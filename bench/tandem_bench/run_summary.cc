@@ -91,8 +91,11 @@ nlohmann::json ToJson(const RunSummary& s) {
   for (const auto& [k, v] : s.errors_by_kind) errors[k] = v;
   return {
       {"duration_s", s.duration_s},
-      {"requests", {{"sent", s.requests}, {"completed", s.completed}, {"failed", s.failed},
-                    {"errors", errors}}},
+      {"requests",
+       {{"sent", s.requests},
+        {"completed", s.completed},
+        {"failed", s.failed},
+        {"errors", errors}}},
       {"offered_rate", s.offered_rate},
       {"request_throughput", s.request_throughput},
       {"input_tokens", s.input_tokens},
@@ -103,8 +106,11 @@ nlohmann::json ToJson(const RunSummary& s) {
       {"tpot_ms", ToJson(s.tpot)},
       {"itl_ms", ToJson(s.itl)},
       {"e2e_ms", ToJson(s.e2e)},
-      {"attainment", {{"ttft", s.attainment_ttft}, {"tpot", s.attainment_tpot},
-                      {"e2e", s.attainment_e2e}, {"all", s.attainment}}},
+      {"attainment",
+       {{"ttft", s.attainment_ttft},
+        {"tpot", s.attainment_tpot},
+        {"e2e", s.attainment_e2e},
+        {"all", s.attainment}}},
       {"good_requests", s.good_requests},
       {"goodput", s.goodput},
   };

@@ -8,10 +8,9 @@
 #define TANDEM_BENCH_TANDEM_BENCH_RUN_SUMMARY_H_
 
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "bench/tandem_bench/request_record.h"
 
@@ -28,22 +27,22 @@ double Percentile(std::vector<double>& values, double q);
 Distribution Distribute(std::vector<double> values_s);
 
 struct RunSummary {
-  double duration_s = 0;         // first send -> last response finished
-  int requests = 0;              // sent
-  int completed = 0;             // ok
-  int failed = 0;                // requests - completed
+  double duration_s = 0;                      // first send -> last response finished
+  int requests = 0;                           // sent
+  int completed = 0;                          // ok
+  int failed = 0;                             // requests - completed
   std::map<std::string, int> errors_by_kind;  // RequestStatusName -> count
-  long input_tokens = 0;         // over completed requests
-  long output_tokens = 0;        // over completed requests
-  double request_throughput = 0;        // completed / duration
-  double input_token_throughput = 0;    // tokens / s
-  double output_token_throughput = 0;   // tokens / s
+  long input_tokens = 0;                      // over completed requests
+  long output_tokens = 0;                     // over completed requests
+  double request_throughput = 0;              // completed / duration
+  double input_token_throughput = 0;          // tokens / s
+  double output_token_throughput = 0;         // tokens / s
   Distribution ttft, tpot, itl, e2e;
   // Share of all sent requests meeting each objective (1 when the objective is unset).
   double attainment_ttft = 0, attainment_tpot = 0, attainment_e2e = 0, attainment = 0;
-  int good_requests = 0;         // meeting every objective
-  double goodput = 0;            // good_requests / duration (good requests per second)
-  double offered_rate = 0;       // requests / (last send - first send), 0 when undefined
+  int good_requests = 0;    // meeting every objective
+  double goodput = 0;       // good_requests / duration (good requests per second)
+  double offered_rate = 0;  // requests / (last send - first send), 0 when undefined
 };
 
 // `duration_s` is the run's wall time (first send -> last completion).

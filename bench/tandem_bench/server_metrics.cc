@@ -74,8 +74,8 @@ std::string FormatCrossCheck(const std::string& kind, const std::vector<CrossChe
   if (rows.empty()) {
     return "Server cross-check: skipped (no known counters in the server's /metrics)\n";
   }
-  std::string out = absl::StrFormat("Server cross-check (%s /metrics, increase over the run):\n",
-                                    kind);
+  std::string out =
+      absl::StrFormat("Server cross-check (%s /metrics, increase over the run):\n", kind);
   out += absl::StrFormat("  %-20s %12s %12s %9s  %s\n", "quantity", "client", "server", "diff",
                          "counter");
   for (const CrossCheckRow& r : rows) {
@@ -90,7 +90,9 @@ std::string FormatCrossCheck(const std::string& kind, const std::vector<CrossChe
 nlohmann::json CrossCheckJson(const std::string& kind, const std::vector<CrossCheckRow>& rows) {
   nlohmann::json j = {{"server_kind", kind}, {"rows", nlohmann::json::array()}};
   for (const CrossCheckRow& r : rows) {
-    j["rows"].push_back({{"quantity", r.quantity}, {"metric", r.metric}, {"client", r.client},
+    j["rows"].push_back({{"quantity", r.quantity},
+                         {"metric", r.metric},
+                         {"client", r.client},
                          {"server", r.server}});
   }
   return j;

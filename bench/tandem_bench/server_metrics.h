@@ -12,11 +12,10 @@
 #define TANDEM_BENCH_TANDEM_BENCH_SERVER_METRICS_H_
 
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace tandem::bench {
 

@@ -31,9 +31,9 @@ absl::StatusOr<SloSpec> ParseSlo(std::string_view text) {
     std::vector<absl::string_view> kv = absl::StrSplit(part, ':');
     double ms = 0;
     if (kv.size() != 2 || !absl::SimpleAtod(kv[1], &ms) || !(ms > 0)) {
-      return absl::InvalidArgumentError(
-          StrCat("bad SLO item '", std::string(part), "': want NAME:MILLISECONDS with MILLISECONDS > 0, ",
-                 "e.g. --slo ttft:250,tpot:100"));
+      return absl::InvalidArgumentError(StrCat("bad SLO item '", std::string(part),
+                                               "': want NAME:MILLISECONDS with MILLISECONDS > 0, ",
+                                               "e.g. --slo ttft:250,tpot:100"));
     }
     if (kv[0] == "ttft") {
       spec.ttft_ms = ms;

@@ -24,8 +24,8 @@ class SseParser {
  private:
   void EndLine();
 
-  std::string line_;      // the current, unterminated line
-  std::string data_;      // data of the current event so far
+  std::string line_;  // the current, unterminated line
+  std::string data_;  // data of the current event so far
   bool has_data_ = false;
   bool last_was_cr_ = false;
   std::vector<std::string>* out_ = nullptr;

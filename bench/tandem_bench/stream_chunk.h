@@ -15,11 +15,11 @@
 namespace tandem::bench {
 
 struct StreamChunk {
-  bool done = false;                   // the payload was [DONE]
-  std::string text;                    // generated text in this chunk (may be empty)
-  std::optional<int> prompt_tokens;    // usage.prompt_tokens
+  bool done = false;                     // the payload was [DONE]
+  std::string text;                      // generated text in this chunk (may be empty)
+  std::optional<int> prompt_tokens;      // usage.prompt_tokens
   std::optional<int> completion_tokens;  // usage.completion_tokens
-  std::optional<std::string> error;    // error.message (or the error value) when present
+  std::optional<std::string> error;      // error.message (or the error value) when present
 };
 
 // Fails when the payload is neither [DONE] nor a JSON object.

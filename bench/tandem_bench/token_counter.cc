@@ -1,7 +1,6 @@
 #include "bench/tandem_bench/token_counter.h"
 
 #include <cctype>
-
 #include <nlohmann/json.hpp>
 
 #include "absl/status/status.h"
@@ -31,8 +30,8 @@ absl::StatusOr<int> ServerTokenCounter::CountWith(Form form, std::string_view te
   TANDEM_ASSIGN_OR_RETURN(HttpResponse r,
                           HttpFetch(server_, "POST", "/tokenize", body.dump(), api_key_, 30));
   if (r.status != 200) {
-    return absl::UnavailableError(StrCat("POST /tokenize answered HTTP ", r.status, ": ",
-                                         r.body.substr(0, 200)));
+    return absl::UnavailableError(
+        StrCat("POST /tokenize answered HTTP ", r.status, ": ", r.body.substr(0, 200)));
   }
   nlohmann::json j = nlohmann::json::parse(r.body, nullptr, false);
   if (!j.is_object() || !j.contains("tokens") || !j["tokens"].is_array()) {
@@ -73,7 +72,8 @@ absl::StatusOr<std::unique_ptr<TokenCounter>> MakeTokenCounter(std::string_view 
   const std::string why =
       probe.ok() ? "it returned no tokens" : std::string(probe.status().message());
   if (mode == "server") {
-    return absl::UnavailableError(StrCat("--tokenizer server: the server's /tokenize failed: ", why));
+    return absl::UnavailableError(
+        StrCat("--tokenizer server: the server's /tokenize failed: ", why));
   }
   if (note) *note = StrCat("server /tokenize unavailable (", why, "); counting tokens by words");
   return std::make_unique<WordTokenCounter>();

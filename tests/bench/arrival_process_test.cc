@@ -1,10 +1,10 @@
 #include "bench/tandem_bench/arrival_process.h"
 
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <numeric>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 namespace tandem::bench {
 namespace {

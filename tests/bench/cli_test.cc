@@ -1,15 +1,14 @@
 // The tandem-bench executable end to end against the fake server: flags (dash spelling),
 // /tokenize-sized prompts, warm-up, result files, the tandem /metrics cross-check, a sweep.
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
-
-#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "tests/bench/fake_openai_server.h"
 
@@ -36,8 +35,8 @@ std::string TempDir(const std::string& name) {
 // Runs the binary with `args`; returns its exit code and its stdout in `out`.
 int RunBench(const std::string& args, std::string* out) {
   const std::string log = TempDir("stdout") + ".txt";
-  const std::string cmd = std::string(TANDEM_BENCH_BINARY) + " " + args + " --progress=off > " +
-                          log + " 2>&1";
+  const std::string cmd =
+      std::string(TANDEM_BENCH_BINARY) + " " + args + " --progress=off > " + log + " 2>&1";
   const int rc = std::system(cmd.c_str());
   *out = ReadAll(log);
   std::filesystem::remove(log);
@@ -58,7 +57,8 @@ TEST(CliTest, OneRunWritesResultsAndCrossChecksTandemMetrics) {
   const int rc = RunBench("--url " + server.url() +
                               " --num-prompts 6 --request-rate 50 --input-len 24 --output-len 5"
                               " --slo ttft:1000,tpot:500 --warmup 2 --seed 3 --plots=false"
-                              " --result-dir " + dir,
+                              " --result-dir " +
+                              dir,
                           &out);
   ASSERT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("counting prompt tokens with: server /tokenize"), std::string::npos) << out;
@@ -101,7 +101,8 @@ TEST(CliTest, SweepReportsTheGoodputRate) {
   const int rc = RunBench("--url " + server.url() +
                               " --num-prompts 8 --input-len 8 --output-len 3 --tokenizer words"
                               " --slo ttft:200,tpot:100 --sweep 10,200 --burstiness 8 --warmup 0"
-                              " --plots=false --result-dir " + dir,
+                              " --plots=false --result-dir " +
+                              dir,
                           &out);
   ASSERT_EQ(rc, 0) << out;
   const nlohmann::json j = nlohmann::json::parse(ReadAll(dir + "/sweep.json"));
@@ -119,7 +120,8 @@ TEST(CliTest, BadFlagsAndUnreachableServersFailClearly) {
   std::string out;
   EXPECT_EQ(RunBench("--url ftp://x --model m", &out), 2);
   EXPECT_NE(out.find("want http://"), std::string::npos) << out;
-  EXPECT_EQ(RunBench("--url http://127.0.0.1:1 --model m --tokenizer words --num-prompts 2", &out), 2);
+  EXPECT_EQ(RunBench("--url http://127.0.0.1:1 --model m --tokenizer words --num-prompts 2", &out),
+            2);
   EXPECT_NE(out.find("warm-up"), std::string::npos) << out;
   FakeOpenAiServer server(Quick);
   EXPECT_EQ(RunBench("--url " + server.url() + " --slo ttft:abc", &out), 2);

@@ -1,11 +1,10 @@
 #include "bench/tandem_bench/dataset.h"
 
-#include <filesystem>
-#include <fstream>
-
+#include <gtest/gtest.h>
 #include <unistd.h>
 
-#include <gtest/gtest.h>
+#include <filesystem>
+#include <fstream>
 
 namespace tandem::bench {
 namespace {
@@ -99,24 +98,25 @@ TEST(DatasetTest, SyntheticIsDeterministicAndDistinct) {
 TEST(DatasetTest, ShareGptFilterFollowsVllm) {
   nlohmann::json data = nlohmann::json::array();
   auto conv = [](const std::string& p, const std::string& r) {
-    return nlohmann::json{{"conversations", {{{"from", "human"}, {"value", p}},
-                                             {{"from", "gpt"}, {"value", r}}}}};
+    return nlohmann::json{
+        {"conversations", {{{"from", "human"}, {"value", p}}, {{"from", "gpt"}, {"value", r}}}}};
   };
-  data.push_back(conv(Words(10), Words(20)));      // kept
-  data.push_back(conv(Words(2), Words(20)));       // prompt < 4 tokens
-  data.push_back(conv(Words(10), Words(2)));       // reply < 4 tokens
-  data.push_back(conv(Words(800), Words(10)));     // prompt > 1024 tokens (800 words ~ 1067)
-  data.push_back(conv(Words(700), Words(900)));    // total > 2048
-  data.push_back(conv(Words(30), Words(40)));      // kept
+  data.push_back(conv(Words(10), Words(20)));    // kept
+  data.push_back(conv(Words(2), Words(20)));     // prompt < 4 tokens
+  data.push_back(conv(Words(10), Words(2)));     // reply < 4 tokens
+  data.push_back(conv(Words(800), Words(10)));   // prompt > 1024 tokens (800 words ~ 1067)
+  data.push_back(conv(Words(700), Words(900)));  // total > 2048
+  data.push_back(conv(Words(30), Words(40)));    // kept
   data.push_back({{"conversations", {{{"from", "human"}, {"value", "lonely"}}}}});  // 1 turn
-  data.push_back({{"id", 3}});                     // no conversations
+  data.push_back({{"id", 3}});  // no conversations
   const std::string path = TempFile("sharegpt.json", data.dump());
   WordTokenCounter counter;
   auto r = LoadShareGpt(path, 0, 1, &counter, std::nullopt);
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_EQ(r->size(), 2u);
   for (const auto& req : *r) {
-    EXPECT_TRUE(req.max_tokens == *counter.Count(Words(20)) || req.max_tokens == *counter.Count(Words(40)));
+    EXPECT_TRUE(req.max_tokens == *counter.Count(Words(20)) ||
+                req.max_tokens == *counter.Count(Words(40)));
   }
   auto forced = LoadShareGpt(path, 1, 1, &counter, 7);
   ASSERT_TRUE(forced.ok());
@@ -126,12 +126,12 @@ TEST(DatasetTest, ShareGptFilterFollowsVllm) {
 }
 
 TEST(DatasetTest, JsonlPromptsMessagesAndSlos) {
-  const std::string path = TempFile(
-      "requests.jsonl",
-      "{\"prompt\": \"one two three\", \"max_tokens\": 5}\n"
-      "\n"
-      "{\"messages\": [{\"role\": \"user\", \"content\": \"hello there\"}], "
-      "\"slo\": {\"ttft_ms\": 100, \"tpot_ms\": 20}}\n");
+  const std::string path =
+      TempFile("requests.jsonl",
+               "{\"prompt\": \"one two three\", \"max_tokens\": 5}\n"
+               "\n"
+               "{\"messages\": [{\"role\": \"user\", \"content\": \"hello there\"}], "
+               "\"slo\": {\"ttft_ms\": 100, \"tpot_ms\": 20}}\n");
   WordTokenCounter counter;
   auto r = LoadJsonl(path, 0, 64, &counter);
   ASSERT_TRUE(r.ok()) << r.status();
@@ -146,8 +146,9 @@ TEST(DatasetTest, JsonlPromptsMessagesAndSlos) {
   EXPECT_EQ(*(*r)[1].slo->tpot_ms, 20);
   std::filesystem::remove(path);
 
-  for (const char* bad : {"[1]\n", "{\"max_tokens\": 3}\n", "{\"prompt\": \"x\", \"max_tokens\": 0}\n",
-                          "{\"prompt\": \"x\", \"slo\": {\"ttft_ms\": -5}}\n", "not json\n"}) {
+  for (const char* bad :
+       {"[1]\n", "{\"max_tokens\": 3}\n", "{\"prompt\": \"x\", \"max_tokens\": 0}\n",
+        "{\"prompt\": \"x\", \"slo\": {\"ttft_ms\": -5}}\n", "not json\n"}) {
     const std::string p = TempFile("bad.jsonl", bad);
     auto e = LoadJsonl(p, 0, 64, &counter);
     EXPECT_FALSE(e.ok()) << bad;

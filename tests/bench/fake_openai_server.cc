@@ -1,12 +1,11 @@
 #include "tests/bench/fake_openai_server.h"
 
-#include <chrono>
-#include <mutex>
-#include <sstream>
-
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <chrono>
+#include <mutex>
+#include <sstream>
 
 namespace tandem::bench::testing {
 namespace asio = boost::asio;
@@ -43,7 +42,7 @@ struct FakeOpenAiServer::Impl {
   // Counters served on /metrics: io thread only.
   long success = 0, prompt_tokens = 0, generation_tokens = 0;
   mutable std::mutex mu;
-  nlohmann::json last_body;  // guarded by mu
+  nlohmann::json last_body;                       // guarded by mu
   std::vector<FakeOpenAiServer::StreamLog> logs;  // guarded by mu
 
   static int CountWords(const std::string& s) {
@@ -71,7 +70,8 @@ struct FakeOpenAiServer::Impl {
   asio::awaitable<void> Accept() {
     for (;;) {
       beast::error_code ec;
-      tcp::socket sock = co_await acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+      tcp::socket sock =
+          co_await acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
       if (ec) co_return;
       asio::co_spawn(ioc, Serve(std::move(sock)), asio::detached);
     }
@@ -79,7 +79,8 @@ struct FakeOpenAiServer::Impl {
 
   static asio::awaitable<void> WriteAll(tcp::socket& sock, std::string data,
                                         beast::error_code& ec) {
-    co_await asio::async_write(sock, asio::buffer(data), asio::redirect_error(asio::use_awaitable, ec));
+    co_await asio::async_write(sock, asio::buffer(data),
+                               asio::redirect_error(asio::use_awaitable, ec));
   }
 
   static std::string Chunk(const std::string& payload) {
@@ -91,8 +92,9 @@ struct FakeOpenAiServer::Impl {
   asio::awaitable<void> SimpleReply(tcp::socket& sock, int status, std::string ctype,
                                     std::string body) {
     std::ostringstream os;
-    os << "HTTP/1.1 " << status << (status == 200 ? " OK" : " Error") << "\r\nContent-Type: " << ctype
-       << "\r\nContent-Length: " << body.size() << "\r\nConnection: close\r\n\r\n"
+    os << "HTTP/1.1 " << status << (status == 200 ? " OK" : " Error")
+       << "\r\nContent-Type: " << ctype << "\r\nContent-Length: " << body.size()
+       << "\r\nConnection: close\r\n\r\n"
        << body;
     beast::error_code ec;
     co_await WriteAll(sock, os.str(), ec);
@@ -174,7 +176,8 @@ struct FakeOpenAiServer::Impl {
     co_await WriteAll(sock, kSseHeader, ec);
     if (ec) co_return;
     if (b.hang_ms > 0) {
-      co_await sleep_until(Clock::now() + std::chrono::microseconds(static_cast<long>(b.hang_ms * 1e3)));
+      co_await sleep_until(Clock::now() +
+                           std::chrono::microseconds(static_cast<long>(b.hang_ms * 1e3)));
       co_return;  // the socket closes here
     }
     const int max_tokens = body.value("max_tokens", 16);
@@ -237,8 +240,7 @@ struct FakeOpenAiServer::Impl {
   }
 };
 
-FakeOpenAiServer::FakeOpenAiServer(BehaviorFn behavior, bool serve_metrics,
-                                   TokenizeForm tokenize)
+FakeOpenAiServer::FakeOpenAiServer(BehaviorFn behavior, bool serve_metrics, TokenizeForm tokenize)
     : impl_(std::make_unique<Impl>()) {
   impl_->tokenize_form = tokenize;
   impl_->owner = this;

@@ -16,13 +16,12 @@
 
 #include <atomic>
 #include <chrono>
-#include <vector>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
-
-#include <nlohmann/json.hpp>
+#include <vector>
 
 namespace tandem::bench::testing {
 

@@ -1,8 +1,8 @@
 #include "bench/tandem_bench/goodput_sweep.h"
 
-#include <cmath>
-
 #include <gtest/gtest.h>
+
+#include <cmath>
 
 namespace tandem::bench {
 namespace {
@@ -13,9 +13,8 @@ TEST(GoodputSweepTest, BisectionFindsAStepThreshold) {
     BisectConfig c;
     c.start_rate = 1.0;
     c.rel_tol = 0.02;
-    auto out = BisectGoodput(c, [&](double r) -> absl::StatusOr<double> {
-      return r <= threshold ? 0.97 : 0.4;
-    });
+    auto out = BisectGoodput(
+        c, [&](double r) -> absl::StatusOr<double> { return r <= threshold ? 0.97 : 0.4; });
     ASSERT_TRUE(out.ok());
     EXPECT_LE(out->goodput_rate, threshold);
     EXPECT_GE(out->goodput_rate, threshold / 1.02) << "threshold " << threshold;
@@ -29,9 +28,8 @@ TEST(GoodputSweepTest, BisectionFindsASmoothThreshold) {
   const double want = 5 - std::log(9.0) / 2;
   BisectConfig c;
   c.rel_tol = 0.01;
-  auto out = BisectGoodput(c, [](double r) -> absl::StatusOr<double> {
-    return 1 / (1 + std::exp((r - 5) * 2));
-  });
+  auto out = BisectGoodput(
+      c, [](double r) -> absl::StatusOr<double> { return 1 / (1 + std::exp((r - 5) * 2)); });
   ASSERT_TRUE(out.ok());
   EXPECT_NEAR(out->goodput_rate, want, want * 0.011);
   EXPECT_LE(out->points.size(), 20u);

@@ -1,8 +1,8 @@
 #include "bench/tandem_bench/length_dist.h"
 
-#include <cmath>
-
 #include <gtest/gtest.h>
+
+#include <cmath>
 
 namespace tandem::bench {
 namespace {

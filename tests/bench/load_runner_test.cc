@@ -11,11 +11,11 @@
 // clock started at the scheduled rather than the actual send) are larger than 15 ms.
 #include "bench/tandem_bench/load_runner.h"
 
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <limits>
 #include <map>
-
-#include <gtest/gtest.h>
 
 #include "bench/tandem_bench/run_summary.h"
 #include "tests/bench/fake_openai_server.h"

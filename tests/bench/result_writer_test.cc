@@ -1,8 +1,8 @@
 #include "bench/tandem_bench/result_writer.h"
 
-#include <sstream>
-
 #include <gtest/gtest.h>
+
+#include <sstream>
 
 #include "bench/tandem_bench/server_metrics.h"
 

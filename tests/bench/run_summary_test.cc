@@ -42,9 +42,9 @@ TEST(RunSummaryTest, TpotDefinition) {
 TEST(RunSummaryTest, AttainmentCountsFailuresAsMisses) {
   SloSpec slo = *ParseSlo("ttft:250,tpot:100");
   std::vector<RequestRecord> rs;
-  rs.push_back(Ok(0.0, 0.1, 1.0, 10, slo));   // ttft ok, tpot 0.1 ok -> good
-  rs.push_back(Ok(0.5, 0.3, 1.2, 10, slo));   // ttft miss, tpot 0.1 ok
-  rs.push_back(Ok(1.0, 0.1, 2.0, 10, slo));   // tpot 0.211 miss
+  rs.push_back(Ok(0.0, 0.1, 1.0, 10, slo));  // ttft ok, tpot 0.1 ok -> good
+  rs.push_back(Ok(0.5, 0.3, 1.2, 10, slo));  // ttft miss, tpot 0.1 ok
+  rs.push_back(Ok(1.0, 0.1, 2.0, 10, slo));  // tpot 0.211 miss
   RequestRecord fail;
   fail.send_s = 1.5;
   fail.status = RequestStatus::kHttpError;

@@ -16,7 +16,7 @@ FakeBehavior Any(const nlohmann::json&, int) { return FakeBehavior{}; }
 TEST(TokenCounterTest, WordsFallbackRatio) {
   WordTokenCounter w;
   EXPECT_EQ(*w.Count(""), 0);
-  EXPECT_EQ(*w.Count("one"), 2);              // ceil(4/3)
+  EXPECT_EQ(*w.Count("one"), 2);                 // ceil(4/3)
   EXPECT_EQ(*w.Count("  one two\tthree\n"), 4);  // 3 words * 4/3
   EXPECT_EQ(*w.Count("a b c d e f"), 8);
 }
