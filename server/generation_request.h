@@ -1,7 +1,7 @@
 // GenerationRequest / GenerationEvent: the API-neutral form of one completion or chat request
-// and of what the Frontend sends back. HTTP (OpenAI JSON, server/openai_api.h) and gRPC
+// and of what the Frontend sends back. HTTP (OpenAI JSON, server/openai/) and gRPC
 // (proto/tandem/v1) both parse into a GenerationRequest, validated by one function
-// (ValidateGenerationRequest in server/openai_api.h), and both render GenerationEvents, so the
+// (openai::ValidateGenerationRequest in server/openai/validate.h), and both render GenerationEvents, so the
 // two APIs cannot drift apart.
 //
 // Thread safety: plain values.

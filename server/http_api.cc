@@ -176,8 +176,10 @@ void HttpApi::Handle(http::HttpRequest request, std::shared_ptr<ResponseWriter> 
                      PathIs(request, "/v1/chat/completions") || PathIs(request, "/v1/models") ||
                      PathIs(request, "/tokenize") || PathIs(request, "/detokenize");
   if (!known) {
-    return SendError(*writer, absl::NotFoundError(StrCat("no route for ", request.method, " ",
-                                                         request.path)));
+    return SendError(*writer,
+                     openai::WithErrorCode(absl::NotFoundError(StrCat(
+                                               "no route for ", request.method, " ", request.path)),
+                                           "unknown_url"));
   }
   if (!config_.api_key.empty()) {
     const std::optional<std::string> auth = request.Header("Authorization");

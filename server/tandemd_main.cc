@@ -31,6 +31,7 @@
 #include "scheduler/engine_instance.h"
 #include "server/engine_frontend.h"
 #include "server/grpc/grpc_server.h"
+#include "server/grpc/status_convert.h"
 #include "server/http/http_server.h"
 #include "server/http_api.h"
 #include "server/serving_metrics.h"
@@ -172,6 +173,9 @@ absl::Status Run() {
     gc.host = absl::GetFlag(FLAGS_host);
     gc.port = absl::GetFlag(FLAGS_grpc_port);
     gc.api_key = absl::GetFlag(FLAGS_api_key);
+    gc.on_status = [&metrics](::grpc::StatusCode code) {
+      metrics.OnRequest("grpc", grpc_api::GrpcCodeName(code));
+    };
     TANDEM_ASSIGN_OR_RETURN(grpc_server, grpc_api::GrpcServer::Start(gc, frontend));
   }
   spdlog::info("[3/3] ready in {:.1f} s: model '{}' at http://{}:{}/v1{}", absl::ToDoubleSeconds(absl::Now() - t0),

@@ -40,10 +40,32 @@ grpc::Status CheckApiKey(const grpc::ServerContext& context, const std::string& 
 }
 
 GenerationServiceImpl::GenerationServiceImpl(Frontend& frontend, std::string api_key,
-                                             absl::Duration poll_interval)
-    : frontend_(frontend), api_key_(std::move(api_key)), poll_interval_(poll_interval) {}
+                                             absl::Duration poll_interval,
+                                             StatusObserver on_status)
+    : frontend_(frontend),
+      api_key_(std::move(api_key)),
+      poll_interval_(poll_interval),
+      on_status_(std::move(on_status)) {}
 
 grpc::Status GenerationServiceImpl::Generate(
+    grpc::ServerContext* context, const tandem::v1::GenerateRequest* request,
+    grpc::ServerWriter<tandem::v1::GenerateResponse>* writer) {
+  return Report(DoGenerate(context, request, writer));
+}
+
+grpc::Status GenerationServiceImpl::Tokenize(grpc::ServerContext* context,
+                                             const tandem::v1::TokenizeRequest* request,
+                                             tandem::v1::TokenizeResponse* response) {
+  return Report(DoTokenize(context, request, response));
+}
+
+grpc::Status GenerationServiceImpl::Detokenize(grpc::ServerContext* context,
+                                               const tandem::v1::DetokenizeRequest* request,
+                                               tandem::v1::DetokenizeResponse* response) {
+  return Report(DoDetokenize(context, request, response));
+}
+
+grpc::Status GenerationServiceImpl::DoGenerate(
     grpc::ServerContext* context, const tandem::v1::GenerateRequest* request,
     grpc::ServerWriter<tandem::v1::GenerateResponse>* writer) {
   if (grpc::Status auth = CheckApiKey(*context, api_key_); !auth.ok()) return auth;
@@ -81,7 +103,7 @@ grpc::Status GenerationServiceImpl::Generate(
   return grpc::Status::OK;
 }
 
-grpc::Status GenerationServiceImpl::Tokenize(grpc::ServerContext* context,
+grpc::Status GenerationServiceImpl::DoTokenize(grpc::ServerContext* context,
                                              const tandem::v1::TokenizeRequest* request,
                                              tandem::v1::TokenizeResponse* response) {
   if (grpc::Status auth = CheckApiKey(*context, api_key_); !auth.ok()) return auth;
@@ -94,7 +116,7 @@ grpc::Status GenerationServiceImpl::Tokenize(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status GenerationServiceImpl::Detokenize(grpc::ServerContext* context,
+grpc::Status GenerationServiceImpl::DoDetokenize(grpc::ServerContext* context,
                                                const tandem::v1::DetokenizeRequest* request,
                                                tandem::v1::DetokenizeResponse* response) {
   if (grpc::Status auth = CheckApiKey(*context, api_key_); !auth.ok()) return auth;
@@ -105,13 +127,18 @@ grpc::Status GenerationServiceImpl::Detokenize(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-ModelsServiceImpl::ModelsServiceImpl(Frontend& frontend, std::string api_key)
-    : frontend_(frontend), api_key_(std::move(api_key)) {}
+ModelsServiceImpl::ModelsServiceImpl(Frontend& frontend, std::string api_key,
+                                     StatusObserver on_status)
+    : frontend_(frontend), api_key_(std::move(api_key)), on_status_(std::move(on_status)) {}
 
 grpc::Status ModelsServiceImpl::List(grpc::ServerContext* context,
                                      const tandem::v1::ListModelsRequest* request,
                                      tandem::v1::ListModelsResponse* response) {
-  if (grpc::Status auth = CheckApiKey(*context, api_key_); !auth.ok()) return auth;
+  if (grpc::Status auth = CheckApiKey(*context, api_key_); !auth.ok()) {
+    if (on_status_) on_status_(auth.error_code());
+    return auth;
+  }
+  if (on_status_) on_status_(grpc::StatusCode::OK);
   ToProto(frontend_.Model(), response->add_models());
   return grpc::Status::OK;
 }

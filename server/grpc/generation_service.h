@@ -19,6 +19,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <functional>
 #include <string>
 
 #include "absl/time/time.h"
@@ -27,6 +28,9 @@
 
 namespace tandem::server::grpc_api {
 
+// Told the status of every answered call (metrics); may be empty. Called on gRPC threads.
+using StatusObserver = std::function<void(grpc::StatusCode code)>;
+
 // OK when `api_key` is empty or the call carries `authorization: Bearer <api_key>`.
 grpc::Status CheckApiKey(const grpc::ServerContext& context, const std::string& api_key);
 
@@ -34,7 +38,8 @@ class GenerationServiceImpl final : public tandem::v1::Generation::Service {
  public:
   // `poll_interval`: how long one WaitAndTake may block before cancellation is checked.
   GenerationServiceImpl(Frontend& frontend, std::string api_key,
-                        absl::Duration poll_interval = absl::Milliseconds(50));
+                        absl::Duration poll_interval = absl::Milliseconds(50),
+                        StatusObserver on_status = nullptr);
 
   grpc::Status Generate(grpc::ServerContext* context, const tandem::v1::GenerateRequest* request,
                         grpc::ServerWriter<tandem::v1::GenerateResponse>* writer) override;
@@ -45,15 +50,28 @@ class GenerationServiceImpl final : public tandem::v1::Generation::Service {
                           tandem::v1::DetokenizeResponse* response) override;
 
  private:
+  grpc::Status DoGenerate(grpc::ServerContext* context, const tandem::v1::GenerateRequest* request,
+                          grpc::ServerWriter<tandem::v1::GenerateResponse>* writer);
+  grpc::Status DoTokenize(grpc::ServerContext* context, const tandem::v1::TokenizeRequest* request,
+                          tandem::v1::TokenizeResponse* response);
+  grpc::Status DoDetokenize(grpc::ServerContext* context,
+                            const tandem::v1::DetokenizeRequest* request,
+                            tandem::v1::DetokenizeResponse* response);
+  grpc::Status Report(grpc::Status status) const {
+    if (on_status_) on_status_(status.error_code());
+    return status;
+  }
+
   // Constant after construction.
   Frontend& frontend_;
   const std::string api_key_;
   const absl::Duration poll_interval_;
+  const StatusObserver on_status_;
 };
 
 class ModelsServiceImpl final : public tandem::v1::Models::Service {
  public:
-  ModelsServiceImpl(Frontend& frontend, std::string api_key);
+  ModelsServiceImpl(Frontend& frontend, std::string api_key, StatusObserver on_status = nullptr);
 
   grpc::Status List(grpc::ServerContext* context, const tandem::v1::ListModelsRequest* request,
                     tandem::v1::ListModelsResponse* response) override;
@@ -62,6 +80,7 @@ class ModelsServiceImpl final : public tandem::v1::Models::Service {
   // Constant after construction.
   Frontend& frontend_;
   const std::string api_key_;
+  const StatusObserver on_status_;
 };
 
 }  // namespace tandem::server::grpc_api

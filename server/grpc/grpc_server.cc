@@ -24,8 +24,9 @@ std::string ListenAddress(const std::string& host, int port) {
 
 }  // namespace
 
-GrpcServer::GrpcServer(Frontend& frontend, const std::string& api_key)
-    : generation_(frontend, api_key), models_(frontend, api_key) {}
+GrpcServer::GrpcServer(Frontend& frontend, const GrpcServerConfig& config)
+    : generation_(frontend, config.api_key, absl::Milliseconds(50), config.on_status),
+      models_(frontend, config.api_key, config.on_status) {}
 
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcServerConfig& config,
                                                               Frontend& frontend) {
@@ -41,7 +42,7 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcServerCo
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
-  std::unique_ptr<GrpcServer> server(new GrpcServer(frontend, config.api_key));
+  std::unique_ptr<GrpcServer> server(new GrpcServer(frontend, config));
   const std::string address = ListenAddress(config.host, config.port);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &server->port_);

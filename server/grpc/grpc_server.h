@@ -30,6 +30,8 @@ struct GrpcServerConfig {
   std::string api_key;           // empty: no authentication
   // Largest request or response message, bytes (gRPC's default is 4 MiB for requests).
   int max_message_bytes = 64 << 20;
+  // Told the status code of every answered tandem.v1 call (metrics); may be empty.
+  StatusObserver on_status;
 };
 
 class GrpcServer {
@@ -54,7 +56,7 @@ class GrpcServer {
   void Shutdown(absl::Duration deadline);
 
  private:
-  GrpcServer(Frontend& frontend, const std::string& api_key);
+  GrpcServer(Frontend& frontend, const GrpcServerConfig& config);
 
   // Constant after construction.
   GenerationServiceImpl generation_;

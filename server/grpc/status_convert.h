@@ -16,6 +16,9 @@ namespace tandem::server::grpc_api {
 grpc::StatusCode ToGrpcCode(absl::StatusCode code);
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+// The canonical name of a code ("OK", "INVALID_ARGUMENT", ...), for logs and metrics.
+const char* GrpcCodeName(grpc::StatusCode code);
+
 }  // namespace tandem::server::grpc_api
 
 #endif  // TANDEM_SERVER_GRPC_STATUS_CONVERT_H_
