@@ -78,3 +78,15 @@ def test_reflection_lists_services(channel):
     resp = next(stub.ServerReflectionInfo(iter([req]), timeout=10))
     names = {s.name for s in resp.list_services_response.service}
     assert {"tandem.v1.Generation", "tandem.v1.Models", "grpc.health.v1.Health"} <= names
+
+
+def test_grpc_calls_are_counted(daemon, channel, grpc_stubs):
+    pb2, pb2_grpc = grpc_stubs
+    before = daemon.metrics().get('tandem:requests_total{api="grpc",status="NOT_FOUND"}', 0)
+    with pytest.raises(grpc.RpcError):
+        list(pb2_grpc.GenerationStub(channel).Generate(pb2.GenerateRequest(model="x", text="y"),
+                                                      timeout=30))
+    pb2_grpc.ModelsStub(channel).List(pb2.ListModelsRequest(), timeout=30)
+    m = daemon.metrics()
+    assert m['tandem:requests_total{api="grpc",status="NOT_FOUND"}'] == before + 1
+    assert m['tandem:requests_total{api="grpc",status="OK"}'] >= 1
