@@ -19,8 +19,13 @@ ServingMetrics::ServingMetrics(const scheduler::EngineInstance& engine)
       requests_(registry_.AddCounter("tandem:requests_total",
                                      "API requests answered, by API and status.",
                                      {"api", "status"})),
-      sequences_(registry_.AddCounter("tandem:sequences_finished_total",
-                                      "Sequences (choices) finished, by reason.", {"reason"})),
+      success_(registry_.AddCounter("tandem:request_success_total",
+                                    "Sequences (choices) that ended normally, by finish reason.",
+                                    {"finished_reason"})),
+      aborted_(registry_.AddCounter("tandem:sequences_aborted_total",
+                                    "Sequences that did not end normally: client gone "
+                                    "(cancelled) or engine failure (failed).",
+                                    {"reason"})),
       prompt_tokens_(registry_
                          .AddCounter("tandem:prompt_tokens_total",
                                      "Prompt tokens of finished sequences.")
@@ -77,7 +82,11 @@ ServingMetrics::ServingMetrics(const scheduler::EngineInstance& engine)
 void ServingMetrics::OnTokenGap(absl::Duration gap) { itl_.Observe(absl::ToDoubleSeconds(gap)); }
 
 void ServingMetrics::OnSequenceDone(const SequenceRecord& r) {
-  sequences_.WithLabels({r.finish}).Increment();
+  if (r.finish == "stop" || r.finish == "length") {
+    success_.WithLabels({r.finish}).Increment();
+  } else {
+    aborted_.WithLabels({r.finish}).Increment();
+  }
   prompt_tokens_.Increment(r.prompt_tokens);
   generation_tokens_.Increment(r.output_tokens);
   e2e_.Observe(absl::ToDoubleSeconds(r.e2e));

@@ -40,7 +40,8 @@ class ServingMetrics : public ServingObserver {
   std::mutex render_mu_;  // one scrape at a time updates the gauges
   metrics::Registry registry_;
   metrics::Family<metrics::Counter>& requests_;
-  metrics::Family<metrics::Counter>& sequences_;
+  metrics::Family<metrics::Counter>& success_;
+  metrics::Family<metrics::Counter>& aborted_;
   metrics::Counter& prompt_tokens_;
   metrics::Counter& generation_tokens_;
   metrics::Histogram& ttft_;

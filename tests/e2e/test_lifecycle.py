@@ -60,7 +60,7 @@ def test_disconnect_mid_stream_frees_blocks():
         assert wait_for(lambda: d.metrics()["tandem:num_requests_running"] == 0), d.metrics()
         m = d.metrics()
         assert m["tandem:kv_cache_usage_ratio"] == 0
-        assert m['tandem:sequences_finished_total{reason="cancelled"}'] == 3
+        assert m['tandem:sequences_aborted_total{reason="cancelled"}'] == 3
         # Cancelled long before max_tokens: far fewer than 3 * 4000 tokens were generated.
         assert m["tandem:generation_tokens_total"] < 3000
     finally:
