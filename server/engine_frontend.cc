@@ -384,7 +384,9 @@ absl::StatusOr<std::unique_ptr<GenerationStream>> EngineFrontend::Generate(
     } else {
       max_tokens = std::min(config_.default_completion_max_tokens, context - len);
     }
-    max_tokens = std::min(max_tokens, engine_.kv_capacity_tokens() - len);
+    // A default may not ask for more than the KV cache holds; an explicit max_tokens that does
+    // is refused by the engine with OutOfRange (413).
+    if (!request.max_tokens) max_tokens = std::min(max_tokens, engine_.kv_capacity_tokens() - len);
     if (max_tokens < 1) {
       return absl::OutOfRangeError(StrCat("the prompt (", len,
                                           " tokens) does not fit the KV cache with room to "
