@@ -41,7 +41,59 @@ def scan_log(path):
     return hits
 
 
-def read_rep(d):
+def read_metrics(path):
+    """Prometheus text -> {name: value}, label sets of one name summed."""
+    out = {}
+    if not os.path.exists(path):
+        return out
+    for line in open(path, errors="replace"):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        name = parts[0].split("{")[0]
+        try:
+            out[name] = out.get(name, 0.0) + float(parts[1])
+        except ValueError:
+            pass
+    return out
+
+
+def server_side(d, n_requests):
+    """Per-request server-side figures from /metrics deltas over the measured requests."""
+    b = read_metrics(os.path.join(d, "metrics_before.txt"))
+    a = read_metrics(os.path.join(d, "metrics_after.txt"))
+    if not a:
+        return None
+    delta = {k: a[k] - b.get(k, 0.0) for k in a}
+    out = {}
+
+    def mean_ms(hist):
+        c = delta.get(hist + "_count", 0)
+        return delta.get(hist + "_sum", 0) / c * 1e3 if c else None
+
+    if "tandem:e2e_request_latency_seconds_count" in delta:
+        n = delta["tandem:e2e_request_latency_seconds_count"]
+        out = {"requests": n,
+               "e2e_mean_ms": mean_ms("tandem:e2e_request_latency_seconds"),
+               "queue_mean_ms": mean_ms("tandem:request_queue_time_seconds"),
+               "ttft_mean_ms": mean_ms("tandem:time_to_first_token_seconds"),
+               "engine_steps": delta.get("tandem:engine_steps"),
+               "engine_steps_per_request": delta.get("tandem:engine_steps", 0) / n if n else None}
+    elif "llamacpp:prompt_seconds_total" in delta:
+        # Slot timers: each request's prompt + generation time (they overlap when batched).
+        busy = delta["llamacpp:prompt_seconds_total"] + delta.get("llamacpp:tokens_predicted_seconds_total", 0)
+        out = {"requests": n_requests,
+               "slot_time_mean_ms": busy / n_requests * 1e3 if n_requests else None,
+               "decode_calls": delta.get("llamacpp:n_decode_total"),
+               "decode_calls_per_request": delta.get("llamacpp:n_decode_total", 0) / n_requests
+               if n_requests else None,
+               "prompt_tokens_evaluated": delta.get("llamacpp:prompt_tokens_total")}
+    return out or None
+
+
+def read_rep(d, warmup):
     """One tandem-bench run: its figures and the per-request token check."""
     rep = {"dir": d}
     if os.path.exists(os.path.join(d, "failed")):
@@ -51,6 +103,9 @@ def read_rep(d):
     for k in ("load_before", "load_after"):
         if os.path.exists(os.path.join(d, k)):
             rep["load_avg_1min_" + k.split("_")[1]] = float(open(os.path.join(d, k)).read())
+    bp = os.path.join(d, "busy_cores_before_server_start")
+    if os.path.exists(bp):
+        rep["other_work_busy_cores_before_server_start"] = float(open(bp).read())
     sp = os.path.join(d, "summary.json")
     if not os.path.exists(sp):
         rep["error"] = "no summary.json (tandem-bench failed: " + \
@@ -71,6 +126,9 @@ def read_rep(d):
     })
     if "server_cross_check" in s:
         rep["server_cross_check"] = s["server_cross_check"]
+    srv = server_side(d, s["requests"]["sent"])
+    if srv:
+        rep["server_metrics"] = srv
     rows = list(csv.DictReader(open(os.path.join(d, "requests.csv"))))
     not_ok = [r for r in rows if r["status"] != "ok"]
     not_one = [r for r in rows if r["status"] == "ok" and r["output_tokens"] != "1"]
@@ -144,14 +202,14 @@ def main():
                 srv["probes"].append(probe)
                 if probe.get("completion_tokens") != 1:
                     problems.append(f"{name} rep {r}: non-streaming probe: {txt}")
-        for c in concs:
+        for c, w in zip(concs, nwarm):
             reps_data = []
             for r in range(1, reps + 1):
                 d = os.path.join(a.work, name, f"c{c}", f"rep{r}")
                 if not os.path.isdir(d):
                     problems.append(f"{name} c={c} rep {r}: not run")
                     continue
-                rep = read_rep(d)
+                rep = read_rep(d, w)
                 reps_data.append(rep)
                 where = f"{name} c={c} rep {r}"
                 if "error" in rep:
@@ -177,6 +235,11 @@ def main():
                     "e2e_p90_ms": med([x["e2e_ms"]["p90"] for x in good]),
                     "e2e_p99_ms": med([x["e2e_ms"]["p99"] for x in good]),
                     "ttft_median_ms": med([x["ttft_ms"]["median"] for x in good]),
+                    "e2e_mean_ms": med([x["e2e_ms"]["mean"] for x in good]),
+                    "server_e2e_mean_ms": med([x.get("server_metrics", {}).get("e2e_mean_ms")
+                                               for x in good]),
+                    "server_slot_time_mean_ms": med([x.get("server_metrics", {}).get("slot_time_mean_ms")
+                                                     for x in good]),
                 },
                 "req_per_s_each_rep": [x["req_per_s"] for x in good],
             }
@@ -216,9 +279,21 @@ def main():
     table = "\n".join(lines)
     result["table_markdown"] = table
     print(table)
+    notes = []
+    for s in servers:
+        for c in concs[:1]:  # only unbatched requests split cleanly into server time and the rest
+            m = result["servers"][s]["points"][str(c)]["median"]
+            inner = m["server_e2e_mean_ms"] if m["server_e2e_mean_ms"] is not None else m["server_slot_time_mean_ms"]
+            if inner is not None and m["e2e_mean_ms"] is not None:
+                what = "server E2E" if m["server_e2e_mean_ms"] is not None else "slot time (prompt + predict)"
+                notes.append(f"{s} c={c}: client mean latency {m['e2e_mean_ms']:.2f} ms, {what} mean "
+                             f"{inner:.2f} ms (from /metrics)")
+    result["server_side_notes"] = notes
     print(f"\n(median of {reps} repetitions; in brackets: requests/s of each repetition; "
           f"latency = client send to last byte, max_tokens=1, {a.input_len}-token prompts; "
           f"ratio > 1 on requests/s and < 1 on latency favour tandemd)")
+    for n in notes:
+        print(n)
     for s in servers:
         lg = result["servers"][s]["log_suspect_lines"]
         if lg["count"]:
