@@ -1,0 +1,257 @@
+#include "server/engine_frontend.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "model/chat_template.h"
+#include "model/gguf_file.h"
+#include "model/tokenizer.h"
+#include "scheduler/engine_instance.h"
+#include "tests/support/test_model.h"
+
+namespace tandem::server {
+namespace {
+
+constexpr char kModel[] = "tiny";
+
+class RecordingObserver : public ServingObserver {
+ public:
+  void OnTokenGap(absl::Duration) override { ++gaps; }
+  void OnSequenceDone(const SequenceRecord& r) override {
+    std::lock_guard<std::mutex> lock(mu);
+    records.push_back(r);
+  }
+  std::mutex mu;
+  std::atomic<int> gaps{0};
+  std::vector<SequenceRecord> records;
+};
+
+// Everything a stream produced, folded per choice.
+struct Collected {
+  std::vector<std::string> text;
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<std::optional<FinishReason>> finish;
+  std::vector<int> logprob_entries;
+  std::vector<ChoiceDelta> deltas;
+  absl::Status status;
+  Usage usage;
+};
+
+Collected Drain(GenerationStream& s, int choices) {
+  Collected c;
+  c.text.resize(choices);
+  c.tokens.resize(choices);
+  c.finish.resize(choices);
+  c.logprob_entries.resize(choices);
+  bool done = false;
+  while (!done) {
+    std::vector<ChoiceDelta> out;
+    done = s.WaitAndTake(&out, absl::Milliseconds(100));
+    for (ChoiceDelta& d : out) {
+      EXPECT_LT(d.index, choices);
+      EXPECT_FALSE(c.finish[d.index].has_value()) << "delta after finish";
+      c.text[d.index] += d.text;
+      c.tokens[d.index].insert(c.tokens[d.index].end(), d.token_ids.begin(), d.token_ids.end());
+      c.logprob_entries[d.index] += static_cast<int>(d.logprobs.size());
+      if (d.finish) c.finish[d.index] = d.finish;
+      c.deltas.push_back(std::move(d));
+    }
+  }
+  c.status = s.status();
+  c.usage = s.usage();
+  return c;
+}
+
+class EngineFrontendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    testing::TestModelSpec spec;
+    spec.weight_std = 0.2f;
+    spec.embd_std = 0.5f;
+    spec.context_length = 256;
+    path_ = absl::StrCat(::testing::TempDir(), "/engine_frontend_test.gguf");
+    ASSERT_TRUE(testing::WriteTestModel(spec, path_).ok());
+    auto file = model::GgufFile::Open(path_);
+    ASSERT_TRUE(file.ok()) << file.status();
+    auto tok = model::Tokenizer::FromGguf(**file);
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    scheduler::EngineInstanceConfig ic;
+    ic.cpu.threads = 1;
+    ic.scheduler.max_num_seqs = 8;
+    ic.scheduler.max_batch_tokens = 64;
+    ic.block_size = 4;
+    ic.kv_cache_bytes = 1 << 20;
+    ic.eos_token_id = (*tok)->eos_id();
+    auto inst = scheduler::EngineInstance::Create(ic, **file);
+    ASSERT_TRUE(inst.ok()) << inst.status();
+    engine_ = std::move(*inst);
+    auto tmpl = model::ChatTemplate::FromName("chatml");
+    ASSERT_TRUE(tmpl.ok());
+    EngineFrontendConfig fc;
+    fc.served_model_name = kModel;
+    frontend_ = std::make_unique<EngineFrontend>(fc, std::move(*tok), std::move(*tmpl),
+                                                 *engine_, &observer_);
+  }
+
+  static GenerationRequest Completion(std::string prompt, int max_tokens) {
+    GenerationRequest r;
+    r.kind = GenerationRequest::Kind::kCompletion;
+    r.model = kModel;
+    r.prompts.push_back({false, std::move(prompt), {}});
+    r.max_tokens = max_tokens;
+    r.sampling.temperature = 0;
+    r.sampling.ignore_eos = true;
+    return r;
+  }
+
+  Collected Run(GenerationRequest r, int choices = 1) {
+    auto s = frontend_->Generate(std::move(r));
+    EXPECT_TRUE(s.ok()) << s.status();
+    if (!s.ok()) return {};
+    return Drain(**s, choices);
+  }
+
+  std::string path_;
+  RecordingObserver observer_;
+  std::unique_ptr<scheduler::EngineInstance> engine_;
+  std::unique_ptr<EngineFrontend> frontend_;
+};
+
+TEST_F(EngineFrontendTest, GreedyTextMatchesDetokenizedTokens) {
+  Collected c = Run(Completion("hello world", 24));
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  EXPECT_EQ(c.finish[0], FinishReason::kLength);
+  EXPECT_EQ(c.tokens[0].size(), 24u);
+  EXPECT_EQ(c.usage.completion_tokens, 24);
+  EXPECT_GT(c.usage.prompt_tokens, 0);
+  absl::StatusOr<std::string> text = frontend_->Detokenize(kModel, c.tokens[0]);
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ(c.text[0], *text);
+}
+
+TEST_F(EngineFrontendTest, StopStringsAreCutAndNeverReturned) {
+  Collected base = Run(Completion("the cat", 40));
+  const std::string& t = base.text[0];
+  ASSERT_GT(t.size(), 20u) << t;
+  // Several stop strings at several offsets, most of them spanning token boundaries.
+  for (size_t start : {3u, 7u, 11u, 15u}) {
+    for (size_t len : {1u, 2u, 4u}) {
+      const std::string stop = t.substr(start, len);
+      GenerationRequest r = Completion("the cat", 40);
+      r.stop = {"\x01never", stop};
+      Collected c = Run(std::move(r));
+      SCOPED_TRACE(absl::StrCat("stop '", stop, "'"));
+      EXPECT_EQ(c.text[0], t.substr(0, t.find(stop)));
+      EXPECT_EQ(c.finish[0], FinishReason::kStop);
+      for (const ChoiceDelta& d : c.deltas) EXPECT_EQ(d.text.find(stop), std::string::npos);
+    }
+  }
+  // The engine drops a sequence whose stop string matched: nothing keeps running.
+  for (int i = 0; i < 100 && engine_->stats().running > 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(engine_->stats().running, 0);
+}
+
+TEST_F(EngineFrontendTest, ChoicesSeedsEchoAndLogprobs) {
+  GenerationRequest r = Completion("abc", 8);
+  r.n = 3;
+  r.echo = true;
+  r.sampling.temperature = 1.0f;
+  r.sampling.seed = 11;
+  r.sampling.has_seed = true;
+  r.sampling.logprobs = true;
+  r.sampling.top_logprobs = 2;
+  Collected a = Run(r, 3);
+  Collected b = Run(r, 3);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(a.text[i], b.text[i]) << "same seed, same output";
+    EXPECT_EQ(a.text[i].rfind("abc", 0), 0u) << "echo first";
+    EXPECT_EQ(a.logprob_entries[i], 8);
+    EXPECT_EQ(a.finish[i], FinishReason::kLength);
+  }
+  EXPECT_TRUE(a.tokens[0] != a.tokens[1] || a.tokens[1] != a.tokens[2])
+      << "choices use different seeds";
+  EXPECT_EQ(a.usage.completion_tokens, 24);
+  for (const ChoiceDelta& d : a.deltas) {
+    for (const LogprobEntry& e : d.logprobs) {
+      ASSERT_EQ(e.top.size(), 2u);
+      EXPECT_LE(e.chosen.logprob, 0.0f);
+      EXPECT_GE(e.top[0].logprob, e.top[1].logprob);
+    }
+  }
+}
+
+TEST_F(EngineFrontendTest, CancelFreesTheEngineAndReportsCancelled) {
+  auto s = frontend_->Generate(Completion("long", 200));
+  ASSERT_TRUE(s.ok());
+  std::vector<ChoiceDelta> out;
+  while (out.empty()) (*s)->WaitAndTake(&out, absl::Milliseconds(100));
+  (*s)->Cancel();
+  std::vector<ChoiceDelta> rest;
+  EXPECT_TRUE((*s)->Take(&rest));
+  for (int i = 0; i < 200 && frontend_->in_flight() > 0; ++i) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_EQ(frontend_->in_flight(), 0);
+  const scheduler::InstanceStats st = engine_->stats();
+  EXPECT_EQ(st.kv_blocks_free, st.kv_blocks_total);
+  std::lock_guard<std::mutex> lock(observer_.mu);
+  ASSERT_FALSE(observer_.records.empty());
+  EXPECT_EQ(observer_.records.back().finish, "cancelled");
+}
+
+TEST_F(EngineFrontendTest, ErrorsBeforeAnythingRuns) {
+  GenerationRequest r = Completion("x", 4);
+  r.model = "other";
+  EXPECT_EQ(frontend_->Generate(r).status().code(), absl::StatusCode::kNotFound);
+  r = Completion(std::string(300, 'a'), 4);  // longer than the 256-token context
+  EXPECT_EQ(frontend_->Generate(r).status().code(), absl::StatusCode::kOutOfRange);
+  r = Completion("x", 250);
+  r.prompts[0].text = std::string(20, 'b');
+  EXPECT_EQ(frontend_->Generate(r).status().code(), absl::StatusCode::kOutOfRange);
+  r = Completion("x", 4);
+  r.sampling.temperature = -1;
+  EXPECT_EQ(frontend_->Generate(r).status().code(), absl::StatusCode::kInvalidArgument);
+  frontend_->SetDraining(true);
+  EXPECT_EQ(frontend_->Generate(Completion("x", 4)).status().code(),
+            absl::StatusCode::kUnavailable);
+  frontend_->SetDraining(false);
+  EXPECT_TRUE(frontend_->Generate(Completion("x", 4)).ok());
+}
+
+TEST_F(EngineFrontendTest, ObserverSeesTimings) {
+  Collected c = Run(Completion("timing", 5));
+  ASSERT_TRUE(c.status.ok());
+  std::lock_guard<std::mutex> lock(observer_.mu);
+  ASSERT_EQ(observer_.records.size(), 1u);
+  const SequenceRecord& r = observer_.records[0];
+  EXPECT_EQ(r.output_tokens, 5);
+  EXPECT_EQ(r.finish, "length");
+  ASSERT_TRUE(r.ttft.has_value());
+  EXPECT_LE(*r.ttft, r.e2e);
+  EXPECT_LE(r.queue_time, *r.ttft);
+  EXPECT_EQ(observer_.gaps.load(), 4);
+}
+
+TEST_F(EngineFrontendTest, ChatUsesTemplateAndTokenizeAgrees) {
+  GenerationRequest r;
+  r.kind = GenerationRequest::Kind::kChat;
+  r.messages = {{"user", "hi"}};
+  r.max_tokens = 3;
+  r.sampling.temperature = 0;
+  Collected c = Run(r);
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  TokenizeRequest t;
+  t.is_chat = true;
+  t.messages = r.messages;
+  auto ids = frontend_->Tokenize(t);
+  ASSERT_TRUE(ids.ok());
+  EXPECT_EQ(c.usage.prompt_tokens, static_cast<int>(ids->size()));
+  EXPECT_EQ(frontend_->Detokenize(kModel, {-1}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace tandem::server
