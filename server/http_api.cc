@@ -1,5 +1,6 @@
 #include "server/http_api.h"
 
+#include <random>
 #include <utility>
 #include <vector>
 
@@ -133,6 +134,7 @@ HttpApi::HttpApi(const HttpApiConfig& config, Frontend& frontend, std::function<
       ready_(std::move(ready)),
       metrics_(std::move(metrics)),
       on_status_(std::move(on_status)),
+      next_id_((uint64_t{std::random_device{}()} << 32) ^ std::random_device{}()),
       pool_(config.api_threads) {}
 
 HttpApi::~HttpApi() { pool_.join(); }

@@ -51,7 +51,7 @@ class HttpApi {
   const std::function<bool()> ready_;
   const std::function<std::string()> metrics_;
   const std::function<void(int)> on_status_;
-  std::atomic<uint64_t> next_id_{1};
+  std::atomic<uint64_t> next_id_;  // response id nonces; random start, so ids differ per run
   boost::asio::thread_pool pool_;
 };
 
