@@ -11,6 +11,7 @@ namespace {
 
 constexpr int kTile = 8;       // positions per score tile: one ymm of scores
 constexpr int kGroupTile = 8;  // query heads sharing one pass over K/V
+constexpr int kPrefetchTiles = 4;  // tiles (32 positions) of K/V asked for ahead
 
 template <KvDType kDt>
 inline void LoadRow(const void* base, const float* scale_zero, int64_t row, int d, int nv,
@@ -67,8 +68,13 @@ void Attend(const AttentionParams& p, int64_t t, int kv_head) {
       m[g] = -__builtin_inff();
       l[g] = 0;
     }
+    PrefetchKvRows(p, table, kv_head, c.k, c.k_scale_zero, 0, kPrefetchTiles * kTile, pos + 1);
+    PrefetchKvRows(p, table, kv_head, c.v, c.v_scale_zero, 0, kPrefetchTiles * kTile, pos + 1);
     int n = 0;
     for (int start = 0; start <= pos; start += n) {
+      const int ahead = start + kPrefetchTiles * kTile;
+      PrefetchKvRows(p, table, kv_head, c.k, c.k_scale_zero, ahead, kTile, pos + 1);
+      PrefetchKvRows(p, table, kv_head, c.v, c.v_scale_zero, ahead, kTile, pos + 1);
       const int block = table[start / c.block_size];
       const int offset = start % c.block_size;
       n = pos + 1 - start;

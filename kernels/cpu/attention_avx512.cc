@@ -1,8 +1,9 @@
-// AVX-512 variant of paged attention (algorithm in attention.cc). A tile of 16 positions is
-// staged once (F16 via vcvtph2ps, int8 with one FMA per 16 values: q * scale + zero), then
-// each query head of the group takes it in turn with its q and accumulator in registers:
-// 16 dot products folded into one zmm of scores, an online-softmax update of a few vector
-// ops, and 16 FMAs of V rows per accumulator vector.
+// AVX-512 variant of paged attention. Same result as attention.cc's algorithm, arranged
+// for throughput: the context is cut into chunks of kChunk positions, and each chunk is
+// done in three passes (scores for every head of the GQA group, then the softmax update,
+// then the weighted V rows) so that no long dependency chain runs per 16-position tile;
+// see Attend. K tiles are staged once per tile (F16 via vcvtph2ps, int8 with one FMA per
+// 16 values: q * scale + zero); V rows are converted once and feed several heads.
 // Only intrinsics and plain C here (see ops_avx512.cc for why).
 #include <immintrin.h>
 
@@ -18,6 +19,10 @@ namespace {
 
 constexpr int kTile = 16;      // positions per score tile: one zmm of scores
 constexpr int kGroupTile = 8;  // query heads sharing one pass over K/V
+constexpr int kChunk = 128;    // positions per softmax chunk (a multiple of kTile)
+constexpr int kPrefetchTiles = 2;  // tiles of K/V asked for ahead
+
+inline int Min(int a, int b) { return a < b ? a : b; }
 
 // Rows [row0, row0 + n) of a K or V array as kTile rows of floats, rows n.. zero: full F32
 // tiles are read in place (the rows of one block are contiguous); F16 and int8 rows, and
@@ -77,11 +82,48 @@ __attribute__((always_inline)) inline __m512 TransposeSum16(const __m512* a) {
                        _mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-// kNv > 0 fixes head_dim = 16 * kNv at compile time so a head's q and accumulator stay in
-// registers; 0 reads it.
+// Vectors [0, nv) of row `row` of a K or V array, as floats.
+template <KvDType kDt, int kMaxNv>
+__attribute__((always_inline)) inline void LoadRow(const void* base, const float* scale_zero,
+                                                   int64_t row, int d, int nv, __m512* out) {
+  if constexpr (kDt == KvDType::kF32) {
+    const float* f = static_cast<const float*>(base) + row * d;
+#pragma GCC unroll 16
+    for (int i = 0; i < nv; ++i) out[i] = _mm512_loadu_ps(f + 16 * i);
+  } else if constexpr (kDt == KvDType::kF16) {
+    const uint16_t* h = static_cast<const uint16_t*>(base) + row * d;
+#pragma GCC unroll 16
+    for (int i = 0; i < nv; ++i) {
+      out[i] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + 16 * i)));
+    }
+  } else {
+    const uint8_t* q = static_cast<const uint8_t*>(base) + row * d;
+    const __m512 scale = _mm512_set1_ps(scale_zero[row * 2]);
+    const __m512 zero = _mm512_set1_ps(scale_zero[row * 2 + 1]);
+#pragma GCC unroll 16
+    for (int i = 0; i < nv; ++i) {
+      const __m512i w =
+          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16 * i)));
+      out[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(w), scale, zero);
+    }
+  }
+}
+
+// One item: the query heads of kv_head for token t. The context is walked in chunks of
+// kChunk positions, each in three throughput-bound passes instead of one latency-bound
+// online softmax per 16-position tile:
+//   1. scores of every head of the group for the chunk's tiles (K staged once per tile,
+//      16 dot products folded by TransposeSum16), kept in `s`;
+//   2. per head, the chunk's maximum, the rescale factor of the running sums, and the
+//      exponentials, written back over the scores;
+//   3. each V row loaded (and converted) once and added into the accumulators of up to
+//      kHeadsPerPass heads, which stay in registers.
+// kNv > 0 fixes head_dim = 16 * kNv at compile time; 0 reads it.
 template <KvDType kDt, int kNv>
 void Attend(const AttentionParams& p, int64_t t, int kv_head) {
   constexpr int kMaxNv = kNv > 0 ? kNv : kMaxHeadDim / 16;
+  // Pass 3 keeps kHeadsPerPass x kMaxNv accumulators plus a V row in the 32 zmm registers.
+  constexpr int kHeadsPerPass = kMaxNv >= 20 ? 1 : 20 / kMaxNv;
   const KvCacheView& c = p.cache;
   const int d = kNv > 0 ? 16 * kNv : p.head_dim;
   const int nv = d / 16;
@@ -89,16 +131,25 @@ void Attend(const AttentionParams& p, int64_t t, int kv_head) {
   const int pos = p.positions[t];
   const int32_t* table =
       p.block_tables + static_cast<int64_t>(p.token_seq[t]) * p.max_blocks_per_seq;
+  const int64_t head_rows = static_cast<int64_t>(c.n_kv_heads) * c.block_size;
+  const int64_t layer_rows = static_cast<int64_t>(p.layer) * c.n_blocks * head_rows;
+  // First cache row of positions [start, start + n) and n, limited to one block and one tile.
+  auto tile_at = [&](int start, int end, int* n) {
+    const int offset = start % c.block_size;
+    *n = Min(Min(end - start, kTile), c.block_size - offset);
+    return layer_rows + table[start / c.block_size] * head_rows +
+           static_cast<int64_t>(kv_head) * c.block_size + offset;
+  };
   alignas(64) float q[kGroupTile][kMaxHeadDim];
   alignas(64) float acc[kGroupTile][kMaxHeadDim];
+  alignas(64) float s[kGroupTile][kChunk];
   alignas(64) float k_buf[kTile * kMaxHeadDim];
-  alignas(64) float v_buf[kTile * kMaxHeadDim];
-  alignas(64) float probs[kTile];
   const __m512 neg_inf = _mm512_set1_ps(-__builtin_inff());
   for (int g0 = 0; g0 < group; g0 += kGroupTile) {
-    const int gn = group - g0 < kGroupTile ? group - g0 : kGroupTile;
+    const int gn = Min(group - g0, kGroupTile);
     float m[kGroupTile];
     float l[kGroupTile];
+    float corr[kGroupTile];
     const __m512 vscale = _mm512_set1_ps(p.scale);
     for (int g = 0; g < gn; ++g) {
       const float* qh = p.q + (t * p.n_heads + kv_head * group + g0 + g) * d;
@@ -109,55 +160,101 @@ void Attend(const AttentionParams& p, int64_t t, int kv_head) {
       m[g] = -__builtin_inff();
       l[g] = 0;
     }
-    int n = 0;
-    for (int start = 0; start <= pos; start += n) {
-      const int block = table[start / c.block_size];
-      const int offset = start % c.block_size;
-      n = pos + 1 - start;
-      if (n > kTile) n = kTile;
-      if (n > c.block_size - offset) n = c.block_size - offset;
-      const int64_t row0 =
-          ((static_cast<int64_t>(p.layer) * c.n_blocks + block) * c.n_kv_heads + kv_head) *
-              c.block_size +
-          offset;
-      const float* kt = StageRows<kDt>(c.k, c.k_scale_zero, row0, n, d, k_buf);
-      const float* vt = StageRows<kDt>(c.v, c.v_scale_zero, row0, n, d, v_buf);
-      const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1u);
-      for (int g = 0; g < gn; ++g) {
-        __m512 qv[kMaxNv];
+    PrefetchKvRows(p, table, kv_head, c.k, c.k_scale_zero, 0, kPrefetchTiles * kTile, pos + 1);
+    for (int c0 = 0; c0 <= pos; c0 += kChunk) {
+      const int c1 = Min(pos + 1, c0 + kChunk);
+      // 1. Scores.
+      int n = 0;
+      for (int start = c0; start < c1; start += n) {
+        PrefetchKvRows(p, table, kv_head, c.k, c.k_scale_zero, start + kPrefetchTiles * kTile,
+                       kTile, c1);
+        const int64_t row0 = tile_at(start, c1, &n);
+        const float* kt = StageRows<kDt>(c.k, c.k_scale_zero, row0, n, d, k_buf);
+        const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1u);
+        for (int g = 0; g < gn; ++g) {
+          __m512 qv[kMaxNv];
 #pragma GCC unroll 16
-        for (int i = 0; i < nv; ++i) qv[i] = _mm512_load_ps(q[g] + 16 * i);
-        __m512 dots[kTile];
+          for (int i = 0; i < nv; ++i) qv[i] = _mm512_load_ps(q[g] + 16 * i);
+          __m512 dots[kTile];
 #pragma GCC unroll 16
-        for (int j = 0; j < kTile; ++j) {
-          dots[j] = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kt + j * d));
+          for (int j = 0; j < kTile; ++j) {
+            dots[j] = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kt + j * d));
 #pragma GCC unroll 16
-          for (int i = 1; i < nv; ++i) {
-            dots[j] = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(kt + j * d + 16 * i), dots[j]);
+            for (int i = 1; i < nv; ++i) {
+              dots[j] = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(kt + j * d + 16 * i), dots[j]);
+            }
           }
+          _mm512_mask_storeu_ps(s[g] + (start - c0), mask, TransposeSum16(dots));
         }
-        const __m512 sv = _mm512_mask_mov_ps(neg_inf, mask, TransposeSum16(dots));
-        const float tile_max = _mm512_reduce_max_ps(sv);
-        const float m_new = tile_max > m[g] ? tile_max : m[g];
-        const float corr = _mm512_cvtss_f32(ExpAvx512(_mm512_set1_ps(m[g] - m_new)));
-        const __m512 pv =
-            _mm512_maskz_mov_ps(mask, ExpAvx512(_mm512_sub_ps(sv, _mm512_set1_ps(m_new))));
-        l[g] = l[g] * corr + _mm512_reduce_add_ps(pv);
+      }
+      // 2. Softmax statistics and exponentials.
+      const int cn = c1 - c0;
+      for (int g = 0; g < gn; ++g) {
+        __m512 mx = neg_inf;
+        for (int k = 0; k < cn; k += kTile) {
+          const int left = cn - k;
+          const __mmask16 mask =
+              left >= kTile ? __mmask16(0xffff) : static_cast<__mmask16>((1u << left) - 1u);
+          mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(neg_inf, mask, s[g] + k));
+        }
+        const float chunk_max = _mm512_reduce_max_ps(mx);
+        const float m_new = chunk_max > m[g] ? chunk_max : m[g];
+        corr[g] = _mm512_cvtss_f32(ExpAvx512(_mm512_set1_ps(m[g] - m_new)));
+        const __m512 mv = _mm512_set1_ps(m_new);
+        __m512 sum = _mm512_setzero_ps();
+        for (int k = 0; k < cn; k += kTile) {
+          const int left = cn - k;
+          const __mmask16 mask =
+              left >= kTile ? __mmask16(0xffff) : static_cast<__mmask16>((1u << left) - 1u);
+          const __m512 e =
+              _mm512_maskz_mov_ps(mask, ExpAvx512(_mm512_sub_ps(_mm512_loadu_ps(s[g] + k), mv)));
+          _mm512_storeu_ps(s[g] + k, e);
+          sum = _mm512_add_ps(sum, e);
+        }
+        l[g] = l[g] * corr[g] + _mm512_reduce_add_ps(sum);
         m[g] = m_new;
-        _mm512_store_ps(probs, pv);
-        __m512 av[kMaxNv];
-        const __m512 vc = _mm512_set1_ps(corr);
-#pragma GCC unroll 16
-        for (int i = 0; i < nv; ++i) av[i] = _mm512_mul_ps(_mm512_load_ps(acc[g] + 16 * i), vc);
-        for (int j = 0; j < n; ++j) {
-          const __m512 pj = _mm512_set1_ps(probs[j]);
+      }
+      // 3. Weighted V rows.
+      for (int h0 = 0; h0 < gn; h0 += kHeadsPerPass) {
+        const int hn = Min(gn - h0, kHeadsPerPass);
+        __m512 av[kHeadsPerPass][kMaxNv];
+#pragma GCC unroll 8
+        for (int h = 0; h < kHeadsPerPass; ++h) {
+          if (h >= hn) break;
+          const __m512 vc = _mm512_set1_ps(corr[h0 + h]);
 #pragma GCC unroll 16
           for (int i = 0; i < nv; ++i) {
-            av[i] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vt + j * d + 16 * i), av[i]);
+            av[h][i] = _mm512_mul_ps(_mm512_load_ps(acc[h0 + h] + 16 * i), vc);
           }
         }
+        if (h0 == 0) {
+          PrefetchKvRows(p, table, kv_head, c.v, c.v_scale_zero, c0, kPrefetchTiles * kTile, c1);
+        }
+        for (int start = c0; start < c1; start += n) {
+          const int64_t row0 = tile_at(start, c1, &n);
+          if (h0 == 0) {
+            PrefetchKvRows(p, table, kv_head, c.v, c.v_scale_zero,
+                           start + kPrefetchTiles * kTile, kTile, c1);
+          }
+          for (int j = 0; j < n; ++j) {
+            __m512 vr[kMaxNv];
+            LoadRow<kDt, kMaxNv>(c.v, c.v_scale_zero, row0 + j, d, nv, vr);
+            const int sj = start - c0 + j;
+#pragma GCC unroll 8
+            for (int h = 0; h < kHeadsPerPass; ++h) {
+              if (h >= hn) break;
+              const __m512 pj = _mm512_set1_ps(s[h0 + h][sj]);
 #pragma GCC unroll 16
-        for (int i = 0; i < nv; ++i) _mm512_store_ps(acc[g] + 16 * i, av[i]);
+              for (int i = 0; i < nv; ++i) av[h][i] = _mm512_fmadd_ps(pj, vr[i], av[h][i]);
+            }
+          }
+        }
+#pragma GCC unroll 8
+        for (int h = 0; h < kHeadsPerPass; ++h) {
+          if (h >= hn) break;
+#pragma GCC unroll 16
+          for (int i = 0; i < nv; ++i) _mm512_store_ps(acc[h0 + h] + 16 * i, av[h][i]);
+        }
       }
     }
     for (int g = 0; g < gn; ++g) {

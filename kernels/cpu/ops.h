@@ -70,6 +70,48 @@ inline int64_t AttentionItems(const AttentionParams& p) {
   return static_cast<int64_t>(p.n_tokens) * p.n_kv_heads;
 }
 
+// A prefetch the optimizer keeps: GCC deletes loops whose only statements are
+// __builtin_prefetch calls (it treats them as free of side effects). `static`, like
+// PrefetchKvRows, so that the copies in files built for different ISAs are never merged.
+static inline void PrefetchLine(const void* p) {
+#if defined(__x86_64__)
+  asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p);
+#endif
+}
+
+// Asks for rows [start, min(start + n, end)) of kv_head in `base` (the K or the V array of
+// p.cache) and their int8 scales (`scale_zero`, null for float caches) to be brought into the
+// cache ahead of use. A decode step reads its whole context from DRAM (the weights streamed
+// since the previous step have evicted it) and the blocks lie scattered in the pool, so the
+// hardware prefetchers cannot see the next tile coming; the attention variants call this a
+// few tiles ahead of the one they compute.
+static inline void PrefetchKvRows(const AttentionParams& p, const int32_t* table, int kv_head,
+                                  const void* base, const float* scale_zero, int start, int n,
+                                  int end) {
+  const KvCacheView& c = p.cache;
+  const int elem = c.dtype == KvDType::kF32 ? 4 : c.dtype == KvDType::kF16 ? 2 : 1;
+  const int64_t row_bytes = static_cast<int64_t>(c.head_dim) * elem;
+  for (int s = start; s < end && s < start + n;) {
+    const int offset = s % c.block_size;
+    int rows = c.block_size - offset;
+    if (rows > start + n - s) rows = start + n - s;
+    if (rows > end - s) rows = end - s;
+    const int64_t row0 =
+        ((static_cast<int64_t>(p.layer) * c.n_blocks + table[s / c.block_size]) * c.n_kv_heads +
+         kv_head) *
+            c.block_size +
+        offset;
+    const char* rp = static_cast<const char*>(base) + row0 * row_bytes;
+    for (int64_t b = 0; b < rows * row_bytes; b += 64) PrefetchLine(rp + b);
+    if (scale_zero != nullptr) {  // 2 floats a row
+      for (int64_t i = 0; i < rows * 2; i += 16) PrefetchLine(scale_zero + row0 * 2 + i);
+    }
+    s += rows;
+  }
+}
+
 // Per-ISA variants, called by the dispatchers above. Exposed only so that the dispatch code
 // in ops.cc and attention.cc can see them; everything else uses the functions above.
 namespace internal {

@@ -48,7 +48,7 @@ struct Shape {
 // over a shuffled pool, every position's K/V written, and a batch of query tokens:
 //   seq 0 (len 70): a prefill chunk, positions 40..69;
 //   seq 1 (len 1): decode at position 0;
-//   seq 2 (len 200): decode at 199;
+//   seq 2 (len 200): a chunk at positions 126..129 and decode at 199;
 //   seq 3 (len 33): a whole prompt, positions 0..32;
 //   seq 4 (len 17): decode at 16.
 // The original K/V values are kept to measure quantization error.
@@ -130,6 +130,7 @@ class Scenario {
     };
     add(1, 0, 0);
     add(0, 40, 69);
+    add(2, 126, 129);  // contexts 127..130: either side of the AVX-512 softmax chunk (128)
     add(2, 199, 199);
     add(3, 0, 32);
     add(4, 16, 16);
