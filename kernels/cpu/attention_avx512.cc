@@ -167,7 +167,7 @@ void Attend(const AttentionParams& p, int64_t t, int kv_head) {
       int n = 0;
       for (int start = c0; start < c1; start += n) {
         PrefetchKvRows(p, table, kv_head, c.k, c.k_scale_zero, start + kPrefetchTiles * kTile,
-                       kTile, c1);
+                       kTile, pos + 1);
         const int64_t row0 = tile_at(start, c1, &n);
         const float* kt = StageRows<kDt>(c.k, c.k_scale_zero, row0, n, d, k_buf);
         const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1u);
