@@ -136,7 +136,7 @@ InstanceStats EngineInstance::stats() const {
 
 void EngineInstance::Loop() {
   while (Admit()) {
-    SchedulerOutput out = ScheduleStep();
+    const SchedulerOutput& out = ScheduleStep();
     if (!out.chunks.empty()) {
       Prepare(out);
       absl::Status s = Execute();
@@ -171,14 +171,18 @@ bool EngineInstance::Admit() {
     scheduler_->Add(std::make_unique<Sequence>(std::move(r), mc.vocab_size,
                                                config_.eos_token_id, config_.block_size));
   }
-  for (Sequence* s : scheduler_->All()) {
-    if (s->sink->cancelled()) Finish(s, SequenceEnd::kCancelled, absl::OkStatus());
-  }
+  // Collected first: Finish removes sequences from the scheduler.
+  cancelled_.clear();
+  scheduler_->ForEach([this](Sequence* s) {
+    if (s->sink->cancelled()) cancelled_.push_back(s);
+  });
+  for (Sequence* s : cancelled_) Finish(s, SequenceEnd::kCancelled, absl::OkStatus());
   return true;
 }
 
-SchedulerOutput EngineInstance::ScheduleStep() {
-  SchedulerOutput out = scheduler_->Schedule();
+const SchedulerOutput& EngineInstance::ScheduleStep() {
+  scheduler_->Schedule(&plan_);
+  const SchedulerOutput& out = plan_;
   for (Sequence* s : out.failed) {
     Finish(s, SequenceEnd::kFailed,
            absl::ResourceExhaustedError(
