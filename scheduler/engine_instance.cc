@@ -38,12 +38,7 @@ absl::StatusOr<std::unique_ptr<EngineInstance>> EngineInstance::Create(
   TANDEM_ASSIGN_OR_RETURN(inst->model_, model::LlamaModel::Load(file, *inst->backend_, mo));
   const model::ModelConfig& mc = inst->model_->config();
 
-  kvcache::KvCacheConfig kc;
-  kc.n_layers = mc.n_layers;
-  kc.n_kv_heads = mc.n_kv_heads;
-  kc.head_dim = mc.head_dim;
-  kc.block_size = config.block_size;
-  kc.dtype = config.kv_dtype;
+  kvcache::KvCacheConfig kc = inst->model_->KvCacheLayout(config.kv_dtype);
   kc.memory_bytes = config.kv_cache_bytes;
   if (config.kv_cache_bytes < kc.BytesPerBlock()) {
     return absl::InvalidArgumentError(
