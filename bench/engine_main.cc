@@ -152,12 +152,7 @@ class EngineBench {
           "a benchmark sequence of ", std::max(max_prompt, decode_len),
           " tokens exceeds the model's context of ", mc.context_length));
     }
-    kvcache::KvCacheConfig kc;
-    kc.n_layers = mc.n_layers;
-    kc.n_kv_heads = mc.n_kv_heads;
-    kc.head_dim = mc.head_dim;
-    kc.block_size = opts.block_size;
-    kc.dtype = cfg.kv_dtype;
+    kvcache::KvCacheConfig kc = b->model_->KvCacheLayout(cfg.kv_dtype);
     const int per_seq = (decode_len + kc.block_size - 1) / kc.block_size;
     kc.num_blocks = std::max(max_batch * per_seq, (max_prompt + kc.block_size - 1) / kc.block_size);
     TANDEM_ASSIGN_OR_RETURN(b->cache_, kvcache::KvCache::Create(kc, *b->backend_));

@@ -42,6 +42,16 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const GgufFile& fil
   return model;
 }
 
+kvcache::KvCacheConfig LlamaModel::KvCacheLayout(kernels::KvDType dtype) const {
+  kvcache::KvCacheConfig kc;
+  kc.n_layers = config_.n_layers;
+  kc.n_kv_heads = config_.n_kv_heads;
+  kc.head_dim = config_.head_dim;
+  kc.block_size = options_.block_size;
+  kc.dtype = dtype;
+  return kc;
+}
+
 absl::StatusOr<float*> LlamaModel::UploadVector(const GgufFile& file, const std::string& name,
                                                 int64_t n) {
   const GgufTensor* t = file.FindTensor(name);

@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
+#include "kvcache/kv_cache.h"
 #include "model/gguf_file.h"
 #include "model/model_config.h"
 #include "model/step_batch.h"
@@ -48,6 +49,10 @@ class LlamaModel {
   const ModelConfig& config() const { return config_; }
   const ModelOptions& options() const { return options_; }
   int max_blocks_per_seq() const { return max_blocks_per_seq_; }
+  // The KV cache Forward accepts: the model's layers, KV heads and head size, pages of
+  // options().block_size tokens, entries of `dtype`. The size (num_blocks or memory_bytes) is
+  // left for the caller to choose.
+  kvcache::KvCacheConfig KvCacheLayout(kernels::KvDType dtype) const;
 
   // Runs one step: appends the batch's K/V into `cache` and writes float logits
   // [batch.logit_rows.size(), vocab] into `logits` (host memory; untouched when no rows

@@ -38,12 +38,7 @@ absl::StatusOr<std::unique_ptr<EngineInstance>> EngineInstance::Create(
   TANDEM_ASSIGN_OR_RETURN(inst->model_, model::LlamaModel::Load(file, *inst->backend_, mo));
   const model::ModelConfig& mc = inst->model_->config();
 
-  kvcache::KvCacheConfig kc;
-  kc.n_layers = mc.n_layers;
-  kc.n_kv_heads = mc.n_kv_heads;
-  kc.head_dim = mc.head_dim;
-  kc.block_size = config.block_size;
-  kc.dtype = config.kv_dtype;
+  kvcache::KvCacheConfig kc = inst->model_->KvCacheLayout(config.kv_dtype);
   kc.memory_bytes = config.kv_cache_bytes;
   if (config.kv_cache_bytes < kc.BytesPerBlock()) {
     return absl::InvalidArgumentError(
@@ -136,7 +131,7 @@ InstanceStats EngineInstance::stats() const {
 
 void EngineInstance::Loop() {
   while (Admit()) {
-    SchedulerOutput out = ScheduleStep();
+    const SchedulerOutput& out = ScheduleStep();
     if (!out.chunks.empty()) {
       Prepare(out);
       absl::Status s = Execute();
@@ -171,14 +166,18 @@ bool EngineInstance::Admit() {
     scheduler_->Add(std::make_unique<Sequence>(std::move(r), mc.vocab_size,
                                                config_.eos_token_id, config_.block_size));
   }
-  for (Sequence* s : scheduler_->All()) {
-    if (s->sink->cancelled()) Finish(s, SequenceEnd::kCancelled, absl::OkStatus());
-  }
+  // Collected first: Finish removes sequences from the scheduler.
+  cancelled_.clear();
+  scheduler_->ForEach([this](Sequence* s) {
+    if (s->sink->cancelled()) cancelled_.push_back(s);
+  });
+  for (Sequence* s : cancelled_) Finish(s, SequenceEnd::kCancelled, absl::OkStatus());
   return true;
 }
 
-SchedulerOutput EngineInstance::ScheduleStep() {
-  SchedulerOutput out = scheduler_->Schedule();
+const SchedulerOutput& EngineInstance::ScheduleStep() {
+  scheduler_->Schedule(&plan_);
+  const SchedulerOutput& out = plan_;
   for (Sequence* s : out.failed) {
     Finish(s, SequenceEnd::kFailed,
            absl::ResourceExhaustedError(

@@ -97,7 +97,7 @@ class EngineInstance {
   void Loop();
   // The step's verbs.
   bool Admit();  // false: stopping
-  SchedulerOutput ScheduleStep();
+  const SchedulerOutput& ScheduleStep();  // fills plan_
   void Prepare(const SchedulerOutput& out);
   absl::Status Execute();
   void Emit(const SchedulerOutput& out);
@@ -117,6 +117,9 @@ class EngineInstance {
   std::unique_ptr<model::BatchBuilder> builder_;
   std::vector<int> chunk_rows_;  // [chunks] logit row of each chunk, -1 if none
   std::vector<float> logits_;    // [max_num_seqs, vocab]
+  // Refilled every step, kept for their capacity.
+  SchedulerOutput plan_;              // this step's chunks, preempted and failed
+  std::vector<Sequence*> cancelled_;  // Admit's sweep: sequences whose sink was cancelled
 
   // Submission queue.
   mutable std::mutex mu_;

@@ -33,6 +33,14 @@ absl::Status SchedulerConfig::Validate() const {
   return absl::OkStatus();
 }
 
+void SchedulerOutput::Clear() {
+  chunks.clear();
+  preempted.clear();
+  failed.clear();
+  num_tokens = 0;
+  num_decode = 0;
+}
+
 Scheduler::Scheduler(const SchedulerConfig& config, kvcache::BlockPool& pool)
     : config_(config), pool_(pool) {
   TANDEM_CHECK_OK(config_.Validate());
@@ -58,34 +66,34 @@ void Scheduler::Preempt(Sequence* seq) {
   seq->table.Release(pool_);
   seq->num_computed = 0;
   ++seq->preemptions;
+  seq->preempted_step = step_;
   waiting_.push_front(std::move(*it));
   running_.erase(it);
 }
 
-SchedulerOutput Scheduler::Schedule() {
-  SchedulerOutput out;
+void Scheduler::Schedule(SchedulerOutput* out) {
+  out->Clear();
+  ++step_;
   int budget = config_.max_batch_tokens;
-  std::vector<Sequence*> done;  // scheduled this step (cannot be preempted any more)
-  auto is_done = [&](Sequence* s) { return std::find(done.begin(), done.end(), s) != done.end(); };
+  // A sequence given a chunk this step cannot be preempted any more.
+  auto is_done = [&](const Sequence* s) { return s->scheduled_step == step_; };
   auto add_chunk = [&](Sequence* s, int n) {
-    out.chunks.push_back({s, s->num_computed, n, s->num_computed + n == s->num_tokens()});
-    out.num_tokens += n;
-    if (s->num_uncomputed() == 1) ++out.num_decode;
+    out->chunks.push_back({s, s->num_computed, n, s->num_computed + n == s->num_tokens()});
+    out->num_tokens += n;
+    if (s->num_uncomputed() == 1) ++out->num_decode;
     budget -= n;
-    done.push_back(s);
+    s->scheduled_step = step_;
   };
 
   // Running sequences: decoding ones first (TPOT), then those still prefilling.
   for (int pass = 0; pass < 2 && budget > 0; ++pass) {
-    std::vector<Sequence*> order;
+    order_.clear();
     for (const auto& s : running_) {
-      if ((s->num_uncomputed() == 1) == (pass == 0)) order.push_back(s.get());
+      if ((s->num_uncomputed() == 1) == (pass == 0)) order_.push_back(s.get());
     }
-    for (Sequence* s : order) {
+    for (Sequence* s : order_) {
       if (budget == 0) break;
-      if (std::find(out.preempted.begin(), out.preempted.end(), s) != out.preempted.end()) {
-        continue;
-      }
+      if (s->preempted_step == step_) continue;  // a victim earlier in this step
       const int n = std::min(s->num_uncomputed(), budget);
       bool fits = Reserve(s, s->num_computed + n);
       while (!fits) {
@@ -99,34 +107,33 @@ SchedulerOutput Scheduler::Schedule() {
         }
         if (victim == nullptr) break;
         Preempt(victim);
-        out.preempted.push_back(victim);
+        out->preempted.push_back(victim);
         fits = Reserve(s, s->num_computed + n);
       }
       if (fits) {
         add_chunk(s, n);
       } else if (running_.size() == 1) {
-        out.failed.push_back(s);  // alone and still short: the cache can never hold it
+        out->failed.push_back(s);  // alone and still short: the cache can never hold it
       } else {
         Preempt(s);
-        out.preempted.push_back(s);
+        out->preempted.push_back(s);
       }
     }
   }
 
   // New sequences, first come first served; none while the cache is under pressure.
-  while (out.preempted.empty() && budget > 0 && !waiting_.empty() &&
+  while (out->preempted.empty() && budget > 0 && !waiting_.empty() &&
          static_cast<int>(running_.size()) < config_.max_num_seqs) {
     Sequence* s = waiting_.front().get();
     const int n = std::min(s->num_uncomputed(), budget);
     if (!Reserve(s, n)) {
-      if (running_.empty() && s->table.blocks().empty()) out.failed.push_back(s);
+      if (running_.empty() && s->table.blocks().empty()) out->failed.push_back(s);
       break;
     }
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
     add_chunk(s, n);
   }
-  return out;
 }
 
 void Scheduler::Complete(const SchedulerOutput& out) {
@@ -161,6 +168,11 @@ std::vector<Sequence*> Scheduler::All() const {
   for (const auto& s : running_) all.push_back(s.get());
   for (const auto& s : waiting_) all.push_back(s.get());
   return all;
+}
+
+void Scheduler::ForEach(absl::FunctionRef<void(Sequence*)> fn) const {
+  for (const auto& s : running_) fn(s.get());
+  for (const auto& s : waiting_) fn(s.get());
 }
 
 }  // namespace tandem::scheduler

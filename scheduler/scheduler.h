@@ -15,10 +15,12 @@
 #ifndef TANDEM_SCHEDULER_SCHEDULER_H_
 #define TANDEM_SCHEDULER_SCHEDULER_H_
 
+#include <cstdint>
 #include <deque>
 #include <memory>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "kvcache/block_pool.h"
 #include "scheduler/sequence.h"
@@ -42,13 +44,17 @@ struct ScheduledChunk {
   bool want_logits = false;  // the chunk reaches the end of seq->tokens: sample after it
 };
 
-// The plain value a step hands the instance (vLLM's SchedulerOutput idea).
+// The plain value a step hands the instance (vLLM's SchedulerOutput idea). The caller owns it
+// and passes the same one to every Schedule, so its vectors keep their capacity across steps.
 struct SchedulerOutput {
   std::vector<ScheduledChunk> chunks;  // batch order; decode tokens first
   std::vector<Sequence*> preempted;    // lost their KV this step; back in the queue
   std::vector<Sequence*> failed;       // can never fit the KV cache; removed, caller finishes them
   int num_tokens = 0;                  // sum of chunks' num_tokens
   int num_decode = 0;                  // chunks of exactly the sequence's last token
+
+  // Empties the lists, keeping their capacity.
+  void Clear();
 };
 
 class Scheduler {
@@ -57,8 +63,9 @@ class Scheduler {
 
   // Appends a new sequence to the queue.
   void Add(std::unique_ptr<Sequence> seq);
-  // Plans one step and reserves the KV blocks it needs. Empty when nothing can run.
-  SchedulerOutput Schedule();
+  // Plans one step and reserves the KV blocks it needs, replacing what `out` held. Empty when
+  // nothing can run.
+  void Schedule(SchedulerOutput* out);
   // Records that a step ran: every chunk's tokens now have KV.
   void Complete(const SchedulerOutput& out);
   // Takes a sequence out (finished, cancelled or failed) and frees its blocks.
@@ -67,8 +74,11 @@ class Scheduler {
   bool empty() const { return running_.empty() && waiting_.empty(); }
   int num_running() const { return static_cast<int>(running_.size()); }
   int num_waiting() const { return static_cast<int>(waiting_.size()); }
-  // Every sequence, running first, then waiting (for cancellation sweeps and shutdown).
+  // Every sequence, running first, then waiting (for shutdown and tests).
   std::vector<Sequence*> All() const;
+  // Calls fn on every sequence in All()'s order without copying the list (for the
+  // per-step cancellation sweep). fn must not add or remove sequences.
+  void ForEach(absl::FunctionRef<void(Sequence*)> fn) const;
   const SchedulerConfig& config() const { return config_; }
 
  private:
@@ -81,6 +91,8 @@ class Scheduler {
   kvcache::BlockPool& pool_;
   std::vector<std::unique_ptr<Sequence>> running_;  // admission order
   std::deque<std::unique_ptr<Sequence>> waiting_;   // FCFS; preempted ones at the front
+  uint64_t step_ = 0;             // Schedule calls so far; stamps Sequence::*_step
+  std::vector<Sequence*> order_;  // Schedule's scratch: one pass's running sequences
 };
 
 }  // namespace tandem::scheduler

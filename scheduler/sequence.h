@@ -88,6 +88,10 @@ struct Sequence {
   absl::Time arrival;
   bool scheduled_once = false;  // OnScheduled sent
   int preemptions = 0;
+  // The Scheduler's step counter when it last gave this sequence a chunk / last preempted it
+  // (0: never). They make "already in this step" an O(1) check.
+  uint64_t scheduled_step = 0;
+  uint64_t preempted_step = 0;
 };
 
 }  // namespace tandem::scheduler

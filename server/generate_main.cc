@@ -198,12 +198,8 @@ absl::Status Run(const Args& a) {
         ") exceeds the model's context of ", cfg.context_length, " tokens"));
   }
 
-  kvcache::KvCacheConfig kc;
-  kc.n_layers = cfg.n_layers;
-  kc.n_kv_heads = cfg.n_kv_heads;
-  kc.head_dim = cfg.head_dim;
-  kc.block_size = opts.block_size;
-  TANDEM_ASSIGN_OR_RETURN(kc.dtype, kvcache::ParseKvDType(a.kv_dtype));
+  TANDEM_ASSIGN_OR_RETURN(kernels::KvDType kv_dtype, kvcache::ParseKvDType(a.kv_dtype));
+  kvcache::KvCacheConfig kc = llm->KvCacheLayout(kv_dtype);
   kc.num_blocks = (total + kc.block_size - 1) / kc.block_size;
   TANDEM_ASSIGN_OR_RETURN(auto cache, kvcache::KvCache::Create(kc, *backend));
 

@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/check.h"
+#include "common/flag_names.h"
 #include "common/str_cat.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kvcache/kv_cache.h"
@@ -236,13 +237,7 @@ int main(int argc, char** argv) {
 
   absl::SetProgramUsageMessage("tandemd --model PATH [flags]: the tandem LLM serving daemon");
   // vLLM spells flags with dashes (--max-num-seqs); Abseil names them with underscores.
-  std::vector<std::string> args(argv, argv + argc);
-  for (size_t i = 1; i < args.size(); ++i) {
-    if (args[i] == "--") break;
-    if (args[i].rfind("--", 0) != 0) continue;
-    const size_t end = std::min(args[i].find('='), args[i].size());
-    std::replace(args[i].begin() + 2, args[i].begin() + end, '-', '_');
-  }
+  std::vector<std::string> args = tandem::UnderscoreFlagNames(argc, argv);
   std::vector<char*> cargs;
   for (std::string& a : args) cargs.push_back(a.data());
   absl::ParseCommandLine(static_cast<int>(cargs.size()), cargs.data());

@@ -28,6 +28,7 @@
 #include "bench/tandem_bench/server_metrics.h"
 #include "bench/tandem_bench/token_counter.h"
 #include "common/check.h"
+#include "common/flag_names.h"
 #include "common/str_cat.h"
 
 ABSL_FLAG(std::string, url, "http://127.0.0.1:8000", "server root, http://HOST:PORT");
@@ -409,23 +410,6 @@ absl::StatusOr<int> Main() {
   return 0;
 }
 
-// absl flags are identifiers; accept --foo-bar as --foo_bar (the name part only).
-std::vector<char*> NormalizeFlagNames(int argc, char** argv, std::vector<std::string>& storage) {
-  storage.assign(argv, argv + argc);
-  for (size_t i = 1; i < storage.size(); ++i) {
-    std::string& a = storage[i];
-    if (a == "--") break;
-    if (a.rfind("--", 0) != 0) continue;
-    const size_t end = std::min(a.find('='), a.size());
-    for (size_t k = 2; k < end; ++k) {
-      if (a[k] == '-') a[k] = '_';
-    }
-  }
-  std::vector<char*> out;
-  for (std::string& s : storage) out.push_back(s.data());
-  return out;
-}
-
 }  // namespace
 }  // namespace tandem::bench
 
@@ -434,9 +418,11 @@ int main(int argc, char** argv) {
       "tandem-bench --url http://HOST:PORT [--request-rate R] [--num-prompts N] "
       "[--slo ttft:MS,tpot:MS] [--sweep auto|R1,R2,...] [--result-dir DIR]\n"
       "A goodput load generator for OpenAI-compatible servers; see docs/benchmarks.md.");
-  std::vector<std::string> storage;
-  std::vector<char*> args = tandem::bench::NormalizeFlagNames(argc, argv, storage);
-  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  // absl flags are identifiers; accept --foo-bar as --foo_bar (the name part only).
+  std::vector<std::string> args = tandem::UnderscoreFlagNames(argc, argv);
+  std::vector<char*> cargs;
+  for (std::string& a : args) cargs.push_back(a.data());
+  absl::ParseCommandLine(static_cast<int>(cargs.size()), cargs.data());
   absl::StatusOr<int> rc = tandem::bench::Main();
   if (!rc.ok()) {
     std::fprintf(stderr, "tandem-bench: %s\n", std::string(rc.status().message()).c_str());

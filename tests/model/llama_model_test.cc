@@ -292,6 +292,39 @@ TEST(LlamaModelTest, ShuffledBlocksGiveTheSameLogits) {
   for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want[i]) << "index " << i;
 }
 
+TEST(LlamaModelTest, KvCacheLayoutIsTheCacheForwardAccepts) {
+  testing::TestModelSpec spec;
+  spec.n_layers = 3;
+  spec.n_heads = 8;
+  spec.n_kv_heads = 2;
+  Harness h = Harness::Make(spec, "kv_layout");
+  const kvcache::KvCacheConfig& by_hand = h.cache->config();
+  kvcache::KvCacheConfig kc = h.model->KvCacheLayout(by_hand.dtype);
+  EXPECT_EQ(kc.n_layers, 3);
+  EXPECT_EQ(kc.n_kv_heads, 2);
+  EXPECT_EQ(kc.head_dim, by_hand.head_dim);
+  EXPECT_EQ(kc.block_size, h.model->options().block_size);
+  EXPECT_EQ(kc.dtype, by_hand.dtype);
+  EXPECT_EQ(kc.num_blocks, 0);  // sizing is the caller's
+  EXPECT_EQ(kc.memory_bytes, 0u);
+  EXPECT_EQ(h.model->KvCacheLayout(KvDType::kInt8).dtype, KvDType::kInt8);
+
+  // A cache of that layout gives what the harness's hand-built one gives.
+  kc.num_blocks = 16;
+  auto cache = kvcache::KvCache::Create(kc, *h.backend);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  const std::vector<int32_t> prompt = RandomTokens(11, h.vocab(), 4);
+  kvcache::BlockTable want_table(by_hand.block_size);
+  const std::vector<float> want = PrefillAllLogits(h, prompt, want_table);
+  std::swap(h.cache, *cache);
+  kvcache::BlockTable got_table(kc.block_size);
+  const std::vector<float> got = PrefillAllLogits(h, prompt, got_table);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want[i]) << "index " << i;
+  got_table.Release(h.cache->pool());
+  want_table.Release((*cache)->pool());
+}
+
 TEST(LlamaModelTest, Int8KvStaysCloseToFloatKv) {
   testing::TestModelSpec spec;
   spec.weight_type = DType::kF32;

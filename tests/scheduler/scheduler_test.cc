@@ -24,6 +24,13 @@ std::unique_ptr<Sequence> MakeSeq(uint64_t id, int prompt_len, int max_tokens = 
   return std::make_unique<Sequence>(std::move(r), kVocab, /*eos=*/-1, kBlock);
 }
 
+// One step into a fresh output (the engine reuses one; see ReusedOutputIsRefilled).
+SchedulerOutput Schedule(Scheduler& s) {
+  SchedulerOutput out;
+  s.Schedule(&out);
+  return out;
+}
+
 // Plays the engine's part after a step: KV recorded, a token appended where one was sampled.
 void RunStep(Scheduler& s, const SchedulerOutput& out) {
   s.Complete(out);
@@ -50,14 +57,14 @@ TEST(SchedulerTest, ChunkedPrefillWithinTokenBudget) {
     s.Add(std::move(sa));
     s.Add(std::move(sb));
   }
-  SchedulerOutput o1 = s.Schedule();
+  SchedulerOutput o1 = Schedule(s);
   ASSERT_EQ(o1.chunks.size(), 1u);  // a takes the whole budget
   EXPECT_EQ(o1.chunks[0].seq, a);
   EXPECT_EQ(o1.chunks[0].num_tokens, 64);
   EXPECT_FALSE(o1.chunks[0].want_logits);
   RunStep(s, o1);
 
-  SchedulerOutput o2 = s.Schedule();  // a's last 36 tokens, then b's first 28
+  SchedulerOutput o2 = Schedule(s);  // a's last 36 tokens, then b's first 28
   ASSERT_EQ(o2.chunks.size(), 2u);
   EXPECT_EQ(o2.chunks[0].seq, a);
   EXPECT_EQ(o2.chunks[0].start, 64);
@@ -68,7 +75,7 @@ TEST(SchedulerTest, ChunkedPrefillWithinTokenBudget) {
   EXPECT_EQ(o2.num_tokens, 64);
   RunStep(s, o2);
 
-  SchedulerOutput o3 = s.Schedule();  // a decodes first, then b continues
+  SchedulerOutput o3 = Schedule(s);  // a decodes first, then b continues
   ASSERT_EQ(o3.chunks.size(), 2u);
   EXPECT_EQ(o3.chunks[0].seq, a);
   EXPECT_EQ(o3.chunks[0].num_tokens, 1);
@@ -86,10 +93,10 @@ TEST(SchedulerTest, DecodeTokensComeBeforePrefillChunks) {
   kvcache::BlockPool pool(1000);
   Scheduler s({.max_num_seqs = 8, .max_batch_tokens = 8}, pool);
   s.Add(MakeSeq(1, 4));
-  RunStep(s, s.Schedule());  // seq 1 prefilled, now decoding
+  RunStep(s, Schedule(s));  // seq 1 prefilled, now decoding
   s.Add(MakeSeq(2, 30));
   for (int step = 0; step < 3; ++step) {
-    SchedulerOutput o = s.Schedule();
+    SchedulerOutput o = Schedule(s);
     ASSERT_EQ(o.chunks.size(), 2u);
     EXPECT_EQ(o.chunks[0].seq->id, 1u);
     EXPECT_EQ(o.chunks[0].num_tokens, 1);
@@ -103,14 +110,14 @@ TEST(SchedulerTest, MaxNumSeqsBoundsRunning) {
   kvcache::BlockPool pool(1000);
   Scheduler s({.max_num_seqs = 2, .max_batch_tokens = 64}, pool);
   for (int i = 0; i < 5; ++i) s.Add(MakeSeq(i, 3));
-  SchedulerOutput o = s.Schedule();
+  SchedulerOutput o = Schedule(s);
   EXPECT_EQ(o.chunks.size(), 2u);
   EXPECT_EQ(s.num_running(), 2);
   EXPECT_EQ(s.num_waiting(), 3);
   RunStep(s, o);
   // Finishing one lets the next in.
   s.Remove(o.chunks[0].seq);
-  SchedulerOutput o2 = s.Schedule();
+  SchedulerOutput o2 = Schedule(s);
   EXPECT_EQ(o2.chunks.size(), 2u);
   EXPECT_EQ(o2.chunks[1].seq->id, 2u);
 }
@@ -122,13 +129,13 @@ TEST(SchedulerTest, PreemptsNewestWhenKvRunsOutAndRecomputesLater) {
   Scheduler s({.max_num_seqs = 4, .max_batch_tokens = 32}, pool);
   s.Add(MakeSeq(1, 8));
   s.Add(MakeSeq(2, 8));
-  RunStep(s, s.Schedule());
+  RunStep(s, Schedule(s));
   EXPECT_EQ(pool.num_free(), 2);
   // Each decode step adds a token to both; after 4 steps (positions 8..11) they need block 3
   // each: 2 free blocks suffice for positions up to 11, then position 12 needs 2 more.
   bool preempted = false;
   for (int step = 0; step < 12 && !preempted; ++step) {
-    SchedulerOutput o = s.Schedule();
+    SchedulerOutput o = Schedule(s);
     if (!o.preempted.empty()) {
       preempted = true;
       ASSERT_EQ(o.preempted.size(), 1u);
@@ -147,7 +154,7 @@ TEST(SchedulerTest, PreemptsNewestWhenKvRunsOutAndRecomputesLater) {
   ASSERT_EQ(one->id, 1u);
   s.Remove(one);
   EXPECT_EQ(pool.num_free(), 6);
-  SchedulerOutput o = s.Schedule();
+  SchedulerOutput o = Schedule(s);
   ASSERT_EQ(o.chunks.size(), 1u);
   EXPECT_EQ(o.chunks[0].seq->id, 2u);
   EXPECT_EQ(o.chunks[0].start, 0);
@@ -156,14 +163,43 @@ TEST(SchedulerTest, PreemptsNewestWhenKvRunsOutAndRecomputesLater) {
   EXPECT_EQ(o.chunks[0].seq->preemptions, 1);
 }
 
+TEST(SchedulerTest, ReusedOutputIsRefilled) {
+  kvcache::BlockPool pool(6);
+  Scheduler s({.max_num_seqs = 4, .max_batch_tokens = 32}, pool);
+  s.Add(MakeSeq(1, 8));
+  s.Add(MakeSeq(2, 8));
+  SchedulerOutput out;
+  s.Schedule(&out);
+  ASSERT_EQ(out.chunks.size(), 2u);
+  EXPECT_EQ(out.num_tokens, 16);
+  RunStep(s, out);
+  // Decode until the cache runs short and sequence 2 is preempted.
+  for (int step = 0; step < 12; ++step) {
+    s.Schedule(&out);
+    RunStep(s, out);
+    if (!out.preempted.empty()) break;
+  }
+  ASSERT_EQ(out.preempted.size(), 1u);
+  const ScheduledChunk* storage = out.chunks.data();
+  // The next step replaces all of it (sequence 2 does not fit back yet) in the same storage.
+  s.Schedule(&out);
+  EXPECT_TRUE(out.preempted.empty());
+  EXPECT_TRUE(out.failed.empty());
+  ASSERT_EQ(out.chunks.size(), 1u);
+  EXPECT_EQ(out.chunks[0].seq->id, 1u);
+  EXPECT_EQ(out.num_tokens, 1);
+  EXPECT_EQ(out.num_decode, 1);
+  EXPECT_EQ(out.chunks.data(), storage);
+}
+
 TEST(SchedulerTest, SequenceLargerThanTheCacheFails) {
   kvcache::BlockPool pool(2);  // 8 tokens
   Scheduler s({.max_num_seqs = 4, .max_batch_tokens = 32}, pool);
   s.Add(MakeSeq(1, 6));
-  RunStep(s, s.Schedule());
-  RunStep(s, s.Schedule());
-  RunStep(s, s.Schedule());  // 8 tokens of KV: full
-  SchedulerOutput o = s.Schedule();
+  RunStep(s, Schedule(s));
+  RunStep(s, Schedule(s));
+  RunStep(s, Schedule(s));  // 8 tokens of KV: full
+  SchedulerOutput o = Schedule(s);
   EXPECT_TRUE(o.chunks.empty());
   ASSERT_EQ(o.failed.size(), 1u);
   s.Remove(o.failed[0]);
@@ -176,10 +212,13 @@ TEST(SchedulerTest, RemoveWaitingSequence) {
   Scheduler s({.max_num_seqs = 1, .max_batch_tokens = 8}, pool);
   s.Add(MakeSeq(1, 3));
   s.Add(MakeSeq(2, 3));
-  RunStep(s, s.Schedule());
+  RunStep(s, Schedule(s));
   std::vector<Sequence*> all = s.All();
   ASSERT_EQ(all.size(), 2u);
   EXPECT_EQ(all[1]->id, 2u);
+  std::vector<Sequence*> visited;
+  s.ForEach([&](Sequence* q) { visited.push_back(q); });
+  EXPECT_EQ(visited, all);
   std::unique_ptr<Sequence> gone = s.Remove(all[1]);
   EXPECT_EQ(gone->id, 2u);
   EXPECT_EQ(s.num_waiting(), 0);
