@@ -7,8 +7,9 @@
 //                Q4: the unpacked nibbles, staged in a 512-byte buffer);
 //   C (tile 0) = 16 x 16 int32 dot products, scaled per (row, block) with AVX-512 since
 //                every block has its own scales.
-// Not exercised on the development machine (it has no AMX); the scale/accumulate half is
-// the same math as the AVX-512 kernel.
+// Exercised on the Intel Xeon (Sapphire Rapids class) that some sessions run on; the Zen 4/5
+// machines have no AMX and never reach it. The scale/accumulate half is the same math as the
+// AVX-512 kernel.
 #include <immintrin.h>
 
 // GCC 12 reports its own AVX-512 intrinsics (_mm512_undefined_*) as maybe-uninitialized.
@@ -111,7 +112,11 @@ void EnsureAmxTileConfig() {
   cfg.colsb[TANDEM_TILE_A] = 32;
   cfg.rows[TANDEM_TILE_B] = 8;  // 8 element quads x 16 weight rows x 4 bytes
   cfg.colsb[TANDEM_TILE_B] = 64;
-  _tile_loadconfig(&cfg);
+  // Not _tile_loadconfig: GCC 12 treats its operand as a pointer it does not read through,
+  // and at -O2 dead-store elimination dropped every store above but palette_id, so the tiles
+  // were configured with zero rows and the first tileloadd raised #UD (seen on an Intel Xeon
+  // with AMX). The "m" operand makes the whole 64-byte struct an input of the instruction.
+  asm volatile("ldtilecfg %0" : : "m"(cfg));
   loaded = true;
 }
 
