@@ -1,10 +1,13 @@
 #include "scheduler/engine_instance.h"
 
 #include <algorithm>
+#include <chrono>
+#include <random>
 #include <span>
 #include <utility>
 
 #include "common/check.h"
+#include "common/retry_after.h"
 #include "common/str_cat.h"
 
 namespace tandem::scheduler {
@@ -49,16 +52,201 @@ absl::StatusOr<std::unique_ptr<EngineInstance>> EngineInstance::Create(
   inst->kv_capacity_tokens_ = inst->cache_->pool().num_total() * config.block_size;
 
   inst->scheduler_ = std::make_unique<Scheduler>(config.scheduler, inst->cache_->pool());
+  inst->scheduler_->set_latency_model(&inst->model_live_);
   inst->builder_ = std::make_unique<model::BatchBuilder>(inst->model_->max_blocks_per_seq());
   inst->logits_.resize(static_cast<size_t>(config.scheduler.max_num_seqs) * mc.vocab_size);
   inst->PublishStats();
-  inst->thread_ = std::thread([p = inst.get()] { p->Loop(); });
+  // The engine thread first gets its latency model (profiling runs on the thread, and cores,
+  // that will run the steps), then serves.
+  inst->thread_ = std::thread([p = inst.get()] {
+    absl::Status s = p->InitLatencyModel();
+    {
+      std::lock_guard<std::mutex> lock(p->mu_);
+      p->started_ = true;
+      p->start_status_ = s;
+      p->load_.model = p->model_live_;
+      p->load_.max_num_seqs = p->config_.scheduler.max_num_seqs;
+      p->load_.max_batch_tokens = p->config_.scheduler.max_batch_tokens;
+      p->load_.budget_margin = p->config_.scheduler.budget_margin;
+      p->load_.step_end = absl::Now();
+      if (!s.ok()) p->stopping_ = true;
+    }
+    p->cv_.notify_all();
+    p->Loop();
+  });
+  {
+    std::unique_lock<std::mutex> lock(inst->mu_);
+    inst->cv_.wait(lock, [&] { return inst->started_; });
+    if (!inst->start_status_.ok()) {
+      const absl::Status s = inst->start_status_;
+      lock.unlock();
+      inst->Stop();
+      return s;
+    }
+  }
   return inst;
+}
+
+std::string EngineInstance::ProfileKey() const {
+  const model::ModelConfig& mc = model_->config();
+  return StrCat(mc.architecture, " l", mc.n_layers, " h", mc.hidden, " ffn", mc.ffn_dim, " v",
+                mc.vocab_size, "; ", backend_->Name(), "; kv ",
+                kvcache::KvDTypeName(config_.kv_dtype), "/", config_.block_size, "; batch ",
+                config_.scheduler.max_batch_tokens, "x", config_.scheduler.max_num_seqs,
+                config_.latency_profile_key.empty() ? "" : "; ", config_.latency_profile_key);
+}
+
+absl::Status EngineInstance::InitLatencyModel() {
+  const std::string key = ProfileKey();
+  if (!config_.latency_profile.empty()) {
+    absl::StatusOr<LatencyModel> loaded = LatencyModel::Load(config_.latency_profile, key);
+    if (loaded.ok()) {
+      model_live_ = *loaded;
+      latency_source_ = "loaded";
+      return absl::OkStatus();
+    }
+    if (!absl::IsNotFound(loaded.status()) && !absl::IsFailedPrecondition(loaded.status())) {
+      return loaded.status();  // a corrupt file is the user's to fix, not to overwrite
+    }
+    // Not there yet, or taken elsewhere: profile anew and replace it.
+  }
+  if (!config_.profile) return absl::OkStatus();
+  TANDEM_ASSIGN_OR_RETURN(std::vector<StepSample> samples, Profile());
+  // A KV cache too small for the profile's shapes leaves too few samples: no model then
+  // (latency_source() says so), rather than no instance.
+  if (samples.size() < static_cast<size_t>(LatencyModel::kNumCoefficients)) {
+    return absl::OkStatus();
+  }
+  absl::StatusOr<LatencyModel> fitted = LatencyModel::Fit(samples);
+  if (!fitted.ok()) {
+    return absl::InternalError(
+        StrCat("the latency profile could not be fitted: ", fitted.status().message()));
+  }
+  model_live_ = *fitted;
+  latency_source_ = "profiled";
+  if (!config_.latency_profile.empty()) {
+    TANDEM_RETURN_IF_ERROR(model_live_.Save(config_.latency_profile, key));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<StepSample>> EngineInstance::Profile() {
+  // The shapes: decode batches of every size class at a short and a long context, prefill
+  // chunks up to the step budget at the start of a prompt and deep into one, and mixes. Each
+  // is run kReps times after one warm-up; the median is kept.
+  constexpr int kReps = 3;
+  const int max_seqs = config_.scheduler.max_num_seqs;
+  const int max_tokens = config_.scheduler.max_batch_tokens;
+  const int context = model_->config().context_length;
+  const int long_ctx = std::clamp(kv_capacity_tokens_ / (2 * (max_seqs + 1)), 8,
+                                  std::min(1024, context / 2));
+  struct Shape {
+    std::vector<int> decode_ctx;
+    int prefill = 0;
+    int start = 0;
+  };
+  std::vector<Shape> plan;
+  std::vector<int> sizes;
+  for (int n = 1; n < max_seqs; n *= 2) sizes.push_back(n);
+  sizes.push_back(max_seqs);
+  for (int n : sizes) {
+    for (int ctx : {std::min(32, long_ctx), long_ctx}) {
+      plan.push_back({std::vector<int>(std::min(n, max_tokens), ctx), 0, 0});
+    }
+  }
+  std::vector<int> chunks;
+  for (int n = 16; n < max_tokens; n *= 4) chunks.push_back(n);
+  chunks.push_back(max_tokens);
+  for (int n : chunks) {
+    for (int start : {0, long_ctx}) {
+      if (start + n < context) plan.push_back({{}, n, start});
+    }
+  }
+  // Mixed steps hold one prefilling sequence besides the decoding ones (max_num_seqs in all).
+  for (int d : {std::min(4, max_seqs - 1), max_seqs / 4, max_seqs / 2}) {
+    for (int p : {std::max(1, max_tokens / 8), std::max(1, max_tokens / 2)}) {
+      if (d >= 1 && d < max_seqs && d + p <= max_tokens) {
+        plan.push_back({std::vector<int>(d, long_ctx / 2 + 1), p, 0});
+      }
+    }
+  }
+
+  const model::ModelConfig& mc = model_->config();
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int32_t> token(0, mc.vocab_size - 1);
+  kvcache::BlockPool& pool = cache_->pool();
+  std::vector<StepSample> samples;
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  SchedulerOutput out;
+  int done = 0;
+  const int total = static_cast<int>(plan.size());
+  auto make = [&](int len, int computed) -> Sequence* {
+    SequenceRequest r;
+    r.prompt.resize(len);
+    for (int32_t& t : r.prompt) t = token(rng);
+    r.max_tokens = 1;
+    seqs.push_back(std::make_unique<Sequence>(std::move(r), mc.vocab_size, -1, config_.block_size));
+    Sequence* s = seqs.back().get();
+    s->num_computed = computed;
+    return s;
+  };
+  for (size_t si = 0; si <= plan.size(); ++si) {
+    // Shape 0 runs once more first, as the warm-up of caches and thread pool.
+    const Shape& shape = plan[si == 0 ? 0 : si - 1];
+    seqs.clear();
+    out.Clear();
+    for (int ctx : shape.decode_ctx) {
+      Sequence* s = make(ctx, ctx - 1);
+      out.chunks.push_back({s, ctx - 1, 1, true});
+      out.shape.AddDecode(ctx);
+    }
+    if (shape.prefill > 0) {
+      Sequence* s = make(shape.start + shape.prefill, shape.start);
+      out.chunks.push_back({s, shape.start, shape.prefill, true});
+      out.shape.AddPrefill(shape.prefill, shape.start);
+    }
+    bool fits = true;
+    for (const auto& s : seqs) {
+      if (!pool.CanAllocate(s->table.BlocksNeeded(s->num_tokens())) ||
+          !s->table.Reserve(pool, s->num_tokens()).ok()) {
+        fits = false;
+        break;
+      }
+    }
+    std::vector<double> times;
+    for (int rep = 0; fits && rep < (si == 0 ? 1 : kReps); ++rep) {
+      const auto t0 = std::chrono::steady_clock::now();
+      Prepare(out);
+      TANDEM_RETURN_IF_ERROR(Execute());
+      for (size_t i = 0; i < out.chunks.size(); ++i) {
+        if (chunk_rows_[i] < 0) continue;
+        out.chunks[i].seq->sampler.Sample(
+            logits_.data() + static_cast<size_t>(chunk_rows_[i]) * mc.vocab_size, mc.vocab_size);
+      }
+      times.push_back(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    for (const auto& s : seqs) s->table.Release(pool);
+    if (si == 0) continue;
+    if (!times.empty()) {
+      std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
+      samples.push_back({out.shape, times[times.size() / 2]});
+    }
+    ++done;
+    if (config_.profile_progress) config_.profile_progress(done, total);
+  }
+  seqs.clear();
+  return samples;
+}
+
+LatencyModel EngineInstance::latency_model() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return load_.model;
 }
 
 EngineInstance::~EngineInstance() { Stop(); }
 
-absl::Status EngineInstance::Submit(SequenceRequest request) {
+absl::Status EngineInstance::ValidateRequest(const SequenceRequest& request) const {
   const model::ModelConfig& mc = model_->config();
   if (request.sink == nullptr) return absl::InvalidArgumentError("a sequence needs a sink");
   if (request.prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
@@ -71,6 +259,9 @@ absl::Status EngineInstance::Submit(SequenceRequest request) {
   if (request.max_tokens < 1) {
     return absl::InvalidArgumentError(
         StrCat("max_tokens must be >= 1, got ", request.max_tokens));
+  }
+  if (request.ttft_slo <= absl::ZeroDuration() || request.tpot_slo <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("SLOs must be > 0 (or infinite: none)");
   }
   TANDEM_RETURN_IF_ERROR(request.sampling.Validate(mc.vocab_size));
   const int64_t total = static_cast<int64_t>(request.prompt.size()) + request.max_tokens;
@@ -86,18 +277,64 @@ absl::Status EngineInstance::Submit(SequenceRequest request) {
                                         ") exceeds the KV cache of ", kv_capacity_tokens_,
                                         " tokens"));
   }
+  return absl::OkStatus();
+}
+
+absl::Status EngineInstance::Submit(SequenceRequest request) {
+  std::vector<SequenceRequest> one;
+  one.push_back(std::move(request));
+  return Submit(std::move(one)).status();
+}
+
+absl::StatusOr<Admission> EngineInstance::Submit(std::vector<SequenceRequest> requests) {
+  if (requests.empty()) return absl::InvalidArgumentError("no sequences to submit");
+  for (const SequenceRequest& r : requests) TANDEM_RETURN_IF_ERROR(ValidateRequest(r));
+  const absl::Duration aging = config_.scheduler.best_effort_aging;
+  std::vector<PrefillWork> work;
+  work.reserve(requests.size());
+  for (const SequenceRequest& r : requests) {
+    PrefillWork w;
+    w.id = r.id;
+    w.remaining = static_cast<int>(r.prompt.size());
+    w.generate = r.max_tokens - 1;
+    w.slo = r.ttft_slo != absl::InfiniteDuration() || r.tpot_slo != absl::InfiniteDuration();
+    w.deadline = r.arrival + (r.ttft_slo == absl::InfiniteDuration() ? aging : r.ttft_slo);
+    w.tpot_slo = r.tpot_slo;
+    work.push_back(w);
+  }
+  Admission admission;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return absl::UnavailableError("the engine is shutting down");
-    if (queued_.load() >= config_.max_queue) {
-      return absl::ResourceExhaustedError(
-          StrCat("the queue is full (", config_.max_queue, " waiting sequences)"));
+    const int n = static_cast<int>(requests.size());
+    if (queued_.load() + n > config_.max_queue) {
+      absl::Status full = WithRetryAfter(
+          absl::ResourceExhaustedError(
+              StrCat("the queue is full (", config_.max_queue, " waiting sequences)")),
+          absl::Seconds(1));
+      full.SetPayload(kRejectReasonPayloadUrl, absl::Cord(kRejectQueueFull));
+      return full;
     }
-    queued_.fetch_add(1);
-    inbox_.push_back(std::move(request));
+    if (config_.admission == AdmissionMode::kReject && load_.model.fitted()) {
+      // The snapshot plus what arrived since it was taken.
+      const size_t own = load_.prefilling.size();
+      load_.prefilling.insert(load_.prefilling.end(), inbox_work_.begin(), inbox_work_.end());
+      const AdmissionVerdict v = CheckAdmission(load_, work, absl::Now());
+      load_.prefilling.resize(own);
+      if (!v.admit) {
+        const absl::Duration slo = requests[0].ttft_slo;
+        return RejectionStatus(v, slo);
+      }
+      admission.predicted_ttft = v.predicted_ttft;
+      admission.predicted = true;
+      for (SequenceRequest& r : requests) r.sink->OnAdmitted(v.predicted_ttft);
+    }
+    queued_.fetch_add(n);
+    for (SequenceRequest& r : requests) inbox_.push_back(std::move(r));
+    inbox_work_.insert(inbox_work_.end(), work.begin(), work.end());
   }
   cv_.notify_one();
-  return absl::OkStatus();
+  return admission;
 }
 
 void EngineInstance::Stop() {
@@ -126,18 +363,29 @@ InstanceStats EngineInstance::stats() const {
   s.prefill_tokens = prefill_tokens_.load();
   s.decode_tokens = decode_tokens_.load();
   s.preemptions = preemptions_.load();
+  s.decode_deferred = decode_deferred_.load();
+  s.latency_correction = correction_.load();
   return s;
 }
 
 void EngineInstance::Loop() {
   while (Admit()) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const absl::Time step_start = absl::Now();
     const SchedulerOutput& out = ScheduleStep();
     if (!out.chunks.empty()) {
+      const double predicted = model_live_.Predict(out.shape);
+      PublishLoad(out, step_start, predicted);
       Prepare(out);
       absl::Status s = Execute();
       if (s.ok()) {
         scheduler_->Complete(out);
         Emit(out);
+        const double measured =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        model_live_.Observe(out.shape, measured);
+        correction_.store(model_live_.correction());
+        if (config_.step_observer) config_.step_observer(out.shape, predicted, measured);
       } else {
         const absl::Status failure =
             absl::InternalError(StrCat("model step failed: ", std::string(s.message())));
@@ -146,11 +394,24 @@ void EngineInstance::Loop() {
       steps_.fetch_add(1);
       prefill_tokens_.fetch_add(out.num_tokens - out.num_decode);
       decode_tokens_.fetch_add(out.num_decode);
+      decode_deferred_.fetch_add(out.num_deferred);
+    } else {
+      PublishLoad(out, step_start, 0);
     }
     PublishStats();
   }
   FailAll(absl::UnavailableError("the engine is shutting down"));
   PublishStats();
+}
+
+void EngineInstance::PublishLoad(const SchedulerOutput& out, absl::Time step_start,
+                                 double predicted) {
+  // Built outside the lock into a scratch snapshot, swapped in under it.
+  LoadSnapshot snap;
+  scheduler_->ExportLoad(out, step_start + absl::Seconds(predicted), &snap);
+  snap.model = model_live_;
+  std::lock_guard<std::mutex> lock(mu_);
+  std::swap(load_, snap);
 }
 
 bool EngineInstance::Admit() {
@@ -160,6 +421,7 @@ bool EngineInstance::Admit() {
     cv_.wait(lock, [&] { return stopping_ || !inbox_.empty() || !scheduler_->empty(); });
     if (stopping_) return false;
     incoming.swap(inbox_);
+    inbox_work_.clear();
   }
   const model::ModelConfig& mc = model_->config();
   for (SequenceRequest& r : incoming) {
@@ -172,6 +434,18 @@ bool EngineInstance::Admit() {
     if (s->sink->cancelled()) cancelled_.push_back(s);
   });
   for (Sequence* s : cancelled_) Finish(s, SequenceEnd::kCancelled, absl::OkStatus());
+  if (config_.admission == AdmissionMode::kQueue) {
+    expired_.clear();
+    const absl::Time now = absl::Now();
+    scheduler_->CollectExpired(now, &expired_);
+    for (Sequence* s : expired_) {
+      AdmissionVerdict v;
+      v.admit = false;
+      v.reason = kRejectExpired;
+      v.retry_after = std::max(absl::Seconds(1), s->ttft_slo);
+      Finish(s, SequenceEnd::kRejected, RejectionStatus(v, s->ttft_slo));
+    }
+  }
   return true;
 }
 
@@ -241,6 +515,10 @@ void EngineInstance::FailAll(const absl::Status& status) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     incoming.swap(inbox_);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    inbox_work_.clear();
   }
   for (SequenceRequest& r : incoming) {
     queued_.fetch_sub(1);

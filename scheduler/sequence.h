@@ -30,14 +30,20 @@ enum class SequenceEnd {
   kLength,     // max_tokens generated
   kCancelled,  // the sink asked to stop (client gone, or a stop string matched upstream)
   kFailed,     // the instance could not run it (status says why)
+  kRejected,   // SLO admission gave up on it before its first token (status: ResourceExhausted
+               // with a retry-after); it cost no client anything but the wait
 };
 const char* SequenceEndName(SequenceEnd end);
 
 // Receives one sequence's output. Implementations must not block: they run on the engine
-// thread between steps.
+// thread between steps (except OnAdmitted).
 class SequenceSink {
  public:
   virtual ~SequenceSink() = default;
+  // SLO admission accepted the sequence with this predicted time to first token (from its
+  // arrival). Called on the submitting thread inside Submit, before the engine can call
+  // anything else; not called when no prediction was made.
+  virtual void OnAdmitted(absl::Duration predicted_ttft) {}
   // The sequence entered its first step (left the queue).
   virtual void OnScheduled() = 0;
   // One generated token (never a stop token).
@@ -55,6 +61,9 @@ struct SequenceRequest {
   int max_tokens = 16;             // >= 1
   std::shared_ptr<SequenceSink> sink;
   absl::Time arrival = absl::Now();
+  // Latency targets; InfiniteDuration: none. A sequence with neither is best-effort.
+  absl::Duration ttft_slo = absl::InfiniteDuration();
+  absl::Duration tpot_slo = absl::InfiniteDuration();
 };
 
 // The instance's view of one running or waiting sequence.
@@ -67,13 +76,31 @@ struct Sequence {
         sampler(request.sampling, vocab_size, eos_id),
         table(block_size),
         sink(std::move(request.sink)),
-        arrival(request.arrival) {
+        arrival(request.arrival),
+        ttft_slo(request.ttft_slo),
+        tpot_slo(request.tpot_slo) {
     sampler.AddPromptTokens(tokens);
   }
 
   int num_tokens() const { return static_cast<int>(tokens.size()); }
   int num_generated() const { return num_tokens() - prompt_len; }
   int num_uncomputed() const { return num_tokens() - num_computed; }
+  bool best_effort() const {
+    return ttft_slo == absl::InfiniteDuration() && tpot_slo == absl::InfiniteDuration();
+  }
+  bool has_token() const { return first_token != absl::InfinitePast(); }
+  // When this sequence's next token is due. Before the first token: its TTFT deadline. After:
+  // the TPOT schedule first_token + k * tpot_slo, k tokens produced so far (TPOT is an average,
+  // so a sequence that ran ahead has slack). Without an SLO, `aging` after the request (or
+  // after its last token) stands in for one: best-effort work comes after SLO work but its
+  // deadline keeps getting closer, so it never starves.
+  absl::Time NextDeadline(absl::Duration aging) const {
+    if (!has_token()) {
+      return arrival + (ttft_slo == absl::InfiniteDuration() ? aging : ttft_slo);
+    }
+    if (tpot_slo == absl::InfiniteDuration()) return last_token + aging;
+    return first_token + tpot_slo * static_cast<double>(num_generated());
+  }
 
   // Constant after construction.
   const uint64_t id;
@@ -86,12 +113,19 @@ struct Sequence {
   kvcache::BlockTable table;
   std::shared_ptr<SequenceSink> sink;
   absl::Time arrival;
+  absl::Duration ttft_slo;  // InfiniteDuration: none
+  absl::Duration tpot_slo;
+  // End of the steps that produced the first and the latest token (InfinitePast: none yet).
+  absl::Time first_token = absl::InfinitePast();
+  absl::Time last_token = absl::InfinitePast();
   bool scheduled_once = false;  // OnScheduled sent
   int preemptions = 0;
   // The Scheduler's step counter when it last gave this sequence a chunk / last preempted it
   // (0: never). They make "already in this step" an O(1) check.
   uint64_t scheduled_step = 0;
   uint64_t preempted_step = 0;
+  int scheduled_tokens = 0;  // the size of its chunk in step scheduled_step
+  bool running = false;      // holds KV in the scheduler's running set (else waiting)
 };
 
 }  // namespace tandem::scheduler

@@ -53,6 +53,8 @@ struct StreamState {
   int top_logprobs = 0;
   absl::Time arrival;
   double ttft_slo_ms = 0, tpot_slo_ms = 0;
+  // Admission's prediction (ChoiceSink::OnAdmitted, before any sink call of the engine).
+  std::optional<absl::Duration> predicted_ttft ABSL_GUARDED_BY(mu);
   ServingObserver* observer = nullptr;
   std::shared_ptr<std::atomic<int>> in_flight;
 
@@ -72,6 +74,10 @@ class ChoiceSink : public scheduler::SequenceSink {
   ChoiceSink(std::shared_ptr<StreamState> state, StreamState::Choice* choice)
       : state_(std::move(state)), choice_(choice) {}
 
+  void OnAdmitted(absl::Duration predicted_ttft) override {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->predicted_ttft = predicted_ttft;
+  }
   void OnScheduled() override {
     std::lock_guard<std::mutex> lock(state_->mu);
     choice_->scheduled = absl::Now();
@@ -102,7 +108,10 @@ class ChoiceSink : public scheduler::SequenceSink {
       choice_->engine_done = true;
       choice_->end = end;
       choice_->status = status;
-      if (end == scheduler::SequenceEnd::kFailed && state_->status.ok()) state_->status = status;
+      if ((end == scheduler::SequenceEnd::kFailed || end == scheduler::SequenceEnd::kRejected) &&
+          state_->status.ok()) {
+        state_->status = status;
+      }
       rec.queue_time = (choice_->scheduled == absl::Time() ? now : choice_->scheduled) -
                        state_->arrival;
       if (choice_->has_token) rec.ttft = choice_->first_token - state_->arrival;
@@ -114,6 +123,12 @@ class ChoiceSink : public scheduler::SequenceSink {
                        : scheduler::SequenceEndName(end);
       rec.ttft_slo_ms = state_->ttft_slo_ms;
       rec.tpot_slo_ms = state_->tpot_slo_ms;
+      rec.predicted_ttft = state_->predicted_ttft;
+    }
+    // A choice given up by admission takes its siblings with it: the request as a whole is
+    // answered 429.
+    if (end == scheduler::SequenceEnd::kRejected) {
+      for (const auto& c : state_->choices) c->cancel.store(true);
     }
     if (state_->observer) state_->observer->OnSequenceDone(rec);
     state_->in_flight->fetch_sub(1);
@@ -365,6 +380,9 @@ absl::StatusOr<std::unique_ptr<GenerationStream>> EngineFrontend::Generate(
   state->arrival = arrival;
   state->ttft_slo_ms = request.ttft_slo_ms > 0 ? request.ttft_slo_ms : config_.default_ttft_slo_ms;
   state->tpot_slo_ms = request.tpot_slo_ms > 0 ? request.tpot_slo_ms : config_.default_tpot_slo_ms;
+  auto slo = [](double ms) {
+    return ms > 0 ? absl::Microseconds(ms * 1000) : absl::InfiniteDuration();
+  };
   state->observer = observer_;
   state->in_flight = in_flight_;
 
@@ -407,6 +425,8 @@ absl::StatusOr<std::unique_ptr<GenerationStream>> EngineFrontend::Generate(
       sr.max_tokens = max_tokens;
       sr.sink = std::make_shared<ChoiceSink>(state, choice.get());
       sr.arrival = arrival;
+      sr.ttft_slo = slo(state->ttft_slo_ms);
+      sr.tpot_slo = slo(state->tpot_slo_ms);
       state->choices.push_back(std::move(choice));
       seqs.push_back(std::move(sr));
     }
@@ -414,17 +434,17 @@ absl::StatusOr<std::unique_ptr<GenerationStream>> EngineFrontend::Generate(
 
   auto stream = std::make_unique<EngineGenerationStream>(state);
   stream->set_prompt_tokens(prompt_tokens);
-  for (size_t k = 0; k < seqs.size(); ++k) {
-    in_flight_->fetch_add(1);
-    absl::Status s = engine_.Submit(std::move(seqs[k]));
-    if (!s.ok()) {
-      in_flight_->fetch_sub(1);
-      // The choices already queued are cancelled by the stream's destructor; the rest never ran.
-      for (size_t r = k; r < state->choices.size(); ++r) {
-        state->choices[r]->cancel.store(true);
-      }
-      return s;
+  const int n_seqs = static_cast<int>(seqs.size());
+  in_flight_->fetch_add(n_seqs);
+  absl::StatusOr<scheduler::Admission> admitted = engine_.Submit(std::move(seqs));
+  if (!admitted.ok()) {
+    in_flight_->fetch_sub(n_seqs);
+    for (const auto& c : state->choices) c->cancel.store(true);
+    if (admitted.status().code() == absl::StatusCode::kResourceExhausted && observer_) {
+      const std::string reason = scheduler::RejectReasonOf(admitted.status());
+      observer_->OnRejected(reason.empty() ? "other" : reason, n_seqs);
     }
+    return admitted.status();
   }
   return stream;
 }

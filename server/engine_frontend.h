@@ -30,9 +30,11 @@ struct SequenceRecord {
   absl::Duration e2e;                // until it finished
   int prompt_tokens = 0;
   int output_tokens = 0;
-  std::string finish;  // "stop", "length", "cancelled" or "failed"
-  double ttft_slo_ms = 0;  // the SLOs it is judged against
+  std::string finish;  // "stop", "length", "cancelled", "failed" or "rejected"
+  double ttft_slo_ms = 0;  // the SLOs it is judged against (0: none)
   double tpot_slo_ms = 0;
+  // What admission predicted for the TTFT of the request (unset: no prediction made).
+  std::optional<absl::Duration> predicted_ttft;
 };
 
 // Receives timings; called on engine threads, so it must not block.
@@ -42,11 +44,14 @@ class ServingObserver {
   // The gap between two consecutive tokens of one sequence (ITL).
   virtual void OnTokenGap(absl::Duration gap) = 0;
   virtual void OnSequenceDone(const SequenceRecord& record) = 0;
+  // A request refused before it ran (429): reason is a scheduler::kReject* string.
+  virtual void OnRejected(const std::string& reason, int sequences) = 0;
 };
 
 struct EngineFrontendConfig {
   std::string served_model_name;
   int default_completion_max_tokens = 16;  // OpenAI's default for /v1/completions
+  // SLOs of requests that name none (0: none). A request with neither SLO is best-effort.
   double default_ttft_slo_ms = 1000;
   double default_tpot_slo_ms = 100;
 };

@@ -1,5 +1,8 @@
 #include "server/serving_metrics.h"
 
+#include <algorithm>
+#include <cmath>
+
 namespace tandem::server {
 namespace {
 
@@ -10,6 +13,9 @@ std::vector<double> LatencyBuckets() {  // 1 ms .. ~65 s
 }
 std::vector<double> TokenLatencyBuckets() {  // 0.5 ms .. ~8 s
   return Histogram::ExponentialBuckets(0.0005, 2, 15);
+}
+std::vector<double> RelativeErrorBuckets() {  // 1% .. ~10x
+  return Histogram::ExponentialBuckets(0.01, 1.6, 20);
 }
 
 }  // namespace
@@ -77,7 +83,52 @@ ServingMetrics::ServingMetrics(const scheduler::EngineInstance& engine)
                        .AddCounter("tandem:num_preemptions_total",
                                    "Sequences preempted (KV freed, recomputed later).")
                        .Get()),
-      steps_(registry_.AddGauge("tandem:engine_steps", "Engine steps run since start.").Get()) {}
+      steps_(registry_.AddGauge("tandem:engine_steps", "Engine steps run since start.").Get()),
+      best_effort_(registry_
+                       .AddCounter("tandem:best_effort_sequences_total",
+                                   "Finished sequences with no SLO (never judged).")
+                       .Get()),
+      rejections_(registry_.AddCounter(
+          "tandem:slo_rejections_total",
+          "Requests refused with 429, by reason: ttft (predicted late), tpot (no decode "
+          "capacity within the TPOT SLOs), queued_ttft (would make queued requests late), "
+          "expired (queued until its deadline was out of reach), queue_full.",
+          {"reason"})),
+      goodput_(registry_
+                   .AddGauge("tandem:goodput_requests_per_second",
+                             "Judged sequences that met both SLOs, per second, over the last "
+                             "60 s (or since start).")
+                   .Get()),
+      attainment_(registry_.AddGauge(
+          "tandem:slo_attainment_ratio",
+          "Share of judged sequences of the last 60 s meeting the SLO (ttft, tpot or both).",
+          {"slo"})),
+      predicted_ttft_(registry_
+                          .AddHistogram("tandem:predicted_ttft_seconds",
+                                        "Admission's predicted time to first token, per "
+                                        "sequence that got one.",
+                                        LatencyBuckets())
+                          .Get()),
+      ttft_error_(registry_
+                      .AddHistogram("tandem:ttft_prediction_relative_error",
+                                    "|predicted - measured| / measured TTFT, per sequence.",
+                                    RelativeErrorBuckets())
+                      .Get()),
+      step_error_(registry_
+                      .AddHistogram("tandem:step_time_prediction_relative_error",
+                                    "The latency model's |predicted - measured| / measured "
+                                    "step time, per engine step.",
+                                    RelativeErrorBuckets())
+                      .Get()),
+      correction_(registry_
+                      .AddGauge("tandem:latency_model_correction",
+                                "The latency model's online correction (measured / fitted "
+                                "step time, smoothed).")
+                      .Get()),
+      deferred_(registry_
+                    .AddCounter("tandem:decode_deferred_total",
+                                "Decode tokens left out of a step by the TPOT cap.")
+                    .Get()) {}
 
 void ServingMetrics::OnTokenGap(absl::Duration gap) { itl_.Observe(absl::ToDoubleSeconds(gap)); }
 
@@ -99,13 +150,57 @@ void ServingMetrics::OnSequenceDone(const SequenceRecord& r) {
       tpot_.Observe(tpot_s);
     }
   }
+  if (r.predicted_ttft && r.ttft) {
+    const double predicted = absl::ToDoubleSeconds(*r.predicted_ttft);
+    const double actual = absl::ToDoubleSeconds(*r.ttft);
+    predicted_ttft_.Observe(predicted);
+    if (actual > 0) ttft_error_.Observe(std::abs(predicted - actual) / actual);
+  }
+  if (r.finish == "rejected") {  // admission gave up on it while it queued: never served
+    rejections_.WithLabels({"expired"}).Increment();
+    return;
+  }
   if (r.finish == "cancelled") return;  // the client went away: not judged
+  if (r.ttft_slo_ms <= 0 && r.tpot_slo_ms <= 0) {
+    best_effort_.Increment();
+    return;
+  }
   slo_judged_.Increment();
-  const bool ttft_ok = r.ttft && absl::ToDoubleMilliseconds(*r.ttft) <= r.ttft_slo_ms;
-  const bool tpot_ok = r.ttft && tpot_s * 1000 <= r.tpot_slo_ms;
+  // An SLO that is not set is met.
+  const bool ttft_ok =
+      r.ttft && (r.ttft_slo_ms <= 0 || absl::ToDoubleMilliseconds(*r.ttft) <= r.ttft_slo_ms);
+  const bool tpot_ok = r.ttft && (r.tpot_slo_ms <= 0 || tpot_s * 1000 <= r.tpot_slo_ms);
   if (ttft_ok) slo_ttft_met_.Increment();
   if (tpot_ok) slo_tpot_met_.Increment();
   if (ttft_ok && tpot_ok) slo_met_.Increment();
+  std::lock_guard<std::mutex> lock(window_mu_);
+  window_.push_back({absl::Now(), ttft_ok, tpot_ok});
+}
+
+void ServingMetrics::OnRejected(const std::string& reason, int sequences) {
+  (void)sequences;
+  rejections_.WithLabels({reason}).Increment();
+}
+
+void ServingMetrics::OnStep(double predicted, double measured) {
+  if (measured > 0 && predicted > 0) step_error_.Observe(std::abs(predicted - measured) / measured);
+}
+
+void ServingMetrics::UpdateWindowGauges(absl::Time now) {
+  std::lock_guard<std::mutex> lock(window_mu_);
+  while (!window_.empty() && window_.front().at < now - kGoodputWindow) window_.pop_front();
+  int ttft = 0, tpot = 0, both = 0;
+  for (const Judged& j : window_) {
+    ttft += j.ttft_ok;
+    tpot += j.tpot_ok;
+    both += j.ttft_ok && j.tpot_ok;
+  }
+  const double span = absl::ToDoubleSeconds(std::min(kGoodputWindow, now - start_));
+  goodput_.Set(span > 0 ? both / span : 0);
+  const double n = static_cast<double>(window_.size());
+  attainment_.WithLabels({"ttft"}).Set(n > 0 ? ttft / n : 0);
+  attainment_.WithLabels({"tpot"}).Set(n > 0 ? tpot / n : 0);
+  attainment_.WithLabels({"all"}).Set(n > 0 ? both / n : 0);
 }
 
 void ServingMetrics::OnRequest(const std::string& api, const std::string& status) {
@@ -121,6 +216,10 @@ std::string ServingMetrics::Render() {
   const double new_preemptions = static_cast<double>(s.preemptions) - preemptions_.Value();
   if (new_preemptions > 0) preemptions_.Increment(new_preemptions);
   steps_.Set(static_cast<double>(s.steps));
+  correction_.Set(s.latency_correction);
+  const double new_deferred = static_cast<double>(s.decode_deferred) - deferred_.Value();
+  if (new_deferred > 0) deferred_.Increment(new_deferred);
+  UpdateWindowGauges(absl::Now());
   return registry_.Render();
 }
 

@@ -7,12 +7,19 @@
 // was parsed: TTFT to the first token, TPOT = (e2e - ttft) / (tokens - 1), ITL every gap. SLO
 // attainment counts sequences that ended normally (stop or length) or failed; a sequence whose
 // client went away is not judged. No peer exports goodput server-side; these counters let a
-// scraper compute attainment = tandem:slo_met_total / tandem:slo_judged_total.
+// scraper compute attainment = tandem:slo_met_total / tandem:slo_judged_total. The daemon also
+// keeps its own sliding window (kGoodputWindow) for a goodput gauge (judged sequences that met
+// both SLOs per second) and attainment gauges per SLO. Sequences without an SLO (best-effort)
+// are counted apart and never judged.
+//
+// SLO enforcement: requests refused by admission (429) by reason, admission's predicted TTFT
+// against the measured one, and the latency model's error on every step.
 //
 // Thread safety: every method may be called from any thread.
 #ifndef TANDEM_SERVER_SERVING_METRICS_H_
 #define TANDEM_SERVER_SERVING_METRICS_H_
 
+#include <deque>
 #include <mutex>
 #include <string>
 
@@ -28,6 +35,11 @@ class ServingMetrics : public ServingObserver {
 
   void OnTokenGap(absl::Duration gap) override;
   void OnSequenceDone(const SequenceRecord& record) override;
+  void OnRejected(const std::string& reason, int sequences) override;
+  // One engine step: predicted and measured seconds (the engine's step observer).
+  void OnStep(double predicted, double measured);
+
+  static constexpr absl::Duration kGoodputWindow = absl::Seconds(60);
   // One API request answered: api is "http" or "grpc", status the HTTP status code or the gRPC
   // code name.
   void OnRequest(const std::string& api, const std::string& status);
@@ -37,7 +49,17 @@ class ServingMetrics : public ServingObserver {
 
  private:
   const scheduler::EngineInstance& engine_;
+  // Prunes the window to `now` and refreshes the gauges computed from it.
+  void UpdateWindowGauges(absl::Time now);
+
   std::mutex render_mu_;  // one scrape at a time updates the gauges
+  struct Judged {
+    absl::Time at;
+    bool ttft_ok, tpot_ok;
+  };
+  std::mutex window_mu_;
+  std::deque<Judged> window_;  // guarded by window_mu_; judged sequences of the last window
+  const absl::Time start_ = absl::Now();
   metrics::Registry registry_;
   metrics::Family<metrics::Counter>& requests_;
   metrics::Family<metrics::Counter>& success_;
@@ -58,6 +80,15 @@ class ServingMetrics : public ServingObserver {
   metrics::Gauge& kv_usage_;
   metrics::Counter& preemptions_;
   metrics::Gauge& steps_;
+  metrics::Counter& best_effort_;
+  metrics::Family<metrics::Counter>& rejections_;
+  metrics::Gauge& goodput_;
+  metrics::Family<metrics::Gauge>& attainment_;
+  metrics::Histogram& predicted_ttft_;
+  metrics::Histogram& ttft_error_;
+  metrics::Histogram& step_error_;
+  metrics::Gauge& correction_;
+  metrics::Counter& deferred_;
 };
 
 }  // namespace tandem::server

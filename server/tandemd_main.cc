@@ -8,9 +8,12 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -56,8 +59,29 @@ ABSL_FLAG(std::string, kv_cache_dtype, "f16", "KV cache element type: f16, f32 o
 ABSL_FLAG(std::string, isa, "auto", "CPU kernels: auto, scalar, avx2, avx512 or amx.");
 ABSL_FLAG(std::string, chat_template, "",
           "Chat template: chatml, llama3, mistral or llama2 (default: from the GGUF).");
-ABSL_FLAG(double, ttft_slo_ms, 1000, "Default TTFT SLO (ms) for SLO attainment metrics.");
-ABSL_FLAG(double, tpot_slo_ms, 100, "Default TPOT SLO (ms) for SLO attainment metrics.");
+ABSL_FLAG(double, ttft_slo_ms, 1000,
+          "TTFT SLO (ms) of requests that name none (0: none). A request with neither a TTFT "
+          "nor a TPOT SLO is best-effort.");
+ABSL_FLAG(double, tpot_slo_ms, 100, "TPOT SLO (ms) of requests that name none (0: none).");
+ABSL_FLAG(std::string, slo_admission, "reject",
+          "reject: a request that cannot meet its SLO (or would make others miss theirs) gets "
+          "429 at once; queue: it waits until its deadline is out of reach, then 429; off: "
+          "admit everything.");
+ABSL_FLAG(std::string, scheduling_policy, "slo",
+          "slo: deadline-ordered steps sized to the tightest TPOT by the latency model; "
+          "fcfs: first come first served under the token budget alone.");
+ABSL_FLAG(std::string, latency_profile, "",
+          "File of the latency model: loaded when it exists and was taken on the same model, "
+          "device and settings, else profiled and written there.");
+ABSL_FLAG(bool, profile_latency, true,
+          "Profile the step latency at start when no --latency-profile loads (a few seconds). "
+          "Without a latency model SLO admission admits everything.");
+ABSL_FLAG(double, slo_budget_margin, 0.9,
+          "Share of the tightest running TPOT SLO one engine step may take.");
+ABSL_FLAG(double, best_effort_aging_ms, 5000,
+          "Best-effort requests are scheduled as if due this long after they arrive.");
+ABSL_FLAG(int, spin_us, 200,
+          "How long idle CPU worker threads poll for work before sleeping (microseconds).");
 ABSL_FLAG(double, shutdown_timeout, 30, "Seconds to let requests in flight finish on SIGTERM.");
 ABSL_FLAG(int64_t, max_body_bytes, 8 << 20, "Largest HTTP request body.");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off.");
@@ -81,6 +105,20 @@ absl::StatusOr<size_t> ParseBytes(std::string s) {
   return v * mult;
 }
 
+// The CPU's model name (/proc/cpuinfo), part of the latency profile's key: a profile taken on
+// one CPU model does not describe another.
+std::string CpuModelName() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      const size_t colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(colon + 2);
+    }
+  }
+  return "unknown cpu";
+}
+
 absl::Status Run() {
   const std::string model_path = absl::GetFlag(FLAGS_model);
   if (model_path.empty()) return absl::InvalidArgumentError("--model is required");
@@ -102,6 +140,22 @@ absl::Status Run() {
   if (absl::GetFlag(FLAGS_shutdown_timeout) < 0) {
     return absl::InvalidArgumentError("--shutdown-timeout must be >= 0");
   }
+  TANDEM_ASSIGN_OR_RETURN(scheduler::AdmissionMode admission,
+                          scheduler::ParseAdmissionMode(absl::GetFlag(FLAGS_slo_admission)));
+  TANDEM_ASSIGN_OR_RETURN(scheduler::SchedulePolicy policy,
+                          scheduler::ParseSchedulePolicy(absl::GetFlag(FLAGS_scheduling_policy)));
+  for (auto [name, v] : {std::pair{"--ttft-slo-ms", absl::GetFlag(FLAGS_ttft_slo_ms)},
+                         std::pair{"--tpot-slo-ms", absl::GetFlag(FLAGS_tpot_slo_ms)},
+                         std::pair{"--best-effort-aging-ms",
+                                   absl::GetFlag(FLAGS_best_effort_aging_ms)}}) {
+    if (!std::isfinite(v) || v < 0) {
+      return absl::InvalidArgumentError(StrCat(name, " must be a finite number >= 0"));
+    }
+  }
+  if (absl::GetFlag(FLAGS_best_effort_aging_ms) <= 0) {
+    return absl::InvalidArgumentError("--best-effort-aging-ms must be > 0");
+  }
+  if (absl::GetFlag(FLAGS_spin_us) < 0) return absl::InvalidArgumentError("--spin-us must be >= 0");
 
   const absl::Time t0 = absl::Now();
   spdlog::info("loading {}", model_path);
@@ -122,6 +176,34 @@ absl::Status Run() {
   ic.cpu.isa = isa;
   ic.scheduler.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
   ic.scheduler.max_batch_tokens = absl::GetFlag(FLAGS_max_num_batched_tokens);
+  ic.scheduler.policy = policy;
+  ic.scheduler.budget_margin = absl::GetFlag(FLAGS_slo_budget_margin);
+  ic.scheduler.best_effort_aging =
+      absl::Microseconds(absl::GetFlag(FLAGS_best_effort_aging_ms) * 1000);
+  ic.cpu.spin_us = absl::GetFlag(FLAGS_spin_us);
+  ic.admission = admission;
+  ic.profile = absl::GetFlag(FLAGS_profile_latency);
+  ic.latency_profile = absl::GetFlag(FLAGS_latency_profile);
+  {
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(model_path, ec);
+    ic.latency_profile_key = StrCat(CpuModelName(), "; model bytes ", ec ? 0 : size);
+  }
+  int last_profile_pct = -1;
+  ic.profile_progress = [&last_profile_pct](int done, int total) {
+    const int pct = 100 * done / total;
+    if (pct >= last_profile_pct + 25 || done == total) {
+      spdlog::info("[2/3] latency profile: {}/{} step shapes ({}%)", done, total, pct);
+      last_profile_pct = pct;
+    }
+  };
+  std::atomic<ServingMetrics*> step_metrics{nullptr};
+  ic.step_observer = [&step_metrics](const scheduler::StepShape&, double predicted,
+                                     double measured) {
+    if (ServingMetrics* m = step_metrics.load(std::memory_order_acquire)) {
+      m->OnStep(predicted, measured);
+    }
+  };
   ic.max_queue = absl::GetFlag(FLAGS_max_queue);
   ic.kv_dtype = kv_dtype;
   ic.kv_cache_bytes = kv_bytes;
@@ -138,6 +220,26 @@ absl::Status Run() {
   spdlog::info("[2/3] loading weights onto the CPU backend ({} threads)...", threads);
   TANDEM_ASSIGN_OR_RETURN(auto engine, scheduler::EngineInstance::Create(ic, *file));
   const model::ModelConfig& mc = engine->model_config();
+  {
+    const scheduler::LatencyModel lm = engine->latency_model();
+    if (lm.fitted()) {
+      const auto& c = lm.coefficients();
+      spdlog::info(
+          "[2/3] latency model ({}{}): step {:.2f} ms + {:.3f} ms/prefill token + {:.2e} "
+          "ms/attention pair + {:.3f} ms/decode seq + {:.2e} ms/context token; fit error "
+          "{:.1f}% (median)",
+          engine->latency_source(),
+          ic.latency_profile.empty() ? "" : StrCat(" ", ic.latency_profile), c[0] * 1e3,
+          c[1] * 1e3, c[2] * 1e3, c[3] * 1e3, c[4] * 1e3, lm.fit_error() * 100);
+    } else {
+      spdlog::warn("[2/3] no latency model (--profile-latency=false): SLO admission admits "
+                   "everything and steps have no time budget");
+    }
+    spdlog::info("[2/3] SLOs: admission {}, policy {}, default TTFT {} ms, TPOT {} ms",
+                 scheduler::AdmissionModeName(admission),
+                 absl::GetFlag(FLAGS_scheduling_policy), absl::GetFlag(FLAGS_ttft_slo_ms),
+                 absl::GetFlag(FLAGS_tpot_slo_ms));
+  }
   spdlog::info("[2/3] {}: {} layers, hidden {}, context {}; backend {}; KV cache {} tokens ({})",
                mc.architecture, mc.n_layers, mc.hidden, mc.context_length, engine->device_name(),
                engine->kv_capacity_tokens(), std::string(kvcache::KvDTypeName(kv_dtype)));
@@ -146,6 +248,7 @@ absl::Status Run() {
   std::string name = absl::GetFlag(FLAGS_served_model_name);
   if (name.empty()) name = std::filesystem::path(model_path).stem().string();
   ServingMetrics metrics(*engine);
+  step_metrics.store(&metrics, std::memory_order_release);
   EngineFrontendConfig fc;
   fc.served_model_name = name;
   fc.default_ttft_slo_ms = absl::GetFlag(FLAGS_ttft_slo_ms);
@@ -211,6 +314,7 @@ absl::Status Run() {
     spdlog::warn("stopping with {} sequences still in flight", frontend.in_flight());
   }
   engine->Stop();  // fails what is left with 503 / UNAVAILABLE
+  step_metrics.store(nullptr, std::memory_order_release);
   // Let the pumps write the last responses before connections close.
   absl::SleepFor(absl::Milliseconds(100));
   http_server->Shutdown();

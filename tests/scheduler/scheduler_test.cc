@@ -39,15 +39,46 @@ void RunStep(Scheduler& s, const SchedulerOutput& out) {
   }
 }
 
+// The tests below hold for both policies: kSlo without a latency model has no time budget,
+// and its deadline order of best-effort sequences (arrival + aging) is first come, first
+// served.
+class SchedulerTest : public ::testing::TestWithParam<SchedulePolicy> {
+ protected:
+  SchedulerConfig Config(int max_num_seqs, int max_batch_tokens) const {
+    SchedulerConfig c;
+    c.max_num_seqs = max_num_seqs;
+    c.max_batch_tokens = max_batch_tokens;
+    c.policy = GetParam();
+    return c;
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(Policies, SchedulerTest,
+                         ::testing::Values(SchedulePolicy::kFcfs, SchedulePolicy::kSlo),
+                         [](const auto& info) {
+                           return info.param == SchedulePolicy::kFcfs ? "Fcfs" : "Slo";
+                         });
+
 TEST(SchedulerConfigTest, RejectsBudgetBelowSeqs) {
   EXPECT_FALSE((SchedulerConfig{.max_num_seqs = 8, .max_batch_tokens = 4}).Validate().ok());
   EXPECT_FALSE((SchedulerConfig{.max_num_seqs = 0, .max_batch_tokens = 4}).Validate().ok());
   EXPECT_TRUE((SchedulerConfig{.max_num_seqs = 4, .max_batch_tokens = 4}).Validate().ok());
+  SchedulerConfig margin;
+  margin.budget_margin = 0;
+  EXPECT_FALSE(margin.Validate().ok());
+  margin.budget_margin = 1.5;
+  EXPECT_FALSE(margin.Validate().ok());
+  SchedulerConfig aging;
+  aging.best_effort_aging = absl::ZeroDuration();
+  EXPECT_FALSE(aging.Validate().ok());
+  EXPECT_TRUE(ParseSchedulePolicy("slo").ok());
+  EXPECT_EQ(*ParseSchedulePolicy("fcfs"), SchedulePolicy::kFcfs);
+  EXPECT_FALSE(ParseSchedulePolicy("edf").ok());
 }
 
-TEST(SchedulerTest, ChunkedPrefillWithinTokenBudget) {
+TEST_P(SchedulerTest, ChunkedPrefillWithinTokenBudget) {
   kvcache::BlockPool pool(1000);
-  Scheduler s({.max_num_seqs = 8, .max_batch_tokens = 64}, pool);
+  Scheduler s(Config(8, 64), pool);
   Sequence* a = nullptr;
   Sequence* b = nullptr;
   {
@@ -89,9 +120,9 @@ TEST(SchedulerTest, ChunkedPrefillWithinTokenBudget) {
   EXPECT_EQ(b->table.num_tokens(), 50);
 }
 
-TEST(SchedulerTest, DecodeTokensComeBeforePrefillChunks) {
+TEST_P(SchedulerTest, DecodeTokensComeBeforePrefillChunks) {
   kvcache::BlockPool pool(1000);
-  Scheduler s({.max_num_seqs = 8, .max_batch_tokens = 8}, pool);
+  Scheduler s(Config(8, 8), pool);
   s.Add(MakeSeq(1, 4));
   RunStep(s, Schedule(s));  // seq 1 prefilled, now decoding
   s.Add(MakeSeq(2, 30));
@@ -106,9 +137,9 @@ TEST(SchedulerTest, DecodeTokensComeBeforePrefillChunks) {
   }
 }
 
-TEST(SchedulerTest, MaxNumSeqsBoundsRunning) {
+TEST_P(SchedulerTest, MaxNumSeqsBoundsRunning) {
   kvcache::BlockPool pool(1000);
-  Scheduler s({.max_num_seqs = 2, .max_batch_tokens = 64}, pool);
+  Scheduler s(Config(2, 64), pool);
   for (int i = 0; i < 5; ++i) s.Add(MakeSeq(i, 3));
   SchedulerOutput o = Schedule(s);
   EXPECT_EQ(o.chunks.size(), 2u);
@@ -122,11 +153,11 @@ TEST(SchedulerTest, MaxNumSeqsBoundsRunning) {
   EXPECT_EQ(o2.chunks[1].seq->id, 2u);
 }
 
-TEST(SchedulerTest, PreemptsNewestWhenKvRunsOutAndRecomputesLater) {
+TEST_P(SchedulerTest, PreemptsNewestWhenKvRunsOutAndRecomputesLater) {
   // 6 blocks of 4 tokens. Two sequences of 8 prompt tokens take 4 blocks; decoding then
   // needs new blocks every 4 tokens.
   kvcache::BlockPool pool(6);
-  Scheduler s({.max_num_seqs = 4, .max_batch_tokens = 32}, pool);
+  Scheduler s(Config(4, 32), pool);
   s.Add(MakeSeq(1, 8));
   s.Add(MakeSeq(2, 8));
   RunStep(s, Schedule(s));
@@ -163,9 +194,9 @@ TEST(SchedulerTest, PreemptsNewestWhenKvRunsOutAndRecomputesLater) {
   EXPECT_EQ(o.chunks[0].seq->preemptions, 1);
 }
 
-TEST(SchedulerTest, ReusedOutputIsRefilled) {
+TEST_P(SchedulerTest, ReusedOutputIsRefilled) {
   kvcache::BlockPool pool(6);
-  Scheduler s({.max_num_seqs = 4, .max_batch_tokens = 32}, pool);
+  Scheduler s(Config(4, 32), pool);
   s.Add(MakeSeq(1, 8));
   s.Add(MakeSeq(2, 8));
   SchedulerOutput out;
@@ -192,9 +223,9 @@ TEST(SchedulerTest, ReusedOutputIsRefilled) {
   EXPECT_EQ(out.chunks.data(), storage);
 }
 
-TEST(SchedulerTest, SequenceLargerThanTheCacheFails) {
+TEST_P(SchedulerTest, SequenceLargerThanTheCacheFails) {
   kvcache::BlockPool pool(2);  // 8 tokens
-  Scheduler s({.max_num_seqs = 4, .max_batch_tokens = 32}, pool);
+  Scheduler s(Config(4, 32), pool);
   s.Add(MakeSeq(1, 6));
   RunStep(s, Schedule(s));
   RunStep(s, Schedule(s));
@@ -207,9 +238,9 @@ TEST(SchedulerTest, SequenceLargerThanTheCacheFails) {
   EXPECT_TRUE(s.empty());
 }
 
-TEST(SchedulerTest, RemoveWaitingSequence) {
+TEST_P(SchedulerTest, RemoveWaitingSequence) {
   kvcache::BlockPool pool(100);
-  Scheduler s({.max_num_seqs = 1, .max_batch_tokens = 8}, pool);
+  Scheduler s(Config(1, 8), pool);
   s.Add(MakeSeq(1, 3));
   s.Add(MakeSeq(2, 3));
   RunStep(s, Schedule(s));

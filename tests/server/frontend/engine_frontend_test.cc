@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/retry_after.h"
 #include "gtest/gtest.h"
 #include "model/chat_template.h"
 #include "model/gguf_file.h"
@@ -24,6 +25,11 @@ class RecordingObserver : public ServingObserver {
     std::lock_guard<std::mutex> lock(mu);
     records.push_back(r);
   }
+  void OnRejected(const std::string& reason, int sequences) override {
+    std::lock_guard<std::mutex> lock(mu);
+    rejections.push_back(reason);
+  }
+  std::vector<std::string> rejections;
   std::mutex mu;
   std::atomic<int> gaps{0};
   std::vector<SequenceRecord> records;
@@ -67,11 +73,17 @@ Collected Drain(GenerationStream& s, int choices) {
 
 class EngineFrontendTest : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void SetUp() override { Start(scheduler::AdmissionMode::kReject, 0, 0); }
+
+  // Default SLOs 0: requests are best-effort unless they name SLOs, so tests of other things
+  // never meet admission.
+  void Start(scheduler::AdmissionMode admission, double ttft_slo_ms, double tpot_slo_ms) {
+    frontend_.reset();
+    engine_.reset();
     testing::TestModelSpec spec;
     spec.weight_std = 0.2f;
     spec.embd_std = 0.5f;
-    spec.context_length = 256;
+    spec.context_length = 4096;
     path_ = absl::StrCat(::testing::TempDir(), "/engine_frontend_test.gguf");
     ASSERT_TRUE(testing::WriteTestModel(spec, path_).ok());
     auto file = model::GgufFile::Open(path_);
@@ -83,8 +95,9 @@ class EngineFrontendTest : public ::testing::Test {
     ic.scheduler.max_num_seqs = 8;
     ic.scheduler.max_batch_tokens = 64;
     ic.block_size = 4;
-    ic.kv_cache_bytes = 1 << 20;
+    ic.kv_cache_bytes = 8 << 20;
     ic.eos_token_id = (*tok)->eos_id();
+    ic.admission = admission;
     auto inst = scheduler::EngineInstance::Create(ic, **file);
     ASSERT_TRUE(inst.ok()) << inst.status();
     engine_ = std::move(*inst);
@@ -92,6 +105,8 @@ class EngineFrontendTest : public ::testing::Test {
     ASSERT_TRUE(tmpl.ok());
     EngineFrontendConfig fc;
     fc.served_model_name = kModel;
+    fc.default_ttft_slo_ms = ttft_slo_ms;
+    fc.default_tpot_slo_ms = tpot_slo_ms;
     frontend_ = std::make_unique<EngineFrontend>(fc, std::move(*tok), std::move(*tmpl),
                                                  *engine_, &observer_);
   }
@@ -186,7 +201,8 @@ TEST_F(EngineFrontendTest, ChoicesSeedsEchoAndLogprobs) {
 }
 
 TEST_F(EngineFrontendTest, CancelFreesTheEngineAndReportsCancelled) {
-  auto s = frontend_->Generate(Completion("long", 200));
+  // Long enough (a few hundred ms) that the cancel lands mid-stream even on a loaded machine.
+  auto s = frontend_->Generate(Completion("long", 3000));
   ASSERT_TRUE(s.ok());
   std::vector<ChoiceDelta> out;
   while (out.empty()) (*s)->WaitAndTake(&out, absl::Milliseconds(100));
@@ -206,9 +222,9 @@ TEST_F(EngineFrontendTest, ErrorsBeforeAnythingRuns) {
   GenerationRequest r = Completion("x", 4);
   r.model = "other";
   EXPECT_EQ(frontend_->Generate(r).status().code(), absl::StatusCode::kNotFound);
-  r = Completion(std::string(300, 'a'), 4);  // longer than the 256-token context
+  r = Completion(std::string(5000, 'a'), 4);  // longer than the 4096-token context
   EXPECT_EQ(frontend_->Generate(r).status().code(), absl::StatusCode::kOutOfRange);
-  r = Completion("x", 250);
+  r = Completion("x", 4090);
   r.prompts[0].text = std::string(20, 'b');
   EXPECT_EQ(frontend_->Generate(r).status().code(), absl::StatusCode::kOutOfRange);
   r = Completion("x", 4);
@@ -251,6 +267,80 @@ TEST_F(EngineFrontendTest, ChatUsesTemplateAndTokenizeAgrees) {
   EXPECT_EQ(c.usage.prompt_tokens, static_cast<int>(ids->size()));
   EXPECT_EQ(frontend_->Detokenize(kModel, {-1}).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(EngineFrontendTest, SloThatCannotBeMetGets429WithRetryAfter) {
+  ASSERT_TRUE(engine_->latency_model().fitted());
+  GenerationRequest r = Completion("hello world", 8);
+  r.ttft_slo_ms = 0.001;  // no step is that fast
+  r.n = 2;
+  auto s = frontend_->Generate(r);
+  ASSERT_FALSE(s.ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(s.status())) << s.status();
+  EXPECT_NE(s.status().message().find("predicted time to first token"), std::string::npos)
+      << s.status();
+  ASSERT_TRUE(RetryAfterOf(s.status()).has_value());
+  EXPECT_GE(*RetryAfterOf(s.status()), absl::Milliseconds(100));
+  EXPECT_EQ(frontend_->in_flight(), 0);
+  {
+    std::lock_guard<std::mutex> lock(observer_.mu);
+    EXPECT_EQ(observer_.rejections, std::vector<std::string>{"ttft"});
+  }
+  // A generous SLO is admitted, carries the prediction and is judged against its own SLOs.
+  r.ttft_slo_ms = 60000;
+  r.tpot_slo_ms = 5000;
+  r.n = 1;
+  Collected c = Run(r);
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  std::lock_guard<std::mutex> lock(observer_.mu);
+  ASSERT_EQ(observer_.records.size(), 1u);
+  EXPECT_EQ(observer_.records[0].ttft_slo_ms, 60000);
+  EXPECT_EQ(observer_.records[0].tpot_slo_ms, 5000);
+  ASSERT_TRUE(observer_.records[0].predicted_ttft.has_value());
+  EXPECT_GT(*observer_.records[0].predicted_ttft, absl::ZeroDuration());
+}
+
+TEST_F(EngineFrontendTest, DefaultSlosApplyAndZeroMeansBestEffort) {
+  Start(scheduler::AdmissionMode::kReject, 0.001, 0);
+  auto s = frontend_->Generate(Completion("hello world", 4));
+  EXPECT_TRUE(absl::IsResourceExhausted(s.status())) << s.status();
+  // The request's own SLO wins over the default.
+  GenerationRequest r = Completion("hello world", 4);
+  r.ttft_slo_ms = 60000;
+  EXPECT_TRUE(Run(r).status.ok());
+  // With no default and none in the request, it is best-effort: always admitted, not judged.
+  Start(scheduler::AdmissionMode::kReject, 0, 0);
+  Collected c = Run(Completion("hello world", 4));
+  EXPECT_TRUE(c.status.ok()) << c.status;
+  std::lock_guard<std::mutex> lock(observer_.mu);
+  ASSERT_FALSE(observer_.records.empty());
+  EXPECT_EQ(observer_.records.back().ttft_slo_ms, 0);
+  EXPECT_EQ(observer_.records.back().tpot_slo_ms, 0);
+}
+
+TEST_F(EngineFrontendTest, QueueModeRejectsOnceTheDeadlineIsOutOfReach) {
+  Start(scheduler::AdmissionMode::kQueue, 0, 0);
+  GenerationRequest r = Completion("hello world", 8);
+  r.ttft_slo_ms = 0.001;
+  r.n = 2;
+  // Queued (no 429 at arrival), then given up at the engine's next step: the stream fails
+  // with a 429 status, nothing was generated, and the engine is empty again.
+  auto s = frontend_->Generate(r);
+  ASSERT_TRUE(s.ok()) << s.status();
+  Collected c = Drain(**s, 2);
+  EXPECT_TRUE(absl::IsResourceExhausted(c.status)) << c.status;
+  EXPECT_NE(c.status.message().find("can no longer be met"), std::string::npos) << c.status;
+  EXPECT_TRUE(RetryAfterOf(c.status).has_value());
+  EXPECT_EQ(c.usage.completion_tokens, 0);
+  for (int i = 0; i < 100 && frontend_->in_flight() > 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(frontend_->in_flight(), 0);
+  EXPECT_EQ(engine_->stats().running + engine_->stats().waiting, 0);
+  std::lock_guard<std::mutex> lock(observer_.mu);
+  int rejected = 0;
+  for (const SequenceRecord& rec : observer_.records) rejected += rec.finish == "rejected";
+  EXPECT_GE(rejected, 1);
 }
 
 }  // namespace
