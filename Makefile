@@ -72,8 +72,8 @@ fuzz: build
 
 # libFuzzer target for the OpenAI request parsers, validation and renderers (clang).
 OPENAI_SRC = server/openai/errors.cc server/openai/finish_reason.cc server/openai/json_body.cc \
-  server/openai/request_parser.cc server/openai/response_render.cc server/openai/validate.cc \
-  model/sampler.cc
+  server/openai/request_parser.cc server/openai/response_render.cc server/openai/slo.cc \
+  server/openai/validate.cc model/sampler.cc
 fuzz-openai:
 	mkdir -p $(BUILD)/fuzz/openai_corpus
 	clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \

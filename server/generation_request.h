@@ -49,7 +49,11 @@ struct GenerationRequest {
   bool echo = false;           // completions only: prepend the prompt to the text
   std::string user;            // recorded in logs only
 
-  // Per-request SLOs in milliseconds (0: the daemon's --ttft-slo-ms / --tpot-slo-ms).
+  // Per-request SLOs in milliseconds: time to first token, time per output token. 0 means
+  // "not given": the daemon's --ttft-slo-ms / --tpot-slo-ms apply. Otherwise in
+  // (0, openai::kMaxSloMs]. HTTP fills them from the body's `slo` (or its older spellings
+  // ttft_slo_ms / tpot_slo_ms), overridden by the x-slo-ttft-ms / x-slo-tpot-ms headers; gRPC
+  // from the request fields, overridden by metadata of the same names.
   double ttft_slo_ms = 0;
   double tpot_slo_ms = 0;
 };

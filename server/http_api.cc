@@ -1,6 +1,10 @@
 #include "server/http_api.h"
 
+#include <algorithm>
+#include <iterator>
+#include <optional>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -8,11 +12,14 @@
 #include <boost/asio/strand.hpp>
 
 #include "absl/strings/match.h"
+#include "common/check.h"
+#include "common/retry_after.h"
 #include "common/str_cat.h"
 #include "server/metrics/registry.h"
 #include "server/openai/errors.h"
 #include "server/openai/request_parser.h"
 #include "server/openai/response_render.h"
+#include "server/openai/slo.h"
 
 namespace tandem::server {
 namespace {
@@ -22,8 +29,46 @@ using http::ResponseWriter;
 
 const http::HttpHeaders kJson = {{"Content-Type", "application/json"}};
 
+// An error response in OpenAI's shape, counted once. Retry-After comes from the status when the
+// code that refused attached one (common/retry_after.h); a 429 without one still gets "1", so
+// clients that honour the header back off.
+void SendErrorResponse(ResponseWriter& writer, const absl::Status& status,
+                       const std::function<void(int)>& on_status) {
+  const int code = openai::HttpStatusFor(status);
+  HttpHeaders headers = kJson;
+  if (const std::optional<absl::Duration> delay = RetryAfterOf(status); delay.has_value()) {
+    headers.emplace_back("Retry-After", std::to_string(RetryAfterHeaderSeconds(*delay)));
+  } else if (code == 429) {
+    headers.emplace_back("Retry-After", "1");
+  }
+  if (code == 401) headers.emplace_back("WWW-Authenticate", "Bearer");
+  on_status(code);
+  writer.Send(code, std::move(headers), openai::ErrorBody(status));
+}
+
+// The x-slo-ttft-ms / x-slo-tpot-ms headers, which override the body's SLOs.
+absl::Status ApplySloHeaders(const http::HttpRequest& request, GenerationRequest* r) {
+  const std::pair<const char*, double*> headers[] = {{openai::kSloTtftHeader, &r->ttft_slo_ms},
+                                                     {openai::kSloTpotHeader, &r->tpot_slo_ms}};
+  for (const auto& [name, out] : headers) {
+    const std::optional<std::string> value = request.Header(name);
+    if (!value.has_value()) continue;
+    TANDEM_ASSIGN_OR_RETURN(*out, openai::ParseSloHeader(name, *value));
+  }
+  return absl::OkStatus();
+}
+
 // One generation in flight: owns the stream and renders its deltas on a strand of the API
 // pool, so the engine thread only posts.
+//
+// A streamed response sends its 200 and SSE headers with its first output (the first delta
+// with text or tokens, or the end), not at once: a request can still be refused after
+// Generate returned (the scheduler drops a queued request whose deadline can no longer be met),
+// and such a stream is answered like a refused non-stream request, with its real HTTP status,
+// an OpenAI error body and Retry-After. Once headers are out, an error goes in-band.
+//
+// on_status_ is called exactly once per request: with 200 when the stream's headers go out or
+// a non-stream body succeeds, else with the error's status.
 class GenerationPump : public std::enable_shared_from_this<GenerationPump> {
  public:
   GenerationPump(boost::asio::thread_pool& pool, std::unique_ptr<GenerationStream> stream,
@@ -50,11 +95,6 @@ class GenerationPump : public std::enable_shared_from_this<GenerationPump> {
     stream_->SetNotify([weak] {
       if (auto self = weak.lock()) self->Schedule();
     });
-    if (stream_mode_) {
-      writer_->StartStream(200, {{"Content-Type", "text/event-stream"},
-                                 {"Cache-Control", "no-cache"}});
-      on_status_(200);
-    }
     Schedule();
   }
 
@@ -70,6 +110,29 @@ class GenerationPump : public std::enable_shared_from_this<GenerationPump> {
     std::vector<ChoiceDelta> deltas;
     const bool done = stream_->Take(&deltas);
     if (stream_mode_) {
+      if (!headers_sent_) {
+        // Deltas without text or tokens (a choice's bare finish, as a failed or cancelled
+        // sequence ends) are held back: they are not output, and a stream that ends in
+        // failure with nothing else is answered as an error.
+        held_.insert(held_.end(), std::make_move_iterator(deltas.begin()),
+                     std::make_move_iterator(deltas.end()));
+        const bool output = std::any_of(held_.begin(), held_.end(), [](const ChoiceDelta& d) {
+          return !d.text.empty() || !d.token_ids.empty();
+        });
+        if (!output && !done) return;  // nothing to say yet, not even the status
+        if (!output) {
+          if (const absl::Status s = stream_->status(); !s.ok()) {
+            SendErrorResponse(*writer_, s, on_status_);
+            Finish();
+            return;
+          }
+        }
+        writer_->StartStream(
+            200, {{"Content-Type", "text/event-stream"}, {"Cache-Control", "no-cache"}});
+        on_status_(200);
+        headers_sent_ = true;
+        deltas = std::move(held_);
+      }
       std::string out;
       for (const ChoiceDelta& d : deltas) out += renderer_.Delta(d);
       if (done) {
@@ -89,8 +152,7 @@ class GenerationPump : public std::enable_shared_from_this<GenerationPump> {
       if (done) {
         const absl::Status s = stream_->status();
         if (!s.ok()) {
-          on_status_(openai::HttpStatusFor(s));
-          writer_->Send(openai::HttpStatusFor(s), kJson, openai::ErrorBody(s));
+          SendErrorResponse(*writer_, s, on_status_);
         } else {
           const Usage usage = stream_->usage();
           std::string body = kind_ == GenerationRequest::Kind::kChat
@@ -101,11 +163,13 @@ class GenerationPump : public std::enable_shared_from_this<GenerationPump> {
         }
       }
     }
-    if (done) {
-      finished_ = true;
-      stream_->SetNotify(nullptr);
-      self_.reset();  // the last posted run holds the final reference
-    }
+    if (done) Finish();
+  }
+
+  void Finish() {
+    finished_ = true;
+    stream_->SetNotify(nullptr);
+    self_.reset();  // the last posted run holds the final reference
   }
 
   boost::asio::strand<boost::asio::thread_pool::executor_type> strand_;
@@ -119,6 +183,8 @@ class GenerationPump : public std::enable_shared_from_this<GenerationPump> {
   const std::function<void(int)> on_status_;
   std::vector<openai::ChoiceResult> results_;  // strand only
   bool finished_ = false;                      // strand only
+  bool headers_sent_ = false;                  // strand only; stream mode: StartStream ran
+  std::vector<ChoiceDelta> held_;              // strand only; deltas taken before headers_sent_
   std::shared_ptr<GenerationPump> self_;       // strand only, once started
   std::atomic<bool> scheduled_{false};
 };
@@ -145,12 +211,7 @@ void HttpApi::SendJson(ResponseWriter& writer, int status, std::string body) {
 }
 
 void HttpApi::SendError(ResponseWriter& writer, const absl::Status& status) {
-  const int code = openai::HttpStatusFor(status);
-  HttpHeaders headers = kJson;
-  if (code == 429) headers.emplace_back("Retry-After", "1");
-  if (code == 401) headers.emplace_back("WWW-Authenticate", "Bearer");
-  on_status_(code);
-  writer.Send(code, std::move(headers), openai::ErrorBody(status));
+  SendErrorResponse(writer, status, on_status_);
 }
 
 void HttpApi::Handle(http::HttpRequest request, std::shared_ptr<ResponseWriter> writer) {
@@ -225,6 +286,7 @@ void HttpApi::Generate(GenerationRequest::Kind kind, const http::HttpRequest& re
                                                  ? openai::ParseChatRequest(request.body)
                                                  : openai::ParseCompletionRequest(request.body);
   if (!parsed.ok()) return SendError(*writer, parsed.status());
+  if (absl::Status s = ApplySloHeaders(request, &*parsed); !s.ok()) return SendError(*writer, s);
   const bool stream_mode = parsed->stream;
   const bool include_usage = parsed->include_usage;
   absl::StatusOr<std::unique_ptr<GenerationStream>> stream = frontend_.Generate(*parsed);

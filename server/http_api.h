@@ -5,8 +5,16 @@
 // shape. Generation output is pumped off the engine thread: the stream's notify posts to a
 // strand of the API's own thread, which takes the deltas, renders them and writes them.
 //
+// Per-request SLOs: the headers x-slo-ttft-ms / x-slo-tpot-ms (openai::ParseSloHeader)
+// override the body's `slo`; a bad value is a 400 naming the header.
+//
+// Errors carry Retry-After when the refusing code attached a delay (common/retry_after.h), and
+// "1" on any 429 without one. A streamed response sends its headers with its first output, so
+// a stream refused before producing anything (e.g. dropped from the scheduler's queue) gets its
+// real status (429), not a 200 followed by an in-band error.
+//
 // A client that goes away (HTTP server's OnClose) cancels its generation, which frees its KV
-// within one engine step.
+// within one engine step, whether or not the response's headers went out.
 //
 // Thread safety: Handle may be called from any io thread concurrently.
 #ifndef TANDEM_SERVER_HTTP_API_H_

@@ -1,12 +1,15 @@
 #include "server/grpc/generation_service.h"
 
 #include <memory>
+#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
+#include "common/check.h"
 #include "server/grpc/proto_convert.h"
 #include "server/grpc/status_convert.h"
+#include "server/openai/slo.h"
 
 namespace tandem::server::grpc_api {
 namespace {
@@ -18,6 +21,20 @@ bool SameKey(std::string_view a, std::string_view b) {
   unsigned char diff = 0;
   for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
   return diff == 0;
+}
+
+// The x-slo-ttft-ms / x-slo-tpot-ms metadata, which override the request's fields.
+absl::Status ApplySloMetadata(const grpc::ServerContext& context, GenerationRequest* r) {
+  const std::pair<const char*, double*> keys[] = {{openai::kSloTtftHeader, &r->ttft_slo_ms},
+                                                  {openai::kSloTpotHeader, &r->tpot_slo_ms}};
+  const auto& metadata = context.client_metadata();
+  for (const auto& [key, out] : keys) {
+    auto it = metadata.find(key);
+    if (it == metadata.end()) continue;
+    TANDEM_ASSIGN_OR_RETURN(
+        *out, openai::ParseSloHeader(key, std::string_view(it->second.data(), it->second.size())));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -71,9 +88,10 @@ grpc::Status GenerationServiceImpl::DoGenerate(
   if (grpc::Status auth = CheckApiKey(*context, api_key_); !auth.ok()) return auth;
   absl::StatusOr<GenerationRequest> converted = FromProto(*request);
   if (!converted.ok()) return ToGrpcStatus(converted.status());
+  if (absl::Status s = ApplySloMetadata(*context, &*converted); !s.ok()) return ToGrpcStatus(s);
   absl::StatusOr<std::unique_ptr<GenerationStream>> started =
       frontend_.Generate(*std::move(converted));
-  if (!started.ok()) return ToGrpcStatus(started.status());
+  if (!started.ok()) return ToGrpcStatus(started.status(), *context);
   GenerationStream& stream = **started;
 
   std::vector<ChoiceDelta> deltas;
@@ -96,7 +114,7 @@ grpc::Status GenerationServiceImpl::DoGenerate(
     }
     if (done) break;
   }
-  if (absl::Status status = stream.status(); !status.ok()) return ToGrpcStatus(status);
+  if (absl::Status status = stream.status(); !status.ok()) return ToGrpcStatus(status, *context);
   response.Clear();
   ToProto(stream.usage(), response.mutable_usage());
   writer->Write(response);

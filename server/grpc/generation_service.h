@@ -8,6 +8,11 @@
 // deadline) is noticed within one slice, and cancels the stream, which frees the request's
 // sequences in the engine.
 //
+// Per-request SLOs: the request's ttft_slo_ms / tpot_slo_ms fields, overridden by the call
+// metadata x-slo-ttft-ms / x-slo-tpot-ms (openai::ParseSloHeader; a bad value is
+// INVALID_ARGUMENT naming the key). A failure that carries a retry delay (a scheduler 429)
+// returns it as the trailing metadata grpc-retry-pushback-ms (status_convert.h).
+//
 // Authentication: when `api_key` is not empty every call must carry the metadata
 // `authorization: Bearer <api_key>`; others fail with UNAUTHENTICATED before the Frontend is
 // called.

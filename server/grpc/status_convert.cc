@@ -1,6 +1,9 @@
 #include "server/grpc/status_convert.h"
 
+#include <optional>
 #include <string>
+
+#include "common/retry_after.h"
 
 namespace tandem::server::grpc_api {
 
@@ -31,6 +34,15 @@ grpc::StatusCode ToGrpcCode(absl::StatusCode code) {
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   return grpc::Status(ToGrpcCode(status.code()), std::string(status.message()));
+}
+
+grpc::Status ToGrpcStatus(const absl::Status& status, grpc::ServerContext& context) {
+  if (const std::optional<absl::Duration> delay = RetryAfterOf(status);
+      !status.ok() && delay.has_value()) {
+    context.AddTrailingMetadata(kRetryPushbackKey,
+                                std::to_string(absl::ToInt64Milliseconds(*delay)));
+  }
+  return ToGrpcStatus(status);
 }
 
 const char* GrpcCodeName(grpc::StatusCode code) {

@@ -3,18 +3,29 @@
 // Unauthenticated keep their meaning; every other failure becomes INTERNAL. The message passes
 // through unchanged, so gRPC clients see the same text HTTP clients do.
 //
-// Thread safety: pure functions.
+// A status that carries a retry delay (common/retry_after.h: the scheduler's 429s) also sets
+// the trailing metadata `grpc-retry-pushback-ms`, the key gRPC's own retry policy honours.
+//
+// Thread safety: pure functions, except that the ServerContext overload writes the call's
+// trailing metadata (call it from the thread handling that call).
 #ifndef TANDEM_SERVER_GRPC_STATUS_CONVERT_H_
 #define TANDEM_SERVER_GRPC_STATUS_CONVERT_H_
 
+#include <grpcpp/server_context.h>
 #include <grpcpp/support/status.h>
 
 #include "absl/status/status.h"
 
 namespace tandem::server::grpc_api {
 
+// Trailing metadata: how long the client should wait before retrying, in whole milliseconds.
+inline constexpr char kRetryPushbackKey[] = "grpc-retry-pushback-ms";
+
 grpc::StatusCode ToGrpcCode(absl::StatusCode code);
 grpc::Status ToGrpcStatus(const absl::Status& status);
+// ToGrpcStatus, and for a failure carrying a retry delay, `kRetryPushbackKey: <ms>` added to
+// the call's trailing metadata.
+grpc::Status ToGrpcStatus(const absl::Status& status, grpc::ServerContext& context);
 
 // The canonical name of a code ("OK", "INVALID_ARGUMENT", ...), for logs and metrics.
 const char* GrpcCodeName(grpc::StatusCode code);

@@ -13,6 +13,7 @@
 #include "nlohmann/json.hpp"
 #include "server/openai/errors.h"
 #include "server/openai/json_body.h"
+#include "server/openai/slo.h"
 
 namespace tandem::server::openai {
 namespace {
@@ -76,13 +77,12 @@ absl::StatusOr<std::optional<int>> GetInt32(const json& obj, const char* key) {
 }
 
 // A number that fits a float (the type SamplingParams keeps).
-absl::StatusOr<std::optional<double>> GetNumber(const json& obj, const char* key,
-                                                bool fits_float = true) {
+absl::StatusOr<std::optional<double>> GetNumber(const json& obj, const char* key) {
   const json* v = Field(obj, key);
   if (v == nullptr) return std::optional<double>();
   if (!v->is_number()) return TypeError(key, "a number");
   const double d = v->get<double>();
-  if (!std::isfinite(d) || (fits_float && std::fabs(d) > FLT_MAX)) return OutOfRange(key, *v);
+  if (!std::isfinite(d) || std::fabs(d) > FLT_MAX) return OutOfRange(key, *v);
   return std::optional<double>(d);
 }
 
@@ -340,6 +340,55 @@ absl::StatusOr<std::string> GetModel(const json& body) {
 
 float AsFloat(double d) { return static_cast<float>(d); }
 
+// One SLO value in milliseconds: null or absent is unset; else a number passing CheckSloMs.
+absl::StatusOr<std::optional<double>> GetSloMs(const json& obj, const char* key,
+                                               std::string_view field) {
+  const json* v = Field(obj, key);
+  if (v == nullptr) return std::optional<double>();
+  if (!v->is_number()) return TypeError(field, "a number of milliseconds");
+  const double ms = v->get<double>();
+  TANDEM_RETURN_IF_ERROR(CheckSloMs(field, ms));
+  return std::optional<double>(ms);
+}
+
+// `slo: {"ttft_ms", "tpot_ms"}` and the older top-level spellings ttft_slo_ms / tpot_slo_ms.
+// Both spellings of one target may be given only with the same value.
+absl::Status ParseSlo(const json& body, GenerationRequest* r) {
+  const json* slo = Field(body, "slo");
+  if (slo != nullptr) {
+    if (!slo->is_object()) return TypeError("slo", "an object with 'ttft_ms' and/or 'tpot_ms'");
+    for (const auto& item : slo->items()) {
+      if (item.key() == "ttft_ms" || item.key() == "tpot_ms") continue;
+      const std::string field = StrCat("slo.", Excerpt(item.key()));
+      return UnsupportedParamError(
+          field, StrCat("'", field, "' is not supported by tandem (only 'ttft_ms' and 'tpot_ms')"));
+    }
+  }
+  struct Target {
+    const char* key;    // inside `slo`
+    const char* field;  // its param name
+    const char* alias;  // the older top-level spelling
+    double* out;
+  };
+  const Target targets[] = {{"ttft_ms", "slo.ttft_ms", "ttft_slo_ms", &r->ttft_slo_ms},
+                            {"tpot_ms", "slo.tpot_ms", "tpot_slo_ms", &r->tpot_slo_ms}};
+  for (const Target& t : targets) {
+    std::optional<double> value;
+    if (slo != nullptr) {
+      TANDEM_ASSIGN_OR_RETURN(value, GetSloMs(*slo, t.key, t.field));
+    }
+    TANDEM_ASSIGN_OR_RETURN(std::optional<double> alias, GetSloMs(body, t.alias, t.alias));
+    if (value && alias && *value != *alias) {
+      return InvalidParamError(
+          t.field, StrCat("'", t.field, "' and its older spelling '", t.alias, "' disagree (",
+                          *value, " vs ", *alias, "); give one of them"));
+    }
+    if (!value) value = alias;
+    if (value) *t.out = *value;
+  }
+  return absl::OkStatus();
+}
+
 // Everything /v1/completions and /v1/chat/completions share.
 absl::Status ParseCommon(const json& body, GenerationRequest* r) {
   TANDEM_RETURN_IF_ERROR(RejectUnsupported(body));
@@ -434,14 +483,7 @@ absl::Status ParseCommon(const json& body, GenerationRequest* r) {
   TANDEM_ASSIGN_OR_RETURN(std::optional<std::string> user, GetString(body, "user"));
   r->user = user.value_or("");
 
-  for (const char* key : {"ttft_slo_ms", "tpot_slo_ms"}) {
-    TANDEM_ASSIGN_OR_RETURN(std::optional<double> slo, GetNumber(body, key, /*fits_float=*/false));
-    if (!slo) continue;
-    if (!(*slo > 0)) {
-      return InvalidParamError(key, StrCat("'", key, "' must be > 0, got ", *slo));
-    }
-    (std::string_view(key) == "ttft_slo_ms" ? r->ttft_slo_ms : r->tpot_slo_ms) = *slo;
-  }
+  TANDEM_RETURN_IF_ERROR(ParseSlo(body, r));
   return absl::OkStatus();
 }
 

@@ -28,7 +28,12 @@
 //     top_logprobs separately.
 //   * echo: completions only; chat rejects echo: true.
 //   * stream_options is only allowed with stream: true (OpenAI's rule).
-//   * ttft_slo_ms / tpot_slo_ms (tandem extensions): numbers > 0.
+//   * slo (tandem extension): {"ttft_ms": ms, "tpot_ms": ms}, either key may be left out or
+//     null; each value a number > 0 and <= kMaxSloMs (slo.h: CheckSloMs). Another key inside
+//     slo is rejected (code "unsupported_parameter"). The top-level ttft_slo_ms / tpot_slo_ms
+//     are older spellings with the same rules; given together with slo.* they must agree.
+//     Unset leaves GenerationRequest::ttft_slo_ms / tpot_slo_ms at 0 (the daemon's default).
+//     The HTTP headers x-slo-ttft-ms / x-slo-tpot-ms are applied by the HTTP layer, not here.
 //   * stop_token_ids (vLLM extension): a list of token ids.
 //   * messages: role "system", "user", "assistant", and "developer" (taken as "system"); content
 //     a string or a list of {"type":"text","text":...} parts, joined with "\n" (vLLM's rule);

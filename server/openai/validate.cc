@@ -9,6 +9,7 @@
 #include "common/str_cat.h"
 #include "server/openai/errors.h"
 #include "server/openai/request_parser.h"
+#include "server/openai/slo.h"
 
 namespace tandem::server::openai {
 namespace {
@@ -155,12 +156,9 @@ absl::Status ValidateGenerationRequest(const GenerationRequest& r, int vocab_siz
     return InvalidParamError("stream_options",
                              "'stream_options' is only allowed when 'stream' is true");
   }
-  if (!(std::isfinite(r.ttft_slo_ms) && r.ttft_slo_ms >= 0)) {
-    return Range("ttft_slo_ms", "a finite number > 0", r.ttft_slo_ms);
-  }
-  if (!(std::isfinite(r.tpot_slo_ms) && r.tpot_slo_ms >= 0)) {
-    return Range("tpot_slo_ms", "a finite number > 0", r.tpot_slo_ms);
-  }
+  // 0 is "not given" (the daemon's default); anything else follows the API's rule.
+  if (r.ttft_slo_ms != 0) TANDEM_RETURN_IF_ERROR(CheckSloMs("ttft_slo_ms", r.ttft_slo_ms));
+  if (r.tpot_slo_ms != 0) TANDEM_RETURN_IF_ERROR(CheckSloMs("tpot_slo_ms", r.tpot_slo_ms));
   return absl::OkStatus();
 }
 

@@ -11,7 +11,8 @@
 //   temperature [0, 2]; top_p (0, 1]; top_k >= 0 (the parsers map -1 to 0); min_p [0, 1];
 //   presence/frequency_penalty [-2, 2]; repetition_penalty finite > 0; top_logprobs [0, 20]
 //   and only with logprobs; stop_token_ids in [0, vocab_size); include_usage only with stream;
-//   ttft_slo_ms / tpot_slo_ms finite and >= 0 (0: the daemon's default). Last,
+//   ttft_slo_ms / tpot_slo_ms 0 (not given: the daemon's default) or in (0, kMaxSloMs]
+//   (slo.h: CheckSloMs). Last,
 //   model::SamplingParams::Validate, so the engine's own precondition holds.
 // Every error is InvalidArgument (OutOfRange for the token count) carrying the field in the
 // "tandem/param" payload (errors.h: ParamOf). Context-length checks need the tokenized prompt

@@ -1,10 +1,11 @@
 // libFuzzer target for the OpenAI schema layer: any byte string, fed to every request parser,
 // must give a request or an InvalidArgument / OutOfRange status (never a crash, hang, huge
 // allocation or another status code); parsed requests must pass through
-// ValidateGenerationRequest the same way; and every error body and every response rendered from
-// the bytes must be valid JSON. Build and run from the repository root with `make fuzz-openai`
-// (FUZZ_SECONDS bounds the run); seeds live in tests/fuzz/openai_corpus/, the dictionary of
-// OpenAI keys in tests/fuzz/openai.dict.
+// ValidateGenerationRequest the same way; the bytes as an x-slo-*-ms header value must give an
+// SLO in (0, kMaxSloMs] or an InvalidArgument; and every error body and every response
+// rendered from the bytes must be valid JSON. Build and run from the repository root with `make
+// fuzz-openai` (FUZZ_SECONDS bounds the run); seeds live in tests/fuzz/openai_corpus/, the
+// dictionary of OpenAI keys in tests/fuzz/openai.dict.
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -17,6 +18,7 @@
 #include "server/openai/errors.h"
 #include "server/openai/request_parser.h"
 #include "server/openai/response_render.h"
+#include "server/openai/slo.h"
 #include "server/openai/validate.h"
 
 namespace {
@@ -48,6 +50,14 @@ void CheckGeneration(const absl::StatusOr<GenerationRequest>& r) {
   if (!r.ok()) return;
   for (int vocab : {1, 1000, 50000}) CheckError(ValidateGenerationRequest(*r, vocab));
   Require(r->n >= -2147483647 - 1, "n parsed");
+}
+
+// The raw bytes as a header value (ParseSloHeader is what HTTP headers and gRPC metadata use).
+void CheckSloHeader(std::string_view bytes) {
+  const absl::StatusOr<double> ms = ParseSloHeader(kSloTtftHeader, bytes);
+  CheckError(ms.status());
+  if (ms.ok()) Require(*ms > 0 && *ms <= kMaxSloMs, "a parsed SLO is in (0, kMaxSloMs]");
+  if (!ms.ok()) Require(ms.status().code() == absl::StatusCode::kInvalidArgument, "SLO is 400");
 }
 
 // Renders the raw bytes as generated text and logprob tokens: output must stay JSON.
@@ -91,6 +101,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   CheckGeneration(ParseChatRequest(body));
   CheckError(ParseTokenizeRequest(body).status());
   CheckError(ParseDetokenizeRequest(body).status());
+  CheckSloHeader(body);
   CheckRender(body);
   return 0;
 }

@@ -25,15 +25,26 @@ FakeStream::FakeStream(StreamScript script, std::shared_ptr<StreamRecord> record
 
 FakeStream::~FakeStream() { Cancel(); }
 
-void FakeStream::SetNotify(std::function<void()> notify) {}
+void FakeStream::SetNotify(std::function<void()> notify) {
+  std::lock_guard<std::mutex> lock(mu_);
+  notify_ = std::move(notify);
+}
 
 bool FakeStream::Ended() const {
   return cancelled_ || (next_batch_ >= script_.batches.size() && !script_.hang_after_batches);
 }
 
 bool FakeStream::Take(std::vector<ChoiceDelta>* out) {
-  std::lock_guard<std::mutex> lock(mu_);
-  return TakeLocked(out);
+  std::function<void()> notify;
+  bool done;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    done = TakeLocked(out);
+    // More batches are ready: say so, as the engine does when it produces output.
+    if (!done && next_batch_ < script_.batches.size()) notify = notify_;
+  }
+  if (notify) notify();
+  return done;
 }
 
 bool FakeStream::TakeLocked(std::vector<ChoiceDelta>* out) {
@@ -66,11 +77,16 @@ Usage FakeStream::usage() const {
 }
 
 void FakeStream::Cancel() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (cancelled_ || Ended()) return;  // a finished stream has nothing to cancel
-  cancelled_ = true;
-  record_->NotifyCancelled();
-  cv_.notify_all();
+  std::function<void()> notify;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (cancelled_ || Ended()) return;  // a finished stream has nothing to cancel
+    cancelled_ = true;
+    record_->NotifyCancelled();
+    cv_.notify_all();
+    notify = notify_;
+  }
+  if (notify) notify();  // the stream has ended: its consumer takes the end
 }
 
 FakeFrontend::FakeFrontend() = default;

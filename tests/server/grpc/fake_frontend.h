@@ -1,7 +1,9 @@
 // FakeFrontend: a scripted server::Frontend for testing the API layers without an engine.
 // Generate returns a FakeStream that hands out the scripted delta batches one per Take (or
 // hangs until cancelled), then ends with the scripted status and usage; every request is
-// recorded. Each stream's cancellation is observable after the stream is gone.
+// recorded. Each stream's cancellation is observable after the stream is gone. The stream's
+// notify callback runs after each Take that leaves more to take and on Cancel, as an engine's
+// would, so consumers that only Take when notified (the HTTP API) make progress.
 //
 // Thread safety: all methods may be called from any thread (the gRPC server calls them from its
 // threads while the test thread inspects the records).
@@ -9,6 +11,7 @@
 #define TANDEM_TESTS_SERVER_GRPC_FAKE_FRONTEND_H_
 
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -64,6 +67,7 @@ class FakeStream final : public GenerationStream {
   StreamScript script_ ABSL_GUARDED_BY(mu_);
   size_t next_batch_ ABSL_GUARDED_BY(mu_) = 0;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  std::function<void()> notify_ ABSL_GUARDED_BY(mu_);
 };
 
 class FakeFrontend final : public Frontend {

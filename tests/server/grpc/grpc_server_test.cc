@@ -12,14 +12,17 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <map>
 #include <set>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "client/cli.h"
 #include "client/grpc_client.h"
+#include "common/retry_after.h"
 #include "server/grpc/proto_convert.h"
 #include "server/grpc/status_convert.h"
 #include "tests/server/grpc/fake_frontend.h"
@@ -95,6 +98,25 @@ class GrpcServerTest : public ::testing::Test {
     tandem::v1::GenerateResponse response;
     while (reader->Read(&response)) responses->push_back(response);
     return reader->Finish();
+  }
+
+  // RawGenerate with metadata; the server's trailing metadata goes to *trailers.
+  grpc::Status RawGenerateWith(const tandem::v1::GenerateRequest& request,
+                               const std::vector<std::pair<std::string, std::string>>& metadata,
+                               std::multimap<std::string, std::string>* trailers) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    for (const auto& [key, value] : metadata) context.AddMetadata(key, value);
+    auto reader = stub_->Generate(&context, request);
+    tandem::v1::GenerateResponse response;
+    while (reader->Read(&response)) {
+    }
+    grpc::Status status = reader->Finish();
+    for (const auto& [key, value] : context.GetServerTrailingMetadata()) {
+      trailers->emplace(std::string(key.data(), key.size()),
+                        std::string(value.data(), value.size()));
+    }
+    return status;
   }
 
   FakeFrontend frontend_;
@@ -370,6 +392,88 @@ INSTANTIATE_TEST_SUITE_P(
         CodeCase{absl::StatusCode::kFailedPrecondition, grpc::StatusCode::INTERNAL},
         CodeCase{absl::StatusCode::kUnknown, grpc::StatusCode::INTERNAL},
         CodeCase{absl::StatusCode::kDataLoss, grpc::StatusCode::INTERNAL}));
+
+TEST_F(GrpcServerTest, SloMetadataOverridesTheRequestFields) {
+  StartServer();
+  tandem::v1::GenerateRequest request;
+  request.set_text("x");
+  request.set_ttft_slo_ms(250);
+  request.set_tpot_slo_ms(40);
+  std::multimap<std::string, std::string> trailers;
+  grpc::Status status =
+      RawGenerateWith(request, {{"x-slo-ttft-ms", "120.5"}}, &trailers);  // only TTFT
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  status =
+      RawGenerateWith(request, {{"x-slo-ttft-ms", "90"}, {"x-slo-tpot-ms", " 25 "}}, &trailers);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  tandem::v1::GenerateRequest bare;
+  bare.set_text("x");
+  status = RawGenerateWith(bare, {{"x-slo-tpot-ms", "3600000"}}, &trailers);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+
+  const std::vector<GenerationRequest> requests = frontend_.generate_requests();
+  ASSERT_EQ(requests.size(), 3u);
+  EXPECT_EQ(requests[0].ttft_slo_ms, 120.5);
+  EXPECT_EQ(requests[0].tpot_slo_ms, 40);  // the field, no metadata
+  EXPECT_EQ(requests[1].ttft_slo_ms, 90);
+  EXPECT_EQ(requests[1].tpot_slo_ms, 25);
+  EXPECT_EQ(requests[2].ttft_slo_ms, 0);  // neither: the daemon's default
+  EXPECT_EQ(requests[2].tpot_slo_ms, 3600000);
+}
+
+TEST_F(GrpcServerTest, BadSloMetadataIsInvalidArgumentBeforeTheFrontend) {
+  StartServer();
+  tandem::v1::GenerateRequest request;
+  request.set_text("x");
+  for (const auto& [key, value] :
+       std::vector<std::pair<std::string, std::string>>{{"x-slo-ttft-ms", "fast"},
+                                                        {"x-slo-ttft-ms", "0"},
+                                                        {"x-slo-tpot-ms", "-3"},
+                                                        {"x-slo-tpot-ms", "3600001"},
+                                                        {"x-slo-tpot-ms", ""}}) {
+    std::multimap<std::string, std::string> trailers;
+    grpc::Status status = RawGenerateWith(request, {{key, value}}, &trailers);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << key << ": " << value;
+    EXPECT_NE(status.error_message().find("'" + key + "'"), std::string::npos)
+        << status.error_message();
+  }
+  EXPECT_EQ(frontend_.generate_calls(), 0);
+}
+
+TEST_F(GrpcServerTest, RetryAfterBecomesTheRetryPushbackTrailer) {
+  // Refused at Generate, as a full queue is.
+  frontend_.SetGenerateError(
+      WithRetryAfter(absl::ResourceExhaustedError("predicted TTFT 2.4 s misses the SLO"),
+                     absl::Milliseconds(2500)));
+  StartServer();
+  tandem::v1::GenerateRequest request;
+  request.set_text("x");
+  std::multimap<std::string, std::string> trailers;
+  grpc::Status status = RawGenerateWith(request, {}, &trailers);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(status.error_message(), "predicted TTFT 2.4 s misses the SLO");
+  ASSERT_EQ(trailers.count(kRetryPushbackKey), 1u);
+  EXPECT_EQ(trailers.find(kRetryPushbackKey)->second, "2500");
+
+  // Refused after Generate returned (dropped from the queue), before any output.
+  frontend_.SetGenerateError(absl::OkStatus());
+  StreamScript script;
+  script.final_status = WithRetryAfter(absl::ResourceExhaustedError("deadline passed in the queue"),
+                                       absl::Milliseconds(800));
+  frontend_.SetScript(script);
+  trailers.clear();
+  status = RawGenerateWith(request, {}, &trailers);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  ASSERT_EQ(trailers.count(kRetryPushbackKey), 1u);
+  EXPECT_EQ(trailers.find(kRetryPushbackKey)->second, "800");
+
+  // A 429 without a delay has no trailer (gRPC's retry policy then uses its own backoff).
+  frontend_.SetGenerateError(absl::ResourceExhaustedError("the queue is full"));
+  trailers.clear();
+  status = RawGenerateWith(request, {}, &trailers);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(trailers.count(kRetryPushbackKey), 0u);
+}
 
 TEST(StatusConvertTest, OkAndCancelled) {
   EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).ok());

@@ -220,6 +220,52 @@ TEST(ChatParser, LogprobsWithoutTop) {
   EXPECT_EQ(r.sampling.top_logprobs, 0);
 }
 
+TEST(SloParser, SloObjectSetsBothTargets) {
+  GenerationRequest r = Completion(R"({"prompt":"p","slo":{"ttft_ms":250,"tpot_ms":40.5}})");
+  EXPECT_EQ(r.ttft_slo_ms, 250);
+  EXPECT_EQ(r.tpot_slo_ms, 40.5);
+  r = Chat(R"({"messages":[{"role":"user","content":"q"}],"slo":{"tpot_ms":3600000}})");
+  EXPECT_EQ(r.ttft_slo_ms, 0);  // left out: the daemon's default
+  EXPECT_EQ(r.tpot_slo_ms, 3600000);
+}
+
+TEST(SloParser, NullAndEmptyMeanUnset) {
+  for (const char* body : {R"({"prompt":"p","slo":null})", R"({"prompt":"p","slo":{}})",
+                           R"({"prompt":"p","slo":{"ttft_ms":null,"tpot_ms":null}})"}) {
+    GenerationRequest r = Completion(body);
+    EXPECT_EQ(r.ttft_slo_ms, 0) << body;
+    EXPECT_EQ(r.tpot_slo_ms, 0) << body;
+  }
+}
+
+TEST(SloParser, OlderSpellingsAreAliases) {
+  GenerationRequest r = Completion(R"({"prompt":"p","ttft_slo_ms":250,"slo":{"tpot_ms":40}})");
+  EXPECT_EQ(r.ttft_slo_ms, 250);
+  EXPECT_EQ(r.tpot_slo_ms, 40);
+  // Both spellings with the same value are fine.
+  r = Completion(R"({"prompt":"p","ttft_slo_ms":250,"slo":{"ttft_ms":250.0}})");
+  EXPECT_EQ(r.ttft_slo_ms, 250);
+}
+
+TEST(SloParser, AliasConflictNamesTheSloKey) {
+  const absl::StatusOr<GenerationRequest> r =
+      ParseChatRequest(R"({"messages":[{"role":"user","content":"q"}],"tpot_slo_ms":50,
+                          "slo":{"tpot_ms":40}})");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParamOf(r.status()), "slo.tpot_ms");
+  EXPECT_NE(r.status().message().find("tpot_slo_ms"), std::string::npos) << r.status();
+}
+
+TEST(SloParser, UnknownKeyInsideSloIsUnsupported) {
+  const absl::StatusOr<GenerationRequest> r =
+      ParseCompletionRequest(R"({"prompt":"p","slo":{"ttft_ms":100,"e2e_ms":900}})");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(ParamOf(r.status()), "slo.e2e_ms");
+  EXPECT_EQ(ErrorCodeOf(r.status()), kCodeUnsupportedParameter);
+  EXPECT_NE(r.status().message().find("'ttft_ms' and 'tpot_ms'"), std::string::npos) << r.status();
+}
+
 TEST(TokenizeParser, PromptAndMessages) {
   absl::StatusOr<TokenizeRequest> p = ParseTokenizeRequest(R"({"model":"m","prompt":"hi"})");
   ASSERT_TRUE(p.ok()) << p.status();

@@ -82,6 +82,30 @@ TEST(Validate, NonFiniteValues) {
   ExpectInvalid(r, "tpot_slo_ms");
 }
 
+TEST(Validate, SloTargets) {
+  GenerationRequest r = Chat();
+  r.ttft_slo_ms = 0;  // not given: the daemon's default
+  r.tpot_slo_ms = 0;
+  EXPECT_TRUE(ValidateGenerationRequest(r, kVocab).ok());
+  r.ttft_slo_ms = 3600000;  // one hour, the largest allowed
+  r.tpot_slo_ms = 0.001;
+  EXPECT_TRUE(ValidateGenerationRequest(r, kVocab).ok()) << ValidateGenerationRequest(r, kVocab);
+  for (double bad : {-0.5, 3600000.001, 1e300, std::numeric_limits<double>::infinity(),
+                     -std::numeric_limits<double>::infinity()}) {
+    SCOPED_TRACE(bad);
+    r = Chat();
+    r.ttft_slo_ms = bad;
+    ExpectInvalid(r, "ttft_slo_ms");
+    r = Completion();
+    r.tpot_slo_ms = bad;
+    ExpectInvalid(r, "tpot_slo_ms");
+  }
+  r = Chat();
+  r.tpot_slo_ms = 7200000;
+  const absl::Status s = ValidateGenerationRequest(r, kVocab);
+  EXPECT_NE(s.message().find("<= 3600000"), std::string::npos) << s;
+}
+
 TEST(Validate, KindSpecificRules) {
   GenerationRequest r = Completion();
   r.prompts.clear();
