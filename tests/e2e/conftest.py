@@ -29,9 +29,20 @@ def free_port():
 
 
 class Daemon:
-    """One tandemd process on free ports; stopped with SIGTERM."""
+    """One tandemd process on free ports; stopped with SIGTERM.
 
-    def __init__(self, *extra, startup_timeout=120):
+    Unless `slo` is true, the daemon has no default SLOs (--ttft-slo-ms 0 --tpot-slo-ms 0) and
+    no latency model (--profile-latency=false), so requests that name none are best-effort:
+    SLO admission, which depends on how fast the machine is at that moment, never refuses the
+    functional tests' requests, and start-up skips the profile. The SLO tests pass slo=True
+    and their own flags.
+    """
+
+    def __init__(self, *extra, startup_timeout=120, slo=False):
+        if not slo:
+            # Best-effort requests need no latency model: skip the start-up profile too.
+            extra = ("--ttft-slo-ms", "0", "--tpot-slo-ms", "0", "--profile-latency=false",
+                     *extra)
         self.port = free_port()
         self.grpc_port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="tandemd-", suffix=".log", delete=False)
