@@ -252,14 +252,14 @@ void Scheduler::ScheduleSlo(SchedulerOutput* out, absl::Time now) {
     if (tokens_left == 0) break;
     if (s->preempted_step == step_) continue;  // a victim of this step's decode reservations
     const bool is_new = !s->running;
-    absl::Duration cap = budget;
     if (is_new) {
       // None while the cache is under pressure, and none past max_num_seqs.
       if (!out->preempted.empty()) break;
       if (static_cast<int>(running_.size()) >= config_.max_num_seqs) break;
       // It will decode in every step from its first token on: start it only if that decode
       // step, with every running sequence, fits the tightest TPOT it will then run under.
-      if (model_ != nullptr && model_->fitted()) {
+      // Alone it always starts, even when no step can be that fast: it would wait forever.
+      if (model_ != nullptr && model_->fitted() && !running_.empty()) {
         absl::Duration future = budget;
         if (s->tpot_slo != absl::InfiniteDuration()) {
           future = std::min(future, s->tpot_slo * config_.budget_margin);
@@ -271,7 +271,7 @@ void Scheduler::ScheduleSlo(SchedulerOutput* out, absl::Time now) {
       }
     }
     const int n = MaxPrefillTokens(out->shape, s->num_computed,
-                                   std::min(s->num_uncomputed(), tokens_left), cap);
+                                   std::min(s->num_uncomputed(), tokens_left), budget);
     if (n == 0) break;  // no slack left in this step
     if (is_new) {
       if (!Reserve(s, n)) {

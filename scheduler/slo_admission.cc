@@ -141,7 +141,7 @@ SimulationResult SimulateSteps(const LoadSnapshot& snap, std::span<const Prefill
         // that will decode) plus itself, within the tightest TPOT it will then run under.
         double future = budget;
         if (it.tpot != kInf) future = std::min(future, it.tpot * margin);
-        if (future != kInf) {
+        if (future != kInf && running > 0) {
           StepShape decode;
           for (const SimDecode& d : decoding) decode.AddDecode(d.context + 1);
           for (size_t j = first_pending; j < items.size(); ++j) {
@@ -219,10 +219,12 @@ AdmissionVerdict CheckAdmission(const LoadSnapshot& snap, std::span<const Prefil
   }
   if (!candidates[0].slo) return v;  // best-effort: always taken
 
-  // 1. The candidates' own deadline.
+  // 1. The candidates' own deadline, with the same margin the step budget keeps: a request
+  // admitted with its first token predicted right at the deadline misses it half the time.
   absl::Duration late = absl::ZeroDuration();
   for (size_t i = n_queued; i < work.size(); ++i) {
-    late = std::max(late, now + with.first_token[i] - work[i].deadline);
+    const absl::Duration allowed = (work[i].deadline - now) * snap.budget_margin;
+    late = std::max(late, with.first_token[i] - allowed);
   }
   if (late > absl::ZeroDuration()) {
     v.admit = false;

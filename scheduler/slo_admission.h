@@ -8,7 +8,9 @@
 // when the decode step it will join still fits, retires sequences as they reach their token
 // limits, and advances the clock by the model's predicted step time. The candidate is
 // admitted when its first token lands before its deadline and every SLO request queued ahead
-// of or behind it that met its deadline without it still does. Predicting with the policy
+// of or behind it that met its deadline without it still does. The candidate's own first
+// token must land within budget_margin of its TTFT SLO (the margin the step budget keeps for
+// prediction error); queued requests are held to their deadlines. Predicting with the policy
 // itself, not a separate formula, is what keeps admission and batching consistent.
 //
 // Modes (--slo-admission): kReject decides at arrival (429 with Retry-After on a no);

@@ -14,12 +14,13 @@ namespace {
 constexpr double kStep = 1.0 / 128, kPrefillToken = 1.0 / 1024, kDecodeSeq = 1.0 / 512;
 const absl::Time kNow = absl::FromUnixSeconds(1000000);
 
-LoadSnapshot Idle(int max_num_seqs = 64, int max_batch_tokens = 512) {
+// margin 1: a candidate is admitted exactly when its first token is predicted by its deadline.
+LoadSnapshot Idle(int max_num_seqs = 64, int max_batch_tokens = 512, double margin = 1.0) {
   LoadSnapshot s;
   s.step_end = kNow;
   s.max_num_seqs = max_num_seqs;
   s.max_batch_tokens = max_batch_tokens;
-  s.budget_margin = 0.5;
+  s.budget_margin = margin;
   s.model = LatencyModel({kStep, kPrefillToken, 0, kDecodeSeq, 0});
   return s;
 }
@@ -49,6 +50,18 @@ TEST(SloAdmissionTest, AdmitsExactlyAtTheBoundary) {
   EXPECT_FALSE(v.admit);
   EXPECT_STREQ(v.reason, kRejectTtft);
   EXPECT_EQ(v.predicted_ttft, ttft);
+}
+
+TEST(SloAdmissionTest, KeepsTheMarginOfTheCandidatesTtft) {
+  // With margin 0.5 the same 132.8125 ms prediction needs a TTFT SLO of twice that.
+  const LoadSnapshot idle = Idle(64, 512, 0.5);
+  const absl::Duration ttft = absl::Microseconds(2 * 132812.5);
+  std::vector<PrefillWork> c = {Request(1, 128, ttft)};
+  EXPECT_TRUE(CheckAdmission(idle, c, kNow).admit);
+  c = {Request(1, 128, ttft - absl::Nanoseconds(2))};
+  const AdmissionVerdict v = CheckAdmission(idle, c, kNow);
+  EXPECT_FALSE(v.admit);
+  EXPECT_EQ(v.predicted_ttft, absl::Microseconds(132812.5));
 }
 
 TEST(SloAdmissionTest, CountsTheStepInFlight) {
@@ -118,10 +131,10 @@ TEST(SloAdmissionTest, RefusesWhatWouldMakeAQueuedRequestLate) {
 }
 
 TEST(SloAdmissionTest, RefusesWhenDecodeCapacityIsFull) {
-  // Eight sequences decode under a 50 ms TPOT (budget 25 ms: 7.8125 + 8 * 1.953125 = 23.4).
-  // A ninth with the same TPOT would not fit: it would wait until one finishes, here after
-  // 100 tokens (2.3 s), past its 1 s TTFT.
-  LoadSnapshot s = Idle();
+  // Eight sequences decode under a 50 ms TPOT (budget 25 ms at margin 0.5: 7.8125 + 8 *
+  // 1.953125 = 23.4). A ninth with the same TPOT would not fit: it would wait until one
+  // finishes, here after 100 tokens (2.3 s), past its 1 s TTFT.
+  LoadSnapshot s = Idle(64, 512, 0.5);
   for (int i = 0; i < 8; ++i) s.decoding.push_back({64, 100, absl::Milliseconds(50)});
   std::vector<PrefillWork> c = {Request(9, 16, absl::Seconds(1), absl::Milliseconds(50), 10)};
   AdmissionVerdict v = CheckAdmission(s, c, kNow);

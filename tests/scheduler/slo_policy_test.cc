@@ -208,6 +208,16 @@ TEST(SloPolicyTest, NewSequenceWaitsWhileDecodeCapacityIsFull) {
   EXPECT_TRUE(started);  // sequence 0 finished after 5 tokens
 }
 
+TEST(SloPolicyTest, RequestNoStepCanServeStillRunsAlone) {
+  // A TPOT of 1 ms is below the 7.8 ms a step costs: such a request never fits beside others,
+  // but alone it must still run (admission, not the step policy, is what refuses it).
+  Sim sim(Config(8, 512));
+  sim.Add(1, {.prompt = 8, .max_tokens = 3, .tpot = absl::Milliseconds(1)});
+  for (int step = 0; step < 3; ++step) EXPECT_FALSE(sim.Step().chunks.empty()) << step;
+  EXPECT_EQ(sim.tokens()[1].size(), 3u);
+  EXPECT_TRUE(sim.scheduler().empty());
+}
+
 TEST(SloPolicyTest, BestEffortYieldsToSloWorkButIsNotStarved) {
   // A best-effort prompt arrives first; SLO prompts keep arriving, one per step's worth of
   // capacity, each due 500 ms after it arrives. The best-effort one (due kT0 + 2 s by aging)
