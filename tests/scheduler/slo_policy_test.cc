@@ -203,7 +203,8 @@ TEST(SloPolicyTest, NewSequenceWaitsWhileDecodeCapacityIsFull) {
   }
   bool started = false;
   for (int step = 0; step < 5 && !started; ++step) {
-    for (const ScheduledChunk& c : sim.Step().chunks) started |= c.seq->id == 100;
+    sim.Step();
+    for (uint64_t id : sim.ids()) started |= id == 100;
   }
   EXPECT_TRUE(started);  // sequence 0 finished after 5 tokens
 }
