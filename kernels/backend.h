@@ -1,7 +1,9 @@
 // kernels::Backend: the one interface between the model and a device (CPU cores or a GPU).
 // It owns device memory, streams and events, and the ops a Llama-family forward pass needs.
 // The model calls ops in order on one stream; a backend may run them asynchronously and
-// only Synchronize() guarantees results are visible to the host.
+// only Synchronize() (or SynchronizeEvent) guarantees results are visible to the host. Events
+// order work across streams: a KV transfer waits on the event a layer's KV append recorded,
+// while the compute stream goes on with later layers.
 //
 // Thread safety: a Backend instance is driven by one thread (its instance's engine thread).
 // Ops must not allocate on the hot path: buffers come from Allocate() at set-up time.
@@ -15,6 +17,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/quant.h"
@@ -122,6 +125,17 @@ struct Stream {
   void* handle = nullptr;
 };
 
+// A point in a stream's work: recorded on one stream, waited on by another stream or the host.
+// On a synchronous backend (the CPU) everything recorded has already happened.
+struct Event {
+  void* handle = nullptr;
+};
+
+// The dtype of activations between ops (the hidden state, Q/K/V, logits before sampling). The
+// CPU keeps f32; GPU backends run f16 or bf16. Every float* of the ops below points at elements
+// of this dtype on such a backend.
+enum class ActivationDType { kF32, kF16, kBF16 };
+
 struct DeviceBuffer {
   void* ptr = nullptr;
   size_t bytes = 0;
@@ -141,9 +155,28 @@ class Backend {
   virtual void CopyToHost(void* dst, const void* src, size_t bytes, Stream s) = 0;
   virtual void Memset(void* dst, int value, size_t bytes, Stream s) = 0;
 
-  // Streams and events.
+  // The dtype of activations (see ActivationDType).
+  virtual ActivationDType activation_dtype() const = 0;
+
+  // Streams and events. Streams and events are created at set-up time, like memory.
   virtual Stream DefaultStream() = 0;
+  virtual absl::StatusOr<Stream> CreateStream() = 0;
+  virtual void DestroyStream(Stream s) = 0;
   virtual void Synchronize(Stream s) = 0;
+  virtual absl::StatusOr<Event> CreateEvent() = 0;
+  virtual void DestroyEvent(Event e) = 0;
+  // Marks the point `s` has reached; later waits on `e` wait for the work queued before it.
+  virtual void RecordEvent(Event e, Stream s) = 0;
+  // Work queued on `s` after this call starts once `e` has happened (the host does not block).
+  virtual void StreamWaitEvent(Stream s, Event e) = 0;
+  // Blocks the calling thread until `e` has happened.
+  virtual void SynchronizeEvent(Event e) = 0;
+
+  // Host work of a step that is not an op (sampling the step's rows on the host, say) spread
+  // over the threads this backend already drives: fn(begin, end) runs for disjoint ranges
+  // covering [0, n), all done when this returns. A GPU backend may run it on its host threads
+  // or serially. fn must not call back into the backend.
+  virtual void HostParallelFor(int n, absl::FunctionRef<void(int begin, int end)> fn) = 0;
 
   // Weights: copies (and may repack) a host weight into device memory.
   virtual absl::StatusOr<std::unique_ptr<Weight>> PackWeight(const WeightDesc& desc) = 0;

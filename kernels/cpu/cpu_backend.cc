@@ -96,8 +96,25 @@ class CpuBackend : public Backend {
   void Memset(void* dst, int value, size_t bytes, Stream) override {
     std::memset(dst, value, bytes);
   }
+  ActivationDType activation_dtype() const override { return ActivationDType::kF32; }
+
+  // Every op has finished when its call returns, so streams are all the one stream and every
+  // event has happened by the time anyone can wait on it.
   Stream DefaultStream() override { return Stream{}; }
+  absl::StatusOr<Stream> CreateStream() override { return Stream{}; }
+  void DestroyStream(Stream) override {}
   void Synchronize(Stream) override {}
+  absl::StatusOr<Event> CreateEvent() override { return Event{}; }
+  void DestroyEvent(Event) override {}
+  void RecordEvent(Event, Stream) override {}
+  void StreamWaitEvent(Stream, Event) override {}
+  void SynchronizeEvent(Event) override {}
+
+  void HostParallelFor(int n, absl::FunctionRef<void(int begin, int end)> fn) override {
+    pool_->ParallelFor(n, [&](int64_t b, int64_t e, int) {
+      fn(static_cast<int>(b), static_cast<int>(e));
+    });
+  }
 
   absl::StatusOr<std::unique_ptr<Weight>> PackWeight(const WeightDesc& desc) override;
   void Matmul(const Weight& w, const float* x, int m, float* y, Stream s) override;

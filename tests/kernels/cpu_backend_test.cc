@@ -92,6 +92,45 @@ TEST(CpuBackendTest, MemoryIsAlignedHostMemory) {
   }
 }
 
+TEST(CpuBackendTest, StreamsAndEventsOrderWorkOnTheSynchronousStream) {
+  auto backend = CreateCpuBackend({.threads = 2});
+  ASSERT_TRUE(backend.ok());
+  Backend& b = **backend;
+  EXPECT_EQ(b.activation_dtype(), ActivationDType::kF32);
+  auto side = b.CreateStream();
+  auto event = b.CreateEvent();
+  ASSERT_TRUE(side.ok() && event.ok());
+  auto buf = b.Allocate(64);
+  ASSERT_TRUE(buf.ok());
+  // Written on the default stream, recorded, waited on by the side stream and the host: the
+  // write is visible to both.
+  b.Memset(buf->ptr, 0x5a, 64, b.DefaultStream());
+  b.RecordEvent(*event, b.DefaultStream());
+  b.StreamWaitEvent(*side, *event);
+  std::vector<uint8_t> host(64);
+  b.CopyToHost(host.data(), buf->ptr, 64, *side);
+  b.SynchronizeEvent(*event);
+  EXPECT_EQ(host, std::vector<uint8_t>(64, 0x5a));
+  b.DestroyEvent(*event);
+  b.DestroyStream(*side);
+  b.Free(*buf);
+}
+
+TEST(CpuBackendTest, HostParallelForCoversEveryIndexOnce) {
+  auto backend = CreateCpuBackend({.threads = 2});
+  ASSERT_TRUE(backend.ok());
+  for (int n : {0, 1, 2, 3, 17, 256}) {
+    std::vector<int> hits(n, 0);
+    (*backend)->HostParallelFor(n, [&](int begin, int end) {
+      ASSERT_LE(0, begin);
+      ASSERT_LE(begin, end);
+      ASSERT_LE(end, n);
+      for (int i = begin; i < end; ++i) ++hits[i];
+    });
+    EXPECT_EQ(hits, std::vector<int>(n, 1)) << n;
+  }
+}
+
 TEST(CpuBackendTest, PackWeightRejectsBadDescriptions) {
   auto backend = CreateCpuBackend({});
   ASSERT_TRUE(backend.ok());
