@@ -180,6 +180,10 @@ class Backend {
 
   // Weights: copies (and may repack) a host weight into device memory.
   virtual absl::StatusOr<std::unique_ptr<Weight>> PackWeight(const WeightDesc& desc) = 0;
+  // Readies this backend for ops on a weight that another backend packed, so instances on the
+  // same kind of device share one copy (sizes scratch; set-up time, like PackWeight).
+  // FailedPrecondition when `w` was packed for another kind of device.
+  virtual absl::Status AdoptWeight(const Weight& w) = 0;
 
   // Ops. Pointers are device pointers; shapes are in the comments of each parameter.
   // y[m, w.rows] = x[m, w.cols] * w^T

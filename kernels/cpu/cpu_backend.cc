@@ -51,18 +51,20 @@ OpsIsa ToOpsIsa(Isa isa) {
 }
 
 // A weight in host memory: quantized types in the packed layout of matmul.h, float types as
-// GGUF rows. `owner` lets ops check the weight came from this backend.
+// GGUF rows. The layout does not depend on the ISA or on the backend, so every CpuBackend
+// can read a weight any of them packed (AdoptWeight sizes its scratch first); `magic` lets
+// ops check that a Weight is a CpuWeight at all.
 class CpuWeight : public Weight {
  public:
-  CpuWeight(const void* owner, DType type, int64_t rows, int64_t cols, AlignedBytes data,
-            PackedLayout layout)
-      : Weight(type, rows, cols), owner_(owner), data_(std::move(data)), layout_(layout) {}
-  const void* owner() const { return owner_; }
+  static constexpr uint64_t kMagic = 0x7461'6e64'6370'7577;  // "tandcpuw"
+  CpuWeight(DType type, int64_t rows, int64_t cols, AlignedBytes data, PackedLayout layout)
+      : Weight(type, rows, cols), data_(std::move(data)), layout_(layout) {}
+  bool valid() const { return magic_ == kMagic; }
   const uint8_t* data() const { return data_.get(); }
   const PackedLayout& layout() const { return layout_; }
 
  private:
-  const void* owner_;
+  const uint64_t magic_ = kMagic;
   AlignedBytes data_;
   PackedLayout layout_;  // quantized types only
 };
@@ -117,6 +119,7 @@ class CpuBackend : public Backend {
   }
 
   absl::StatusOr<std::unique_ptr<Weight>> PackWeight(const WeightDesc& desc) override;
+  absl::Status AdoptWeight(const Weight& w) override;
   void Matmul(const Weight& w, const float* x, int m, float* y, Stream s) override;
   void EmbeddingGather(const Weight& w, const int32_t* ids, int n, float* out, Stream s) override;
 
@@ -236,8 +239,17 @@ absl::StatusOr<std::unique_ptr<Weight>> CpuBackend::PackWeight(const WeightDesc&
       return absl::ResourceExhaustedError(absl::StrCat("weight ", desc.name, ": out of memory"));
     std::memcpy(data.get(), desc.data, bytes);
   }
-  return std::make_unique<CpuWeight>(this, desc.type, desc.rows, desc.cols, std::move(data),
-                                     layout);
+  return std::make_unique<CpuWeight>(desc.type, desc.rows, desc.cols, std::move(data), layout);
+}
+
+absl::Status CpuBackend::AdoptWeight(const Weight& w) {
+  // Weight has a virtual destructor, so RTTI can tell a CpuWeight from another backend's.
+  const auto* cw = dynamic_cast<const CpuWeight*>(&w);
+  if (cw == nullptr || !cw->valid()) {
+    return absl::FailedPreconditionError("the weight was packed by another kind of backend");
+  }
+  if (IsQuantized(cw->type())) EnsureScratch(cw->cols());
+  return absl::OkStatus();
 }
 
 template <typename Fn>
@@ -266,7 +278,7 @@ void CpuBackend::ParallelGemm(int64_t m, int64_t n_units, int64_t cols, Fn&& fn)
 
 void CpuBackend::Matmul(const Weight& w, const float* x, int m, float* y, Stream) {
   const auto& cw = static_cast<const CpuWeight&>(w);
-  TANDEM_CHECK(cw.owner() == this);
+  TANDEM_CHECK(cw.valid());
   TANDEM_CHECK_GE(m, 0);
   if (m == 0) return;
   const Isa isa = config_.isa;
@@ -312,7 +324,7 @@ void CpuBackend::Matmul(const Weight& w, const float* x, int m, float* y, Stream
 
 void CpuBackend::EmbeddingGather(const Weight& w, const int32_t* ids, int n, float* out, Stream) {
   const auto& cw = static_cast<const CpuWeight&>(w);
-  TANDEM_CHECK(cw.owner() == this);
+  TANDEM_CHECK(cw.valid());
   const int64_t cols = cw.cols();
   pool_->ParallelFor(n, RowsPerChunk(cols), [&](int64_t b, int64_t e, int) {
     for (int64_t i = b; i < e; ++i) {

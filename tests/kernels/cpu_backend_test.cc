@@ -93,7 +93,9 @@ TEST(CpuBackendTest, MemoryIsAlignedHostMemory) {
 }
 
 TEST(CpuBackendTest, StreamsAndEventsOrderWorkOnTheSynchronousStream) {
-  auto backend = CreateCpuBackend({.threads = 2});
+  CpuBackendConfig config;
+  config.threads = 2;
+  auto backend = CreateCpuBackend(config);
   ASSERT_TRUE(backend.ok());
   Backend& b = **backend;
   EXPECT_EQ(b.activation_dtype(), ActivationDType::kF32);
@@ -117,7 +119,9 @@ TEST(CpuBackendTest, StreamsAndEventsOrderWorkOnTheSynchronousStream) {
 }
 
 TEST(CpuBackendTest, HostParallelForCoversEveryIndexOnce) {
-  auto backend = CreateCpuBackend({.threads = 2});
+  CpuBackendConfig config;
+  config.threads = 2;
+  auto backend = CreateCpuBackend(config);
   ASSERT_TRUE(backend.ok());
   for (int n : {0, 1, 2, 3, 17, 256}) {
     std::vector<int> hits(n, 0);
