@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
@@ -19,12 +21,16 @@ absl::Status ModelOptions::Validate() const {
   return absl::OkStatus();
 }
 
-LlamaModel::LlamaModel(const ModelConfig& config, const ModelOptions& options,
+LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights, const ModelOptions& options,
                        kernels::Backend& backend)
-    : config_(config), options_(options), backend_(backend) {
-  max_blocks_per_seq_ = options.max_blocks_per_seq > 0
-                            ? options.max_blocks_per_seq
-                            : (config.context_length + options.block_size - 1) / options.block_size;
+    : weights_(std::move(weights)),
+      config_(weights_->config()),
+      options_(options),
+      backend_(backend) {
+  max_blocks_per_seq_ =
+      options.max_blocks_per_seq > 0
+          ? options.max_blocks_per_seq
+          : (config_.context_length + options.block_size - 1) / options.block_size;
 }
 
 LlamaModel::~LlamaModel() {
@@ -34,10 +40,29 @@ LlamaModel::~LlamaModel() {
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const GgufFile& file,
                                                              kernels::Backend& backend,
                                                              const ModelOptions& options) {
+  TANDEM_RETURN_IF_ERROR(options.Validate());  // before the long part
+  WeightOptions wo;
+  wo.load_progress = options.load_progress;
+  TANDEM_ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights,
+                          LlamaWeights::Load(file, backend, wo));
+  return Create(std::move(weights), backend, options);
+}
+
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
+    std::shared_ptr<const LlamaWeights> weights, kernels::Backend& backend,
+    const ModelOptions& options) {
   TANDEM_RETURN_IF_ERROR(options.Validate());
-  TANDEM_ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromGguf(file));
-  std::unique_ptr<LlamaModel> model(new LlamaModel(config, options, backend));
-  TANDEM_RETURN_IF_ERROR(model->LoadWeights(file));
+  if (weights == nullptr) return absl::InvalidArgumentError("model: no weights");
+  // Packed layouts are a device kind's own (see LlamaWeights): only that kind may read them.
+  const std::string kind = DeviceKind(backend);
+  if (kind != weights->device_kind()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model: the weights were packed for device kind ", weights->device_kind(), " but backend ",
+        backend.Name(), " is of kind ", kind, "; load the weights again for this device"));
+  }
+  // Weights another backend packed need this one's scratch sized for them.
+  TANDEM_RETURN_IF_ERROR(weights->PrepareBackend(backend));
+  std::unique_ptr<LlamaModel> model(new LlamaModel(std::move(weights), options, backend));
   TANDEM_RETURN_IF_ERROR(model->AllocateScratch());
   return model;
 }
@@ -50,69 +75,6 @@ kvcache::KvCacheConfig LlamaModel::KvCacheLayout(kernels::KvDType dtype) const {
   kc.block_size = options_.block_size;
   kc.dtype = dtype;
   return kc;
-}
-
-absl::StatusOr<float*> LlamaModel::UploadVector(const GgufFile& file, const std::string& name,
-                                                int64_t n) {
-  const GgufTensor* t = file.FindTensor(name);
-  if (t == nullptr) return absl::NotFoundError(absl::StrCat("model: missing tensor ", name));
-  int64_t elems = 1;
-  for (int64_t d : t->dims) elems *= d;
-  if (elems != n) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("model: tensor ", name, " has ", elems, " elements, expected ", n));
-  }
-  std::vector<float> host(n);
-  kernels::DequantizeRow(t->type, t->data, n, host.data());
-  TANDEM_ASSIGN_OR_RETURN(kernels::DeviceBuffer buf, backend_.Allocate(n * sizeof(float)));
-  buffers_.push_back(buf);
-  backend_.CopyToDevice(buf.ptr, host.data(), n * sizeof(float), backend_.DefaultStream());
-  return static_cast<float*>(buf.ptr);
-}
-
-absl::StatusOr<std::unique_ptr<kernels::Weight>> LlamaModel::UploadMatrix(
-    const GgufFile& file, const std::string& name, int64_t rows, int64_t cols) {
-  const GgufTensor* t = file.FindTensor(name);
-  if (t == nullptr) return absl::NotFoundError(absl::StrCat("model: missing tensor ", name));
-  if (t->dims.size() != 2 || t->dims[0] != cols || t->dims[1] != rows) {
-    return absl::InvalidArgumentError(absl::StrCat("model: tensor ", name,
-                                                   " has the wrong shape, expected [", cols,
-                                                   ", ", rows, "]"));
-  }
-  return backend_.PackWeight({t->type, rows, cols, t->data, name});
-}
-
-absl::Status LlamaModel::LoadWeights(const GgufFile& file) {
-  const ModelConfig& c = config_;
-  const int64_t q_dim = static_cast<int64_t>(c.n_heads) * c.head_dim;
-  const int64_t kv_dim = static_cast<int64_t>(c.n_kv_heads) * c.head_dim;
-  TANDEM_ASSIGN_OR_RETURN(token_embd_,
-                          UploadMatrix(file, "token_embd.weight", c.vocab_size, c.hidden));
-  if (!c.tied_embeddings) {
-    TANDEM_ASSIGN_OR_RETURN(output_, UploadMatrix(file, "output.weight", c.vocab_size, c.hidden));
-  }
-  TANDEM_ASSIGN_OR_RETURN(output_norm_, UploadVector(file, "output_norm.weight", c.hidden));
-  layers_.resize(c.n_layers);
-  for (int i = 0; i < c.n_layers; ++i) {
-    Layer& l = layers_[i];
-    const std::string p = absl::StrCat("blk.", i, ".");
-    TANDEM_ASSIGN_OR_RETURN(l.attn_norm, UploadVector(file, p + "attn_norm.weight", c.hidden));
-    TANDEM_ASSIGN_OR_RETURN(l.ffn_norm, UploadVector(file, p + "ffn_norm.weight", c.hidden));
-    TANDEM_ASSIGN_OR_RETURN(l.wq, UploadMatrix(file, p + "attn_q.weight", q_dim, c.hidden));
-    TANDEM_ASSIGN_OR_RETURN(l.wk, UploadMatrix(file, p + "attn_k.weight", kv_dim, c.hidden));
-    TANDEM_ASSIGN_OR_RETURN(l.wv, UploadMatrix(file, p + "attn_v.weight", kv_dim, c.hidden));
-    TANDEM_ASSIGN_OR_RETURN(l.wo, UploadMatrix(file, p + "attn_output.weight", c.hidden, q_dim));
-    TANDEM_ASSIGN_OR_RETURN(l.w_gate, UploadMatrix(file, p + "ffn_gate.weight", c.ffn_dim, c.hidden));
-    TANDEM_ASSIGN_OR_RETURN(l.w_up, UploadMatrix(file, p + "ffn_up.weight", c.ffn_dim, c.hidden));
-    TANDEM_ASSIGN_OR_RETURN(l.w_down, UploadMatrix(file, p + "ffn_down.weight", c.hidden, c.ffn_dim));
-    if (c.has_qkv_bias) {
-      TANDEM_ASSIGN_OR_RETURN(l.bq, UploadVector(file, p + "attn_q.bias", q_dim));
-      TANDEM_ASSIGN_OR_RETURN(l.bk, UploadVector(file, p + "attn_k.bias", kv_dim));
-      TANDEM_ASSIGN_OR_RETURN(l.bv, UploadVector(file, p + "attn_v.bias", kv_dim));
-    }
-    if (options_.load_progress) options_.load_progress(i + 1, c.n_layers);
-  }
-  return absl::OkStatus();
 }
 
 template <typename T>
@@ -222,7 +184,7 @@ absl::Status LlamaModel::ValidateBatch(const StepBatch& b,
 }
 
 absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView& cache,
-                                 float* logits) {
+                                 float* logits, const LayerHook& on_layer_kv) {
   TANDEM_RETURN_IF_ERROR(ValidateBatch(b, cache));
   const ModelConfig& c = config_;
   kernels::Backend& be = backend_;
@@ -281,9 +243,10 @@ absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView&
   attn.cache = cache;
 
   // execute: embeddings, then each layer, then the head on the selected rows.
-  be.EmbeddingGather(*token_embd_, d_tokens_, n, x_, s);
+  const LlamaWeights& w = *weights_;
+  be.EmbeddingGather(w.token_embd(), d_tokens_, n, x_, s);
   for (int il = 0; il < c.n_layers; ++il) {
-    const Layer& l = layers_[il];
+    const LlamaWeights::Layer& l = w.layer(il);
     be.RmsNorm(x_, l.attn_norm, n, c.hidden, c.rms_eps, h_, s);
     be.Matmul(*l.wq, h_, n, q_, s);
     be.Matmul(*l.wk, h_, n, k_, s);
@@ -296,6 +259,7 @@ absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView&
     be.Rope(rope, s);
     append.layer = il;
     be.KvAppend(append, s);
+    if (on_layer_kv) on_layer_kv(il);
     attn.layer = il;
     be.Attention(attn, s);
     be.Matmul(*l.wo, attn_, n, h_, s);
@@ -313,9 +277,8 @@ absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView&
     return absl::OkStatus();
   }
   be.GatherRows(x_, d_rows_, n_out, c.hidden, sel_, s);
-  be.RmsNorm(sel_, output_norm_, n_out, c.hidden, c.rms_eps, sel_, s);
-  const kernels::Weight& head = output_ ? *output_ : *token_embd_;
-  be.Matmul(head, sel_, n_out, logits_, s);
+  be.RmsNorm(sel_, w.output_norm(), n_out, c.hidden, c.rms_eps, sel_, s);
+  be.Matmul(w.output(), sel_, n_out, logits_, s);
   be.CopyToHost(logits, logits_, static_cast<size_t>(n_out) * c.vocab_size * sizeof(float), s);
   be.Synchronize(s);
   return absl::OkStatus();

@@ -1,10 +1,12 @@
 // LlamaModel: a Llama-family decoder (llama, SmolLM, Mistral, Qwen2: RMSNorm, RoPE, GQA,
 // SwiGLU, tied or separate output head) whose Forward is a straight list of kernels::Backend
-// calls over one StepBatch. Weights stay in the GGUF's quantized types; the backend may
-// repack them once at load.
+// calls over one StepBatch. The weights (LlamaWeights: config and packed matrices, read-only)
+// may be shared by several models on backends of the same device kind; a model owns only its
+// per-step scratch on its own backend.
 //
 // Thread safety: Forward is called by one thread at a time (the instance's engine thread);
-// the model owns per-step scratch buffers sized at load, so a step allocates nothing.
+// the model owns per-step scratch buffers sized at creation, so a step allocates nothing.
+// Models sharing one LlamaWeights may run Forward concurrently, each on its own backend.
 // Must not: know about requests, sampling or scheduling.
 #ifndef TANDEM_MODEL_LLAMA_MODEL_H_
 #define TANDEM_MODEL_LLAMA_MODEL_H_
@@ -18,6 +20,7 @@
 #include "kernels/backend.h"
 #include "kvcache/kv_cache.h"
 #include "model/gguf_file.h"
+#include "model/llama_weights.h"
 #include "model/model_config.h"
 #include "model/step_batch.h"
 
@@ -29,8 +32,8 @@ struct ModelOptions {
   int max_seqs = 256;             // sequences one Forward may carry
   int max_blocks_per_seq = 0;     // 0: enough for the model's context at block_size
   int block_size = 16;            // KV page size the cache uses
-  // Called during Load after each layer's weights are in place (layers_done of n_layers), on
-  // the loading thread; for progress reports. May be empty.
+  // Load only (passed on as WeightOptions::load_progress; Create loads nothing): called
+  // after each layer's weights are in place, on the loading thread. May be empty.
   std::function<void(int layers_done, int n_layers)> load_progress;
 
   absl::Status Validate() const;
@@ -38,15 +41,31 @@ struct ModelOptions {
 
 class LlamaModel {
  public:
-  // Reads weights from `file` (which may be closed afterwards) into `backend`.
+  // Called once per layer, in order, right after that layer's K/V for the whole batch have
+  // been appended to the cache on the model's stream (the backend's DefaultStream()). On a
+  // synchronous backend such as the CPU they are in memory then; on an asynchronous one the
+  // hook may record an event on that stream to learn when they are. Runs on the calling
+  // thread; must not call back into the model.
+  using LayerHook = std::function<void(int layer)>;
+
+  // Loads the weights from `file` (which may be closed afterwards) onto `backend`, then
+  // Create()s a model on the same backend. Another instance may share them via weights().
   static absl::StatusOr<std::unique_ptr<LlamaModel>> Load(const GgufFile& file,
                                                           kernels::Backend& backend,
                                                           const ModelOptions& options);
+  // A model running `weights` on `backend`, which must be of the device kind the weights were
+  // packed for (FailedPrecondition otherwise). Allocates the step scratch on `backend`, which
+  // must outlive the model.
+  static absl::StatusOr<std::unique_ptr<LlamaModel>> Create(
+      std::shared_ptr<const LlamaWeights> weights, kernels::Backend& backend,
+      const ModelOptions& options);
   ~LlamaModel();
   LlamaModel(const LlamaModel&) = delete;
   LlamaModel& operator=(const LlamaModel&) = delete;
 
   const ModelConfig& config() const { return config_; }
+  // The weights this model runs, for another instance of the same device kind to share.
+  const std::shared_ptr<const LlamaWeights>& weights() const { return weights_; }
   const ModelOptions& options() const { return options_; }
   int max_blocks_per_seq() const { return max_blocks_per_seq_; }
   // The KV cache Forward accepts: the model's layers, KV heads and head size, pages of
@@ -58,42 +77,25 @@ class LlamaModel {
   // [batch.logit_rows.size(), vocab] into `logits` (host memory; untouched when no rows
   // are requested, as for a prefill chunk in the middle of a prompt). InvalidArgument when the
   // batch breaks StepBatch's invariants or exceeds ModelOptions; nothing runs then.
-  absl::Status Forward(const StepBatch& batch, const kernels::KvCacheView& cache,
-                       float* logits);
+  // `on_layer_kv`, when set, is called after each layer's KV append (see LayerHook).
+  absl::Status Forward(const StepBatch& batch, const kernels::KvCacheView& cache, float* logits,
+                       const LayerHook& on_layer_kv = nullptr);
 
  private:
-  struct Layer {
-    float* attn_norm = nullptr;  // [hidden]
-    float* ffn_norm = nullptr;   // [hidden]
-    float* bq = nullptr;         // [n_heads * head_dim], qwen2 only
-    float* bk = nullptr;         // [n_kv_heads * head_dim]
-    float* bv = nullptr;         // [n_kv_heads * head_dim]
-    std::unique_ptr<kernels::Weight> wq, wk, wv, wo, w_gate, w_up, w_down;
-  };
-
-  LlamaModel(const ModelConfig& config, const ModelOptions& options, kernels::Backend& backend);
-  absl::Status LoadWeights(const GgufFile& file);
+  LlamaModel(std::shared_ptr<const LlamaWeights> weights, const ModelOptions& options,
+             kernels::Backend& backend);
   absl::Status AllocateScratch();
-  absl::StatusOr<float*> UploadVector(const GgufFile& file, const std::string& name, int64_t n);
-  absl::StatusOr<std::unique_ptr<kernels::Weight>> UploadMatrix(const GgufFile& file,
-                                                                const std::string& name,
-                                                                int64_t rows, int64_t cols);
   absl::Status ValidateBatch(const StepBatch& batch, const kernels::KvCacheView& cache) const;
   template <typename T>
   T* Scratch(size_t count);
 
   // Constant after construction.
-  const ModelConfig config_;
+  const std::shared_ptr<const LlamaWeights> weights_;
+  const ModelConfig& config_;  // weights_->config()
   const ModelOptions options_;
   kernels::Backend& backend_;
   int max_blocks_per_seq_ = 0;
-  std::vector<kernels::DeviceBuffer> buffers_;  // every device allocation, freed on destruction
-
-  // Weights.
-  std::vector<Layer> layers_;
-  std::unique_ptr<kernels::Weight> token_embd_;
-  std::unique_ptr<kernels::Weight> output_;  // null when tied to token_embd_
-  float* output_norm_ = nullptr;
+  std::vector<kernels::DeviceBuffer> buffers_;  // the scratch below, freed on destruction
 
   // Device scratch, sized by ModelOptions (engine thread only).
   float* x_ = nullptr;       // [max_batch_tokens, hidden] residual stream

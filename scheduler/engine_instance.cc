@@ -12,9 +12,24 @@
 
 namespace tandem::scheduler {
 
+const char* InstanceRoleName(InstanceRole role) {
+  switch (role) {
+    case InstanceRole::kColocated:
+      return "colocated";
+    case InstanceRole::kPrefill:
+      return "prefill";
+    case InstanceRole::kDecode:
+      return "decode";
+  }
+  return "?";
+}
+
 absl::Status EngineInstanceConfig::Validate() const {
   TANDEM_RETURN_IF_ERROR(scheduler.Validate());
-  TANDEM_RETURN_IF_ERROR(kernels::cpu::ValidateCpuBackendConfig(cpu));
+  TANDEM_RETURN_IF_ERROR(backend.Validate());
+  if (role == InstanceRole::kPrefill && handoff == nullptr) {
+    return absl::InvalidArgumentError("a prefill instance needs a handoff to a decode side");
+  }
   if (max_queue < 0) return absl::InvalidArgumentError("max_queue must be >= 0");
   if (block_size < 1) return absl::InvalidArgumentError("block_size must be >= 1");
   if (kv_cache_bytes == 0) return absl::InvalidArgumentError("kv_cache_bytes must be > 0");
@@ -23,38 +38,47 @@ absl::Status EngineInstanceConfig::Validate() const {
 
 EngineInstance::EngineInstance(const EngineInstanceConfig& config) : config_(config) {}
 
+namespace {
+
+model::ModelRunnerConfig RunnerConfig(const EngineInstanceConfig& config) {
+  model::ModelRunnerConfig rc;
+  rc.backend = config.backend;
+  rc.model.max_batch_tokens = config.scheduler.max_batch_tokens;
+  rc.model.max_logit_rows = config.scheduler.max_num_seqs;
+  rc.model.max_seqs = config.scheduler.max_num_seqs;
+  rc.model.block_size = config.block_size;
+  rc.model.load_progress = config.load_progress;
+  rc.kv_dtype = config.kv_dtype;
+  rc.kv_cache_bytes = config.kv_cache_bytes;
+  return rc;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<EngineInstance>> EngineInstance::Create(
     const EngineInstanceConfig& config, const model::GgufFile& file) {
   TANDEM_RETURN_IF_ERROR(config.Validate());
   std::unique_ptr<EngineInstance> inst(new EngineInstance(config));
+  TANDEM_ASSIGN_OR_RETURN(inst->runner_, model::ModelRunner::Create(RunnerConfig(config), file));
+  return Start(std::move(inst));
+}
 
-  kernels::cpu::CpuBackendConfig cpu = config.cpu;
-  cpu.max_batch_tokens = std::max(cpu.max_batch_tokens, config.scheduler.max_batch_tokens);
-  TANDEM_ASSIGN_OR_RETURN(inst->backend_, kernels::cpu::CreateCpuBackend(cpu));
+absl::StatusOr<std::unique_ptr<EngineInstance>> EngineInstance::Create(
+    const EngineInstanceConfig& config, std::shared_ptr<const model::LlamaWeights> weights) {
+  TANDEM_RETURN_IF_ERROR(config.Validate());
+  std::unique_ptr<EngineInstance> inst(new EngineInstance(config));
+  TANDEM_ASSIGN_OR_RETURN(inst->runner_,
+                          model::ModelRunner::Create(RunnerConfig(config), std::move(weights)));
+  return Start(std::move(inst));
+}
 
-  model::ModelOptions mo;
-  mo.max_batch_tokens = config.scheduler.max_batch_tokens;
-  mo.max_logit_rows = config.scheduler.max_num_seqs;
-  mo.max_seqs = config.scheduler.max_num_seqs;
-  mo.block_size = config.block_size;
-  mo.load_progress = config.load_progress;
-  TANDEM_ASSIGN_OR_RETURN(inst->model_, model::LlamaModel::Load(file, *inst->backend_, mo));
-  const model::ModelConfig& mc = inst->model_->config();
-
-  kvcache::KvCacheConfig kc = inst->model_->KvCacheLayout(config.kv_dtype);
-  kc.memory_bytes = config.kv_cache_bytes;
-  if (config.kv_cache_bytes < kc.BytesPerBlock()) {
-    return absl::InvalidArgumentError(
-        StrCat("KV cache memory of ", config.kv_cache_bytes, " bytes holds no block (one block of ",
-               config.block_size, " tokens takes ", kc.BytesPerBlock(), " bytes)"));
-  }
-  TANDEM_ASSIGN_OR_RETURN(inst->cache_, kvcache::KvCache::Create(kc, *inst->backend_));
-  inst->kv_capacity_tokens_ = inst->cache_->pool().num_total() * config.block_size;
-
-  inst->scheduler_ = std::make_unique<Scheduler>(config.scheduler, inst->cache_->pool());
+absl::StatusOr<std::unique_ptr<EngineInstance>> EngineInstance::Start(
+    std::unique_ptr<EngineInstance> inst) {
+  const EngineInstanceConfig& config = inst->config_;
+  inst->kv_capacity_tokens_ = inst->runner_->kv().capacity_tokens();
+  inst->kv_total_ = inst->runner_->kv().num_total();
+  inst->scheduler_ = std::make_unique<Scheduler>(config.scheduler, inst->runner_->kv());
   inst->scheduler_->set_latency_model(&inst->model_live_);
-  inst->builder_ = std::make_unique<model::BatchBuilder>(inst->model_->max_blocks_per_seq());
-  inst->logits_.resize(static_cast<size_t>(config.scheduler.max_num_seqs) * mc.vocab_size);
   inst->PublishStats();
   // The engine thread first gets its latency model (profiling runs on the thread, and cores,
   // that will run the steps), then serves.
@@ -88,9 +112,9 @@ absl::StatusOr<std::unique_ptr<EngineInstance>> EngineInstance::Create(
 }
 
 std::string EngineInstance::ProfileKey() const {
-  const model::ModelConfig& mc = model_->config();
+  const model::ModelConfig& mc = runner_->model_config();
   return StrCat(mc.architecture, " l", mc.n_layers, " h", mc.hidden, " ffn", mc.ffn_dim, " v",
-                mc.vocab_size, "; ", backend_->Name(), "; kv ",
+                mc.vocab_size, "; ", runner_->backend().Name(), "; kv ",
                 kvcache::KvDTypeName(config_.kv_dtype), "/", config_.block_size, "; batch ",
                 config_.scheduler.max_batch_tokens, "x", config_.scheduler.max_num_seqs,
                 config_.latency_profile_key.empty() ? "" : "; ", config_.latency_profile_key);
@@ -139,7 +163,7 @@ absl::StatusOr<std::vector<StepSample>> EngineInstance::Profile() {
   constexpr double kShort = 0.03;  // seconds
   const int max_seqs = config_.scheduler.max_num_seqs;
   const int max_tokens = config_.scheduler.max_batch_tokens;
-  const int context = model_->config().context_length;
+  const int context = runner_->model_config().context_length;
   const int long_ctx = std::clamp(kv_capacity_tokens_ / (2 * (max_seqs + 1)), 8,
                                   std::min(1024, context / 2));
   struct Shape {
@@ -173,10 +197,10 @@ absl::StatusOr<std::vector<StepSample>> EngineInstance::Profile() {
     }
   }
 
-  const model::ModelConfig& mc = model_->config();
+  const model::ModelConfig& mc = runner_->model_config();
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> token(0, mc.vocab_size - 1);
-  kvcache::BlockPool& pool = cache_->pool();
+  kvcache::KvManager& kv = runner_->kv();
   std::vector<StepSample> samples;
   std::vector<std::unique_ptr<Sequence>> seqs;
   SchedulerOutput out;
@@ -209,8 +233,7 @@ absl::StatusOr<std::vector<StepSample>> EngineInstance::Profile() {
     }
     bool fits = true;
     for (const auto& s : seqs) {
-      if (!pool.CanAllocate(s->table.BlocksNeeded(s->num_tokens())) ||
-          !s->table.Reserve(pool, s->num_tokens()).ok()) {
+      if (!kv.CanAppend(s->table, s->num_tokens()) || !kv.Append(s->table, s->num_tokens()).ok()) {
         fits = false;
         break;
       }
@@ -221,15 +244,11 @@ absl::StatusOr<std::vector<StepSample>> EngineInstance::Profile() {
       const auto t0 = std::chrono::steady_clock::now();
       Prepare(out);
       TANDEM_RETURN_IF_ERROR(Execute());
-      for (size_t i = 0; i < out.chunks.size(); ++i) {
-        if (chunk_rows_[i] < 0) continue;
-        out.chunks[i].seq->sampler.Sample(
-            logits_.data() + static_cast<size_t>(chunk_rows_[i]) * mc.vocab_size, mc.vocab_size);
-      }
+      Sample(out);
       times.push_back(
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
-    for (const auto& s : seqs) s->table.Release(pool);
+    for (const auto& s : seqs) kv.Free(s->table);
     if (si == 0) continue;
     if (!times.empty()) {
       std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
@@ -250,7 +269,7 @@ LatencyModel EngineInstance::latency_model() const {
 EngineInstance::~EngineInstance() { Stop(); }
 
 absl::Status EngineInstance::ValidateRequest(const SequenceRequest& request) const {
-  const model::ModelConfig& mc = model_->config();
+  const model::ModelConfig& mc = runner_->model_config();
   if (request.sink == nullptr) return absl::InvalidArgumentError("a sequence needs a sink");
   if (request.prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
   for (int32_t t : request.prompt) {
@@ -299,7 +318,8 @@ absl::StatusOr<Admission> EngineInstance::Submit(std::vector<SequenceRequest> re
     PrefillWork w;
     w.id = r.id;
     w.remaining = static_cast<int>(r.prompt.size());
-    w.generate = r.max_tokens - 1;
+    // A prefill instance keeps a sequence until its first token only.
+    w.generate = config_.role == InstanceRole::kPrefill ? 0 : r.max_tokens - 1;
     w.slo = r.ttft_slo != absl::InfiniteDuration() || r.tpot_slo != absl::InfiniteDuration();
     w.deadline = r.arrival + (r.ttft_slo == absl::InfiniteDuration() ? aging : r.ttft_slo);
     w.tpot_slo = r.tpot_slo;
@@ -340,6 +360,23 @@ absl::StatusOr<Admission> EngineInstance::Submit(std::vector<SequenceRequest> re
   return admission;
 }
 
+absl::Status EngineInstance::SubmitArriving(ArrivingSequence arriving) {
+  if (config_.role != InstanceRole::kDecode) {
+    return absl::FailedPreconditionError(
+        StrCat("instance '", config_.name, "' (", InstanceRoleName(config_.role),
+               ") does not take sequences with KV"));
+  }
+  TANDEM_CHECK(arriving.seq != nullptr && arriving.import != nullptr);
+  TANDEM_CHECK_EQ(arriving.seq->num_uncomputed(), 1);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return absl::UnavailableError("the engine is shutting down");
+    arriving_.push_back(std::move(arriving));
+  }
+  cv_.notify_one();
+  return absl::OkStatus();
+}
+
 void EngineInstance::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -349,6 +386,8 @@ void EngineInstance::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+int EngineInstance::num_arrivals_waiting() const { return arrived_count_.load(); }
+
 InstanceStats EngineInstance::stats() const {
   InstanceStats s;
   s.running = running_.load();
@@ -357,7 +396,12 @@ InstanceStats EngineInstance::stats() const {
     std::lock_guard<std::mutex> lock(mu_);
     s.waiting += static_cast<int>(inbox_.size());
   }
-  s.kv_blocks_total = cache_->pool().num_total();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    s.waiting += static_cast<int>(arriving_.size());
+  }
+  s.waiting += arrived_count_.load();
+  s.kv_blocks_total = kv_total_;
   s.kv_blocks_free = kv_free_.load();
   s.kv_usage = s.kv_blocks_total > 0
                    ? 1.0 - static_cast<double>(s.kv_blocks_free) / s.kv_blocks_total
@@ -383,6 +427,7 @@ void EngineInstance::Loop() {
       absl::Status s = Execute();
       if (s.ok()) {
         scheduler_->Complete(out);
+        Sample(out);
         Emit(out);
         const double measured =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -421,12 +466,18 @@ bool EngineInstance::Admit() {
   std::vector<SequenceRequest> incoming;
   {
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return stopping_ || !inbox_.empty() || !scheduler_->empty(); });
+    cv_.wait(lock, [&] {
+      // arrived_: arrivals that did not fit yet, and may now that sequences have finished.
+      return stopping_ || !inbox_.empty() || !arriving_.empty() || !arrived_.empty() ||
+             !scheduler_->empty();
+    });
     if (stopping_) return false;
     incoming.swap(inbox_);
     inbox_work_.clear();
+    for (ArrivingSequence& a : arriving_) arrived_.push_back(std::move(a));
+    arriving_.clear();
   }
-  const model::ModelConfig& mc = model_->config();
+  const model::ModelConfig& mc = runner_->model_config();
   for (SequenceRequest& r : incoming) {
     scheduler_->Add(std::make_unique<Sequence>(std::move(r), mc.vocab_size,
                                                config_.eos_token_id, config_.block_size));
@@ -437,6 +488,7 @@ bool EngineInstance::Admit() {
     if (s->sink->cancelled()) cancelled_.push_back(s);
   });
   for (Sequence* s : cancelled_) Finish(s, SequenceEnd::kCancelled, absl::OkStatus());
+  ImportArrived();
   if (config_.admission == AdmissionMode::kQueue) {
     expired_.clear();
     const absl::Time now = absl::Now();
@@ -473,36 +525,85 @@ const SchedulerOutput& EngineInstance::ScheduleStep() {
   return out;
 }
 
+void EngineInstance::ImportArrived() {
+  // In arrival order; one that does not fit yet waits, and so do those behind it (FIFO).
+  size_t taken = 0;
+  for (; taken < arrived_.size(); ++taken) {
+    ArrivingSequence& a = arrived_[taken];
+    Sequence* s = a.seq.get();
+    if (s->sink->cancelled()) {
+      s->sink->OnFinish(SequenceEnd::kCancelled, absl::OkStatus());
+      continue;
+    }
+    kvcache::KvManager& kv = runner_->kv();
+    s->table = kvcache::BlockTable(config_.block_size);
+    // Room for it: a slot, decode capacity within the running TPOTs, and KV.
+    if (!scheduler_->CanAddRunning(*s) || !kv.CanAppend(s->table, s->num_tokens())) break;
+    TANDEM_CHECK_OK(kv.Append(s->table, s->num_tokens()));
+    s->table.SetNumTokens(s->num_computed);
+    if (absl::Status st = a.import(kv, s->table); !st.ok()) {
+      kv.Free(s->table);
+      s->sink->OnFinish(SequenceEnd::kFailed,
+                        absl::InternalError(StrCat("KV import failed: ", st.message())));
+      continue;
+    }
+    scheduler_->AddRunning(std::move(a.seq));
+  }
+  arrived_.erase(arrived_.begin(), arrived_.begin() + static_cast<ptrdiff_t>(taken));
+  arrived_count_.store(static_cast<int>(arrived_.size()));
+}
+
 void EngineInstance::Prepare(const SchedulerOutput& out) {
-  builder_->Clear();
+  runner_->BeginStep();
   chunk_rows_.clear();
   for (const ScheduledChunk& c : out.chunks) {
-    chunk_rows_.push_back(builder_->AddSequence(
+    chunk_rows_.push_back(runner_->AddChunk(
         c.seq->table, std::span<const int32_t>(c.seq->tokens).subspan(c.start, c.num_tokens),
         c.start, c.want_logits));
   }
 }
 
-absl::Status EngineInstance::Execute() {
-  return model_->Forward(builder_->batch(), cache_->view(), logits_.data());
+absl::Status EngineInstance::Execute() { return runner_->Execute(); }
+
+void EngineInstance::Sample(const SchedulerOutput& out) {
+  samples_.clear();
+  for (size_t i = 0; i < out.chunks.size(); ++i) {
+    if (chunk_rows_[i] < 0) continue;
+    samples_.push_back({&out.chunks[i].seq->sampler, chunk_rows_[i], {}});
+  }
+  runner_->Sample(std::span<model::SampleJob>(samples_));
 }
 
 void EngineInstance::Emit(const SchedulerOutput& out) {
-  const int vocab = model_->config().vocab_size;
+  size_t next = 0;  // samples_ are in chunk order
   for (size_t i = 0; i < out.chunks.size(); ++i) {
     const ScheduledChunk& c = out.chunks[i];
     if (chunk_rows_[i] < 0) continue;
     Sequence* s = c.seq;
-    const model::SampleResult r =
-        s->sampler.Sample(logits_.data() + static_cast<size_t>(chunk_rows_[i]) * vocab, vocab);
+    const model::SampleResult& r = samples_[next++].result;
     if (s->sampler.IsStopToken(r.token)) {
       Finish(s, SequenceEnd::kStopToken, absl::OkStatus());
       continue;
     }
     s->tokens.push_back(r.token);
     s->sink->OnToken(r);
-    if (s->num_generated() >= s->max_tokens) Finish(s, SequenceEnd::kLength, absl::OkStatus());
+    if (s->num_generated() >= s->max_tokens) {
+      Finish(s, SequenceEnd::kLength, absl::OkStatus());
+    } else if (config_.role == InstanceRole::kPrefill) {
+      HandOff(s);
+    }
   }
+}
+
+void EngineInstance::HandOff(Sequence* seq) {
+  if (absl::Status st = config_.handoff->SendKv(*seq, runner_->kv()); !st.ok()) {
+    Finish(seq, SequenceEnd::kFailed,
+           absl::UnavailableError(StrCat("KV handover failed: ", st.message())));
+    return;
+  }
+  std::unique_ptr<Sequence> owned = scheduler_->Remove(seq);
+  PublishStats();
+  config_.handoff->Commit(std::move(owned));
 }
 
 void EngineInstance::Finish(Sequence* seq, SequenceEnd end, const absl::Status& status) {
@@ -518,22 +619,24 @@ void EngineInstance::FailAll(const absl::Status& status) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     incoming.swap(inbox_);
-  }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
     inbox_work_.clear();
+    for (ArrivingSequence& a : arriving_) arrived_.push_back(std::move(a));
+    arriving_.clear();
   }
   for (SequenceRequest& r : incoming) {
     queued_.fetch_sub(1);
     r.sink->OnFinish(SequenceEnd::kFailed, status);
   }
+  for (ArrivingSequence& a : arrived_) a.seq->sink->OnFinish(SequenceEnd::kFailed, status);
+  arrived_.clear();
+  arrived_count_.store(0);
   for (Sequence* s : scheduler_->All()) Finish(s, SequenceEnd::kFailed, status);
 }
 
 void EngineInstance::PublishStats() {
   running_.store(scheduler_->num_running());
   waiting_.store(scheduler_->num_waiting());
-  kv_free_.store(cache_->pool().num_free());
+  kv_free_.store(runner_->kv().num_free());
 }
 
 }  // namespace tandem::scheduler

@@ -1,21 +1,25 @@
-// EngineInstance: one model replica on one device (here: a CPU backend on a set of cores) with
-// its own KV cache, scheduler and engine thread. It runs continuous batching with chunked
+// EngineInstance: one model replica on one device with its own KV cache, scheduler and engine
+// thread: the scheduling side of an instance over a model::ModelRunner (the device side:
+// backend from the factory, model, KV storage). It runs continuous batching with chunked
 // prefill: sequences are submitted from any thread, and every step of the engine thread reads
-// as five verbs: Admit (queue -> scheduler, drop cancelled and, in admission mode "queue",
-// expired), Schedule (pick the step's chunks and reserve KV), Prepare (lay the chunks out as a
-// StepBatch), Execute (Model::Forward), and Emit (sample the rows that want logits, report
-// tokens, retire finished sequences).
+// as six verbs: Admit (queue -> scheduler, drop cancelled and, in admission mode "queue",
+// expired; import sequences that arrived with KV), Schedule (pick the step's chunks and
+// reserve KV), Prepare (lay the chunks out on the runner), Execute (Model::Forward), Sample
+// (the rows that want a token, in parallel on the backend's threads) and Emit (report tokens,
+// hand off or retire sequences).
+//
+// Roles: kColocated runs sequences from prompt to end. kPrefill runs prompts to their first
+// token, then hands each sequence (its KV, then itself) to a PrefillHandoff. kDecode also
+// takes sequences that arrive with their prompt's KV (SubmitArriving) and decodes them.
 //
 // SLOs: the instance owns a LatencyModel, fitted at start by profiling synthetic steps on its
 // own device (or loaded from a saved profile) and corrected from every measured step. The
 // scheduler plans each step with it, and Submit admits or rejects a request from it
 // (slo_admission.h) against a snapshot of the load the engine thread publishes every step.
 //
-// The instance is the unit a deployment places: the colocated daemon runs one; the
-// disaggregated daemon will run prefill and decode instances on disjoint devices.
-//
-// Thread safety: Submit, Stop and stats() may be called from any thread. Everything else
-// happens on the engine thread. Sinks are called on the engine thread only.
+// Thread safety: Submit, SubmitArriving, Stop and stats() may be called from any thread.
+// Everything else happens on the engine thread. Sinks and the handoff are called on the engine
+// thread only.
 // Must not: parse requests, tokenize or know about HTTP/gRPC.
 #ifndef TANDEM_SCHEDULER_ENGINE_INSTANCE_H_
 #define TANDEM_SCHEDULER_ENGINE_INSTANCE_H_
@@ -34,11 +38,12 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
-#include "kernels/cpu/cpu_backend.h"
-#include "kvcache/kv_cache.h"
-#include "model/batch_builder.h"
+#include "kernels/backend_factory.h"
+#include "kvcache/kv_manager.h"
 #include "model/gguf_file.h"
-#include "model/llama_model.h"
+#include "model/llama_weights.h"
+#include "model/model_runner.h"
+#include "scheduler/engine.h"
 #include "scheduler/latency_model.h"
 #include "scheduler/load_snapshot.h"
 #include "scheduler/scheduler.h"
@@ -47,9 +52,39 @@
 
 namespace tandem::scheduler {
 
+enum class InstanceRole { kColocated, kPrefill, kDecode };
+const char* InstanceRoleName(InstanceRole role);  // "colocated", "prefill", "decode"
+
+// The prefill role's way out: the disaggregated engine implements it over a KV transport.
+// Called on the prefill instance's engine thread.
+class PrefillHandoff {
+ public:
+  virtual ~PrefillHandoff() = default;
+  // `seq`'s first token has just been sampled and reported: send its KV (positions
+  // [0, seq.num_computed), still in `kv`). An error fails the sequence with that status.
+  virtual absl::Status SendKv(const Sequence& seq, const kvcache::KvManager& kv) = 0;
+  // Then, its blocks here freed, the sequence itself (tokens, sampler state, sink, SLOs and
+  // timings) goes to the decode side, which now owns its end.
+  virtual void Commit(std::unique_ptr<Sequence> seq) = 0;
+};
+
+// A sequence that arrives at a decode instance with its prompt's KV computed elsewhere.
+struct ArrivingSequence {
+  // num_computed tokens have KV; exactly one token (the first sampled one) is left to run. Its
+  // table is empty: the instance gives it blocks of its own.
+  std::unique_ptr<Sequence> seq;
+  // Called on the decode engine thread once `table` holds blocks for num_computed tokens:
+  // writes their KV into them (re-paging and converting as needed). An error fails the
+  // sequence.
+  std::function<absl::Status(const kvcache::KvManager& kv, const kvcache::BlockTable& table)>
+      import;
+};
+
 struct EngineInstanceConfig {
   std::string name = "colocated";   // for logs and metrics
-  kernels::cpu::CpuBackendConfig cpu;  // the device: threads, pinned cores, ISA
+  InstanceRole role = InstanceRole::kColocated;
+  PrefillHandoff* handoff = nullptr;  // role kPrefill: required, must outlive the instance
+  kernels::BackendConfig backend;     // the device: "cpu" with threads, pinned cores, ISA
   SchedulerConfig scheduler;
   int max_queue = 1024;                // waiting sequences; Submit fails beyond
   kernels::KvDType kv_dtype = kernels::KvDType::kF16;
@@ -79,36 +114,17 @@ struct EngineInstanceConfig {
   absl::Status Validate() const;
 };
 
-// A snapshot of the instance's load, readable from any thread.
-struct InstanceStats {
-  int running = 0;        // sequences holding KV
-  int waiting = 0;        // submitted, not running (queued or preempted)
-  double kv_usage = 0.0;  // share of KV blocks in use
-  int kv_blocks_free = 0;
-  int kv_blocks_total = 0;
-  uint64_t steps = 0;
-  uint64_t prefill_tokens = 0;  // tokens run in chunks that were not decode tokens
-  uint64_t decode_tokens = 0;
-  uint64_t preemptions = 0;
-  uint64_t decode_deferred = 0;  // decode tokens left out of a step by the TPOT cap
-  double latency_correction = 1.0;  // the latency model's online correction factor
-};
-
-// What admission said about an accepted request.
-struct Admission {
-  // Predicted time from submission to the first token of its last choice (ZeroDuration when
-  // no prediction was made: no latency model, or admission off).
-  absl::Duration predicted_ttft = absl::ZeroDuration();
-  bool predicted = false;
-};
-
-class EngineInstance {
+class EngineInstance : public Engine {
  public:
   // Loads the model from `file` onto a new backend, sizes the KV cache and starts the engine
   // thread. `file` may be closed afterwards.
   static absl::StatusOr<std::unique_ptr<EngineInstance>> Create(
       const EngineInstanceConfig& config, const model::GgufFile& file);
-  ~EngineInstance();  // Stop()
+  // The same on weights another instance loaded (one copy per process for instances on the
+  // same kind of device).
+  static absl::StatusOr<std::unique_ptr<EngineInstance>> Create(
+      const EngineInstanceConfig& config, std::shared_ptr<const model::LlamaWeights> weights);
+  ~EngineInstance() override;  // Stop()
   EngineInstance(const EngineInstance&) = delete;
   EngineInstance& operator=(const EngineInstance&) = delete;
 
@@ -117,25 +133,35 @@ class EngineInstance {
   // vocabulary), OutOfRange (prompt + max_tokens past the context, or more than the whole KV
   // cache), ResourceExhausted (queue full, or SLO admission said no: the status carries a
   // retry-after, common/retry_after.h), Unavailable (stopped).
-  absl::StatusOr<Admission> Submit(std::vector<SequenceRequest> requests);
+  absl::StatusOr<Admission> Submit(std::vector<SequenceRequest> requests) override;
   absl::Status Submit(SequenceRequest request);
+  // Role kDecode: queues a sequence that arrives with its KV; it starts decoding once this
+  // instance has room for it (running set and KV). Unavailable when stopped (no sink is called
+  // then), FailedPrecondition for another role.
+  absl::Status SubmitArriving(ArrivingSequence arriving);
   // Fails every queued and running sequence with Unavailable and joins the engine thread.
   // Idempotent.
-  void Stop();
+  void Stop() override;
 
-  InstanceStats stats() const;
-  const model::ModelConfig& model_config() const { return model_->config(); }
+  InstanceStats stats() const override;
+  // Role kDecode: sequences that arrived with KV and found no room at the last step (any
+  // thread). Those that arrived since are not counted: they may well fit.
+  int num_arrivals_waiting() const;
+  const model::ModelConfig& model_config() const override { return runner_->model_config(); }
   const EngineInstanceConfig& config() const { return config_; }
   // Tokens the whole KV cache holds.
-  int kv_capacity_tokens() const { return kv_capacity_tokens_; }
+  int kv_capacity_tokens() const override { return kv_capacity_tokens_; }
+  std::shared_ptr<const model::LlamaWeights> weights() const { return runner_->weights(); }
   // The latency model as of the last step (a copy; any thread).
   LatencyModel latency_model() const;
   // How the model was obtained: "profiled", "loaded", or "none".
   const std::string& latency_source() const { return latency_source_; }
-  std::string device_name() const { return backend_->Name(); }
+  std::string device_name() const { return runner_->backend().Name(); }
 
  private:
   EngineInstance(const EngineInstanceConfig& config);
+  static absl::StatusOr<std::unique_ptr<EngineInstance>> Start(
+      std::unique_ptr<EngineInstance> inst);
   // Engine thread, before serving: load or profile the latency model.
   absl::Status InitLatencyModel();
   absl::StatusOr<std::vector<StepSample>> Profile();
@@ -147,7 +173,12 @@ class EngineInstance {
   const SchedulerOutput& ScheduleStep();  // fills plan_
   void Prepare(const SchedulerOutput& out);
   absl::Status Execute();
+  void Sample(const SchedulerOutput& out);
   void Emit(const SchedulerOutput& out);
+  // Role kDecode: moves arrived sequences into the scheduler while they fit.
+  void ImportArrived();
+  // Role kPrefill: sends seq's KV and hands it over; false if it failed instead.
+  void HandOff(Sequence* seq);
   void Finish(Sequence* seq, SequenceEnd end, const absl::Status& status);
   void FailAll(const absl::Status& status);
   void PublishStats();
@@ -156,17 +187,15 @@ class EngineInstance {
 
   // Constant after construction.
   const EngineInstanceConfig config_;
-  std::unique_ptr<kernels::Backend> backend_;
-  std::unique_ptr<model::LlamaModel> model_;
-  std::unique_ptr<kvcache::KvCache> cache_;
+  std::unique_ptr<model::ModelRunner> runner_;
   int kv_capacity_tokens_ = 0;
   std::string latency_source_ = "none";
 
   // Engine thread only.
   std::unique_ptr<Scheduler> scheduler_;
-  std::unique_ptr<model::BatchBuilder> builder_;
-  std::vector<int> chunk_rows_;  // [chunks] logit row of each chunk, -1 if none
-  std::vector<float> logits_;    // [max_num_seqs, vocab]
+  std::vector<int> chunk_rows_;            // [chunks] logit row of each chunk, -1 if none
+  std::vector<model::SampleJob> samples_;  // this step's rows to sample, in chunk order
+  std::vector<ArrivingSequence> arrived_;  // role kDecode: taken from arriving_, not yet in
   // Refilled every step, kept for their capacity.
   SchedulerOutput plan_;              // this step's chunks, preempted and failed
   std::vector<Sequence*> cancelled_;  // Admit's sweep: sequences whose sink was cancelled
@@ -177,6 +206,7 @@ class EngineInstance {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::vector<SequenceRequest> inbox_ ABSL_GUARDED_BY(mu_);
+  std::vector<ArrivingSequence> arriving_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   // The load as of the step in flight, and the model, for Submit's admission.
   LoadSnapshot load_ ABSL_GUARDED_BY(mu_);
@@ -190,6 +220,8 @@ class EngineInstance {
   std::atomic<int> running_{0};
   std::atomic<int> waiting_{0};
   std::atomic<int> kv_free_{0};
+  std::atomic<int> arrived_count_{0};  // arrived_.size()
+  int kv_total_ = 0;                   // constant after Start
   std::atomic<uint64_t> steps_{0}, prefill_tokens_{0}, decode_tokens_{0}, preemptions_{0};
   std::atomic<uint64_t> decode_deferred_{0};
   std::atomic<double> correction_{1.0};

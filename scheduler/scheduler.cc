@@ -60,8 +60,8 @@ void SchedulerOutput::Clear() {
   budget = absl::InfiniteDuration();
 }
 
-Scheduler::Scheduler(const SchedulerConfig& config, kvcache::BlockPool& pool)
-    : config_(config), pool_(pool) {
+Scheduler::Scheduler(const SchedulerConfig& config, kvcache::KvManager& kv)
+    : config_(config), kv_(kv) {
   TANDEM_CHECK_OK(config_.Validate());
 }
 
@@ -71,10 +71,39 @@ void Scheduler::Add(std::unique_ptr<Sequence> seq) {
   waiting_.push_back(std::move(seq));
 }
 
+bool Scheduler::CanAddRunning(const Sequence& seq) const {
+  if (!CanAddRunning()) return false;
+  if (config_.policy != SchedulePolicy::kSlo || model_ == nullptr || !model_->fitted() ||
+      running_.empty()) {
+    return true;
+  }
+  absl::Duration budget = StepBudget();
+  if (seq.tpot_slo != absl::InfiniteDuration()) {
+    budget = std::min(budget, seq.tpot_slo * config_.budget_margin);
+  }
+  StepShape decode;
+  for (const auto& r : running_) decode.AddDecode(r->num_tokens() + 1);
+  decode.AddDecode(seq.num_tokens());
+  return Fits(decode, budget);
+}
+
+void Scheduler::AddRunning(std::unique_ptr<Sequence> seq) {
+  TANDEM_CHECK(seq != nullptr);
+  TANDEM_CHECK(CanAddRunning());
+  TANDEM_CHECK_EQ(seq->num_uncomputed(), 1);
+  TANDEM_CHECK_EQ(seq->table.num_tokens(), seq->num_computed);
+  TANDEM_CHECK_EQ(seq->table.block_size(), kv_.block_size());
+  // Its step stamps came from another scheduler's counter.
+  seq->scheduled_step = 0;
+  seq->preempted_step = 0;
+  seq->scheduled_tokens = 0;
+  seq->running = true;
+  running_.push_back(std::move(seq));
+}
+
 bool Scheduler::Reserve(Sequence* seq, int n_tokens) {
-  const int need = seq->table.BlocksNeeded(n_tokens);
-  if (!pool_.CanAllocate(need)) return false;
-  TANDEM_CHECK_OK(seq->table.Reserve(pool_, n_tokens));
+  if (!kv_.CanAppend(seq->table, n_tokens)) return false;
+  TANDEM_CHECK_OK(kv_.Append(seq->table, n_tokens));
   return true;
 }
 
@@ -82,7 +111,7 @@ void Scheduler::Preempt(Sequence* seq) {
   auto it = std::find_if(running_.begin(), running_.end(),
                          [seq](const auto& p) { return p.get() == seq; });
   TANDEM_CHECK(it != running_.end());
-  seq->table.Release(pool_);
+  kv_.Free(seq->table);
   seq->num_computed = 0;
   ++seq->preemptions;
   seq->preempted_step = step_;
@@ -390,7 +419,7 @@ std::unique_ptr<Sequence> Scheduler::Remove(Sequence* seq) {
     waiting_.erase(wt);
   }
   TANDEM_CHECK(owned != nullptr);
-  owned->table.Release(pool_);
+  kv_.Free(owned->table);
   return owned;
 }
 

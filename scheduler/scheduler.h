@@ -13,8 +13,8 @@
 // running sequence is preempted: its blocks are freed and it goes back to the queue to be
 // recomputed (its sampler state is kept, so its output is unchanged).
 //
-// KV access: only through kvcache::BlockPool::CanAllocate (query) and BlockTable::Reserve /
-// Release; Reserve (BlockPool::Allocate underneath) is the one call that mutates the pool.
+// KV access: only through kvcache::KvManager: CanAppend (query), Append and Free. Append is
+// the one call that takes blocks from the shared pool.
 //
 // Thread safety: engine thread only. Must not touch tensors, sockets or sinks' consumers.
 // Invariants: a sequence is in exactly one of waiting and running; a waiting sequence holds no
@@ -32,7 +32,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "kvcache/block_pool.h"
+#include "kvcache/kv_manager.h"
 #include "scheduler/latency_model.h"
 #include "scheduler/load_snapshot.h"
 #include "scheduler/sequence.h"
@@ -85,13 +85,23 @@ struct SchedulerOutput {
 
 class Scheduler {
  public:
-  Scheduler(const SchedulerConfig& config, kvcache::BlockPool& pool);
+  Scheduler(const SchedulerConfig& config, kvcache::KvManager& kv);
 
   // The model kSlo plans with (not owned; may be null or unfitted: no time budget then).
   void set_latency_model(const LatencyModel* model) { model_ = model; }
 
   // Appends a new sequence to the queue.
   void Add(std::unique_ptr<Sequence> seq);
+  // Adds a sequence that arrives with its KV (the decode side of a disaggregated pair): its
+  // table holds this instance's blocks for its first num_computed tokens, and exactly one
+  // token, the first one sampled by the prefill side, is left to run. It joins the running
+  // set and decodes from the next step. Requires CanAddRunning().
+  void AddRunning(std::unique_ptr<Sequence> seq);
+  bool CanAddRunning() const { return num_running() < config_.max_num_seqs; }
+  // Whether `seq` may join the running set now: a free slot and, under kSlo with a fitted
+  // model, a decode step of every running sequence and it that fits the tightest TPOT it will
+  // run under (the rule new sequences start by; alone it always may).
+  bool CanAddRunning(const Sequence& seq) const;
   // Plans one step starting at `now` and reserves the KV blocks it needs, replacing what
   // `out` held. Empty when nothing can run.
   void Schedule(SchedulerOutput* out, absl::Time now = absl::Now());
@@ -134,11 +144,11 @@ class Scheduler {
   int MaxPrefillTokens(const StepShape& shape, int start, int max_n, absl::Duration budget) const;
   // Frees seq's KV and moves it (running) to the head of the queue.
   void Preempt(Sequence* seq);
-  // Reserves blocks so seq can hold `n_tokens` tokens; false when the pool is short.
+  // Reserves blocks so seq can hold `n_tokens` tokens; false when the cache is short.
   bool Reserve(Sequence* seq, int n_tokens);
 
   const SchedulerConfig config_;
-  kvcache::BlockPool& pool_;
+  kvcache::KvManager& kv_;
   const LatencyModel* model_ = nullptr;
   std::vector<std::unique_ptr<Sequence>> running_;  // admission order
   std::deque<std::unique_ptr<Sequence>> waiting_;   // FCFS; preempted ones at the front

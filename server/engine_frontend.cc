@@ -9,6 +9,7 @@
 #include "common/check.h"
 #include "common/str_cat.h"
 #include "model/unicode_util.h"
+#include "scheduler/slo_admission.h"
 #include "server/openai/validate.h"
 
 namespace tandem::server {
@@ -293,7 +294,7 @@ class EngineGenerationStream : public GenerationStream {
 EngineFrontend::EngineFrontend(const EngineFrontendConfig& config,
                                std::unique_ptr<model::Tokenizer> tokenizer,
                                model::ChatTemplate chat_template,
-                               scheduler::EngineInstance& engine, ServingObserver* observer)
+                               scheduler::Engine& engine, ServingObserver* observer)
     : config_(config),
       tokenizer_(std::move(tokenizer)),
       chat_template_(std::move(chat_template)),

@@ -1,4 +1,4 @@
-// EngineFrontend: the daemon's Frontend over one engine instance (the colocated mode). It owns
+// EngineFrontend: the daemon's Frontend over one scheduler::Engine (colocated or not). It owns
 // the tokenizer and chat template; for each request it validates (the one validation both APIs
 // share), renders chat messages, tokenizes, submits one scheduler::Sequence per choice, and
 // turns the engine's tokens into ChoiceDeltas: UTF-8-safe text through StreamDecoder, stop
@@ -17,7 +17,7 @@
 #include "absl/time/time.h"
 #include "model/chat_template.h"
 #include "model/tokenizer.h"
-#include "scheduler/engine_instance.h"
+#include "scheduler/engine.h"
 #include "server/frontend.h"
 
 namespace tandem::server {
@@ -60,7 +60,7 @@ class EngineFrontend : public Frontend {
  public:
   // `engine` and `observer` (may be null) must outlive the frontend and every stream.
   EngineFrontend(const EngineFrontendConfig& config, std::unique_ptr<model::Tokenizer> tokenizer,
-                 model::ChatTemplate chat_template, scheduler::EngineInstance& engine,
+                 model::ChatTemplate chat_template, scheduler::Engine& engine,
                  ServingObserver* observer);
   ~EngineFrontend() override;
 
@@ -85,7 +85,7 @@ class EngineFrontend : public Frontend {
   const std::unique_ptr<model::Tokenizer> tokenizer_;
   const model::ChatTemplate chat_template_;
   std::vector<int32_t> chat_stop_ids_;  // the template's end-of-turn tokens
-  scheduler::EngineInstance& engine_;
+  scheduler::Engine& engine_;
   ServingObserver* const observer_;
   const int64_t created_;
 

@@ -20,7 +20,7 @@ std::vector<double> RelativeErrorBuckets() {  // 1% .. ~10x
 
 }  // namespace
 
-ServingMetrics::ServingMetrics(const scheduler::EngineInstance& engine)
+ServingMetrics::ServingMetrics(const scheduler::Engine& engine)
     : engine_(engine),
       requests_(registry_.AddCounter("tandem:requests_total",
                                      "API requests answered, by API and status.",

@@ -23,7 +23,7 @@
 #include <mutex>
 #include <string>
 
-#include "scheduler/engine_instance.h"
+#include "scheduler/engine.h"
 #include "server/engine_frontend.h"
 #include "server/metrics/registry.h"
 
@@ -31,7 +31,7 @@ namespace tandem::server {
 
 class ServingMetrics : public ServingObserver {
  public:
-  explicit ServingMetrics(const scheduler::EngineInstance& engine);
+  explicit ServingMetrics(const scheduler::Engine& engine);
 
   void OnTokenGap(absl::Duration gap) override;
   void OnSequenceDone(const SequenceRecord& record) override;
@@ -48,7 +48,7 @@ class ServingMetrics : public ServingObserver {
   std::string Render();
 
  private:
-  const scheduler::EngineInstance& engine_;
+  const scheduler::Engine& engine_;
   // Prunes the window to `now` and refreshes the gauges computed from it.
   void UpdateWindowGauges(absl::Time now);
 

@@ -5,6 +5,7 @@
 // Lifecycle: load (with progress on stderr), serve, and on SIGTERM / SIGINT drain: readiness
 // goes false, new requests get 503 / UNAVAILABLE, requests in flight finish (up to
 // --shutdown-timeout), then exit 0. A second signal stops at once.
+#include <sched.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -27,11 +28,13 @@
 #include "common/check.h"
 #include "common/flag_names.h"
 #include "common/str_cat.h"
+#include "kernels/backend_factory.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kvcache/kv_cache.h"
 #include "model/chat_template.h"
 #include "model/gguf_file.h"
 #include "model/tokenizer.h"
+#include "scheduler/disaggregated_engine.h"
 #include "scheduler/engine_instance.h"
 #include "server/engine_frontend.h"
 #include "server/grpc/grpc_server.h"
@@ -52,7 +55,12 @@ ABSL_FLAG(int, max_num_seqs, 64, "Most sequences running at once.");
 ABSL_FLAG(int, max_num_batched_tokens, 512,
           "Token budget of one engine step (decode tokens plus prefill chunks).");
 ABSL_FLAG(int, max_queue, 1024, "Most sequences waiting; beyond, requests get 429.");
+ABSL_FLAG(std::string, device, "cpu",
+          "Device of the engine instance: cpu, or cuda:N in a build with the CUDA backend.");
 ABSL_FLAG(int, threads, 0, "CPU threads of the engine instance (0: every core).");
+ABSL_FLAG(std::string, disaggregation, "off",
+          "on: prefill and decode run as two instances on disjoint halves of --threads cores "
+          "(pinned), the KV cache handed over in process; off: one colocated instance.");
 ABSL_FLAG(std::string, kv_cache_memory, "1GiB",
           "KV cache size: bytes, or with a KiB/MiB/GiB suffix.");
 ABSL_FLAG(std::string, kv_cache_dtype, "f16", "KV cache element type: f16, f32 or int8.");
@@ -137,6 +145,12 @@ absl::Status Run() {
   int threads = absl::GetFlag(FLAGS_threads);
   if (threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  kernels::BackendConfig backend;
+  backend.device = absl::GetFlag(FLAGS_device);
+  backend.cpu.threads = threads;
+  backend.cpu.isa = isa;
+  backend.cpu.spin_us = absl::GetFlag(FLAGS_spin_us);
+  TANDEM_RETURN_IF_ERROR(backend.Validate());
   if (absl::GetFlag(FLAGS_shutdown_timeout) < 0) {
     return absl::InvalidArgumentError("--shutdown-timeout must be >= 0");
   }
@@ -172,15 +186,13 @@ absl::Status Run() {
                std::string(tmpl->name()));
 
   scheduler::EngineInstanceConfig ic;
-  ic.cpu.threads = threads;
-  ic.cpu.isa = isa;
+  ic.backend = backend;
   ic.scheduler.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
   ic.scheduler.max_batch_tokens = absl::GetFlag(FLAGS_max_num_batched_tokens);
   ic.scheduler.policy = policy;
   ic.scheduler.budget_margin = absl::GetFlag(FLAGS_slo_budget_margin);
   ic.scheduler.best_effort_aging =
       absl::Microseconds(absl::GetFlag(FLAGS_best_effort_aging_ms) * 1000);
-  ic.cpu.spin_us = absl::GetFlag(FLAGS_spin_us);
   ic.admission = admission;
   ic.profile = absl::GetFlag(FLAGS_profile_latency);
   ic.latency_profile = absl::GetFlag(FLAGS_latency_profile);
@@ -217,32 +229,94 @@ absl::Status Run() {
     }
   };
   TANDEM_RETURN_IF_ERROR(ic.Validate());
-  spdlog::info("[2/3] loading weights onto the CPU backend ({} threads)...", threads);
-  TANDEM_ASSIGN_OR_RETURN(auto engine, scheduler::EngineInstance::Create(ic, *file));
+  const std::string disaggregation = absl::GetFlag(FLAGS_disaggregation);
+  if (disaggregation != "on" && disaggregation != "off") {
+    return absl::InvalidArgumentError("--disaggregation must be on or off");
+  }
+  std::unique_ptr<scheduler::Engine> engine;
+  std::vector<scheduler::EngineInstance*> instances;
+  if (disaggregation == "on") {
+    if (threads < 2) {
+      return absl::InvalidArgumentError(
+          "--disaggregation=on needs --threads >= 2: one core or more for each of prefill and "
+          "decode");
+    }
+    // Disjoint, pinned halves of the cores: prefill the first, decode the rest.
+    scheduler::DisaggregatedEngineConfig dc;
+    dc.prefill = ic;
+    dc.decode = ic;
+    const int prefill_threads = threads / 2;
+    dc.prefill.backend.cpu.threads = prefill_threads;
+    dc.decode.backend.cpu.threads = threads - prefill_threads;
+    dc.prefill.backend.cpu.cpus.clear();
+    dc.decode.backend.cpu.cpus.clear();
+    // The cores this process may run on, in order (a container's cpuset may skip some).
+    std::vector<int> allowed;
+    {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      if (sched_getaffinity(0, sizeof(set), &set) != 0) {
+        return absl::InternalError("sched_getaffinity failed");
+      }
+      for (int c = 0; c < CPU_SETSIZE; ++c) {
+        if (CPU_ISSET(c, &set)) allowed.push_back(c);
+      }
+    }
+    if (static_cast<int>(allowed.size()) < threads) {
+      return absl::InvalidArgumentError(StrCat("--threads ", threads, " but this process may run on ",
+                                               allowed.size(), " cores"));
+    }
+    for (int i = 0; i < threads; ++i) {
+      (i < prefill_threads ? dc.prefill : dc.decode).backend.cpu.cpus.push_back(allowed[i]);
+    }
+    if (!ic.latency_profile.empty()) {
+      dc.prefill.latency_profile = ic.latency_profile + ".prefill";
+      dc.decode.latency_profile = ic.latency_profile + ".decode";
+    }
+    spdlog::info("[2/3] disaggregated: prefill on {} core(s) from cpu {}, decode on {} from cpu "
+                 "{}; loading the weights once for both...",
+                 prefill_threads, allowed[0], threads - prefill_threads,
+                 allowed[prefill_threads]);
+    TANDEM_ASSIGN_OR_RETURN(auto pair, scheduler::DisaggregatedEngine::Create(dc, *file));
+    instances = {&pair->prefill(), &pair->decode()};
+    engine = std::move(pair);
+  } else {
+    spdlog::info("[2/3] loading weights onto the CPU backend ({} threads)...", threads);
+    TANDEM_ASSIGN_OR_RETURN(auto one, scheduler::EngineInstance::Create(ic, *file));
+    instances = {one.get()};
+    engine = std::move(one);
+  }
   const model::ModelConfig& mc = engine->model_config();
-  {
-    const scheduler::LatencyModel lm = engine->latency_model();
+  for (scheduler::EngineInstance* inst : instances) {
+    const scheduler::LatencyModel lm = inst->latency_model();
     if (lm.fitted()) {
       const auto& c = lm.coefficients();
       spdlog::info(
-          "[2/3] latency model ({}{}): step {:.2f} ms + {:.3f} ms/prefill token + {:.2e} "
+          "[2/3] {} latency model ({}{}): step {:.2f} ms + {:.3f} ms/prefill token + {:.2e} "
           "ms/attention pair + {:.3f} ms/decode seq + {:.2e} ms/context token; fit error "
           "{:.1f}% (median)",
-          engine->latency_source(),
-          ic.latency_profile.empty() ? "" : StrCat(" ", ic.latency_profile), c[0] * 1e3,
-          c[1] * 1e3, c[2] * 1e3, c[3] * 1e3, c[4] * 1e3, lm.fit_error() * 100);
+          inst->config().name, inst->latency_source(),
+          inst->config().latency_profile.empty() ? ""
+                                                 : StrCat(" ", inst->config().latency_profile),
+          c[0] * 1e3, c[1] * 1e3, c[2] * 1e3, c[3] * 1e3, c[4] * 1e3, lm.fit_error() * 100);
     } else {
       spdlog::warn("[2/3] no latency model (--profile-latency=false): SLO admission admits "
                    "everything and steps have no time budget");
     }
+  }
+  {
     spdlog::info("[2/3] SLOs: admission {}, policy {}, default TTFT {} ms, TPOT {} ms",
                  scheduler::AdmissionModeName(admission),
                  absl::GetFlag(FLAGS_scheduling_policy), absl::GetFlag(FLAGS_ttft_slo_ms),
                  absl::GetFlag(FLAGS_tpot_slo_ms));
   }
-  spdlog::info("[2/3] {}: {} layers, hidden {}, context {}; backend {}; KV cache {} tokens ({})",
-               mc.architecture, mc.n_layers, mc.hidden, mc.context_length, engine->device_name(),
-               engine->kv_capacity_tokens(), std::string(kvcache::KvDTypeName(kv_dtype)));
+  for (scheduler::EngineInstance* inst : instances) {
+    spdlog::info("[2/3] {} instance: {}: {} layers, hidden {}, context {}; backend {}; KV cache "
+                 "{} tokens ({})",
+                 inst->config().name, mc.architecture, mc.n_layers, mc.hidden, mc.context_length,
+                 inst->device_name(), inst->kv_capacity_tokens(),
+                 std::string(kvcache::KvDTypeName(kv_dtype)));
+  }
   file.reset();
 
   std::string name = absl::GetFlag(FLAGS_served_model_name);

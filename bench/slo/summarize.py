@@ -9,7 +9,9 @@ import re
 import sys
 
 NAMES = {"fcfs": "tandemd fcfs (before SLOs)", "off": "tandemd admission off",
-         "reject": "tandemd reject (default)", "queue": "tandemd queue", "llama": "llama-server"}
+         "reject": "tandemd reject (default)", "queue": "tandemd queue",
+         "disagg": "tandemd reject, disaggregated", "disagg-off": "tandemd off, disaggregated",
+         "llama": "llama-server"}
 
 
 def histogram_quantile(text, name, q):

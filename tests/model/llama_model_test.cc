@@ -351,6 +351,73 @@ TEST(LlamaModelTest, Int8KvStaysCloseToFloatKv) {
   EXPECT_GT(int8_err, 0.0);  // int8 really quantizes
 }
 
+TEST(LlamaModelTest, LayerHookRunsAfterEachLayersKvAppendAndChangesNothing) {
+  testing::TestModelSpec spec;
+  spec.n_layers = 3;
+  Harness h = Harness::Make(spec, "layer_hook", KvDType::kF32);
+  const int n_layers = h.model->config().n_layers;
+  const kernels::KvCacheView& view = h.cache->view();
+  const std::vector<int32_t> prompt = RandomTokens(9, h.vocab(), 21);
+  kvcache::BlockTable table(view.block_size);
+  ASSERT_TRUE(table.Reserve(h.cache->pool(), prompt.size()).ok());
+  BatchBuilder bb(h.model->max_blocks_per_seq());
+  bb.AddSequence(table, prompt, 0, true);
+  const StepBatch& batch = bb.batch();
+
+  // K of the batch's tokens starts as a value no projection produces, so "written" is
+  // "differs from the sentinel" for every element of every KV head.
+  constexpr float kSentinel = -12345.0f;
+  const size_t k_elems = static_cast<size_t>(view.n_layers) * view.n_blocks * view.n_kv_heads *
+                         view.block_size * view.head_dim;
+  auto fill_sentinel = [&] { std::fill_n(static_cast<float*>(view.k), k_elems, kSentinel); };
+  // How many K elements of `layer` at the batch's slots still hold the sentinel.
+  auto unwritten = [&](int layer) {
+    int count = 0;
+    for (size_t pos = 0; pos < prompt.size(); ++pos) {
+      const size_t block = table.blocks()[pos / view.block_size];
+      const size_t offset = pos % view.block_size;
+      for (int head = 0; head < view.n_kv_heads; ++head) {
+        // K is [n_layers, n_blocks, n_kv_heads, block_size, head_dim].
+        const size_t row =
+            ((layer * view.n_blocks + block) * view.n_kv_heads + head) * view.block_size + offset;
+        const float* k = static_cast<const float*>(view.k) + row * view.head_dim;
+        count += std::count(k, k + view.head_dim, kSentinel);
+      }
+    }
+    return count;
+  };
+  const int per_layer = static_cast<int>(prompt.size()) * view.n_kv_heads * view.head_dim;
+
+  fill_sentinel();
+  std::vector<int> calls;
+  std::vector<float> with_hook(h.vocab());
+  const LlamaModel::LayerHook hook = [&](int layer) {
+    calls.push_back(layer);
+    EXPECT_EQ(unwritten(layer), 0) << "layer " << layer << "'s K is not in the cache yet";
+    for (int later = layer + 1; later < n_layers; ++later) {
+      EXPECT_EQ(unwritten(later), per_layer) << "layer " << later << " ran before hook " << layer;
+    }
+  };
+  ASSERT_TRUE(h.model->Forward(batch, view, with_hook.data(), hook).ok());
+  std::vector<int> want(n_layers);
+  std::iota(want.begin(), want.end(), 0);
+  EXPECT_EQ(calls, want);
+
+  fill_sentinel();
+  std::vector<float> without_hook(h.vocab());
+  ASSERT_TRUE(h.model->Forward(batch, view, without_hook.data()).ok());
+  for (int layer = 0; layer < n_layers; ++layer) EXPECT_EQ(unwritten(layer), 0);
+  EXPECT_EQ(with_hook, without_hook);  // bit for bit
+
+  // A rejected batch runs nothing, so calls no hook either.
+  StepBatch bad = batch;
+  bad.tokens[0] = -1;
+  calls.clear();
+  EXPECT_FALSE(h.model->Forward(bad, view, with_hook.data(), hook).ok());
+  EXPECT_TRUE(calls.empty());
+  table.Release(h.cache->pool());
+}
+
 TEST(LlamaModelTest, BadBatchesAreRejectedWithoutRunning) {
   testing::TestModelSpec spec;
   Harness h = Harness::Make(spec, "badbatch");

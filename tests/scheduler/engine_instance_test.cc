@@ -1,15 +1,22 @@
 #include "scheduler/engine_instance.h"
 
+#include <unistd.h>
+
+#include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <memory>
 #include <mutex>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/retry_after.h"
 #include "gtest/gtest.h"
 #include "model/gguf_file.h"
+#include "scheduler/disaggregated_engine.h"
 #include "tests/support/test_model.h"
 
 namespace tandem::scheduler {
@@ -81,18 +88,20 @@ class EngineInstanceTest : public ::testing::Test {
     // choices are not near-ties.
     spec.weight_std = 0.2f;
     spec.embd_std = 0.5f;
-    path_ = new std::string(absl::StrCat(::testing::TempDir(), "/engine_instance_test.gguf"));
+    // One file per process: ctest runs each test as a process of its own, several at once.
+    path_ = new std::string(
+        absl::StrCat(::testing::TempDir(), "/engine_instance_test.", getpid(), ".gguf"));
     ASSERT_TRUE(testing::WriteTestModel(spec, *path_).ok());
   }
-  static void TearDownTestSuite() { delete path_; }
+  static void TearDownTestSuite() {
+    std::remove(path_->c_str());
+    delete path_;
+  }
 
-  std::unique_ptr<EngineInstance> MakeInstance(int max_num_seqs, int max_batch_tokens,
-                                               size_t kv_blocks, int max_queue = 1024,
-                                               std::vector<int>* progress = nullptr) {
-    auto file = model::GgufFile::Open(*path_);
-    EXPECT_TRUE(file.ok()) << file.status();
+  static EngineInstanceConfig Config(int max_num_seqs, int max_batch_tokens, size_t kv_blocks,
+                                     int max_queue = 1024) {
     EngineInstanceConfig c;
-    c.cpu.threads = 1;
+    c.backend.cpu.threads = 1;
     c.scheduler.max_num_seqs = max_num_seqs;
     c.scheduler.max_batch_tokens = max_batch_tokens;
     c.block_size = 4;
@@ -100,6 +109,15 @@ class EngineInstanceTest : public ::testing::Test {
     c.eos_token_id = 2;
     // Size the cache in blocks: bytes per block = layers * 2 (K,V) * kv_heads * block * dim * 2.
     c.kv_cache_bytes = kv_blocks * 2 * 2 * 2 * 4 * 16 * 2;
+    return c;
+  }
+
+  std::unique_ptr<EngineInstance> MakeInstance(int max_num_seqs, int max_batch_tokens,
+                                               size_t kv_blocks, int max_queue = 1024,
+                                               std::vector<int>* progress = nullptr) {
+    auto file = model::GgufFile::Open(*path_);
+    EXPECT_TRUE(file.ok()) << file.status();
+    EngineInstanceConfig c = Config(max_num_seqs, max_batch_tokens, kv_blocks, max_queue);
     if (progress) {
       c.load_progress = [progress](int done, int total) {
         EXPECT_EQ(total, 2);
@@ -273,6 +291,146 @@ TEST_F(EngineInstanceTest, QueueFullAndStopFailsTheRest) {
   }
   EXPECT_EQ(inst->Submit(Request({3}, 1, std::make_shared<RecordingSink>())).code(),
             absl::StatusCode::kUnavailable);
+}
+
+// Prefill on one instance, decode on another: the KV and the sequence (sampler state
+// included) move between them, and every output is what one colocated instance produces.
+TEST_F(EngineInstanceTest, DisaggregatedPairMatchesColocated) {
+  const auto prompts = Prompts(10, 5);
+  auto colocated = MakeInstance(4, 32, 256);
+  auto file = model::GgufFile::Open(*path_);
+  ASSERT_TRUE(file.ok());
+  for (const bool repage : {false, true}) {
+    DisaggregatedEngineConfig dc;
+    dc.prefill = Config(4, 32, 256);
+    dc.decode = Config(6, 32, 256);
+    // Block sizes differ both ways: the decode side re-pages on import.
+    if (repage) dc.decode.block_size = 8;
+    auto disagg = DisaggregatedEngine::Create(dc, **file);
+    ASSERT_TRUE(disagg.ok()) << disagg.status();
+    for (const bool sampled : {false, true}) {
+      std::vector<std::shared_ptr<RecordingSink>> want, got;
+      for (size_t i = 0; i < prompts.size(); ++i) {
+        auto request = [&](std::shared_ptr<RecordingSink> sink) {
+          SequenceRequest r = Request(prompts[i], 12, sink);
+          if (sampled) {
+            r.sampling.temperature = 0.9f;
+            r.sampling.has_seed = true;
+            r.sampling.seed = 100 + i;
+          }
+          return r;
+        };
+        want.push_back(std::make_shared<RecordingSink>());
+        ASSERT_TRUE(colocated->Submit(request(want.back())).ok());
+        got.push_back(std::make_shared<RecordingSink>());
+        ASSERT_TRUE((*disagg)->Submit({request(got.back())}).ok());
+      }
+      for (size_t i = 0; i < prompts.size(); ++i) {
+        want[i]->Wait();
+        got[i]->Wait();
+        EXPECT_EQ(got[i]->end(), SequenceEnd::kLength) << got[i]->status();
+        EXPECT_EQ(got[i]->tokens(), want[i]->tokens())
+            << "prompt " << i << (sampled ? " sampled" : " greedy")
+            << (repage ? ", decode blocks of 8" : "");
+      }
+    }
+    const HandoverStats hs = (*disagg)->handover_stats();
+    EXPECT_EQ(hs.sequences, 2 * prompts.size());
+    EXPECT_GT(hs.bytes, 0u);
+    // Both caches are whole again, and the prefill instance ran no decode token.
+    const InstanceStats p = (*disagg)->prefill().stats(), d = (*disagg)->decode().stats();
+    EXPECT_EQ(p.kv_blocks_free, p.kv_blocks_total);
+    EXPECT_EQ(d.kv_blocks_free, d.kv_blocks_total);
+    EXPECT_EQ(p.decode_tokens, 0u);
+    EXPECT_EQ(d.prefill_tokens, 0u);
+    EXPECT_EQ((*disagg)->stats().running, 0);
+  }
+}
+
+// A sequence that ends at its first token never moves; one cancelled on the decode side frees
+// its blocks there; a stopped pair fails what it holds.
+TEST_F(EngineInstanceTest, DisaggregatedPairEndsSequencesOnEitherSide) {
+  auto file = model::GgufFile::Open(*path_);
+  ASSERT_TRUE(file.ok());
+  DisaggregatedEngineConfig dc;
+  dc.prefill = Config(4, 32, 256);
+  dc.decode = Config(4, 32, 256);
+  auto disagg = DisaggregatedEngine::Create(dc, **file);
+  ASSERT_TRUE(disagg.ok()) << disagg.status();
+  auto one = std::make_shared<RecordingSink>();
+  ASSERT_TRUE((*disagg)->Submit({Request({5, 6, 7}, 1, one)}).ok());
+  one->Wait();
+  EXPECT_EQ(one->end(), SequenceEnd::kLength);
+  EXPECT_EQ(one->tokens().size(), 1u);
+  EXPECT_EQ((*disagg)->handover_stats().sequences, 0u);
+
+  auto cancel = std::make_shared<RecordingSink>(/*cancel_after=*/3);
+  ASSERT_TRUE((*disagg)->Submit({Request({5, 6, 7, 8}, 200, cancel)}).ok());
+  cancel->Wait();
+  EXPECT_EQ(cancel->end(), SequenceEnd::kCancelled);
+  EXPECT_EQ((*disagg)->handover_stats().sequences, 1u);
+
+  auto held = std::make_shared<RecordingSink>();
+  ASSERT_TRUE((*disagg)->Submit({Request({9, 10, 11}, 200, held)}).ok());
+  (*disagg)->Stop();
+  held->Wait();
+  EXPECT_EQ(held->end(), SequenceEnd::kFailed);
+  EXPECT_TRUE(absl::IsUnavailable(held->status())) << held->status();
+  const InstanceStats p = (*disagg)->prefill().stats(), d = (*disagg)->decode().stats();
+  EXPECT_EQ(p.kv_blocks_free, p.kv_blocks_total);
+  EXPECT_EQ(d.kv_blocks_free, d.kv_blocks_total);
+  EXPECT_FALSE((*disagg)->Submit({Request({1, 2}, 2, std::make_shared<RecordingSink>())}).ok());
+}
+
+// A sink that holds the engine thread for a while at every token: the decode instance then
+// stays busy with one sequence long enough for a test to look at what waits behind it.
+class SlowSink : public RecordingSink {
+ public:
+  void OnToken(const model::SampleResult& r) override {
+    RecordingSink::OnToken(r);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+};
+
+// While prefilled sequences wait for room on the decode instance, a new SLO request would
+// only queue behind them: it gets a 429 (reason tpot, with a retry-after) at once. Best-effort
+// requests are still taken.
+TEST_F(EngineInstanceTest, DisaggregatedPairRefusesSloWorkWhileArrivalsWait) {
+  auto file = model::GgufFile::Open(*path_);
+  ASSERT_TRUE(file.ok());
+  DisaggregatedEngineConfig dc;
+  dc.prefill = Config(4, 32, 256);
+  dc.decode = Config(1, 32, 256);  // one sequence decodes at a time
+  auto disagg = DisaggregatedEngine::Create(dc, **file);
+  ASSERT_TRUE(disagg.ok()) << disagg.status();
+  auto first = std::make_shared<SlowSink>(), second = std::make_shared<SlowSink>();
+  ASSERT_TRUE((*disagg)->Submit({Request({5, 6, 7}, 200, first)}).ok());
+  ASSERT_TRUE((*disagg)->Submit({Request({8, 9, 10}, 200, second)}).ok());
+  for (int i = 0; i < 5000 && (*disagg)->decode().num_arrivals_waiting() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  ASSERT_EQ((*disagg)->decode().num_arrivals_waiting(), 1);
+
+  SequenceRequest slo = Request({1, 2, 3}, 4, std::make_shared<RecordingSink>());
+  slo.ttft_slo = absl::Seconds(100);
+  slo.tpot_slo = absl::Seconds(100);
+  absl::StatusOr<Admission> refused = (*disagg)->Submit({std::move(slo)});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(refused.status())) << refused.status();
+  EXPECT_EQ(RejectReasonOf(refused.status()), kRejectTpot);
+  EXPECT_EQ(RetryAfterOf(refused.status()), absl::Seconds(1));
+
+  auto best_effort = std::make_shared<RecordingSink>();
+  ASSERT_TRUE((*disagg)->Submit({Request({1, 2, 3}, 2, best_effort)}).ok());
+  first->Cancel();
+  for (auto& sink : {std::static_pointer_cast<RecordingSink>(first),
+                     std::static_pointer_cast<RecordingSink>(second), best_effort}) {
+    sink->Cancel();
+    sink->Wait();
+  }
+  const InstanceStats p = (*disagg)->prefill().stats(), d = (*disagg)->decode().stats();
+  EXPECT_EQ(p.kv_blocks_free, p.kv_blocks_total);
+  EXPECT_EQ(d.kv_blocks_free, d.kv_blocks_total);
 }
 
 }  // namespace

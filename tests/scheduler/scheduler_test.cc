@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "kvcache/block_pool.h"
+#include "tests/scheduler/test_kv.h"
 
 namespace tandem::scheduler {
 namespace {
@@ -77,8 +77,8 @@ TEST(SchedulerConfigTest, RejectsBudgetBelowSeqs) {
 }
 
 TEST_P(SchedulerTest, ChunkedPrefillWithinTokenBudget) {
-  kvcache::BlockPool pool(1000);
-  Scheduler s(Config(8, 64), pool);
+  TestKv pool(1000, kBlock);
+  Scheduler s(Config(8, 64), *pool);
   Sequence* a = nullptr;
   Sequence* b = nullptr;
   {
@@ -121,8 +121,8 @@ TEST_P(SchedulerTest, ChunkedPrefillWithinTokenBudget) {
 }
 
 TEST_P(SchedulerTest, DecodeTokensComeBeforePrefillChunks) {
-  kvcache::BlockPool pool(1000);
-  Scheduler s(Config(8, 8), pool);
+  TestKv pool(1000, kBlock);
+  Scheduler s(Config(8, 8), *pool);
   s.Add(MakeSeq(1, 4));
   RunStep(s, Schedule(s));  // seq 1 prefilled, now decoding
   s.Add(MakeSeq(2, 30));
@@ -138,8 +138,8 @@ TEST_P(SchedulerTest, DecodeTokensComeBeforePrefillChunks) {
 }
 
 TEST_P(SchedulerTest, MaxNumSeqsBoundsRunning) {
-  kvcache::BlockPool pool(1000);
-  Scheduler s(Config(2, 64), pool);
+  TestKv pool(1000, kBlock);
+  Scheduler s(Config(2, 64), *pool);
   for (int i = 0; i < 5; ++i) s.Add(MakeSeq(i, 3));
   SchedulerOutput o = Schedule(s);
   EXPECT_EQ(o.chunks.size(), 2u);
@@ -156,12 +156,12 @@ TEST_P(SchedulerTest, MaxNumSeqsBoundsRunning) {
 TEST_P(SchedulerTest, PreemptsNewestWhenKvRunsOutAndRecomputesLater) {
   // 6 blocks of 4 tokens. Two sequences of 8 prompt tokens take 4 blocks; decoding then
   // needs new blocks every 4 tokens.
-  kvcache::BlockPool pool(6);
-  Scheduler s(Config(4, 32), pool);
+  TestKv pool(6, kBlock);
+  Scheduler s(Config(4, 32), *pool);
   s.Add(MakeSeq(1, 8));
   s.Add(MakeSeq(2, 8));
   RunStep(s, Schedule(s));
-  EXPECT_EQ(pool.num_free(), 2);
+  EXPECT_EQ(pool->num_free(), 2);
   // Each decode step adds a token to both; after 4 steps (positions 8..11) they need block 3
   // each: 2 free blocks suffice for positions up to 11, then position 12 needs 2 more.
   bool preempted = false;
@@ -184,7 +184,7 @@ TEST_P(SchedulerTest, PreemptsNewestWhenKvRunsOutAndRecomputesLater) {
   Sequence* one = s.All()[0];
   ASSERT_EQ(one->id, 1u);
   s.Remove(one);
-  EXPECT_EQ(pool.num_free(), 6);
+  EXPECT_EQ(pool->num_free(), 6);
   SchedulerOutput o = Schedule(s);
   ASSERT_EQ(o.chunks.size(), 1u);
   EXPECT_EQ(o.chunks[0].seq->id, 2u);
@@ -195,8 +195,8 @@ TEST_P(SchedulerTest, PreemptsNewestWhenKvRunsOutAndRecomputesLater) {
 }
 
 TEST_P(SchedulerTest, ReusedOutputIsRefilled) {
-  kvcache::BlockPool pool(6);
-  Scheduler s(Config(4, 32), pool);
+  TestKv pool(6, kBlock);
+  Scheduler s(Config(4, 32), *pool);
   s.Add(MakeSeq(1, 8));
   s.Add(MakeSeq(2, 8));
   SchedulerOutput out;
@@ -224,8 +224,8 @@ TEST_P(SchedulerTest, ReusedOutputIsRefilled) {
 }
 
 TEST_P(SchedulerTest, SequenceLargerThanTheCacheFails) {
-  kvcache::BlockPool pool(2);  // 8 tokens
-  Scheduler s(Config(4, 32), pool);
+  TestKv pool(2, kBlock);  // 8 tokens
+  Scheduler s(Config(4, 32), *pool);
   s.Add(MakeSeq(1, 6));
   RunStep(s, Schedule(s));
   RunStep(s, Schedule(s));
@@ -234,13 +234,13 @@ TEST_P(SchedulerTest, SequenceLargerThanTheCacheFails) {
   EXPECT_TRUE(o.chunks.empty());
   ASSERT_EQ(o.failed.size(), 1u);
   s.Remove(o.failed[0]);
-  EXPECT_EQ(pool.num_free(), 2);
+  EXPECT_EQ(pool->num_free(), 2);
   EXPECT_TRUE(s.empty());
 }
 
 TEST_P(SchedulerTest, RemoveWaitingSequence) {
-  kvcache::BlockPool pool(100);
-  Scheduler s(Config(1, 8), pool);
+  TestKv pool(100, kBlock);
+  Scheduler s(Config(1, 8), *pool);
   s.Add(MakeSeq(1, 3));
   s.Add(MakeSeq(2, 3));
   RunStep(s, Schedule(s));
@@ -253,6 +253,42 @@ TEST_P(SchedulerTest, RemoveWaitingSequence) {
   std::unique_ptr<Sequence> gone = s.Remove(all[1]);
   EXPECT_EQ(gone->id, 2u);
   EXPECT_EQ(s.num_waiting(), 0);
+}
+
+// A sequence that arrives with its prompt's KV (from a prefill instance) joins the running set
+// and runs just its first sampled token in the next step, beside the others.
+TEST_P(SchedulerTest, SequenceArrivingWithKvDecodesNext) {
+  TestKv pool(100, kBlock);
+  Scheduler s(Config(2, 64), *pool);
+  s.Add(MakeSeq(1, 5));
+  RunStep(s, Schedule(s));  // 1 prefilled, its first token appended
+  auto arrived = MakeSeq(2, 9, 10);
+  // What the decode side's import leaves: blocks for the prompt plus the next token, the
+  // prompt's KV in them, the first token sampled elsewhere appended.
+  ASSERT_TRUE(pool->Append(arrived->table, 10).ok());
+  arrived->table.SetNumTokens(9);
+  arrived->num_computed = 9;
+  arrived->tokens.push_back(7);
+  arrived->scheduled_step = 1;  // stamps from the prefill side's scheduler must not matter
+  ASSERT_TRUE(s.CanAddRunning());
+  s.AddRunning(std::move(arrived));
+  EXPECT_EQ(s.num_running(), 2);
+  EXPECT_FALSE(s.CanAddRunning());  // max_num_seqs 2
+  const SchedulerOutput o = Schedule(s);
+  ASSERT_EQ(o.chunks.size(), 2u);
+  EXPECT_EQ(o.num_decode, 2);
+  bool saw = false;
+  for (const ScheduledChunk& c : o.chunks) {
+    if (c.seq->id != 2) continue;
+    saw = true;
+    EXPECT_EQ(c.start, 9);
+    EXPECT_EQ(c.num_tokens, 1);
+    EXPECT_TRUE(c.want_logits);
+  }
+  EXPECT_TRUE(saw);
+  RunStep(s, o);
+  for (Sequence* q : s.All()) s.Remove(q);
+  EXPECT_EQ(pool->num_free(), 100);
 }
 
 }  // namespace

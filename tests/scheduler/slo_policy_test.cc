@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "kvcache/block_pool.h"
+#include "tests/scheduler/test_kv.h"
 #include "scheduler/latency_model.h"
 #include "scheduler/scheduler.h"
 
@@ -50,7 +50,7 @@ std::unique_ptr<Sequence> MakeSeq(uint64_t id, const SeqSpec& spec) {
 class Sim {
  public:
   explicit Sim(SchedulerConfig config, int blocks = 4096)
-      : pool_(blocks), model_(Scripted()), sched_(config, pool_) {
+      : pool_(blocks, kBlock), model_(Scripted()), sched_(config, *pool_) {
     sched_.set_latency_model(&model_);
   }
 
@@ -98,7 +98,7 @@ class Sim {
   std::map<uint64_t, std::vector<absl::Time>>& tokens() { return tokens_; }
 
  private:
-  kvcache::BlockPool pool_;
+  TestKv pool_;
   LatencyModel model_;
   Scheduler sched_;
   SchedulerOutput out_;
@@ -323,6 +323,27 @@ TEST(SloPolicyTest, CollectExpiredFindsHopelessWaitingRequests) {
   sim.scheduler().CollectExpired(sim.now() + absl::Milliseconds(100), &expired);
   EXPECT_EQ(expired, (std::vector<Sequence*>{a, b}));
   (void)c;
+}
+
+TEST(SloPolicyTest, ArrivalWithKvJoinsOnlyWithinTheTightestTpot) {
+  // TPOT 25 ms at margin 0.5: steps of at most 12.5 ms, i.e. 7.8125 + 1.953125 n holds two
+  // decoding sequences, not three. An arrival (prompt KV computed elsewhere) is held to the
+  // same rule as a new sequence; alone it always joins.
+  Sim sim(Config(8, 512));
+  auto arrival = MakeSeq(9, {.prompt = 4, .max_tokens = 10, .tpot = absl::Milliseconds(25)});
+  arrival->tokens.push_back(7);
+  EXPECT_TRUE(sim.scheduler().CanAddRunning(*arrival));  // nothing running
+  sim.Add(1, {.prompt = 4, .max_tokens = 100, .tpot = absl::Milliseconds(25)});
+  sim.Step();
+  EXPECT_TRUE(sim.scheduler().CanAddRunning(*arrival));  // 2 decoding: 11.7 ms
+  sim.Add(2, {.prompt = 4, .max_tokens = 100, .tpot = absl::Milliseconds(25)});
+  sim.Step();
+  ASSERT_EQ(sim.scheduler().num_running(), 2);
+  EXPECT_FALSE(sim.scheduler().CanAddRunning(*arrival));  // 3 decoding: 13.7 ms
+  // A looser arrival still may not push the running ones past their 25 ms.
+  auto loose = MakeSeq(10, {.prompt = 4, .max_tokens = 10, .tpot = absl::Seconds(1)});
+  loose->tokens.push_back(7);
+  EXPECT_FALSE(sim.scheduler().CanAddRunning(*loose));
 }
 
 }  // namespace

@@ -1,5 +1,8 @@
 #include "server/engine_frontend.h"
 
+#include <unistd.h>
+
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -73,6 +76,10 @@ Collected Drain(GenerationStream& s, int choices) {
 
 class EngineFrontendTest : public ::testing::Test {
  protected:
+  // The engine has its weights in memory once started; the file is only this process's.
+  void TearDown() override {
+    if (!path_.empty()) std::remove(path_.c_str());
+  }
   void SetUp() override { Start(scheduler::AdmissionMode::kReject, 0, 0); }
 
   // Default SLOs 0: requests are best-effort unless they name SLOs, so tests of other things
@@ -84,14 +91,15 @@ class EngineFrontendTest : public ::testing::Test {
     spec.weight_std = 0.2f;
     spec.embd_std = 0.5f;
     spec.context_length = 4096;
-    path_ = absl::StrCat(::testing::TempDir(), "/engine_frontend_test.gguf");
+    // One file per process: ctest runs each test as a process of its own, several at once.
+    path_ = absl::StrCat(::testing::TempDir(), "/engine_frontend_test.", getpid(), ".gguf");
     ASSERT_TRUE(testing::WriteTestModel(spec, path_).ok());
     auto file = model::GgufFile::Open(path_);
     ASSERT_TRUE(file.ok()) << file.status();
     auto tok = model::Tokenizer::FromGguf(**file);
     ASSERT_TRUE(tok.ok()) << tok.status();
     scheduler::EngineInstanceConfig ic;
-    ic.cpu.threads = 1;
+    ic.backend.cpu.threads = 1;
     ic.scheduler.max_num_seqs = 8;
     ic.scheduler.max_batch_tokens = 64;
     ic.block_size = 4;

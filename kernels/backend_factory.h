@@ -1,0 +1,29 @@
+// CreateBackend: the one place a device name becomes a kernels::Backend, so the model runner
+// and the tools never name a backend class. "cpu" is always built; "cuda:N" only in a build with
+// the CUDA backend (an Unimplemented error says so otherwise).
+//
+// Thread safety: any thread; each call makes a new backend.
+#ifndef TANDEM_KERNELS_BACKEND_FACTORY_H_
+#define TANDEM_KERNELS_BACKEND_FACTORY_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
+
+namespace tandem::kernels {
+
+struct BackendConfig {
+  std::string device = "cpu";  // "cpu" or "cuda:N"
+  cpu::CpuBackendConfig cpu;   // device "cpu": threads, pinned cores, ISA
+
+  absl::Status Validate() const;
+};
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendConfig& config);
+
+}  // namespace tandem::kernels
+
+#endif  // TANDEM_KERNELS_BACKEND_FACTORY_H_

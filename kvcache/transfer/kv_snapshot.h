@@ -1,0 +1,52 @@
+// KvSnapshot: a host copy of one sequence's KV, positions [0, n_tokens) of every layer, taken
+// from one instance's cache and written into another's. It is the payload of a KV handover:
+// the in-process handover keeps it in memory between the prefill and the decode engine
+// threads; the shared-memory and TCP transports (not built yet) will frame the same bytes.
+//
+// Layout: the source's dtype, as one block of n_tokens positions per layer
+// ([n_layers, n_kv_heads, n_tokens, head_dim] for K and for V, plus the int8 scale/zero
+// pairs), so taking it is one run of memcpys and writing it re-pages and converts to the
+// destination's block size and dtype (kvcache/kv_copy.h).
+//
+// Thread safety: a value. Take reads the source cache (its owner's engine thread, or while
+// that thread is known not to write those blocks); WriteTo likewise for the destination.
+#ifndef TANDEM_KVCACHE_TRANSFER_KV_SNAPSHOT_H_
+#define TANDEM_KVCACHE_TRANSFER_KV_SNAPSHOT_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "kvcache/block_table.h"
+#include "kvcache/kv_manager.h"
+
+namespace tandem::kvcache {
+
+class KvSnapshot {
+ public:
+  // Copies positions [0, n_tokens) of `table` in `src`. InvalidArgument when the table holds
+  // fewer positions or n_tokens < 1.
+  static absl::StatusOr<std::unique_ptr<KvSnapshot>> Take(const KvManager& src,
+                                                          const BlockTable& table, int n_tokens);
+  // Writes every position into `table` of `dst` (which must hold n_tokens positions; heads and
+  // head size must match the source's: InvalidArgument otherwise, nothing written then).
+  absl::Status WriteTo(const KvManager& dst, const BlockTable& table) const;
+
+  int n_tokens() const { return view_.block_size; }
+  kernels::KvDType dtype() const { return view_.dtype; }
+  size_t bytes() const { return k_.size() + v_.size() + 4 * (ks_.size() + vs_.size()); }
+
+ private:
+  KvSnapshot() : table_(1) {}
+
+  kernels::KvCacheView view_;  // one block of n_tokens positions over the arrays below
+  BlockTable table_;           // that block, id 0
+  std::vector<uint8_t> k_, v_;
+  std::vector<float> ks_, vs_;  // int8 only
+};
+
+}  // namespace tandem::kvcache
+
+#endif  // TANDEM_KVCACHE_TRANSFER_KV_SNAPSHOT_H_

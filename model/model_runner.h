@@ -1,0 +1,102 @@
+// ModelRunner: the device side of one engine instance: a backend made by the factory, the
+// model on it (weights loaded, or shared with other instances on the same kind of device),
+// and the KV storage behind a kvcache::KvManager. It runs steps and samples their rows; it
+// knows no requests: chunks come in as block tables and token spans, results go out as logits
+// and SampleResults.
+//
+// A step is: BeginStep, AddChunk per chunk (returns the chunk's logit row or -1), Execute
+// (Model::Forward, with an optional per-layer hook), then Sample over the rows that want a
+// token, spread over the backend's threads (HostParallelFor) rather than one by one.
+//
+// Thread safety: one thread drives a runner (its instance's engine thread), except that
+// Sample calls each job's sampler from the backend's threads, one job per thread at a time.
+// Must not: know about sequences' lifetimes, SLOs or sinks.
+#ifndef TANDEM_MODEL_MODEL_RUNNER_H_
+#define TANDEM_MODEL_MODEL_RUNNER_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "kernels/backend_factory.h"
+#include "kvcache/block_table.h"
+#include "kvcache/kv_manager.h"
+#include "model/batch_builder.h"
+#include "model/gguf_file.h"
+#include "model/llama_model.h"
+#include "model/sampler.h"
+
+namespace tandem::model {
+
+struct ModelRunnerConfig {
+  kernels::BackendConfig backend;
+  ModelOptions model;  // batch limits and the KV block size; load_progress when loading
+  kernels::KvDType kv_dtype = kernels::KvDType::kF16;
+  size_t kv_cache_bytes = size_t{1} << 30;
+
+  absl::Status Validate() const;
+};
+
+// One row to sample: `sampler` draws from logits row `row` of the last Execute.
+struct SampleJob {
+  Sampler* sampler = nullptr;
+  int row = -1;
+  SampleResult result;  // filled by Sample
+};
+
+class ModelRunner {
+ public:
+  // Loads the weights from `file` (which may be closed afterwards) onto a new backend.
+  static absl::StatusOr<std::unique_ptr<ModelRunner>> Create(const ModelRunnerConfig& config,
+                                                             const GgufFile& file);
+  // Uses weights another runner loaded (same kind of device; FailedPrecondition otherwise).
+  static absl::StatusOr<std::unique_ptr<ModelRunner>> Create(
+      const ModelRunnerConfig& config, std::shared_ptr<const LlamaWeights> weights);
+  ~ModelRunner();
+  ModelRunner(const ModelRunner&) = delete;
+  ModelRunner& operator=(const ModelRunner&) = delete;
+
+  const ModelRunnerConfig& config() const { return config_; }
+  const ModelConfig& model_config() const { return model_->config(); }
+  std::shared_ptr<const LlamaWeights> weights() const { return model_->weights(); }
+  kernels::Backend& backend() { return *backend_; }
+  kvcache::KvManager& kv() { return *kv_; }
+  const kvcache::KvManager& kv() const { return *kv_; }
+
+  // The step's verbs.
+  void BeginStep();
+  // Adds `tokens` at positions start.. of the sequence whose KV lives in `table` (blocks
+  // reserved for them already). Returns the chunk's row in the logits, or -1 without
+  // want_logits.
+  int AddChunk(const kvcache::BlockTable& table, std::span<const int32_t> tokens, int start,
+               bool want_logits);
+  int num_chunks() const { return num_chunks_; }
+  absl::Status Execute(const LlamaModel::LayerHook& on_layer_kv = nullptr);
+  // [vocab] logits of `row` of the last Execute.
+  const float* logits(int row) const;
+  // Samples every job's row; jobs are independent (each its own sampler).
+  void Sample(std::span<SampleJob> jobs);
+
+ private:
+  explicit ModelRunner(const ModelRunnerConfig& config) : config_(config) {}
+  static absl::StatusOr<std::unique_ptr<ModelRunner>> Finish(std::unique_ptr<ModelRunner> r);
+
+  // Constant after construction.
+  const ModelRunnerConfig config_;
+  std::unique_ptr<kernels::Backend> backend_;
+  std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<kvcache::KvManager> kv_;
+
+  // Engine thread only.
+  std::unique_ptr<BatchBuilder> builder_;
+  int num_chunks_ = 0;
+  std::vector<float> logits_;  // [max_logit_rows, vocab]
+};
+
+}  // namespace tandem::model
+
+#endif  // TANDEM_MODEL_MODEL_RUNNER_H_

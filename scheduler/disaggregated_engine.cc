@@ -1,0 +1,119 @@
+#include "scheduler/disaggregated_engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <utility>
+
+#include "common/check.h"
+#include "common/retry_after.h"
+#include "common/str_cat.h"
+
+namespace tandem::scheduler {
+
+absl::StatusOr<std::unique_ptr<DisaggregatedEngine>> DisaggregatedEngine::Create(
+    const DisaggregatedEngineConfig& config, const model::GgufFile& file) {
+  std::unique_ptr<DisaggregatedEngine> e(new DisaggregatedEngine());
+  EngineInstanceConfig pc = config.prefill;
+  pc.role = InstanceRole::kPrefill;
+  pc.name = "prefill";
+  pc.handoff = e.get();
+  EngineInstanceConfig dc = config.decode;
+  dc.role = InstanceRole::kDecode;
+  dc.name = "decode";
+  dc.handoff = nullptr;
+  // The decode instance loads the weights (it is created first, see decode_); the prefill
+  // instance shares them.
+  dc.load_progress = config.prefill.load_progress ? config.prefill.load_progress
+                                                  : config.decode.load_progress;
+  pc.load_progress = nullptr;
+  TANDEM_RETURN_IF_ERROR(pc.Validate());
+  TANDEM_RETURN_IF_ERROR(dc.Validate());
+  TANDEM_ASSIGN_OR_RETURN(e->decode_, EngineInstance::Create(dc, file));
+  TANDEM_ASSIGN_OR_RETURN(e->prefill_, EngineInstance::Create(pc, e->decode_->weights()));
+  return e;
+}
+
+DisaggregatedEngine::~DisaggregatedEngine() { Stop(); }
+
+absl::StatusOr<Admission> DisaggregatedEngine::Submit(std::vector<SequenceRequest> requests) {
+  // TTFT is the prefill instance's to keep: its admission decides. TPOT is the decode
+  // instance's: it takes arrivals only while its steps stay within their TPOTs, and while
+  // arrivals wait for it, a new SLO request would only join them: it is refused at once.
+  const bool slo = !requests.empty() && (requests[0].ttft_slo != absl::InfiniteDuration() ||
+                                         requests[0].tpot_slo != absl::InfiniteDuration());
+  if (slo && prefill_->config().admission != AdmissionMode::kOff) {
+    if (const int queued = decode_->num_arrivals_waiting(); queued > 0) {
+      absl::Status full = WithRetryAfter(
+          absl::ResourceExhaustedError(StrCat(
+              "the server is at capacity for this SLO: the decode instance has no room within "
+              "its TPOT SLOs (",
+              queued, " prefilled sequence(s) already wait for it); retry after 1000 ms")),
+          absl::Seconds(1));
+      full.SetPayload(kRejectReasonPayloadUrl, absl::Cord(kRejectTpot));
+      return full;
+    }
+  }
+  return prefill_->Submit(std::move(requests));
+}
+
+void DisaggregatedEngine::Stop() {
+  if (prefill_) prefill_->Stop();
+  if (decode_) decode_->Stop();
+}
+
+InstanceStats DisaggregatedEngine::stats() const {
+  const InstanceStats p = prefill_->stats(), d = decode_->stats();
+  InstanceStats s;
+  s.running = p.running + d.running;
+  s.waiting = p.waiting + d.waiting;
+  s.kv_blocks_free = p.kv_blocks_free + d.kv_blocks_free;
+  s.kv_blocks_total = p.kv_blocks_total + d.kv_blocks_total;
+  s.kv_usage = s.kv_blocks_total > 0
+                   ? 1.0 - static_cast<double>(s.kv_blocks_free) / s.kv_blocks_total
+                   : 0.0;
+  s.steps = p.steps + d.steps;
+  s.prefill_tokens = p.prefill_tokens + d.prefill_tokens;
+  s.decode_tokens = p.decode_tokens + d.decode_tokens;
+  s.preemptions = p.preemptions + d.preemptions;
+  s.decode_deferred = p.decode_deferred + d.decode_deferred;
+  // The decode instance's: TPOT, which it governs, is what the correction protects.
+  s.latency_correction = d.latency_correction;
+  return s;
+}
+
+int DisaggregatedEngine::kv_capacity_tokens() const {
+  return std::min(prefill_->kv_capacity_tokens(), decode_->kv_capacity_tokens());
+}
+
+HandoverStats DisaggregatedEngine::handover_stats() const {
+  return {handed_.load(), handed_bytes_.load(), handover_seconds_.load()};
+}
+
+absl::Status DisaggregatedEngine::SendKv(const Sequence& seq, const kvcache::KvManager& kv) {
+  const auto t0 = std::chrono::steady_clock::now();
+  TANDEM_ASSIGN_OR_RETURN(pending_, kvcache::KvSnapshot::Take(kv, seq.table, seq.num_computed));
+  handed_bytes_.fetch_add(pending_->bytes());
+  const double dt =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  handover_seconds_.store(handover_seconds_.load() + dt);  // one writer: this thread
+  return absl::OkStatus();
+}
+
+void DisaggregatedEngine::Commit(std::unique_ptr<Sequence> seq) {
+  TANDEM_CHECK(pending_ != nullptr);
+  ArrivingSequence a;
+  a.seq = std::move(seq);
+  a.import = [snap = std::shared_ptr<kvcache::KvSnapshot>(std::move(pending_))](
+                 const kvcache::KvManager& kv, const kvcache::BlockTable& table) {
+    return snap->WriteTo(kv, table);
+  };
+  std::shared_ptr<SequenceSink> sink = a.seq->sink;
+  // Counted first: the decode side may finish the sequence before SubmitArriving returns.
+  handed_.fetch_add(1);
+  if (absl::Status s = decode_->SubmitArriving(std::move(a)); !s.ok()) {
+    handed_.fetch_sub(1);
+    sink->OnFinish(SequenceEnd::kFailed, s);
+  }
+}
+
+}  // namespace tandem::scheduler
