@@ -78,6 +78,11 @@ InstanceStats DisaggregatedEngine::stats() const {
   s.decode_deferred = p.decode_deferred + d.decode_deferred;
   // The decode instance's: TPOT, which it governs, is what the correction protects.
   s.latency_correction = d.latency_correction;
+  const HandoverStats h = handover_stats();
+  s.handovers = h.sequences;
+  s.handover_bytes = h.bytes;
+  s.handover_seconds = h.seconds;
+  s.decode_arrivals_waiting = decode_->num_arrivals_waiting();
   return s;
 }
 

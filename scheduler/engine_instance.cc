@@ -457,6 +457,11 @@ void EngineInstance::PublishLoad(const SchedulerOutput& out, absl::Time step_sta
   // Built outside the lock into a scratch snapshot, swapped in under it.
   LoadSnapshot snap;
   scheduler_->ExportLoad(out, step_start + absl::Seconds(predicted), &snap);
+  if (config_.role == InstanceRole::kPrefill) {
+    // Its sequences leave at their first token: none decodes here, now or later.
+    snap.decoding.clear();
+    for (PrefillWork& w : snap.prefilling) w.generate = 0;
+  }
   snap.model = model_live_;
   std::lock_guard<std::mutex> lock(mu_);
   std::swap(load_, snap);

@@ -128,7 +128,25 @@ ServingMetrics::ServingMetrics(const scheduler::Engine& engine)
       deferred_(registry_
                     .AddCounter("tandem:decode_deferred_total",
                                 "Decode tokens left out of a step by the TPOT cap.")
-                    .Get()) {}
+                    .Get()),
+      handovers_(registry_
+                     .AddCounter("tandem:kv_handover_sequences_total",
+                                 "Sequences whose KV moved from the prefill to the decode "
+                                 "instance (--disaggregation on).")
+                     .Get()),
+      handover_bytes_(registry_
+                          .AddCounter("tandem:kv_handover_bytes_total",
+                                      "KV bytes copied out of the prefill instance's cache.")
+                          .Get()),
+      handover_seconds_(registry_
+                            .AddCounter("tandem:kv_handover_seconds_total",
+                                        "Time the prefill instance spent copying KV out.")
+                            .Get()),
+      arrivals_waiting_(registry_
+                            .AddGauge("tandem:decode_arrivals_waiting",
+                                      "Prefilled sequences waiting for room on the decode "
+                                      "instance.")
+                            .Get()) {}
 
 void ServingMetrics::OnTokenGap(absl::Duration gap) { itl_.Observe(absl::ToDoubleSeconds(gap)); }
 
@@ -219,6 +237,14 @@ std::string ServingMetrics::Render() {
   correction_.Set(s.latency_correction);
   const double new_deferred = static_cast<double>(s.decode_deferred) - deferred_.Value();
   if (new_deferred > 0) deferred_.Increment(new_deferred);
+  // Engine totals become counters by their growth since the last scrape.
+  auto advance = [](metrics::Counter& c, double total) {
+    if (total > c.Value()) c.Increment(total - c.Value());
+  };
+  advance(handovers_, static_cast<double>(s.handovers));
+  advance(handover_bytes_, static_cast<double>(s.handover_bytes));
+  advance(handover_seconds_, s.handover_seconds);
+  arrivals_waiting_.Set(s.decode_arrivals_waiting);
   UpdateWindowGauges(absl::Now());
   return registry_.Render();
 }

@@ -89,6 +89,10 @@ class ServingMetrics : public ServingObserver {
   metrics::Histogram& step_error_;
   metrics::Gauge& correction_;
   metrics::Counter& deferred_;
+  metrics::Counter& handovers_;
+  metrics::Counter& handover_bytes_;
+  metrics::Counter& handover_seconds_;
+  metrics::Gauge& arrivals_waiting_;
 };
 
 }  // namespace tandem::server

@@ -104,3 +104,6 @@ def test_client_gone_mid_decode_frees_both_caches(disagg):
     m = disagg.metrics()
     assert m.get("tandem:num_requests_running") == 0, m
     assert m.get("tandem:kv_cache_usage_ratio") == 0, m
+    assert m.get("tandem:kv_handover_sequences_total", 0) >= 2, m
+    assert m.get("tandem:kv_handover_bytes_total", 0) > 0, m
+    assert m.get("tandem:decode_arrivals_waiting") == 0, m
