@@ -8,7 +8,7 @@ CMAKE_FLAGS ?=
 PORT ?= 8000
 SERVE_FLAGS ?=
 
-.PHONY: deps pyenv build model test test-unit test-asan test-tsan serve bench fuzz fuzz-openai clean
+.PHONY: deps pyenv build model test test-unit test-asan test-tsan serve bench fuzz fuzz-openai fuzz-kv-frame clean
 
 deps:
 	./scripts/install-deps
@@ -84,6 +84,16 @@ fuzz-openai:
 	  -o $(BUILD)/fuzz/openai_fuzz
 	$(BUILD)/fuzz/openai_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=2048 \
 	  -dict=tests/fuzz/openai.dict $(BUILD)/fuzz/openai_corpus tests/fuzz/openai_corpus
+
+# libFuzzer target for the KV handover wire format: frame parser, re-encoding, receive session.
+fuzz-kv-frame:
+	mkdir -p $(BUILD)/fuzz/kv_frame_corpus
+	clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	  -I. tests/fuzz/kv_frame_fuzz.cc kvcache/transfer/kv_frame.cc \
+	  $$(pkg-config --libs absl_statusor absl_status absl_strings absl_cord) \
+	  -o $(BUILD)/fuzz/kv_frame_fuzz
+	$(BUILD)/fuzz/kv_frame_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=2048 \
+	  $(BUILD)/fuzz/kv_frame_corpus
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)
