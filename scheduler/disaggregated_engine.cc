@@ -41,6 +41,10 @@ absl::StatusOr<Admission> DisaggregatedEngine::Submit(std::vector<SequenceReques
   // arrivals wait for it, a new SLO request would only join them: it is refused at once.
   const bool slo = !requests.empty() && (requests[0].ttft_slo != absl::InfiniteDuration() ||
                                          requests[0].tpot_slo != absl::InfiniteDuration());
+  // Bad input is a 400 whatever the load: checked before the capacity refusal below.
+  for (const SequenceRequest& r : requests) {
+    TANDEM_RETURN_IF_ERROR(prefill_->ValidateRequest(r));
+  }
   if (slo && prefill_->config().admission != AdmissionMode::kOff) {
     if (const int queued = decode_->num_arrivals_waiting(); queued > 0) {
       absl::Status full = WithRetryAfter(

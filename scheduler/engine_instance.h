@@ -139,6 +139,8 @@ class EngineInstance : public Engine {
   // instance has room for it (running set and KV). Unavailable when stopped (no sink is called
   // then), FailedPrecondition for another role.
   absl::Status SubmitArriving(ArrivingSequence arriving);
+  // Submit's checks of one sequence, without submitting it (any thread).
+  absl::Status ValidateRequest(const SequenceRequest& request) const;
   // Fails every queued and running sequence with Unavailable and joins the engine thread.
   // Idempotent.
   void Stop() override;
@@ -166,7 +168,6 @@ class EngineInstance : public Engine {
   absl::Status InitLatencyModel();
   absl::StatusOr<std::vector<StepSample>> Profile();
   std::string ProfileKey() const;
-  absl::Status ValidateRequest(const SequenceRequest& request) const;
   void Loop();
   // The step's verbs.
   bool Admit();  // false: stopping

@@ -419,6 +419,10 @@ TEST_F(EngineInstanceTest, DisaggregatedPairRefusesSloWorkWhileArrivalsWait) {
   EXPECT_TRUE(absl::IsResourceExhausted(refused.status())) << refused.status();
   EXPECT_EQ(RejectReasonOf(refused.status()), kRejectTpot);
   EXPECT_EQ(RetryAfterOf(refused.status()), absl::Seconds(1));
+  // Bad input is still a bad request, not a capacity refusal.
+  SequenceRequest bad = Request({}, 4, std::make_shared<RecordingSink>());
+  bad.tpot_slo = absl::Seconds(100);
+  EXPECT_TRUE(absl::IsInvalidArgument((*disagg)->Submit({std::move(bad)}).status()));
 
   auto best_effort = std::make_shared<RecordingSink>();
   ASSERT_TRUE((*disagg)->Submit({Request({1, 2, 3}, 2, best_effort)}).ok());
