@@ -92,9 +92,9 @@ struct RopeParams {
 };
 
 struct KvAppendParams {
-  const float* k;         // [n_tokens, n_kv_heads, head_dim]
-  const float* v;         // [n_tokens, n_kv_heads, head_dim]
-  const int32_t* slots;   // [n_tokens] slot ids in the cache
+  const float* k;        // [n_tokens, n_kv_heads, head_dim]
+  const float* v;        // [n_tokens, n_kv_heads, head_dim]
+  const int32_t* slots;  // [n_tokens] slot ids in the cache
   int n_tokens = 0;
   int layer = 0;
   KvCacheView cache;
@@ -115,7 +115,7 @@ struct AttentionParams {
   int n_heads = 0;
   int n_kv_heads = 0;  // n_heads % n_kv_heads == 0 (GQA)
   int head_dim = 0;
-  float scale = 1.f;   // usually 1 / sqrt(head_dim)
+  float scale = 1.f;  // usually 1 / sqrt(head_dim)
   int layer = 0;
   KvCacheView cache;
 };
@@ -145,8 +145,8 @@ class Backend {
  public:
   virtual ~Backend() = default;
 
-  virtual std::string Name() const = 0;  // e.g. "cpu/avx512-vnni x2"
-  virtual bool IsHostMemory() const = 0; // device pointers are readable by the host
+  virtual std::string Name() const = 0;   // e.g. "cpu/avx512-vnni x2"
+  virtual bool IsHostMemory() const = 0;  // device pointers are readable by the host
 
   // Memory. Allocation happens at set-up time, never inside a step.
   virtual absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) = 0;

@@ -108,13 +108,13 @@ absl::Status LlamaModel::AllocateScratch() {
   d_slots_ = Scratch<int32_t>(t);
   d_rows_ = Scratch<int32_t>(r);
   d_tables_ = Scratch<int32_t>(static_cast<size_t>(options_.max_seqs) * max_blocks_per_seq_);
-  for (void* p : {static_cast<void*>(x_), static_cast<void*>(h_), static_cast<void*>(q_),
-                  static_cast<void*>(k_), static_cast<void*>(v_), static_cast<void*>(attn_),
-                  static_cast<void*>(gate_), static_cast<void*>(up_), static_cast<void*>(ffn_),
-                  static_cast<void*>(sel_), static_cast<void*>(logits_),
-                  static_cast<void*>(d_tokens_), static_cast<void*>(d_positions_),
-                  static_cast<void*>(d_token_seq_), static_cast<void*>(d_slots_),
-                  static_cast<void*>(d_rows_), static_cast<void*>(d_tables_)}) {
+  for (void* p :
+       {static_cast<void*>(x_), static_cast<void*>(h_), static_cast<void*>(q_),
+        static_cast<void*>(k_), static_cast<void*>(v_), static_cast<void*>(attn_),
+        static_cast<void*>(gate_), static_cast<void*>(up_), static_cast<void*>(ffn_),
+        static_cast<void*>(sel_), static_cast<void*>(logits_), static_cast<void*>(d_tokens_),
+        static_cast<void*>(d_positions_), static_cast<void*>(d_token_seq_),
+        static_cast<void*>(d_slots_), static_cast<void*>(d_rows_), static_cast<void*>(d_tables_)}) {
     if (p == nullptr) {
       return absl::ResourceExhaustedError("model: cannot allocate step scratch buffers");
     }
@@ -128,18 +128,18 @@ absl::Status LlamaModel::ValidateBatch(const StepBatch& b,
   const int n = b.n_tokens();
   if (n == 0) return absl::InvalidArgumentError("step batch is empty");
   if (n > options_.max_batch_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("step batch has ", n, " tokens, max ",
-                                                   options_.max_batch_tokens));
+    return absl::InvalidArgumentError(
+        absl::StrCat("step batch has ", n, " tokens, max ", options_.max_batch_tokens));
   }
   if (b.positions.size() != b.tokens.size() || b.token_seq.size() != b.tokens.size()) {
     return absl::InvalidArgumentError("step batch: tokens, positions, token_seq lengths differ");
   }
-  if (b.n_seqs <= 0 || b.n_seqs > options_.max_seqs ||
-      b.max_blocks_per_seq <= 0 || b.max_blocks_per_seq > max_blocks_per_seq_ ||
+  if (b.n_seqs <= 0 || b.n_seqs > options_.max_seqs || b.max_blocks_per_seq <= 0 ||
+      b.max_blocks_per_seq > max_blocks_per_seq_ ||
       b.block_tables.size() != static_cast<size_t>(b.n_seqs) * b.max_blocks_per_seq) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "step batch: block tables must be n_seqs (1..", options_.max_seqs,
-        ") x max_blocks_per_seq (1..", max_blocks_per_seq_, ")"));
+    return absl::InvalidArgumentError(absl::StrCat("step batch: block tables must be n_seqs (1..",
+                                                   options_.max_seqs, ") x max_blocks_per_seq (1..",
+                                                   max_blocks_per_seq_, ")"));
   }
   if (static_cast<int>(b.logit_rows.size()) > options_.max_logit_rows) {
     return absl::InvalidArgumentError(absl::StrCat("step batch: at most ", options_.max_logit_rows,
@@ -152,13 +152,12 @@ absl::Status LlamaModel::ValidateBatch(const StepBatch& b,
   }
   for (int i = 0; i < n; ++i) {
     if (b.tokens[i] < 0 || b.tokens[i] >= config_.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", b.tokens[i], " out of range [0, ",
-                                                     config_.vocab_size, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("token id ", b.tokens[i], " out of range [0, ", config_.vocab_size, ")"));
     }
     if (b.positions[i] < 0 || b.positions[i] >= config_.context_length) {
-      return absl::InvalidArgumentError(absl::StrCat("position ", b.positions[i],
-                                                     " outside the context of ",
-                                                     config_.context_length));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "position ", b.positions[i], " outside the context of ", config_.context_length));
     }
     if (b.token_seq[i] < 0 || b.token_seq[i] >= b.n_seqs) {
       return absl::InvalidArgumentError("step batch: token_seq out of range");
@@ -168,8 +167,8 @@ absl::Status LlamaModel::ValidateBatch(const StepBatch& b,
       return absl::InvalidArgumentError("step batch: position beyond the sequence's block table");
     }
     // Every block the token attends to must be a valid id.
-    const int32_t* table = &b.block_tables[static_cast<size_t>(b.token_seq[i]) *
-                                           b.max_blocks_per_seq];
+    const int32_t* table =
+        &b.block_tables[static_cast<size_t>(b.token_seq[i]) * b.max_blocks_per_seq];
     for (int j = 0; j <= block_index; ++j) {
       if (table[j] < 0 || table[j] >= cache.n_blocks) {
         return absl::InvalidArgumentError(absl::StrCat("step batch: block id ", table[j],
@@ -178,7 +177,8 @@ absl::Status LlamaModel::ValidateBatch(const StepBatch& b,
     }
   }
   for (int32_t row : b.logit_rows) {
-    if (row < 0 || row >= n) return absl::InvalidArgumentError("step batch: logit row out of range");
+    if (row < 0 || row >= n)
+      return absl::InvalidArgumentError("step batch: logit row out of range");
   }
   return absl::OkStatus();
 }

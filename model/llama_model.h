@@ -27,11 +27,11 @@
 namespace tandem::model {
 
 struct ModelOptions {
-  int max_batch_tokens = 512;     // tokens one Forward may carry
-  int max_logit_rows = 256;       // rows of logits one Forward may return
-  int max_seqs = 256;             // sequences one Forward may carry
-  int max_blocks_per_seq = 0;     // 0: enough for the model's context at block_size
-  int block_size = 16;            // KV page size the cache uses
+  int max_batch_tokens = 512;  // tokens one Forward may carry
+  int max_logit_rows = 256;    // rows of logits one Forward may return
+  int max_seqs = 256;          // sequences one Forward may carry
+  int max_blocks_per_seq = 0;  // 0: enough for the model's context at block_size
+  int block_size = 16;         // KV page size the cache uses
   // Load only (passed on as WeightOptions::load_progress; Create loads nothing): called
   // after each layer's weights are in place, on the loading thread. May be empty.
   std::function<void(int layers_done, int n_layers)> load_progress;
@@ -98,17 +98,17 @@ class LlamaModel {
   std::vector<kernels::DeviceBuffer> buffers_;  // the scratch below, freed on destruction
 
   // Device scratch, sized by ModelOptions (engine thread only).
-  float* x_ = nullptr;       // [max_batch_tokens, hidden] residual stream
-  float* h_ = nullptr;       // [max_batch_tokens, hidden] normed input / projection output
-  float* q_ = nullptr;       // [max_batch_tokens, n_heads * head_dim]
-  float* k_ = nullptr;       // [max_batch_tokens, n_kv_heads * head_dim]
-  float* v_ = nullptr;       // [max_batch_tokens, n_kv_heads * head_dim]
-  float* attn_ = nullptr;    // [max_batch_tokens, n_heads * head_dim]
-  float* gate_ = nullptr;    // [max_batch_tokens, ffn]
-  float* up_ = nullptr;      // [max_batch_tokens, ffn]
-  float* ffn_ = nullptr;     // [max_batch_tokens, ffn]
-  float* sel_ = nullptr;     // [max_logit_rows, hidden] rows selected for logits
-  float* logits_ = nullptr;  // [max_logit_rows, vocab]
+  float* x_ = nullptr;              // [max_batch_tokens, hidden] residual stream
+  float* h_ = nullptr;              // [max_batch_tokens, hidden] normed input / projection output
+  float* q_ = nullptr;              // [max_batch_tokens, n_heads * head_dim]
+  float* k_ = nullptr;              // [max_batch_tokens, n_kv_heads * head_dim]
+  float* v_ = nullptr;              // [max_batch_tokens, n_kv_heads * head_dim]
+  float* attn_ = nullptr;           // [max_batch_tokens, n_heads * head_dim]
+  float* gate_ = nullptr;           // [max_batch_tokens, ffn]
+  float* up_ = nullptr;             // [max_batch_tokens, ffn]
+  float* ffn_ = nullptr;            // [max_batch_tokens, ffn]
+  float* sel_ = nullptr;            // [max_logit_rows, hidden] rows selected for logits
+  float* logits_ = nullptr;         // [max_logit_rows, vocab]
   int32_t* d_tokens_ = nullptr;     // [max_batch_tokens]
   int32_t* d_positions_ = nullptr;  // [max_batch_tokens]
   int32_t* d_token_seq_ = nullptr;  // [max_batch_tokens]

@@ -27,7 +27,7 @@ kernels::BackendConfig SizedFor(kernels::BackendConfig b, const ModelOptions& mo
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const ModelRunnerConfig& config,
-                                                                  const GgufFile& file) {
+                                                                 const GgufFile& file) {
   TANDEM_RETURN_IF_ERROR(config.Validate());
   std::unique_ptr<ModelRunner> r(new ModelRunner(config));
   TANDEM_ASSIGN_OR_RETURN(r->backend_,
@@ -53,9 +53,9 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Finish(std::unique_ptr
   kvcache::KvCacheConfig kc = r->model_->KvCacheLayout(config.kv_dtype);
   kc.memory_bytes = config.kv_cache_bytes;
   if (config.kv_cache_bytes < kc.BytesPerBlock()) {
-    return absl::InvalidArgumentError(StrCat(
-        "KV cache memory of ", config.kv_cache_bytes, " bytes holds no block (one block of ",
-        config.model.block_size, " tokens takes ", kc.BytesPerBlock(), " bytes)"));
+    return absl::InvalidArgumentError(
+        StrCat("KV cache memory of ", config.kv_cache_bytes, " bytes holds no block (one block of ",
+               config.model.block_size, " tokens takes ", kc.BytesPerBlock(), " bytes)"));
   }
   TANDEM_ASSIGN_OR_RETURN(r->kv_, kvcache::KvManager::Create(kc, *r->backend_));
   r->builder_ = std::make_unique<BatchBuilder>(r->model_->max_blocks_per_seq());
@@ -64,11 +64,7 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Finish(std::unique_ptr
   return r;
 }
 
-ModelRunner::~ModelRunner() {
-  // The KV memory and the model's buffers belong to the backend: free them first.
-  kv_.reset();
-  model_.reset();
-}
+ModelRunner::~ModelRunner() = default;
 
 void ModelRunner::BeginStep() {
   builder_->Clear();

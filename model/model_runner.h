@@ -87,6 +87,7 @@ class ModelRunner {
 
   // Constant after construction.
   const ModelRunnerConfig config_;
+  // Declared first, destroyed last: the model's buffers and the KV memory are its.
   std::unique_ptr<kernels::Backend> backend_;
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<kvcache::KvManager> kv_;

@@ -23,8 +23,8 @@ absl::StatusOr<std::unique_ptr<DisaggregatedEngine>> DisaggregatedEngine::Create
   dc.handoff = nullptr;
   // The decode instance loads the weights (it is created first, see decode_); the prefill
   // instance shares them.
-  dc.load_progress = config.prefill.load_progress ? config.prefill.load_progress
-                                                  : config.decode.load_progress;
+  dc.load_progress =
+      config.prefill.load_progress ? config.prefill.load_progress : config.decode.load_progress;
   pc.load_progress = nullptr;
   TANDEM_RETURN_IF_ERROR(pc.Validate());
   TANDEM_RETURN_IF_ERROR(dc.Validate());
@@ -36,28 +36,23 @@ absl::StatusOr<std::unique_ptr<DisaggregatedEngine>> DisaggregatedEngine::Create
 DisaggregatedEngine::~DisaggregatedEngine() { Stop(); }
 
 absl::StatusOr<Admission> DisaggregatedEngine::Submit(std::vector<SequenceRequest> requests) {
-  // TTFT is the prefill instance's to keep: its admission decides. TPOT is the decode
-  // instance's: it takes arrivals only while its steps stay within their TPOTs, and while
-  // arrivals wait for it, a new SLO request would only join them: it is refused at once.
-  const bool slo = !requests.empty() && (requests[0].ttft_slo != absl::InfiniteDuration() ||
-                                         requests[0].tpot_slo != absl::InfiniteDuration());
-  // Bad input is a 400 whatever the load: checked before the capacity refusal below.
-  for (const SequenceRequest& r : requests) {
-    TANDEM_RETURN_IF_ERROR(prefill_->ValidateRequest(r));
-  }
-  if (slo && prefill_->config().admission != AdmissionMode::kOff) {
-    if (const int queued = decode_->num_arrivals_waiting(); queued > 0) {
-      absl::Status full = WithRetryAfter(
-          absl::ResourceExhaustedError(StrCat(
-              "the server is at capacity for this SLO: the decode instance has no room within "
-              "its TPOT SLOs (",
-              queued, " prefilled sequence(s) already wait for it); retry after 1000 ms")),
-          absl::Seconds(1));
-      full.SetPayload(kRejectReasonPayloadUrl, absl::Cord(kRejectTpot));
-      return full;
-    }
-  }
+  // TTFT is the prefill instance's to keep: its admission decides, after asking CanAccept.
   return prefill_->Submit(std::move(requests));
+}
+
+absl::Status DisaggregatedEngine::CanAccept() const {
+  // TPOT is the decode instance's: it takes arrivals only while its steps stay within their
+  // TPOTs, and while arrivals wait for it, a new SLO request would only join them.
+  const int queued = decode_->num_arrivals_waiting();
+  if (queued == 0) return absl::OkStatus();
+  absl::Status full = WithRetryAfter(
+      absl::ResourceExhaustedError(StrCat(
+          "the server is at capacity for this SLO: the decode instance has no room within its "
+          "TPOT SLOs (",
+          queued, " prefilled sequence(s) already wait for it); retry after 1000 ms")),
+      absl::Seconds(1));
+  full.SetPayload(kRejectReasonPayloadUrl, absl::Cord(kRejectTpot));
+  return full;
 }
 
 void DisaggregatedEngine::Stop() {
@@ -72,9 +67,8 @@ InstanceStats DisaggregatedEngine::stats() const {
   s.waiting = p.waiting + d.waiting;
   s.kv_blocks_free = p.kv_blocks_free + d.kv_blocks_free;
   s.kv_blocks_total = p.kv_blocks_total + d.kv_blocks_total;
-  s.kv_usage = s.kv_blocks_total > 0
-                   ? 1.0 - static_cast<double>(s.kv_blocks_free) / s.kv_blocks_total
-                   : 0.0;
+  s.kv_usage =
+      s.kv_blocks_total > 0 ? 1.0 - static_cast<double>(s.kv_blocks_free) / s.kv_blocks_total : 0.0;
   s.steps = p.steps + d.steps;
   s.prefill_tokens = p.prefill_tokens + d.prefill_tokens;
   s.decode_tokens = p.decode_tokens + d.decode_tokens;
@@ -102,8 +96,7 @@ absl::Status DisaggregatedEngine::SendKv(const Sequence& seq, const kvcache::KvM
   const auto t0 = std::chrono::steady_clock::now();
   TANDEM_ASSIGN_OR_RETURN(pending_, kvcache::KvSnapshot::Take(kv, seq.table, seq.num_computed));
   handed_bytes_.fetch_add(pending_->bytes());
-  const double dt =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   handover_seconds_.store(handover_seconds_.load() + dt);  // one writer: this thread
   return absl::OkStatus();
 }

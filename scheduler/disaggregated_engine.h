@@ -63,6 +63,8 @@ class DisaggregatedEngine : public Engine, private PrefillHandoff {
   // PrefillHandoff, on the prefill engine thread.
   absl::Status SendKv(const Sequence& seq, const kvcache::KvManager& kv) override;
   void Commit(std::unique_ptr<Sequence> seq) override;
+  // Refuses while prefilled sequences wait for room on the decode instance.
+  absl::Status CanAccept() const override;
 
   // The decode instance is created first and stopped last: a prefill step may hand a
   // sequence over until the prefill instance has stopped.

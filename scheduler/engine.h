@@ -34,13 +34,13 @@ struct InstanceStats {
   uint64_t prefill_tokens = 0;  // tokens run in chunks that were not decode tokens
   uint64_t decode_tokens = 0;
   uint64_t preemptions = 0;
-  uint64_t decode_deferred = 0;  // decode tokens left out of a step by the TPOT cap
+  uint64_t decode_deferred = 0;     // decode tokens left out of a step by the TPOT cap
   double latency_correction = 1.0;  // the latency model's online correction factor
   // Prefill-to-decode KV handover (zero for a colocated engine).
-  uint64_t handovers = 0;             // sequences moved to a decode instance
-  uint64_t handover_bytes = 0;        // KV bytes copied out of prefill caches
-  double handover_seconds = 0;        // time spent copying them out
-  int decode_arrivals_waiting = 0;    // prefilled sequences waiting for room to decode
+  uint64_t handovers = 0;           // sequences moved to a decode instance
+  uint64_t handover_bytes = 0;      // KV bytes copied out of prefill caches
+  double handover_seconds = 0;      // time spent copying them out
+  int decode_arrivals_waiting = 0;  // prefilled sequences waiting for room to decode
 };
 
 // What admission said about an accepted request.

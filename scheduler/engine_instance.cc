@@ -76,7 +76,6 @@ absl::StatusOr<std::unique_ptr<EngineInstance>> EngineInstance::Start(
     std::unique_ptr<EngineInstance> inst) {
   const EngineInstanceConfig& config = inst->config_;
   inst->kv_capacity_tokens_ = inst->runner_->kv().capacity_tokens();
-  inst->kv_total_ = inst->runner_->kv().num_total();
   inst->scheduler_ = std::make_unique<Scheduler>(config.scheduler, inst->runner_->kv());
   inst->scheduler_->set_latency_model(&inst->model_live_);
   inst->PublishStats();
@@ -164,8 +163,8 @@ absl::StatusOr<std::vector<StepSample>> EngineInstance::Profile() {
   const int max_seqs = config_.scheduler.max_num_seqs;
   const int max_tokens = config_.scheduler.max_batch_tokens;
   const int context = runner_->model_config().context_length;
-  const int long_ctx = std::clamp(kv_capacity_tokens_ / (2 * (max_seqs + 1)), 8,
-                                  std::min(1024, context / 2));
+  const int long_ctx =
+      std::clamp(kv_capacity_tokens_ / (2 * (max_seqs + 1)), 8, std::min(1024, context / 2));
   struct Shape {
     std::vector<int> decode_ctx;
     int prefill = 0;
@@ -245,8 +244,7 @@ absl::StatusOr<std::vector<StepSample>> EngineInstance::Profile() {
       Prepare(out);
       TANDEM_RETURN_IF_ERROR(Execute());
       Sample(out);
-      times.push_back(
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     for (const auto& s : seqs) kv.Free(s->table);
     if (si == 0) continue;
@@ -279,8 +277,7 @@ absl::Status EngineInstance::ValidateRequest(const SequenceRequest& request) con
     }
   }
   if (request.max_tokens < 1) {
-    return absl::InvalidArgumentError(
-        StrCat("max_tokens must be >= 1, got ", request.max_tokens));
+    return absl::InvalidArgumentError(StrCat("max_tokens must be >= 1, got ", request.max_tokens));
   }
   if (request.ttft_slo <= absl::ZeroDuration() || request.tpot_slo <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("SLOs must be > 0 (or infinite: none)");
@@ -288,16 +285,15 @@ absl::Status EngineInstance::ValidateRequest(const SequenceRequest& request) con
   TANDEM_RETURN_IF_ERROR(request.sampling.Validate(mc.vocab_size));
   const int64_t total = static_cast<int64_t>(request.prompt.size()) + request.max_tokens;
   if (total > mc.context_length) {
-    return absl::OutOfRangeError(StrCat(
-        "this model's maximum context length is ", mc.context_length, " tokens; the prompt has ",
-        request.prompt.size(), " tokens and ", request.max_tokens,
-        " more were requested (", total, " in all)"));
+    return absl::OutOfRangeError(StrCat("this model's maximum context length is ",
+                                        mc.context_length, " tokens; the prompt has ",
+                                        request.prompt.size(), " tokens and ", request.max_tokens,
+                                        " more were requested (", total, " in all)"));
   }
   if (total > kv_capacity_tokens_) {
-    return absl::OutOfRangeError(StrCat("the prompt (", request.prompt.size(),
-                                        " tokens) plus max_tokens (", request.max_tokens,
-                                        ") exceeds the KV cache of ", kv_capacity_tokens_,
-                                        " tokens"));
+    return absl::OutOfRangeError(
+        StrCat("the prompt (", request.prompt.size(), " tokens) plus max_tokens (",
+               request.max_tokens, ") exceeds the KV cache of ", kv_capacity_tokens_, " tokens"));
   }
   return absl::OkStatus();
 }
@@ -325,16 +321,20 @@ absl::StatusOr<Admission> EngineInstance::Submit(std::vector<SequenceRequest> re
     w.tpot_slo = r.tpot_slo;
     work.push_back(w);
   }
+  // The decode side's back-pressure, for SLO work (best-effort work waits instead).
+  if (config_.handoff != nullptr && config_.admission != AdmissionMode::kOff && work[0].slo) {
+    TANDEM_RETURN_IF_ERROR(config_.handoff->CanAccept());
+  }
   Admission admission;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return absl::UnavailableError("the engine is shutting down");
     const int n = static_cast<int>(requests.size());
     if (queued_.load() + n > config_.max_queue) {
-      absl::Status full = WithRetryAfter(
-          absl::ResourceExhaustedError(
-              StrCat("the queue is full (", config_.max_queue, " waiting sequences)")),
-          absl::Seconds(1));
+      absl::Status full =
+          WithRetryAfter(absl::ResourceExhaustedError(StrCat(
+                             "the queue is full (", config_.max_queue, " waiting sequences)")),
+                         absl::Seconds(1));
       full.SetPayload(kRejectReasonPayloadUrl, absl::Cord(kRejectQueueFull));
       return full;
     }
@@ -362,9 +362,9 @@ absl::StatusOr<Admission> EngineInstance::Submit(std::vector<SequenceRequest> re
 
 absl::Status EngineInstance::SubmitArriving(ArrivingSequence arriving) {
   if (config_.role != InstanceRole::kDecode) {
-    return absl::FailedPreconditionError(
-        StrCat("instance '", config_.name, "' (", InstanceRoleName(config_.role),
-               ") does not take sequences with KV"));
+    return absl::FailedPreconditionError(StrCat("instance '", config_.name, "' (",
+                                                InstanceRoleName(config_.role),
+                                                ") does not take sequences with KV"));
   }
   TANDEM_CHECK(arriving.seq != nullptr && arriving.import != nullptr);
   TANDEM_CHECK_EQ(arriving.seq->num_uncomputed(), 1);
@@ -394,18 +394,13 @@ InstanceStats EngineInstance::stats() const {
   s.waiting = waiting_.load();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    s.waiting += static_cast<int>(inbox_.size());
-  }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    s.waiting += static_cast<int>(arriving_.size());
+    s.waiting += static_cast<int>(inbox_.size() + arriving_.size());
   }
   s.waiting += arrived_count_.load();
-  s.kv_blocks_total = kv_total_;
+  s.kv_blocks_total = kv_capacity_tokens_ / config_.block_size;
   s.kv_blocks_free = kv_free_.load();
-  s.kv_usage = s.kv_blocks_total > 0
-                   ? 1.0 - static_cast<double>(s.kv_blocks_free) / s.kv_blocks_total
-                   : 0.0;
+  s.kv_usage =
+      s.kv_blocks_total > 0 ? 1.0 - static_cast<double>(s.kv_blocks_free) / s.kv_blocks_total : 0.0;
   s.steps = steps_.load();
   s.prefill_tokens = prefill_tokens_.load();
   s.decode_tokens = decode_tokens_.load();
@@ -484,8 +479,8 @@ bool EngineInstance::Admit() {
   }
   const model::ModelConfig& mc = runner_->model_config();
   for (SequenceRequest& r : incoming) {
-    scheduler_->Add(std::make_unique<Sequence>(std::move(r), mc.vocab_size,
-                                               config_.eos_token_id, config_.block_size));
+    scheduler_->Add(std::make_unique<Sequence>(std::move(r), mc.vocab_size, config_.eos_token_id,
+                                               config_.block_size));
   }
   // Collected first: Finish removes sequences from the scheduler.
   cancelled_.clear();
@@ -514,10 +509,9 @@ const SchedulerOutput& EngineInstance::ScheduleStep() {
   const SchedulerOutput& out = plan_;
   for (Sequence* s : out.failed) {
     Finish(s, SequenceEnd::kFailed,
-           absl::ResourceExhaustedError(
-               StrCat("the sequence needs ", s->num_tokens() + 1,
-                      " tokens of KV cache, more than the cache holds (", kv_capacity_tokens_,
-                      ")")));
+           absl::ResourceExhaustedError(StrCat("the sequence needs ", s->num_tokens() + 1,
+                                               " tokens of KV cache, more than the cache holds (",
+                                               kv_capacity_tokens_, ")")));
   }
   preemptions_.fetch_add(out.preempted.size());
   for (const ScheduledChunk& c : out.chunks) {

@@ -66,6 +66,10 @@ class PrefillHandoff {
   // Then, its blocks here freed, the sequence itself (tokens, sampler state, sink, SLOs and
   // timings) goes to the decode side, which now owns its end.
   virtual void Commit(std::unique_ptr<Sequence> seq) = 0;
+  // Whether the decode side takes more SLO work now (any thread). Submit asks after its own
+  // checks, before its SLO admission; a non-OK status (ResourceExhausted with a retry-after
+  // and a reject reason) refuses the request with it.
+  virtual absl::Status CanAccept() const { return absl::OkStatus(); }
 };
 
 // A sequence that arrives at a decode instance with its prompt's KV computed elsewhere.
@@ -81,12 +85,12 @@ struct ArrivingSequence {
 };
 
 struct EngineInstanceConfig {
-  std::string name = "colocated";   // for logs and metrics
+  std::string name = "colocated";  // for logs and metrics
   InstanceRole role = InstanceRole::kColocated;
   PrefillHandoff* handoff = nullptr;  // role kPrefill: required, must outlive the instance
   kernels::BackendConfig backend;     // the device: "cpu" with threads, pinned cores, ISA
   SchedulerConfig scheduler;
-  int max_queue = 1024;                // waiting sequences; Submit fails beyond
+  int max_queue = 1024;  // waiting sequences; Submit fails beyond
   kernels::KvDType kv_dtype = kernels::KvDType::kF16;
   size_t kv_cache_bytes = size_t{1} << 30;
   int block_size = 16;
@@ -118,8 +122,8 @@ class EngineInstance : public Engine {
  public:
   // Loads the model from `file` onto a new backend, sizes the KV cache and starts the engine
   // thread. `file` may be closed afterwards.
-  static absl::StatusOr<std::unique_ptr<EngineInstance>> Create(
-      const EngineInstanceConfig& config, const model::GgufFile& file);
+  static absl::StatusOr<std::unique_ptr<EngineInstance>> Create(const EngineInstanceConfig& config,
+                                                                const model::GgufFile& file);
   // The same on weights another instance loaded (one copy per process for instances on the
   // same kind of device).
   static absl::StatusOr<std::unique_ptr<EngineInstance>> Create(
@@ -139,8 +143,6 @@ class EngineInstance : public Engine {
   // instance has room for it (running set and KV). Unavailable when stopped (no sink is called
   // then), FailedPrecondition for another role.
   absl::Status SubmitArriving(ArrivingSequence arriving);
-  // Submit's checks of one sequence, without submitting it (any thread).
-  absl::Status ValidateRequest(const SequenceRequest& request) const;
   // Fails every queued and running sequence with Unavailable and joins the engine thread.
   // Idempotent.
   void Stop() override;
@@ -167,10 +169,11 @@ class EngineInstance : public Engine {
   // Engine thread, before serving: load or profile the latency model.
   absl::Status InitLatencyModel();
   absl::StatusOr<std::vector<StepSample>> Profile();
+  absl::Status ValidateRequest(const SequenceRequest& request) const;
   std::string ProfileKey() const;
   void Loop();
   // The step's verbs.
-  bool Admit();  // false: stopping
+  bool Admit();                           // false: stopping
   const SchedulerOutput& ScheduleStep();  // fills plan_
   void Prepare(const SchedulerOutput& out);
   absl::Status Execute();
@@ -222,7 +225,6 @@ class EngineInstance : public Engine {
   std::atomic<int> waiting_{0};
   std::atomic<int> kv_free_{0};
   std::atomic<int> arrived_count_{0};  // arrived_.size()
-  int kv_total_ = 0;                   // constant after Start
   std::atomic<uint64_t> steps_{0}, prefill_tokens_{0}, decode_tokens_{0}, preemptions_{0};
   std::atomic<uint64_t> decode_deferred_{0};
   std::atomic<double> correction_{1.0};

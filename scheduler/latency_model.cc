@@ -129,8 +129,8 @@ double LatencyModel::Observe(const StepShape& shape, double measured_seconds) {
   const double fitted = PredictFitted(shape);
   if (!fitted_ || !(measured_seconds > 0) || !(fitted > 0)) return 0;
   const double err = (fitted * correction_ - measured_seconds) / measured_seconds;
-  const double ratio = std::clamp(measured_seconds / fitted, 1.0 / options_.max_correction,
-                                  options_.max_correction);
+  const double ratio =
+      std::clamp(measured_seconds / fitted, 1.0 / options_.max_correction, options_.max_correction);
   correction_ += options_.correction_rate * (ratio - correction_);
   ++observed_;
   return err;
@@ -163,8 +163,8 @@ absl::StatusOr<LatencyModel> LatencyModel::FromJson(const std::string& json,
   }
   const std::string key = j["key"].get<std::string>();
   if (key != expected_key) {
-    return absl::FailedPreconditionError(StrCat("the latency profile was taken on '", key,
-                                                "', not on '", expected_key, "'"));
+    return absl::FailedPreconditionError(
+        StrCat("the latency profile was taken on '", key, "', not on '", expected_key, "'"));
   }
   if (!j.contains("seconds_per") || !j["seconds_per"].is_object()) {
     return absl::InvalidArgumentError("the latency profile has no 'seconds_per' object");

@@ -33,10 +33,10 @@ namespace tandem::scheduler {
 
 // What a step runs, as the latency model sees it.
 struct StepShape {
-  int prefill_tokens = 0;     // tokens of chunks that are not a single decode token
-  double prefill_pairs = 0;   // attention (query, key) pairs of those chunks
-  int decode_seqs = 0;        // decode tokens: one per sequence, each with a logits row
-  int64_t decode_context = 0; // positions those decode tokens attend to, summed
+  int prefill_tokens = 0;      // tokens of chunks that are not a single decode token
+  double prefill_pairs = 0;    // attention (query, key) pairs of those chunks
+  int decode_seqs = 0;         // decode tokens: one per sequence, each with a logits row
+  int64_t decode_context = 0;  // positions those decode tokens attend to, summed
 
   // Adds a prefill chunk of n tokens starting at position `start`: token i attends to
   // start + i + 1 positions.
@@ -104,8 +104,7 @@ class LatencyModel {
   absl::Status Save(const std::string& path, const std::string& key) const;
   // NotFound when the file does not exist; FailedPrecondition when its key differs;
   // InvalidArgument when it does not parse.
-  static absl::StatusOr<LatencyModel> Load(const std::string& path,
-                                           const std::string& expected_key,
+  static absl::StatusOr<LatencyModel> Load(const std::string& path, const std::string& expected_key,
                                            const LatencyModelOptions& options = {});
 
  private:

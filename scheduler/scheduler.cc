@@ -26,8 +26,7 @@ const char* SequenceEndName(SequenceEnd end) {
 absl::StatusOr<SchedulePolicy> ParseSchedulePolicy(std::string_view name) {
   if (name == "slo") return SchedulePolicy::kSlo;
   if (name == "fcfs") return SchedulePolicy::kFcfs;
-  return absl::InvalidArgumentError(
-      StrCat("unknown scheduling policy '", name, "' (slo or fcfs)"));
+  return absl::InvalidArgumentError(StrCat("unknown scheduling policy '", name, "' (slo or fcfs)"));
 }
 
 absl::Status SchedulerConfig::Validate() const {
@@ -35,9 +34,9 @@ absl::Status SchedulerConfig::Validate() const {
     return absl::InvalidArgumentError(StrCat("max_num_seqs must be >= 1, got ", max_num_seqs));
   }
   if (max_batch_tokens < max_num_seqs) {
-    return absl::InvalidArgumentError(
-        StrCat("max_batch_tokens (", max_batch_tokens, ") must be >= max_num_seqs (",
-               max_num_seqs, "): every running sequence decodes in each step"));
+    return absl::InvalidArgumentError(StrCat("max_batch_tokens (", max_batch_tokens,
+                                             ") must be >= max_num_seqs (", max_num_seqs,
+                                             "): every running sequence decodes in each step"));
   }
   if (!(budget_margin > 0 && budget_margin <= 1)) {
     return absl::InvalidArgumentError(
@@ -73,17 +72,21 @@ void Scheduler::Add(std::unique_ptr<Sequence> seq) {
 
 bool Scheduler::CanAddRunning(const Sequence& seq) const {
   if (!CanAddRunning()) return false;
-  if (config_.policy != SchedulePolicy::kSlo || model_ == nullptr || !model_->fitted() ||
-      running_.empty()) {
-    return true;
-  }
+  if (config_.policy != SchedulePolicy::kSlo) return true;
+  // It arrives with its first token: its next decode attends num_tokens() positions.
+  return DecodeFitsWith(seq, seq.num_tokens());
+}
+
+bool Scheduler::DecodeFitsWith(const Sequence& seq, int context) const {
+  // Alone it always may, even when no step can be that fast: it would wait forever.
+  if (model_ == nullptr || !model_->fitted() || running_.empty()) return true;
   absl::Duration budget = StepBudget();
   if (seq.tpot_slo != absl::InfiniteDuration()) {
     budget = std::min(budget, seq.tpot_slo * config_.budget_margin);
   }
   StepShape decode;
   for (const auto& r : running_) decode.AddDecode(r->num_tokens() + 1);
-  decode.AddDecode(seq.num_tokens());
+  decode.AddDecode(context);
   return Fits(decode, budget);
 }
 
@@ -285,19 +288,8 @@ void Scheduler::ScheduleSlo(SchedulerOutput* out, absl::Time now) {
       // None while the cache is under pressure, and none past max_num_seqs.
       if (!out->preempted.empty()) break;
       if (static_cast<int>(running_.size()) >= config_.max_num_seqs) break;
-      // It will decode in every step from its first token on: start it only if that decode
-      // step, with every running sequence, fits the tightest TPOT it will then run under.
-      // Alone it always starts, even when no step can be that fast: it would wait forever.
-      if (model_ != nullptr && model_->fitted() && !running_.empty()) {
-        absl::Duration future = budget;
-        if (s->tpot_slo != absl::InfiniteDuration()) {
-          future = std::min(future, s->tpot_slo * config_.budget_margin);
-        }
-        StepShape decode;
-        for (const auto& r : running_) decode.AddDecode(r->num_tokens() + 1);
-        decode.AddDecode(s->num_tokens() + 1);
-        if (!Fits(decode, future)) break;  // waits for sequences to finish; EDF order kept
-      }
+      // It will decode in every step from its first token on (at context prompt + 1).
+      if (!DecodeFitsWith(*s, s->num_tokens() + 1)) break;  // waits; EDF order kept
     }
     const int n = MaxPrefillTokens(out->shape, s->num_computed,
                                    std::min(s->num_uncomputed(), tokens_left), budget);

@@ -44,7 +44,7 @@ enum class SchedulePolicy { kSlo, kFcfs };
 absl::StatusOr<SchedulePolicy> ParseSchedulePolicy(std::string_view name);
 
 struct SchedulerConfig {
-  int max_num_seqs = 128;     // sequences running at once (holding KV)
+  int max_num_seqs = 128;      // sequences running at once (holding KV)
   int max_batch_tokens = 512;  // tokens per step: decode tokens plus prefill chunks
   SchedulePolicy policy = SchedulePolicy::kSlo;
   // kSlo: the share of the tightest running TPOT SLO one step may take (the rest absorbs
@@ -140,6 +140,10 @@ class Scheduler {
   // kSlo: the step cap from the sequences decoding (InfiniteDuration: none).
   absl::Duration StepBudget() const;
   bool Fits(const StepShape& shape, absl::Duration budget) const;
+  // kSlo: whether a decode step of every running sequence and `seq` (its decode token at
+  // `context`) fits the tightest TPOT it would run under. The rule new sequences start by and
+  // arrivals join by.
+  bool DecodeFitsWith(const Sequence& seq, int context) const;
   // The largest n in [0, max_n] whose prefill chunk from `start` keeps `shape` within budget.
   int MaxPrefillTokens(const StepShape& shape, int start, int max_n, absl::Duration budget) const;
   // Frees seq's KV and moves it (running) to the head of the queue.

@@ -99,8 +99,8 @@ SimulationResult SimulateSteps(const LoadSnapshot& snap, std::span<const Prefill
   int running = static_cast<int>(decoding.size());
   for (size_t i = 0; i < work.size(); ++i) {
     const PrefillWork& w = work[i];
-    items.push_back({static_cast<int>(i), w.remaining, w.start, w.generate, Secs(w.tpot_slo),
-                     w.running});
+    items.push_back(
+        {static_cast<int>(i), w.remaining, w.start, w.generate, Secs(w.tpot_slo), w.running});
     if (w.running) ++running;
   }
   // Earliest deadline first, as the scheduler orders them.
@@ -267,8 +267,8 @@ absl::Status RejectionStatus(const AdmissionVerdict& verdict, absl::Duration ttf
                  "predicted time to first token ", ms(verdict.predicted_ttft),
                  " exceeds the TTFT SLO of ", ms(ttft_slo));
   } else if (std::string_view(verdict.reason) == kRejectExpired) {
-    why = StrCat("its TTFT SLO of ", ms(ttft_slo),
-                 " can no longer be met (it waited in the queue)");
+    why =
+        StrCat("its TTFT SLO of ", ms(ttft_slo), " can no longer be met (it waited in the queue)");
   } else {
     why = StrCat("predicted time to first token ", ms(verdict.predicted_ttft),
                  " exceeds the TTFT SLO of ", ms(ttft_slo));

@@ -39,10 +39,10 @@ absl::StatusOr<AdmissionMode> ParseAdmissionMode(std::string_view name);
 const char* AdmissionModeName(AdmissionMode mode);
 
 // Rejection reasons, as metric labels.
-inline constexpr char kRejectTtft[] = "ttft";          // its own first token would be late
-inline constexpr char kRejectTpot[] = "tpot";          // late because decode capacity is full
-inline constexpr char kRejectQueued[] = "queued_ttft";  // would make a queued request late
-inline constexpr char kRejectExpired[] = "expired";    // kQueue: dropped once hopeless
+inline constexpr char kRejectTtft[] = "ttft";             // its own first token would be late
+inline constexpr char kRejectTpot[] = "tpot";             // late because decode capacity is full
+inline constexpr char kRejectQueued[] = "queued_ttft";    // would make a queued request late
+inline constexpr char kRejectExpired[] = "expired";       // kQueue: dropped once hopeless
 inline constexpr char kRejectQueueFull[] = "queue_full";  // --max-queue sequences waiting
 
 // Status payload naming the reason of a 429 (bytes: one of the kReject* strings).

@@ -33,7 +33,7 @@ struct StreamState {
 
     // Consumer only.
     std::unique_ptr<model::StreamDecoder> decoder;
-    std::string held;  // decoded text not yet returned (could start a stop string)
+    std::string held;   // decoded text not yet returned (could start a stop string)
     bool done = false;  // its final delta was returned
     bool echoed = false;
 
@@ -113,8 +113,8 @@ class ChoiceSink : public scheduler::SequenceSink {
           state_->status.ok()) {
         state_->status = status;
       }
-      rec.queue_time = (choice_->scheduled == absl::Time() ? now : choice_->scheduled) -
-                       state_->arrival;
+      rec.queue_time =
+          (choice_->scheduled == absl::Time() ? now : choice_->scheduled) - state_->arrival;
       if (choice_->has_token) rec.ttft = choice_->first_token - state_->arrival;
       rec.e2e = now - state_->arrival;
       rec.prompt_tokens = choice_->prompt_tokens;
@@ -265,8 +265,8 @@ class EngineGenerationStream : public GenerationStream {
         c.held += c.decoder->Flush();
         d.text += c.held;
         c.held.clear();
-        d.finish = c.end == scheduler::SequenceEnd::kLength ? FinishReason::kLength
-                                                            : FinishReason::kStop;
+        d.finish =
+            c.end == scheduler::SequenceEnd::kLength ? FinishReason::kLength : FinishReason::kStop;
       } else if (cancelled_) {
         d.finish = FinishReason::kStop;
       } else {
@@ -293,8 +293,8 @@ class EngineGenerationStream : public GenerationStream {
 
 EngineFrontend::EngineFrontend(const EngineFrontendConfig& config,
                                std::unique_ptr<model::Tokenizer> tokenizer,
-                               model::ChatTemplate chat_template,
-                               scheduler::Engine& engine, ServingObserver* observer)
+                               model::ChatTemplate chat_template, scheduler::Engine& engine,
+                               ServingObserver* observer)
     : config_(config),
       tokenizer_(std::move(tokenizer)),
       chat_template_(std::move(chat_template)),
@@ -311,7 +311,8 @@ EngineFrontend::~EngineFrontend() = default;
 
 absl::Status EngineFrontend::CheckModel(const std::string& model) const {
   if (!model.empty() && model != config_.served_model_name) {
-    return absl::NotFoundError(StrCat("the model '", model, "' does not exist; this server serves '",
+    return absl::NotFoundError(StrCat("the model '", model,
+                                      "' does not exist; this server serves '",
                                       config_.served_model_name, "'"));
   }
   return absl::OkStatus();
@@ -319,7 +320,8 @@ absl::Status EngineFrontend::CheckModel(const std::string& model) const {
 
 absl::StatusOr<std::string> EngineFrontend::RenderChat(
     const std::vector<model::ChatMessage>& messages) const {
-  absl::StatusOr<std::string> text = chat_template_.Render(messages, /*add_generation_prompt=*/true);
+  absl::StatusOr<std::string> text =
+      chat_template_.Render(messages, /*add_generation_prompt=*/true);
   if (!text.ok()) return absl::InvalidArgumentError(std::string(text.status().message()));
   return text;
 }
@@ -346,8 +348,8 @@ absl::StatusOr<std::unique_ptr<GenerationStream>> EngineFrontend::Generate(
   model::SamplingParams sampling = request.sampling;
   if (request.kind == GenerationRequest::Kind::kChat) {
     TANDEM_ASSIGN_OR_RETURN(std::string text, RenderChat(request.messages));
-    prompts.push_back({tokenizer_->Encode(text, /*parse_special=*/true, /*add_special=*/true),
-                       std::move(text)});
+    prompts.push_back(
+        {tokenizer_->Encode(text, /*parse_special=*/true, /*add_special=*/true), std::move(text)});
     sampling.stop_token_ids.insert(sampling.stop_token_ids.end(), chat_stop_ids_.begin(),
                                    chat_stop_ids_.end());
   } else {
@@ -394,9 +396,9 @@ absl::StatusOr<std::unique_ptr<GenerationStream>> EngineFrontend::Generate(
     if (request.max_tokens) {
       max_tokens = *request.max_tokens;
       if (len + static_cast<int64_t>(max_tokens) > context) {
-        return absl::OutOfRangeError(StrCat(
-            "this model's maximum context length is ", context, " tokens; the prompt has ", len,
-            " tokens and max_tokens asks for ", max_tokens, " more"));
+        return absl::OutOfRangeError(
+            StrCat("this model's maximum context length is ", context, " tokens; the prompt has ",
+                   len, " tokens and max_tokens asks for ", max_tokens, " more"));
       }
     } else if (request.kind == GenerationRequest::Kind::kChat) {
       max_tokens = context - len;
@@ -465,8 +467,8 @@ absl::StatusOr<std::string> EngineFrontend::Detokenize(const std::string& model,
   TANDEM_RETURN_IF_ERROR(CheckModel(model));
   for (int32_t t : tokens) {
     if (t < 0 || t >= tokenizer_->vocab_size()) {
-      return absl::InvalidArgumentError(StrCat("token id ", t, " is outside the vocabulary [0, ",
-                                               tokenizer_->vocab_size(), ")"));
+      return absl::InvalidArgumentError(
+          StrCat("token id ", t, " is outside the vocabulary [0, ", tokenizer_->vocab_size(), ")"));
     }
   }
   return model::unicode::SanitizeUtf8(tokenizer_->Decode(tokens));

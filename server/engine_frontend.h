@@ -25,12 +25,12 @@ namespace tandem::server {
 // One finished sequence (one choice), for metrics. Durations are measured from the moment
 // Frontend::Generate was called.
 struct SequenceRecord {
-  absl::Duration queue_time;         // until the sequence's first step
+  absl::Duration queue_time;           // until the sequence's first step
   std::optional<absl::Duration> ttft;  // until its first token, if any
-  absl::Duration e2e;                // until it finished
+  absl::Duration e2e;                  // until it finished
   int prompt_tokens = 0;
   int output_tokens = 0;
-  std::string finish;  // "stop", "length", "cancelled", "failed" or "rejected"
+  std::string finish;      // "stop", "length", "cancelled", "failed" or "rejected"
   double ttft_slo_ms = 0;  // the SLOs it is judged against (0: none)
   double tpot_slo_ms = 0;
   // What admission predicted for the TTFT of the request (unset: no prediction made).

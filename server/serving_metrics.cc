@@ -22,9 +22,8 @@ std::vector<double> RelativeErrorBuckets() {  // 1% .. ~10x
 
 ServingMetrics::ServingMetrics(const scheduler::Engine& engine)
     : engine_(engine),
-      requests_(registry_.AddCounter("tandem:requests_total",
-                                     "API requests answered, by API and status.",
-                                     {"api", "status"})),
+      requests_(registry_.AddCounter(
+          "tandem:requests_total", "API requests answered, by API and status.", {"api", "status"})),
       success_(registry_.AddCounter("tandem:request_success_total",
                                     "Sequences (choices) that ended normally, by finish reason.",
                                     {"finished_reason"})),
@@ -32,10 +31,9 @@ ServingMetrics::ServingMetrics(const scheduler::Engine& engine)
                                     "Sequences that did not end normally: client gone "
                                     "(cancelled) or engine failure (failed).",
                                     {"reason"})),
-      prompt_tokens_(registry_
-                         .AddCounter("tandem:prompt_tokens_total",
-                                     "Prompt tokens of finished sequences.")
-                         .Get()),
+      prompt_tokens_(
+          registry_.AddCounter("tandem:prompt_tokens_total", "Prompt tokens of finished sequences.")
+              .Get()),
       generation_tokens_(
           registry_.AddCounter("tandem:generation_tokens_total", "Tokens generated.").Get()),
       ttft_(registry_
@@ -65,20 +63,20 @@ ServingMetrics::ServingMetrics(const scheduler::Engine& engine)
                       .AddCounter("tandem:slo_judged_total",
                                   "Sequences judged against their TTFT/TPOT SLOs.")
                       .Get()),
-      slo_ttft_met_(registry_
-                        .AddCounter("tandem:slo_ttft_met_total", "Judged sequences with TTFT <= SLO.")
-                        .Get()),
-      slo_tpot_met_(registry_
-                        .AddCounter("tandem:slo_tpot_met_total", "Judged sequences with TPOT <= SLO.")
-                        .Get()),
+      slo_ttft_met_(
+          registry_.AddCounter("tandem:slo_ttft_met_total", "Judged sequences with TTFT <= SLO.")
+              .Get()),
+      slo_tpot_met_(
+          registry_.AddCounter("tandem:slo_tpot_met_total", "Judged sequences with TPOT <= SLO.")
+              .Get()),
       slo_met_(registry_
                    .AddCounter("tandem:slo_met_total",
                                "Judged sequences meeting both SLOs (goodput numerator).")
                    .Get()),
       running_(registry_.AddGauge("tandem:num_requests_running", "Sequences holding KV.").Get()),
       waiting_(registry_.AddGauge("tandem:num_requests_waiting", "Sequences queued.").Get()),
-      kv_usage_(registry_.AddGauge("tandem:kv_cache_usage_ratio", "Share of KV blocks in use.")
-                    .Get()),
+      kv_usage_(
+          registry_.AddGauge("tandem:kv_cache_usage_ratio", "Share of KV blocks in use.").Get()),
       preemptions_(registry_
                        .AddCounter("tandem:num_preemptions_total",
                                    "Sequences preempted (KV freed, recomputed later).")

@@ -5,7 +5,6 @@
 // Lifecycle: load (with progress on stderr), serve, and on SIGTERM / SIGINT drain: readiness
 // goes false, new requests get 503 / UNAVAILABLE, requests in flight finish (up to
 // --shutdown-timeout), then exit 0. A second signal stops at once.
-#include <sched.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -30,6 +29,7 @@
 #include "common/str_cat.h"
 #include "kernels/backend_factory.h"
 #include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/thread_pool.h"
 #include "kvcache/kv_cache.h"
 #include "model/chat_template.h"
 #include "model/gguf_file.h"
@@ -140,8 +140,7 @@ absl::Status Run() {
   TANDEM_ASSIGN_OR_RETURN(size_t kv_bytes, ParseBytes(absl::GetFlag(FLAGS_kv_cache_memory)));
   TANDEM_ASSIGN_OR_RETURN(kernels::KvDType kv_dtype,
                           kvcache::ParseKvDType(absl::GetFlag(FLAGS_kv_cache_dtype)));
-  TANDEM_ASSIGN_OR_RETURN(kernels::cpu::Isa isa,
-                          kernels::cpu::ParseIsa(absl::GetFlag(FLAGS_isa)));
+  TANDEM_ASSIGN_OR_RETURN(kernels::cpu::Isa isa, kernels::cpu::ParseIsa(absl::GetFlag(FLAGS_isa)));
   int threads = absl::GetFlag(FLAGS_threads);
   if (threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
@@ -158,10 +157,10 @@ absl::Status Run() {
                           scheduler::ParseAdmissionMode(absl::GetFlag(FLAGS_slo_admission)));
   TANDEM_ASSIGN_OR_RETURN(scheduler::SchedulePolicy policy,
                           scheduler::ParseSchedulePolicy(absl::GetFlag(FLAGS_scheduling_policy)));
-  for (auto [name, v] : {std::pair{"--ttft-slo-ms", absl::GetFlag(FLAGS_ttft_slo_ms)},
-                         std::pair{"--tpot-slo-ms", absl::GetFlag(FLAGS_tpot_slo_ms)},
-                         std::pair{"--best-effort-aging-ms",
-                                   absl::GetFlag(FLAGS_best_effort_aging_ms)}}) {
+  for (auto [name, v] :
+       {std::pair{"--ttft-slo-ms", absl::GetFlag(FLAGS_ttft_slo_ms)},
+        std::pair{"--tpot-slo-ms", absl::GetFlag(FLAGS_tpot_slo_ms)},
+        std::pair{"--best-effort-aging-ms", absl::GetFlag(FLAGS_best_effort_aging_ms)}}) {
     if (!std::isfinite(v) || v < 0) {
       return absl::InvalidArgumentError(StrCat(name, " must be a finite number >= 0"));
     }
@@ -177,10 +176,9 @@ absl::Status Run() {
   TANDEM_ASSIGN_OR_RETURN(auto tokenizer, model::Tokenizer::FromGguf(*file));
   const std::string tmpl_flag = absl::GetFlag(FLAGS_chat_template);
   absl::StatusOr<model::ChatTemplate> tmpl =
-      tmpl_flag.empty()
-          ? model::ChatTemplate::FromGgufTemplate(
-                file->GetString("tokenizer.chat_template").value_or(""))
-          : model::ChatTemplate::FromName(tmpl_flag);
+      tmpl_flag.empty() ? model::ChatTemplate::FromGgufTemplate(
+                              file->GetString("tokenizer.chat_template").value_or(""))
+                        : model::ChatTemplate::FromName(tmpl_flag);
   if (!tmpl.ok()) return tmpl.status();
   spdlog::info("[1/3] tokenizer: {} tokens, chat template {}", tokenizer->vocab_size(),
                std::string(tmpl->name()));
@@ -251,20 +249,10 @@ absl::Status Run() {
     dc.prefill.backend.cpu.cpus.clear();
     dc.decode.backend.cpu.cpus.clear();
     // The cores this process may run on, in order (a container's cpuset may skip some).
-    std::vector<int> allowed;
-    {
-      cpu_set_t set;
-      CPU_ZERO(&set);
-      if (sched_getaffinity(0, sizeof(set), &set) != 0) {
-        return absl::InternalError("sched_getaffinity failed");
-      }
-      for (int c = 0; c < CPU_SETSIZE; ++c) {
-        if (CPU_ISSET(c, &set)) allowed.push_back(c);
-      }
-    }
+    TANDEM_ASSIGN_OR_RETURN(const std::vector<int> allowed, kernels::cpu::AllowedCpus());
     if (static_cast<int>(allowed.size()) < threads) {
-      return absl::InvalidArgumentError(StrCat("--threads ", threads, " but this process may run on ",
-                                               allowed.size(), " cores"));
+      return absl::InvalidArgumentError(
+          StrCat("--threads ", threads, " but this process may run on ", allowed.size(), " cores"));
     }
     for (int i = 0; i < threads; ++i) {
       (i < prefill_threads ? dc.prefill : dc.decode).backend.cpu.cpus.push_back(allowed[i]);
@@ -273,10 +261,10 @@ absl::Status Run() {
       dc.prefill.latency_profile = ic.latency_profile + ".prefill";
       dc.decode.latency_profile = ic.latency_profile + ".decode";
     }
-    spdlog::info("[2/3] disaggregated: prefill on {} core(s) from cpu {}, decode on {} from cpu "
-                 "{}; loading the weights once for both...",
-                 prefill_threads, allowed[0], threads - prefill_threads,
-                 allowed[prefill_threads]);
+    spdlog::info(
+        "[2/3] disaggregated: prefill on {} core(s) from cpu {}, decode on {} from cpu "
+        "{}; loading the weights once for both...",
+        prefill_threads, allowed[0], threads - prefill_threads, allowed[prefill_threads]);
     TANDEM_ASSIGN_OR_RETURN(auto pair, scheduler::DisaggregatedEngine::Create(dc, *file));
     instances = {&pair->prefill(), &pair->decode()};
     engine = std::move(pair);
@@ -296,26 +284,26 @@ absl::Status Run() {
           "ms/attention pair + {:.3f} ms/decode seq + {:.2e} ms/context token; fit error "
           "{:.1f}% (median)",
           inst->config().name, inst->latency_source(),
-          inst->config().latency_profile.empty() ? ""
-                                                 : StrCat(" ", inst->config().latency_profile),
+          inst->config().latency_profile.empty() ? "" : StrCat(" ", inst->config().latency_profile),
           c[0] * 1e3, c[1] * 1e3, c[2] * 1e3, c[3] * 1e3, c[4] * 1e3, lm.fit_error() * 100);
     } else {
-      spdlog::warn("[2/3] no latency model (--profile-latency=false): SLO admission admits "
-                   "everything and steps have no time budget");
+      spdlog::warn(
+          "[2/3] no latency model (--profile-latency=false): SLO admission admits "
+          "everything and steps have no time budget");
     }
   }
   {
     spdlog::info("[2/3] SLOs: admission {}, policy {}, default TTFT {} ms, TPOT {} ms",
-                 scheduler::AdmissionModeName(admission),
-                 absl::GetFlag(FLAGS_scheduling_policy), absl::GetFlag(FLAGS_ttft_slo_ms),
-                 absl::GetFlag(FLAGS_tpot_slo_ms));
+                 scheduler::AdmissionModeName(admission), absl::GetFlag(FLAGS_scheduling_policy),
+                 absl::GetFlag(FLAGS_ttft_slo_ms), absl::GetFlag(FLAGS_tpot_slo_ms));
   }
   for (scheduler::EngineInstance* inst : instances) {
-    spdlog::info("[2/3] {} instance: {}: {} layers, hidden {}, context {}; backend {}; KV cache "
-                 "{} tokens ({})",
-                 inst->config().name, mc.architecture, mc.n_layers, mc.hidden, mc.context_length,
-                 inst->device_name(), inst->kv_capacity_tokens(),
-                 std::string(kvcache::KvDTypeName(kv_dtype)));
+    spdlog::info(
+        "[2/3] {} instance: {}: {} layers, hidden {}, context {}; backend {}; KV cache "
+        "{} tokens ({})",
+        inst->config().name, mc.architecture, mc.n_layers, mc.hidden, mc.context_length,
+        inst->device_name(), inst->kv_capacity_tokens(),
+        std::string(kvcache::KvDTypeName(kv_dtype)));
   }
   file.reset();
 
@@ -341,10 +329,10 @@ absl::Status Run() {
   http_config.max_body_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_body_bytes));
   TANDEM_ASSIGN_OR_RETURN(
       auto http_server,
-      http::HttpServer::Start(http_config, [&](http::HttpRequest r,
-                                                       std::shared_ptr<http::ResponseWriter> w) {
-        api.Handle(std::move(r), std::move(w));
-      }));
+      http::HttpServer::Start(http_config,
+                              [&](http::HttpRequest r, std::shared_ptr<http::ResponseWriter> w) {
+                                api.Handle(std::move(r), std::move(w));
+                              }));
   std::unique_ptr<grpc_api::GrpcServer> grpc_server;
   if (absl::GetFlag(FLAGS_grpc_port) >= 0) {
     grpc_api::GrpcServerConfig gc;
@@ -356,8 +344,8 @@ absl::Status Run() {
     };
     TANDEM_ASSIGN_OR_RETURN(grpc_server, grpc_api::GrpcServer::Start(gc, frontend));
   }
-  spdlog::info("[3/3] ready in {:.1f} s: model '{}' at http://{}:{}/v1{}", absl::ToDoubleSeconds(absl::Now() - t0),
-               name, http_config.host, http_server->port(),
+  spdlog::info("[3/3] ready in {:.1f} s: model '{}' at http://{}:{}/v1{}",
+               absl::ToDoubleSeconds(absl::Now() - t0), name, http_config.host, http_server->port(),
                grpc_server ? StrCat(", gRPC on ", http_config.host, ":", grpc_server->port()) : "");
 
   // Wait for SIGTERM / SIGINT (blocked in every thread since main's start).

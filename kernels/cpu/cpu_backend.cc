@@ -113,9 +113,8 @@ class CpuBackend : public Backend {
   void SynchronizeEvent(Event) override {}
 
   void HostParallelFor(int n, absl::FunctionRef<void(int begin, int end)> fn) override {
-    pool_->ParallelFor(n, [&](int64_t b, int64_t e, int) {
-      fn(static_cast<int>(b), static_cast<int>(e));
-    });
+    pool_->ParallelFor(
+        n, [&](int64_t b, int64_t e, int) { fn(static_cast<int>(b), static_cast<int>(e)); });
   }
 
   absl::StatusOr<std::unique_ptr<Weight>> PackWeight(const WeightDesc& desc) override;

@@ -43,6 +43,19 @@ inline int64_t ChunkBegin(int64_t n, int k, int t) { return n * t / k; }
 
 }  // namespace
 
+absl::StatusOr<std::vector<int>> AllowedCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) {
+    return absl::InternalError("sched_getaffinity failed");
+  }
+  std::vector<int> cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  }
+  return cpus;
+}
+
 absl::StatusOr<std::unique_ptr<ThreadPool>> ThreadPool::Create(const ThreadPoolOptions& options) {
   if (options.threads < 1) {
     return absl::InvalidArgumentError(
@@ -53,14 +66,11 @@ absl::StatusOr<std::unique_ptr<ThreadPool>> ThreadPool::Create(const ThreadPoolO
       return absl::InvalidArgumentError(absl::StrCat("pin list has ", options.cpus.size(),
                                                      " CPUs for ", options.threads, " threads"));
     }
-    cpu_set_t allowed;
-    CPU_ZERO(&allowed);
-    if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) {
-      return absl::InternalError("sched_getaffinity failed");
-    }
+    absl::StatusOr<std::vector<int>> allowed = AllowedCpus();
+    if (!allowed.ok()) return allowed.status();
     std::vector<int> seen;
     for (int cpu : options.cpus) {
-      if (cpu < 0 || cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &allowed)) {
+      if (std::find(allowed->begin(), allowed->end(), cpu) == allowed->end()) {
         return absl::InvalidArgumentError(
             absl::StrCat("CPU ", cpu, " is not available to this process"));
       }

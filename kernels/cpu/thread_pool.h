@@ -44,6 +44,9 @@ class RangeFn {
   void (*call_)(void*, int64_t, int64_t, int);
 };
 
+// The CPU ids this process may run on (its affinity mask), ascending.
+absl::StatusOr<std::vector<int>> AllowedCpus();
+
 struct ThreadPoolOptions {
   int threads = 1;        // >= 1, including the calling thread
   std::vector<int> cpus;  // empty (no pinning) or one CPU id per thread, cpus[0] = caller

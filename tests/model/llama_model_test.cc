@@ -120,20 +120,59 @@ std::vector<SpecCase> SpecCases() {
     cases.push_back({name, s, tol});
   };
   // Float weights compute in float: only summation order differs from the double reference.
-  add("f32_gqa", [](auto& s) { s.weight_type = DType::kF32; s.embd_type = DType::kF32; }, 1e-4);
-  add("f16_mha", [](auto& s) { s.weight_type = DType::kF16; s.embd_type = DType::kF16;
-                               s.n_kv_heads = s.n_heads; }, 1e-4);
-  add("bf16_untied", [](auto& s) { s.weight_type = DType::kBF16; s.embd_type = DType::kBF16;
-                                   s.tied = false; }, 1e-4);
+  add(
+      "f32_gqa",
+      [](auto& s) {
+        s.weight_type = DType::kF32;
+        s.embd_type = DType::kF32;
+      },
+      1e-4);
+  add(
+      "f16_mha",
+      [](auto& s) {
+        s.weight_type = DType::kF16;
+        s.embd_type = DType::kF16;
+        s.n_kv_heads = s.n_heads;
+      },
+      1e-4);
+  add(
+      "bf16_untied",
+      [](auto& s) {
+        s.weight_type = DType::kBF16;
+        s.embd_type = DType::kBF16;
+        s.tied = false;
+      },
+      1e-4);
   // Quantized weights meet activations quantized to int8 per block of 32 (as llama.cpp
   // does): each dot product carries ~0.4% relative error per layer input; 3e-2 bounds it.
-  add("q8_0_gqa", [](auto& s) { s.weight_type = DType::kQ8_0; }, 3e-2);
-  add("q4_0_mha_untied", [](auto& s) { s.weight_type = DType::kQ4_0; s.n_kv_heads = s.n_heads;
-                                       s.tied = false; s.embd_type = DType::kF16; }, 3e-2);
-  add("q4_1_gqa4", [](auto& s) { s.weight_type = DType::kQ4_1; s.n_heads = 8; s.n_kv_heads = 2;
-                                 s.n_layers = 3; }, 3e-2);
-  add("qwen2_bias_neox", [](auto& s) { s.arch = "qwen2"; s.qkv_bias = true;
-                                       s.weight_type = DType::kF32; s.embd_type = DType::kF32; },
+  add(
+      "q8_0_gqa", [](auto& s) { s.weight_type = DType::kQ8_0; }, 3e-2);
+  add(
+      "q4_0_mha_untied",
+      [](auto& s) {
+        s.weight_type = DType::kQ4_0;
+        s.n_kv_heads = s.n_heads;
+        s.tied = false;
+        s.embd_type = DType::kF16;
+      },
+      3e-2);
+  add(
+      "q4_1_gqa4",
+      [](auto& s) {
+        s.weight_type = DType::kQ4_1;
+        s.n_heads = 8;
+        s.n_kv_heads = 2;
+        s.n_layers = 3;
+      },
+      3e-2);
+  add(
+      "qwen2_bias_neox",
+      [](auto& s) {
+        s.arch = "qwen2";
+        s.qkv_bias = true;
+        s.weight_type = DType::kF32;
+        s.embd_type = DType::kF32;
+      },
       1e-4);
   return cases;
 }

@@ -255,8 +255,7 @@ TEST_F(EngineInstanceTest, SubmitValidates) {
   auto inst = MakeInstance(4, 64, 16);  // 64 tokens of KV
   auto sink = std::make_shared<RecordingSink>();
   EXPECT_EQ(inst->Submit(Request({}, 4, sink)).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(inst->Submit(Request({1, 100000}, 4, sink)).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(inst->Submit(Request({1, 100000}, 4, sink)).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(inst->Submit(Request({1, 2}, 0, sink)).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(inst->Submit(Request({1, 2}, 300, sink)).code(), absl::StatusCode::kOutOfRange);
   EXPECT_EQ(inst->Submit(Request({1, 2}, 100, sink)).code(), absl::StatusCode::kOutOfRange);

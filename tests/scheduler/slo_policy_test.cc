@@ -8,9 +8,9 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "tests/scheduler/test_kv.h"
 #include "scheduler/latency_model.h"
 #include "scheduler/scheduler.h"
+#include "tests/scheduler/test_kv.h"
 
 namespace tandem::scheduler {
 namespace {
@@ -125,8 +125,9 @@ TEST(SloPolicyTest, PrefillsInTtftDeadlineOrder) {
   Sim sim(Config(8, 16));
   sim.Add(1, {.prompt = 16, .max_tokens = 1, .ttft = absl::Seconds(3)});
   sim.Add(2, {.prompt = 16, .max_tokens = 1, .ttft = absl::Seconds(1)});
-  sim.Add(3, {.prompt = 16, .max_tokens = 1, .arrival = absl::Milliseconds(1),
-              .ttft = absl::Seconds(2)});
+  sim.Add(
+      3,
+      {.prompt = 16, .max_tokens = 1, .arrival = absl::Milliseconds(1), .ttft = absl::Seconds(2)});
   sim.Add(4, {.prompt = 16, .max_tokens = 1});  // best-effort: due kT0 + 2 s (aging), ties after 3
   std::vector<uint64_t> order;
   for (int i = 0; i < 4; ++i) {
@@ -194,8 +195,9 @@ TEST(SloPolicyTest, NewSequenceWaitsWhileDecodeCapacityIsFull) {
     sim.Add(i, {.prompt = 4, .max_tokens = i == 0 ? 5 : 1000, .tpot = absl::Milliseconds(50)});
   }
   sim.Step();
-  sim.Add(100, {.prompt = 4, .max_tokens = 10, .ttft = absl::Seconds(10),
-                .tpot = absl::Milliseconds(50)});
+  sim.Add(
+      100,
+      {.prompt = 4, .max_tokens = 10, .ttft = absl::Seconds(10), .tpot = absl::Milliseconds(50)});
   for (int step = 0; step < 3; ++step) {
     const SchedulerOutput& o = sim.Step();
     EXPECT_EQ(o.num_decode, 8);
@@ -230,7 +232,9 @@ TEST(SloPolicyTest, BestEffortYieldsToSloWorkButIsNotStarved) {
   std::map<uint64_t, absl::Time> due;
   while (sim.now() < kT0 + absl::Seconds(4)) {
     while (arrivals <= sim.now()) {
-      sim.Add(next, {.prompt = 64, .max_tokens = 1, .arrival = arrivals - kT0,
+      sim.Add(next, {.prompt = 64,
+                     .max_tokens = 1,
+                     .arrival = arrivals - kT0,
                      .ttft = absl::Milliseconds(500)});
       due[next++] = arrivals + absl::Milliseconds(500);
       arrivals += absl::Milliseconds(60);  // a little faster than one 70 ms step each
@@ -280,8 +284,7 @@ TEST(SloPolicyTest, TpotCapIsNeverExceededByAPredictedStep) {
   int budgeted = 0;
   for (int step = 0; step < 3000; ++step) {
     if (step % 3 == 0) {
-      SeqSpec spec{.prompt = prompt(rng), .max_tokens = out(rng),
-                   .arrival = sim.now() - kT0};
+      SeqSpec spec{.prompt = prompt(rng), .max_tokens = out(rng), .arrival = sim.now() - kT0};
       const int kind = pick(rng);
       if (kind >= 1) spec.ttft = absl::Milliseconds(500 + 100 * kind);
       if (kind >= 2) spec.tpot = absl::Milliseconds(tpot_ms(rng));

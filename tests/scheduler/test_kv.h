@@ -30,7 +30,7 @@ struct TestKv {
   kvcache::KvManager& operator*() { return *manager; }
   kvcache::KvManager* operator->() { return manager.get(); }
 
-  std::unique_ptr<kernels::Backend> backend;      // outlives the manager's memory
+  std::unique_ptr<kernels::Backend> backend;  // outlives the manager's memory
   std::unique_ptr<kvcache::KvManager> manager;
 };
 

@@ -65,11 +65,11 @@ TEST(KvSnapshotTest, EveryLayerAndPositionArrivesAcrossBlockSizesAndDtypes) {
     // half a step of the row's range (<= 4 / 510), plus float rounding.
     float tol;
   };
-  for (const Case& c : {Case{KvDType::kF16, KvDType::kF16, 4, 4, 0},
-                        Case{KvDType::kF16, KvDType::kF16, 4, 8, 0},
-                        Case{KvDType::kF16, KvDType::kF16, 8, 4, 0},
-                        Case{KvDType::kF32, KvDType::kF16, 8, 4, 2.f / 2048},
-                        Case{KvDType::kF16, KvDType::kInt8, 4, 8, 4.f / 510 + 1e-5f}}) {
+  for (const Case& c :
+       {Case{KvDType::kF16, KvDType::kF16, 4, 4, 0}, Case{KvDType::kF16, KvDType::kF16, 4, 8, 0},
+        Case{KvDType::kF16, KvDType::kF16, 8, 4, 0},
+        Case{KvDType::kF32, KvDType::kF16, 8, 4, 2.f / 2048},
+        Case{KvDType::kF16, KvDType::kInt8, 4, 8, 4.f / 510 + 1e-5f}}) {
     Cache src(c.src, c.src_block), dst(c.dst, c.dst_block);
     BlockTable st(c.src_block), dt(c.dst_block);
     // Another table first, so the sequence's blocks are not simply 0, 1, 2...

@@ -115,8 +115,8 @@ class EngineFrontendTest : public ::testing::Test {
     fc.served_model_name = kModel;
     fc.default_ttft_slo_ms = ttft_slo_ms;
     fc.default_tpot_slo_ms = tpot_slo_ms;
-    frontend_ = std::make_unique<EngineFrontend>(fc, std::move(*tok), std::move(*tmpl),
-                                                 *engine_, &observer_);
+    frontend_ = std::make_unique<EngineFrontend>(fc, std::move(*tok), std::move(*tmpl), *engine_,
+                                                 &observer_);
   }
 
   static GenerationRequest Completion(std::string prompt, int max_tokens) {
@@ -217,7 +217,8 @@ TEST_F(EngineFrontendTest, CancelFreesTheEngineAndReportsCancelled) {
   (*s)->Cancel();
   std::vector<ChoiceDelta> rest;
   EXPECT_TRUE((*s)->Take(&rest));
-  for (int i = 0; i < 200 && frontend_->in_flight() > 0; ++i) absl::SleepFor(absl::Milliseconds(10));
+  for (int i = 0; i < 200 && frontend_->in_flight() > 0; ++i)
+    absl::SleepFor(absl::Milliseconds(10));
   EXPECT_EQ(frontend_->in_flight(), 0);
   const scheduler::InstanceStats st = engine_->stats();
   EXPECT_EQ(st.kv_blocks_free, st.kv_blocks_total);
