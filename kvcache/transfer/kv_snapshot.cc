@@ -8,12 +8,11 @@
 namespace tandem::kvcache {
 
 absl::StatusOr<std::unique_ptr<KvSnapshot>> KvSnapshot::Take(const KvManager& src,
-                                                            const BlockTable& table,
-                                                            int n_tokens) {
+                                                             const BlockTable& table,
+                                                             int n_tokens) {
   if (n_tokens < 1 || n_tokens > table.num_tokens()) {
-    return absl::InvalidArgumentError(StrCat("a KV snapshot of ", n_tokens,
-                                             " tokens from a table holding ",
-                                             table.num_tokens()));
+    return absl::InvalidArgumentError(
+        StrCat("a KV snapshot of ", n_tokens, " tokens from a table holding ", table.num_tokens()));
   }
   const kernels::KvCacheView& from = src.view();
   std::unique_ptr<KvSnapshot> snap(new KvSnapshot());
@@ -51,10 +50,9 @@ absl::Status KvSnapshot::WriteTo(const KvManager& dst, const BlockTable& table) 
   const kernels::KvCacheView& to = dst.view();
   if (to.n_layers != view_.n_layers || to.n_kv_heads != view_.n_kv_heads ||
       to.head_dim != view_.head_dim) {
-    return absl::InvalidArgumentError(
-        StrCat("KV of ", view_.n_layers, " layers x ", view_.n_kv_heads, " heads x ",
-               view_.head_dim, " does not fit a cache of ", to.n_layers, " x ", to.n_kv_heads,
-               " x ", to.head_dim));
+    return absl::InvalidArgumentError(StrCat(
+        "KV of ", view_.n_layers, " layers x ", view_.n_kv_heads, " heads x ", view_.head_dim,
+        " does not fit a cache of ", to.n_layers, " x ", to.n_kv_heads, " x ", to.head_dim));
   }
   if (table.num_tokens() < n_tokens()) {
     return absl::InvalidArgumentError(StrCat("the destination table holds ", table.num_tokens(),
