@@ -1,8 +1,17 @@
 #include "kvcache/block_table.h"
 
+#include <utility>
+
 #include "common/check.h"
 
 namespace tandem::kvcache {
+
+BlockTable BlockTable::Adopt(int block_size, std::vector<int32_t> blocks, int n_tokens) {
+  BlockTable t(block_size);
+  t.blocks_ = std::move(blocks);
+  t.SetNumTokens(n_tokens);
+  return t;
+}
 
 int BlockTable::BlocksNeeded(int n_tokens) const {
   const int needed = (n_tokens + block_size_ - 1) / block_size_;

@@ -18,6 +18,11 @@ namespace tandem::kvcache {
 class BlockTable {
  public:
   explicit BlockTable(int block_size) : block_size_(block_size) {}
+  // A table over `blocks` (in position order) that someone already holds one reference on
+  // each of, e.g. a KV lease's, holding the first `n_tokens` positions (CHECKed to fit). It
+  // takes no reference of its own: either the reference moves to it (KvManager::Import) and
+  // it is released as usual, or it only addresses the blocks and is never released.
+  static BlockTable Adopt(int block_size, std::vector<int32_t> blocks, int n_tokens);
 
   int block_size() const { return block_size_; }
   int num_tokens() const { return num_tokens_; }

@@ -102,6 +102,20 @@ void CopySameDType(const KvCacheView& src, const BlockTable& src_table, const Kv
 
 }  // namespace
 
+KvCacheView LayerSlice(const KvCacheView& c, int layer) {
+  TANDEM_CHECK(layer >= 0 && layer < c.n_layers);
+  const int64_t rows = RowIndex(c, layer, 0, 0, 0);  // rows of the layers before it
+  const int64_t elems = rows * c.head_dim;
+  const size_t elem_bytes = kernels::KvElemBytes(c.dtype);
+  KvCacheView s = c;
+  s.n_layers = 1;
+  if (c.k != nullptr) s.k = static_cast<uint8_t*>(c.k) + elems * elem_bytes;
+  if (c.v != nullptr) s.v = static_cast<uint8_t*>(c.v) + elems * elem_bytes;
+  if (c.k_scale_zero != nullptr) s.k_scale_zero = c.k_scale_zero + rows * 2;
+  if (c.v_scale_zero != nullptr) s.v_scale_zero = c.v_scale_zero + rows * 2;
+  return s;
+}
+
 void ReadTokenKv(const KvCacheView& c, int layer, int32_t slot, float* k, float* v) {
   CheckSlot(c, layer, slot);
   const int block = slot / c.block_size;

@@ -37,6 +37,9 @@ absl::Status CopyLayerTokens(const kernels::KvCacheView& src, const BlockTable& 
                              const kernels::KvCacheView& dst, const BlockTable& dst_table,
                              int layer, int n_tokens);
 
+// The one-layer view of `layer` of `c` (same memory; n_layers == 1). CHECKs layer.
+kernels::KvCacheView LayerSlice(const kernels::KvCacheView& c, int layer);
+
 // The K and V of the token in `slot` of `layer`, dequantized to float:
 // k and v [n_kv_heads, head_dim]. CHECKs layer and slot.
 void ReadTokenKv(const kernels::KvCacheView& c, int layer, int32_t slot, float* k, float* v);

@@ -82,18 +82,8 @@ absl::Status KvManager::Import(uint64_t lease_id, int n_tokens, BlockTable& tabl
                                                    n_tokens, " tokens into ", blocks.size(),
                                                    " blocks of ", block_size()));
   }
-  // BlockTable gains blocks only from the pool. The pool's free list is a stack, so freeing
-  // the lease's blocks in reverse order and reserving them again hands back exactly these
-  // blocks in position order, with the data the sender wrote untouched. Nothing else runs in
-  // between (engine thread only); the CHECK turns any change of pool policy into a loud
-  // failure rather than KV landing in the wrong blocks.
-  BlockPool& pool = cache_->pool();
-  for (int32_t b : blocks) TANDEM_CHECK_EQ(pool.RefCount(b), 1);
-  std::vector<int32_t> reversed(blocks.rbegin(), blocks.rend());
-  pool.Free(reversed);
-  TANDEM_CHECK_OK(table.Reserve(pool, capacity));
-  TANDEM_CHECK(table.blocks() == blocks);
-  table.SetNumTokens(n_tokens);
+  // The lease's reference on each block moves to the table.
+  table = BlockTable::Adopt(block_size(), blocks, n_tokens);
   num_leased_blocks_ -= static_cast<int>(blocks.size());
   leases_.erase(it);
   return absl::OkStatus();

@@ -7,8 +7,19 @@
 #include "common/check.h"
 #include "common/retry_after.h"
 #include "common/str_cat.h"
+#include "kvcache/transfer/kv_tcp.h"
 
 namespace tandem::scheduler {
+
+const char* KvTransportName(KvTransportKind k) {
+  switch (k) {
+    case KvTransportKind::kInProcess:
+      return "inproc";
+    case KvTransportKind::kTcp:
+      return "tcp";
+  }
+  return "?";
+}
 
 absl::StatusOr<std::unique_ptr<DisaggregatedEngine>> DisaggregatedEngine::Create(
     const DisaggregatedEngineConfig& config, const model::GgufFile& file) {
@@ -28,7 +39,22 @@ absl::StatusOr<std::unique_ptr<DisaggregatedEngine>> DisaggregatedEngine::Create
   pc.load_progress = nullptr;
   TANDEM_RETURN_IF_ERROR(pc.Validate());
   TANDEM_RETURN_IF_ERROR(dc.Validate());
+  e->transport_ = config.transport;
+  e->reserve_timeout_ = config.reserve_timeout;
+  if (config.wire_dtype) {
+    e->wire_dtype_ = *config.wire_dtype;
+    e->wire_dtype_set_ = true;
+  }
   TANDEM_ASSIGN_OR_RETURN(e->decode_, EngineInstance::Create(dc, file));
+  if (config.transport == KvTransportKind::kTcp) {
+    e->arrivals_ = std::make_unique<KvArrivals>(*e->decode_);
+    TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<kvcache::KvListener> listener,
+                            kvcache::ListenTcp("127.0.0.1", 0));
+    e->receiver_ = kvcache::KvReceiver::Start(std::move(listener), *e->arrivals_);
+    e->pusher_ = std::make_unique<kvcache::KvPusher>([address = e->receiver_->address()] {
+      return kvcache::ConnectTcp(address, absl::Seconds(5));
+    });
+  }
   TANDEM_ASSIGN_OR_RETURN(e->prefill_, EngineInstance::Create(pc, e->decode_->weights()));
   return e;
 }
@@ -43,7 +69,7 @@ absl::StatusOr<Admission> DisaggregatedEngine::Submit(std::vector<SequenceReques
 absl::Status DisaggregatedEngine::CanAccept() const {
   // TPOT is the decode instance's: it takes arrivals only while its steps stay within their
   // TPOTs, and while arrivals wait for it, a new SLO request would only join them.
-  const int queued = decode_->num_arrivals_waiting();
+  const int queued = decode_->num_arrivals_waiting() + (pusher_ ? pusher_->queued() : 0);
   if (queued == 0) return absl::OkStatus();
   absl::Status full = WithRetryAfter(
       absl::ResourceExhaustedError(StrCat(
@@ -57,6 +83,11 @@ absl::Status DisaggregatedEngine::CanAccept() const {
 
 void DisaggregatedEngine::Stop() {
   if (prefill_) prefill_->Stop();
+  // No handoff runs any more: fail what was not sent, end what is in flight (the receiver
+  // frees its leases), then what waits for a pair.
+  if (pusher_) pusher_->Stop();
+  if (receiver_) receiver_->Stop();
+  if (arrivals_) arrivals_->Close();
   if (decode_) decode_->Stop();
 }
 
@@ -103,6 +134,24 @@ absl::Status DisaggregatedEngine::SendKv(const Sequence& seq, const kvcache::KvM
 
 void DisaggregatedEngine::Commit(std::unique_ptr<Sequence> seq) {
   TANDEM_CHECK(pending_ != nullptr);
+  if (transport_ == KvTransportKind::kTcp) {
+    const uint64_t id = next_transfer_++;
+    kvcache::KvPush p;
+    p.transfer_id = id;
+    p.wire_dtype = wire_dtype_set_ ? wire_dtype_ : pending_->dtype();
+    p.kv = std::move(pending_);
+    p.first_token = seq->tokens.back();
+    p.rng_state = seq->sampler.rng_state();
+    p.deadline = absl::Now() + reserve_timeout_;
+    p.done = [arrivals = arrivals_.get(), id](const absl::Status& s) {
+      if (!s.ok()) arrivals->Fail(id, s);
+    };
+    // Counted first: the decode side may finish the sequence before Push returns.
+    handed_.fetch_add(1);
+    arrivals_->Expect(id, std::move(seq));
+    pusher_->Push(std::move(p));
+    return;
+  }
   ArrivingSequence a;
   a.seq = std::move(seq);
   a.import = [snap = std::shared_ptr<kvcache::KvSnapshot>(std::move(pending_))](

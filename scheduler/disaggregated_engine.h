@@ -6,10 +6,14 @@
 // blocks of its own (block sizes and KV dtypes may differ) and decodes it to the end. Prefill
 // steps never stall decode steps, so TPOT no longer pays for other requests' prompts.
 //
-// The in-process handover copies KV twice (out of the prefill cache, into the decode cache);
-// the decode side takes arrivals in order as it has room. Not built yet: decode-side
-// reservations before the push (KvManager leases), layer-by-layer push, and more than one
-// instance per role (see docs/disaggregation.md).
+// Two transports carry the KV. kInProcess hands the snapshot itself to the decode instance,
+// which gives it blocks once it has room. kTcp runs the protocol of separate processes over
+// loopback TCP (kvcache/transfer: a KvPusher on the prefill side, a KvReceiver and KvArrivals
+// on the decode side): the decode instance leases blocks first, the layers are written into
+// them as they arrive, and the commit brings the first token and the sampler state. Both
+// copy KV out of the prefill cache first, so its blocks are free at once. Not built yet:
+// layer-by-layer push during the prefill step, and more than one instance per role (see
+// docs/disaggregation.md).
 //
 // Thread safety: every Engine method may be called from any thread. The handoff runs on the
 // prefill engine thread.
@@ -18,21 +22,34 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kvcache/transfer/kv_pusher.h"
+#include "kvcache/transfer/kv_receiver.h"
 #include "kvcache/transfer/kv_snapshot.h"
 #include "model/gguf_file.h"
 #include "scheduler/engine.h"
 #include "scheduler/engine_instance.h"
+#include "scheduler/kv_arrivals.h"
 
 namespace tandem::scheduler {
+
+enum class KvTransportKind { kInProcess, kTcp };
+const char* KvTransportName(KvTransportKind k);  // "inproc", "tcp"
 
 struct DisaggregatedEngineConfig {
   // Roles, names and handoff are set by the engine; everything else (device and cores, batch
   // limits, KV size and dtype, SLO settings) per instance.
   EngineInstanceConfig prefill;
   EngineInstanceConfig decode;
+  KvTransportKind transport = KvTransportKind::kInProcess;
+  // kTcp: the dtype of KV on the wire (nullopt: the prefill cache's). int8 quantizes per
+  // token per head, as an int8 cache does.
+  std::optional<kernels::KvDType> wire_dtype;
+  // kTcp: how long a transfer may wait for room on the decode side before its request fails.
+  absl::Duration reserve_timeout = absl::Seconds(30);
 };
 
 struct HandoverStats {
@@ -57,6 +74,10 @@ class DisaggregatedEngine : public Engine, private PrefillHandoff {
   EngineInstance& prefill() { return *prefill_; }
   EngineInstance& decode() { return *decode_; }
   HandoverStats handover_stats() const;
+  KvTransportKind transport() const { return transport_; }
+  // kTcp only (null otherwise).
+  const kvcache::KvReceiver* receiver() const { return receiver_.get(); }
+  const kvcache::KvPusher* pusher() const { return pusher_.get(); }
 
  private:
   DisaggregatedEngine() = default;
@@ -69,7 +90,17 @@ class DisaggregatedEngine : public Engine, private PrefillHandoff {
   // The decode instance is created first and stopped last: a prefill step may hand a
   // sequence over until the prefill instance has stopped.
   std::unique_ptr<EngineInstance> decode_;
+  // kTcp: the decode side's receiver and pairing, and the prefill side's sender. Stopped in
+  // the order sender, receiver, arrivals, between the two instances.
+  std::unique_ptr<KvArrivals> arrivals_;
+  std::unique_ptr<kvcache::KvReceiver> receiver_;
   std::unique_ptr<EngineInstance> prefill_;
+  std::unique_ptr<kvcache::KvPusher> pusher_;
+  KvTransportKind transport_ = KvTransportKind::kInProcess;
+  kernels::KvDType wire_dtype_ = kernels::KvDType::kF16;
+  bool wire_dtype_set_ = false;
+  absl::Duration reserve_timeout_;
+  uint64_t next_transfer_ = 1;  // prefill engine thread only
 
   // Prefill engine thread only: SendKv's snapshot, taken by the Commit that follows it.
   std::unique_ptr<kvcache::KvSnapshot> pending_;

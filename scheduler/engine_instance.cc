@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <future>
 #include <random>
 #include <span>
 #include <utility>
@@ -366,7 +367,8 @@ absl::Status EngineInstance::SubmitArriving(ArrivingSequence arriving) {
                                                 InstanceRoleName(config_.role),
                                                 ") does not take sequences with KV"));
   }
-  TANDEM_CHECK(arriving.seq != nullptr && arriving.import != nullptr);
+  TANDEM_CHECK(arriving.seq != nullptr);
+  TANDEM_CHECK((arriving.import != nullptr) != (arriving.lease_id != 0));
   TANDEM_CHECK_EQ(arriving.seq->num_uncomputed(), 1);
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -375,6 +377,69 @@ absl::Status EngineInstance::SubmitArriving(ArrivingSequence arriving) {
   }
   cv_.notify_one();
   return absl::OkStatus();
+}
+
+void EngineInstance::Post(std::function<void(kvcache::KvManager*, bool stopping)> task) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!stopping_) {
+      tasks_.push_back(std::move(task));
+      cv_.notify_one();
+      return;
+    }
+  }
+  task(nullptr, true);
+}
+
+void EngineInstance::RunTasks(bool stopping) {
+  std::vector<std::function<void(kvcache::KvManager*, bool stopping)>> tasks;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    tasks.swap(tasks_);
+  }
+  for (auto& t : tasks) t(&runner_->kv(), stopping);
+  leases_.store(runner_->kv().num_leases());
+}
+
+absl::StatusOr<kvcache::KvReservation> EngineInstance::ReserveKv(int n_tokens) {
+  if (config_.role != InstanceRole::kDecode) {
+    return absl::FailedPreconditionError(StrCat("instance '", config_.name, "' (",
+                                                InstanceRoleName(config_.role),
+                                                ") does not take KV transfers"));
+  }
+  if (n_tokens < 1) {
+    return absl::InvalidArgumentError(StrCat("a KV reservation of ", n_tokens, " tokens"));
+  }
+  auto result = std::make_shared<std::promise<absl::StatusOr<kvcache::KvReservation>>>();
+  std::future<absl::StatusOr<kvcache::KvReservation>> f = result->get_future();
+  Post([this, n_tokens, result](kvcache::KvManager* kv, bool stopping) {
+    if (stopping) {
+      result->set_value(absl::UnavailableError("the decode engine is shutting down"));
+      return;
+    }
+    const int blocks = (n_tokens + config_.block_size - 1) / config_.block_size;
+    absl::StatusOr<kvcache::KvLease> lease = kv->Reserve(blocks, absl::InfiniteFuture());
+    if (!lease.ok()) {
+      result->set_value(absl::ResourceExhaustedError(
+          StrCat("the decode instance has no room for the KV of ", n_tokens, " tokens now (",
+                 kv->num_free(), " of ", kv->num_total(), " blocks free)")));
+      return;
+    }
+    kvcache::KvReservation r;
+    r.lease_id = lease->id;
+    r.view = kv->view();
+    r.table = kvcache::BlockTable::Adopt(config_.block_size, std::move(lease->blocks), n_tokens);
+    kv_free_.store(kv->num_free());
+    result->set_value(std::move(r));
+  });
+  return f.get();
+}
+
+void EngineInstance::ReleaseKv(uint64_t lease_id) {
+  // Once the engine thread is gone its cache goes with the instance: nothing to free then.
+  Post([lease_id](kvcache::KvManager* kv, bool) {
+    if (kv != nullptr) kv->Abort(lease_id);
+  });
 }
 
 void EngineInstance::Stop() {
@@ -444,6 +509,7 @@ void EngineInstance::Loop() {
     PublishStats();
   }
   FailAll(absl::UnavailableError("the engine is shutting down"));
+  RunTasks(/*stopping=*/true);
   PublishStats();
 }
 
@@ -469,7 +535,7 @@ bool EngineInstance::Admit() {
     cv_.wait(lock, [&] {
       // arrived_: arrivals that did not fit yet, and may now that sequences have finished.
       return stopping_ || !inbox_.empty() || !arriving_.empty() || !arrived_.empty() ||
-             !scheduler_->empty();
+             !tasks_.empty() || !scheduler_->empty();
     });
     if (stopping_) return false;
     incoming.swap(inbox_);
@@ -488,6 +554,7 @@ bool EngineInstance::Admit() {
     if (s->sink->cancelled()) cancelled_.push_back(s);
   });
   for (Sequence* s : cancelled_) Finish(s, SequenceEnd::kCancelled, absl::OkStatus());
+  RunTasks(/*stopping=*/false);
   ImportArrived();
   if (config_.admission == AdmissionMode::kQueue) {
     expired_.clear();
@@ -530,14 +597,30 @@ void EngineInstance::ImportArrived() {
   for (; taken < arrived_.size(); ++taken) {
     ArrivingSequence& a = arrived_[taken];
     Sequence* s = a.seq.get();
+    kvcache::KvManager& kv = runner_->kv();
     if (s->sink->cancelled()) {
+      if (a.lease_id != 0) kv.Abort(a.lease_id);
       s->sink->OnFinish(SequenceEnd::kCancelled, absl::OkStatus());
       continue;
     }
-    kvcache::KvManager& kv = runner_->kv();
     s->table = kvcache::BlockTable(config_.block_size);
-    // Room for it: a slot, decode capacity within the running TPOTs, and KV.
-    if (!scheduler_->CanAddRunning(*s) || !kv.CanAppend(s->table, s->num_tokens())) break;
+    // Room for it: a slot, decode capacity within the running TPOTs, and KV for its tokens
+    // (beyond the lease's blocks, if it brings them).
+    if (!scheduler_->CanAddRunning(*s)) break;
+    if (a.lease_id != 0) {
+      const int bs = config_.block_size;
+      const int extra = (s->num_tokens() + bs - 1) / bs - (s->num_computed + bs - 1) / bs;
+      if (!kv.CanAllocate(extra)) break;
+      if (absl::Status st = kv.Import(a.lease_id, s->num_computed, s->table); !st.ok()) {
+        s->sink->OnFinish(SequenceEnd::kFailed,
+                          absl::InternalError(StrCat("KV import failed: ", st.message())));
+        continue;
+      }
+      TANDEM_CHECK_OK(kv.Append(s->table, s->num_tokens()));
+      scheduler_->AddRunning(std::move(a.seq));
+      continue;
+    }
+    if (!kv.CanAppend(s->table, s->num_tokens())) break;
     TANDEM_CHECK_OK(kv.Append(s->table, s->num_tokens()));
     s->table.SetNumTokens(s->num_computed);
     if (absl::Status st = a.import(kv, s->table); !st.ok()) {
@@ -626,7 +709,10 @@ void EngineInstance::FailAll(const absl::Status& status) {
     queued_.fetch_sub(1);
     r.sink->OnFinish(SequenceEnd::kFailed, status);
   }
-  for (ArrivingSequence& a : arrived_) a.seq->sink->OnFinish(SequenceEnd::kFailed, status);
+  for (ArrivingSequence& a : arrived_) {
+    if (a.lease_id != 0) runner_->kv().Abort(a.lease_id);
+    a.seq->sink->OnFinish(SequenceEnd::kFailed, status);
+  }
   arrived_.clear();
   arrived_count_.store(0);
   for (Sequence* s : scheduler_->All()) Finish(s, SequenceEnd::kFailed, status);

@@ -40,6 +40,7 @@
 #include "kernels/backend.h"
 #include "kernels/backend_factory.h"
 #include "kvcache/kv_manager.h"
+#include "kvcache/transfer/kv_receiver.h"
 #include "model/gguf_file.h"
 #include "model/llama_weights.h"
 #include "model/model_runner.h"
@@ -77,11 +78,15 @@ struct ArrivingSequence {
   // num_computed tokens have KV; exactly one token (the first sampled one) is left to run. Its
   // table is empty: the instance gives it blocks of its own.
   std::unique_ptr<Sequence> seq;
-  // Called on the decode engine thread once `table` holds blocks for num_computed tokens:
+  // Where its KV is: exactly one of these two.
+  // (a) Called on the decode engine thread once `table` holds blocks for num_computed tokens:
   // writes their KV into them (re-paging and converting as needed). An error fails the
   // sequence.
   std::function<absl::Status(const kvcache::KvManager& kv, const kvcache::BlockTable& table)>
       import;
+  // (b) Already written into the blocks of this lease (EngineInstance::ReserveKv), which the
+  // sequence takes over when it joins.
+  uint64_t lease_id = 0;
 };
 
 struct EngineInstanceConfig {
@@ -143,6 +148,17 @@ class EngineInstance : public Engine {
   // instance has room for it (running set and KV). Unavailable when stopped (no sink is called
   // then), FailedPrecondition for another role.
   absl::Status SubmitArriving(ArrivingSequence arriving);
+  // Role kDecode: blocks for n_tokens positions that a sender outside the engine thread fills
+  // (a KV transfer), leased until imported by an arrival (lease_id) or released (any thread;
+  // waits for the engine thread, at most one step). The lease has no deadline here: whoever
+  // reserved it releases it when its transfer fails (kvcache::KvReceiver does, at once or at
+  // its transfer timeout). ResourceExhausted when the cache has no room now, InvalidArgument
+  // for n_tokens < 1, Unavailable when stopped, FailedPrecondition for another role.
+  absl::StatusOr<kvcache::KvReservation> ReserveKv(int n_tokens);
+  // Frees a lease of ReserveKv that no arrival took (any thread; done on the engine thread).
+  void ReleaseKv(uint64_t lease_id);
+  // Leases made by ReserveKv and not yet imported or released, as of the last step.
+  int num_leases() const { return leases_.load(); }
   // Fails every queued and running sequence with Unavailable and joins the engine thread.
   // Idempotent.
   void Stop() override;
@@ -181,6 +197,10 @@ class EngineInstance : public Engine {
   void Emit(const SchedulerOutput& out);
   // Role kDecode: moves arrived sequences into the scheduler while they fit.
   void ImportArrived();
+  // Queues `task` for the engine thread (see tasks_).
+  void Post(std::function<void(kvcache::KvManager*, bool stopping)> task);
+  // Runs the queued tasks.
+  void RunTasks(bool stopping);
   // Role kPrefill: sends seq's KV and hands it over; false if it failed instead.
   void HandOff(Sequence* seq);
   void Finish(Sequence* seq, SequenceEnd end, const absl::Status& status);
@@ -211,6 +231,10 @@ class EngineInstance : public Engine {
   std::condition_variable cv_;
   std::vector<SequenceRequest> inbox_ ABSL_GUARDED_BY(mu_);
   std::vector<ArrivingSequence> arriving_ ABSL_GUARDED_BY(mu_);
+  // Work for the engine thread (ReserveKv, ReleaseKv): run at its next Admit, or as it stops,
+  // with its KV manager and whether it is stopping; posted once it stops, run by the poster
+  // with nullptr.
+  std::vector<std::function<void(kvcache::KvManager*, bool stopping)>> tasks_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   // The load as of the step in flight, and the model, for Submit's admission.
   LoadSnapshot load_ ABSL_GUARDED_BY(mu_);
@@ -225,6 +249,7 @@ class EngineInstance : public Engine {
   std::atomic<int> waiting_{0};
   std::atomic<int> kv_free_{0};
   std::atomic<int> arrived_count_{0};  // arrived_.size()
+  std::atomic<int> leases_{0};         // the KV manager's num_leases()
   std::atomic<uint64_t> steps_{0}, prefill_tokens_{0}, decode_tokens_{0}, preemptions_{0};
   std::atomic<uint64_t> decode_deferred_{0};
   std::atomic<double> correction_{1.0};

@@ -61,6 +61,13 @@ ABSL_FLAG(int, threads, 0, "CPU threads of the engine instance (0: every core)."
 ABSL_FLAG(std::string, disaggregation, "off",
           "on: prefill and decode run as two instances on disjoint halves of --threads cores "
           "(pinned), the KV cache handed over in process; off: one colocated instance.");
+ABSL_FLAG(std::string, kv_transport, "inproc",
+          "With --disaggregation=on, how KV moves from prefill to decode: inproc (the copy is "
+          "handed over in memory) or tcp (the protocol between processes, over loopback: decode "
+          "leases blocks, prefill pushes the layers into them, then commits).");
+ABSL_FLAG(std::string, kv_transfer_dtype, "auto",
+          "With --kv-transport=tcp, the KV dtype on the wire: auto (the cache's), f16, f32 or "
+          "int8 (quantized per token and head).");
 ABSL_FLAG(std::string, kv_cache_memory, "1GiB",
           "KV cache size: bytes, or with a KiB/MiB/GiB suffix.");
 ABSL_FLAG(std::string, kv_cache_dtype, "f16", "KV cache element type: f16, f32 or int8.");
@@ -231,6 +238,11 @@ absl::Status Run() {
   if (disaggregation != "on" && disaggregation != "off") {
     return absl::InvalidArgumentError("--disaggregation must be on or off");
   }
+  if (disaggregation == "off" && (absl::GetFlag(FLAGS_kv_transport) != "inproc" ||
+                                  absl::GetFlag(FLAGS_kv_transfer_dtype) != "auto")) {
+    return absl::InvalidArgumentError(
+        "--kv-transport and --kv-transfer-dtype need --disaggregation=on");
+  }
   std::unique_ptr<scheduler::Engine> engine;
   std::vector<scheduler::EngineInstance*> instances;
   if (disaggregation == "on") {
@@ -257,14 +269,27 @@ absl::Status Run() {
     for (int i = 0; i < threads; ++i) {
       (i < prefill_threads ? dc.prefill : dc.decode).backend.cpu.cpus.push_back(allowed[i]);
     }
+    const std::string transport = absl::GetFlag(FLAGS_kv_transport);
+    if (transport == "tcp") {
+      dc.transport = scheduler::KvTransportKind::kTcp;
+    } else if (transport != "inproc") {
+      return absl::InvalidArgumentError("--kv-transport must be inproc or tcp");
+    }
+    if (const std::string wire = absl::GetFlag(FLAGS_kv_transfer_dtype); wire != "auto") {
+      if (dc.transport != scheduler::KvTransportKind::kTcp) {
+        return absl::InvalidArgumentError("--kv-transfer-dtype needs --kv-transport=tcp");
+      }
+      TANDEM_ASSIGN_OR_RETURN(dc.wire_dtype, kvcache::ParseKvDType(wire));
+    }
     if (!ic.latency_profile.empty()) {
       dc.prefill.latency_profile = ic.latency_profile + ".prefill";
       dc.decode.latency_profile = ic.latency_profile + ".decode";
     }
     spdlog::info(
         "[2/3] disaggregated: prefill on {} core(s) from cpu {}, decode on {} from cpu "
-        "{}; loading the weights once for both...",
-        prefill_threads, allowed[0], threads - prefill_threads, allowed[prefill_threads]);
+        "{}, KV over {}; loading the weights once for both...",
+        prefill_threads, allowed[0], threads - prefill_threads, allowed[prefill_threads],
+        transport);
     TANDEM_ASSIGN_OR_RETURN(auto pair, scheduler::DisaggregatedEngine::Create(dc, *file));
     instances = {&pair->prefill(), &pair->decode()};
     engine = std::move(pair);

@@ -20,12 +20,12 @@ using kernels::KvDType;
 //   Layer:     transfer_id u64 | layer i32 | n_tokens i32 | n_kv_heads i32 | head_dim i32 |
 //              dtype u8 | data (LayerPayloadBytes)                                    = 25 + data
 //   Commit:    transfer_id u64 | first_token i32 | rng_state 4 x u64                  = 44
-//   Abort:     transfer_id u64 | reason (the rest)                                    = 8 + reason
+//   Abort:     transfer_id u64 | code u32 | reason (the rest)                         = 12 + reason
 constexpr size_t kReserveBytes = 25;
 constexpr size_t kReserveOkBytes = 24;
 constexpr size_t kLayerFixedBytes = 25;
 constexpr size_t kCommitBytes = 44;
-constexpr size_t kAbortFixedBytes = 8;
+constexpr size_t kAbortFixedBytes = 12;
 
 // Wire codes of KvDType; explicit so that reordering the enum cannot change the format.
 uint8_t DTypeCode(KvDType d) {
@@ -242,6 +242,9 @@ absl::StatusOr<Frame> ParsePayload(FrameType type, std::string_view p) {
       if (p.size() < kAbortFixedBytes) return Malformed("abort", p.size());
       AbortFrame f;
       r.U64(&f.transfer_id);
+      uint32_t code = 0;
+      r.U32(&code);
+      f.code = static_cast<absl::StatusCode>(code);
       f.reason = std::string(r.Rest());
       return Frame(std::move(f));
     }
@@ -268,6 +271,13 @@ FrameType TypeOf(const Frame& f) {
 
 uint64_t TransferIdOf(const Frame& f) {
   return std::visit([](const auto& x) { return x.transfer_id; }, f);
+}
+
+absl::Status AbortStatus(const AbortFrame& f) {
+  const int c = static_cast<int>(f.code);
+  // absl's codes are 0..16; 0 (OK) would make an abort look like success.
+  const absl::StatusCode code = c >= 1 && c <= 16 ? f.code : absl::StatusCode::kUnknown;
+  return absl::Status(code, f.reason);
 }
 
 uint32_t Crc32c(std::string_view bytes) {
@@ -321,6 +331,7 @@ void EncodeFrame(const Frame& f, std::string* out) {
           PutI32(&p, x.first_token);
           for (uint64_t v : x.rng_state) PutU64(&p, v);
         } else {
+          PutU32(&p, static_cast<uint32_t>(x.code));
           p.append(x.reason);
         }
       },

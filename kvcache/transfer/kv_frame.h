@@ -96,12 +96,19 @@ struct CommitFrame {
   bool operator==(const CommitFrame&) const = default;
 };
 
-// either way: the transfer is over, nothing of it is kept.
+// either way: the transfer is over, nothing of it is kept. `code` says whether trying again
+// may help: kResourceExhausted from a decode side with no room now (retry later), anything
+// else ends the transfer for good.
 struct AbortFrame {
   uint64_t transfer_id = 0;
-  std::string reason;  // for logs; any bytes
+  std::string reason;                                  // for logs; any bytes
+  absl::StatusCode code = absl::StatusCode::kAborted;  // travels as u32; any value parses
   bool operator==(const AbortFrame&) const = default;
 };
+
+// The status an AbortFrame stands for: its code (kUnknown for a value absl does not name)
+// with the reason as message.
+absl::Status AbortStatus(const AbortFrame& f);
 
 using Frame = std::variant<ReserveFrame, ReserveOkFrame, LayerFrame, CommitFrame, AbortFrame>;
 

@@ -1,5 +1,8 @@
 #include "kvcache/transfer/kv_snapshot.h"
 
+#include <cstring>
+#include <vector>
+
 #include "common/check.h"
 #include "common/str_cat.h"
 #include "kvcache/block_pool.h"
@@ -62,6 +65,96 @@ absl::Status KvSnapshot::WriteTo(const KvManager& dst, const BlockTable& table) 
     TANDEM_RETURN_IF_ERROR(CopyLayerTokens(view_, table_, to, table, layer, n_tokens()));
   }
   return absl::OkStatus();
+}
+
+namespace {
+
+// Host arrays of one layer of n_tokens positions in one block, and the view over them.
+struct OneLayer {
+  OneLayer(kernels::KvDType dtype, int n_kv_heads, int n_tokens, int head_dim)
+      : table(BlockTable::Adopt(n_tokens, {0}, n_tokens)) {
+    view.dtype = dtype;
+    view.n_layers = 1;
+    view.n_blocks = 1;
+    view.block_size = n_tokens;
+    view.n_kv_heads = n_kv_heads;
+    view.head_dim = head_dim;
+    const size_t rows = static_cast<size_t>(n_kv_heads) * n_tokens;
+    k.resize(rows * head_dim * kernels::KvElemBytes(dtype));
+    v.resize(k.size());
+    view.k = k.data();
+    view.v = v.data();
+    if (dtype == kernels::KvDType::kInt8) {
+      ks.resize(rows * 2);
+      vs.resize(rows * 2);
+      view.k_scale_zero = ks.data();
+      view.v_scale_zero = vs.data();
+    }
+  }
+  kernels::KvCacheView view;
+  BlockTable table;
+  std::vector<uint8_t> k, v;
+  std::vector<float> ks, vs;
+};
+
+void AppendBytes(const void* p, size_t n, std::string* out) {
+  out->append(static_cast<const char*>(p), n);
+}
+
+}  // namespace
+
+void KvSnapshot::LayerPayload(int layer, kernels::KvDType dtype, std::string* out) const {
+  const kernels::KvCacheView src = LayerSlice(view_, layer);
+  const size_t rows = static_cast<size_t>(view_.n_kv_heads) * n_tokens();
+  out->clear();
+  out->reserve(LayerPayloadBytes(dtype, view_.n_kv_heads, n_tokens(), view_.head_dim));
+  if (dtype == view_.dtype) {
+    const size_t bytes = rows * view_.head_dim * kernels::KvElemBytes(dtype);
+    AppendBytes(src.k, bytes, out);
+    AppendBytes(src.v, bytes, out);
+    if (dtype == kernels::KvDType::kInt8) {
+      AppendBytes(src.k_scale_zero, rows * 2 * sizeof(float), out);
+      AppendBytes(src.v_scale_zero, rows * 2 * sizeof(float), out);
+    }
+    return;
+  }
+  OneLayer conv(dtype, view_.n_kv_heads, n_tokens(), view_.head_dim);
+  TANDEM_CHECK_OK(CopyLayerTokens(src, table_, conv.view, conv.table, 0, n_tokens()));
+  AppendBytes(conv.k.data(), conv.k.size(), out);
+  AppendBytes(conv.v.data(), conv.v.size(), out);
+  AppendBytes(conv.ks.data(), conv.ks.size() * sizeof(float), out);
+  AppendBytes(conv.vs.data(), conv.vs.size() * sizeof(float), out);
+}
+
+absl::Status WriteLayerPayload(const LayerFrame& f, const kernels::KvCacheView& dst,
+                               const BlockTable& table) {
+  if (f.layer < 0 || f.layer >= dst.n_layers || f.n_kv_heads != dst.n_kv_heads ||
+      f.head_dim != dst.head_dim) {
+    return absl::InvalidArgumentError(StrCat("KV layer ", f.layer, " of ", f.n_kv_heads,
+                                             " heads x ", f.head_dim, " does not fit a cache of ",
+                                             dst.n_layers, " layers x ", dst.n_kv_heads, " x ",
+                                             dst.head_dim));
+  }
+  if (table.num_tokens() < f.n_tokens) {
+    return absl::InvalidArgumentError(StrCat("the destination table holds ", table.num_tokens(),
+                                             " positions, the layer ", f.n_tokens));
+  }
+  TANDEM_CHECK_EQ(f.payload.size(),
+                  LayerPayloadBytes(f.dtype, f.n_kv_heads, f.n_tokens, f.head_dim));
+  // Copied out of the frame: its scale pairs sit at any byte offset, and kernels read
+  // aligned floats.
+  OneLayer src(f.dtype, f.n_kv_heads, f.n_tokens, f.head_dim);
+  const char* p = f.payload.data();
+  std::memcpy(src.k.data(), p, src.k.size());
+  p += src.k.size();
+  std::memcpy(src.v.data(), p, src.v.size());
+  p += src.v.size();
+  if (!src.ks.empty()) {
+    std::memcpy(src.ks.data(), p, src.ks.size() * sizeof(float));
+    p += src.ks.size() * sizeof(float);
+    std::memcpy(src.vs.data(), p, src.vs.size() * sizeof(float));
+  }
+  return CopyLayerTokens(src.view, src.table, LayerSlice(dst, f.layer), table, 0, f.n_tokens);
 }
 
 }  // namespace tandem::kvcache

@@ -15,14 +15,24 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
 #include "kvcache/block_table.h"
 #include "kvcache/kv_manager.h"
+#include "kvcache/transfer/kv_frame.h"
 
 namespace tandem::kvcache {
+
+// Writes a LayerFrame's positions [0, f.n_tokens) into layer f.layer of (dst, table), re-paging
+// and converting. The frame must be well formed (as FrameParser returns it). InvalidArgument
+// (nothing written) when its layer, heads or head size do not fit dst, or the table holds
+// fewer positions. The receiving side of every transport calls it from its own thread: dst's
+// memory must be host memory and `table`'s blocks written by no one else meanwhile.
+absl::Status WriteLayerPayload(const LayerFrame& f, const kernels::KvCacheView& dst,
+                               const BlockTable& table);
 
 class KvSnapshot {
  public:
@@ -34,7 +44,15 @@ class KvSnapshot {
   // head size must match the source's: InvalidArgument otherwise, nothing written then).
   absl::Status WriteTo(const KvManager& dst, const BlockTable& table) const;
 
+  // The payload of `layer`'s LayerFrame (kv_frame.h) in `dtype`: the snapshot's own bytes when
+  // dtype is its dtype, else converted as CopyLayerTokens converts (an int8 wire quantizes as
+  // an int8 cache would). Replaces *out. CHECKs layer.
+  void LayerPayload(int layer, kernels::KvDType dtype, std::string* out) const;
+
   int n_tokens() const { return view_.block_size; }
+  int n_layers() const { return view_.n_layers; }
+  int n_kv_heads() const { return view_.n_kv_heads; }
+  int head_dim() const { return view_.head_dim; }
   kernels::KvDType dtype() const { return view_.dtype; }
   size_t bytes() const { return k_.size() + v_.size() + 4 * (ks_.size() + vs_.size()); }
 

@@ -1,15 +1,17 @@
 """tandemd --disaggregation on: a prefill and a decode instance on one core each, the KV cache
-handed over in process. Greedy outputs through the public APIs equal the colocated daemon's
+handed over in process (--kv-transport inproc) or by the wire protocol over loopback TCP
+(--kv-transport tcp). Greedy outputs through the public APIs equal the colocated daemon's
 (the session `daemon`), concurrent requests included, streaming works, a client that goes
 away costs nothing, and /metrics sees both instances' KV come back."""
 import concurrent.futures
 import json
+import subprocess
 import time
 import urllib.request
 
 import pytest
 
-from conftest import MODEL_NAME, Daemon
+from conftest import MODEL, MODEL_NAME, TANDEMD, Daemon
 
 PROMPTS = [
     "The capital of France is",
@@ -21,9 +23,9 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def disagg():
-    d = Daemon("--disaggregation", "on", "--max-num-seqs", "16")
+@pytest.fixture(scope="module", params=["inproc", "tcp"])
+def disagg(request):
+    d = Daemon("--disaggregation", "on", "--max-num-seqs", "16", "--kv-transport", request.param)
     yield d
     code = d.terminate()
     assert code == 0, f"tandemd exited with {code}:\n{d.logs()}"
@@ -107,3 +109,35 @@ def test_client_gone_mid_decode_frees_both_caches(disagg):
     assert m.get("tandem:kv_handover_sequences_total", 0) >= 2, m
     assert m.get("tandem:kv_handover_bytes_total", 0) > 0, m
     assert m.get("tandem:decode_arrivals_waiting") == 0, m
+
+
+def test_int8_on_the_wire_serves_and_stays_close(daemon):
+    """KV quantized to int8 between prefill and decode: every request completes; how many
+    greedy completions stay identical to the colocated daemon's is printed (bench/RESULTS.md
+    quotes it), and the first token, sampled by prefill before any quantization, always is."""
+    d = Daemon("--disaggregation", "on", "--kv-transport", "tcp", "--kv-transfer-dtype", "int8")
+    try:
+        same = 0
+        for prompt in PROMPTS:
+            want = complete(daemon.url, prompt, max_tokens=1)["choices"][0]["text"]
+            assert complete(d.url, prompt, max_tokens=1)["choices"][0]["text"] == want, prompt
+            want = complete(daemon.url, prompt)["choices"][0]["text"]
+            got = complete(d.url, prompt)
+            assert got["usage"]["completion_tokens"] == 24
+            same += got["choices"][0]["text"] == want
+        print(f"int8 on the wire: {same} of {len(PROMPTS)} greedy completions identical")
+    finally:
+        code = d.terminate()
+    assert code == 0, f"tandemd exited with {code}:\n{d.logs()}"
+
+
+def test_wire_flags_are_checked():
+    for args in [("--kv-transport", "tcp"),
+                 ("--disaggregation", "on", "--kv-transport", "udp"),
+                 ("--disaggregation", "on", "--kv-transfer-dtype", "int8"),
+                 ("--disaggregation", "on", "--kv-transport", "tcp", "--kv-transfer-dtype", "i4")]:
+        r = subprocess.run([TANDEMD, "--model", MODEL, "--port", "0", "--threads", "2", *args],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0, args
+        assert "--kv-transfer-dtype" in r.stderr or "--kv-transport" in r.stderr or \
+            "int8" in r.stderr, (args, r.stderr)

@@ -59,6 +59,7 @@ std::vector<Frame> RandomFrames(std::mt19937_64& rng) {
   for (uint64_t& x : c.rng_state) x = rng();
   frames.push_back(c);
   frames.push_back(AbortFrame{rng(), "peer went away"});
+  frames.push_back(AbortFrame{rng(), "odd code", static_cast<absl::StatusCode>(rng())});
   frames.push_back(AbortFrame{rng(), ""});
   return frames;
 }
@@ -98,14 +99,29 @@ TEST(LayerPayloadBytesTest, Sizes) {
 }
 
 TEST(FrameTest, EncodedHeader) {
-  const std::string s = Encode(AbortFrame{7, "x"});
-  ASSERT_EQ(s.size(), kFrameHeaderBytes + 9);
+  const std::string s = Encode(AbortFrame{7, "x", absl::StatusCode::kResourceExhausted});
+  ASSERT_EQ(s.size(), kFrameHeaderBytes + 13);
   EXPECT_EQ(s.substr(0, 4), "TKV1");
   EXPECT_EQ(s[4], static_cast<char>(FrameType::kAbort));
   EXPECT_EQ(s[5], 1);
   EXPECT_EQ(s[6], 0);
   EXPECT_EQ(s[7], 0);
-  EXPECT_EQ(static_cast<uint8_t>(s[8]), 9);
+  EXPECT_EQ(static_cast<uint8_t>(s[8]), 13);
+  // transfer id, then the status code as u32, then the reason.
+  EXPECT_EQ(static_cast<uint8_t>(s[kFrameHeaderBytes]), 7);
+  EXPECT_EQ(static_cast<uint8_t>(s[kFrameHeaderBytes + 8]), 8);  // kResourceExhausted
+  EXPECT_EQ(s.back(), 'x');
+}
+
+TEST(FrameTest, AbortStatusKeepsTheCodeAndNeverReadsAsOk) {
+  EXPECT_TRUE(absl::IsResourceExhausted(
+      AbortStatus(AbortFrame{1, "full", absl::StatusCode::kResourceExhausted})));
+  EXPECT_EQ(AbortStatus(AbortFrame{1, "full", absl::StatusCode::kResourceExhausted}).message(),
+            "full");
+  EXPECT_EQ(AbortStatus(AbortFrame{1, "", absl::StatusCode::kOk}).code(),
+            absl::StatusCode::kUnknown);
+  EXPECT_EQ(AbortStatus(AbortFrame{1, "", static_cast<absl::StatusCode>(1234)}).code(),
+            absl::StatusCode::kUnknown);
 }
 
 TEST(FrameTest, RoundTripEveryType) {

@@ -1,0 +1,131 @@
+#include "scheduler/kv_arrivals.h"
+
+#include <utility>
+#include <vector>
+
+#include "common/str_cat.h"
+
+namespace tandem::scheduler {
+
+KvArrivals::~KvArrivals() { Close(); }
+
+void KvArrivals::Expect(uint64_t transfer_id, std::unique_ptr<Sequence> seq) {
+  Committed c;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!closed_) {
+      auto it = committed_.find(transfer_id);
+      if (it == committed_.end()) {
+        expected_[transfer_id] = std::move(seq);
+        return;
+      }
+      c = it->second;
+      committed_.erase(it);
+    }
+  }
+  if (c.lease_id == 0) {
+    seq->sink->OnFinish(SequenceEnd::kFailed,
+                        absl::UnavailableError("the decode side is shutting down"));
+    return;
+  }
+  Join(std::move(seq), c.lease_id, c.commit);
+}
+
+void KvArrivals::Fail(uint64_t transfer_id, const absl::Status& why) {
+  std::unique_ptr<Sequence> seq;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = expected_.find(transfer_id);
+    if (it == expected_.end()) return;
+    seq = std::move(it->second);
+    expected_.erase(it);
+  }
+  seq->sink->OnFinish(SequenceEnd::kFailed,
+                      absl::UnavailableError(StrCat("KV handover failed: ", why.message())));
+}
+
+void KvArrivals::Close() {
+  std::map<uint64_t, std::unique_ptr<Sequence>> expected;
+  std::map<uint64_t, Committed> committed;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+    expected.swap(expected_);
+    committed.swap(committed_);
+  }
+  for (auto& [id, seq] : expected) {
+    seq->sink->OnFinish(SequenceEnd::kFailed,
+                        absl::UnavailableError("the engine is shutting down"));
+  }
+  for (auto& [id, c] : committed) decode_.ReleaseKv(c.lease_id);
+}
+
+int KvArrivals::num_waiting() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(expected_.size() + committed_.size());
+}
+
+absl::StatusOr<kvcache::KvReservation> KvArrivals::Reserve(const kvcache::ReserveFrame& r,
+                                                           absl::Time /*expires*/) {
+  // The receiver enforces the deadline and releases the lease when it passes.
+  absl::StatusOr<kvcache::KvReservation> lease = decode_.ReserveKv(r.n_tokens);
+  if (!lease.ok()) return lease;
+  const kernels::KvCacheView& v = lease->view;
+  if (r.n_layers != v.n_layers || r.n_kv_heads != v.n_kv_heads || r.head_dim != v.head_dim) {
+    decode_.ReleaseKv(lease->lease_id);
+    return absl::InvalidArgumentError(StrCat("KV of ", r.n_layers, " layers x ", r.n_kv_heads,
+                                             " heads x ", r.head_dim,
+                                             " does not fit this decode instance's cache of ",
+                                             v.n_layers, " x ", v.n_kv_heads, " x ", v.head_dim));
+  }
+  return lease;
+}
+
+void KvArrivals::Commit(const kvcache::ReserveFrame& r, const kvcache::KvReservation& lease,
+                        const kvcache::CommitFrame& c) {
+  std::unique_ptr<Sequence> seq;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = expected_.find(r.transfer_id);
+    if (it == expected_.end()) {
+      if (closed_) {
+        decode_.ReleaseKv(lease.lease_id);
+      } else {
+        committed_[r.transfer_id] = Committed{lease.lease_id, c};
+      }
+      return;
+    }
+    seq = std::move(it->second);
+    expected_.erase(it);
+  }
+  Join(std::move(seq), lease.lease_id, c);
+}
+
+void KvArrivals::Abort(uint64_t transfer_id, uint64_t lease_id, const absl::Status& why) {
+  if (lease_id != 0) decode_.ReleaseKv(lease_id);
+  Fail(transfer_id, why);
+}
+
+void KvArrivals::Join(std::unique_ptr<Sequence> seq, uint64_t lease_id,
+                      const kvcache::CommitFrame& c) {
+  // The first token and the sampler state travel with the commit; a sequence that reached
+  // this side by itself must agree with them.
+  if (seq->num_uncomputed() != 1 || seq->tokens.back() != c.first_token) {
+    decode_.ReleaseKv(lease_id);
+    seq->sink->OnFinish(SequenceEnd::kFailed,
+                        absl::InternalError(StrCat("KV handover: the commit's first token ",
+                                                   c.first_token, " is not the sequence's")));
+    return;
+  }
+  seq->sampler.set_rng_state(c.rng_state);
+  std::shared_ptr<SequenceSink> sink = seq->sink;
+  ArrivingSequence a;
+  a.seq = std::move(seq);
+  a.lease_id = lease_id;
+  if (absl::Status s = decode_.SubmitArriving(std::move(a)); !s.ok()) {
+    decode_.ReleaseKv(lease_id);
+    sink->OnFinish(SequenceEnd::kFailed, s);
+  }
+}
+
+}  // namespace tandem::scheduler
