@@ -379,6 +379,13 @@ absl::Status EngineInstance::SubmitArriving(ArrivingSequence arriving) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::unique_ptr<Sequence>> EngineInstance::MakeSequence(
+    SequenceRequest request) const {
+  TANDEM_RETURN_IF_ERROR(ValidateRequest(request));
+  return std::make_unique<Sequence>(std::move(request), runner_->model_config().vocab_size,
+                                    config_.eos_token_id, config_.block_size);
+}
+
 void EngineInstance::Post(std::function<void(kvcache::KvManager*, bool stopping)> task) {
   {
     std::lock_guard<std::mutex> lock(mu_);

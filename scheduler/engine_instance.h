@@ -159,6 +159,9 @@ class EngineInstance : public Engine {
   void ReleaseKv(uint64_t lease_id);
   // Leases made by ReserveKv and not yet imported or released, as of the last step.
   int num_leases() const { return leases_.load(); }
+  // A sequence of this instance for `request` (validated as Submit validates it), not queued:
+  // for a decode worker that builds a sequence whose KV arrives from another process.
+  absl::StatusOr<std::unique_ptr<Sequence>> MakeSequence(SequenceRequest request) const;
   // Fails every queued and running sequence with Unavailable and joins the engine thread.
   // Idempotent.
   void Stop() override;

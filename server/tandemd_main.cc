@@ -6,6 +6,7 @@
 // goes false, new requests get 503 / UNAVAILABLE, requests in flight finish (up to
 // --shutdown-timeout), then exit 0. A second signal stops at once.
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -14,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -31,11 +33,18 @@
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kvcache/kv_cache.h"
+#include "kvcache/transfer/kv_receiver.h"
+#include "kvcache/transfer/kv_tcp.h"
 #include "model/chat_template.h"
 #include "model/gguf_file.h"
 #include "model/tokenizer.h"
 #include "scheduler/disaggregated_engine.h"
 #include "scheduler/engine_instance.h"
+#include "scheduler/kv_arrivals.h"
+#include "scheduler/remote_handoff.h"
+#include "server/cluster/router_engine.h"
+#include "server/cluster/worker_agent.h"
+#include "server/cluster/worker_service.h"
 #include "server/engine_frontend.h"
 #include "server/grpc/grpc_server.h"
 #include "server/grpc/status_convert.h"
@@ -61,6 +70,25 @@ ABSL_FLAG(int, threads, 0, "CPU threads of the engine instance (0: every core)."
 ABSL_FLAG(std::string, disaggregation, "off",
           "on: prefill and decode run as two instances on disjoint halves of --threads cores "
           "(pinned), the KV cache handed over in process; off: one colocated instance.");
+ABSL_FLAG(std::string, role, "colocated",
+          "colocated (one process serves everything), or a cluster role: router (the public API, "
+          "no weights; dispatches to workers), prefill or decode (workers that register with "
+          "--router).");
+ABSL_FLAG(std::string, router, "",
+          "Workers: the router's cluster address, host:port (its --cluster-port).");
+ABSL_FLAG(int, cluster_port, 50052,
+          "Router: where workers register. Workers: their control-plane port (0: pick a free "
+          "one).");
+ABSL_FLAG(int, kv_port, 0, "Decode workers: where prefill workers push KV (0: pick a free one).");
+ABSL_FLAG(std::string, advertise_host, "",
+          "Workers: the host the router and the other workers dial to reach this one (default: "
+          "--host, or this machine's host name when --host is a wildcard).");
+ABSL_FLAG(std::string, cluster_secret_file, "",
+          "A file holding the secret every cluster peer must present (router, workers, KV "
+          "transfers). Without one, only loopback peers are accepted.");
+ABSL_FLAG(int, heartbeat_ms, 1000, "Router: how often workers report their load.");
+ABSL_FLAG(int, worker_timeout_ms, 3000,
+          "Router: a worker silent for this long is dropped, and its requests fail.");
 ABSL_FLAG(std::string, kv_transport, "inproc",
           "With --disaggregation=on, how KV moves from prefill to decode: inproc (the copy is "
           "handed over in memory) or tcp (the protocol between processes, over loopback: decode "
@@ -132,6 +160,62 @@ std::string CpuModelName() {
     }
   }
   return "unknown cpu";
+}
+
+// A worker's face to server/: the HTTP and gRPC servers of a worker answer health, readiness
+// and metrics from its instance, and refuse generation (that is the router's).
+class WorkerFacade : public scheduler::Engine {
+ public:
+  WorkerFacade(scheduler::EngineInstance& inst, std::string role)
+      : inst_(inst), role_(std::move(role)) {}
+  absl::StatusOr<scheduler::Admission> Submit(std::vector<scheduler::SequenceRequest>) override {
+    return absl::UnavailableError(
+        StrCat("this tandemd is a ", role_, " worker: send requests to the router"));
+  }
+  void Stop() override { inst_.Stop(); }
+  scheduler::InstanceStats stats() const override { return inst_.stats(); }
+  const model::ModelConfig& model_config() const override { return inst_.model_config(); }
+  int kv_capacity_tokens() const override { return inst_.kv_capacity_tokens(); }
+
+ private:
+  scheduler::EngineInstance& inst_;
+  const std::string role_;
+};
+
+absl::StatusOr<std::string> ReadSecret(const std::string& path) {
+  if (path.empty()) return std::string();
+  std::ifstream f(path);
+  if (!f) return absl::InvalidArgumentError(StrCat("--cluster-secret-file: cannot read ", path));
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::string s = ss.str();
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
+  if (s.empty())
+    return absl::InvalidArgumentError(StrCat("--cluster-secret-file: ", path, " is empty"));
+  return s;
+}
+
+std::string AdvertiseHost() {
+  std::string h = absl::GetFlag(FLAGS_advertise_host);
+  if (!h.empty()) return h;
+  h = absl::GetFlag(FLAGS_host);
+  if (h != "0.0.0.0" && h != "::" && h != "[::]") return h;
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) == 0 && name[0] != 0) return name;
+  return "127.0.0.1";
+}
+
+std::string HostPort(const std::string& host, int port) {
+  return host.find(':') != std::string::npos ? StrCat("[", host, "]:", port)
+                                             : StrCat(host, ":", port);
+}
+
+// What identifies the model across processes: a router and its workers must agree on it.
+std::string ModelFingerprint(const std::string& path, const model::ModelConfig& mc) {
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  return StrCat(mc.architecture, " ", mc.n_layers, "x", mc.hidden, " vocab ", mc.vocab_size, ", ",
+                ec ? 0 : size, " bytes");
 }
 
 absl::Status Run() {
@@ -234,6 +318,63 @@ absl::Status Run() {
     }
   };
   TANDEM_RETURN_IF_ERROR(ic.Validate());
+  const std::string role = absl::GetFlag(FLAGS_role);
+  if (role != "colocated" && role != "router" && role != "prefill" && role != "decode") {
+    return absl::InvalidArgumentError("--role must be colocated, router, prefill or decode");
+  }
+  if (role != "colocated" && absl::GetFlag(FLAGS_disaggregation) == "on") {
+    return absl::InvalidArgumentError(
+        "--disaggregation=on runs both phases in one process; with --role=" + role +
+        " the phases are separate processes already");
+  }
+  if ((role == "prefill" || role == "decode") && absl::GetFlag(FLAGS_router).empty()) {
+    return absl::InvalidArgumentError("--role=" + role + " needs --router HOST:PORT");
+  }
+  if (role == "router" && absl::GetFlag(FLAGS_cluster_port) <= 0) {
+    return absl::InvalidArgumentError("--role=router needs a --cluster-port > 0 for workers");
+  }
+  if (absl::GetFlag(FLAGS_heartbeat_ms) <= 0 ||
+      absl::GetFlag(FLAGS_worker_timeout_ms) <= absl::GetFlag(FLAGS_heartbeat_ms)) {
+    return absl::InvalidArgumentError(
+        "--heartbeat-ms must be > 0 and --worker-timeout-ms greater than it");
+  }
+  TANDEM_ASSIGN_OR_RETURN(const std::string secret,
+                          ReadSecret(absl::GetFlag(FLAGS_cluster_secret_file)));
+  if (role != "colocated" && secret.empty()) {
+    spdlog::warn(
+        "no --cluster-secret-file: cluster peers are accepted from loopback only, "
+        "unauthenticated");
+  }
+  std::optional<kernels::KvDType> wire_dtype;
+  if (const std::string wire = absl::GetFlag(FLAGS_kv_transfer_dtype); wire != "auto") {
+    TANDEM_ASSIGN_OR_RETURN(wire_dtype, kvcache::ParseKvDType(wire));
+  }
+  // The cluster's pieces of this process, by role (all null for colocated).
+  // Declared so that each outlives what calls it: the instance calls the handoff, the
+  // arrivals and the receiver call the instance, the servers call the services.
+  cluster::RouterEngine* router = nullptr;  // owned by `engine`
+  std::unique_ptr<scheduler::RemoteHandoff> handoff;
+  std::unique_ptr<scheduler::EngineInstance> worker_instance;
+  std::unique_ptr<scheduler::KvArrivals> arrivals;
+  std::unique_ptr<kvcache::KvReceiver> kv_receiver;
+  std::unique_ptr<cluster::WorkerService> worker_service;
+  std::unique_ptr<grpc::Server> cluster_server;
+  std::unique_ptr<cluster::WorkerAgent> agent;
+  // Starts the cluster port with `service`; returns the port bound.
+  auto start_cluster_server = [&](grpc::Service* service) -> absl::StatusOr<int> {
+    grpc::ServerBuilder b;
+    int bound = 0;
+    b.AddListeningPort(HostPort(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_cluster_port)),
+                       grpc::InsecureServerCredentials(), &bound);
+    b.RegisterService(service);
+    b.SetMaxReceiveMessageSize(64 << 20);
+    cluster_server = b.BuildAndStart();
+    if (!cluster_server || bound == 0) {
+      return absl::UnavailableError(
+          StrCat("cannot bind the cluster port ", absl::GetFlag(FLAGS_cluster_port)));
+    }
+    return bound;
+  };
   const std::string disaggregation = absl::GetFlag(FLAGS_disaggregation);
   if (disaggregation != "on" && disaggregation != "off") {
     return absl::InvalidArgumentError("--disaggregation must be on or off");
@@ -245,7 +386,89 @@ absl::Status Run() {
   }
   std::unique_ptr<scheduler::Engine> engine;
   std::vector<scheduler::EngineInstance*> instances;
-  if (disaggregation == "on") {
+  if (role == "router") {
+    cluster::RouterConfig rc;
+    TANDEM_ASSIGN_OR_RETURN(rc.model, model::ModelConfig::FromGguf(*file));
+    rc.model_fingerprint = ModelFingerprint(model_path, rc.model);
+    rc.secret = secret;
+    rc.heartbeat_interval = absl::Milliseconds(absl::GetFlag(FLAGS_heartbeat_ms));
+    rc.worker_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_worker_timeout_ms));
+    auto r = std::make_unique<cluster::RouterEngine>(rc);
+    router = r.get();
+    engine = std::move(r);
+    TANDEM_ASSIGN_OR_RETURN(const int port, start_cluster_server(router));
+    spdlog::info("[2/3] router: no weights; workers register on port {} (model '{}')", port,
+                 rc.model_fingerprint);
+  } else if (role == "prefill" || role == "decode") {
+    scheduler::EngineInstanceConfig wc = ic;
+    wc.name = role;
+    if (role == "prefill") {
+      scheduler::RemoteHandoffConfig hc;
+      hc.connect = [secret](const std::string& address) {
+        return kvcache::ConnectTcp(address, absl::Seconds(5), secret);
+      };
+      hc.wire_dtype = wire_dtype;
+      handoff = std::make_unique<scheduler::RemoteHandoff>(hc);
+      wc.role = scheduler::InstanceRole::kPrefill;
+      wc.handoff = handoff.get();
+    } else {
+      wc.role = scheduler::InstanceRole::kDecode;
+    }
+    spdlog::info("[2/3] {} worker: loading weights onto the CPU backend ({} threads)...", role,
+                 threads);
+    TANDEM_ASSIGN_OR_RETURN(worker_instance, scheduler::EngineInstance::Create(wc, *file));
+    instances = {worker_instance.get()};
+    std::string kv_address;
+    if (role == "decode") {
+      arrivals = std::make_unique<scheduler::KvArrivals>(*worker_instance);
+      TANDEM_ASSIGN_OR_RETURN(auto listener, kvcache::ListenTcp(absl::GetFlag(FLAGS_host),
+                                                                absl::GetFlag(FLAGS_kv_port)));
+      const std::string bound = listener->address();
+      const int kv_port = std::stoi(bound.substr(bound.rfind(':') + 1));
+      kvcache::KvReceiverConfig krc;
+      krc.secret = secret;
+      krc.on_refused_peer = [](const absl::Status& s) {
+        spdlog::warn("KV receiver: refused a connection: {}", std::string(s.message()));
+      };
+      kv_receiver = kvcache::KvReceiver::Start(std::move(listener), *arrivals, krc);
+      kv_address = HostPort(AdvertiseHost(), kv_port);
+      worker_service = cluster::WorkerService::ForDecode(*worker_instance, *arrivals, secret);
+    } else {
+      worker_service = cluster::WorkerService::ForPrefill(*worker_instance, *handoff, secret);
+    }
+    TANDEM_ASSIGN_OR_RETURN(const int port, start_cluster_server(worker_service.get()));
+    cluster::WorkerAgentConfig ac;
+    ac.router_address = absl::GetFlag(FLAGS_router);
+    ac.secret = secret;
+    ac.registration.set_role(role == "prefill" ? tandem::v1::WORKER_ROLE_PREFILL
+                                               : tandem::v1::WORKER_ROLE_DECODE);
+    ac.registration.set_name(StrCat(role, "@", HostPort(AdvertiseHost(), port)));
+    ac.registration.set_control_address(HostPort(AdvertiseHost(), port));
+    ac.registration.set_kv_address(kv_address);
+    TANDEM_ASSIGN_OR_RETURN(const model::ModelConfig wmc, model::ModelConfig::FromGguf(*file));
+    ac.registration.set_model_fingerprint(ModelFingerprint(model_path, wmc));
+    ac.registration.set_kv_capacity_tokens(worker_instance->kv_capacity_tokens());
+    scheduler::EngineInstance* wi = worker_instance.get();
+    scheduler::RemoteHandoff* ho = handoff.get();
+    scheduler::KvArrivals* ar = arrivals.get();
+    cluster::WorkerService* ws = worker_service.get();
+    ac.load = [wi, ho, ar, ws] {
+      const scheduler::InstanceStats st = wi->stats();
+      tandem::v1::WorkerLoad l;
+      l.set_running(st.running);
+      l.set_waiting(st.waiting);
+      l.set_kv_blocks_free(st.kv_blocks_free);
+      l.set_kv_blocks_total(st.kv_blocks_total);
+      l.set_handoffs_waiting(ho ? ho->queued() : wi->num_arrivals_waiting() + ar->num_waiting());
+      l.set_latency_correction(st.latency_correction);
+      l.set_draining(ws->draining());
+      return l;
+    };
+    spdlog::info("[2/3] {} worker: control port {}{}; registering with the router at {}", role,
+                 port, kv_address.empty() ? "" : StrCat(", KV at ", kv_address), ac.router_address);
+    agent = std::make_unique<cluster::WorkerAgent>(ac);
+    engine = std::make_unique<WorkerFacade>(*worker_instance, role);
+  } else if (disaggregation == "on") {
     if (threads < 2) {
       return absl::InvalidArgumentError(
           "--disaggregation=on needs --threads >= 2: one core or more for each of prefill and "
@@ -346,7 +569,13 @@ absl::Status Run() {
   HttpApiConfig hc;
   hc.api_key = absl::GetFlag(FLAGS_api_key);
   HttpApi api(
-      hc, frontend, [&] { return ready.load(); }, [&] { return metrics.Render(); },
+      hc, frontend,
+      [&] {
+        // A router is ready once it can place both phases; a worker once the router knows it.
+        return ready.load() && (router == nullptr || router->ready()) &&
+               (agent == nullptr || agent->registered());
+      },
+      [&] { return metrics.Render(); },
       [&](int code) { metrics.OnRequest("http", std::to_string(code)); });
   http::HttpServerConfig http_config;
   http_config.host = absl::GetFlag(FLAGS_host);
@@ -385,6 +614,9 @@ absl::Status Run() {
   ready.store(false);
   frontend.SetDraining(true);
   if (grpc_server) grpc_server->SetServing(false);
+  // A worker stops taking phases; the router learns it from the next heartbeat and sends no
+  // more (requests already routed here still come, and are refused).
+  if (worker_service) worker_service->SetDraining(true);
 
   // A second signal ends the wait early.
   std::atomic<bool> second{false};
@@ -394,13 +626,28 @@ absl::Status Run() {
     second.store(true);
   });
   const absl::Time deadline = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_shutdown_timeout));
-  while (frontend.in_flight() > 0 && absl::Now() < deadline && !second.load()) {
+  auto in_flight = [&] {
+    return frontend.in_flight() + (worker_service ? worker_service->open_streams() : 0);
+  };
+  while (in_flight() > 0 && absl::Now() < deadline && !second.load()) {
     absl::SleepFor(absl::Milliseconds(20));
   }
-  if (frontend.in_flight() > 0) {
-    spdlog::warn("stopping with {} sequences still in flight", frontend.in_flight());
+  if (in_flight() > 0) {
+    spdlog::warn("stopping with {} sequences still in flight", in_flight());
   }
+  // A worker leaves the cluster first: no heartbeats, no new calls; the calls left are
+  // cancelled and end (their sequences drop their KV), then the transfers stop.
+  if (agent) agent->Stop();
+  if (cluster_server && !router) {
+    cluster_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  }
+  if (kv_receiver) kv_receiver->Stop();
+  if (arrivals) arrivals->Close();
+  if (handoff) handoff->Stop();
   engine->Stop();  // fails what is left with 503 / UNAVAILABLE
+  if (cluster_server && router) {
+    cluster_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  }
   step_metrics.store(nullptr, std::memory_order_release);
   // Let the pumps write the last responses before connections close.
   absl::SleepFor(absl::Milliseconds(100));

@@ -48,6 +48,16 @@ class KvListener {
   virtual std::string address() const = 0;
 };
 
+// Peer authentication, before any frame. A receiver with a secret reads, as a connection's
+// first bytes, "TKVA", the secret's length (u32, little-endian) and the secret, and ends the
+// connection unless they match; a sender to it writes AuthPreamble(secret) first. A receiver
+// without a secret serves loopback peers only (IsLoopbackPeer).
+std::string AuthPreamble(std::string_view secret);
+// Reads and checks the preamble within `timeout`: OK, or Unauthenticated / Unavailable.
+absl::Status CheckAuthPreamble(KvConnection& conn, std::string_view secret, absl::Duration timeout);
+// "127.x.y.z:port", "[::1]:port".
+bool IsLoopbackPeer(std::string_view peer);
+
 }  // namespace tandem::kvcache
 
 #endif  // TANDEM_KVCACHE_TRANSFER_KV_CONNECTION_H_

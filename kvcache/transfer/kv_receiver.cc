@@ -64,7 +64,8 @@ void KvReceiver::Stop() {
 }
 
 KvReceiverStats KvReceiver::stats() const {
-  return {connections_.load(), committed_.load(), aborted_.load(), refused_.load(), bytes_.load()};
+  return {connections_.load(), committed_.load(), aborted_.load(),
+          refused_.load(),     bytes_.load(),     refused_peers_.load()};
 }
 
 void KvReceiver::AcceptLoop() {
@@ -91,6 +92,21 @@ void KvReceiver::AcceptLoop() {
 
 void KvReceiver::Serve(Conn* c) {
   KvConnection& conn = *c->conn;
+  absl::Status auth =
+      config_.secret.empty()
+          ? (IsLoopbackPeer(conn.peer())
+                 ? absl::OkStatus()
+                 : absl::PermissionDeniedError(
+                       StrCat("KV peer ", conn.peer(),
+                              ": without a cluster secret only loopback peers are served")))
+          : CheckAuthPreamble(conn, config_.secret, absl::Seconds(5));
+  if (!auth.ok()) {
+    refused_peers_.fetch_add(1);
+    if (config_.on_refused_peer) config_.on_refused_peer(auth);
+    conn.Shutdown();
+    c->done.store(true);
+    return;
+  }
   std::map<uint64_t, Transfer> live;
   FrameParser parser(config_.max_frame_bytes);
   std::string out;
@@ -106,10 +122,12 @@ void KvReceiver::Serve(Conn* c) {
   auto abort = [&](std::map<uint64_t, Transfer>::iterator it, const absl::Status& why,
                    bool tell_peer) {
     const uint64_t id = it->first;
-    target_.Abort(id, it->second.lease.lease_id, why);
+    const uint64_t lease = it->second.lease.lease_id;
+    // Counted first: whoever hears of the end from the target sees the counts.
     aborted_.fetch_add(1);
     open_.fetch_sub(1);
     live.erase(it);
+    target_.Abort(id, lease, why);
     if (tell_peer) tell_abort(id, why);
   };
 
@@ -171,10 +189,10 @@ void KvReceiver::Serve(Conn* c) {
           abort(it, s, true);
           return;
         }
-        target_.Commit(*it->second.session.reserve(), it->second.lease,
-                       std::get<CommitFrame>(frame));
         committed_.fetch_add(1);
         open_.fetch_sub(1);
+        target_.Commit(*it->second.session.reserve(), it->second.lease,
+                       std::get<CommitFrame>(frame));
         live.erase(it);
         return;
       }

@@ -17,6 +17,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -63,14 +64,20 @@ struct KvReceiverConfig {
   absl::Duration transfer_timeout = absl::Seconds(30);
   // The largest frame accepted (a layer of the longest sequence at the widest dtype).
   size_t max_frame_bytes = size_t{1} << 30;
+  // Non-empty: every connection must open with AuthPreamble(secret). Empty: loopback peers
+  // only (kv_connection.h).
+  std::string secret;
+  // Told why a connection was refused (for the log); on its connection's thread. May be empty.
+  std::function<void(const absl::Status&)> on_refused_peer;
 };
 
 struct KvReceiverStats {
-  uint64_t connections = 0;  // accepted since start
-  uint64_t committed = 0;    // transfers
-  uint64_t aborted = 0;      // transfers that had a lease and lost it
-  uint64_t refused = 0;      // Reserves answered with an Abort (no room, bad layout)
-  uint64_t bytes = 0;        // frame bytes received
+  uint64_t connections = 0;    // accepted since start
+  uint64_t committed = 0;      // transfers
+  uint64_t aborted = 0;        // transfers that had a lease and lost it
+  uint64_t refused = 0;        // Reserves answered with an Abort (no room, bad layout)
+  uint64_t bytes = 0;          // frame bytes received
+  uint64_t refused_peers = 0;  // connections ended unauthenticated
 };
 
 class KvReceiver {
@@ -110,7 +117,8 @@ class KvReceiver {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 
   std::atomic<int> open_{0};
-  std::atomic<uint64_t> connections_{0}, committed_{0}, aborted_{0}, refused_{0}, bytes_{0};
+  std::atomic<uint64_t> connections_{0}, committed_{0}, aborted_{0}, refused_{0}, bytes_{0},
+      refused_peers_{0};
   std::thread accept_thread_;
 };
 

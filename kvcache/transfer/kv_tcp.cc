@@ -190,7 +190,8 @@ absl::StatusOr<std::unique_ptr<KvListener>> ListenTcp(const std::string& host, i
 }
 
 absl::StatusOr<std::unique_ptr<KvConnection>> ConnectTcp(const std::string& address,
-                                                         absl::Duration timeout) {
+                                                         absl::Duration timeout,
+                                                         const std::string& secret) {
   std::string host, port;
   if (absl::Status s = SplitAddress(address, &host, &port); !s.ok()) return s;
   addrinfo hints{};
@@ -232,7 +233,11 @@ absl::StatusOr<std::unique_ptr<KvConnection>> ConnectTcp(const std::string& addr
     }
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     freeaddrinfo(res);
-    return std::unique_ptr<KvConnection>(new TcpConnection(fd, address));
+    std::unique_ptr<KvConnection> conn(new TcpConnection(fd, address));
+    if (!secret.empty()) {
+      if (absl::Status s = conn->Write(AuthPreamble(secret)); !s.ok()) return s;
+    }
+    return conn;
   }
   freeaddrinfo(res);
   return absl::UnavailableError(StrCat("cannot connect to KV peer ", address, ": ", last));

@@ -19,9 +19,11 @@ namespace tandem::kvcache {
 absl::StatusOr<std::unique_ptr<KvListener>> ListenTcp(const std::string& host, int port);
 
 // Connects to "host:port" ("[v6]:port" for IPv6), giving up after `timeout`: Unavailable when
-// the peer refuses or does not answer, InvalidArgument for a malformed address.
+// the peer refuses or does not answer, InvalidArgument for a malformed address. With a
+// secret, the connection opens with AuthPreamble(secret) (kv_connection.h).
 absl::StatusOr<std::unique_ptr<KvConnection>> ConnectTcp(const std::string& address,
-                                                         absl::Duration timeout);
+                                                         absl::Duration timeout,
+                                                         const std::string& secret = "");
 
 }  // namespace tandem::kvcache
 

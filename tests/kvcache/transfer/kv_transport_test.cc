@@ -449,6 +449,37 @@ TEST(KvTransportTest, StopsAbortOpenTransfersAndFailQueuedPushes) {
   EXPECT_EQ(pusher.stats().failed, 3u);
 }
 
+TEST(KvTransportTest, WithASecretOnlyPeersThatKnowItAreServed) {
+  Source src(KvDType::kF16, 16, 1);
+  Target target(MakeKv(KvDType::kF16, 16));
+  KvReceiverConfig config;
+  config.secret = "s3cret";
+  int refusals = 0;
+  std::mutex mu;
+  config.on_refused_peer = [&](const absl::Status& s) {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_TRUE(absl::IsUnauthenticated(s)) << s;
+    ++refusals;
+  };
+  auto receiver = StartReceiver(target, config);
+  for (const std::string& secret : {std::string(), std::string("wrong!"), std::string("s3cre")}) {
+    KvPusher pusher([address = receiver->address(), secret] {
+      return ConnectTcp(address, absl::Seconds(5), secret);
+    });
+    KvPush p = PushOf(1, src, KvDType::kF16);
+    const absl::Status s = PushAndWait(pusher, std::move(p));
+    EXPECT_TRUE(absl::IsUnavailable(s)) << "secret '" << secret << "': " << s;
+  }
+  EXPECT_EQ(target.reserves(), 0);
+  KvPusher good(
+      [address = receiver->address()] { return ConnectTcp(address, absl::Seconds(5), "s3cret"); });
+  ASSERT_TRUE(PushAndWait(good, PushOf(2, src, KvDType::kF16)).ok());
+  EXPECT_TRUE(target.WaitEnd(2));
+  EXPECT_EQ(receiver->stats().refused_peers, 3u);
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(refusals, 3);
+}
+
 TEST(KvTransportTest, ConnectionRefusedFailsThePushClearly) {
   auto l = ListenTcp("127.0.0.1", 0);
   ASSERT_TRUE(l.ok());

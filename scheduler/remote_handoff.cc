@@ -1,0 +1,120 @@
+#include "scheduler/remote_handoff.h"
+
+#include <utility>
+#include <vector>
+
+#include "common/check.h"
+#include "common/retry_after.h"
+#include "common/str_cat.h"
+
+namespace tandem::scheduler {
+
+RemoteHandoff::RemoteHandoff(RemoteHandoffConfig config) : config_(std::move(config)) {
+  TANDEM_CHECK(config_.connect != nullptr);
+}
+
+RemoteHandoff::~RemoteHandoff() { Stop(); }
+
+void RemoteHandoff::Route(uint64_t id, std::string decode_kv_address, Done done) {
+  std::lock_guard<std::mutex> lock(mu_);
+  routes_[id] = Route_{std::move(decode_kv_address), std::move(done)};
+}
+
+void RemoteHandoff::Forget(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  routes_.erase(id);
+}
+
+int RemoteHandoff::queued() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  int n = 0;
+  for (const auto& [address, p] : pushers_) n += p->queued();
+  return n;
+}
+
+kvcache::KvPusherStats RemoteHandoff::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  kvcache::KvPusherStats s;
+  for (const auto& [address, p] : pushers_) {
+    const kvcache::KvPusherStats x = p->stats();
+    s.committed += x.committed;
+    s.failed += x.failed;
+    s.bytes += x.bytes;
+    s.reserve_retries += x.reserve_retries;
+    s.connects += x.connects;
+  }
+  return s;
+}
+
+void RemoteHandoff::Stop() {
+  std::map<std::string, std::unique_ptr<kvcache::KvPusher>> pushers;
+  std::map<uint64_t, Route_> routes;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopped_ = true;
+    pushers.swap(pushers_);
+    routes.swap(routes_);
+  }
+  // Stopping a pusher fails its transfers through their `done`.
+  for (auto& [address, p] : pushers) p->Stop();
+  for (auto& [id, r] : routes) r.done(absl::UnavailableError("the prefill worker is stopping"));
+}
+
+absl::Status RemoteHandoff::SendKv(const Sequence& seq, const kvcache::KvManager& kv) {
+  TANDEM_ASSIGN_OR_RETURN(pending_, kvcache::KvSnapshot::Take(kv, seq.table, seq.num_computed));
+  return absl::OkStatus();
+}
+
+void RemoteHandoff::Commit(std::unique_ptr<Sequence> seq) {
+  TANDEM_CHECK(pending_ != nullptr);
+  kvcache::KvPush p;
+  p.transfer_id = seq->id;
+  p.wire_dtype = config_.wire_dtype.value_or(pending_->dtype());
+  p.kv = std::move(pending_);
+  p.first_token = seq->tokens.back();
+  p.rng_state = seq->sampler.rng_state();
+  p.deadline = absl::Now() + config_.reserve_timeout;
+  kvcache::KvPusher* pusher = nullptr;
+  Done done;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = routes_.find(seq->id);
+    if (it != routes_.end()) {
+      done = std::move(it->second.done);
+      const std::string address = it->second.address;
+      routes_.erase(it);
+      if (!stopped_) {
+        std::unique_ptr<kvcache::KvPusher>& slot = pushers_[address];
+        if (!slot) {
+          slot = std::make_unique<kvcache::KvPusher>(
+              [connect = config_.connect, address] { return connect(address); });
+        }
+        pusher = slot.get();
+      }
+    }
+  }
+  if (!done) {
+    // Nobody routed it, or its route was forgotten (its caller went away): nothing to send.
+    return;
+  }
+  if (pusher == nullptr) {
+    done(absl::UnavailableError("the prefill worker is stopping"));
+    return;
+  }
+  p.done = std::move(done);
+  pusher->Push(std::move(p));
+}
+
+absl::Status RemoteHandoff::CanAccept() const {
+  const int q = queued();
+  if (q == 0) return absl::OkStatus();
+  absl::Status full = WithRetryAfter(
+      absl::ResourceExhaustedError(
+          StrCat("the server is at capacity for this SLO: ", q,
+                 " prefilled sequence(s) wait for room on a decode worker; retry after 1000 ms")),
+      absl::Seconds(1));
+  full.SetPayload(kRejectReasonPayloadUrl, absl::Cord(kRejectTpot));
+  return full;
+}
+
+}  // namespace tandem::scheduler

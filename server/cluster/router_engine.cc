@@ -1,0 +1,490 @@
+#include "server/cluster/router_engine.h"
+
+#include <algorithm>
+#include <limits>
+#include <random>
+#include <utility>
+
+#include "common/check.h"
+#include "common/str_cat.h"
+#include "server/cluster/cluster_convert.h"
+#include "server/cluster/worker_service.h"
+#include "spdlog/spdlog.h"
+
+namespace tandem::server::cluster {
+
+namespace v1 = tandem::v1;
+
+// One sequence relayed from a prefill and a decode worker to its sink. Its mutex orders every
+// call to the sink; the decode worker's tokens wait until the prefill worker's first token
+// went out (the two streams race on the wire).
+class RoutedRequest : public std::enable_shared_from_this<RoutedRequest> {
+ public:
+  RoutedRequest(RouterEngine* router, scheduler::SequenceRequest r, uint64_t id,
+                uint64_t prefill_worker, uint64_t decode_worker)
+      : router_(router),
+        sink_(std::move(r.sink)),
+        id_(id),
+        prefill_worker_(prefill_worker),
+        decode_worker_(decode_worker) {
+    r.sink = nullptr;
+    ToPhaseRequest(r, id, &request_);
+  }
+
+  class Call;
+  // Opens the decode stream, then the prefill stream.
+  void Start(v1::Worker::Stub* prefill, v1::Worker::Stub* decode, const std::string& kv_address,
+             const std::string& secret);
+  // Ends the request with `status` (Unavailable for a dropped worker, a stopping router) and
+  // cancels both streams.
+  void Abandon(const absl::Status& status);
+  // Cancels both streams if the client went away.
+  void PollCancelled();
+  bool uses(uint64_t worker) const { return worker == prefill_worker_ || worker == decode_worker_; }
+
+  void OnEvent(bool prefill, const v1::PhaseEvent& ev);
+  void OnCallDone(bool prefill, Call* call, const absl::Status& status);
+
+ private:
+  void Emit(const v1::PhaseEvent& ev) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FinishLocked(scheduler::SequenceEnd end, const absl::Status& status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CancelCallsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  RouterEngine* const router_;
+  const std::shared_ptr<scheduler::SequenceSink> sink_;
+  const uint64_t id_;
+  const uint64_t prefill_worker_, decode_worker_;
+  v1::PhaseRequest request_;
+
+  std::mutex mu_;
+  Call* prefill_call_ ABSL_GUARDED_BY(mu_) = nullptr;  // null once done
+  Call* decode_call_ ABSL_GUARDED_BY(mu_) = nullptr;
+  bool first_token_out_ ABSL_GUARDED_BY(mu_) = false;
+  bool handed_off_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<v1::PhaseEvent> held_ ABSL_GUARDED_BY(mu_);  // decode events before the first token
+};
+
+// One Prefill or Decode call on gRPC's callback API.
+class RoutedRequest::Call : public grpc::ClientReadReactor<v1::PhaseEvent> {
+ public:
+  Call(std::shared_ptr<RoutedRequest> owner, bool prefill, v1::Worker::Stub* stub,
+       v1::PhaseRequest request, const std::string& secret, std::atomic<int>* live)
+      : owner_(std::move(owner)), prefill_(prefill), request_(std::move(request)), live_(live) {
+    if (!secret.empty()) ctx_.AddMetadata(kSecretKey, secret);
+    live_->fetch_add(1);
+    if (prefill) {
+      stub->async()->Prefill(&ctx_, &request_, this);
+    } else {
+      stub->async()->Decode(&ctx_, &request_, this);
+    }
+  }
+  void Start() {
+    StartRead(&event_);
+    StartCall();
+  }
+  void Cancel() { ctx_.TryCancel(); }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // OnDone follows
+    owner_->OnEvent(prefill_, event_);
+    StartRead(&event_);
+  }
+  void OnDone(const grpc::Status& s) override {
+    owner_->OnCallDone(prefill_, this, FromGrpc(s, ctx_));
+    std::atomic<int>* live = live_;
+    delete this;
+    live->fetch_sub(1);
+  }
+
+ private:
+  std::shared_ptr<RoutedRequest> owner_;
+  const bool prefill_;
+  v1::PhaseRequest request_;
+  std::atomic<int>* const live_;
+  grpc::ClientContext ctx_;
+  v1::PhaseEvent event_;
+};
+
+void RoutedRequest::Start(v1::Worker::Stub* prefill, v1::Worker::Stub* decode,
+                          const std::string& kv_address, const std::string& secret) {
+  v1::PhaseRequest p = request_;
+  p.set_decode_kv_address(kv_address);
+  Call* d = new Call(shared_from_this(), false, decode, request_, secret, &router_->live_calls_);
+  Call* f =
+      new Call(shared_from_this(), true, prefill, std::move(p), secret, &router_->live_calls_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    decode_call_ = d;
+    prefill_call_ = f;
+  }
+  // Decode first: it then expects the KV before the prefill worker can send any.
+  d->Start();
+  f->Start();
+}
+
+void RoutedRequest::Abandon(const absl::Status& status) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!finished_) FinishLocked(scheduler::SequenceEnd::kFailed, status);
+  CancelCallsLocked();
+}
+
+void RoutedRequest::PollCancelled() {
+  if (!sink_->cancelled()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  CancelCallsLocked();
+}
+
+void RoutedRequest::CancelCallsLocked() {
+  if (prefill_call_ != nullptr) prefill_call_->Cancel();
+  if (decode_call_ != nullptr) decode_call_->Cancel();
+}
+
+void RoutedRequest::Emit(const v1::PhaseEvent& ev) {
+  if (ev.scheduled()) sink_->OnScheduled();
+  for (const v1::PhaseToken& t : ev.tokens()) sink_->OnToken(FromPhaseToken(t));
+  if (ev.end() != v1::PhaseEvent::END_UNSPECIFIED && ev.end() != v1::PhaseEvent::END_HANDED_OFF) {
+    FinishLocked(FromPhaseEnd(ev.end()), absl::OkStatus());
+    CancelCallsLocked();
+  }
+}
+
+void RoutedRequest::OnEvent(bool prefill, const v1::PhaseEvent& ev) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (finished_) return;
+  if (!prefill) {
+    if (!first_token_out_) {
+      held_.push_back(ev);
+      return;
+    }
+    Emit(ev);
+    return;
+  }
+  if (ev.end() == v1::PhaseEvent::END_HANDED_OFF) handed_off_ = true;
+  const bool had_token = ev.tokens_size() > 0;
+  Emit(ev);
+  if (had_token && !first_token_out_) {
+    first_token_out_ = true;
+    for (const v1::PhaseEvent& h : held_) {
+      if (finished_) break;
+      Emit(h);
+    }
+    held_.clear();
+  }
+}
+
+void RoutedRequest::OnCallDone(bool prefill, Call* call, const absl::Status& status) {
+  bool retire;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    (prefill ? prefill_call_ : decode_call_) = nullptr;
+    (void)call;
+    if (!finished_) {
+      if (!status.ok()) {
+        const bool rejected = status.code() == absl::StatusCode::kResourceExhausted;
+        FinishLocked(rejected && !first_token_out_ ? scheduler::SequenceEnd::kRejected
+                                                   : scheduler::SequenceEnd::kFailed,
+                     absl::Status(status.code(), StrCat(prefill ? "prefill" : "decode",
+                                                        " worker: ", status.message())));
+        // Keep the payloads (retry-after, reject reason).
+        CancelCallsLocked();
+      } else if (prefill ? !handed_off_ : true) {
+        FinishLocked(scheduler::SequenceEnd::kFailed,
+                     absl::InternalError(StrCat("the ", prefill ? "prefill" : "decode",
+                                                " worker ended the stream without an end")));
+        CancelCallsLocked();
+      }
+    }
+    retire = prefill_call_ == nullptr && decode_call_ == nullptr;
+  }
+  // Outside the lock: the router's lock is taken before a request's, never after.
+  if (retire) router_->Retire(id_, prefill_worker_, decode_worker_);
+}
+
+void RoutedRequest::FinishLocked(scheduler::SequenceEnd end, const absl::Status& status) {
+  finished_ = true;
+  held_.clear();
+  sink_->OnFinish(end, status);
+}
+
+RouterEngine::RouterEngine(RouterConfig config) : config_(std::move(config)) {
+  std::random_device rd;
+  next_transfer_id_ = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  next_transfer_id_ &= ~uint64_t{0} >> 1;  // room to count up
+  sweeper_ = std::thread([this] { SweepLoop(); });
+}
+
+RouterEngine::~RouterEngine() { Stop(); }
+
+absl::StatusOr<scheduler::Admission> RouterEngine::Submit(
+    std::vector<scheduler::SequenceRequest> requests) {
+  const int vocab = config_.model.vocab_size;
+  for (const scheduler::SequenceRequest& r : requests) {
+    if (r.prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
+    for (int32_t t : r.prompt) {
+      if (t < 0 || t >= vocab) {
+        return absl::InvalidArgumentError(
+            StrCat("prompt token ", t, " is outside the vocabulary (", vocab, " tokens)"));
+      }
+    }
+    TANDEM_RETURN_IF_ERROR(r.sampling.Validate(vocab));
+    if (r.max_tokens < 1) return absl::InvalidArgumentError("max_tokens must be >= 1");
+    if (static_cast<int64_t>(r.prompt.size()) + r.max_tokens > config_.model.context_length) {
+      return absl::OutOfRangeError(StrCat("prompt (", r.prompt.size(), " tokens) + max_tokens (",
+                                          r.max_tokens, ") is past the context (",
+                                          config_.model.context_length, ")"));
+    }
+  }
+  struct Started {
+    std::shared_ptr<RoutedRequest> req;
+    std::shared_ptr<v1::Worker::Stub> prefill, decode;
+    std::string kv_address;
+  };
+  std::vector<Started> started;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return absl::UnavailableError("the router is shutting down");
+    // The workers that can take sequence `r`: the least loaded of each role.
+    auto pick = [this](const scheduler::SequenceRequest& r, v1::WorkerRole role) -> Worker* {
+      Worker* best = nullptr;
+      const int need = static_cast<int>(r.prompt.size()) + r.max_tokens;
+      for (auto& [id, w] : workers_) {
+        if (w.info.role != role || w.info.load.draining()) continue;
+        if (w.info.kv_capacity_tokens > 0 && need > w.info.kv_capacity_tokens) continue;
+        if (best == nullptr || w.info.in_flight < best->info.in_flight ||
+            (w.info.in_flight == best->info.in_flight &&
+             w.info.load.kv_blocks_free() > best->info.load.kv_blocks_free())) {
+          best = &w;
+        }
+      }
+      return best;
+    };
+    // All choices or none.
+    for (const scheduler::SequenceRequest& r : requests) {
+      if (pick(r, v1::WORKER_ROLE_PREFILL) == nullptr) {
+        return absl::UnavailableError(
+            "no prefill worker is registered with this router that can hold this request "
+            "(start one with --role=prefill --router HOST:PORT)");
+      }
+      if (pick(r, v1::WORKER_ROLE_DECODE) == nullptr) {
+        return absl::UnavailableError(
+            "no decode worker is registered with this router that can hold this request "
+            "(start one with --role=decode --router HOST:PORT)");
+      }
+    }
+    for (scheduler::SequenceRequest& r : requests) {
+      Worker* p = pick(r, v1::WORKER_ROLE_PREFILL);
+      Worker* d = pick(r, v1::WORKER_ROLE_DECODE);
+      const uint64_t tid = next_transfer_id_++;
+      ++p->info.in_flight;
+      ++d->info.in_flight;
+      auto req = std::make_shared<RoutedRequest>(this, std::move(r), tid, p->info.id, d->info.id);
+      active_[tid] = req;
+      started.push_back({req, p->stub, d->stub, d->info.kv_address});
+    }
+  }
+  // Outside the lock: a call's end takes it (Retire).
+  for (Started& s : started) {
+    s.req->Start(s.prefill.get(), s.decode.get(), s.kv_address, config_.secret);
+  }
+  return scheduler::Admission{};
+}
+
+void RouterEngine::Retire(uint64_t id, uint64_t prefill_worker, uint64_t decode_worker) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (active_.erase(id) == 0) return;
+  for (uint64_t w : {prefill_worker, decode_worker}) {
+    auto it = workers_.find(w);
+    if (it != workers_.end()) --it->second.info.in_flight;
+  }
+  cv_.notify_all();
+}
+
+void RouterEngine::Stop() {
+  std::vector<std::shared_ptr<RoutedRequest>> active;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_ && !sweeper_.joinable()) return;
+    stopping_ = true;
+    for (auto& [id, r] : active_) active.push_back(r);
+  }
+  cv_.notify_all();
+  if (sweeper_.joinable()) sweeper_.join();
+  for (auto& r : active) r->Abandon(absl::UnavailableError("the router is shutting down"));
+  // The calls end promptly once cancelled; they refer to this object until then.
+  for (int i = 0; i < 1000 && live_calls_.load() > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+scheduler::InstanceStats RouterEngine::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  scheduler::InstanceStats s;
+  for (const auto& [id, w] : workers_) {
+    const v1::WorkerLoad& l = w.info.load;
+    s.running += l.running();
+    s.waiting += l.waiting();
+    s.kv_blocks_free += l.kv_blocks_free();
+    s.kv_blocks_total += l.kv_blocks_total();
+    if (w.info.role == v1::WORKER_ROLE_DECODE) s.decode_arrivals_waiting += l.handoffs_waiting();
+  }
+  s.kv_usage =
+      s.kv_blocks_total > 0 ? 1.0 - static_cast<double>(s.kv_blocks_free) / s.kv_blocks_total : 0.0;
+  return s;
+}
+
+int RouterEngine::kv_capacity_tokens() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  // The largest sequence some worker of each role can hold; the context until workers come.
+  int p = 0, d = 0;
+  for (const auto& [id, w] : workers_) {
+    int& c = w.info.role == v1::WORKER_ROLE_PREFILL ? p : d;
+    c = std::max(c, w.info.kv_capacity_tokens);
+  }
+  if (p == 0 || d == 0) return config_.model.context_length;
+  return std::min(p, d);
+}
+
+bool RouterEngine::ready() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  bool p = false, d = false;
+  for (const auto& [id, w] : workers_) {
+    if (w.info.load.draining()) continue;
+    (w.info.role == v1::WORKER_ROLE_PREFILL ? p : d) = true;
+  }
+  return p && d;
+}
+
+std::vector<WorkerInfo> RouterEngine::workers() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<WorkerInfo> out;
+  for (const auto& [id, w] : workers_) out.push_back(w.info);
+  return out;
+}
+
+int RouterEngine::in_flight() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(active_.size());
+}
+
+grpc::ServerUnaryReactor* RouterEngine::Register(grpc::CallbackServerContext* ctx,
+                                                 const v1::RegisterRequest* request,
+                                                 v1::RegisterResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (grpc::Status peer = CheckPeer(*ctx, config_.secret); !peer.ok()) {
+    spdlog::warn("router: refused a worker registration from {}: {}", ctx->peer(),
+                 peer.error_message());
+    reactor->Finish(peer);
+    return reactor;
+  }
+  if (request->role() != v1::WORKER_ROLE_PREFILL && request->role() != v1::WORKER_ROLE_DECODE) {
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "role must be prefill or decode"));
+    return reactor;
+  }
+  if (request->model_fingerprint() != config_.model_fingerprint) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                 StrCat("the worker serves model '", request->model_fingerprint(),
+                                        "', this router '", config_.model_fingerprint, "'")));
+    return reactor;
+  }
+  if (request->control_address().empty() ||
+      (request->role() == v1::WORKER_ROLE_DECODE && request->kv_address().empty())) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                 "a worker needs a control address, and a decode worker a KV "
+                                 "address"));
+    return reactor;
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  auto channel = grpc::CreateCustomChannel(request->control_address(),
+                                           grpc::InsecureChannelCredentials(), args);
+  Worker w;
+  w.stub = v1::Worker::NewStub(channel);
+  w.info.role = request->role();
+  w.info.name = request->name();
+  w.info.control_address = request->control_address();
+  w.info.kv_address = request->kv_address();
+  w.info.kv_capacity_tokens = request->kv_capacity_tokens();
+  w.info.load = request->load();
+  w.info.last_seen = absl::Now();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    // The same worker registering again (after being dropped, or restarted) replaces itself.
+    for (auto it = workers_.begin(); it != workers_.end(); ++it) {
+      if (it->second.info.control_address == w.info.control_address) {
+        workers_.erase(it);
+        break;
+      }
+    }
+    w.info.id = next_worker_id_++;
+    response->set_worker_id(w.info.id);
+    response->set_heartbeat_interval_ms(absl::ToInt64Milliseconds(config_.heartbeat_interval));
+    spdlog::info("router: {} worker '{}' registered (id {}, control {}, kv {})",
+                 request->role() == v1::WORKER_ROLE_PREFILL ? "prefill" : "decode", w.info.name,
+                 w.info.id, w.info.control_address, w.info.kv_address);
+    workers_[w.info.id] = std::move(w);
+  }
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* RouterEngine::Heartbeat(grpc::CallbackServerContext* ctx,
+                                                  const v1::HeartbeatRequest* request,
+                                                  v1::HeartbeatResponse*) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (grpc::Status peer = CheckPeer(*ctx, config_.secret); !peer.ok()) {
+    reactor->Finish(peer);
+    return reactor;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = workers_.find(request->worker_id());
+    if (it == workers_.end()) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown worker: register again"));
+      return reactor;
+    }
+    it->second.info.load = request->load();
+    it->second.info.last_seen = absl::Now();
+  }
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+void RouterEngine::SweepLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    cv_.wait_for(lock, std::chrono::milliseconds(20));
+    if (stopping_) break;
+    const absl::Time now = absl::Now();
+    std::vector<uint64_t> gone;
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      if (now - it->second.info.last_seen > config_.worker_timeout) {
+        spdlog::warn("router: worker '{}' (id {}) missed its heartbeats for {}; dropped",
+                     it->second.info.name, it->first,
+                     absl::FormatDuration(now - it->second.info.last_seen));
+        gone.push_back(it->first);
+        dropped_.fetch_add(1);
+        it = workers_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    std::vector<std::shared_ptr<RoutedRequest>> active;
+    for (auto& [id, r] : active_) active.push_back(r);
+    lock.unlock();
+    for (auto& r : active) {
+      bool on_gone = false;
+      for (uint64_t w : gone) on_gone |= r->uses(w);
+      if (on_gone) {
+        r->Abandon(absl::UnavailableError("a worker of this request stopped answering"));
+      } else {
+        r->PollCancelled();
+      }
+    }
+    lock.lock();
+  }
+}
+
+}  // namespace tandem::server::cluster

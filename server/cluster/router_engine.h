@@ -1,0 +1,122 @@
+// RouterEngine: the Engine of tandemd --role=router. It holds no weights: server/ tokenizes and
+// detokenizes as always, and each sequence it submits here is dispatched to one registered
+// prefill worker and one registered decode worker (the Worker service, worker_service.h). The
+// decode worker is asked first, so that it expects the KV; then the prefill worker runs the
+// prompt, streams the first token and pushes the KV straight to the decode worker, which
+// streams the rest. The router relays both streams to the sequence's sink in order.
+//
+// Workers join through the Router service (Register, Heartbeat) on the cluster port. A worker
+// that misses its heartbeats for `worker_timeout` is dropped: the requests it holds fail with
+// UNAVAILABLE (their other worker is told to drop them), and new requests avoid it until it
+// registers again. Placement is least-loaded: the prefill worker with the fewest sequences in
+// flight through this router, the decode worker likewise (ties: the most free KV blocks).
+//
+// No silent fallback: with no prefill or no decode worker, Submit answers UNAVAILABLE with a
+// clear message.
+//
+// Thread safety: every Engine method from any thread; gRPC's threads run the service and the
+// streams; one sweeper thread drops silent workers and polls sinks for cancellation.
+#ifndef TANDEM_SERVER_CLUSTER_ROUTER_ENGINE_H_
+#define TANDEM_SERVER_CLUSTER_ROUTER_ENGINE_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "model/model_config.h"
+#include "scheduler/engine.h"
+#include "tandem/v1/cluster.grpc.pb.h"
+
+namespace tandem::server::cluster {
+
+struct RouterConfig {
+  model::ModelConfig model;
+  std::string model_fingerprint;  // workers must report the same
+  std::string secret;             // empty: loopback peers only
+  absl::Duration heartbeat_interval = absl::Seconds(1);
+  // A worker silent for this long is dropped.
+  absl::Duration worker_timeout = absl::Seconds(3);
+};
+
+// One registered worker, as the router sees it.
+struct WorkerInfo {
+  uint64_t id = 0;
+  tandem::v1::WorkerRole role = tandem::v1::WORKER_ROLE_UNSPECIFIED;
+  std::string name;
+  std::string control_address;
+  std::string kv_address;
+  int kv_capacity_tokens = 0;
+  tandem::v1::WorkerLoad load;
+  absl::Time last_seen;
+  int in_flight = 0;  // sequences this router has on it now
+};
+
+class RoutedRequest;
+
+class RouterEngine : public scheduler::Engine, public tandem::v1::Router::CallbackService {
+ public:
+  explicit RouterEngine(RouterConfig config);
+  ~RouterEngine() override;  // Stop()
+
+  // scheduler::Engine.
+  absl::StatusOr<scheduler::Admission> Submit(
+      std::vector<scheduler::SequenceRequest> requests) override;
+  void Stop() override;
+  scheduler::InstanceStats stats() const override;
+  const model::ModelConfig& model_config() const override { return config_.model; }
+  int kv_capacity_tokens() const override;
+
+  // tandem.v1.Router.
+  grpc::ServerUnaryReactor* Register(grpc::CallbackServerContext* ctx,
+                                     const tandem::v1::RegisterRequest* request,
+                                     tandem::v1::RegisterResponse* response) override;
+  grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* ctx,
+                                      const tandem::v1::HeartbeatRequest* request,
+                                      tandem::v1::HeartbeatResponse* response) override;
+
+  // Ready to serve: at least one prefill and one decode worker.
+  bool ready() const;
+  std::vector<WorkerInfo> workers() const;
+  // Requests relayed now.
+  int in_flight() const;
+  uint64_t workers_dropped() const { return dropped_.load(); }
+
+ private:
+  friend class RoutedRequest;
+  struct Worker {
+    WorkerInfo info;
+    std::shared_ptr<tandem::v1::Worker::Stub> stub;
+  };
+  void SweepLoop();
+  // A request ended: forget it and its load on its workers.
+  void Retire(uint64_t id, uint64_t prefill_worker, uint64_t decode_worker);
+
+  const RouterConfig config_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<uint64_t, Worker> workers_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, std::shared_ptr<RoutedRequest>> active_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_worker_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_transfer_id_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+
+  std::atomic<uint64_t> dropped_{0};
+  std::atomic<int> live_calls_{0};  // worker calls not yet done
+  std::thread sweeper_;
+};
+
+}  // namespace tandem::server::cluster
+
+#endif  // TANDEM_SERVER_CLUSTER_ROUTER_ENGINE_H_
