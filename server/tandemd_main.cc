@@ -166,20 +166,28 @@ std::string CpuModelName() {
 // and metrics from its instance, and refuse generation (that is the router's).
 class WorkerFacade : public scheduler::Engine {
  public:
-  WorkerFacade(scheduler::EngineInstance& inst, std::string role)
-      : inst_(inst), role_(std::move(role)) {}
+  // `waiting_elsewhere`: sequences the worker holds outside its instance (a decode worker's
+  // requests whose KV has not arrived), counted as waiting; may be null.
+  WorkerFacade(scheduler::EngineInstance& inst, std::string role,
+               std::function<int()> waiting_elsewhere)
+      : inst_(inst), role_(std::move(role)), waiting_elsewhere_(std::move(waiting_elsewhere)) {}
   absl::StatusOr<scheduler::Admission> Submit(std::vector<scheduler::SequenceRequest>) override {
     return absl::UnavailableError(
         StrCat("this tandemd is a ", role_, " worker: send requests to the router"));
   }
   void Stop() override { inst_.Stop(); }
-  scheduler::InstanceStats stats() const override { return inst_.stats(); }
+  scheduler::InstanceStats stats() const override {
+    scheduler::InstanceStats s = inst_.stats();
+    if (waiting_elsewhere_) s.waiting += waiting_elsewhere_();
+    return s;
+  }
   const model::ModelConfig& model_config() const override { return inst_.model_config(); }
   int kv_capacity_tokens() const override { return inst_.kv_capacity_tokens(); }
 
  private:
   scheduler::EngineInstance& inst_;
   const std::string role_;
+  const std::function<int()> waiting_elsewhere_;
 };
 
 absl::StatusOr<std::string> ReadSecret(const std::string& path) {
@@ -467,7 +475,9 @@ absl::Status Run() {
     spdlog::info("[2/3] {} worker: control port {}{}; registering with the router at {}", role,
                  port, kv_address.empty() ? "" : StrCat(", KV at ", kv_address), ac.router_address);
     agent = std::make_unique<cluster::WorkerAgent>(ac);
-    engine = std::make_unique<WorkerFacade>(*worker_instance, role);
+    engine = std::make_unique<WorkerFacade>(
+        *worker_instance, role,
+        ar != nullptr ? std::function<int()>([ar] { return ar->num_waiting(); }) : nullptr);
   } else if (disaggregation == "on") {
     if (threads < 2) {
       return absl::InvalidArgumentError(

@@ -20,16 +20,19 @@ namespace v1 = tandem::v1;
 // went out (the two streams race on the wire).
 class RoutedRequest : public std::enable_shared_from_this<RoutedRequest> {
  public:
-  RoutedRequest(RouterEngine* router, scheduler::SequenceRequest r, uint64_t id,
-                uint64_t prefill_worker, uint64_t decode_worker)
+  // `retry`: this is the second try of a request whose first workers failed before it sent
+  // anything (and `scheduled_sent`: whether the sink heard OnScheduled then).
+  RoutedRequest(RouterEngine* router, v1::PhaseRequest request,
+                std::shared_ptr<scheduler::SequenceSink> sink, uint64_t prefill_worker,
+                uint64_t decode_worker, bool retry, bool scheduled_sent)
       : router_(router),
-        sink_(std::move(r.sink)),
-        id_(id),
+        sink_(std::move(sink)),
+        id_(request.transfer_id()),
         prefill_worker_(prefill_worker),
-        decode_worker_(decode_worker) {
-    r.sink = nullptr;
-    ToPhaseRequest(r, id, &request_);
-  }
+        decode_worker_(decode_worker),
+        request_(std::move(request)),
+        is_retry_(retry),
+        scheduled_sent_(scheduled_sent) {}
 
   class Call;
   // Opens the decode stream, then the prefill stream.
@@ -41,6 +44,7 @@ class RoutedRequest : public std::enable_shared_from_this<RoutedRequest> {
   // Cancels both streams if the client went away.
   void PollCancelled();
   bool uses(uint64_t worker) const { return worker == prefill_worker_ || worker == decode_worker_; }
+  uint64_t id() const { return id_; }
 
   void OnEvent(bool prefill, const v1::PhaseEvent& ev);
   void OnCallDone(bool prefill, Call* call, const absl::Status& status);
@@ -55,7 +59,8 @@ class RoutedRequest : public std::enable_shared_from_this<RoutedRequest> {
   const std::shared_ptr<scheduler::SequenceSink> sink_;
   const uint64_t id_;
   const uint64_t prefill_worker_, decode_worker_;
-  v1::PhaseRequest request_;
+  const v1::PhaseRequest request_;
+  const bool is_retry_;
 
   std::mutex mu_;
   Call* prefill_call_ ABSL_GUARDED_BY(mu_) = nullptr;  // null once done
@@ -63,6 +68,10 @@ class RoutedRequest : public std::enable_shared_from_this<RoutedRequest> {
   bool first_token_out_ ABSL_GUARDED_BY(mu_) = false;
   bool handed_off_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool scheduled_sent_ ABSL_GUARDED_BY(mu_);
+  // A worker was lost before anything reached the client: try again elsewhere once both
+  // calls are done.
+  std::optional<absl::Status> retry_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::PhaseEvent> held_ ABSL_GUARDED_BY(mu_);  // decode events before the first token
 };
 
@@ -142,7 +151,10 @@ void RoutedRequest::CancelCallsLocked() {
 }
 
 void RoutedRequest::Emit(const v1::PhaseEvent& ev) {
-  if (ev.scheduled()) sink_->OnScheduled();
+  if (ev.scheduled() && !scheduled_sent_) {
+    scheduled_sent_ = true;
+    sink_->OnScheduled();
+  }
   for (const v1::PhaseToken& t : ev.tokens()) sink_->OnToken(FromPhaseToken(t));
   if (ev.end() != v1::PhaseEvent::END_UNSPECIFIED && ev.end() != v1::PhaseEvent::END_HANDED_OFF) {
     FinishLocked(FromPhaseEnd(ev.end()), absl::OkStatus());
@@ -175,19 +187,37 @@ void RoutedRequest::OnEvent(bool prefill, const v1::PhaseEvent& ev) {
 }
 
 void RoutedRequest::OnCallDone(bool prefill, Call* call, const absl::Status& status) {
+  (void)call;
   bool retire;
+  std::optional<absl::Status> retry;
+  bool scheduled_sent;
+  const uint64_t worker = prefill ? prefill_worker_ : decode_worker_;
+  if (status.code() == absl::StatusCode::kUnavailable) {
+    // Connection refused or lost: new requests avoid the worker until it is heard from again.
+    router_->Suspect(worker);
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     (prefill ? prefill_call_ : decode_call_) = nullptr;
-    (void)call;
-    if (!finished_) {
+    if (!finished_ && !retry_) {
       if (!status.ok()) {
-        const bool rejected = status.code() == absl::StatusCode::kResourceExhausted;
-        FinishLocked(rejected && !first_token_out_ ? scheduler::SequenceEnd::kRejected
-                                                   : scheduler::SequenceEnd::kFailed,
-                     absl::Status(status.code(), StrCat(prefill ? "prefill" : "decode",
-                                                        " worker: ", status.message())));
-        // Keep the payloads (retry-after, reject reason).
+        const absl::Status why(
+            status.code(), StrCat(prefill ? "prefill" : "decode", " worker: ", status.message()));
+        if (status.code() == absl::StatusCode::kUnavailable && !first_token_out_ && !is_retry_ &&
+            !sink_->cancelled()) {
+          // Nothing reached the client yet: once, on other workers.
+          retry_ = why;
+        } else {
+          const bool rejected = status.code() == absl::StatusCode::kResourceExhausted;
+          absl::Status out = why;
+          // Keep the payloads (retry-after, reject reason).
+          status.ForEachPayload([&out](absl::string_view url, const absl::Cord& value) {
+            out.SetPayload(url, value);
+          });
+          FinishLocked(rejected && !first_token_out_ ? scheduler::SequenceEnd::kRejected
+                                                     : scheduler::SequenceEnd::kFailed,
+                       out);
+        }
         CancelCallsLocked();
       } else if (prefill ? !handed_off_ : true) {
         FinishLocked(scheduler::SequenceEnd::kFailed,
@@ -197,9 +227,24 @@ void RoutedRequest::OnCallDone(bool prefill, Call* call, const absl::Status& sta
       }
     }
     retire = prefill_call_ == nullptr && decode_call_ == nullptr;
+    retry = retry_;
+    scheduled_sent = scheduled_sent_;
   }
+  if (!retire) return;
   // Outside the lock: the router's lock is taken before a request's, never after.
-  if (retire) router_->Retire(id_, prefill_worker_, decode_worker_);
+  router_->Retire(id_, prefill_worker_, decode_worker_);
+  if (retry) {
+    spdlog::warn("router: request {} lost a worker before its first token ({}); trying again", id_,
+                 std::string(retry->message()));
+    v1::PhaseRequest again = request_;
+    if (absl::Status s = router_->Dispatch(std::move(again), sink_, /*retry=*/true, scheduled_sent);
+        !s.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      FinishLocked(
+          scheduler::SequenceEnd::kFailed,
+          absl::UnavailableError(StrCat(retry->message(), "; no other worker: ", s.message())));
+    }
+  }
 }
 
 void RoutedRequest::FinishLocked(scheduler::SequenceEnd end, const absl::Status& status) {
@@ -236,59 +281,94 @@ absl::StatusOr<scheduler::Admission> RouterEngine::Submit(
                                           config_.model.context_length, ")"));
     }
   }
-  struct Started {
-    std::shared_ptr<RoutedRequest> req;
-    std::shared_ptr<v1::Worker::Stub> prefill, decode;
-    std::string kv_address;
-  };
   std::vector<Started> started;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return absl::UnavailableError("the router is shutting down");
-    // The workers that can take sequence `r`: the least loaded of each role.
-    auto pick = [this](const scheduler::SequenceRequest& r, v1::WorkerRole role) -> Worker* {
-      Worker* best = nullptr;
-      const int need = static_cast<int>(r.prompt.size()) + r.max_tokens;
-      for (auto& [id, w] : workers_) {
-        if (w.info.role != role || w.info.load.draining()) continue;
-        if (w.info.kv_capacity_tokens > 0 && need > w.info.kv_capacity_tokens) continue;
-        if (best == nullptr || w.info.in_flight < best->info.in_flight ||
-            (w.info.in_flight == best->info.in_flight &&
-             w.info.load.kv_blocks_free() > best->info.load.kv_blocks_free())) {
-          best = &w;
-        }
-      }
-      return best;
-    };
-    // All choices or none.
+    // All choices or none: every one must find its workers before any starts.
     for (const scheduler::SequenceRequest& r : requests) {
-      if (pick(r, v1::WORKER_ROLE_PREFILL) == nullptr) {
-        return absl::UnavailableError(
-            "no prefill worker is registered with this router that can hold this request "
-            "(start one with --role=prefill --router HOST:PORT)");
-      }
-      if (pick(r, v1::WORKER_ROLE_DECODE) == nullptr) {
-        return absl::UnavailableError(
-            "no decode worker is registered with this router that can hold this request "
-            "(start one with --role=decode --router HOST:PORT)");
-      }
+      const int need = static_cast<int>(r.prompt.size()) + r.max_tokens;
+      TANDEM_RETURN_IF_ERROR(CanPlaceLocked(need));
     }
     for (scheduler::SequenceRequest& r : requests) {
-      Worker* p = pick(r, v1::WORKER_ROLE_PREFILL);
-      Worker* d = pick(r, v1::WORKER_ROLE_DECODE);
-      const uint64_t tid = next_transfer_id_++;
-      ++p->info.in_flight;
-      ++d->info.in_flight;
-      auto req = std::make_shared<RoutedRequest>(this, std::move(r), tid, p->info.id, d->info.id);
-      active_[tid] = req;
-      started.push_back({req, p->stub, d->stub, d->info.kv_address});
+      v1::PhaseRequest phase;
+      ToPhaseRequest(r, 0, &phase);
+      started.push_back(PlaceLocked(std::move(phase), std::move(r.sink), false, false));
     }
   }
   // Outside the lock: a call's end takes it (Retire).
-  for (Started& s : started) {
-    s.req->Start(s.prefill.get(), s.decode.get(), s.kv_address, config_.secret);
-  }
+  for (Started& s : started) StartPlaced(s);
   return scheduler::Admission{};
+}
+
+absl::Status RouterEngine::CanPlaceLocked(int need) {
+  if (PickLocked(v1::WORKER_ROLE_PREFILL, need) == nullptr) {
+    return absl::UnavailableError(
+        "no prefill worker is registered with this router that can hold this request (start "
+        "one with --role=prefill --router HOST:PORT)");
+  }
+  if (PickLocked(v1::WORKER_ROLE_DECODE, need) == nullptr) {
+    return absl::UnavailableError(
+        "no decode worker is registered with this router that can hold this request (start "
+        "one with --role=decode --router HOST:PORT)");
+  }
+  return absl::OkStatus();
+}
+
+RouterEngine::Worker* RouterEngine::PickLocked(v1::WorkerRole role, int need) {
+  Worker* best = nullptr;
+  for (auto& [id, w] : workers_) {
+    if (w.info.role != role || w.info.load.draining()) continue;
+    // A worker whose connection failed is avoided until it is heard from again.
+    if (w.info.suspect_since >= w.info.last_seen) continue;
+    if (w.info.kv_capacity_tokens > 0 && need > w.info.kv_capacity_tokens) continue;
+    if (best == nullptr || w.info.in_flight < best->info.in_flight ||
+        (w.info.in_flight == best->info.in_flight &&
+         w.info.load.kv_blocks_free() > best->info.load.kv_blocks_free())) {
+      best = &w;
+    }
+  }
+  return best;
+}
+
+RouterEngine::Started RouterEngine::PlaceLocked(v1::PhaseRequest phase,
+                                                std::shared_ptr<scheduler::SequenceSink> sink,
+                                                bool retry, bool scheduled_sent) {
+  const int need = phase.prompt_size() + phase.max_tokens();
+  Worker* p = PickLocked(v1::WORKER_ROLE_PREFILL, need);
+  Worker* d = PickLocked(v1::WORKER_ROLE_DECODE, need);
+  TANDEM_CHECK(p != nullptr && d != nullptr);
+  phase.set_transfer_id(next_transfer_id_++);
+  ++p->info.in_flight;
+  ++d->info.in_flight;
+  auto req = std::make_shared<RoutedRequest>(this, std::move(phase), std::move(sink), p->info.id,
+                                             d->info.id, retry, scheduled_sent);
+  active_[req->id()] = req;
+  return Started{req, p->stub, d->stub, d->info.kv_address};
+}
+
+void RouterEngine::StartPlaced(Started& s) {
+  s.req->Start(s.prefill.get(), s.decode.get(), s.kv_address, config_.secret);
+}
+
+absl::Status RouterEngine::Dispatch(v1::PhaseRequest phase,
+                                    std::shared_ptr<scheduler::SequenceSink> sink, bool retry,
+                                    bool scheduled_sent) {
+  Started s;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return absl::UnavailableError("the router is shutting down");
+    TANDEM_RETURN_IF_ERROR(CanPlaceLocked(phase.prompt_size() + phase.max_tokens()));
+    s = PlaceLocked(std::move(phase), std::move(sink), retry, scheduled_sent);
+  }
+  StartPlaced(s);
+  return absl::OkStatus();
+}
+
+void RouterEngine::Suspect(uint64_t worker) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = workers_.find(worker);
+  if (it != workers_.end()) it->second.info.suspect_since = absl::Now();
 }
 
 void RouterEngine::Retire(uint64_t id, uint64_t prefill_worker, uint64_t decode_worker) {

@@ -27,6 +27,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -59,6 +60,9 @@ struct WorkerInfo {
   int kv_capacity_tokens = 0;
   tandem::v1::WorkerLoad load;
   absl::Time last_seen;
+  // When a call to it last failed to connect or lost its connection (InfinitePast: never).
+  // Placement skips it until a heartbeat comes after that.
+  absl::Time suspect_since = absl::InfinitePast();
   int in_flight = 0;  // sequences this router has on it now
 };
 
@@ -98,9 +102,28 @@ class RouterEngine : public scheduler::Engine, public tandem::v1::Router::Callba
     WorkerInfo info;
     std::shared_ptr<tandem::v1::Worker::Stub> stub;
   };
+  struct Started {
+    std::shared_ptr<RoutedRequest> req;
+    std::shared_ptr<tandem::v1::Worker::Stub> prefill, decode;
+    std::string kv_address;
+  };
   void SweepLoop();
   // A request ended: forget it and its load on its workers.
   void Retire(uint64_t id, uint64_t prefill_worker, uint64_t decode_worker);
+  // Whether a sequence of `need` tokens has a worker of each role (UNAVAILABLE naming the
+  // missing role otherwise).
+  absl::Status CanPlaceLocked(int need) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Worker* PickLocked(tandem::v1::WorkerRole role, int need) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Picks its workers (CanPlaceLocked must have said yes) and registers the request.
+  Started PlaceLocked(tandem::v1::PhaseRequest phase, std::shared_ptr<scheduler::SequenceSink> sink,
+                      bool retry, bool scheduled_sent) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void StartPlaced(Started& s);
+  // Places and starts one sequence (a retry's second try).
+  absl::Status Dispatch(tandem::v1::PhaseRequest phase,
+                        std::shared_ptr<scheduler::SequenceSink> sink, bool retry,
+                        bool scheduled_sent);
+  // A call to `worker` could not connect or lost its connection.
+  void Suspect(uint64_t worker);
 
   const RouterConfig config_;
 

@@ -29,7 +29,8 @@ def free_port():
 
 
 class Daemon:
-    """One tandemd process on free ports; stopped with SIGTERM.
+    """One tandemd process on free ports; stopped with SIGTERM. Start-up waits until
+    `wait_path` answers 200 (a router that has no workers yet is healthy, not ready).
 
     Unless `slo` is true, the daemon has no default SLOs (--ttft-slo-ms 0 --tpot-slo-ms 0) and
     no latency model (--profile-latency=false), so requests that name none are best-effort:
@@ -38,7 +39,7 @@ class Daemon:
     and their own flags.
     """
 
-    def __init__(self, *extra, startup_timeout=120, slo=False):
+    def __init__(self, *extra, startup_timeout=120, slo=False, wait_path="/ready"):
         if not slo:
             # Best-effort requests need no latency model: skip the start-up profile too.
             extra = ("--ttft-slo-ms", "0", "--tpot-slo-ms", "0", "--profile-latency=false",
@@ -55,7 +56,7 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tandemd exited with {self.proc.returncode}:\n{self.logs()}")
             try:
-                with urllib.request.urlopen(self.url + "/ready", timeout=1) as r:
+                with urllib.request.urlopen(self.url + wait_path, timeout=1) as r:
                     if r.status == 200:
                         return
             except OSError:

@@ -1,0 +1,332 @@
+"""tandemd as a cluster of processes: a router (no weights), a prefill worker and a decode
+worker (one core each), the KV pushed from prefill to decode over TCP on loopback.
+
+Greedy and seeded outputs through the public APIs equal the colocated daemon's; both workers'
+KV is all free again after every case; and when a worker dies (kill -9), stops answering
+(SIGSTOP past its heartbeats) or a client goes away, every request ends with a clear status,
+the survivors keep serving, and a worker that comes back registers again."""
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import MODEL, MODEL_NAME, TANDEMD, Daemon, free_port
+
+from test_disaggregation import PROMPTS, complete
+
+HEARTBEAT = ("--heartbeat-ms", "200", "--worker-timeout-ms", "1000")
+
+
+class Cluster:
+    """A router and its workers; each worker is a Daemon of its own."""
+
+    def __init__(self, *extra, secret_file=None):
+        self.cluster_port = free_port()
+        self.extra = list(extra)
+        if secret_file:
+            self.extra += ["--cluster-secret-file", secret_file]
+        self.router = Daemon("--role", "router", "--cluster-port", str(self.cluster_port),
+                             *HEARTBEAT, *self.extra, wait_path="/health")
+        self.prefill = [self.add("prefill")]
+        self.decode = [self.add("decode")]
+        self.wait_ready()
+
+    def add(self, role, *extra):
+        return Daemon("--role", role, "--router", f"127.0.0.1:{self.cluster_port}",
+                      "--cluster-port", "0", "--threads", "1", *self.extra, *extra)
+
+    def wait_ready(self, timeout=60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(self.router.url + "/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"router not ready:\n{self.router.logs()}")
+
+    @property
+    def url(self):
+        return self.router.url
+
+    def workers(self):
+        return self.prefill + self.decode
+
+    def kv_all_free(self, timeout=30):
+        """Every live worker's KV cache back to empty (and nothing running), within timeout."""
+        deadline = time.time() + timeout
+        while True:
+            ms = [w.metrics() for w in self.workers() if w.proc.poll() is None]
+            if all(m.get("tandem:kv_cache_usage_ratio") == 0 and
+                   m.get("tandem:num_requests_running") == 0 for m in ms):
+                return True
+            if time.time() > deadline:
+                return ms
+            time.sleep(0.05)
+
+    def stop(self):
+        codes = {}
+        for d in [*self.workers(), self.router]:
+            codes[d] = d.terminate() if d.proc.poll() is None else d.proc.returncode
+        return codes
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster()
+    yield c
+    for d, code in c.stop().items():
+        if code in (-signal.SIGKILL,):
+            continue
+        assert code == 0, f"tandemd exited with {code}:\n{d.logs()}"
+        logs = d.logs()
+        assert "ERROR: AddressSanitizer" not in logs and "runtime error:" not in logs, logs
+
+
+def test_router_holds_no_weights_and_workers_registered(cluster):
+    logs = cluster.router.logs()
+    assert "router: no weights" in logs, logs
+    assert "prefill worker" in logs and "decode worker" in logs, logs
+    assert "loading weights" not in logs, logs
+
+
+def test_greedy_outputs_equal_the_colocated_daemon(daemon, cluster):
+    for prompt in PROMPTS:
+        want = complete(daemon.url, prompt)["choices"][0]["text"]
+        got = complete(cluster.url, prompt)
+        assert got["choices"][0]["text"] == want, prompt
+        assert got["usage"]["completion_tokens"] == 24
+    assert cluster.kv_all_free() is True
+
+
+def test_seeded_and_concurrent_requests_equal_the_colocated_daemon(daemon, cluster):
+    extra = {"temperature": 0.8, "seed": 77, "top_p": 0.95}
+    want = [complete(daemon.url, p, **extra)["choices"][0]["text"] for p in PROMPTS]
+    with concurrent.futures.ThreadPoolExecutor(len(PROMPTS) * 2) as pool:
+        futures = [pool.submit(complete, cluster.url, p, **extra) for p in PROMPTS * 2]
+        texts = [f.result()["choices"][0]["text"] for f in futures]
+    assert texts == want * 2
+    assert cluster.kv_all_free() is True
+
+
+def test_streaming_chat_and_a_one_token_request(cluster):
+    import openai
+    client = openai.OpenAI(base_url=cluster.url + "/v1", api_key="unused", max_retries=0,
+                           timeout=300)
+    stream = client.chat.completions.create(
+        model=MODEL_NAME, messages=[{"role": "user", "content": "Say hello."}], max_tokens=16,
+        temperature=0, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text
+    full = client.chat.completions.create(
+        model=MODEL_NAME, messages=[{"role": "user", "content": "Say hello."}], max_tokens=16,
+        temperature=0)
+    assert full.choices[0].message.content == text
+    # Ends at its first token on the prefill worker: nothing moves to the decode worker.
+    one = complete(cluster.url, "Hello", max_tokens=1)
+    assert one["usage"]["completion_tokens"] == 1
+    assert cluster.kv_all_free() is True
+
+
+def test_workers_refuse_generation_and_bad_input_is_a_400(cluster):
+    with pytest.raises(urllib.error.HTTPError) as e:
+        complete(cluster.prefill[0].url, "Hi")
+    assert e.value.code == 503
+    assert "router" in e.value.read().decode()
+    body = {"model": MODEL_NAME, "prompt": "Hi", "max_tokens": 4, "temperature": -1}
+    req = urllib.request.Request(cluster.url + "/v1/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=60)
+    assert e.value.code == 400
+
+
+def test_client_gone_mid_decode_frees_both_workers(cluster):
+    import openai
+    client = openai.OpenAI(base_url=cluster.url + "/v1", api_key="unused", max_retries=0,
+                           timeout=300)
+    stream = client.completions.create(model=MODEL_NAME, prompt="Count: 1, 2, 3,",
+                                       max_tokens=2000, temperature=0, stream=True)
+    for i, _ in enumerate(stream):
+        if i == 5:
+            break
+    stream.close()
+    assert cluster.kv_all_free() is True
+    assert complete(cluster.url, "Hello", max_tokens=4)["choices"][0]["text"] is not None
+
+
+def stream_until_error(url, prompt, max_tokens, on_token=None):
+    """Streams a completion; returns (tokens received, the error text or None)."""
+    import openai
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    n = 0
+    try:
+        stream = client.completions.create(model=MODEL_NAME, prompt=prompt,
+                                           max_tokens=max_tokens, temperature=0, stream=True)
+        for _ in stream:
+            n += 1
+            if on_token:
+                on_token(n)
+    except Exception as e:  # the stream ends with an error event or a broken connection
+        return n, str(e)
+    return n, None
+
+
+def test_kill_9_of_the_decode_worker_mid_decode():
+    c = Cluster()
+    try:
+        victim = c.decode[0]
+
+        def kill_at(n):
+            if n == 5:
+                victim.proc.kill()
+
+        n, err = stream_until_error(c.url, "Count: 1, 2, 3,", 2000, kill_at)
+        assert err is not None and n < 2000, (n, err)
+        assert "decode worker" in err or "worker" in err, err
+        # The survivors: the prefill worker's KV is all free, the router refuses clearly.
+        assert c.kv_all_free() is True
+        with pytest.raises(urllib.error.HTTPError) as e:
+            for _ in range(100):  # until the router has dropped the dead worker
+                complete(c.url, "Hello", max_tokens=4)
+                time.sleep(0.05)
+        assert e.value.code == 503
+        assert "decode worker" in e.value.read().decode()
+        # A new decode worker joins and the cluster serves again.
+        c.decode = [c.add("decode")]
+        c.wait_ready()
+        assert complete(c.url, "Hello", max_tokens=4)["usage"]["completion_tokens"] == 4
+        assert c.kv_all_free() is True
+    finally:
+        c.stop()
+
+
+def test_a_decode_worker_lost_before_the_first_token_is_replaced_once():
+    """kill -9 of the decode worker that waits for a request's KV, while its prompt is still
+    prefilling: nothing has reached the client, so the router tries the request once more on
+    the other decode worker, and the client sees only a complete answer."""
+    c = Cluster()
+    try:
+        c.decode.append(c.add("decode"))
+        c.wait_ready()
+        prompt = "word " * 2000
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            future = pool.submit(complete, c.url, prompt, 8)
+            victim = None
+            deadline = time.time() + 30
+            while victim is None and time.time() < deadline:
+                for d in c.decode:
+                    if d.metrics().get("tandem:num_requests_waiting", 0) > 0:
+                        victim = d
+                time.sleep(0.005)
+            assert victim is not None, "no decode worker ever held the request"
+            victim.proc.kill()
+            got = future.result()
+        assert got["usage"]["completion_tokens"] == 8, got
+        assert "trying again" in c.router.logs(), c.router.logs()
+        assert c.kv_all_free() is True
+    finally:
+        c.stop()
+
+
+def test_kill_9_of_the_prefill_worker_mid_prefill_fails_clearly():
+    c = Cluster()
+    try:
+        # Long prompts keep the prefill worker busy; kill it while they run.
+        prompt = "word " * 1500
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(complete, c.url, prompt, 8) for _ in range(4)]
+            time.sleep(0.3)
+            c.prefill[0].proc.kill()
+            errors = 0
+            for f in futures:
+                try:
+                    f.result()
+                except urllib.error.HTTPError as e:
+                    errors += 1
+                    assert e.code in (500, 503), e.code
+                    assert "prefill worker" in e.read().decode()
+        assert errors >= 1
+        assert c.kv_all_free() is True  # the decode worker holds nothing
+        c.prefill = [c.add("prefill")]
+        c.wait_ready()
+        assert complete(c.url, "Hello", max_tokens=4)["usage"]["completion_tokens"] == 4
+    finally:
+        c.stop()
+
+
+def test_sigstop_past_the_heartbeat_drops_the_worker_and_sigcont_brings_it_back():
+    c = Cluster()
+    try:
+        victim = c.decode[0]
+        results = {}
+
+        def stop_at(n):
+            if n == 3:
+                os.kill(victim.proc.pid, signal.SIGSTOP)
+
+        n, err = stream_until_error(c.url, "Count: 1, 2, 3,", 2000, stop_at)
+        results["stream"] = (n, err)
+        assert err is not None, results
+        assert "stopped answering" in err, err
+        with pytest.raises(urllib.error.HTTPError) as e:
+            complete(c.url, "Hello", max_tokens=4)
+        assert e.value.code == 503
+        os.kill(victim.proc.pid, signal.SIGCONT)
+        c.wait_ready()
+        assert complete(c.url, "Hello", max_tokens=4)["usage"]["completion_tokens"] == 4
+        assert c.kv_all_free() is True
+        assert "registering again" in victim.logs(), victim.logs()
+    finally:
+        c.stop()
+
+
+def test_the_cluster_secret_is_required_when_set():
+    with tempfile.NamedTemporaryFile("w", suffix=".secret", delete=False) as f:
+        f.write("correct horse battery staple\n")
+        good = f.name
+    with tempfile.NamedTemporaryFile("w", suffix=".secret", delete=False) as f:
+        f.write("wrong\n")
+        bad = f.name
+    c = Cluster(secret_file=good)
+    try:
+        assert complete(c.url, "Hello", max_tokens=4)["usage"]["completion_tokens"] == 4
+        # A worker with the wrong secret never joins.
+        intruder = subprocess.Popen(
+            [TANDEMD, "--model", MODEL, "--role", "decode", "--router",
+             f"127.0.0.1:{c.cluster_port}", "--cluster-port", "0", "--port", "0",
+             "--grpc-port", "-1", "--threads", "1", "--profile-latency=false",
+             "--cluster-secret-file", bad], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
+        deadline = time.time() + 30
+        while time.time() < deadline and "refused a worker registration" not in c.router.logs():
+            time.sleep(0.1)
+        intruder.send_signal(signal.SIGTERM)
+        out = intruder.communicate(timeout=60)[0]
+        assert "refused a worker registration" in c.router.logs(), c.router.logs()
+        assert "cluster secret is missing or wrong" in out, out
+        assert "registered" not in out.replace("registering", ""), out
+    finally:
+        c.stop()
+        os.unlink(good)
+        os.unlink(bad)
+
+
+def test_role_flags_are_checked():
+    for args, want in [(("--role", "prefill"), "--router"),
+                       (("--role", "leader"), "--role"),
+                       (("--role", "router", "--disaggregation", "on"), "--disaggregation"),
+                       (("--role", "router", "--cluster-port", "0"), "--cluster-port")]:
+        r = subprocess.run([TANDEMD, "--model", MODEL, "--port", "0", *args],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0, args
+        assert want in r.stderr, (args, r.stderr)
