@@ -31,6 +31,7 @@ pyenv:
 test: build model pyenv
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	$(MAKE) test-asan
+	$(MAKE) deploy-check
 
 test-unit: build model pyenv
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
@@ -41,6 +42,13 @@ test-asan: deps model pyenv
 	cmake --build $(BUILD_ASAN) -j $(JOBS)
 	cd $(BUILD_ASAN) && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j $(JOBS)
+
+# deploy/: renders the kustomize overlays with a current kubectl, validates them offline against
+# the Kubernetes schemas, lints the Dockerfiles, and runs the colocated pod as local processes
+# (probes, a request with the Secret's API key, SIGTERM drain). docs/deploy.md.
+.PHONY: deploy-check
+deploy-check: build model
+	./deploy/check/run --build-dir $(BUILD)
 
 # ThreadSanitizer over the suite (not part of `make test`: it doubles CI time again).
 test-tsan: deps model pyenv
