@@ -24,7 +24,7 @@ bool SameKey(std::string_view a, std::string_view b) {
 }
 
 // The x-slo-ttft-ms / x-slo-tpot-ms metadata, which override the request's fields.
-absl::Status ApplySloMetadata(const grpc::ServerContext& context, GenerationRequest* r) {
+absl::Status ApplySloMetadata(const grpc::ServerContextBase& context, GenerationRequest* r) {
   const std::pair<const char*, double*> keys[] = {{openai::kSloTtftHeader, &r->ttft_slo_ms},
                                                   {openai::kSloTpotHeader, &r->tpot_slo_ms}};
   const auto& metadata = context.client_metadata();
@@ -39,7 +39,7 @@ absl::Status ApplySloMetadata(const grpc::ServerContext& context, GenerationRequ
 
 }  // namespace
 
-grpc::Status CheckApiKey(const grpc::ServerContext& context, const std::string& api_key) {
+grpc::Status CheckApiKey(const grpc::ServerContextBase& context, const std::string& api_key) {
   if (api_key.empty()) return grpc::Status::OK;
   const auto& metadata = context.client_metadata();
   auto it = metadata.find("authorization");
@@ -57,73 +57,49 @@ grpc::Status CheckApiKey(const grpc::ServerContext& context, const std::string& 
 }
 
 GenerationServiceImpl::GenerationServiceImpl(Frontend& frontend, std::string api_key,
-                                             absl::Duration poll_interval,
-                                             StatusObserver on_status)
+                                             int stream_threads, StatusObserver on_status)
     : frontend_(frontend),
       api_key_(std::move(api_key)),
-      poll_interval_(poll_interval),
-      on_status_(std::move(on_status)) {}
+      on_status_(std::move(on_status)),
+      pool_(stream_threads) {}
 
-grpc::Status GenerationServiceImpl::Generate(
-    grpc::ServerContext* context, const tandem::v1::GenerateRequest* request,
-    grpc::ServerWriter<tandem::v1::GenerateResponse>* writer) {
-  return Report(DoGenerate(context, request, writer));
-}
-
-grpc::Status GenerationServiceImpl::Tokenize(grpc::ServerContext* context,
-                                             const tandem::v1::TokenizeRequest* request,
-                                             tandem::v1::TokenizeResponse* response) {
-  return Report(DoTokenize(context, request, response));
-}
-
-grpc::Status GenerationServiceImpl::Detokenize(grpc::ServerContext* context,
-                                               const tandem::v1::DetokenizeRequest* request,
-                                               tandem::v1::DetokenizeResponse* response) {
-  return Report(DoDetokenize(context, request, response));
-}
-
-grpc::Status GenerationServiceImpl::DoGenerate(
-    grpc::ServerContext* context, const tandem::v1::GenerateRequest* request,
-    grpc::ServerWriter<tandem::v1::GenerateResponse>* writer) {
-  if (grpc::Status auth = CheckApiKey(*context, api_key_); !auth.ok()) return auth;
+grpc::ServerWriteReactor<tandem::v1::GenerateResponse>* GenerationServiceImpl::Generate(
+    grpc::CallbackServerContext* context, const tandem::v1::GenerateRequest* request) {
+  auto refuse = [this](grpc::Status status) {
+    return GenerateReactor::Refuse(Report(std::move(status)));
+  };
+  if (grpc::Status auth = CheckApiKey(*context, api_key_); !auth.ok()) return refuse(auth);
   absl::StatusOr<GenerationRequest> converted = FromProto(*request);
-  if (!converted.ok()) return ToGrpcStatus(converted.status());
-  if (absl::Status s = ApplySloMetadata(*context, &*converted); !s.ok()) return ToGrpcStatus(s);
+  if (!converted.ok()) return refuse(ToGrpcStatus(converted.status()));
+  if (absl::Status s = ApplySloMetadata(*context, &*converted); !s.ok()) {
+    return refuse(ToGrpcStatus(s));
+  }
   absl::StatusOr<std::unique_ptr<GenerationStream>> started =
       frontend_.Generate(*std::move(converted));
-  if (!started.ok()) return ToGrpcStatus(started.status(), *context);
-  GenerationStream& stream = **started;
-
-  std::vector<ChoiceDelta> deltas;
-  tandem::v1::GenerateResponse response;
-  for (;;) {
-    deltas.clear();
-    const bool done = stream.WaitAndTake(&deltas, poll_interval_);
-    if (context->IsCancelled()) {
-      stream.Cancel();
-      return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the call");
-    }
-    if (!deltas.empty()) {
-      response.Clear();
-      for (const ChoiceDelta& delta : deltas) ToProto(delta, response.add_choices());
-      if (!writer->Write(response)) {
-        // The client is gone; nobody will read the rest.
-        stream.Cancel();
-        return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
-      }
-    }
-    if (done) break;
-  }
-  if (absl::Status status = stream.status(); !status.ok()) return ToGrpcStatus(status, *context);
-  response.Clear();
-  ToProto(stream.usage(), response.mutable_usage());
-  writer->Write(response);
-  return grpc::Status::OK;
+  if (!started.ok()) return refuse(ToGrpcStatus(started.status(), *context));
+  return GenerateReactor::Start(context, *std::move(started), pool_,
+                                [this](const grpc::Status& status) { Report(status); });
 }
 
-grpc::Status GenerationServiceImpl::DoTokenize(grpc::ServerContext* context,
-                                             const tandem::v1::TokenizeRequest* request,
-                                             tandem::v1::TokenizeResponse* response) {
+grpc::ServerUnaryReactor* GenerationServiceImpl::Tokenize(
+    grpc::CallbackServerContext* context, const tandem::v1::TokenizeRequest* request,
+    tandem::v1::TokenizeResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(Report(DoTokenize(context, request, response)));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* GenerationServiceImpl::Detokenize(
+    grpc::CallbackServerContext* context, const tandem::v1::DetokenizeRequest* request,
+    tandem::v1::DetokenizeResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(Report(DoDetokenize(context, request, response)));
+  return reactor;
+}
+
+grpc::Status GenerationServiceImpl::DoTokenize(grpc::CallbackServerContext* context,
+                                               const tandem::v1::TokenizeRequest* request,
+                                               tandem::v1::TokenizeResponse* response) {
   if (grpc::Status auth = CheckApiKey(*context, api_key_); !auth.ok()) return auth;
   absl::StatusOr<TokenizeRequest> converted = FromProto(*request);
   if (!converted.ok()) return ToGrpcStatus(converted.status());
@@ -134,9 +110,9 @@ grpc::Status GenerationServiceImpl::DoTokenize(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status GenerationServiceImpl::DoDetokenize(grpc::ServerContext* context,
-                                               const tandem::v1::DetokenizeRequest* request,
-                                               tandem::v1::DetokenizeResponse* response) {
+grpc::Status GenerationServiceImpl::DoDetokenize(grpc::CallbackServerContext* context,
+                                                 const tandem::v1::DetokenizeRequest* request,
+                                                 tandem::v1::DetokenizeResponse* response) {
   if (grpc::Status auth = CheckApiKey(*context, api_key_); !auth.ok()) return auth;
   std::vector<int32_t> tokens(request->token_ids().begin(), request->token_ids().end());
   absl::StatusOr<std::string> text = frontend_.Detokenize(request->model(), tokens);
@@ -149,16 +125,15 @@ ModelsServiceImpl::ModelsServiceImpl(Frontend& frontend, std::string api_key,
                                      StatusObserver on_status)
     : frontend_(frontend), api_key_(std::move(api_key)), on_status_(std::move(on_status)) {}
 
-grpc::Status ModelsServiceImpl::List(grpc::ServerContext* context,
-                                     const tandem::v1::ListModelsRequest* request,
-                                     tandem::v1::ListModelsResponse* response) {
-  if (grpc::Status auth = CheckApiKey(*context, api_key_); !auth.ok()) {
-    if (on_status_) on_status_(auth.error_code());
-    return auth;
-  }
-  if (on_status_) on_status_(grpc::StatusCode::OK);
-  ToProto(frontend_.Model(), response->add_models());
-  return grpc::Status::OK;
+grpc::ServerUnaryReactor* ModelsServiceImpl::List(grpc::CallbackServerContext* context,
+                                                  const tandem::v1::ListModelsRequest* request,
+                                                  tandem::v1::ListModelsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  grpc::Status status = CheckApiKey(*context, api_key_);
+  if (status.ok()) ToProto(frontend_.Model(), response->add_models());
+  if (on_status_) on_status_(status.error_code());
+  reactor->Finish(status);
+  return reactor;
 }
 
 }  // namespace tandem::server::grpc_api

@@ -25,7 +25,7 @@ std::string ListenAddress(const std::string& host, int port) {
 }  // namespace
 
 GrpcServer::GrpcServer(Frontend& frontend, const GrpcServerConfig& config)
-    : generation_(frontend, config.api_key, absl::Milliseconds(50), config.on_status),
+    : generation_(frontend, config.api_key, config.stream_threads, config.on_status),
       models_(frontend, config.api_key, config.on_status) {}
 
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcServerConfig& config,
@@ -36,6 +36,9 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcServerCo
   if (config.host.empty()) return absl::InvalidArgumentError("gRPC host is empty");
   if (config.max_message_bytes <= 0) {
     return absl::InvalidArgumentError("gRPC max_message_bytes must be positive");
+  }
+  if (config.stream_threads <= 0) {
+    return absl::InvalidArgumentError("gRPC stream_threads must be positive");
   }
 
   // Both are process-wide switches read by every ServerBuilder created afterwards.
@@ -77,8 +80,10 @@ void GrpcServer::Shutdown(absl::Duration deadline) {
   if (shut_down_) return;
   shut_down_ = true;
   SetServing(false);
+  // Returns once every callback call has seen OnDone (cancelled past the deadline).
   server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(deadline));
   server_->Wait();
+  generation_.WaitForStreams();  // pumps still posted hold reactors a moment longer
 }
 
 }  // namespace tandem::server::grpc_api

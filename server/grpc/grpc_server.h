@@ -5,6 +5,11 @@
 // Health: the overall status ("") and "tandem.v1.Generation" / "tandem.v1.Models" are SERVING
 // after Start; SetServing(false) turns them NOT_SERVING while draining.
 //
+// Threads: the tandem.v1 services and health use gRPC's callback API, so an open Generate
+// stream holds no thread (generation_service.h). The process keeps gRPC's own callback and
+// polling threads, the GenerateReactors' pool (`stream_threads`) and a small synchronous pool
+// for server reflection, however many streams are open.
+//
 // Thread safety: port() and SetServing() may be called from any thread; Shutdown() from one
 // thread, once (the destructor calls it with no grace period if it was not called).
 // The Frontend must outlive the GrpcServer.
@@ -30,6 +35,8 @@ struct GrpcServerConfig {
   std::string api_key;           // empty: no authentication
   // Largest request or response message, bytes (gRPC's default is 4 MiB for requests).
   int max_message_bytes = 64 << 20;
+  // Threads that take Generate streams' output and start their writes (ReactorPool).
+  int stream_threads = 2;
   // Told the status code of every answered tandem.v1 call (metrics); may be empty.
   StatusObserver on_status;
 };
@@ -52,13 +59,14 @@ class GrpcServer {
   void SetServing(bool serving);
 
   // Stops accepting calls, lets running calls finish until `deadline` from now, then cancels
-  // the rest (their Generate loops cancel their streams) and waits for every handler to return.
+  // the rest (their reactors cancel their GenerationStreams) and waits until every call is done
+  // and every GenerationStream it held is destroyed.
   void Shutdown(absl::Duration deadline);
 
  private:
   GrpcServer(Frontend& frontend, const GrpcServerConfig& config);
 
-  // Constant after construction.
+  // Constant after construction. The services outlive server_, which calls into them.
   GenerationServiceImpl generation_;
   ModelsServiceImpl models_;
   std::unique_ptr<grpc::Server> server_;

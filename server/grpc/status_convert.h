@@ -6,8 +6,8 @@
 // A status that carries a retry delay (common/retry_after.h: the scheduler's 429s) also sets
 // the trailing metadata `grpc-retry-pushback-ms`, the key gRPC's own retry policy honours.
 //
-// Thread safety: pure functions, except that the ServerContext overload writes the call's
-// trailing metadata (call it from the thread handling that call).
+// Thread safety: pure functions, except that the ServerContextBase overload writes the call's
+// trailing metadata (call it before the call's Finish, from one thread at a time).
 #ifndef TANDEM_SERVER_GRPC_STATUS_CONVERT_H_
 #define TANDEM_SERVER_GRPC_STATUS_CONVERT_H_
 
@@ -25,7 +25,7 @@ grpc::StatusCode ToGrpcCode(absl::StatusCode code);
 grpc::Status ToGrpcStatus(const absl::Status& status);
 // ToGrpcStatus, and for a failure carrying a retry delay, `kRetryPushbackKey: <ms>` added to
 // the call's trailing metadata.
-grpc::Status ToGrpcStatus(const absl::Status& status, grpc::ServerContext& context);
+grpc::Status ToGrpcStatus(const absl::Status& status, grpc::ServerContextBase& context);
 
 // The canonical name of a code ("OK", "INVALID_ARGUMENT", ...), for logs and metrics.
 const char* GrpcCodeName(grpc::StatusCode code);

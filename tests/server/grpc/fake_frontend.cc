@@ -1,13 +1,47 @@
 #include "tests/server/grpc/fake_frontend.h"
 
+#include <algorithm>
+#include <functional>
 #include <utility>
 
 namespace tandem::server::testing {
+
+void BatchGate::Release(int n) {
+  released_.fetch_add(n);
+  std::vector<std::shared_ptr<Listener>> listeners;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    listeners = listeners_;
+  }
+  for (const std::shared_ptr<Listener>& l : listeners) {
+    std::function<void()> notify;
+    {
+      std::lock_guard<std::mutex> lock(l->mu);
+      if (l->ready) notify = l->ready();
+    }
+    if (notify) notify();
+  }
+}
+
+void BatchGate::Listen(std::shared_ptr<Listener> listener) {
+  std::lock_guard<std::mutex> lock(mu_);
+  listeners_.push_back(std::move(listener));
+}
 
 void StreamRecord::NotifyCancelled() {
   std::lock_guard<std::mutex> lock(mu_);
   cancelled_ = true;
   cv_.notify_all();
+}
+
+void StreamRecord::NotifyDestroyed() {
+  std::lock_guard<std::mutex> lock(mu_);
+  destroyed_ = true;
+}
+
+bool StreamRecord::destroyed() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return destroyed_;
 }
 
 bool StreamRecord::cancelled() const {
@@ -21,13 +55,35 @@ bool StreamRecord::WaitForCancel(absl::Duration timeout) const {
 }
 
 FakeStream::FakeStream(StreamScript script, std::shared_ptr<StreamRecord> record)
-    : record_(std::move(record)), script_(std::move(script)) {}
+    : record_(std::move(record)), script_(std::move(script)) {
+  if (script_.gate == nullptr) return;
+  listener_ = std::make_shared<BatchGate::Listener>();
+  listener_->ready = [this]() -> std::function<void()> {
+    std::lock_guard<std::mutex> lock(mu_);
+    cv_.notify_all();
+    if (cancelled_ || next_batch_ >= Available()) return nullptr;
+    return notify_;
+  };
+  script_.gate->Listen(listener_);
+}
 
-FakeStream::~FakeStream() { Cancel(); }
+FakeStream::~FakeStream() {
+  if (listener_ != nullptr) {
+    std::lock_guard<std::mutex> lock(listener_->mu);
+    listener_->ready = nullptr;
+  }
+  Cancel();
+  record_->NotifyDestroyed();
+}
 
 void FakeStream::SetNotify(std::function<void()> notify) {
   std::lock_guard<std::mutex> lock(mu_);
   notify_ = std::move(notify);
+}
+
+size_t FakeStream::Available() const {
+  if (script_.gate == nullptr) return script_.batches.size();
+  return std::min(script_.batches.size(), static_cast<size_t>(script_.gate->released()));
 }
 
 bool FakeStream::Ended() const {
@@ -41,7 +97,7 @@ bool FakeStream::Take(std::vector<ChoiceDelta>* out) {
     std::lock_guard<std::mutex> lock(mu_);
     done = TakeLocked(out);
     // More batches are ready: say so, as the engine does when it produces output.
-    if (!done && next_batch_ < script_.batches.size()) notify = notify_;
+    if (!done && next_batch_ < Available()) notify = notify_;
   }
   if (notify) notify();
   return done;
@@ -49,7 +105,7 @@ bool FakeStream::Take(std::vector<ChoiceDelta>* out) {
 
 bool FakeStream::TakeLocked(std::vector<ChoiceDelta>* out) {
   if (cancelled_) return true;
-  if (next_batch_ < script_.batches.size()) {
+  if (next_batch_ < Available()) {
     const std::vector<ChoiceDelta>& batch = script_.batches[next_batch_++];
     out->insert(out->end(), batch.begin(), batch.end());
   }
@@ -58,9 +114,11 @@ bool FakeStream::TakeLocked(std::vector<ChoiceDelta>* out) {
 
 bool FakeStream::WaitAndTake(std::vector<ChoiceDelta>* out, absl::Duration timeout) {
   std::unique_lock<std::mutex> lock(mu_);
-  // Only a hanging stream has nothing ready: wait for Cancel (or the timeout).
+  // Only a hanging or gated stream has nothing ready: wait for Cancel, a release or the
+  // timeout.
   cv_.wait_for(lock, absl::ToChronoMilliseconds(timeout), [this]() {
-    return cancelled_ || next_batch_ < script_.batches.size() || !script_.hang_after_batches;
+    return cancelled_ || next_batch_ < Available() ||
+           (next_batch_ >= script_.batches.size() && !script_.hang_after_batches);
   });
   return TakeLocked(out);
 }
@@ -112,8 +170,8 @@ absl::StatusOr<std::unique_ptr<GenerationStream>> FakeFrontend::Generate(
   ++generate_calls_;
   generate_requests_.push_back(std::move(request));
   if (!generate_error_.ok()) return generate_error_;
-  last_stream_ = std::make_shared<StreamRecord>();
-  return std::unique_ptr<GenerationStream>(new FakeStream(script_, last_stream_));
+  streams_.push_back(std::make_shared<StreamRecord>());
+  return std::unique_ptr<GenerationStream>(new FakeStream(script_, streams_.back()));
 }
 
 absl::StatusOr<std::vector<int32_t>> FakeFrontend::Tokenize(const TokenizeRequest& request) {
@@ -152,7 +210,12 @@ std::vector<TokenizeRequest> FakeFrontend::tokenize_requests() const {
 
 std::shared_ptr<StreamRecord> FakeFrontend::last_stream() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return last_stream_;
+  return streams_.empty() ? nullptr : streams_.back();
+}
+
+std::vector<std::shared_ptr<StreamRecord>> FakeFrontend::streams() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return streams_;
 }
 
 int FakeFrontend::generate_calls() const {
