@@ -105,6 +105,8 @@ InstanceStats DisaggregatedEngine::stats() const {
   s.decode_tokens = p.decode_tokens + d.decode_tokens;
   s.preemptions = p.preemptions + d.preemptions;
   s.decode_deferred = p.decode_deferred + d.decode_deferred;
+  s.decode_joins = d.decode_joins;
+  s.decode_queue_seconds = d.decode_queue_seconds;
   // The decode instance's: TPOT, which it governs, is what the correction protects.
   s.latency_correction = d.latency_correction;
   const HandoverStats h = handover_stats();

@@ -41,6 +41,8 @@ struct InstanceStats {
   uint64_t handover_bytes = 0;      // KV bytes copied out of prefill caches
   double handover_seconds = 0;      // time spent copying them out
   int decode_arrivals_waiting = 0;  // prefilled sequences waiting for room to decode
+  uint64_t decode_joins = 0;        // prefilled sequences that joined a decode running set
+  double decode_queue_seconds = 0;  // their total wait, from arrival to joining
 };
 
 // What admission said about an accepted request.

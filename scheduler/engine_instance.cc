@@ -373,6 +373,7 @@ absl::Status EngineInstance::SubmitArriving(ArrivingSequence arriving) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return absl::UnavailableError("the engine is shutting down");
+    arriving.arrived = absl::Now();
     arriving_.push_back(std::move(arriving));
   }
   cv_.notify_one();
@@ -478,6 +479,8 @@ InstanceStats EngineInstance::stats() const {
   s.decode_tokens = decode_tokens_.load();
   s.preemptions = preemptions_.load();
   s.decode_deferred = decode_deferred_.load();
+  s.decode_joins = decode_joins_.load();
+  s.decode_queue_seconds = decode_queue_seconds_.load();
   s.latency_correction = correction_.load();
   return s;
 }
@@ -624,6 +627,7 @@ void EngineInstance::ImportArrived() {
         continue;
       }
       TANDEM_CHECK_OK(kv.Append(s->table, s->num_tokens()));
+      CountJoin(a);
       scheduler_->AddRunning(std::move(a.seq));
       continue;
     }
@@ -636,10 +640,17 @@ void EngineInstance::ImportArrived() {
                         absl::InternalError(StrCat("KV import failed: ", st.message())));
       continue;
     }
+    CountJoin(a);
     scheduler_->AddRunning(std::move(a.seq));
   }
   arrived_.erase(arrived_.begin(), arrived_.begin() + static_cast<ptrdiff_t>(taken));
   arrived_count_.store(static_cast<int>(arrived_.size()));
+}
+
+void EngineInstance::CountJoin(const ArrivingSequence& a) {
+  decode_joins_.fetch_add(1);
+  decode_queue_seconds_.store(decode_queue_seconds_.load() +
+                              absl::ToDoubleSeconds(absl::Now() - a.arrived));
 }
 
 void EngineInstance::Prepare(const SchedulerOutput& out) {

@@ -87,6 +87,8 @@ struct ArrivingSequence {
   // (b) Already written into the blocks of this lease (EngineInstance::ReserveKv), which the
   // sequence takes over when it joins.
   uint64_t lease_id = 0;
+  // Set by SubmitArriving: the decode phase's queue time runs from here.
+  absl::Time arrived;
 };
 
 struct EngineInstanceConfig {
@@ -200,6 +202,8 @@ class EngineInstance : public Engine {
   void Emit(const SchedulerOutput& out);
   // Role kDecode: moves arrived sequences into the scheduler while they fit.
   void ImportArrived();
+  // An arrival joined the running set: counts its wait.
+  void CountJoin(const ArrivingSequence& a);
   // Queues `task` for the engine thread (see tasks_).
   void Post(std::function<void(kvcache::KvManager*, bool stopping)> task);
   // Runs the queued tasks.
@@ -256,6 +260,8 @@ class EngineInstance : public Engine {
   std::atomic<uint64_t> steps_{0}, prefill_tokens_{0}, decode_tokens_{0}, preemptions_{0};
   std::atomic<uint64_t> decode_deferred_{0};
   std::atomic<double> correction_{1.0};
+  std::atomic<uint64_t> decode_joins_{0};
+  std::atomic<double> decode_queue_seconds_{0};  // one writer: the engine thread
 
   std::thread thread_;
 };

@@ -42,6 +42,7 @@ kvcache::KvPusherStats RemoteHandoff::stats() const {
     s.bytes += x.bytes;
     s.reserve_retries += x.reserve_retries;
     s.connects += x.connects;
+    s.seconds += x.seconds;
   }
   return s;
 }

@@ -144,7 +144,22 @@ ServingMetrics::ServingMetrics(const scheduler::Engine& engine)
                             .AddGauge("tandem:decode_arrivals_waiting",
                                       "Prefilled sequences waiting for room on the decode "
                                       "instance.")
-                            .Get()) {}
+                            .Get()),
+      decode_joins_(registry_
+                        .AddCounter("tandem:decode_queue_sequences_total",
+                                    "Prefilled sequences that joined a decode instance's running "
+                                    "set (the decode phase's queue; the prefill phase's is "
+                                    "tandem:request_queue_time_seconds).")
+                        .Get()),
+      decode_queue_seconds_(registry_
+                                .AddCounter("tandem:decode_queue_seconds_total",
+                                            "Time those sequences waited, from the arrival of "
+                                            "their KV to joining the running set.")
+                                .Get()) {}
+
+void ServingMetrics::AddSource(std::function<std::string()> source) {
+  sources_.push_back(std::move(source));
+}
 
 void ServingMetrics::OnTokenGap(absl::Duration gap) { itl_.Observe(absl::ToDoubleSeconds(gap)); }
 
@@ -243,8 +258,12 @@ std::string ServingMetrics::Render() {
   advance(handover_bytes_, static_cast<double>(s.handover_bytes));
   advance(handover_seconds_, s.handover_seconds);
   arrivals_waiting_.Set(s.decode_arrivals_waiting);
+  advance(decode_joins_, static_cast<double>(s.decode_joins));
+  advance(decode_queue_seconds_, s.decode_queue_seconds);
   UpdateWindowGauges(absl::Now());
-  return registry_.Render();
+  std::string out = registry_.Render();
+  for (const auto& source : sources_) out += source();
+  return out;
 }
 
 }  // namespace tandem::server

@@ -20,8 +20,10 @@
 #define TANDEM_SERVER_SERVING_METRICS_H_
 
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "scheduler/engine.h"
 #include "server/engine_frontend.h"
@@ -46,6 +48,9 @@ class ServingMetrics : public ServingObserver {
 
   // Refreshes the gauges and renders everything (Content-Type metrics::kContentType).
   std::string Render();
+  // More metrics, rendered after these at every scrape (a cluster role's own: the router's
+  // worker registry, a worker's KV transfers). Call before serving.
+  void AddSource(std::function<std::string()> source);
 
  private:
   const scheduler::Engine& engine_;
@@ -93,6 +98,9 @@ class ServingMetrics : public ServingObserver {
   metrics::Counter& handover_bytes_;
   metrics::Counter& handover_seconds_;
   metrics::Gauge& arrivals_waiting_;
+  metrics::Counter& decode_joins_;
+  metrics::Counter& decode_queue_seconds_;
+  std::vector<std::function<std::string()>> sources_;  // set before serving
 };
 
 }  // namespace tandem::server

@@ -42,6 +42,7 @@
 #include "scheduler/engine_instance.h"
 #include "scheduler/kv_arrivals.h"
 #include "scheduler/remote_handoff.h"
+#include "server/cluster/cluster_metrics.h"
 #include "server/cluster/router_engine.h"
 #include "server/cluster/worker_agent.h"
 #include "server/cluster/worker_service.h"
@@ -568,6 +569,17 @@ absl::Status Run() {
   std::string name = absl::GetFlag(FLAGS_served_model_name);
   if (name.empty()) name = std::filesystem::path(model_path).stem().string();
   ServingMetrics metrics(*engine);
+  if (router != nullptr) {
+    metrics.AddSource([router] { return cluster::RenderRouterMetrics(*router); });
+  }
+  if (handoff) {
+    metrics.AddSource([h = handoff.get()] { return cluster::RenderPrefillMetrics(h->stats()); });
+  }
+  if (kv_receiver) {
+    metrics.AddSource([r = kv_receiver.get(), a = arrivals.get()] {
+      return cluster::RenderDecodeMetrics(r->stats(), r->open_transfers(), *a);
+    });
+  }
   step_metrics.store(&metrics, std::memory_order_release);
   EngineFrontendConfig fc;
   fc.served_model_name = name;

@@ -29,7 +29,8 @@ void KvPusher::Push(KvPush push) {
 }
 
 KvPusherStats KvPusher::stats() const {
-  return {committed_.load(), failed_.load(), bytes_.load(), retries_.load(), connects_.load()};
+  return {committed_.load(), failed_.load(),   bytes_.load(),
+          retries_.load(),   connects_.load(), seconds_.load()};
 }
 
 void KvPusher::Stop() {
@@ -60,8 +61,10 @@ void KvPusher::Loop() {
       queue_.pop_front();
       queued_.fetch_sub(1);
     }
+    const absl::Time t0 = absl::Now();
     absl::Status s = Send(p);
     if (s.ok()) {
+      seconds_.store(seconds_.load() + absl::ToDoubleSeconds(absl::Now() - t0));
       committed_.fetch_add(1);
     } else {
       failed_.fetch_add(1);

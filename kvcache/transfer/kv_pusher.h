@@ -57,6 +57,7 @@ struct KvPusherStats {
   uint64_t bytes = 0;            // frame bytes written
   uint64_t reserve_retries = 0;  // Reserves the peer refused for lack of room
   uint64_t connects = 0;
+  double seconds = 0;  // committed pushes: from Reserve written to Commit written
 };
 
 class KvPusher {
@@ -98,6 +99,7 @@ class KvPusher {
 
   std::atomic<int> queued_{0};
   std::atomic<uint64_t> committed_{0}, failed_{0}, bytes_{0}, retries_{0}, connects_{0};
+  std::atomic<double> seconds_{0};  // one writer: the pusher thread
   std::thread thread_;
 };
 

@@ -236,6 +236,7 @@ void RoutedRequest::OnCallDone(bool prefill, Call* call, const absl::Status& sta
   if (retry) {
     spdlog::warn("router: request {} lost a worker before its first token ({}); trying again", id_,
                  std::string(retry->message()));
+    router_->retries_.fetch_add(1);
     v1::PhaseRequest again = request_;
     if (absl::Status s = router_->Dispatch(std::move(again), sink_, /*retry=*/true, scheduled_sent);
         !s.ok()) {

@@ -95,6 +95,8 @@ class RouterEngine : public scheduler::Engine, public tandem::v1::Router::Callba
   // Requests relayed now.
   int in_flight() const;
   uint64_t workers_dropped() const { return dropped_.load(); }
+  // Sequences tried again on other workers.
+  uint64_t retries() const { return retries_.load(); }
 
  private:
   friend class RoutedRequest;
@@ -136,6 +138,7 @@ class RouterEngine : public scheduler::Engine, public tandem::v1::Router::Callba
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 
   std::atomic<uint64_t> dropped_{0};
+  std::atomic<uint64_t> retries_{0};
   std::atomic<int> live_calls_{0};  // worker calls not yet done
   std::thread sweeper_;
 };

@@ -137,6 +137,26 @@ def test_streaming_chat_and_a_one_token_request(cluster):
     assert cluster.kv_all_free() is True
 
 
+def test_metrics_of_each_role(cluster):
+    complete(cluster.url, "Hello there", max_tokens=6)
+    r = cluster.router.metrics()
+    assert r['tandem:cluster_workers{role="prefill"}'] == 1, r
+    assert r['tandem:cluster_workers{role="decode"}'] == 1, r
+    info = [k for k in r if k.startswith("tandem:cluster_worker_info{")]
+    assert len(info) == 2 and any('role="decode"' in k and "kv=" in k for k in info), info
+    assert r["tandem:cluster_requests_in_flight"] == 0, r
+    p = cluster.prefill[0].metrics()
+    assert p['tandem:kv_pushes_total{outcome="committed"}'] >= 1, p
+    assert p['tandem:kv_pushes_total{outcome="failed"}'] == 0, p
+    assert p["tandem:kv_push_bytes_total"] > 0 and p["tandem:kv_push_seconds_total"] > 0, p
+    d = cluster.decode[0].metrics()
+    assert d['tandem:kv_transfers_total{outcome="committed"}'] >= 1, d
+    assert d["tandem:kv_transfer_bytes_total"] > 0, d
+    assert d["tandem:kv_transfers_open"] == 0 and d["tandem:kv_arrivals_unpaired"] == 0, d
+    assert d["tandem:decode_queue_sequences_total"] >= 1, d
+    assert d["tandem:decode_queue_seconds_total"] >= 0, d
+
+
 def test_workers_refuse_generation_and_bad_input_is_a_400(cluster):
     with pytest.raises(urllib.error.HTTPError) as e:
         complete(cluster.prefill[0].url, "Hi")

@@ -1,0 +1,140 @@
+#include "server/cluster/cluster_metrics.h"
+
+#include <cstdint>
+#include <map>
+#include <string_view>
+
+#include "common/str_cat.h"
+
+namespace tandem::server::cluster {
+namespace {
+
+namespace v1 = tandem::v1;
+
+void Head(std::string* out, std::string_view name, std::string_view type, std::string_view help) {
+  *out += StrCat("# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
+}
+
+template <typename T>
+void Line(std::string* out, std::string_view name, std::string_view labels, T value) {
+  *out +=
+      StrCat(name, labels.empty() ? "" : "{", labels, labels.empty() ? "" : "}", " ", value, "\n");
+}
+
+// A label value with \, " and newlines escaped.
+std::string Quote(std::string_view v) {
+  std::string q = "\"";
+  for (char c : v) {
+    if (c == '\\' || c == '"') q.push_back('\\');
+    if (c == '\n') {
+      q += "\\n";
+      continue;
+    }
+    q.push_back(c);
+  }
+  return q + "\"";
+}
+
+const char* RoleName(v1::WorkerRole r) {
+  return r == v1::WORKER_ROLE_PREFILL ? "prefill" : r == v1::WORKER_ROLE_DECODE ? "decode" : "?";
+}
+
+}  // namespace
+
+std::string RenderRouterMetrics(const RouterEngine& router) {
+  std::string out;
+  const std::vector<WorkerInfo> workers = router.workers();
+  std::map<std::string, int> per_role = {{"prefill", 0}, {"decode", 0}};
+  for (const WorkerInfo& w : workers) {
+    if (!w.load.draining()) ++per_role[RoleName(w.role)];
+  }
+  Head(&out, "tandem:cluster_workers", "gauge",
+       "Workers registered with this router and not draining, by role.");
+  for (const auto& [role, n] : per_role)
+    Line(&out, "tandem:cluster_workers", StrCat("role=\"", role, "\""), n);
+  Head(&out, "tandem:cluster_worker_info", "gauge",
+       "The worker registry: one series per registered worker (value 1).");
+  for (const WorkerInfo& w : workers) {
+    Line(&out, "tandem:cluster_worker_info",
+         StrCat("worker=", Quote(w.name), ",role=\"", RoleName(w.role),
+                "\",control=", Quote(w.control_address), ",kv=", Quote(w.kv_address),
+                ",draining=\"", w.load.draining() ? "true" : "false", "\""),
+         1);
+  }
+  struct Field {
+    const char* name;
+    const char* help;
+    double (*get)(const WorkerInfo&);
+  };
+  const Field fields[] = {
+      {"tandem:cluster_worker_running", "Sequences running on each worker (its last heartbeat).",
+       [](const WorkerInfo& w) { return static_cast<double>(w.load.running()); }},
+      {"tandem:cluster_worker_waiting", "Sequences waiting on each worker (its last heartbeat).",
+       [](const WorkerInfo& w) { return static_cast<double>(w.load.waiting()); }},
+      {"tandem:cluster_worker_kv_usage_ratio", "Share of each worker's KV blocks in use.",
+       [](const WorkerInfo& w) {
+         return w.load.kv_blocks_total() > 0
+                    ? 1.0 - static_cast<double>(w.load.kv_blocks_free()) / w.load.kv_blocks_total()
+                    : 0.0;
+       }},
+      {"tandem:cluster_worker_in_flight", "Sequences this router has on each worker now.",
+       [](const WorkerInfo& w) { return static_cast<double>(w.in_flight); }},
+  };
+  for (const Field& f : fields) {
+    Head(&out, f.name, "gauge", f.help);
+    for (const WorkerInfo& w : workers) {
+      Line(&out, f.name, StrCat("worker=", Quote(w.name), ",role=\"", RoleName(w.role), "\""),
+           f.get(w));
+    }
+  }
+  Head(&out, "tandem:cluster_workers_dropped_total", "counter",
+       "Workers dropped for missing their heartbeats.");
+  Line(&out, "tandem:cluster_workers_dropped_total", "", router.workers_dropped());
+  Head(&out, "tandem:cluster_requests_retried_total", "counter",
+       "Sequences tried again on other workers after losing one before their first token.");
+  Line(&out, "tandem:cluster_requests_retried_total", "", router.retries());
+  Head(&out, "tandem:cluster_requests_in_flight", "gauge", "Sequences relayed by the router now.");
+  Line(&out, "tandem:cluster_requests_in_flight", "", router.in_flight());
+  return out;
+}
+
+std::string RenderPrefillMetrics(const kvcache::KvPusherStats& p) {
+  std::string out;
+  Head(&out, "tandem:kv_pushes_total", "counter",
+       "KV transfers this prefill worker pushed to decode workers, by outcome.");
+  Line(&out, "tandem:kv_pushes_total", "outcome=\"committed\"", p.committed);
+  Line(&out, "tandem:kv_pushes_total", "outcome=\"failed\"", p.failed);
+  Head(&out, "tandem:kv_push_bytes_total", "counter", "KV frame bytes written to decode workers.");
+  Line(&out, "tandem:kv_push_bytes_total", "", p.bytes);
+  Head(&out, "tandem:kv_push_seconds_total", "counter",
+       "Time from each committed push's start (Reserve) to its commit written.");
+  Line(&out, "tandem:kv_push_seconds_total", "", p.seconds);
+  Head(&out, "tandem:kv_push_reserve_retries_total", "counter",
+       "Reserves refused by a decode worker with no room, tried again.");
+  Line(&out, "tandem:kv_push_reserve_retries_total", "", p.reserve_retries);
+  return out;
+}
+
+std::string RenderDecodeMetrics(const kvcache::KvReceiverStats& t, int open_transfers,
+                                const scheduler::KvArrivals& arrivals) {
+  std::string out;
+  Head(&out, "tandem:kv_transfers_total", "counter",
+       "KV transfers received by this decode worker, by outcome (refused: no room or a bad "
+       "layout at Reserve).");
+  Line(&out, "tandem:kv_transfers_total", "outcome=\"committed\"", t.committed);
+  Line(&out, "tandem:kv_transfers_total", "outcome=\"aborted\"", t.aborted);
+  Line(&out, "tandem:kv_transfers_total", "outcome=\"refused\"", t.refused);
+  Head(&out, "tandem:kv_transfer_bytes_total", "counter", "KV frame bytes received.");
+  Line(&out, "tandem:kv_transfer_bytes_total", "", t.bytes);
+  Head(&out, "tandem:kv_transfer_refused_peers_total", "counter",
+       "KV connections ended for lack of the cluster secret (or from off-host without one).");
+  Line(&out, "tandem:kv_transfer_refused_peers_total", "", t.refused_peers);
+  Head(&out, "tandem:kv_transfers_open", "gauge", "KV transfers reserved and not yet committed.");
+  Line(&out, "tandem:kv_transfers_open", "", open_transfers);
+  Head(&out, "tandem:kv_arrivals_unpaired", "gauge",
+       "Requests waiting for their KV, and committed KV waiting for its request.");
+  Line(&out, "tandem:kv_arrivals_unpaired", "", arrivals.num_waiting());
+  return out;
+}
+
+}  // namespace tandem::server::cluster
