@@ -34,6 +34,7 @@
 #include "kernels/cpu/thread_pool.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/transfer/kv_receiver.h"
+#include "kvcache/transfer/kv_shm.h"
 #include "kvcache/transfer/kv_tcp.h"
 #include "model/chat_template.h"
 #include "model/gguf_file.h"
@@ -84,6 +85,12 @@ ABSL_FLAG(int, kv_port, 0, "Decode workers: where prefill workers push KV (0: pi
 ABSL_FLAG(std::string, advertise_host, "",
           "Workers: the host the router and the other workers dial to reach this one (default: "
           "--host, or this machine's host name when --host is a wildcard).");
+ABSL_FLAG(std::string, kv_advertise_address, "",
+          "Decode workers: the host:port prefill workers dial for KV (default: "
+          "--advertise-host and the KV port), e.g. another network or a proxy.");
+ABSL_FLAG(int, kv_transfer_timeout_ms, 30000,
+          "Decode workers: a KV transfer not committed this long after its reservation is "
+          "aborted and its blocks freed.");
 ABSL_FLAG(std::string, cluster_secret_file, "",
           "A file holding the secret every cluster peer must present (router, workers, KV "
           "transfers). Without one, only loopback peers are accepted.");
@@ -92,11 +99,14 @@ ABSL_FLAG(int, worker_timeout_ms, 3000,
           "Router: a worker silent for this long is dropped, and its requests fail.");
 ABSL_FLAG(std::string, kv_transport, "inproc",
           "With --disaggregation=on, how KV moves from prefill to decode: inproc (the copy is "
-          "handed over in memory) or tcp (the protocol between processes, over loopback: decode "
-          "leases blocks, prefill pushes the layers into them, then commits).");
-ABSL_FLAG(std::string, kv_transfer_dtype, "auto",
-          "With --kv-transport=tcp, the KV dtype on the wire: auto (the cache's), f16, f32 or "
-          "int8 (quantized per token and head).");
+          "handed over in memory), tcp (the protocol between processes, over loopback: decode "
+          "leases blocks, prefill pushes the layers into them, then commits) or shm (that "
+          "protocol over shared memory). Decode workers (--role=decode): tcp (on --kv-port; the "
+          "default) or shm (a shared-memory listener, for prefill workers on the same host).");
+ABSL_FLAG(
+    std::string, kv_transfer_dtype, "auto",
+    "With --kv-transport=tcp or shm, the KV dtype on the wire: auto (the cache's), f16, f32 or "
+    "int8 (quantized per token and head).");
 ABSL_FLAG(std::string, kv_cache_memory, "1GiB",
           "KV cache size: bytes, or with a KiB/MiB/GiB suffix.");
 ABSL_FLAG(std::string, kv_cache_dtype, "f16", "KV cache element type: f16, f32 or int8.");
@@ -377,6 +387,11 @@ absl::Status Run() {
                        grpc::InsecureServerCredentials(), &bound);
     b.RegisterService(service);
     b.SetMaxReceiveMessageSize(64 << 20);
+    // The router pings idle connections to notice lost workers (and workers the router): let
+    // it, at most once a second.
+    b.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    b.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
+    b.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
     cluster_server = b.BuildAndStart();
     if (!cluster_server || bound == 0) {
       return absl::UnavailableError(
@@ -388,8 +403,9 @@ absl::Status Run() {
   if (disaggregation != "on" && disaggregation != "off") {
     return absl::InvalidArgumentError("--disaggregation must be on or off");
   }
-  if (disaggregation == "off" && (absl::GetFlag(FLAGS_kv_transport) != "inproc" ||
-                                  absl::GetFlag(FLAGS_kv_transfer_dtype) != "auto")) {
+  if (role == "colocated" && disaggregation == "off" &&
+      (absl::GetFlag(FLAGS_kv_transport) != "inproc" ||
+       absl::GetFlag(FLAGS_kv_transfer_dtype) != "auto")) {
     return absl::InvalidArgumentError(
         "--kv-transport and --kv-transfer-dtype need --disaggregation=on");
   }
@@ -414,7 +430,10 @@ absl::Status Run() {
     if (role == "prefill") {
       scheduler::RemoteHandoffConfig hc;
       hc.connect = [secret](const std::string& address) {
-        return kvcache::ConnectTcp(address, absl::Seconds(5), secret);
+        // The decode worker's kv_address says the transport: "shm:NAME" or host:port.
+        return kvcache::IsShmAddress(address)
+                   ? kvcache::ConnectShm(address, absl::Seconds(5), secret)
+                   : kvcache::ConnectTcp(address, absl::Seconds(5), secret);
       };
       hc.wire_dtype = wire_dtype;
       handoff = std::make_unique<scheduler::RemoteHandoff>(hc);
@@ -430,17 +449,31 @@ absl::Status Run() {
     std::string kv_address;
     if (role == "decode") {
       arrivals = std::make_unique<scheduler::KvArrivals>(*worker_instance);
-      TANDEM_ASSIGN_OR_RETURN(auto listener, kvcache::ListenTcp(absl::GetFlag(FLAGS_host),
-                                                                absl::GetFlag(FLAGS_kv_port)));
+      const std::string kv_transport = absl::GetFlag(FLAGS_kv_transport);
+      if (kv_transport != "inproc" && kv_transport != "tcp" && kv_transport != "shm") {
+        return absl::InvalidArgumentError("--kv-transport of a decode worker must be tcp or shm");
+      }
+      const bool kv_shm = kv_transport == "shm";
+      TANDEM_ASSIGN_OR_RETURN(
+          auto listener,
+          kv_shm ? kvcache::ListenShm("")
+                 : kvcache::ListenTcp(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_kv_port)));
       const std::string bound = listener->address();
-      const int kv_port = std::stoi(bound.substr(bound.rfind(':') + 1));
+      const int kv_port = kv_shm ? 0 : std::stoi(bound.substr(bound.rfind(':') + 1));
       kvcache::KvReceiverConfig krc;
       krc.secret = secret;
+      if (absl::GetFlag(FLAGS_kv_transfer_timeout_ms) <= 0) {
+        return absl::InvalidArgumentError("--kv-transfer-timeout-ms must be > 0");
+      }
+      krc.transfer_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_kv_transfer_timeout_ms));
       krc.on_refused_peer = [](const absl::Status& s) {
         spdlog::warn("KV receiver: refused a connection: {}", std::string(s.message()));
       };
       kv_receiver = kvcache::KvReceiver::Start(std::move(listener), *arrivals, krc);
-      kv_address = HostPort(AdvertiseHost(), kv_port);
+      kv_address = absl::GetFlag(FLAGS_kv_advertise_address).empty()
+                       ? HostPort(AdvertiseHost(), kv_port)
+                       : absl::GetFlag(FLAGS_kv_advertise_address);
+      if (kv_shm) kv_address = bound;  // "shm:NAME", for workers on this host
       worker_service = cluster::WorkerService::ForDecode(*worker_instance, *arrivals, secret);
     } else {
       worker_service = cluster::WorkerService::ForPrefill(*worker_instance, *handoff, secret);
@@ -506,12 +539,14 @@ absl::Status Run() {
     const std::string transport = absl::GetFlag(FLAGS_kv_transport);
     if (transport == "tcp") {
       dc.transport = scheduler::KvTransportKind::kTcp;
+    } else if (transport == "shm") {
+      dc.transport = scheduler::KvTransportKind::kShm;
     } else if (transport != "inproc") {
-      return absl::InvalidArgumentError("--kv-transport must be inproc or tcp");
+      return absl::InvalidArgumentError("--kv-transport must be inproc, tcp or shm");
     }
     if (const std::string wire = absl::GetFlag(FLAGS_kv_transfer_dtype); wire != "auto") {
-      if (dc.transport != scheduler::KvTransportKind::kTcp) {
-        return absl::InvalidArgumentError("--kv-transfer-dtype needs --kv-transport=tcp");
+      if (dc.transport == scheduler::KvTransportKind::kInProcess) {
+        return absl::InvalidArgumentError("--kv-transfer-dtype needs --kv-transport=tcp or shm");
       }
       TANDEM_ASSIGN_OR_RETURN(dc.wire_dtype, kvcache::ParseKvDType(wire));
     }

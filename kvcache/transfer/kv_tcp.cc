@@ -20,6 +20,10 @@
 namespace tandem::kvcache {
 namespace {
 
+// A write that makes no progress for this long, or data the peer does not acknowledge for this
+// long, ends the connection.
+constexpr absl::Duration kStallTimeout = absl::Seconds(10);
+
 int PollMs(absl::Duration d) {
   if (d <= absl::ZeroDuration()) return 0;
   if (d > absl::Seconds(3600)) return 3600 * 1000;
@@ -57,18 +61,44 @@ class TcpConnection : public KvConnection {
   TcpConnection(int fd, std::string peer) : fd_(fd), peer_(std::move(peer)) {
     const int one = 1;
     setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    // A peer that vanishes (power off, partition) is noticed: unacknowledged data fails the
+    // connection after kStallTimeout, and an idle one is probed.
+    const unsigned user_timeout_ms =
+        static_cast<unsigned>(absl::ToInt64Milliseconds(kStallTimeout));
+    setsockopt(fd_, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof(user_timeout_ms));
+    setsockopt(fd_, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    const int idle = 5, interval = 2, count = 3;
+    setsockopt(fd_, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    setsockopt(fd_, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
+    setsockopt(fd_, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
   }
   ~TcpConnection() override { close(fd_); }
 
   absl::Status Write(std::string_view bytes) override {
+    absl::Time last_progress = absl::Now();
     while (!bytes.empty()) {
       if (shut_.load()) return Closed();
-      const ssize_t n = send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-      if (n < 0) {
-        if (errno == EINTR) continue;
+      const ssize_t n = send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n > 0) {
+        bytes.remove_prefix(static_cast<size_t>(n));
+        last_progress = absl::Now();
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
         return absl::UnavailableError(Errno(StrCat("KV connection to ", peer_, ": send").c_str()));
       }
-      bytes.remove_prefix(static_cast<size_t>(n));
+      // The peer reads slowly, or not at all: wait for room, but not forever.
+      const absl::Duration left = last_progress + kStallTimeout - absl::Now();
+      if (left <= absl::ZeroDuration()) {
+        return absl::UnavailableError(StrCat("KV connection to ", peer_,
+                                             ": no progress writing for ",
+                                             absl::FormatDuration(kStallTimeout)));
+      }
+      pollfd p{fd_, POLLOUT, 0};
+      if (poll(&p, 1, PollMs(std::min(left, absl::Milliseconds(200)))) < 0 && errno != EINTR) {
+        return absl::UnavailableError(Errno("KV connection: poll"));
+      }
     }
     return absl::OkStatus();
   }

@@ -1,5 +1,8 @@
 // The TCP transport of the KV handover: KvConnection and KvListener over stream sockets
-// (IPv4 or IPv6, TCP_NODELAY, writes that never raise SIGPIPE). Between any two hosts.
+// (IPv4 or IPv6, TCP_NODELAY, writes that never raise SIGPIPE). Between any two hosts. A
+// connection whose writes make no progress for 10 s, or whose data goes unacknowledged that
+// long (TCP_USER_TIMEOUT: a partition, a dead host), fails with Unavailable; idle connections
+// are probed (TCP keepalive after 5 s, 3 probes 2 s apart), so nothing waits on a lost peer.
 //
 // Thread safety: as KvConnection / KvListener (kv_connection.h).
 #ifndef TANDEM_KVCACHE_TRANSFER_KV_TCP_H_

@@ -66,6 +66,8 @@ class RoutedRequest : public std::enable_shared_from_this<RoutedRequest> {
   Call* prefill_call_ ABSL_GUARDED_BY(mu_) = nullptr;  // null once done
   Call* decode_call_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool first_token_out_ ABSL_GUARDED_BY(mu_) = false;
+  bool heard_prefill_ ABSL_GUARDED_BY(mu_) = false;  // an event came on that stream
+  bool heard_decode_ ABSL_GUARDED_BY(mu_) = false;
   bool handed_off_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   bool scheduled_sent_ ABSL_GUARDED_BY(mu_);
@@ -164,6 +166,7 @@ void RoutedRequest::Emit(const v1::PhaseEvent& ev) {
 
 void RoutedRequest::OnEvent(bool prefill, const v1::PhaseEvent& ev) {
   std::lock_guard<std::mutex> lock(mu_);
+  (prefill ? heard_prefill_ : heard_decode_) = true;
   if (finished_) return;
   if (!prefill) {
     if (!first_token_out_) {
@@ -192,12 +195,16 @@ void RoutedRequest::OnCallDone(bool prefill, Call* call, const absl::Status& sta
   std::optional<absl::Status> retry;
   bool scheduled_sent;
   const uint64_t worker = prefill ? prefill_worker_ : decode_worker_;
-  if (status.code() == absl::StatusCode::kUnavailable) {
-    // Connection refused or lost: new requests avoid the worker until it is heard from again.
-    router_->Suspect(worker);
-  }
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (status.code() == absl::StatusCode::kUnavailable &&
+        !(prefill ? heard_prefill_ : heard_decode_)) {
+      // Unavailable before the worker sent anything: it could not be reached (a refused or
+      // lost connection), not a failure it reported. New requests avoid it until it is heard
+      // from again. (The router never takes a request's lock while it holds its own, so
+      // taking the router's here, under the request's, is safe.)
+      router_->Suspect(worker);
+    }
     (prefill ? prefill_call_ : decode_call_) = nullptr;
     if (!finished_ && !retry_) {
       if (!status.ok()) {
@@ -231,7 +238,6 @@ void RoutedRequest::OnCallDone(bool prefill, Call* call, const absl::Status& sta
     scheduled_sent = scheduled_sent_;
   }
   if (!retire) return;
-  // Outside the lock: the router's lock is taken before a request's, never after.
   router_->Retire(id_, prefill_worker_, decode_worker_);
   if (retry) {
     spdlog::warn("router: request {} lost a worker before its first token ({}); trying again", id_,
@@ -479,6 +485,12 @@ grpc::ServerUnaryReactor* RouterEngine::Register(grpc::CallbackServerContext* ct
   }
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
+  // Streams to a worker that vanished (a partition, a dead host) end within a few seconds
+  // instead of waiting on TCP; heartbeats catch the rest.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 2000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   auto channel = grpc::CreateCustomChannel(request->control_address(),
                                            grpc::InsecureChannelCredentials(), args);
   Worker w;
