@@ -157,6 +157,31 @@ def test_metrics_of_each_role(cluster):
     assert d["tandem:decode_queue_seconds_total"] >= 0, d
 
 
+def test_a_synthetic_gqa_model_equals_colocated(tmp_path):
+    """The same equality on a model the project generates: 8 heads over 2 KV heads, 3 layers,
+    f16 weights, random; prompts given as token ids."""
+    gen = os.path.join(os.path.dirname(TANDEMD), "tandem-make-test-model")
+    path = str(tmp_path / "gqa.gguf")
+    subprocess.run([gen, "--out", path, "--type", "f16", "--heads", "8", "--kv_heads", "2",
+                    "--hidden", "128", "--ffn", "256", "--layers", "3", "--context", "512",
+                    "--seed", "7"], check=True, capture_output=True)
+    colocated = Daemon("--model", path, "--served-model-name", MODEL_NAME)
+    c = None
+    try:
+        c = Cluster("--model", path, "--served-model-name", MODEL_NAME)
+        for seed in range(4):
+            prompt = [(seed * 37 + i * 11) % 200 + 3 for i in range(5 + 9 * seed)]
+            want = complete(colocated.url, prompt, max_tokens=20)["choices"][0]["text"]
+            got = complete(c.url, prompt, max_tokens=20)
+            assert got["usage"]["completion_tokens"] > 1, got  # something was decoded
+            assert got["choices"][0]["text"] == want, prompt
+        assert c.kv_all_free() is True
+    finally:
+        colocated.terminate()
+        if c:
+            c.stop()
+
+
 def test_workers_refuse_generation_and_bad_input_is_a_400(cluster):
     with pytest.raises(urllib.error.HTTPError) as e:
         complete(cluster.prefill[0].url, "Hi")
