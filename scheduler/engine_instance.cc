@@ -243,7 +243,7 @@ absl::StatusOr<std::vector<StepSample>> EngineInstance::Profile() {
       if (rep == 1 && times[0] > kShort) break;
       const auto t0 = std::chrono::steady_clock::now();
       Prepare(out);
-      TANDEM_RETURN_IF_ERROR(Execute());
+      TANDEM_RETURN_IF_ERROR(runner_->Execute());
       Sample(out);
       times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
@@ -494,7 +494,7 @@ void EngineInstance::Loop() {
       const double predicted = model_live_.Predict(out.shape);
       PublishLoad(out, step_start, predicted);
       Prepare(out);
-      absl::Status s = Execute();
+      absl::Status s = Execute(out);
       if (s.ok()) {
         scheduler_->Complete(out);
         Sample(out);
@@ -663,7 +663,19 @@ void EngineInstance::Prepare(const SchedulerOutput& out) {
   }
 }
 
-absl::Status EngineInstance::Execute() { return runner_->Execute(); }
+absl::Status EngineInstance::Execute(const SchedulerOutput& out) {
+  if (config_.role != InstanceRole::kPrefill || !config_.handoff->streams_layers()) {
+    return runner_->Execute();
+  }
+  completing_.clear();
+  for (const ScheduledChunk& c : out.chunks) {
+    if (c.want_logits) completing_.push_back(c.seq);
+  }
+  if (completing_.empty()) return runner_->Execute();
+  return runner_->Execute([this](int layer) {
+    config_.handoff->OnLayer(layer, std::span<Sequence* const>(completing_), runner_->kv());
+  });
+}
 
 void EngineInstance::Sample(const SchedulerOutput& out) {
   samples_.clear();
@@ -708,6 +720,8 @@ void EngineInstance::HandOff(Sequence* seq) {
 
 void EngineInstance::Finish(Sequence* seq, SequenceEnd end, const absl::Status& status) {
   if (!seq->scheduled_once) queued_.fetch_sub(1);
+  // Whatever of its KV a layer-wise hand-off started to send is called off.
+  if (config_.role == InstanceRole::kPrefill) config_.handoff->Drop(*seq);
   std::unique_ptr<Sequence> owned = scheduler_->Remove(seq);
   // Published first, so whoever hears of the end also sees its blocks freed.
   PublishStats();

@@ -30,6 +30,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -71,6 +72,16 @@ class PrefillHandoff {
   // checks, before its SLO admission; a non-OK status (ResourceExhausted with a retry-after
   // and a reject reason) refuses the request with it.
   virtual absl::Status CanAccept() const { return absl::OkStatus(); }
+
+  // Layer-wise hand-off (optional). When streams_layers(), the instance calls OnLayer after
+  // each layer's KV of a step is in the cache, for the sequences whose prompt completes in
+  // that step (they sample their first token at its end): their KV can leave while later
+  // layers still compute. Each of them then either hands off (SendKv, Commit) or ends on
+  // this side, and is then Dropped (also called for sequences that never streamed: a no-op).
+  virtual bool streams_layers() const { return false; }
+  virtual void OnLayer(int layer, std::span<Sequence* const> completing,
+                       const kvcache::KvManager& kv) {}
+  virtual void Drop(const Sequence& seq) {}
 };
 
 // A sequence that arrives at a decode instance with its prompt's KV computed elsewhere.
@@ -197,7 +208,7 @@ class EngineInstance : public Engine {
   bool Admit();                           // false: stopping
   const SchedulerOutput& ScheduleStep();  // fills plan_
   void Prepare(const SchedulerOutput& out);
-  absl::Status Execute();
+  absl::Status Execute(const SchedulerOutput& out);
   void Sample(const SchedulerOutput& out);
   void Emit(const SchedulerOutput& out);
   // Role kDecode: moves arrived sequences into the scheduler while they fit.
@@ -226,6 +237,7 @@ class EngineInstance : public Engine {
   std::unique_ptr<Scheduler> scheduler_;
   std::vector<int> chunk_rows_;            // [chunks] logit row of each chunk, -1 if none
   std::vector<model::SampleJob> samples_;  // this step's rows to sample, in chunk order
+  std::vector<Sequence*> completing_;      // role kPrefill: this step's prompts that complete
   std::vector<ArrivingSequence> arrived_;  // role kDecode: taken from arriving_, not yet in
   // Refilled every step, kept for their capacity.
   SchedulerOutput plan_;              // this step's chunks, preempted and failed

@@ -39,6 +39,7 @@ kvcache::KvPusherStats RemoteHandoff::stats() const {
     const kvcache::KvPusherStats x = p->stats();
     s.committed += x.committed;
     s.failed += x.failed;
+    s.cancelled += x.cancelled;
     s.bytes += x.bytes;
     s.reserve_retries += x.reserve_retries;
     s.connects += x.connects;
@@ -61,12 +62,77 @@ void RemoteHandoff::Stop() {
   for (auto& [id, r] : routes) r.done(absl::UnavailableError("the prefill worker is stopping"));
 }
 
+kvcache::KvPusher* RemoteHandoff::PusherLocked(const std::string& address) {
+  if (stopped_) return nullptr;
+  std::unique_ptr<kvcache::KvPusher>& slot = pushers_[address];
+  if (!slot) {
+    slot = std::make_unique<kvcache::KvPusher>(
+        [connect = config_.connect, address] { return connect(address); });
+  }
+  return slot.get();
+}
+
+void RemoteHandoff::OnLayer(int layer, std::span<Sequence* const> completing,
+                            const kvcache::KvManager& kv) {
+  const kernels::KvCacheView& view = kv.view();
+  const kernels::KvDType dtype = config_.wire_dtype.value_or(view.dtype);
+  for (Sequence* seq : completing) {
+    auto it = streams_.find(seq->id);
+    // One that ends at its first token (max_tokens 1) has nothing to hand off.
+    if (seq->max_tokens <= seq->num_generated() + 1) continue;
+    if (layer == 0 && it == streams_.end()) {
+      // The transfer starts now: its Reserve travels while the layers compute.
+      kvcache::KvPush p;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        auto route = routes_.find(seq->id);
+        if (route == routes_.end()) continue;  // not routed (or its caller went away)
+        kvcache::KvPusher* pusher = PusherLocked(route->second.address);
+        if (pusher == nullptr) continue;  // stopping: Commit fails it
+        p.transfer_id = seq->id;
+        p.stream = std::make_shared<kvcache::KvLayerStream>(seq->num_tokens(), view.n_layers,
+                                                            view.n_kv_heads, view.head_dim, dtype);
+        p.deadline = absl::Now() + config_.reserve_timeout;
+        p.done = std::move(route->second.done);
+        routes_.erase(route);
+        it = streams_.emplace(seq->id, p.stream).first;
+        pusher->Push(std::move(p));
+      }
+    }
+    if (it == streams_.end()) continue;
+    // Positions [0, num_tokens) of this layer are in the cache now: the earlier chunks' and
+    // this step's.
+    if (absl::Status s = kvcache::EncodeLayerPayload(kv, seq->table.blocks(), layer,
+                                                     seq->num_tokens(), dtype, &payload_);
+        !s.ok()) {
+      it->second->Cancel(std::string(s.message()));
+      continue;
+    }
+    it->second->AddLayer(layer, std::move(payload_));
+    payload_ = std::string();
+  }
+}
+
+void RemoteHandoff::Drop(const Sequence& seq) {
+  auto it = streams_.find(seq.id);
+  if (it == streams_.end()) return;
+  it->second->Cancel("the sequence ended on the prefill worker");
+  streams_.erase(it);
+}
+
 absl::Status RemoteHandoff::SendKv(const Sequence& seq, const kvcache::KvManager& kv) {
+  // Streamed layer by layer already: nothing left to copy.
+  if (streams_.count(seq.id) > 0) return absl::OkStatus();
   TANDEM_ASSIGN_OR_RETURN(pending_, kvcache::KvSnapshot::Take(kv, seq.table, seq.num_computed));
   return absl::OkStatus();
 }
 
 void RemoteHandoff::Commit(std::unique_ptr<Sequence> seq) {
+  if (auto it = streams_.find(seq->id); it != streams_.end()) {
+    it->second->Commit(seq->tokens.back(), seq->sampler.rng_state());
+    streams_.erase(it);
+    return;
+  }
   TANDEM_CHECK(pending_ != nullptr);
   kvcache::KvPush p;
   p.transfer_id = seq->id;
@@ -84,14 +150,7 @@ void RemoteHandoff::Commit(std::unique_ptr<Sequence> seq) {
       done = std::move(it->second.done);
       const std::string address = it->second.address;
       routes_.erase(it);
-      if (!stopped_) {
-        std::unique_ptr<kvcache::KvPusher>& slot = pushers_[address];
-        if (!slot) {
-          slot = std::make_unique<kvcache::KvPusher>(
-              [connect = config_.connect, address] { return connect(address); });
-        }
-        pusher = slot.get();
-      }
+      pusher = PusherLocked(address);
     }
   }
   if (!done) {

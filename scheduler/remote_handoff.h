@@ -17,6 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -35,6 +36,10 @@ struct RemoteHandoffConfig {
   std::optional<kernels::KvDType> wire_dtype;
   // How long a transfer waits for room on the decode worker.
   absl::Duration reserve_timeout = absl::Seconds(30);
+  // Layer-wise push: each layer of a completing prompt leaves as soon as the prefill step
+  // has appended it, while later layers compute (the transfer's Reserve goes out at layer 0).
+  // false: the whole KV is copied out and pushed after the step (push-after-prefill).
+  bool layer_wise = true;
 };
 
 class RemoteHandoff : public PrefillHandoff {
@@ -61,6 +66,10 @@ class RemoteHandoff : public PrefillHandoff {
   absl::Status SendKv(const Sequence& seq, const kvcache::KvManager& kv) override;
   void Commit(std::unique_ptr<Sequence> seq) override;
   absl::Status CanAccept() const override;
+  bool streams_layers() const override { return config_.layer_wise; }
+  void OnLayer(int layer, std::span<Sequence* const> completing,
+               const kvcache::KvManager& kv) override;
+  void Drop(const Sequence& seq) override;
 
  private:
   struct Route_ {
@@ -68,8 +77,15 @@ class RemoteHandoff : public PrefillHandoff {
     Done done;
   };
 
+  // The pusher of a decode worker's KV address, made at first use (mu_ held).
+  kvcache::KvPusher* PusherLocked(const std::string& address) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const RemoteHandoffConfig config_;
-  std::unique_ptr<kvcache::KvSnapshot> pending_;  // prefill engine thread: SendKv -> Commit
+  // Prefill engine thread only.
+  std::unique_ptr<kvcache::KvSnapshot> pending_;  // SendKv -> Commit (push-after-prefill)
+  // Layer-wise transfers under way, by sequence id: OnLayer -> Commit or Drop.
+  std::map<uint64_t, std::shared_ptr<kvcache::KvLayerStream>> streams_;
+  std::string payload_;  // OnLayer's scratch
 
   mutable std::mutex mu_;
   std::map<uint64_t, Route_> routes_ ABSL_GUARDED_BY(mu_);

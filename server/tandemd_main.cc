@@ -88,6 +88,9 @@ ABSL_FLAG(std::string, advertise_host, "",
 ABSL_FLAG(std::string, kv_advertise_address, "",
           "Decode workers: the host:port prefill workers dial for KV (default: "
           "--advertise-host and the KV port), e.g. another network or a proxy.");
+ABSL_FLAG(std::string, kv_push, "layer",
+          "Prefill workers: layer (each layer's KV leaves as soon as the prefill step has it, "
+          "while later layers compute) or after-prefill (the whole KV after the step).");
 ABSL_FLAG(int, kv_transfer_timeout_ms, 30000,
           "Decode workers: a KV transfer not committed this long after its reservation is "
           "aborted and its blocks freed.");
@@ -436,6 +439,11 @@ absl::Status Run() {
                    : kvcache::ConnectTcp(address, absl::Seconds(5), secret);
       };
       hc.wire_dtype = wire_dtype;
+      const std::string push = absl::GetFlag(FLAGS_kv_push);
+      if (push != "layer" && push != "after-prefill") {
+        return absl::InvalidArgumentError("--kv-push must be layer or after-prefill");
+      }
+      hc.layer_wise = push == "layer";
       handoff = std::make_unique<scheduler::RemoteHandoff>(hc);
       wc.role = scheduler::InstanceRole::kPrefill;
       wc.handoff = handoff.get();

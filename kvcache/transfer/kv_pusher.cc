@@ -4,9 +4,53 @@
 #include <utility>
 #include <vector>
 
+#include "common/check.h"
 #include "common/str_cat.h"
 
 namespace tandem::kvcache {
+
+void KvLayerStream::AddLayer(int layer, std::string payload) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (ended_) return;
+  Item it{Item::kLayer};
+  it.layer = layer;
+  it.payload = std::move(payload);
+  items_.push_back(std::move(it));
+  cv_.notify_all();
+}
+
+void KvLayerStream::Commit(int32_t first_token, const std::array<uint64_t, 4>& rng_state) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (ended_) return;
+  ended_ = true;
+  Item it{Item::kCommit};
+  it.first_token = first_token;
+  it.rng_state = rng_state;
+  items_.push_back(std::move(it));
+  cv_.notify_all();
+}
+
+void KvLayerStream::Cancel(std::string reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (ended_) return;
+  ended_ = true;
+  Item it{Item::kCancel};
+  it.reason = std::move(reason);
+  items_.push_back(std::move(it));
+  cv_.notify_all();
+}
+
+std::optional<KvLayerStream::Item> KvLayerStream::Next(absl::Time until) {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (items_.empty()) {
+    const absl::Duration left = until - absl::Now();
+    if (left <= absl::ZeroDuration()) return std::nullopt;
+    cv_.wait_for(lock, absl::ToChronoNanoseconds(std::min(left, absl::Seconds(1))));
+  }
+  Item it = std::move(items_.front());
+  items_.pop_front();
+  return it;
+}
 
 KvPusher::KvPusher(Connect connect) : connect_(std::move(connect)) {
   thread_ = std::thread([this] { Loop(); });
@@ -29,8 +73,13 @@ void KvPusher::Push(KvPush push) {
 }
 
 KvPusherStats KvPusher::stats() const {
-  return {committed_.load(), failed_.load(),   bytes_.load(),
-          retries_.load(),   connects_.load(), seconds_.load()};
+  return {.committed = committed_.load(),
+          .failed = failed_.load(),
+          .cancelled = cancelled_.load(),
+          .bytes = bytes_.load(),
+          .reserve_retries = retries_.load(),
+          .connects = connects_.load(),
+          .seconds = seconds_.load()};
 }
 
 void KvPusher::Stop() {
@@ -66,6 +115,8 @@ void KvPusher::Loop() {
     if (s.ok()) {
       seconds_.store(seconds_.load() + absl::ToDoubleSeconds(absl::Now() - t0));
       committed_.fetch_add(1);
+    } else if (s.code() == absl::StatusCode::kCancelled && p.stream != nullptr) {
+      cancelled_.fetch_add(1);
     } else {
       failed_.fetch_add(1);
       if (s.code() == absl::StatusCode::kUnavailable || s.code() == absl::StatusCode::kDataLoss) {
@@ -142,9 +193,11 @@ absl::Status KvPusher::Send(const KvPush& p) {
     return conn->Write(out_);
   };
 
-  const KvSnapshot& kv = *p.kv;
-  const ReserveFrame reserve{p.transfer_id,   kv.n_tokens(), kv.n_layers(),
-                             kv.n_kv_heads(), kv.head_dim(), p.wire_dtype};
+  const ReserveFrame reserve =
+      p.stream ? ReserveFrame{p.transfer_id,          p.stream->n_tokens(), p.stream->n_layers(),
+                              p.stream->n_kv_heads(), p.stream->head_dim(), p.stream->dtype()}
+               : ReserveFrame{p.transfer_id,      p.kv->n_tokens(), p.kv->n_layers(),
+                              p.kv->n_kv_heads(), p.kv->head_dim(), p.wire_dtype};
   // The peer's own Reserve takes an engine step at most; an answer is owed well within this.
   constexpr absl::Duration kAnswerTimeout = absl::Seconds(10);
   absl::Duration backoff = absl::Milliseconds(2);
@@ -169,7 +222,7 @@ absl::Status KvPusher::Send(const KvPush& p) {
     if (refused.code() != absl::StatusCode::kResourceExhausted) return refused;
     if (absl::Now() + backoff > p.deadline) {
       return absl::ResourceExhaustedError(
-          StrCat("the decode side had no room for the KV of ", kv.n_tokens(),
+          StrCat("the decode side had no room for the KV of ", reserve.n_tokens,
                  " tokens before the deadline: ", refused.message()));
     }
     retries_.fetch_add(1);
@@ -182,27 +235,69 @@ absl::Status KvPusher::Send(const KvPush& p) {
     backoff = std::min(backoff * 2, absl::Milliseconds(50));
   }
 
+  return SendLayers(p, write);
+}
+
+absl::Status KvPusher::SendLayers(const KvPush& p,
+                                  const std::function<absl::Status(const Frame&)>& write) {
+  // An abort the peer sent meanwhile (its deadline, a layer it refused) ends the transfer; the
+  // peer has freed the lease already. Checked without waiting.
+  auto peer_aborted = [&]() -> absl::Status {
+    absl::StatusOr<Frame> late = Await(p.transfer_id, absl::Now());
+    if (late.ok() && std::holds_alternative<AbortFrame>(*late)) {
+      return AbortStatus(std::get<AbortFrame>(*late));
+    }
+    if (!late.ok() && late.status().code() != absl::StatusCode::kDeadlineExceeded) {
+      return late.status();
+    }
+    return absl::OkStatus();
+  };
   LayerFrame layer;
   layer.transfer_id = p.transfer_id;
-  layer.n_tokens = kv.n_tokens();
-  layer.n_kv_heads = kv.n_kv_heads();
-  layer.head_dim = kv.head_dim();
-  layer.dtype = p.wire_dtype;
-  for (int l = 0; l < kv.n_layers(); ++l) {
-    layer.layer = l;
-    kv.LayerPayload(l, p.wire_dtype, &layer.payload);
-    if (absl::Status s = write(layer); !s.ok()) return s;
+  if (p.stream == nullptr) {
+    const KvSnapshot& kv = *p.kv;
+    layer.n_tokens = kv.n_tokens();
+    layer.n_kv_heads = kv.n_kv_heads();
+    layer.head_dim = kv.head_dim();
+    layer.dtype = p.wire_dtype;
+    for (int l = 0; l < kv.n_layers(); ++l) {
+      layer.layer = l;
+      kv.LayerPayload(l, p.wire_dtype, &layer.payload);
+      if (absl::Status s = write(layer); !s.ok()) return s;
+    }
+    TANDEM_RETURN_IF_ERROR(peer_aborted());
+    return write(CommitFrame{p.transfer_id, p.first_token, p.rng_state});
   }
-  // An abort the peer sent meanwhile (its deadline, a layer it refused) ends it here; the
-  // peer has freed the lease already.
-  absl::StatusOr<Frame> late = Await(p.transfer_id, absl::Now());
-  if (late.ok() && std::holds_alternative<AbortFrame>(*late)) {
-    return AbortStatus(std::get<AbortFrame>(*late));
+  KvLayerStream& stream = *p.stream;
+  layer.n_tokens = stream.n_tokens();
+  layer.n_kv_heads = stream.n_kv_heads();
+  layer.head_dim = stream.head_dim();
+  layer.dtype = stream.dtype();
+  // The engine thread adds a layer per layer of its step; a stream that goes quiet for this
+  // long has lost its producer.
+  constexpr absl::Duration kProducerTimeout = absl::Seconds(60);
+  while (true) {
+    std::optional<KvLayerStream::Item> item = stream.Next(absl::Now() + kProducerTimeout);
+    if (!item) {
+      (void)write(AbortFrame{p.transfer_id, "the prefill step produced no more KV",
+                             absl::StatusCode::kDeadlineExceeded});
+      return absl::DeadlineExceededError(
+          StrCat("kv transfer ", p.transfer_id, ": the prefill step produced no more KV"));
+    }
+    switch (item->kind) {
+      case KvLayerStream::Item::kLayer:
+        layer.layer = item->layer;
+        layer.payload = std::move(item->payload);
+        if (absl::Status s = write(layer); !s.ok()) return s;
+        break;
+      case KvLayerStream::Item::kCommit:
+        TANDEM_RETURN_IF_ERROR(peer_aborted());
+        return write(CommitFrame{p.transfer_id, item->first_token, item->rng_state});
+      case KvLayerStream::Item::kCancel:
+        (void)write(AbortFrame{p.transfer_id, item->reason, absl::StatusCode::kCancelled});
+        return absl::CancelledError(item->reason);
+    }
   }
-  if (!late.ok() && late.status().code() != absl::StatusCode::kDeadlineExceeded) {
-    return late.status();
-  }
-  return write(CommitFrame{p.transfer_id, p.first_token, p.rng_state});
 }
 
 }  // namespace tandem::kvcache

@@ -37,9 +37,61 @@
 
 namespace tandem::kvcache {
 
+// The layers of one transfer as the prefill step produces them (layer-wise push): the engine
+// thread adds each layer's payload as soon as that layer's KV is in its cache, then the
+// commit once the first token is sampled, or cancels the stream when the sequence ends
+// there. The pusher sends each layer as it comes, so the transfer runs while later layers
+// still compute.
+//
+// Thread safety: every method from any thread.
+class KvLayerStream {
+ public:
+  // The layout every layer has (n_tokens positions of n_kv_heads x head_dim, in dtype).
+  KvLayerStream(int n_tokens, int n_layers, int n_kv_heads, int head_dim, kernels::KvDType dtype)
+      : n_tokens_(n_tokens),
+        n_layers_(n_layers),
+        n_kv_heads_(n_kv_heads),
+        head_dim_(head_dim),
+        dtype_(dtype) {}
+
+  void AddLayer(int layer, std::string payload);
+  void Commit(int32_t first_token, const std::array<uint64_t, 4>& rng_state);
+  void Cancel(std::string reason);
+
+  // The pusher's side. Waits until the next item is there or `until` passes: a layer (and its
+  // index), the commit, or the cancellation (with its reason); nullopt at the deadline.
+  struct Item {
+    enum Kind { kLayer, kCommit, kCancel } kind;
+    int layer = 0;
+    std::string payload;  // kLayer
+    int32_t first_token = 0;
+    std::array<uint64_t, 4> rng_state{};
+    std::string reason;  // kCancel
+  };
+  std::optional<Item> Next(absl::Time until);
+
+  int n_tokens() const { return n_tokens_; }
+  int n_layers() const { return n_layers_; }
+  int n_kv_heads() const { return n_kv_heads_; }
+  int head_dim() const { return head_dim_; }
+  kernels::KvDType dtype() const { return dtype_; }
+
+ private:
+  const int n_tokens_, n_layers_, n_kv_heads_, head_dim_;
+  const kernels::KvDType dtype_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Item> items_ ABSL_GUARDED_BY(mu_);
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;  // a commit or a cancel was added
+};
+
 struct KvPush {
   uint64_t transfer_id = 0;  // unique among this pusher's transfers
+  // The KV: a snapshot taken after the prefill (push-after-prefill; first_token and
+  // rng_state below are the commit's), or a stream of layers (layer-wise push; the stream
+  // brings the commit). Exactly one.
   std::shared_ptr<const KvSnapshot> kv;
+  std::shared_ptr<KvLayerStream> stream;
   kernels::KvDType wire_dtype = kernels::KvDType::kF16;  // what travels (kv's or converted)
   int32_t first_token = 0;
   std::array<uint64_t, 4> rng_state{};
@@ -54,6 +106,7 @@ struct KvPush {
 struct KvPusherStats {
   uint64_t committed = 0;
   uint64_t failed = 0;
+  uint64_t cancelled = 0;        // streams their producer called off (the sequence ended there)
   uint64_t bytes = 0;            // frame bytes written
   uint64_t reserve_retries = 0;  // Reserves the peer refused for lack of room
   uint64_t connects = 0;
@@ -82,6 +135,8 @@ class KvPusher {
   absl::Status Send(const KvPush& p);
   // Reads frames until one of `transfer_id` arrives (others are stale and dropped).
   absl::StatusOr<Frame> Await(uint64_t transfer_id, absl::Time until);
+  // After ReserveOk: the layers and the commit, from the snapshot or the stream.
+  absl::Status SendLayers(const KvPush& p, const std::function<absl::Status(const Frame&)>& write);
 
   // Constant after construction.
   const Connect connect_;
@@ -98,7 +153,8 @@ class KvPusher {
   std::string out_;
 
   std::atomic<int> queued_{0};
-  std::atomic<uint64_t> committed_{0}, failed_{0}, bytes_{0}, retries_{0}, connects_{0};
+  std::atomic<uint64_t> committed_{0}, failed_{0}, cancelled_{0}, bytes_{0}, retries_{0},
+      connects_{0};
   std::atomic<double> seconds_{0};  // one writer: the pusher thread
   std::thread thread_;
 };

@@ -64,8 +64,12 @@ void KvReceiver::Stop() {
 }
 
 KvReceiverStats KvReceiver::stats() const {
-  return {connections_.load(), committed_.load(), aborted_.load(),
-          refused_.load(),     bytes_.load(),     refused_peers_.load()};
+  return {.connections = connections_.load(),
+          .committed = committed_.load(),
+          .aborted = aborted_.load(),
+          .refused = refused_.load(),
+          .bytes = bytes_.load(),
+          .refused_peers = refused_peers_.load()};
 }
 
 void KvReceiver::AcceptLoop() {

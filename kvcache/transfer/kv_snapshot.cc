@@ -126,6 +126,27 @@ void KvSnapshot::LayerPayload(int layer, kernels::KvDType dtype, std::string* ou
   AppendBytes(conv.vs.data(), conv.vs.size() * sizeof(float), out);
 }
 
+absl::Status EncodeLayerPayload(const KvManager& kv, const std::vector<int32_t>& blocks, int layer,
+                                int n_tokens, kernels::KvDType dtype, std::string* out) {
+  const kernels::KvCacheView& view = kv.view();
+  if (layer < 0 || layer >= view.n_layers || n_tokens < 1 ||
+      static_cast<int64_t>(blocks.size()) * view.block_size < n_tokens) {
+    return absl::InvalidArgumentError(
+        StrCat("KV layer ", layer, " of ", n_tokens, " positions in ", blocks.size(), " blocks"));
+  }
+  const BlockTable table = BlockTable::Adopt(view.block_size, blocks, n_tokens);
+  OneLayer conv(dtype, view.n_kv_heads, n_tokens, view.head_dim);
+  TANDEM_RETURN_IF_ERROR(
+      CopyLayerTokens(LayerSlice(view, layer), table, conv.view, conv.table, 0, n_tokens));
+  out->clear();
+  out->reserve(LayerPayloadBytes(dtype, view.n_kv_heads, n_tokens, view.head_dim));
+  AppendBytes(conv.k.data(), conv.k.size(), out);
+  AppendBytes(conv.v.data(), conv.v.size(), out);
+  AppendBytes(conv.ks.data(), conv.ks.size() * sizeof(float), out);
+  AppendBytes(conv.vs.data(), conv.vs.size() * sizeof(float), out);
+  return absl::OkStatus();
+}
+
 absl::Status WriteLayerPayload(const LayerFrame& f, const kernels::KvCacheView& dst,
                                const BlockTable& table) {
   if (f.layer < 0 || f.layer >= dst.n_layers || f.n_kv_heads != dst.n_kv_heads ||

@@ -34,6 +34,13 @@ namespace tandem::kvcache {
 absl::Status WriteLayerPayload(const LayerFrame& f, const kernels::KvCacheView& dst,
                                const BlockTable& table);
 
+// The LayerFrame payload of positions [0, n_tokens) of `layer` of the sequence whose blocks are
+// `blocks` in `kv` (re-paged to one block, converted to `dtype`): what a layer-wise push sends
+// right after the prefill step appended that layer. The blocks must hold n_tokens positions
+// (their table's count may not say so yet, mid-step). Replaces *out. Host memory only.
+absl::Status EncodeLayerPayload(const KvManager& kv, const std::vector<int32_t>& blocks, int layer,
+                                int n_tokens, kernels::KvDType dtype, std::string* out);
+
 class KvSnapshot {
  public:
   // Copies positions [0, n_tokens) of `table` in `src`. InvalidArgument when the table holds

@@ -101,9 +101,11 @@ std::string RenderRouterMetrics(const RouterEngine& router) {
 std::string RenderPrefillMetrics(const kvcache::KvPusherStats& p) {
   std::string out;
   Head(&out, "tandem:kv_pushes_total", "counter",
-       "KV transfers this prefill worker pushed to decode workers, by outcome.");
+       "KV transfers this prefill worker pushed to decode workers, by outcome (cancelled: a "
+       "layer-wise push whose sequence then ended at its first token, e.g. at EOS).");
   Line(&out, "tandem:kv_pushes_total", "outcome=\"committed\"", p.committed);
   Line(&out, "tandem:kv_pushes_total", "outcome=\"failed\"", p.failed);
+  Line(&out, "tandem:kv_pushes_total", "outcome=\"cancelled\"", p.cancelled);
   Head(&out, "tandem:kv_push_bytes_total", "counter", "KV frame bytes written to decode workers.");
   Line(&out, "tandem:kv_push_bytes_total", "", p.bytes);
   Head(&out, "tandem:kv_push_seconds_total", "counter",
