@@ -6,13 +6,27 @@
 // One thread, as on the prefill and decode engine threads. Blocks of both sequences are
 // scattered over their pools, as after a while of serving.
 //
-//   tandem-bench-kv-transfer [--tokens 128,512,2048] [--reps 21]
+// Then the handover between processes over each transport (--transports: loopback TCP and
+// shared memory, both ends in this process on their own threads, as a prefill and a decode
+// process would run them): "bytes" streams a layer's worth of bytes at a time over one
+// connection (the transport alone: Write on one thread, Read into a 1 MiB buffer on another,
+// as KvReceiver does); "push" runs the whole protocol, KvPusher to KvReceiver into a
+// KvManager (frames, checksums, re-paging), for one sequence of --wire_tokens positions.
+// Connections are made once per figure and reused, as the pusher does. Figures: MB moved and
+// GB/s (median of --wire_reps).
+//
+//   tandem-bench-kv-transfer [--tokens 128,512,2048] [--reps 21] [--transports tcp,shm]
+//                            [--wire_tokens 512,2048] [--wire_reps 7] [--shm_ring_kib 4096]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <future>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -23,11 +37,21 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kvcache/kv_copy.h"
 #include "kvcache/kv_manager.h"
+#include "kvcache/transfer/kv_pusher.h"
+#include "kvcache/transfer/kv_receiver.h"
+#include "kvcache/transfer/kv_shm.h"
 #include "kvcache/transfer/kv_snapshot.h"
+#include "kvcache/transfer/kv_tcp.h"
 
 ABSL_FLAG(std::vector<std::string>, tokens, std::vector<std::string>({"128", "512", "2048"}),
           "prompt lengths (positions handed over)");
 ABSL_FLAG(int, reps, 21, "timed handovers per figure (the median is reported)");
+ABSL_FLAG(std::vector<std::string>, transports, std::vector<std::string>({"tcp", "shm"}),
+          "transports between processes to compare (empty: none)");
+ABSL_FLAG(std::vector<std::string>, wire_tokens, std::vector<std::string>({"512", "2048"}),
+          "prompt lengths handed over between processes");
+ABSL_FLAG(int, wire_reps, 7, "timed transfers per transport figure (the median is reported)");
+ABSL_FLAG(int, shm_ring_kib, 4096, "shm: each direction's ring, KiB (a power of two)");
 
 namespace tandem::bench {
 namespace {
@@ -78,9 +102,12 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+void RunWire(kernels::Backend& backend);
+
 void Run() {
   auto backend = kernels::cpu::CreateCpuBackend(kernels::cpu::CpuBackendConfig{});
   TANDEM_CHECK_OK(backend.status());
+
   struct Case {
     const char* name;
     KvDType src, dst;
@@ -117,6 +144,148 @@ void Run() {
       const double tk = Median(take), wr = Median(write);
       std::printf("| %s | %d | %.2f MB | %.0f | %.0f | %.2f |\n", c.name, tokens, bytes / 1e6,
                   tk * 1e6, wr * 1e6, bytes / (tk + wr) / 1e9);
+    }
+  }
+  RunWire(**backend);
+}
+
+absl::StatusOr<std::unique_ptr<kvcache::KvListener>> Listen(const std::string& transport) {
+  if (transport == "shm") return kvcache::ListenShm("");
+  return kvcache::ListenTcp("127.0.0.1", 0);
+}
+
+absl::StatusOr<std::unique_ptr<kvcache::KvConnection>> Connect(const std::string& transport,
+                                                               const std::string& address) {
+  if (transport == "shm") {
+    return kvcache::ConnectShm(address, absl::Seconds(5), "",
+                               size_t{1024} * absl::GetFlag(FLAGS_shm_ring_kib));
+  }
+  return kvcache::ConnectTcp(address, absl::Seconds(5));
+}
+
+// The decode side of "push": leases blocks of a KvManager and frees them again on commit.
+class Sink : public kvcache::KvReceiveTarget {
+ public:
+  explicit Sink(kvcache::KvManager& kv) : kv_(kv) {}
+  absl::StatusOr<kvcache::KvReservation> Reserve(const kvcache::ReserveFrame& r,
+                                                 absl::Time expires) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    const int blocks = (r.n_tokens + kv_.block_size() - 1) / kv_.block_size();
+    TANDEM_ASSIGN_OR_RETURN(kvcache::KvLease lease, kv_.Reserve(blocks, expires));
+    kvcache::KvReservation res;
+    res.lease_id = lease.id;
+    res.view = kv_.view();
+    res.table = kvcache::BlockTable::Adopt(kv_.block_size(), lease.blocks, r.n_tokens);
+    return res;
+  }
+  void Commit(const kvcache::ReserveFrame&, const kvcache::KvReservation& lease,
+              const kvcache::CommitFrame&) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    kv_.Abort(lease.lease_id);
+  }
+  void Abort(uint64_t, uint64_t lease_id, const absl::Status& why) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    kv_.Abort(lease_id);
+    std::fprintf(stderr, "transfer aborted: %s\n", why.ToString().c_str());
+    std::abort();
+  }
+
+ private:
+  std::mutex mu_;
+  kvcache::KvManager& kv_;
+};
+
+// Seconds to stream `layers` buffers of `layer_bytes`, for each of `reps` + 1 rounds over one
+// connection (the first round, which also faults the buffers in, is left out).
+std::vector<double> StreamBytes(const std::string& transport, size_t layer_bytes, int layers,
+                                int reps) {
+  auto l = Listen(transport);
+  TANDEM_CHECK_OK(l.status());
+  auto client = Connect(transport, (*l)->address());
+  TANDEM_CHECK_OK(client.status());
+  auto server = (*l)->Accept(absl::Seconds(5));
+  TANDEM_CHECK_OK(server.status());
+  TANDEM_CHECK(*server != nullptr);
+  const std::string layer(layer_bytes, 'k');
+  const size_t total = layer_bytes * layers;
+  std::vector<double> seconds;
+  for (int rep = 0; rep < reps + 1; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::thread reader([&] {
+      std::vector<char> buf(1 << 20);
+      size_t got = 0;
+      while (got < total) {
+        auto n = (*server)->Read(buf.data(), buf.size(), absl::Seconds(10));
+        TANDEM_CHECK_OK(n.status());
+        got += *n;
+      }
+    });
+    for (int i = 0; i < layers; ++i) TANDEM_CHECK_OK((*client)->Write(layer));
+    reader.join();
+    if (rep > 0) {
+      seconds.push_back(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+  }
+  return seconds;
+}
+
+void RunWire(kernels::Backend& backend) {
+  const std::vector<std::string> transports = absl::GetFlag(FLAGS_transports);
+  if (transports.empty()) return;
+  std::printf("\n| transport | what | tokens | MB moved | ms | GB/s |\n");
+  std::printf("| --- | --- | ---: | ---: | ---: | ---: |\n");
+  std::mt19937 rng(2);
+  for (const std::string& ts : absl::GetFlag(FLAGS_wire_tokens)) {
+    int tokens = 0;
+    TANDEM_CHECK(absl::SimpleAtoi(ts, &tokens) && tokens > 0);
+    auto src = Manager(backend, KvDType::kF16, 16, tokens);
+    const kvcache::BlockTable st = Scattered(*src, tokens, rng);
+    auto snap_or = kvcache::KvSnapshot::Take(*src, st, tokens);
+    TANDEM_CHECK_OK(snap_or.status());
+    std::shared_ptr<const kvcache::KvSnapshot> snap(std::move(*snap_or));
+    std::string payload;
+    snap->LayerPayload(0, KvDType::kF16, &payload);
+    for (const std::string& transport : transports) {
+      TANDEM_CHECK(transport == "tcp" || transport == "shm");
+      const double bytes_s =
+          Median(StreamBytes(transport, payload.size(), kLayers, absl::GetFlag(FLAGS_wire_reps)));
+      const size_t stream_bytes = payload.size() * kLayers;
+      std::printf("| %s | bytes | %d | %.2f | %.2f | %.2f |\n", transport.c_str(), tokens,
+                  stream_bytes / 1e6, bytes_s * 1e3, stream_bytes / bytes_s / 1e9);
+
+      auto dst = Manager(backend, KvDType::kF16, 16, tokens);
+      Sink sink(*dst);
+      auto l = Listen(transport);
+      TANDEM_CHECK_OK(l.status());
+      auto receiver = kvcache::KvReceiver::Start(std::move(*l), sink);
+      kvcache::KvPusher pusher(
+          [transport, address = receiver->address()] { return Connect(transport, address); });
+      std::vector<double> push;
+      for (int rep = 0; rep < absl::GetFlag(FLAGS_wire_reps) + 1; ++rep) {
+        kvcache::KvPush p;
+        p.transfer_id = rep + 1;
+        p.kv = snap;
+        p.wire_dtype = KvDType::kF16;
+        std::promise<absl::Status> done;
+        p.done = [&done](const absl::Status& s) { done.set_value(s); };
+        const auto t0 = std::chrono::steady_clock::now();
+        pusher.Push(std::move(p));
+        TANDEM_CHECK_OK(done.get_future().get());
+        // Committed on the decode side too (the pusher is done once Commit is written).
+        while (receiver->stats().committed < static_cast<uint64_t>(rep + 1)) {
+          std::this_thread::yield();
+        }
+        const double s =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (rep > 0) push.push_back(s);  // the first one also connects
+      }
+      const double push_s = Median(push);
+      const size_t push_bytes = receiver->stats().bytes / (absl::GetFlag(FLAGS_wire_reps) + 1);
+      std::printf("| %s | push | %d | %.2f | %.2f | %.2f |\n", transport.c_str(), tokens,
+                  push_bytes / 1e6, push_s * 1e3, push_bytes / push_s / 1e9);
+      pusher.Stop();
+      receiver->Stop();
     }
   }
 }

@@ -7,6 +7,7 @@
 #include "common/check.h"
 #include "common/retry_after.h"
 #include "common/str_cat.h"
+#include "kvcache/transfer/kv_shm.h"
 #include "kvcache/transfer/kv_tcp.h"
 
 namespace tandem::scheduler {
@@ -17,6 +18,8 @@ const char* KvTransportName(KvTransportKind k) {
       return "inproc";
     case KvTransportKind::kTcp:
       return "tcp";
+    case KvTransportKind::kShm:
+      return "shm";
   }
   return "?";
 }
@@ -46,13 +49,15 @@ absl::StatusOr<std::unique_ptr<DisaggregatedEngine>> DisaggregatedEngine::Create
     e->wire_dtype_set_ = true;
   }
   TANDEM_ASSIGN_OR_RETURN(e->decode_, EngineInstance::Create(dc, file));
-  if (config.transport == KvTransportKind::kTcp) {
+  if (config.transport != KvTransportKind::kInProcess) {
+    const bool shm = config.transport == KvTransportKind::kShm;
     e->arrivals_ = std::make_unique<KvArrivals>(*e->decode_);
     TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<kvcache::KvListener> listener,
-                            kvcache::ListenTcp("127.0.0.1", 0));
+                            shm ? kvcache::ListenShm("") : kvcache::ListenTcp("127.0.0.1", 0));
     e->receiver_ = kvcache::KvReceiver::Start(std::move(listener), *e->arrivals_);
-    e->pusher_ = std::make_unique<kvcache::KvPusher>([address = e->receiver_->address()] {
-      return kvcache::ConnectTcp(address, absl::Seconds(5));
+    e->pusher_ = std::make_unique<kvcache::KvPusher>([address = e->receiver_->address(), shm] {
+      return shm ? kvcache::ConnectShm(address, absl::Seconds(5))
+                 : kvcache::ConnectTcp(address, absl::Seconds(5));
     });
   }
   TANDEM_ASSIGN_OR_RETURN(e->prefill_, EngineInstance::Create(pc, e->decode_->weights()));
@@ -136,7 +141,7 @@ absl::Status DisaggregatedEngine::SendKv(const Sequence& seq, const kvcache::KvM
 
 void DisaggregatedEngine::Commit(std::unique_ptr<Sequence> seq) {
   TANDEM_CHECK(pending_ != nullptr);
-  if (transport_ == KvTransportKind::kTcp) {
+  if (transport_ != KvTransportKind::kInProcess) {
     const uint64_t id = next_transfer_++;
     kvcache::KvPush p;
     p.transfer_id = id;

@@ -6,13 +6,13 @@
 // blocks of its own (block sizes and KV dtypes may differ) and decodes it to the end. Prefill
 // steps never stall decode steps, so TPOT no longer pays for other requests' prompts.
 //
-// Two transports carry the KV. kInProcess hands the snapshot itself to the decode instance,
-// which gives it blocks once it has room. kTcp runs the protocol of separate processes over
-// loopback TCP (kvcache/transfer: a KvPusher on the prefill side, a KvReceiver and KvArrivals
-// on the decode side): the decode instance leases blocks first, the layers are written into
-// them as they arrive, and the commit brings the first token and the sampler state. Both
-// copy KV out of the prefill cache first, so its blocks are free at once. Not built yet:
-// layer-by-layer push during the prefill step, and more than one instance per role (see
+// Three transports carry the KV. kInProcess hands the snapshot itself to the decode instance,
+// which gives it blocks once it has room. kTcp and kShm run the protocol of separate processes
+// over loopback TCP or shared memory (kvcache/transfer: a KvPusher on the prefill side, a
+// KvReceiver and KvArrivals on the decode side): the decode instance leases blocks first, the
+// layers are written into them as they arrive, and the commit brings the first token and the
+// sampler state. All copy KV out of the prefill cache first, so its blocks are free at once. Not
+// built yet: layer-by-layer push during the prefill step, and more than one instance per role (see
 // docs/disaggregation.md).
 //
 // Thread safety: every Engine method may be called from any thread. The handoff runs on the
@@ -36,8 +36,8 @@
 
 namespace tandem::scheduler {
 
-enum class KvTransportKind { kInProcess, kTcp };
-const char* KvTransportName(KvTransportKind k);  // "inproc", "tcp"
+enum class KvTransportKind { kInProcess, kTcp, kShm };
+const char* KvTransportName(KvTransportKind k);  // "inproc", "tcp", "shm"
 
 struct DisaggregatedEngineConfig {
   // Roles, names and handoff are set by the engine; everything else (device and cores, batch
@@ -45,10 +45,10 @@ struct DisaggregatedEngineConfig {
   EngineInstanceConfig prefill;
   EngineInstanceConfig decode;
   KvTransportKind transport = KvTransportKind::kInProcess;
-  // kTcp: the dtype of KV on the wire (nullopt: the prefill cache's). int8 quantizes per
+  // kTcp, kShm: the dtype of KV on the wire (nullopt: the prefill cache's). int8 quantizes per
   // token per head, as an int8 cache does.
   std::optional<kernels::KvDType> wire_dtype;
-  // kTcp: how long a transfer may wait for room on the decode side before its request fails.
+  // kTcp, kShm: how long a transfer may wait for room on the decode side before its request fails.
   absl::Duration reserve_timeout = absl::Seconds(30);
 };
 
@@ -75,7 +75,7 @@ class DisaggregatedEngine : public Engine, private PrefillHandoff {
   EngineInstance& decode() { return *decode_; }
   HandoverStats handover_stats() const;
   KvTransportKind transport() const { return transport_; }
-  // kTcp only (null otherwise).
+  // kTcp and kShm only (null otherwise).
   const kvcache::KvReceiver* receiver() const { return receiver_.get(); }
   const kvcache::KvPusher* pusher() const { return pusher_.get(); }
 
@@ -90,7 +90,7 @@ class DisaggregatedEngine : public Engine, private PrefillHandoff {
   // The decode instance is created first and stopped last: a prefill step may hand a
   // sequence over until the prefill instance has stopped.
   std::unique_ptr<EngineInstance> decode_;
-  // kTcp: the decode side's receiver and pairing, and the prefill side's sender. Stopped in
+  // kTcp, kShm: the decode side's receiver and pairing, and the prefill side's sender. Stopped in
   // the order sender, receiver, arrivals, between the two instances.
   std::unique_ptr<KvArrivals> arrivals_;
   std::unique_ptr<kvcache::KvReceiver> receiver_;

@@ -62,7 +62,7 @@ absl::Status CheckAuthPreamble(KvConnection& conn, std::string_view secret,
 
 bool IsLoopbackPeer(std::string_view peer) {
   return peer.rfind("127.", 0) == 0 || peer.rfind("[::1]", 0) == 0 ||
-         peer.rfind("[::ffff:127.", 0) == 0;
+         peer.rfind("[::ffff:127.", 0) == 0 || peer.rfind("shm:", 0) == 0;
 }
 
 }  // namespace tandem::kvcache

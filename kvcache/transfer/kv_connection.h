@@ -1,7 +1,7 @@
 // KvConnection and KvListener: the byte streams a KV handover runs over, one interface for
-// every transport between processes (TCP here, kv_tcp.h; shared memory next). The protocol
-// on top (kv_frame.h) and both of its ends (KvPusher on the prefill side, KvReceiver on the
-// decode side) see only these two classes, so a transport is a pair of implementations.
+// every transport between processes (TCP, kv_tcp.h; shared memory on one host, kv_shm.h). The
+// protocol on top (kv_frame.h) and both of its ends (KvPusher on the prefill side, KvReceiver on
+// the decode side) see only these two classes, so a transport is a pair of implementations.
 //
 // Thread safety: one thread reads and one thread writes a connection at a time; Shutdown may
 // be called from any thread, and wakes both. A listener's Accept runs on one thread; its
@@ -33,7 +33,7 @@ class KvConnection {
   // Ends the connection both ways: blocked and later reads and writes fail with Unavailable,
   // and the peer sees the end of the stream.
   virtual void Shutdown() = 0;
-  // The peer, for logs ("127.0.0.1:40112").
+  // The peer, for logs ("127.0.0.1:40112", "shm:NAME (pid 4242)").
   virtual std::string peer() const = 0;
 };
 
@@ -44,7 +44,7 @@ class KvListener {
   // Unavailable after Shutdown.
   virtual absl::StatusOr<std::unique_ptr<KvConnection>> Accept(absl::Duration timeout) = 0;
   virtual void Shutdown() = 0;
-  // Where peers connect: "host:port" for TCP.
+  // Where peers connect: "host:port" for TCP, "shm:NAME" for shared memory.
   virtual std::string address() const = 0;
 };
 
@@ -55,7 +55,8 @@ class KvListener {
 std::string AuthPreamble(std::string_view secret);
 // Reads and checks the preamble within `timeout`: OK, or Unauthenticated / Unavailable.
 absl::Status CheckAuthPreamble(KvConnection& conn, std::string_view secret, absl::Duration timeout);
-// "127.x.y.z:port", "[::1]:port".
+// "127.x.y.z:port", "[::1]:port", and any shared-memory peer ("shm:..."): only a process on
+// this host can reach a shm listener.
 bool IsLoopbackPeer(std::string_view peer);
 
 }  // namespace tandem::kvcache

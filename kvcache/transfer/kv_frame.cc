@@ -280,7 +280,29 @@ absl::Status AbortStatus(const AbortFrame& f) {
   return absl::Status(code, f.reason);
 }
 
+#if defined(__x86_64__)
+// The SSE4.2 crc32 instruction, 8 bytes at a time: ~8 GB/s against the table's ~0.5, which
+// made the checksum (twice per layer: sender and receiver) the handover's bottleneck.
+__attribute__((target("sse4.2"))) uint32_t Crc32cSse42(std::string_view bytes) {
+  const char* p = bytes.data();
+  size_t n = bytes.size();
+  uint64_t c = 0xFFFFFFFFu;
+  for (; n >= 8; p += 8, n -= 8) {
+    uint64_t w;
+    std::memcpy(&w, p, 8);
+    c = __builtin_ia32_crc32di(c, w);
+  }
+  uint32_t c32 = static_cast<uint32_t>(c);
+  for (; n > 0; ++p, --n) c32 = __builtin_ia32_crc32qi(c32, static_cast<unsigned char>(*p));
+  return c32 ^ 0xFFFFFFFFu;
+}
+#endif
+
 uint32_t Crc32c(std::string_view bytes) {
+#if defined(__x86_64__)
+  static const bool sse42 = __builtin_cpu_supports("sse4.2");
+  if (sse42) return Crc32cSse42(bytes);
+#endif
   uint32_t c = 0xFFFFFFFFu;
   for (char ch : bytes) c = kCrcTable.t[(c ^ static_cast<uint8_t>(ch)) & 0xff] ^ (c >> 8);
   return c ^ 0xFFFFFFFFu;

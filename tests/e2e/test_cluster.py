@@ -182,6 +182,35 @@ def test_a_synthetic_gqa_model_equals_colocated(tmp_path):
             c.stop()
 
 
+def test_a_cluster_over_shared_memory_equals_the_colocated_daemon(daemon):
+    """The decode worker listens for KV on shared memory (--kv-transport shm): it registers a
+    "shm:NAME" address, the prefill worker on the same host connects to it there (with the
+    cluster secret), and the outputs are the colocated daemon's."""
+    with tempfile.NamedTemporaryFile("w", suffix=".secret", delete=False) as f:
+        f.write("shared memory, same secret\n")
+        secret = f.name
+    c = Cluster("--kv-transport", "shm", secret_file=secret)
+    try:
+        assert "KV at shm:" in c.decode[0].logs(), c.decode[0].logs()
+        for prompt in PROMPTS:
+            want = complete(daemon.url, prompt)["choices"][0]["text"]
+            got = complete(c.url, prompt)
+            assert got["choices"][0]["text"] == want, prompt
+            assert got["usage"]["completion_tokens"] == 24
+        with concurrent.futures.ThreadPoolExecutor(len(PROMPTS)) as pool:
+            texts = [f.result()["choices"][0]["text"]
+                     for f in [pool.submit(complete, c.url, p) for p in PROMPTS]]
+        assert texts == [complete(daemon.url, p)["choices"][0]["text"] for p in PROMPTS]
+        assert c.kv_all_free() is True
+        d = c.decode[0].metrics()
+        assert d['tandem:kv_transfers_total{outcome="committed"}'] == 2 * len(PROMPTS), d
+        assert d["tandem:kv_transfers_open"] == 0, d
+    finally:
+        for d, code in c.stop().items():
+            assert code == 0, f"tandemd exited with {code}:\n{d.logs()}"
+        os.unlink(secret)
+
+
 def test_workers_refuse_generation_and_bad_input_is_a_400(cluster):
     with pytest.raises(urllib.error.HTTPError) as e:
         complete(cluster.prefill[0].url, "Hi")
@@ -370,7 +399,9 @@ def test_role_flags_are_checked():
     for args, want in [(("--role", "prefill"), "--router"),
                        (("--role", "leader"), "--role"),
                        (("--role", "router", "--disaggregation", "on"), "--disaggregation"),
-                       (("--role", "router", "--cluster-port", "0"), "--cluster-port")]:
+                       (("--role", "router", "--cluster-port", "0"), "--cluster-port"),
+                       (("--role", "decode", "--router", "127.0.0.1:1", "--cluster-port", "0",
+                         "--kv-transport", "udp"), "--kv-transport")]:
         r = subprocess.run([TANDEMD, "--model", MODEL, "--port", "0", *args],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode != 0, args

@@ -1,6 +1,6 @@
 """tandemd --disaggregation on: a prefill and a decode instance on one core each, the KV cache
 handed over in process (--kv-transport inproc) or by the wire protocol over loopback TCP
-(--kv-transport tcp). Greedy outputs through the public APIs equal the colocated daemon's
+(--kv-transport tcp) or shared memory (--kv-transport shm). Greedy outputs through the public APIs equal the colocated daemon's
 (the session `daemon`), concurrent requests included, streaming works, a client that goes
 away costs nothing, and /metrics sees both instances' KV come back."""
 import concurrent.futures
@@ -23,7 +23,7 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module", params=["inproc", "tcp"])
+@pytest.fixture(scope="module", params=["inproc", "tcp", "shm"])
 def disagg(request):
     d = Daemon("--disaggregation", "on", "--max-num-seqs", "16", "--kv-transport", request.param)
     yield d

@@ -301,7 +301,8 @@ TEST_F(EngineInstanceTest, DisaggregatedPairMatchesColocated) {
   ASSERT_TRUE(file.ok());
   for (const auto& [repage, transport] :
        {std::pair{false, KvTransportKind::kInProcess}, std::pair{true, KvTransportKind::kInProcess},
-        std::pair{false, KvTransportKind::kTcp}, std::pair{true, KvTransportKind::kTcp}}) {
+        std::pair{false, KvTransportKind::kTcp}, std::pair{true, KvTransportKind::kTcp},
+        std::pair{false, KvTransportKind::kShm}, std::pair{true, KvTransportKind::kShm}}) {
     SCOPED_TRACE(KvTransportName(transport));
     DisaggregatedEngineConfig dc;
     dc.prefill = Config(4, 32, 256);
@@ -340,7 +341,7 @@ TEST_F(EngineInstanceTest, DisaggregatedPairMatchesColocated) {
     const HandoverStats hs = (*disagg)->handover_stats();
     EXPECT_EQ(hs.sequences, 2 * prompts.size());
     EXPECT_GT(hs.bytes, 0u);
-    if (transport == KvTransportKind::kTcp) {
+    if (transport != KvTransportKind::kInProcess) {
       // Every transfer went through the wire protocol, and no lease is left.
       EXPECT_EQ((*disagg)->receiver()->stats().committed, 2 * prompts.size());
       EXPECT_EQ((*disagg)->pusher()->stats().committed, 2 * prompts.size());
@@ -404,7 +405,8 @@ TEST_F(EngineInstanceTest, DisaggregatedPairWithInt8OnTheWire) {
 TEST_F(EngineInstanceTest, DisaggregatedPairEndsSequencesOnEitherSide) {
   auto file = model::GgufFile::Open(*path_);
   ASSERT_TRUE(file.ok());
-  for (const KvTransportKind transport : {KvTransportKind::kInProcess, KvTransportKind::kTcp}) {
+  for (const KvTransportKind transport :
+       {KvTransportKind::kInProcess, KvTransportKind::kTcp, KvTransportKind::kShm}) {
     SCOPED_TRACE(KvTransportName(transport));
     DisaggregatedEngineConfig dc;
     dc.prefill = Config(4, 32, 256);

@@ -88,6 +88,23 @@ std::vector<Frame> ParseAll(std::string_view bytes) {
 TEST(Crc32cTest, CheckVector) {
   EXPECT_EQ(Crc32c("123456789"), 0xE3069283u);
   EXPECT_EQ(Crc32c(""), 0u);
+  // RFC 3720 (iSCSI), B.4: 32 bytes of zeros, of ones, ascending; and a run long enough for
+  // the 8-byte steps of the hardware path, at every tail length.
+  EXPECT_EQ(Crc32c(std::string(32, '\0')), 0x8A9136AAu);
+  EXPECT_EQ(Crc32c(std::string(32, '\xff')), 0x62A8AB43u);
+  std::string ascending;
+  for (int i = 0; i < 32; ++i) ascending.push_back(static_cast<char>(i));
+  EXPECT_EQ(Crc32c(ascending), 0x46DD794Eu);
+  std::string long_run;
+  for (int i = 0; i < 1000; ++i) long_run.push_back(static_cast<char>(i * 7 + 3));
+  for (size_t n = 990; n <= 1000; ++n) {
+    uint32_t c = 0xFFFFFFFFu;  // the bitwise definition
+    for (size_t i = 0; i < n; ++i) {
+      c ^= static_cast<uint8_t>(long_run[i]);
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+    }
+    EXPECT_EQ(Crc32c(std::string_view(long_run).substr(0, n)), c ^ 0xFFFFFFFFu) << n;
+  }
 }
 
 TEST(LayerPayloadBytesTest, Sizes) {

@@ -1,8 +1,8 @@
-// The KV handover between processes, over loopback TCP: KvPusher (prefill side) and
-// KvReceiver (decode side) against a real KvManager. Every layer and position arrives across
-// block sizes and dtypes (int8 on the wire included); the decode side's refusals are retried
-// until the deadline; and whatever goes wrong (peer gone mid-transfer, corrupt or
-// out-of-order frames, a stalled sender, a stop) frees the lease at once and touches no other
+// The KV handover between processes, over each transport (loopback TCP and shared memory):
+// KvPusher (prefill side) and KvReceiver (decode side) against a real KvManager. Every layer and
+// position arrives across block sizes and dtypes (int8 on the wire included); the decode side's
+// refusals are retried until the deadline; and whatever goes wrong (peer gone mid-transfer, corrupt
+// or out-of-order frames, a stalled sender, a stop) frees the lease at once and touches no other
 // transfer.
 #include <algorithm>
 #include <chrono>
@@ -23,6 +23,7 @@
 #include "kvcache/transfer/kv_frame.h"
 #include "kvcache/transfer/kv_pusher.h"
 #include "kvcache/transfer/kv_receiver.h"
+#include "kvcache/transfer/kv_shm.h"
 #include "kvcache/transfer/kv_snapshot.h"
 #include "kvcache/transfer/kv_tcp.h"
 
@@ -161,14 +162,28 @@ class Target : public KvReceiveTarget {
   std::map<uint64_t, absl::Status> aborted_;
 };
 
+// The transport under test: "tcp" or "shm".
+class KvTransportTest : public testing::TestWithParam<std::string> {};
+
+absl::StatusOr<std::unique_ptr<KvListener>> Listen() {
+  if (KvTransportTest::GetParam() == "shm") return ListenShm("");
+  return ListenTcp("127.0.0.1", 0);
+}
+
+absl::StatusOr<std::unique_ptr<KvConnection>> Connect(const std::string& address,
+                                                      const std::string& secret = "") {
+  if (KvTransportTest::GetParam() == "shm") return ConnectShm(address, absl::Seconds(5), secret);
+  return ConnectTcp(address, absl::Seconds(5), secret);
+}
+
 std::unique_ptr<KvReceiver> StartReceiver(Target& target, KvReceiverConfig config = {}) {
-  auto l = ListenTcp("127.0.0.1", 0);
+  auto l = Listen();
   EXPECT_TRUE(l.ok()) << l.status();
   return KvReceiver::Start(std::move(*l), target, config);
 }
 
 KvPusher::Connect To(const KvReceiver& r) {
-  return [address = r.address()] { return ConnectTcp(address, absl::Seconds(5)); };
+  return [address = r.address()] { return Connect(address); };
 }
 
 // Pushes one transfer and waits for its `done`.
@@ -190,7 +205,7 @@ KvPush PushOf(uint64_t id, const Source& src, KvDType wire) {
   return p;
 }
 
-TEST(KvTransportTest, EveryLayerAndPositionArrivesOverTcp) {
+TEST_P(KvTransportTest, EveryLayerAndPositionArrives) {
   struct Case {
     KvDType src, wire, dst;
     int src_block, dst_block;
@@ -243,7 +258,7 @@ TEST(KvTransportTest, EveryLayerAndPositionArrivesOverTcp) {
   }
 }
 
-TEST(KvTransportTest, NoRoomIsRetriedUntilThereIs) {
+TEST_P(KvTransportTest, NoRoomIsRetriedUntilThereIs) {
   Source src(KvDType::kF16, 16, 1);
   Target target(MakeKv(KvDType::kF16, 16));
   target.Refuse(3);
@@ -256,7 +271,7 @@ TEST(KvTransportTest, NoRoomIsRetriedUntilThereIs) {
   EXPECT_EQ(receiver->stats().refused, 3u);
 }
 
-TEST(KvTransportTest, NoRoomUntilTheDeadlineFailsThePushAndLeavesNoLease) {
+TEST_P(KvTransportTest, NoRoomUntilTheDeadlineFailsThePushAndLeavesNoLease) {
   Source src(KvDType::kF16, 16, 1);
   // Two blocks of 16 cannot hold 29 positions: every Reserve is refused.
   Target target(MakeKv(KvDType::kF16, 16, /*num_blocks=*/1));
@@ -274,7 +289,7 @@ TEST(KvTransportTest, NoRoomUntilTheDeadlineFailsThePushAndLeavesNoLease) {
 // A hand-driven sender: raw frames over a raw connection.
 struct RawSender {
   explicit RawSender(const KvReceiver& r) {
-    auto c = ConnectTcp(r.address(), absl::Seconds(5));
+    auto c = Connect(r.address());
     EXPECT_TRUE(c.ok()) << c.status();
     conn = std::move(*c);
   }
@@ -310,7 +325,7 @@ struct RawSender {
 
 const ReserveFrame kReserve{5, kTokens, kLayers, kHeads, kHeadDim, KvDType::kF16};
 
-TEST(KvTransportTest, PeerGoneMidTransferFreesTheLeaseAtOnce) {
+TEST_P(KvTransportTest, PeerGoneMidTransferFreesTheLeaseAtOnce) {
   Source src(KvDType::kF16, 16, 1);
   Target target(MakeKv(KvDType::kF16, 16));
   const int free0 = target.num_free();
@@ -330,7 +345,7 @@ TEST(KvTransportTest, PeerGoneMidTransferFreesTheLeaseAtOnce) {
   EXPECT_EQ(target.num_leases(), 0);
 }
 
-TEST(KvTransportTest, CorruptStreamAbortsItsTransfersOnlyAndTellsThePeer) {
+TEST_P(KvTransportTest, CorruptStreamAbortsItsTransfersOnlyAndTellsThePeer) {
   Source src(KvDType::kF16, 16, 1);
   Target target(MakeKv(KvDType::kF16, 16));
   const int free0 = target.num_free();
@@ -366,7 +381,7 @@ TEST(KvTransportTest, CorruptStreamAbortsItsTransfersOnlyAndTellsThePeer) {
   EXPECT_EQ(target.num_free(), free0);
 }
 
-TEST(KvTransportTest, OutOfOrderFramesAbortThatTransferOnly) {
+TEST_P(KvTransportTest, OutOfOrderFramesAbortThatTransferOnly) {
   Source src(KvDType::kF16, 16, 1);
   Target target(MakeKv(KvDType::kF16, 16));
   const int free0 = target.num_free();
@@ -400,7 +415,7 @@ TEST(KvTransportTest, OutOfOrderFramesAbortThatTransferOnly) {
   EXPECT_EQ(receiver->open_transfers(), 0);
 }
 
-TEST(KvTransportTest, StalledSenderIsAbortedAtTheDeadline) {
+TEST_P(KvTransportTest, StalledSenderIsAbortedAtTheDeadline) {
   Target target(MakeKv(KvDType::kF16, 16));
   const int free0 = target.num_free();
   KvReceiverConfig config;
@@ -416,7 +431,7 @@ TEST(KvTransportTest, StalledSenderIsAbortedAtTheDeadline) {
   EXPECT_EQ(target.num_free(), free0);
 }
 
-TEST(KvTransportTest, StopsAbortOpenTransfersAndFailQueuedPushes) {
+TEST_P(KvTransportTest, StopsAbortOpenTransfersAndFailQueuedPushes) {
   Target target(MakeKv(KvDType::kF16, 16));
   const int free0 = target.num_free();
   auto receiver = StartReceiver(target);
@@ -429,10 +444,9 @@ TEST(KvTransportTest, StopsAbortOpenTransfersAndFailQueuedPushes) {
   EXPECT_EQ(target.num_free(), free0);
 
   // A pusher whose peer never answers: the push in flight and the queued ones fail on Stop.
-  auto quiet = ListenTcp("127.0.0.1", 0);
+  auto quiet = Listen();
   ASSERT_TRUE(quiet.ok());
-  KvPusher pusher(
-      [address = (*quiet)->address()] { return ConnectTcp(address, absl::Seconds(5)); });
+  KvPusher pusher([address = (*quiet)->address()] { return Connect(address); });
   Source src(KvDType::kF16, 16, 1);
   std::vector<std::future<absl::Status>> results;
   for (uint64_t id = 1; id <= 3; ++id) {
@@ -449,7 +463,7 @@ TEST(KvTransportTest, StopsAbortOpenTransfersAndFailQueuedPushes) {
   EXPECT_EQ(pusher.stats().failed, 3u);
 }
 
-TEST(KvTransportTest, WithASecretOnlyPeersThatKnowItAreServed) {
+TEST_P(KvTransportTest, WithASecretOnlyPeersThatKnowItAreServed) {
   Source src(KvDType::kF16, 16, 1);
   Target target(MakeKv(KvDType::kF16, 16));
   KvReceiverConfig config;
@@ -463,16 +477,13 @@ TEST(KvTransportTest, WithASecretOnlyPeersThatKnowItAreServed) {
   };
   auto receiver = StartReceiver(target, config);
   for (const std::string& secret : {std::string(), std::string("wrong!"), std::string("s3cre")}) {
-    KvPusher pusher([address = receiver->address(), secret] {
-      return ConnectTcp(address, absl::Seconds(5), secret);
-    });
+    KvPusher pusher([address = receiver->address(), secret] { return Connect(address, secret); });
     KvPush p = PushOf(1, src, KvDType::kF16);
     const absl::Status s = PushAndWait(pusher, std::move(p));
     EXPECT_TRUE(absl::IsUnavailable(s)) << "secret '" << secret << "': " << s;
   }
   EXPECT_EQ(target.reserves(), 0);
-  KvPusher good(
-      [address = receiver->address()] { return ConnectTcp(address, absl::Seconds(5), "s3cret"); });
+  KvPusher good([address = receiver->address()] { return Connect(address, "s3cret"); });
   ASSERT_TRUE(PushAndWait(good, PushOf(2, src, KvDType::kF16)).ok());
   EXPECT_TRUE(target.WaitEnd(2));
   EXPECT_EQ(receiver->stats().refused_peers, 3u);
@@ -480,17 +491,20 @@ TEST(KvTransportTest, WithASecretOnlyPeersThatKnowItAreServed) {
   EXPECT_EQ(refusals, 3);
 }
 
-TEST(KvTransportTest, ConnectionRefusedFailsThePushClearly) {
-  auto l = ListenTcp("127.0.0.1", 0);
+TEST_P(KvTransportTest, ConnectionRefusedFailsThePushClearly) {
+  auto l = Listen();
   ASSERT_TRUE(l.ok());
   const std::string address = (*l)->address();
   l->reset();  // nobody listens there now
-  KvPusher pusher([address] { return ConnectTcp(address, absl::Seconds(2)); });
+  KvPusher pusher([address] { return Connect(address); });
   Source src(KvDType::kF16, 16, 1);
   const absl::Status s = PushAndWait(pusher, PushOf(1, src, KvDType::kF16));
   EXPECT_TRUE(absl::IsUnavailable(s)) << s;
   EXPECT_NE(s.message().find(address), std::string::npos) << s;
 }
+
+INSTANTIATE_TEST_SUITE_P(Transports, KvTransportTest, testing::Values("tcp", "shm"),
+                         [](const testing::TestParamInfo<std::string>& p) { return p.param; });
 
 }  // namespace
 }  // namespace tandem::kvcache
