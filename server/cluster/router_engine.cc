@@ -7,6 +7,7 @@
 
 #include "common/check.h"
 #include "common/str_cat.h"
+#include "scheduler/latency_model.h"
 #include "server/cluster/cluster_convert.h"
 #include "server/cluster/worker_service.h"
 #include "spdlog/spdlog.h"
@@ -195,6 +196,7 @@ void RoutedRequest::OnCallDone(bool prefill, Call* call, const absl::Status& sta
   std::optional<absl::Status> retry;
   bool scheduled_sent;
   const uint64_t worker = prefill ? prefill_worker_ : decode_worker_;
+  if (prefill) router_->PrefillEnded(prefill_worker_, request_.prompt_size());
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (status.code() == absl::StatusCode::kUnavailable &&
@@ -309,12 +311,12 @@ absl::StatusOr<scheduler::Admission> RouterEngine::Submit(
 }
 
 absl::Status RouterEngine::CanPlaceLocked(int need) {
-  if (PickLocked(v1::WORKER_ROLE_PREFILL, need) == nullptr) {
+  if (PickLocked(v1::WORKER_ROLE_PREFILL, 1, need) == nullptr) {
     return absl::UnavailableError(
         "no prefill worker is registered with this router that can hold this request (start "
         "one with --role=prefill --router HOST:PORT)");
   }
-  if (PickLocked(v1::WORKER_ROLE_DECODE, need) == nullptr) {
+  if (PickLocked(v1::WORKER_ROLE_DECODE, 1, need) == nullptr) {
     return absl::UnavailableError(
         "no decode worker is registered with this router that can hold this request (start "
         "one with --role=decode --router HOST:PORT)");
@@ -322,32 +324,39 @@ absl::Status RouterEngine::CanPlaceLocked(int need) {
   return absl::OkStatus();
 }
 
-RouterEngine::Worker* RouterEngine::PickLocked(v1::WorkerRole role, int need) {
-  Worker* best = nullptr;
+RouterEngine::Worker* RouterEngine::PickLocked(v1::WorkerRole role, int prompt, int need) {
+  std::vector<const WorkerInfo*> candidates;
+  std::map<const WorkerInfo*, Worker*> of;
   for (auto& [id, w] : workers_) {
-    if (w.info.role != role || w.info.load.draining()) continue;
-    // A worker whose connection failed is avoided until it is heard from again.
-    if (w.info.suspect_since >= w.info.last_seen) continue;
-    if (w.info.kv_capacity_tokens > 0 && need > w.info.kv_capacity_tokens) continue;
-    if (best == nullptr || w.info.in_flight < best->info.in_flight ||
-        (w.info.in_flight == best->info.in_flight &&
-         w.info.load.kv_blocks_free() > best->info.load.kv_blocks_free())) {
-      best = &w;
-    }
+    if (w.info.role != role) continue;
+    candidates.push_back(&w.info);
+    of[&w.info] = &w;
   }
-  return best;
+  const WorkerInfo* best = PickWorker(candidates, role, prompt, need);
+  return best == nullptr ? nullptr : of[best];
+}
+
+void RouterEngine::PrefillEnded(uint64_t worker, int prompt_tokens) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = workers_.find(worker);
+  if (it != workers_.end()) {
+    it->second.info.prefill_tokens =
+        std::max<int64_t>(0, it->second.info.prefill_tokens - prompt_tokens);
+  }
 }
 
 RouterEngine::Started RouterEngine::PlaceLocked(v1::PhaseRequest phase,
                                                 std::shared_ptr<scheduler::SequenceSink> sink,
                                                 bool retry, bool scheduled_sent) {
-  const int need = phase.prompt_size() + phase.max_tokens();
-  Worker* p = PickLocked(v1::WORKER_ROLE_PREFILL, need);
-  Worker* d = PickLocked(v1::WORKER_ROLE_DECODE, need);
+  const int prompt = phase.prompt_size();
+  const int need = prompt + phase.max_tokens();
+  Worker* p = PickLocked(v1::WORKER_ROLE_PREFILL, prompt, need);
+  Worker* d = PickLocked(v1::WORKER_ROLE_DECODE, prompt, need);
   TANDEM_CHECK(p != nullptr && d != nullptr);
   phase.set_transfer_id(next_transfer_id_++);
   ++p->info.in_flight;
   ++d->info.in_flight;
+  p->info.prefill_tokens += prompt;
   auto req = std::make_shared<RoutedRequest>(this, std::move(phase), std::move(sink), p->info.id,
                                              d->info.id, retry, scheduled_sent);
   active_[req->id()] = req;

@@ -37,6 +37,7 @@
 #include "absl/time/time.h"
 #include "model/model_config.h"
 #include "scheduler/engine.h"
+#include "server/cluster/placement.h"
 #include "tandem/v1/cluster.grpc.pb.h"
 
 namespace tandem::server::cluster {
@@ -48,22 +49,6 @@ struct RouterConfig {
   absl::Duration heartbeat_interval = absl::Seconds(1);
   // A worker silent for this long is dropped.
   absl::Duration worker_timeout = absl::Seconds(3);
-};
-
-// One registered worker, as the router sees it.
-struct WorkerInfo {
-  uint64_t id = 0;
-  tandem::v1::WorkerRole role = tandem::v1::WORKER_ROLE_UNSPECIFIED;
-  std::string name;
-  std::string control_address;
-  std::string kv_address;
-  int kv_capacity_tokens = 0;
-  tandem::v1::WorkerLoad load;
-  absl::Time last_seen;
-  // When a call to it last failed to connect or lost its connection (InfinitePast: never).
-  // Placement skips it until a heartbeat comes after that.
-  absl::Time suspect_since = absl::InfinitePast();
-  int in_flight = 0;  // sequences this router has on it now
 };
 
 class RoutedRequest;
@@ -115,7 +100,14 @@ class RouterEngine : public scheduler::Engine, public tandem::v1::Router::Callba
   // Whether a sequence of `need` tokens has a worker of each role (UNAVAILABLE naming the
   // missing role otherwise).
   absl::Status CanPlaceLocked(int need) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  Worker* PickLocked(tandem::v1::WorkerRole role, int need) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The worker of `role` for a sequence of `prompt` tokens and `need` in all: the prefill
+  // worker with the least predicted TTFT, the decode worker with room for `need` tokens and
+  // the least predicted TPOT (workers' latency models, from their heartbeats); the least
+  // loaded when a worker has no model. nullptr: none.
+  Worker* PickLocked(tandem::v1::WorkerRole role, int prompt, int need)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A prefill call ended: its prompt no longer waits on that worker.
+  void PrefillEnded(uint64_t worker, int prompt_tokens);
   // Picks its workers (CanPlaceLocked must have said yes) and registers the request.
   Started PlaceLocked(tandem::v1::PhaseRequest phase, std::shared_ptr<scheduler::SequenceSink> sink,
                       bool retry, bool scheduled_sent) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -1,0 +1,80 @@
+#include "server/cluster/placement.h"
+
+#include <algorithm>
+#include <optional>
+
+#include "scheduler/latency_model.h"
+
+namespace tandem::server::cluster {
+namespace {
+
+namespace v1 = tandem::v1;
+
+std::optional<scheduler::LatencyModel> ModelOf(const WorkerInfo& w) {
+  const auto& c = w.load.latency_coefficients();
+  if (c.size() != scheduler::LatencyModel::kNumCoefficients) return std::nullopt;
+  scheduler::LatencyModel::Coefficients k{};
+  for (int i = 0; i < scheduler::LatencyModel::kNumCoefficients; ++i) k[i] = c[i];
+  return scheduler::LatencyModel(k);
+}
+
+double Correction(const WorkerInfo& w) {
+  const double c = w.load.latency_correction();
+  return c > 0.1 ? c : 1.0;
+}
+
+int64_t FreeTokens(const WorkerInfo& w) {
+  return static_cast<int64_t>(w.load.kv_blocks_free()) * std::max(1, w.load.kv_block_size());
+}
+
+}  // namespace
+
+double PredictTtftSeconds(const WorkerInfo& w, int prompt) {
+  const std::optional<scheduler::LatencyModel> m = ModelOf(w);
+  if (!m) return -1;
+  scheduler::StepShape shape;
+  shape.AddPrefill(static_cast<int>(std::min<int64_t>(w.prefill_tokens + prompt, 1 << 30)), 0);
+  return m->PredictFitted(shape) * Correction(w);
+}
+
+double PredictTpotSeconds(const WorkerInfo& w, int need) {
+  const std::optional<scheduler::LatencyModel> m = ModelOf(w);
+  if (!m) return -1;
+  scheduler::StepShape shape;
+  const int seqs = std::max(w.in_flight, w.load.running()) + 1;
+  for (int i = 0; i < seqs; ++i) shape.AddDecode(need);
+  return m->PredictFitted(shape) * Correction(w);
+}
+
+const WorkerInfo* PickWorker(const std::vector<const WorkerInfo*>& workers, v1::WorkerRole role,
+                             int prompt, int need) {
+  std::vector<const WorkerInfo*> candidates;
+  bool all_modelled = true;
+  for (const WorkerInfo* w : workers) {
+    if (w->role != role || w->load.draining()) continue;
+    if (w->suspect_since >= w->last_seen) continue;
+    if (w->kv_capacity_tokens > 0 && need > w->kv_capacity_tokens) continue;
+    candidates.push_back(w);
+    all_modelled &= ModelOf(*w).has_value();
+  }
+  const WorkerInfo* best = nullptr;
+  double best_score = 0;
+  for (const WorkerInfo* w : candidates) {
+    double score = !all_modelled                     ? w->in_flight
+                   : role == v1::WORKER_ROLE_PREFILL ? PredictTtftSeconds(*w, prompt)
+                                                     : PredictTpotSeconds(*w, need);
+    // A decode worker whose free KV (as of its last heartbeat) cannot hold the sequence goes
+    // last: it would only keep it waiting.
+    if (role == v1::WORKER_ROLE_DECODE && w->load.kv_block_size() > 0 && FreeTokens(*w) < need) {
+      score += 1e9;
+    }
+    if (best == nullptr || score < best_score ||
+        (score == best_score && FreeTokens(*w) > FreeTokens(*best))) {
+      best = w;
+      best_score = score;
+    }
+  }
+  return best;
+}
+
+}  // namespace tandem::server::cluster

@@ -1,0 +1,55 @@
+// Placement: which worker a router gives a sequence's phase. A prefill worker by predicted
+// TTFT, a decode worker by room in its KV and predicted TPOT, on the latency models the
+// workers send with their heartbeats (scheduler::LatencyModel, profiled on each worker's own
+// device); least loaded (fewest sequences this router has on it) while any candidate has no
+// model, since predictions from some workers and counts from others do not compare.
+//
+// Thread safety: pure functions.
+#ifndef TANDEM_SERVER_CLUSTER_PLACEMENT_H_
+#define TANDEM_SERVER_CLUSTER_PLACEMENT_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "tandem/v1/cluster.pb.h"
+
+namespace tandem::server::cluster {
+
+// One registered worker, as the router sees it.
+struct WorkerInfo {
+  uint64_t id = 0;
+  tandem::v1::WorkerRole role = tandem::v1::WORKER_ROLE_UNSPECIFIED;
+  std::string name;
+  std::string control_address;
+  std::string kv_address;
+  int kv_capacity_tokens = 0;
+  tandem::v1::WorkerLoad load;  // its last heartbeat
+  absl::Time last_seen;
+  // When a call to it last failed to connect or lost its connection (InfinitePast: never).
+  // Placement skips it until a heartbeat comes after that.
+  absl::Time suspect_since = absl::InfinitePast();
+  int in_flight = 0;  // sequences this router has on it now
+  // Prefill: prompt tokens of those sequences not yet past their prefill.
+  int64_t prefill_tokens = 0;
+};
+
+// The worker of `role` among `workers` for a sequence of `prompt` prompt tokens and `need`
+// tokens in all, or nullptr when none can take it. Skipped: other roles, draining, suspected
+// (suspect_since not older than last_seen), and a context `need` past kv_capacity_tokens.
+// Among the rest, the least predicted TTFT (prefill: one step of the prompt tokens already
+// queued there plus this prompt) or TPOT (decode: a step of its sequences plus this one, each
+// at `need` tokens of context), with a decode worker whose free KV cannot hold `need` last;
+// ties (and workers without models) go to the most free KV.
+const WorkerInfo* PickWorker(const std::vector<const WorkerInfo*>& workers,
+                             tandem::v1::WorkerRole role, int prompt, int need);
+
+// The predictions themselves, in seconds (nullopt-like -1 when the worker sent no model).
+double PredictTtftSeconds(const WorkerInfo& w, int prompt);
+double PredictTpotSeconds(const WorkerInfo& w, int need);
+
+}  // namespace tandem::server::cluster
+
+#endif  // TANDEM_SERVER_CLUSTER_PLACEMENT_H_

@@ -1,0 +1,106 @@
+// The router's placement: by predicted TTFT / TPOT on the workers' latency models, least
+// loaded without them, and never onto a worker that is draining, suspected, too small or (for
+// decode, as a last resort only) out of free KV.
+#include "server/cluster/placement.h"
+
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace tandem::server::cluster {
+namespace {
+
+namespace v1 = tandem::v1;
+
+WorkerInfo Worker(uint64_t id, v1::WorkerRole role) {
+  WorkerInfo w;
+  w.id = id;
+  w.role = role;
+  w.last_seen = absl::Now();
+  w.kv_capacity_tokens = 10000;
+  w.load.set_kv_blocks_free(100);
+  w.load.set_kv_blocks_total(100);
+  w.load.set_kv_block_size(16);
+  w.load.set_latency_correction(1.0);
+  return w;
+}
+
+// A model whose step costs `base` plus `per_token` per prefill token and `per_seq` per decode
+// sequence (seconds).
+void SetModel(WorkerInfo& w, double base, double per_token, double per_seq) {
+  w.load.clear_latency_coefficients();
+  for (double c : {base, per_token, 0.0, per_seq, 0.0}) w.load.add_latency_coefficients(c);
+}
+
+std::vector<const WorkerInfo*> All(const std::vector<WorkerInfo>& ws) {
+  std::vector<const WorkerInfo*> out;
+  for (const WorkerInfo& w : ws) out.push_back(&w);
+  return out;
+}
+
+TEST(PlacementTest, PrefillGoesToTheLeastPredictedTtft) {
+  std::vector<WorkerInfo> ws = {Worker(1, v1::WORKER_ROLE_PREFILL),
+                                Worker(2, v1::WORKER_ROLE_PREFILL),
+                                Worker(3, v1::WORKER_ROLE_DECODE)};
+  SetModel(ws[0], 0.001, 0.002, 0.001);   // a slow device
+  SetModel(ws[1], 0.001, 0.0005, 0.001);  // four times faster per token
+  SetModel(ws[2], 0.001, 0.0005, 0.001);
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_PREFILL, 200, 300)->id, 2u);
+  // The fast one has 1,000 prompt tokens queued: 1,200 x 0.5 ms > 200 x 2 ms.
+  ws[1].prefill_tokens = 1000;
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_PREFILL, 200, 300)->id, 1u);
+  EXPECT_NEAR(PredictTtftSeconds(ws[1], 200), 0.001 + 1200 * 0.0005, 1e-9);
+  // Its online correction counts too.
+  ws[1].prefill_tokens = 0;
+  ws[1].load.set_latency_correction(5);
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_PREFILL, 200, 300)->id, 1u);
+}
+
+TEST(PlacementTest, DecodeGoesToTheLeastPredictedTpotWithRoomInItsKv) {
+  std::vector<WorkerInfo> ws = {Worker(1, v1::WORKER_ROLE_DECODE),
+                                Worker(2, v1::WORKER_ROLE_DECODE)};
+  SetModel(ws[0], 0.002, 0.001, 0.001);
+  SetModel(ws[1], 0.002, 0.001, 0.001);
+  ws[0].in_flight = 8;
+  ws[1].in_flight = 2;
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_DECODE, 100, 200)->id, 2u);
+  EXPECT_NEAR(PredictTpotSeconds(ws[1], 200), 0.002 + 3 * 0.001, 1e-9);
+  // Full (as of its heartbeat): the busier one with room wins.
+  ws[1].load.set_kv_blocks_free(5);  // 80 tokens < 200
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_DECODE, 100, 200)->id, 1u);
+  // Both full: still placed (it waits for room there), on the lighter one.
+  ws[0].load.set_kv_blocks_free(5);
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_DECODE, 100, 200)->id, 2u);
+}
+
+TEST(PlacementTest, LeastLoadedWhileAnyWorkerHasNoModel) {
+  std::vector<WorkerInfo> ws = {Worker(1, v1::WORKER_ROLE_PREFILL),
+                                Worker(2, v1::WORKER_ROLE_PREFILL)};
+  SetModel(ws[0], 0.001, 0.0001, 0.001);  // fast, but worker 2 has no model to compare with
+  ws[0].in_flight = 3;
+  ws[1].in_flight = 1;
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_PREFILL, 10, 20)->id, 2u);
+  EXPECT_EQ(PredictTtftSeconds(ws[1], 10), -1);
+  // Equal loads: the most free KV.
+  ws[0].in_flight = 1;
+  ws[0].load.set_kv_blocks_free(90);
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_PREFILL, 10, 20)->id, 2u);
+}
+
+TEST(PlacementTest, SkipsDrainingSuspectedTooSmallAndOtherRoles) {
+  std::vector<WorkerInfo> ws = {
+      Worker(1, v1::WORKER_ROLE_DECODE), Worker(2, v1::WORKER_ROLE_DECODE),
+      Worker(3, v1::WORKER_ROLE_DECODE), Worker(4, v1::WORKER_ROLE_PREFILL)};
+  ws[0].load.set_draining(true);
+  ws[1].suspect_since = ws[1].last_seen + absl::Milliseconds(1);  // failed after its heartbeat
+  ws[2].kv_capacity_tokens = 100;
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_DECODE, 50, 120), nullptr);
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_DECODE, 50, 90)->id, 3u);
+  // A heartbeat after the failure clears the suspicion.
+  ws[1].last_seen = ws[1].suspect_since + absl::Milliseconds(1);
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_DECODE, 50, 120)->id, 2u);
+  EXPECT_EQ(PickWorker({}, v1::WORKER_ROLE_PREFILL, 1, 2), nullptr);
+}
+
+}  // namespace
+}  // namespace tandem::server::cluster
