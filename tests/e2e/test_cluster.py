@@ -238,6 +238,27 @@ def test_client_gone_mid_decode_frees_both_workers(cluster):
     assert complete(cluster.url, "Hello", max_tokens=4)["choices"][0]["text"] is not None
 
 
+def test_client_gone_while_prefilling_frees_both_workers(cluster):
+    import http.client
+    import socket as so
+    port = int(cluster.url.rsplit(":", 1)[1])
+    body = json.dumps({"model": MODEL_NAME, "prompt": "word " * 1500, "max_tokens": 50,
+                       "temperature": 0, "stream": True})
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    deadline = time.time() + 30
+    while cluster.prefill[0].metrics().get("tandem:num_requests_running", 0) == 0:
+        assert time.time() < deadline, "the prompt never started prefilling"
+        time.sleep(0.005)
+    c.sock.shutdown(so.SHUT_RDWR)
+    c.close()
+    assert cluster.kv_all_free() is True
+    # Nothing was handed over: the decode worker dropped the request waiting for its KV.
+    d = cluster.decode[0].metrics()
+    assert d["tandem:kv_arrivals_unpaired"] == 0, d
+    assert complete(cluster.url, "Hello", max_tokens=4)["usage"]["completion_tokens"] == 4
+
+
 def stream_until_error(url, prompt, max_tokens, on_token=None):
     """Streams a completion; returns (tokens received, the error text or None)."""
     import openai

@@ -307,3 +307,26 @@ def test_a_stall_mid_transfer_times_out_cleanly(faults, reference):
     assert elapsed < 60, elapsed
     assert faults.workers_idle() is True
     assert faults.complete()["choices"][0]["text"] == reference
+
+
+def test_client_gone_mid_transfer_frees_both_workers(faults, reference):
+    """The client closes its connection right after the first token, while the KV crawls
+    through the proxy: the transfer is abandoned on both sides and every block comes back."""
+    import http.client
+    import socket as so
+    faults.proxy("delay:20")
+    try:
+        host, port = faults.url[len("http://"):].rsplit(":", 1)
+        body = json.dumps({"model": MODEL_NAME, "prompt": PROMPT, "max_tokens": 8,
+                           "temperature": 0, "stream": True})
+        c = http.client.HTTPConnection(host, int(port), timeout=60)
+        c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        r = c.getresponse()
+        while not r.fp.readline().startswith(b"data: {"):
+            pass
+        c.sock.shutdown(so.SHUT_RDWR)
+        c.close()
+        assert faults.workers_idle() is True
+    finally:
+        faults.proxy("pass")
+    assert faults.complete()["choices"][0]["text"] == reference
