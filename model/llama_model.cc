@@ -259,7 +259,9 @@ absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView&
     be.Rope(rope, s);
     append.layer = il;
     be.KvAppend(append, s);
-    if (on_layer_kv) on_layer_kv(il);
+    if (on_layer_kv && !on_layer_kv(il)) {
+      return absl::CancelledError(absl::StrCat("the step was stopped after layer ", il));
+    }
     attn.layer = il;
     be.Attention(attn, s);
     be.Matmul(*l.wo, attn_, n, h_, s);

@@ -45,8 +45,10 @@ class LlamaModel {
   // been appended to the cache on the model's stream (the backend's DefaultStream()). On a
   // synchronous backend such as the CPU they are in memory then; on an asynchronous one the
   // hook may record an event on that stream to learn when they are. Runs on the calling
-  // thread; must not call back into the model.
-  using LayerHook = std::function<void(int layer)>;
+  // thread; must not call back into the model. Returning false stops the step there: Forward
+  // returns Cancelled, and the logits and the later layers' KV of the batch are unspecified
+  // (the caller drops the batch's sequences, e.g. when every one of them was cancelled).
+  using LayerHook = std::function<bool(int layer)>;
 
   // Loads the weights from `file` (which may be closed afterwards) onto `backend`, then
   // Create()s a model on the same backend. Another instance may share them via weights().
@@ -77,7 +79,8 @@ class LlamaModel {
   // [batch.logit_rows.size(), vocab] into `logits` (host memory; untouched when no rows
   // are requested, as for a prefill chunk in the middle of a prompt). InvalidArgument when the
   // batch breaks StepBatch's invariants or exceeds ModelOptions; nothing runs then.
-  // `on_layer_kv`, when set, is called after each layer's KV append (see LayerHook).
+  // `on_layer_kv`, when set, is called after each layer's KV append (see LayerHook);
+  // Cancelled when it stopped the step.
   absl::Status Forward(const StepBatch& batch, const kernels::KvCacheView& cache, float* logits,
                        const LayerHook& on_layer_kv = nullptr);
 

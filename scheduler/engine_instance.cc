@@ -504,6 +504,12 @@ void EngineInstance::Loop() {
         model_live_.Observe(out.shape, measured);
         correction_.store(model_live_.correction());
         if (config_.step_observer) config_.step_observer(out.shape, predicted, measured);
+      } else if (absl::IsCancelled(s)) {
+        // Every sequence of the step was cancelled while it ran (see Execute): dropped now,
+        // their KV of this step half written and freed with them.
+        for (const ScheduledChunk& c : out.chunks) {
+          Finish(c.seq, SequenceEnd::kCancelled, absl::OkStatus());
+        }
       } else {
         const absl::Status failure =
             absl::InternalError(StrCat("model step failed: ", std::string(s.message())));
@@ -664,16 +670,28 @@ void EngineInstance::Prepare(const SchedulerOutput& out) {
 }
 
 absl::Status EngineInstance::Execute(const SchedulerOutput& out) {
-  if (config_.role != InstanceRole::kPrefill || !config_.handoff->streams_layers()) {
-    return runner_->Execute();
-  }
+  const bool streams = config_.role == InstanceRole::kPrefill && config_.handoff->streams_layers();
   completing_.clear();
-  for (const ScheduledChunk& c : out.chunks) {
-    if (c.want_logits) completing_.push_back(c.seq);
+  if (streams) {
+    for (const ScheduledChunk& c : out.chunks) {
+      if (c.want_logits) completing_.push_back(c.seq);
+    }
   }
-  if (completing_.empty()) return runner_->Execute();
-  return runner_->Execute([this](int layer) {
-    config_.handoff->OnLayer(layer, std::span<Sequence* const>(completing_), runner_->kv());
+  // A step with prefill work may take long: between layers it checks whether every sequence
+  // in it was cancelled meanwhile (the clients went away), and if so stops there, so that a
+  // client gone mid-prefill costs at most one layer more. (Decode-only steps are short.)
+  const bool has_prefill = out.num_tokens > out.num_decode;
+  if (completing_.empty() && !has_prefill) return runner_->Execute();
+  return runner_->Execute([this, &out, has_prefill](int layer) {
+    if (has_prefill &&
+        std::all_of(out.chunks.begin(), out.chunks.end(),
+                    [](const ScheduledChunk& c) { return c.seq->sink->cancelled(); })) {
+      return false;
+    }
+    if (!completing_.empty()) {
+      config_.handoff->OnLayer(layer, std::span<Sequence* const>(completing_), runner_->kv());
+    }
+    return true;
   });
 }
 

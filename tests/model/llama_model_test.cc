@@ -436,6 +436,7 @@ TEST(LlamaModelTest, LayerHookRunsAfterEachLayersKvAppendAndChangesNothing) {
     for (int later = layer + 1; later < n_layers; ++later) {
       EXPECT_EQ(unwritten(later), per_layer) << "layer " << later << " ran before hook " << layer;
     }
+    return true;
   };
   ASSERT_TRUE(h.model->Forward(batch, view, with_hook.data(), hook).ok());
   std::vector<int> want(n_layers);
@@ -447,6 +448,18 @@ TEST(LlamaModelTest, LayerHookRunsAfterEachLayersKvAppendAndChangesNothing) {
   ASSERT_TRUE(h.model->Forward(batch, view, without_hook.data()).ok());
   for (int layer = 0; layer < n_layers; ++layer) EXPECT_EQ(unwritten(layer), 0);
   EXPECT_EQ(with_hook, without_hook);  // bit for bit
+
+  // A hook that says stop after layer 0: Cancelled, and no later layer ran.
+  fill_sentinel();
+  calls.clear();
+  const absl::Status stopped = h.model->Forward(batch, view, with_hook.data(), [&](int layer) {
+    calls.push_back(layer);
+    return layer < 0;
+  });
+  EXPECT_TRUE(absl::IsCancelled(stopped)) << stopped;
+  EXPECT_EQ(calls, std::vector<int>{0});
+  EXPECT_EQ(unwritten(0), 0);
+  for (int later = 1; later < n_layers; ++later) EXPECT_EQ(unwritten(later), per_layer);
 
   // A rejected batch runs nothing, so calls no hook either.
   StepBatch bad = batch;

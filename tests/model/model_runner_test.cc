@@ -86,7 +86,10 @@ TEST(ModelRunnerTest, StepsAndSamplesInParallel) {
   EXPECT_EQ(r.num_chunks(), 3);
   EXPECT_EQ(rows, (std::vector<int>{0, 1, 2}));
   int hooked = 0;
-  ASSERT_TRUE(r.Execute([&](int) { ++hooked; }).ok());
+  ASSERT_TRUE(r.Execute([&](int) {
+                 ++hooked;
+                 return true;
+               }).ok());
   EXPECT_EQ(hooked, r.model_config().n_layers);
 
   // Seeded samplers, twice over: one set sampled by the runner, one by hand.

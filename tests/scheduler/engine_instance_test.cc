@@ -264,6 +264,44 @@ TEST_F(EngineInstanceTest, SubmitValidates) {
   EXPECT_EQ(inst->Submit(std::move(bad)).code(), absl::StatusCode::kInvalidArgument);
 }
 
+// A sink whose client goes away as soon as its sequence enters a step.
+class GoneAtScheduleSink : public RecordingSink {
+ public:
+  void OnScheduled() override {
+    RecordingSink::OnScheduled();
+    Cancel();
+  }
+};
+
+// A prefill step whose every sequence is cancelled while it runs stops between layers (the
+// model's layer hook) instead of running to its end: the sequence ends cancelled in that step,
+// and the stopped step is not measured (no step observation) while a step that runs is.
+TEST_F(EngineInstanceTest, AStepWhoseSequencesAreAllCancelledStopsBetweenLayers) {
+  auto file = model::GgufFile::Open(*path_);
+  ASSERT_TRUE(file.ok());
+  EngineInstanceConfig c = Config(4, 64, 256);
+  std::atomic<int> observed{0};
+  c.step_observer = [&observed](const StepShape&, double, double) { observed.fetch_add(1); };
+  auto inst = EngineInstance::Create(c, **file);
+  ASSERT_TRUE(inst.ok()) << inst.status();
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 40; ++i) prompt.push_back(3 + i);
+  auto gone = std::make_shared<GoneAtScheduleSink>();
+  ASSERT_TRUE((*inst)->Submit(Request(prompt, 8, gone)).ok());
+  gone->Wait();
+  EXPECT_EQ(gone->end(), SequenceEnd::kCancelled);
+  EXPECT_TRUE(gone->tokens().empty());
+  EXPECT_EQ(observed.load(), 0);
+  // The same prompt with a client that stays: its step runs and is observed.
+  auto stays = std::make_shared<RecordingSink>();
+  ASSERT_TRUE((*inst)->Submit(Request(prompt, 2, stays)).ok());
+  stays->Wait();
+  EXPECT_EQ(stays->end(), SequenceEnd::kLength);
+  EXPECT_GE(observed.load(), 1);
+  const InstanceStats st = (*inst)->stats();
+  EXPECT_EQ(st.kv_blocks_free, st.kv_blocks_total);
+}
+
 TEST_F(EngineInstanceTest, QueueFullAndStopFailsTheRest) {
   auto inst = MakeInstance(/*max_num_seqs=*/1, 64, 256, /*max_queue=*/2);
   std::vector<std::shared_ptr<RecordingSink>> sinks;
