@@ -9,23 +9,28 @@
    InferencePool against a small schema written here from its API reference; other custom
    resources (ServiceMonitor, HTTPRoute) are skipped with a note. Then cross-checks what no
    schema sees: selectors match the pods, named ports exist, referenced ConfigMaps/Secrets
-   exist, HPA metrics are served by the prometheus-adapter rules, grace period >= preStop +
-   --shutdown_timeout, non-root and read-only root filesystem. Lints the Dockerfiles with
-   hadolint and checks they use scripts/install-deps and the Makefile's CMake configure line.
+   exist, HPA metrics are served by the prometheus-adapter rules for the resource they
+   describe, grace period >= preStop + --shutdown_timeout, non-root and read-only root
+   filesystem, and the disaggregated overlays' NetworkPolicies allow and block the intended
+   flows (netpol.py). Lints the Dockerfiles with hadolint and checks they use
+   scripts/install-deps and the Makefile's CMake configure line.
 3. Runs the colocated-cpu overlay's pod as local processes: init containers, then tandemd,
    with command, args and env from the rendered YAML (ConfigMap and Secret values
    substituted, volumes as temp dirs, image paths mapped to the build tree, container ports
    to free loopback ports), polls startup/readiness/liveness probes as the kubelet does,
    sends requests with the Secret's API key, checks every metric name the manifests refer
    to against /metrics, then terminates it as the kubelet would: preStop, SIGTERM with a
-   stream in flight, exit within terminationGracePeriodSeconds.
+   stream in flight, exit within terminationGracePeriodSeconds (localpod.py runs a pod).
+4. Runs the disaggregated-cpu overlay as local processes (local_cluster.py): router, one
+   prefill and two decode pods in their own network namespaces, requests through the
+   router's Service, a decode scale-up, a decode drain under load (a router rollout with
+   --router-rollout).
 The last line printed summarises what was checked.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import re
@@ -46,18 +51,16 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from local_cluster import CLUSTER_OVERLAY, run_local_cluster
+from localpod import (IMAGE_PATHS, read_completion_stream, IMAGE_USER, ROOT, CheckFailed, LocalPod, Prober, fail,
+                      flags_from_configmap, free_port, http, labels_match, log, pod_templates)
+from netpol import check_cluster_policies
+
 K8S = ROOT / "deploy" / "k8s"
 DOCKER = ROOT / "deploy" / "docker"
 RUN_OVERLAY = "colocated-cpu"
-
-# Where the image keeps things (deploy/docker/Dockerfile.*) -> where they are in this tree.
-IMAGE_PATHS = {
-    "/opt/tandem/bin": ROOT / "build" / "bin",
-    "/opt/tandem/scripts": ROOT / "scripts",
-    "/opt/tandem/models": ROOT / "models",
-}
-IMAGE_USER = 10001
+# Git-ignored secret files the overlays are generated from (random in the scratch copy).
+CLUSTER_SECRET_FILES = ["components/disaggregated/cluster-secret"]
 
 # InferencePool (inference.networking.k8s.io/v1): the fields and limits of its API reference
 # (gateway-api-inference-extension.sigs.k8s.io/reference/spec), for the fields used here.
@@ -109,18 +112,6 @@ INFERENCEPOOL_SCHEMA = {
 }
 
 
-class CheckFailed(Exception):
-    pass
-
-
-def fail(msg: str) -> None:
-    raise CheckFailed(msg)
-
-
-def log(msg: str) -> None:
-    print(f"deploy-check: {msg}", flush=True)
-
-
 def obj_id(d: dict) -> str:
     return f"{d.get('kind')}/{d.get('metadata', {}).get('name')}"
 
@@ -138,6 +129,8 @@ def kustomizations() -> list[Path]:
 def render_all(kubectl: str, scratch: Path, out_dir: Path) -> tuple[dict[str, list[dict]], str]:
     shutil.copytree(K8S, scratch / "k8s")
     (scratch / "k8s" / "base" / "api-key").write_text(secrets.token_hex(24))
+    for secret_file in CLUSTER_SECRET_FILES:
+        (scratch / "k8s" / secret_file).write_text(secrets.token_hex(32))
     version = json.loads(subprocess.run([kubectl, "version", "--client", "-o", "json"],
                                         check=True, capture_output=True, text=True).stdout)
     rendered: dict[str, list[dict]] = {}
@@ -191,23 +184,6 @@ def validate_schemas(rendered: dict[str, list[dict]], k8s_version: str) -> tuple
     return validated, skipped
 
 
-def labels_match(selector: dict, labels: dict) -> bool:
-    return all(labels.get(k) == v for k, v in selector.items())
-
-
-def pod_templates(docs: list[dict]) -> list[tuple[dict, dict]]:
-    return [(d, d["spec"]["template"]) for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
-
-
-def flags_from_configmap(docs: list[dict]) -> dict[str, str]:
-    for d in docs:
-        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("tandemd-flags"):
-            text = d["data"]["tandemd.flags"]
-            return dict(m.groups() for m in re.finditer(r"^--([a-z_]+)=(.*)$", text, re.M))
-    fail("no tandemd-flags ConfigMap")
-    return {}
-
-
 def cross_check(name: str, docs: list[dict], adapter_metrics: set[str]) -> int:
     """Checks no schema sees. Returns the number of checks made."""
     n = 0
@@ -234,6 +210,10 @@ def cross_check(name: str, docs: list[dict], adapter_metrics: set[str]) -> int:
                 fail(f"{name}: {obj_id(w)}: volume {v['name']} names a missing ConfigMap")
             if "secret" in v and ("Secret", v["secret"]["secretName"]) not in names:
                 fail(f"{name}: {obj_id(w)}: volume {v['name']} names a missing Secret")
+            for src in v.get("projected", {}).get("sources", []):
+                for kind, key in (("ConfigMap", "configMap"), ("Secret", "secret")):
+                    if key in src and (kind, src[key]["name"]) not in names:
+                        fail(f"{name}: {obj_id(w)}: volume {v['name']} projects a missing {kind}")
         if spec.get("securityContext", {}).get("runAsNonRoot") is not True:
             fail(f"{name}: {obj_id(w)}: pod must set runAsNonRoot")
         for c in spec.get("initContainers", []) + spec["containers"]:
@@ -307,6 +287,17 @@ def cross_check(name: str, docs: list[dict], adapter_metrics: set[str]) -> int:
                 if mname not in adapter_metrics:
                     fail(f"{name}: {obj_id(h)}: metric {mname} is served by no "
                          "prometheus-adapter rule (deploy/k8s/monitoring/prometheus-adapter)")
+                # The adapter serves a metric for the resources its rule maps labels to.
+                want = "pod" if m["type"] == "Pods" else None
+                if m["type"] == "Object":
+                    obj = m["object"]["describedObject"]
+                    if (obj["kind"], obj["name"]) not in names:
+                        fail(f"{name}: {obj_id(h)}: metric {mname} describes "
+                             f"{obj['kind']}/{obj['name']}, which is missing")
+                    want = obj["kind"].lower()
+                if want and want not in adapter_metrics[mname]:
+                    fail(f"{name}: {obj_id(h)}: the adapter rule for {mname} maps no "
+                         f"`{want}` label (resources: {sorted(adapter_metrics[mname])})")
         n += 1
     for sm in by_kind.get("ServiceMonitor", []):
         sel = sm["spec"]["selector"]["matchLabels"]
@@ -355,14 +346,16 @@ def metric_names_referenced(rendered: dict[str, list[dict]]) -> dict[str, set[st
     return refs
 
 
-def adapter_metric_names(rendered: dict[str, list[dict]]) -> set[str]:
-    out: set[str] = set()
+def adapter_metric_names(rendered: dict[str, list[dict]]) -> dict[str, set[str]]:
+    """Custom metric name -> the Kubernetes resources its rule maps labels to."""
+    out: dict[str, set[str]] = {}
     for docs in rendered.values():
         for d in docs:
             if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "adapter-config":
                 cfg = yaml.safe_load(d["data"]["config.yaml"])
                 for rule in cfg["rules"]:
-                    out.add(rule["name"]["as"])
+                    res = {o["resource"] for o in rule["resources"].get("overrides", {}).values()}
+                    out.setdefault(rule["name"]["as"], set()).update(res)
     if not out:
         fail("no prometheus-adapter rules rendered")
     return out
@@ -430,211 +423,6 @@ def lint_dockerfiles(hadolint: str) -> int:
 
 # --------------------------------------------------------------------------- 3. local pod
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(method: str, url: str, body: dict | None = None, key: str | None = None,
-         timeout: float = 30.0) -> tuple[int, bytes, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read(), dict(r.headers)
-    except urllib.error.HTTPError as e:
-        return e.code, e.read(), dict(e.headers)
-
-
-class LocalPod:
-    """One pod of a rendered Deployment, run as local processes on loopback."""
-
-    def __init__(self, docs: list[dict], deployment: dict, work: Path):
-        self.docs = docs
-        self.dep = deployment
-        self.spec = deployment["spec"]["template"]["spec"]
-        self.work = work
-        self.configmaps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
-        self.secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
-        self.volume_dirs: dict[str, Path] = {}
-        self.ports: dict[int, int] = {}      # containerPort -> loopback port
-        self.port_names: dict[str, int] = {}  # name -> containerPort
-        self.cwd = work / "cwd"
-        self.cwd.mkdir()
-        self.notes: list[str] = []
-
-    # Volumes: ConfigMap/Secret keys become files, emptyDirs empty dirs.
-    def materialize_volumes(self) -> None:
-        for v in self.spec.get("volumes", []):
-            d = self.work / "volumes" / v["name"]
-            d.mkdir(parents=True)
-            if "configMap" in v:
-                data = self.configmaps[v["configMap"]["name"]].get("data", {})
-                for k, val in data.items():
-                    (d / k).write_text(val)
-            elif "secret" in v:
-                data = self.secrets[v["secret"]["secretName"]].get("data", {})
-                for k, val in data.items():
-                    (d / k).write_bytes(base64.b64decode(val))
-            elif "emptyDir" not in v:
-                fail(f"local run: volume {v['name']}: only configMap, secret, emptyDir supported")
-            self.volume_dirs[v["name"]] = d
-
-    def path_map(self, c: dict) -> list[tuple[str, str]]:
-        m: dict[str, str] = {k: str(v) for k, v in IMAGE_PATHS.items()}
-        for mount in c.get("volumeMounts", []):
-            if mount["mountPath"] in IMAGE_PATHS:
-                continue  # the model volume is this tree's models/ (filled by make model)
-            m[mount["mountPath"]] = str(self.volume_dirs[mount["name"]])
-        return sorted(m.items(), key=lambda kv: -len(kv[0]))
-
-    def rewrite(self, s: str, pmap: list[tuple[str, str]]) -> str:
-        # One pass, longest prefix first, so a mapped path is never mapped again.
-        table = dict(pmap)
-        alt = "|".join(re.escape(src) for src, _ in pmap)
-        s = re.sub(rf"(?<![\w/.-])({alt})(?=/|$|\s|\")", lambda m: table[m.group(1)], s,
-                   flags=re.M)
-        for cport, lport in self.ports.items():
-            s = re.sub(rf"(--(?:port|grpc_port|grpc-port)[= ]){cport}\b", rf"\g<1>{lport}", s)
-        s = re.sub(r"(--host[= ])0\.0\.0\.0\b", r"\g<1>127.0.0.1", s)
-        return s
-
-    def env_for(self, c: dict) -> dict[str, str]:
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.work / "home"),
-               "LANG": "C.UTF-8"}
-        (self.work / "home").mkdir(exist_ok=True)
-        for e in c.get("env", []):
-            if "value" in e:
-                env[e["name"]] = self.expand(e["value"], env)
-            elif "secretKeyRef" in e.get("valueFrom", {}):
-                r = e["valueFrom"]["secretKeyRef"]
-                env[e["name"]] = base64.b64decode(self.secrets[r["name"]]["data"][r["key"]]).decode()
-            elif "configMapKeyRef" in e.get("valueFrom", {}):
-                r = e["valueFrom"]["configMapKeyRef"]
-                env[e["name"]] = self.configmaps[r["name"]]["data"][r["key"]]
-            elif "fieldRef" in e.get("valueFrom", {}):
-                fp = e["valueFrom"]["fieldRef"]["fieldPath"]
-                env[e["name"]] = {"metadata.name": "tandem-local-0",
-                                  "metadata.namespace": "tandem"}.get(fp, "")
-        return env
-
-    @staticmethod
-    def expand(s: str, env: dict[str, str]) -> str:
-        # Kubernetes' $(VAR) expansion: defined variables only; $$ escapes.
-        return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
-                      lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), s)
-
-    def argv(self, c: dict, env: dict[str, str], pmap: list[tuple[str, str]]) -> list[str]:
-        cmd = [self.expand(a, env) for a in c.get("command", [])]
-        args = [self.expand(a, env) for a in c.get("args", [])]
-        if not cmd:
-            fail(f"local run: container {c['name']} has no command (the image default "
-                 "cannot be run here)")
-        return [self.rewrite(a, pmap) for a in cmd + args]
-
-    def prepare_container(self, c: dict) -> tuple[list[str], dict[str, str]]:
-        pmap = self.path_map(c)
-        # Files inside mounted ConfigMaps name in-container paths and ports too (the flags file).
-        for mount in c.get("volumeMounts", []):
-            d = self.volume_dirs.get(mount["name"])
-            vol = next(v for v in self.spec["volumes"] if v["name"] == mount["name"])
-            if d is not None and "configMap" in vol:
-                for f in d.iterdir():
-                    f.write_text(self.rewrite(f.read_text(), pmap))
-        env = self.env_for(c)
-        env = {k: self.rewrite(v, pmap) if k in ("HOME", "TMPDIR") else v for k, v in env.items()}
-        return self.argv(c, env, pmap), env
-
-
-class Prober:
-    """The kubelet's probe loop for one container."""
-
-    def __init__(self, c: dict, pod: LocalPod, proc: subprocess.Popen):
-        self.c, self.pod, self.proc = c, pod, proc
-        self.stop = threading.Event()
-        self.liveness_failures_max = 0
-        self.readiness_log: list[tuple[float, bool]] = []
-        self.thread: threading.Thread | None = None
-
-    def once(self, probe: dict) -> bool:
-        if "httpGet" in probe:
-            g = probe["httpGet"]
-            cport = g["port"] if isinstance(g["port"], int) else self.pod.port_names[g["port"]]
-            url = f"http://127.0.0.1:{self.pod.ports[cport]}{g.get('path', '/')}"
-            try:
-                code, _, _ = http("GET", url, timeout=probe.get("timeoutSeconds", 1))
-                return 200 <= code < 400
-            except (OSError, urllib.error.URLError):
-                return False
-        if "tcpSocket" in probe:
-            p = probe["tcpSocket"]["port"]
-            cport = p if isinstance(p, int) else self.pod.port_names[p]
-            try:
-                socket.create_connection(("127.0.0.1", self.pod.ports[cport]),
-                                         timeout=probe.get("timeoutSeconds", 1)).close()
-                return True
-            except OSError:
-                return False
-        fail(f"local run: unsupported probe {list(probe)}")
-        return False
-
-    def wait_startup(self) -> float:
-        p = self.c["startupProbe"]
-        t0 = time.monotonic()
-        time.sleep(p.get("initialDelaySeconds", 0))
-        failures = 0
-        while True:
-            if self.proc.poll() is not None:
-                fail(f"tandemd exited with {self.proc.returncode} before its startup probe passed")
-            if self.once(p):
-                return time.monotonic() - t0
-            failures += 1
-            if failures >= p.get("failureThreshold", 3):
-                fail(f"startupProbe failed {failures} times: the kubelet would restart the "
-                     f"container ({time.monotonic() - t0:.0f} s)")
-            time.sleep(p.get("periodSeconds", 10))
-
-    def wait_ready(self, limit: float = 120) -> float:
-        p = self.c["readinessProbe"]
-        t0 = time.monotonic()
-        while not self.once(p):
-            if time.monotonic() - t0 > limit or self.proc.poll() is not None:
-                fail("readinessProbe never passed")
-            time.sleep(p.get("periodSeconds", 10))
-        return time.monotonic() - t0
-
-    def run_background(self) -> None:
-        lp, rp = self.c["livenessProbe"], self.c["readinessProbe"]
-
-        def loop() -> None:
-            next_l = next_r = time.monotonic()
-            consecutive = 0
-            while not self.stop.is_set():
-                now = time.monotonic()
-                if now >= next_l:
-                    ok = self.once(lp)
-                    consecutive = 0 if ok else consecutive + 1
-                    self.liveness_failures_max = max(self.liveness_failures_max, consecutive)
-                    next_l = now + lp.get("periodSeconds", 10)
-                if now >= next_r:
-                    self.readiness_log.append((now, self.once(rp)))
-                    next_r = now + rp.get("periodSeconds", 10)
-                self.stop.wait(0.05)
-
-        self.thread = threading.Thread(target=loop, daemon=True)
-        self.thread.start()
-
-    def halt(self) -> None:
-        self.stop.set()
-        if self.thread:
-            self.thread.join()
-
-
 def stream_completion(base: str, key: str, model: str, out: dict, first: threading.Event) -> None:
     """A streamed completion long enough to be in flight when SIGTERM comes."""
     body = {"model": model, "stream": True, "max_tokens": 128, "temperature": 0,
@@ -642,27 +430,10 @@ def stream_completion(base: str, key: str, model: str, out: dict, first: threadi
     req = urllib.request.Request(f"{base}/v1/completions", data=json.dumps(body).encode(),
                                  method="POST", headers={"Authorization": f"Bearer {key}",
                                                          "Content-Type": "application/json"})
-    out.update(chunks=0, done=False, finish=None, error=None)
+    out.update(chunks=0, done=False, finish=None, error=None, usage=None)
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
-            out["status"] = r.status
-            for raw in r:
-                line = raw.decode().strip()
-                if not line.startswith("data: "):
-                    continue
-                payload = line[6:]
-                if payload == "[DONE]":
-                    out["done"] = True
-                    break
-                ev = json.loads(payload)
-                if "error" in ev:
-                    out["error"] = ev["error"]
-                    continue
-                out["chunks"] += 1
-                for ch in ev.get("choices", []):
-                    if ch.get("finish_reason"):
-                        out["finish"] = ch["finish_reason"]
-                first.set()
+            read_completion_stream(r, out, first)
     except Exception as e:  # noqa: BLE001 - reported by the caller
         out["error"] = repr(e)
     finally:
@@ -845,7 +616,14 @@ def main() -> int:
     ap.add_argument("--hadolint", required=True)
     ap.add_argument("--build-dir", default="build",
                     help="the CMake build whose bin/tandemd runs (default: build)")
-    ap.add_argument("--no-run", action="store_true", help="skip running the pod locally")
+    ap.add_argument("--no-run", action="store_true", help="skip running the pods locally")
+    ap.add_argument("--no-netns", action="store_true",
+                    help="run the cluster's pods on loopback addresses, not network namespaces")
+    ap.add_argument("--router-rollout", action="store_true",
+                    help="also roll the router (Recreate, new pod IP) and wait for the workers "
+                         "to register again (off by default: that takes 6-90+ s today)")
+    ap.add_argument("--only-cluster", action="store_true",
+                    help="of the local runs, run only the disaggregated cluster")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = ap.parse_args()
 
@@ -864,6 +642,13 @@ def main() -> int:
         adapter = adapter_metric_names(rendered)
         n_cross = sum(cross_check(name, docs, adapter) for name, docs in rendered.items())
         n_cross += check_epp_config(rendered)
+        n_policy = sum(check_cluster_policies(name, docs) for name, docs in rendered.items()
+                       if any(t["metadata"]["labels"].get("app.kubernetes.io/component") == "router"
+                              for _, t in pod_templates(docs)))
+        log(f"NetworkPolicy: {n_policy} allowed/blocked flows of the disaggregated overlays as "
+            "intended (clients -> router only; router <-> workers on cluster; prefill -> decode "
+            "on kv)")
+        n_cross += n_policy
         log(f"schemas: {validated} objects valid against Kubernetes {k8s_version} (strict); "
             f"{n_cross} cross-reference checks passed")
         n_docker = lint_dockerfiles(args.hadolint)
@@ -877,11 +662,19 @@ def main() -> int:
                 fail(f"{args.build_dir}/bin/tandemd missing: run `make build` first")
             if not (ROOT / "models/SmolLM2-135M-Instruct.Q4_1.gguf").exists():
                 fail("models/SmolLM2-135M-Instruct.Q4_1.gguf missing: run `make model` first")
-            work = scratch / "pod"
+            if not args.only_cluster:
+                work = scratch / "pod"
+                work.mkdir()
+                summary = run_local_pod(rendered[f"overlays-{RUN_OVERLAY}"], work,
+                                        out_dir / "logs", metric_names_referenced(rendered))
+                parts.append(f"ran {RUN_OVERLAY}'s pod locally: " + "; ".join(summary))
+            work = scratch / "cluster"
             work.mkdir()
-            summary = run_local_pod(rendered[f"overlays-{RUN_OVERLAY}"], work, out_dir / "logs",
-                                    metric_names_referenced(rendered))
-            parts.append(f"ran {RUN_OVERLAY}'s pod locally: " + "; ".join(summary))
+            summary = run_local_cluster(rendered[f"overlays-{CLUSTER_OVERLAY}"], work,
+                                        out_dir / "logs", metric_names_referenced(rendered),
+                                        use_netns=not args.no_netns,
+                                        router_rollout=args.router_rollout)
+            parts.append(f"ran {CLUSTER_OVERLAY} locally: " + "; ".join(summary))
         print(f"deploy-check: OK in {time.monotonic() - t0:.0f} s: " + "; ".join(parts), flush=True)
         return 0
     except CheckFailed as e:
