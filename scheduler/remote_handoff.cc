@@ -32,6 +32,15 @@ int RemoteHandoff::queued() const {
   return n;
 }
 
+int RemoteHandoff::waiting_for_room() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  int n = 0;
+  for (const auto& [address, p] : pushers_) {
+    if (p->waiting_for_room()) n += 1 + p->queued();
+  }
+  return n;
+}
+
 kvcache::KvPusherStats RemoteHandoff::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   kvcache::KvPusherStats s;
@@ -166,7 +175,10 @@ void RemoteHandoff::Commit(std::unique_ptr<Sequence> seq) {
 }
 
 absl::Status RemoteHandoff::CanAccept() const {
-  const int q = queued();
+  // Pushes in flight or queued for a moment are normal (a layer-wise push is queued for the
+  // whole prefill step); only KV that cannot leave for lack of room on a decode worker says
+  // that decode capacity, not prefill, is what is short.
+  const int q = waiting_for_room();
   if (q == 0) return absl::OkStatus();
   absl::Status full = WithRetryAfter(
       absl::ResourceExhaustedError(

@@ -58,6 +58,9 @@ class RemoteHandoff : public PrefillHandoff {
   void Forget(uint64_t id);
   // Transfers queued and not yet sent, over every decode worker.
   int queued() const;
+  // Transfers that wait for room on a decode worker: those of a pusher whose Reserve was
+  // refused for lack of room (the one in flight and the ones queued behind it).
+  int waiting_for_room() const;
   // Fails queued transfers and ends the connections. Idempotent.
   void Stop();
   kvcache::KvPusherStats stats() const;

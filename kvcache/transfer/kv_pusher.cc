@@ -112,6 +112,7 @@ void KvPusher::Loop() {
     }
     const absl::Time t0 = absl::Now();
     absl::Status s = Send(p);
+    waiting_for_room_.store(false);
     if (s.ok()) {
       seconds_.store(seconds_.load() + absl::ToDoubleSeconds(absl::Now() - t0));
       committed_.fetch_add(1);
@@ -204,6 +205,8 @@ absl::Status KvPusher::Send(const KvPush& p) {
   while (true) {
     if (absl::Status s = write(reserve); !s.ok()) return s;
     absl::StatusOr<Frame> answer = Await(p.transfer_id, absl::Now() + kAnswerTimeout);
+    // Cleared by any answer but "no room" (set again below then).
+    waiting_for_room_.store(false);
     if (!answer.ok()) {
       if (answer.status().code() == absl::StatusCode::kDeadlineExceeded) {
         // It may still reserve: tell it not to.
@@ -226,6 +229,7 @@ absl::Status KvPusher::Send(const KvPush& p) {
                  " tokens before the deadline: ", refused.message()));
     }
     retries_.fetch_add(1);
+    waiting_for_room_.store(true);
     {
       std::unique_lock<std::mutex> lock(mu_);
       if (cv_.wait_for(lock, absl::ToChronoNanoseconds(backoff), [&] { return stopping_; })) {

@@ -125,6 +125,9 @@ class KvPusher {
   void Push(KvPush push);
   // Pushes queued and not started.
   int queued() const { return queued_.load(); }
+  // Whether the push in flight waits for room on the peer (its Reserve was refused and is
+  // being retried): then every queued push waits behind it.
+  bool waiting_for_room() const { return waiting_for_room_.load(); }
   KvPusherStats stats() const;
   // Ends the connection (the transfer in flight fails, and the peer frees its lease), fails
   // every queued push with Unavailable and joins the thread. Idempotent.
@@ -153,6 +156,7 @@ class KvPusher {
   std::string out_;
 
   std::atomic<int> queued_{0};
+  std::atomic<bool> waiting_for_room_{false};
   std::atomic<uint64_t> committed_{0}, failed_{0}, cancelled_{0}, bytes_{0}, retries_{0},
       connects_{0};
   std::atomic<double> seconds_{0};  // one writer: the pusher thread

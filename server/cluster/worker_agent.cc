@@ -11,9 +11,25 @@ namespace tandem::server::cluster {
 
 namespace v1 = tandem::v1;
 
+namespace {
+
+// A channel that finds a router that came back quickly, on a new address too (a new pod
+// behind the same Service name): short reconnect backoff, DNS re-resolved at most every
+// second. (gRPC's defaults back off to 2 minutes and re-resolve every 30 s.)
+std::unique_ptr<v1::Router::Stub> RouterStub(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  args.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, 1000);
+  return v1::Router::NewStub(
+      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+}
+
+}  // namespace
+
 WorkerAgent::WorkerAgent(WorkerAgentConfig config) : config_(std::move(config)) {
-  stub_ = v1::Router::NewStub(
-      grpc::CreateChannel(config_.router_address, grpc::InsecureChannelCredentials()));
+  stub_ = RouterStub(config_.router_address);
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -37,6 +53,7 @@ void WorkerAgent::Loop() {
   uint64_t id = 0;
   absl::Duration interval = absl::Seconds(1);
   bool warned = false;
+  int failures = 0;  // heartbeats in a row that did not reach the router
   while (true) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
@@ -74,12 +91,28 @@ void WorkerAgent::Loop() {
         id = 0;
         continue;
       }
-      if (!s.ok() && !warned) {
-        spdlog::warn("heartbeat to the router at {} failed: {}", config_.router_address,
-                     s.error_message());
-        warned = true;
-      } else if (s.ok()) {
+      if (s.ok()) {
         warned = false;
+        failures = 0;
+      } else {
+        if (!warned) {
+          spdlog::warn("heartbeat to the router at {} failed: {}", config_.router_address,
+                       s.error_message());
+          warned = true;
+        }
+        // The router cannot have heard from us for a while: it has dropped us, or is gone.
+        // Stop saying we are registered, start over on a new channel (fresh name
+        // resolution), and register again once a router answers.
+        if (++failures >= 3) {
+          spdlog::warn(
+              "no heartbeat reached the router at {} {} times in a row; registering "
+              "again",
+              config_.router_address, failures);
+          registered_.store(false);
+          stub_ = RouterStub(config_.router_address);
+          id = 0;
+          failures = 0;
+        }
       }
     }
     if (!Sleep(interval)) return;

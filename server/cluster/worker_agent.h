@@ -2,7 +2,9 @@
 // router (retrying until the router answers, so workers may start first), then sends a
 // heartbeat with the worker's load every interval the router asked for. When the router has
 // dropped the worker (a heartbeat answered NOT_FOUND: it missed its heartbeats, say while
-// SIGSTOPped, or the router restarted) it registers again.
+// SIGSTOPped, or the router restarted) it registers again; after three heartbeats in a row
+// that reach no router (it is gone, or moved to another address behind its name) it stops
+// counting as registered and registers again on a fresh channel.
 //
 // Thread safety: registered() and Stop from any thread; one thread of its own.
 #ifndef TANDEM_SERVER_CLUSTER_WORKER_AGENT_H_

@@ -385,6 +385,21 @@ def test_sigstop_past_the_heartbeat_drops_the_worker_and_sigcont_brings_it_back(
         c.stop()
 
 
+def test_a_restarted_router_gets_its_workers_back():
+    c = Cluster()
+    try:
+        assert complete(c.url, "Hello", max_tokens=4)["usage"]["completion_tokens"] == 4
+        assert c.router.terminate() == 0
+        c.router = Daemon("--role", "router", "--cluster-port", str(c.cluster_port), *HEARTBEAT,
+                          *c.extra, wait_path="/health")
+        c.wait_ready(timeout=30)  # both workers registered again
+        assert complete(c.url, "Hello", max_tokens=4)["usage"]["completion_tokens"] == 4
+        for w in c.workers():
+            assert w.logs().count("registered with the router") >= 2, w.logs()
+    finally:
+        c.stop()
+
+
 def test_the_cluster_secret_is_required_when_set():
     with tempfile.NamedTemporaryFile("w", suffix=".secret", delete=False) as f:
         f.write("correct horse battery staple\n")

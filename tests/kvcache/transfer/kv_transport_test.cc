@@ -278,8 +278,21 @@ TEST_P(KvTransportTest, NoRoomUntilTheDeadlineFailsThePushAndLeavesNoLease) {
   auto receiver = StartReceiver(target);
   KvPusher pusher(To(*receiver));
   KvPush p = PushOf(1, src, KvDType::kF16);
-  p.deadline = absl::Now() + absl::Milliseconds(100);
-  const absl::Status s = PushAndWait(pusher, std::move(p));
+  p.deadline = absl::Now() + absl::Milliseconds(300);
+  auto result = std::make_shared<std::promise<absl::Status>>();
+  std::future<absl::Status> done = result->get_future();
+  p.done = [result](const absl::Status& st) { result->set_value(st); };
+  pusher.Push(std::move(p));
+  // While it retries, the pusher says it waits for room (what a prefill worker's admission
+  // asks); once it gave up, it no longer does.
+  bool seen_waiting = false;
+  for (int i = 0; i < 2000 && !seen_waiting; ++i) {
+    seen_waiting = pusher.waiting_for_room();
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  EXPECT_TRUE(seen_waiting);
+  const absl::Status s = done.get();
+  EXPECT_FALSE(pusher.waiting_for_room());
   EXPECT_TRUE(absl::IsResourceExhausted(s)) << s;
   EXPECT_GT(target.reserves(), 1);
   EXPECT_EQ(target.num_leases(), 0);
