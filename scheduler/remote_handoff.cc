@@ -108,13 +108,14 @@ void RemoteHandoff::OnLayer(int layer, std::span<Sequence* const> completing,
         pusher->Push(std::move(p));
       }
     }
-    if (it == streams_.end()) continue;
+    if (it == streams_.end() || stream_errors_.count(seq->id) > 0) continue;
     // Positions [0, num_tokens) of this layer are in the cache now: the earlier chunks' and
     // this step's.
     if (absl::Status s = kvcache::EncodeLayerPayload(kv, seq->table.blocks(), layer,
                                                      seq->num_tokens(), dtype, &payload_);
         !s.ok()) {
-      it->second->Cancel(std::string(s.message()));
+      // The hand-off fails with it (SendKv), and Drop then calls the transfer off.
+      stream_errors_[seq->id] = s;
       continue;
     }
     it->second->AddLayer(layer, std::move(payload_));
@@ -123,6 +124,7 @@ void RemoteHandoff::OnLayer(int layer, std::span<Sequence* const> completing,
 }
 
 void RemoteHandoff::Drop(const Sequence& seq) {
+  stream_errors_.erase(seq.id);
   auto it = streams_.find(seq.id);
   if (it == streams_.end()) return;
   it->second->Cancel("the sequence ended on the prefill worker");
@@ -130,7 +132,8 @@ void RemoteHandoff::Drop(const Sequence& seq) {
 }
 
 absl::Status RemoteHandoff::SendKv(const Sequence& seq, const kvcache::KvManager& kv) {
-  // Streamed layer by layer already: nothing left to copy.
+  // Streamed layer by layer already: nothing left to copy, unless a layer failed.
+  if (auto e = stream_errors_.find(seq.id); e != stream_errors_.end()) return e->second;
   if (streams_.count(seq.id) > 0) return absl::OkStatus();
   TANDEM_ASSIGN_OR_RETURN(pending_, kvcache::KvSnapshot::Take(kv, seq.table, seq.num_computed));
   return absl::OkStatus();

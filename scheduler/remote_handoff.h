@@ -45,7 +45,9 @@ struct RemoteHandoffConfig {
 class RemoteHandoff : public PrefillHandoff {
  public:
   // Called once per routed sequence that reached its first token and was handed off: OK once
-  // its KV is committed on the decode worker, else why not. On a pusher's thread.
+  // its KV is committed on the decode worker, else why not; Cancelled when a layer-wise push
+  // was called off because the sequence ended on the prefill side (its sink reports that
+  // end). On a pusher's thread.
   using Done = std::function<void(const absl::Status&)>;
 
   explicit RemoteHandoff(RemoteHandoffConfig config);
@@ -88,6 +90,8 @@ class RemoteHandoff : public PrefillHandoff {
   std::unique_ptr<kvcache::KvSnapshot> pending_;  // SendKv -> Commit (push-after-prefill)
   // Layer-wise transfers under way, by sequence id: OnLayer -> Commit or Drop.
   std::map<uint64_t, std::shared_ptr<kvcache::KvLayerStream>> streams_;
+  // Layer-wise transfers that could not encode a layer: the hand-off fails with it.
+  std::map<uint64_t, absl::Status> stream_errors_;
   std::string payload_;  // OnLayer's scratch
 
   mutable std::mutex mu_;

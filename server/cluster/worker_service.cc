@@ -211,6 +211,9 @@ grpc::ServerWriteReactor<v1::PhaseEvent>* WorkerService::Prefill(grpc::CallbackS
   scheduler::RemoteHandoff* handoff = handoff_;
   auto sink = std::make_shared<PhaseSink>(state, [handoff, id] { handoff->Forget(id); });
   handoff_->Route(id, request->decode_kv_address(), [state](const absl::Status& s) {
+    // Cancelled: a layer-wise push the engine called off because the sequence ended here (at
+    // its first token, or it was cancelled or failed); its sink reports that end itself.
+    if (absl::IsCancelled(s)) return;
     if (s.ok()) {
       v1::PhaseEvent ev;
       ev.set_end(v1::PhaseEvent::END_HANDED_OFF);

@@ -6,11 +6,13 @@
 // instance's output, greedy and seeded, and both caches end whole.
 #include <unistd.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -223,6 +225,84 @@ TEST_F(RemoteRolesTest, PrefillAndDecodeRolesOverTcpEqualColocated) {
     EXPECT_EQ(d.prefill_tokens, 0u);
     (*decode)->Stop();
   }
+}
+
+// A prompt that ends at its first token on the prefill side (EOS there) after its layer-wise
+// push began: the push is called off (its `done` hears Cancelled, which a worker ignores: the
+// sink reports the end), the decode side frees the lease, and nothing is left anywhere.
+TEST_F(RemoteRolesTest, ALayerWisePushIsCalledOffWhenTheSequenceEndsAtItsFirstToken) {
+  auto file = model::GgufFile::Open(*path_);
+  ASSERT_TRUE(file.ok());
+  const std::vector<int32_t> prompt = PromptSet()[3];
+  // Its greedy first token, made the prefill side's EOS.
+  auto colocated = EngineInstance::Create(Instance(InstanceRole::kColocated, 4), **file);
+  ASSERT_TRUE(colocated.ok());
+  auto probe = std::make_shared<PhaseSink>();
+  SequenceRequest pr;
+  pr.prompt = prompt;
+  pr.max_tokens = 1;
+  pr.sampling.temperature = 0;
+  pr.sink = probe;
+  ASSERT_TRUE((*colocated)->Submit(std::move(pr)).ok());
+  probe->Wait();
+  ASSERT_EQ(probe->tokens().size(), 1u);
+  const int32_t first = probe->tokens()[0];
+
+  auto decode = EngineInstance::Create(Instance(InstanceRole::kDecode, 4), **file);
+  ASSERT_TRUE(decode.ok());
+  KvArrivals arrivals(**decode);
+  auto listener = kvcache::ListenTcp("127.0.0.1", 0);
+  ASSERT_TRUE(listener.ok());
+  auto receiver = kvcache::KvReceiver::Start(std::move(*listener), arrivals);
+  RemoteHandoffConfig hc;
+  hc.connect = [](const std::string& address) {
+    return kvcache::ConnectTcp(address, absl::Seconds(5));
+  };
+  RemoteHandoff handoff(hc);
+  EngineInstanceConfig pc = Instance(InstanceRole::kPrefill, 4);
+  pc.handoff = &handoff;
+  pc.eos_token_id = first;
+  auto prefill = EngineInstance::Create(pc, (*decode)->weights());
+  ASSERT_TRUE(prefill.ok());
+
+  auto sink = std::make_shared<PhaseSink>();
+  std::mutex mu;
+  std::vector<absl::Status> dones;
+  handoff.Route(7, receiver->address(), [&](const absl::Status& s) {
+    std::lock_guard<std::mutex> lock(mu);
+    dones.push_back(s);
+  });
+  SequenceRequest r;
+  r.id = 7;
+  r.prompt = prompt;
+  r.max_tokens = 10;
+  r.sampling.temperature = 0;
+  r.sink = sink;
+  ASSERT_TRUE((*prefill)->Submit(std::move(r)).ok());
+  sink->Wait();
+  EXPECT_EQ(sink->end(), SequenceEnd::kStopToken) << sink->status();
+  for (int i = 0; i < 2000 && handoff.stats().cancelled == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(handoff.stats().cancelled, 1u);
+  EXPECT_EQ(handoff.stats().committed, 0u);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    ASSERT_EQ(dones.size(), 1u);
+    EXPECT_TRUE(absl::IsCancelled(dones[0])) << dones[0];
+  }
+  // The decode side heard the abort: no lease, no open transfer.
+  for (int i = 0; i < 2000 && receiver->open_transfers() > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(receiver->open_transfers(), 0);
+  (*prefill)->Stop();
+  handoff.Stop();
+  receiver->Stop();
+  arrivals.Close();
+  const InstanceStats d = (*decode)->stats();
+  EXPECT_EQ(d.kv_blocks_free, d.kv_blocks_total);
+  (*decode)->Stop();
 }
 
 }  // namespace
