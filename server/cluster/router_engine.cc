@@ -266,6 +266,10 @@ RouterEngine::RouterEngine(RouterConfig config) : config_(std::move(config)) {
   std::random_device rd;
   next_transfer_id_ = (static_cast<uint64_t>(rd()) << 32) ^ rd();
   next_transfer_id_ &= ~uint64_t{0} >> 1;  // room to count up
+  // Worker ids start anywhere too: a restarted router does not hand out the ids its
+  // predecessor gave, which workers still send until they register again.
+  next_worker_id_ = ((static_cast<uint64_t>(rd()) << 32) ^ rd()) & (~uint64_t{0} >> 1);
+  if (next_worker_id_ == 0) next_worker_id_ = 1;
   sweeper_ = std::thread([this] { SweepLoop(); });
 }
 
@@ -543,7 +547,8 @@ grpc::ServerUnaryReactor* RouterEngine::Heartbeat(grpc::CallbackServerContext* c
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = workers_.find(request->worker_id());
-    if (it == workers_.end()) {
+    // An id of another incarnation of this router may name another worker now.
+    if (it == workers_.end() || it->second.info.control_address != request->control_address()) {
       reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown worker: register again"));
       return reactor;
     }

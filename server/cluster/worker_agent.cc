@@ -82,6 +82,7 @@ void WorkerAgent::Loop() {
     } else {
       v1::HeartbeatRequest req;
       req.set_worker_id(id);
+      req.set_control_address(config_.registration.control_address());
       *req.mutable_load() = config_.load();
       v1::HeartbeatResponse resp;
       const grpc::Status s = stub_->Heartbeat(&ctx, req, &resp);
