@@ -23,8 +23,8 @@
    stream in flight, exit within terminationGracePeriodSeconds (localpod.py runs a pod).
 4. Runs the disaggregated-cpu overlay as local processes (local_cluster.py): router, one
    prefill and two decode pods in their own network namespaces, requests through the
-   router's Service, a decode scale-up, a decode drain under load (a router rollout with
-   --router-rollout).
+   router's Service, a decode scale-up, a decode drain under load, a router rollout (skip it
+   with --no-router-rollout).
 The last line printed summarises what was checked.
 """
 
@@ -619,9 +619,9 @@ def main() -> int:
     ap.add_argument("--no-run", action="store_true", help="skip running the pods locally")
     ap.add_argument("--no-netns", action="store_true",
                     help="run the cluster's pods on loopback addresses, not network namespaces")
-    ap.add_argument("--router-rollout", action="store_true",
-                    help="also roll the router (Recreate, new pod IP) and wait for the workers "
-                         "to register again (off by default: that takes 6-90+ s today)")
+    ap.add_argument("--no-router-rollout", action="store_true",
+                    help="skip rolling the router (Recreate, new pod IP) and waiting for the "
+                         "workers to register again")
     ap.add_argument("--only-cluster", action="store_true",
                     help="of the local runs, run only the disaggregated cluster")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
@@ -673,7 +673,7 @@ def main() -> int:
             summary = run_local_cluster(rendered[f"overlays-{CLUSTER_OVERLAY}"], work,
                                         out_dir / "logs", metric_names_referenced(rendered),
                                         use_netns=not args.no_netns,
-                                        router_rollout=args.router_rollout)
+                                        router_rollout=not args.no_router_rollout)
             parts.append(f"ran {CLUSTER_OVERLAY} locally: " + "; ".join(summary))
         print(f"deploy-check: OK in {time.monotonic() - t0:.0f} s: " + "; ".join(parts), flush=True)
         return 0

@@ -1,7 +1,7 @@
 """The disaggregated overlay run as local processes (make deploy-check, step 4): the router,
 one prefill and two decode pods, each in its own network namespace (veth pairs into a bridge),
 with cluster DNS as per-namespace hosts files; requests through the router's Service; a decode
-scale-up; a decode pod drained under load; with --router-rollout, a router rollout. Every
+scale-up; a decode pod drained under load; a router rollout. Every
 namespace, veth and bridge is removed on the way out, also on failure or SIGTERM."""
 
 from __future__ import annotations
@@ -653,9 +653,8 @@ def run_local_cluster(docs: list[dict], work: Path, logs: Path,
             return msg
 
         # A router rollout (strategy Recreate): the old router drains and exits, a new router
-        # pod (a new IP) starts; the workers find it again through the Service name. Opt-in
-        # (--router-rollout): today a worker's gRPC channel to the router keeps its backoff
-        # after the old address dies, so re-registering took from 6 s to over 90 s here.
+        # pod (a new IP) starts; the workers find it again through the Service name (their
+        # channel re-resolves it every second, and starts over after three lost heartbeats).
         if router_rollout:
             summary.append(rollout_router())
 
