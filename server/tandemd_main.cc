@@ -1,10 +1,14 @@
-// tandemd: the tandem serving daemon. One colocated engine instance (prefill and decode
-// together, continuous batching with chunked prefill) behind an OpenAI-compatible HTTP API and
-// the tandem.v1 gRPC API. Flags are read here only and turned into each module's config.
+// tandemd: the tandem serving daemon. An engine behind an OpenAI-compatible HTTP API and the
+// tandem.v1 gRPC API: one colocated instance (prefill and decode together, continuous batching
+// with chunked prefill), a prefill and a decode instance in one process (--disaggregation on),
+// or one role of a cluster (--role=router|prefill|decode: the router serves the API and
+// dispatches to workers, which register with it and move KV to each other;
+// docs/disaggregation.md). Flags are read here only and turned into each module's config.
 //
 // Lifecycle: load (with progress on stderr), serve, and on SIGTERM / SIGINT drain: readiness
-// goes false, new requests get 503 / UNAVAILABLE, requests in flight finish (up to
-// --shutdown-timeout), then exit 0. A second signal stops at once.
+// goes false, new requests get 503 / UNAVAILABLE (a worker reports draining and refuses new
+// phases), requests in flight finish (up to --shutdown-timeout), then exit 0. A second signal
+// stops at once.
 #include <signal.h>
 #include <unistd.h>
 
