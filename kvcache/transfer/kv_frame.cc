@@ -52,18 +52,6 @@ std::optional<KvDType> DTypeFromCode(uint8_t c) {
   return std::nullopt;
 }
 
-size_t ElemBytes(KvDType d) {
-  switch (d) {
-    case KvDType::kF32:
-      return 4;
-    case KvDType::kF16:
-      return 2;
-    case KvDType::kInt8:
-      return 1;
-  }
-  return 0;
-}
-
 struct Crc32cTable {
   uint32_t t[256];
   constexpr Crc32cTable() : t() {
@@ -315,7 +303,7 @@ size_t LayerPayloadBytes(KvDType dtype, int32_t n_kv_heads, int32_t n_tokens, in
   if (__builtin_mul_overflow(static_cast<size_t>(n_kv_heads), static_cast<size_t>(n_tokens),
                              &rows) ||
       __builtin_mul_overflow(rows, static_cast<size_t>(head_dim), &elems) ||
-      __builtin_mul_overflow(elems, 2 * ElemBytes(dtype), &kv)) {
+      __builtin_mul_overflow(elems, 2 * kernels::KvElemBytes(dtype), &kv)) {
     return kMax;
   }
   if (dtype != KvDType::kInt8) return kv;

@@ -21,6 +21,14 @@ void Line(std::string* out, std::string_view name, std::string_view labels, T va
       StrCat(name, labels.empty() ? "" : "{", labels, labels.empty() ? "" : "}", " ", value, "\n");
 }
 
+// A metric of one unlabelled series.
+template <typename T>
+void Single(std::string* out, std::string_view name, std::string_view type, std::string_view help,
+            T value) {
+  Head(out, name, type, help);
+  Line(out, name, "", value);
+}
+
 // A label value with \, " and newlines escaped.
 std::string Quote(std::string_view v) {
   std::string q = "\"";
@@ -87,14 +95,13 @@ std::string RenderRouterMetrics(const RouterEngine& router) {
            f.get(w));
     }
   }
-  Head(&out, "tandem:cluster_workers_dropped_total", "counter",
-       "Workers dropped for missing their heartbeats.");
-  Line(&out, "tandem:cluster_workers_dropped_total", "", router.workers_dropped());
-  Head(&out, "tandem:cluster_requests_retried_total", "counter",
-       "Sequences tried again on other workers after losing one before their first token.");
-  Line(&out, "tandem:cluster_requests_retried_total", "", router.retries());
-  Head(&out, "tandem:cluster_requests_in_flight", "gauge", "Sequences relayed by the router now.");
-  Line(&out, "tandem:cluster_requests_in_flight", "", router.in_flight());
+  Single(&out, "tandem:cluster_workers_dropped_total", "counter",
+         "Workers dropped for missing their heartbeats.", router.workers_dropped());
+  Single(&out, "tandem:cluster_requests_retried_total", "counter",
+         "Sequences tried again on other workers after losing one before their first token.",
+         router.retries());
+  Single(&out, "tandem:cluster_requests_in_flight", "gauge", "Sequences relayed by the router now.",
+         router.in_flight());
   return out;
 }
 
@@ -106,14 +113,12 @@ std::string RenderPrefillMetrics(const kvcache::KvPusherStats& p) {
   Line(&out, "tandem:kv_pushes_total", "outcome=\"committed\"", p.committed);
   Line(&out, "tandem:kv_pushes_total", "outcome=\"failed\"", p.failed);
   Line(&out, "tandem:kv_pushes_total", "outcome=\"cancelled\"", p.cancelled);
-  Head(&out, "tandem:kv_push_bytes_total", "counter", "KV frame bytes written to decode workers.");
-  Line(&out, "tandem:kv_push_bytes_total", "", p.bytes);
-  Head(&out, "tandem:kv_push_seconds_total", "counter",
-       "Time from each committed push's start (Reserve) to its commit written.");
-  Line(&out, "tandem:kv_push_seconds_total", "", p.seconds);
-  Head(&out, "tandem:kv_push_reserve_retries_total", "counter",
-       "Reserves refused by a decode worker with no room, tried again.");
-  Line(&out, "tandem:kv_push_reserve_retries_total", "", p.reserve_retries);
+  Single(&out, "tandem:kv_push_bytes_total", "counter", "KV frame bytes written to decode workers.",
+         p.bytes);
+  Single(&out, "tandem:kv_push_seconds_total", "counter",
+         "Time from each committed push's start (Reserve) to its commit written.", p.seconds);
+  Single(&out, "tandem:kv_push_reserve_retries_total", "counter",
+         "Reserves refused by a decode worker with no room, tried again.", p.reserve_retries);
   return out;
 }
 
@@ -126,16 +131,15 @@ std::string RenderDecodeMetrics(const kvcache::KvReceiverStats& t, int open_tran
   Line(&out, "tandem:kv_transfers_total", "outcome=\"committed\"", t.committed);
   Line(&out, "tandem:kv_transfers_total", "outcome=\"aborted\"", t.aborted);
   Line(&out, "tandem:kv_transfers_total", "outcome=\"refused\"", t.refused);
-  Head(&out, "tandem:kv_transfer_bytes_total", "counter", "KV frame bytes received.");
-  Line(&out, "tandem:kv_transfer_bytes_total", "", t.bytes);
-  Head(&out, "tandem:kv_transfer_refused_peers_total", "counter",
-       "KV connections ended for lack of the cluster secret (or from off-host without one).");
-  Line(&out, "tandem:kv_transfer_refused_peers_total", "", t.refused_peers);
-  Head(&out, "tandem:kv_transfers_open", "gauge", "KV transfers reserved and not yet committed.");
-  Line(&out, "tandem:kv_transfers_open", "", open_transfers);
-  Head(&out, "tandem:kv_arrivals_unpaired", "gauge",
-       "Requests waiting for their KV, and committed KV waiting for its request.");
-  Line(&out, "tandem:kv_arrivals_unpaired", "", arrivals.num_waiting());
+  Single(&out, "tandem:kv_transfer_bytes_total", "counter", "KV frame bytes received.", t.bytes);
+  Single(&out, "tandem:kv_transfer_refused_peers_total", "counter",
+         "KV connections ended for lack of the cluster secret (or from off-host without one).",
+         t.refused_peers);
+  Single(&out, "tandem:kv_transfers_open", "gauge", "KV transfers reserved and not yet committed.",
+         open_transfers);
+  Single(&out, "tandem:kv_arrivals_unpaired", "gauge",
+         "Requests waiting for their KV, and committed KV waiting for its request.",
+         arrivals.num_waiting());
   return out;
 }
 

@@ -7,6 +7,7 @@
 
 #include "common/str_cat.h"
 #include "server/cluster/cluster_convert.h"
+#include "spdlog/spdlog.h"
 
 namespace tandem::server::cluster {
 
@@ -185,21 +186,26 @@ std::unique_ptr<WorkerService> WorkerService::ForDecode(scheduler::EngineInstanc
       new WorkerService(instance, nullptr, &arrivals, std::move(secret)));
 }
 
+grpc::Status WorkerService::Admit(const grpc::CallbackServerContext& ctx, bool serves_phase,
+                                  const char* phase) const {
+  if (grpc::Status peer = CheckPeer(ctx, secret_); !peer.ok()) return peer;
+  if (!serves_phase) {
+    return grpc::Status(
+        grpc::StatusCode::FAILED_PRECONDITION,
+        StrCat("this worker does not ", phase, "; send the phase to a ", phase, " worker"));
+  }
+  if (draining_.load()) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "this worker is draining");
+  }
+  return grpc::Status::OK;
+}
+
 grpc::ServerWriteReactor<v1::PhaseEvent>* WorkerService::Prefill(grpc::CallbackServerContext* ctx,
                                                                  const v1::PhaseRequest* request) {
   auto* reactor = new PhaseReactor(ctx, open_);
   std::shared_ptr<StreamState> state = reactor->state();
-  if (grpc::Status peer = CheckPeer(*ctx, secret_); !peer.ok()) {
-    reactor->Finish(peer);
-    return reactor;
-  }
-  if (handoff_ == nullptr) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                                 "this worker decodes; Prefill goes to a prefill worker"));
-    return reactor;
-  }
-  if (draining_.load()) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "this worker is draining"));
+  if (grpc::Status refused = Admit(*ctx, handoff_ != nullptr, "prefill"); !refused.ok()) {
+    reactor->Finish(refused);
     return reactor;
   }
   if (request->decode_kv_address().empty()) {
@@ -210,10 +216,11 @@ grpc::ServerWriteReactor<v1::PhaseEvent>* WorkerService::Prefill(grpc::CallbackS
   const uint64_t id = request->transfer_id();
   scheduler::RemoteHandoff* handoff = handoff_;
   auto sink = std::make_shared<PhaseSink>(state, [handoff, id] { handoff->Forget(id); });
-  handoff_->Route(id, request->decode_kv_address(), [state](const absl::Status& s) {
+  handoff_->Route(id, request->decode_kv_address(), [state, id](const absl::Status& s) {
     // Cancelled: a layer-wise push the engine called off because the sequence ended here (at
     // its first token, or it was cancelled or failed); its sink reports that end itself.
     if (absl::IsCancelled(s)) return;
+    if (!s.ok()) spdlog::warn("KV push {} failed: {}", id, std::string(s.message()));
     if (s.ok()) {
       v1::PhaseEvent ev;
       ev.set_end(v1::PhaseEvent::END_HANDED_OFF);
@@ -235,17 +242,8 @@ grpc::ServerWriteReactor<v1::PhaseEvent>* WorkerService::Decode(grpc::CallbackSe
                                                                 const v1::PhaseRequest* request) {
   auto* reactor = new PhaseReactor(ctx, open_);
   std::shared_ptr<StreamState> state = reactor->state();
-  if (grpc::Status peer = CheckPeer(*ctx, secret_); !peer.ok()) {
-    reactor->Finish(peer);
-    return reactor;
-  }
-  if (arrivals_ == nullptr) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                                 "this worker prefills; Decode goes to a decode worker"));
-    return reactor;
-  }
-  if (draining_.load()) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "this worker is draining"));
+  if (grpc::Status refused = Admit(*ctx, arrivals_ != nullptr, "decode"); !refused.ok()) {
+    reactor->Finish(refused);
     return reactor;
   }
   const uint64_t id = request->transfer_id();

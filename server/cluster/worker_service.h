@@ -60,6 +60,11 @@ class WorkerService final : public tandem::v1::Worker::CallbackService {
                 scheduler::KvArrivals* arrivals, std::string secret)
       : instance_(instance), handoff_(handoff), arrivals_(arrivals), secret_(std::move(secret)) {}
 
+  // Whether a call for `phase` ("prefill" or "decode") may start here: the peer, the role
+  // (`serves_phase`), not draining. OK or the status to finish the call with.
+  grpc::Status Admit(const grpc::CallbackServerContext& ctx, bool serves_phase,
+                     const char* phase) const;
+
   scheduler::EngineInstance& instance_;
   scheduler::RemoteHandoff* const handoff_;  // prefill only
   scheduler::KvArrivals* const arrivals_;    // decode only

@@ -28,6 +28,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+def scrape(url):
+    """GET url/metrics as {name{labels}: value}."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
 class Daemon:
     """One tandemd process on free ports; stopped with SIGTERM. Start-up waits until
     `wait_path` answers 200 (a router that has no workers yet is healthy, not ready).
@@ -79,14 +91,7 @@ class Daemon:
 
     def metrics(self):
         """GET /metrics as {name{labels}: value}."""
-        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
-            text = r.read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                out[key] = float(value)
-        return out
+        return scrape(self.url)
 
     def terminate(self, timeout=60):
         if self.proc.poll() is None:

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import MODEL, MODEL_NAME, TANDEMD, Daemon, free_port
 
-from test_disaggregation import PROMPTS, complete
+from test_disaggregation import PROMPTS, check_streaming_chat, complete, leave_mid_decode
 
 HEARTBEAT = ("--heartbeat-ms", "200", "--worker-timeout-ms", "1000")
 
@@ -119,18 +119,7 @@ def test_seeded_and_concurrent_requests_equal_the_colocated_daemon(daemon, clust
 
 
 def test_streaming_chat_and_a_one_token_request(cluster):
-    import openai
-    client = openai.OpenAI(base_url=cluster.url + "/v1", api_key="unused", max_retries=0,
-                           timeout=300)
-    stream = client.chat.completions.create(
-        model=MODEL_NAME, messages=[{"role": "user", "content": "Say hello."}], max_tokens=16,
-        temperature=0, stream=True)
-    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-    assert text
-    full = client.chat.completions.create(
-        model=MODEL_NAME, messages=[{"role": "user", "content": "Say hello."}], max_tokens=16,
-        temperature=0)
-    assert full.choices[0].message.content == text
+    check_streaming_chat(cluster.url)
     # Ends at its first token on the prefill worker: nothing moves to the decode worker.
     one = complete(cluster.url, "Hello", max_tokens=1)
     assert one["usage"]["completion_tokens"] == 1
@@ -225,15 +214,7 @@ def test_workers_refuse_generation_and_bad_input_is_a_400(cluster):
 
 
 def test_client_gone_mid_decode_frees_both_workers(cluster):
-    import openai
-    client = openai.OpenAI(base_url=cluster.url + "/v1", api_key="unused", max_retries=0,
-                           timeout=300)
-    stream = client.completions.create(model=MODEL_NAME, prompt="Count: 1, 2, 3,",
-                                       max_tokens=2000, temperature=0, stream=True)
-    for i, _ in enumerate(stream):
-        if i == 5:
-            break
-    stream.close()
+    leave_mid_decode(cluster.url)
     assert cluster.kv_all_free() is True
     assert complete(cluster.url, "Hello", max_tokens=4)["choices"][0]["text"] is not None
 
@@ -284,6 +265,7 @@ def test_kill_9_of_the_decode_worker_mid_decode():
         def kill_at(n):
             if n == 5:
                 victim.proc.kill()
+                victim.proc.wait()  # gone (and reaped) before anyone looks at the survivors
 
         n, err = stream_until_error(c.url, "Count: 1, 2, 3,", 2000, kill_at)
         assert err is not None and n < 2000, (n, err)

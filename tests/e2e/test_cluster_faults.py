@@ -20,7 +20,7 @@ import urllib.request
 
 import pytest
 
-from conftest import MODEL, MODEL_NAME, TANDEMD, free_port
+from conftest import MODEL, MODEL_NAME, TANDEMD, free_port, scrape
 
 PROXY = os.path.join(os.path.dirname(__file__), "fault_proxy.py")
 PROMPT = "The history of the city " * 60  # ~360 tokens: ~8 MB of f16 KV to move
@@ -174,14 +174,7 @@ class Faults:
                            "\n".join(f"== {n}\n{p.logs()}" for n, p in self.procs.items()))
 
     def metrics(self):
-        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
-            text = r.read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                out[key] = float(value)
-        return out
+        return scrape(self.url)
 
     def workers_idle(self, timeout=30):
         """Both workers (by their heartbeats) have all KV free and nothing running."""

@@ -70,31 +70,38 @@ def test_seeded_sampling_equals_the_colocated_daemon(daemon, disagg):
         assert complete(disagg.url, prompt, **extra)["choices"][0]["text"] == want, prompt
 
 
-def test_streaming_and_chat(disagg):
+def check_streaming_chat(url):
+    """A streamed chat reply is non-empty and equals the same reply unstreamed."""
     import openai
-    client = openai.OpenAI(base_url=disagg.url + "/v1", api_key="unused", max_retries=0,
-                           timeout=300)
-    stream = client.chat.completions.create(
-        model=MODEL_NAME, messages=[{"role": "user", "content": "Say hello."}], max_tokens=16,
-        temperature=0, stream=True)
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    messages = [{"role": "user", "content": "Say hello."}]
+    stream = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=16,
+                                            temperature=0, stream=True)
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text
-    full = client.chat.completions.create(
-        model=MODEL_NAME, messages=[{"role": "user", "content": "Say hello."}], max_tokens=16,
-        temperature=0)
+    full = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=16,
+                                          temperature=0)
     assert full.choices[0].message.content == text
 
 
-def test_client_gone_mid_decode_frees_both_caches(disagg):
+def test_streaming_and_chat(disagg):
+    check_streaming_chat(disagg.url)
+
+
+def leave_mid_decode(url):
+    """Streams a long completion and goes away after its 5th chunk."""
     import openai
-    client = openai.OpenAI(base_url=disagg.url + "/v1", api_key="unused", max_retries=0,
-                           timeout=300)
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
     stream = client.completions.create(model=MODEL_NAME, prompt="Count: 1, 2, 3,",
                                        max_tokens=2000, temperature=0, stream=True)
     for i, _ in enumerate(stream):
         if i == 5:
             break
     stream.close()
+
+
+def test_client_gone_mid_decode_frees_both_caches(disagg):
+    leave_mid_decode(disagg.url)
     # The next request is served, and once everything is idle the KV is all free again.
     assert complete(disagg.url, "Hello", max_tokens=4)["choices"][0]["text"] is not None
     deadline = time.time() + 30

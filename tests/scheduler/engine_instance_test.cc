@@ -17,61 +17,11 @@
 #include "gtest/gtest.h"
 #include "model/gguf_file.h"
 #include "scheduler/disaggregated_engine.h"
+#include "tests/scheduler/recording_sink.h"
 #include "tests/support/test_model.h"
 
 namespace tandem::scheduler {
 namespace {
-
-// Records what the engine reports for one sequence; cancels itself after `cancel_after`
-// tokens when that is >= 0.
-class RecordingSink : public SequenceSink {
- public:
-  explicit RecordingSink(int cancel_after = -1) : cancel_after_(cancel_after) {}
-  void OnScheduled() override { scheduled_ = true; }
-  void OnToken(const model::SampleResult& r) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    tokens_.push_back(r.token);
-    if (cancel_after_ >= 0 && static_cast<int>(tokens_.size()) >= cancel_after_) cancel_ = true;
-  }
-  void OnFinish(SequenceEnd end, const absl::Status& status) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    EXPECT_FALSE(finished_) << "OnFinish twice";
-    finished_ = true;
-    end_ = end;
-    status_ = status;
-    cv_.notify_all();
-  }
-  bool cancelled() const override { return cancel_.load(); }
-
-  void Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return finished_; });
-  }
-  std::vector<int32_t> tokens() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return tokens_;
-  }
-  SequenceEnd end() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return end_;
-  }
-  absl::Status status() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return status_;
-  }
-  void Cancel() { cancel_ = true; }
-
- private:
-  const int cancel_after_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<int32_t> tokens_;
-  bool finished_ = false;
-  bool scheduled_ = false;
-  SequenceEnd end_ = SequenceEnd::kFailed;
-  absl::Status status_;
-  std::atomic<bool> cancel_{false};
-};
 
 class EngineInstanceTest : public ::testing::Test {
  protected:

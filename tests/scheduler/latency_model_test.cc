@@ -67,7 +67,8 @@ TEST(LatencyModelTest, FitRecoversCoefficientsFromNoisyTimings) {
   std::mt19937 rng(2);
   std::uniform_real_distribution<double> noise(0.97, 1.03);
   std::vector<StepSample> samples;
-  for (const StepShape& s : RandomShapes(200, rng)) samples.push_back({s, TrueTime(s) * noise(rng)});
+  for (const StepShape& s : RandomShapes(200, rng))
+    samples.push_back({s, TrueTime(s) * noise(rng)});
   absl::StatusOr<LatencyModel> m = LatencyModel::Fit(samples);
   ASSERT_TRUE(m.ok()) << m.status();
   // c2 (prompt attention pairs) carries ~1% of a step here: only its sign is constrained.

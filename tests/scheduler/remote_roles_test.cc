@@ -23,55 +23,11 @@
 #include "scheduler/engine_instance.h"
 #include "scheduler/kv_arrivals.h"
 #include "scheduler/remote_handoff.h"
+#include "tests/scheduler/recording_sink.h"
 #include "tests/support/test_model.h"
 
 namespace tandem::scheduler {
 namespace {
-
-// One phase's view of a sequence: its tokens and how it ended.
-class PhaseSink : public SequenceSink {
- public:
-  void OnScheduled() override {}
-  void OnToken(const model::SampleResult& r) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    tokens_.push_back(r.token);
-  }
-  void OnFinish(SequenceEnd end, const absl::Status& status) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    done_ = true;
-    end_ = end;
-    status_ = status;
-    cv_.notify_all();
-  }
-  bool cancelled() const override { return false; }
-  // Marks the end for a phase that hands off instead of finishing (the prefill side).
-  void HandedOff(const absl::Status& s) { OnFinish(SequenceEnd::kLength, s); }
-
-  void Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return done_; });
-  }
-  std::vector<int32_t> tokens() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return tokens_;
-  }
-  SequenceEnd end() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return end_;
-  }
-  absl::Status status() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return status_;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<int32_t> tokens_;
-  bool done_ = false;
-  SequenceEnd end_ = SequenceEnd::kFailed;
-  absl::Status status_;
-};
 
 class RemoteRolesTest : public ::testing::Test {
  protected:
@@ -154,7 +110,7 @@ TEST_F(RemoteRolesTest, PrefillAndDecodeRolesOverTcpEqualColocated) {
     ASSERT_TRUE(prefill.ok()) << prefill.status();
 
     for (const bool sampled : {false, true}) {
-      std::vector<std::shared_ptr<PhaseSink>> want, first, rest;
+      std::vector<std::shared_ptr<RecordingSink>> want, first, rest;
       uint64_t id = sampled ? 1000 : 1;
       for (size_t i = 0; i < prompts.size(); ++i, ++id) {
         auto request = [&](std::shared_ptr<SequenceSink> sink) {
@@ -171,14 +127,16 @@ TEST_F(RemoteRolesTest, PrefillAndDecodeRolesOverTcpEqualColocated) {
           }
           return r;
         };
-        want.push_back(std::make_shared<PhaseSink>());
+        want.push_back(std::make_shared<RecordingSink>());
         ASSERT_TRUE((*colocated)->Submit(request(want.back())).ok());
         // As a decode worker does: the request first, so it expects the KV.
-        rest.push_back(std::make_shared<PhaseSink>());
+        rest.push_back(std::make_shared<RecordingSink>());
         arrivals.ExpectRequest(id, request(rest.back()));
-        first.push_back(std::make_shared<PhaseSink>());
-        handoff.Route(id, receiver->address(),
-                      [sink = first.back()](const absl::Status& s) { sink->HandedOff(s); });
+        first.push_back(std::make_shared<RecordingSink>());
+        handoff.Route(id, receiver->address(), [sink = first.back()](const absl::Status& s) {
+          // The prefill side's end: handed off (or why not).
+          sink->OnFinish(SequenceEnd::kLength, s);
+        });
         ASSERT_TRUE((*prefill)->Submit(request(first.back())).ok());
       }
       for (size_t i = 0; i < prompts.size(); ++i) {
@@ -199,7 +157,7 @@ TEST_F(RemoteRolesTest, PrefillAndDecodeRolesOverTcpEqualColocated) {
     EXPECT_EQ(receiver->stats().committed, 2 * prompts.size());
     EXPECT_EQ(arrivals.num_waiting(), 0);
     // A one-token request ends on the prefill side and moves nothing.
-    auto one = std::make_shared<PhaseSink>();
+    auto one = std::make_shared<RecordingSink>();
     SequenceRequest r;
     r.id = 9999;
     r.prompt = prompts[2];
@@ -237,7 +195,7 @@ TEST_F(RemoteRolesTest, ALayerWisePushIsCalledOffWhenTheSequenceEndsAtItsFirstTo
   // Its greedy first token, made the prefill side's EOS.
   auto colocated = EngineInstance::Create(Instance(InstanceRole::kColocated, 4), **file);
   ASSERT_TRUE(colocated.ok());
-  auto probe = std::make_shared<PhaseSink>();
+  auto probe = std::make_shared<RecordingSink>();
   SequenceRequest pr;
   pr.prompt = prompt;
   pr.max_tokens = 1;
@@ -265,7 +223,7 @@ TEST_F(RemoteRolesTest, ALayerWisePushIsCalledOffWhenTheSequenceEndsAtItsFirstTo
   auto prefill = EngineInstance::Create(pc, (*decode)->weights());
   ASSERT_TRUE(prefill.ok());
 
-  auto sink = std::make_shared<PhaseSink>();
+  auto sink = std::make_shared<RecordingSink>();
   std::mutex mu;
   std::vector<absl::Status> dones;
   handoff.Route(7, receiver->address(), [&](const absl::Status& s) {
