@@ -307,6 +307,7 @@ def test_a_decode_worker_lost_before_the_first_token_is_replaced_once():
                 time.sleep(0.005)
             assert victim is not None, "no decode worker ever held the request"
             victim.proc.kill()
+            victim.proc.wait()
             got = future.result()
         assert got["usage"]["completion_tokens"] == 8, got
         assert "trying again" in c.router.logs(), c.router.logs()
@@ -324,6 +325,7 @@ def test_kill_9_of_the_prefill_worker_mid_prefill_fails_clearly():
             futures = [pool.submit(complete, c.url, prompt, 8) for _ in range(4)]
             time.sleep(0.3)
             c.prefill[0].proc.kill()
+            c.prefill[0].proc.wait()  # gone (and reaped) before anyone looks at the survivors
             errors = 0
             for f in futures:
                 try:
