@@ -128,7 +128,15 @@ def test_streaming_chat_and_a_one_token_request(cluster):
 
 def test_metrics_of_each_role(cluster):
     complete(cluster.url, "Hello there", max_tokens=6)
-    r = cluster.router.metrics()
+    # The client has its answer before the workers' calls have closed: the router counts a
+    # request in flight until both have, so the gauges are read once everything has settled.
+    assert cluster.kv_all_free() is True
+    deadline = time.time() + 30
+    while True:
+        r = cluster.router.metrics()
+        if r["tandem:cluster_requests_in_flight"] == 0 or time.time() > deadline:
+            break
+        time.sleep(0.05)
     assert r['tandem:cluster_workers{role="prefill"}'] == 1, r
     assert r['tandem:cluster_workers{role="decode"}'] == 1, r
     info = [k for k in r if k.startswith("tandem:cluster_worker_info{")]
