@@ -1,22 +1,27 @@
-// DisaggregatedEngine: an Engine of a prefill instance and a decode instance in one process,
+// DisaggregatedEngine: an Engine of prefill instances and decode instances in one process,
 // each on its own device (on a CPU, its own cores), sharing one copy of the weights (DistServe's
-// split, PAPERS.md). A request is admitted and prefilled by the prefill instance; once its
-// first token is sampled, its KV is copied out (kvcache::KvSnapshot) and the sequence itself,
-// sampler state and sink included, moves to the decode instance, which imports the KV into
-// blocks of its own (block sizes and KV dtypes may differ) and decodes it to the end. Prefill
-// steps never stall decode steps, so TPOT no longer pays for other requests' prompts.
+// split, PAPERS.md). A request is admitted and prefilled by a prefill instance; once its first
+// token is sampled, its KV is copied out (kvcache::KvSnapshot) and the sequence itself, sampler
+// state and sink included, moves to a decode instance, which imports the KV into blocks of its
+// own (block sizes and KV dtypes may differ) and decodes it to the end. Prefill steps never
+// stall decode steps, so TPOT no longer pays for other requests' prompts.
+//
+// With several instances of a role: a request goes to the prefill instance with the least work
+// (running plus waiting sequences), and to the next if that one's admission refuses it; a
+// prefilled sequence goes to the decode instance with the fewest sequences running or waiting
+// to join, then the most free KV.
 //
 // Three transports carry the KV. kInProcess hands the snapshot itself to the decode instance,
 // which gives it blocks once it has room. kTcp and kShm run the protocol of separate processes
-// over loopback TCP or shared memory (kvcache/transfer: a KvPusher on the prefill side, a
-// KvReceiver and KvArrivals on the decode side): the decode instance leases blocks first, the
-// layers are written into them as they arrive, and the commit brings the first token and the
-// sampler state. All copy KV out of the prefill cache first, so its blocks are free at once. Not
-// built yet: layer-by-layer push during the prefill step, and more than one instance per role (see
-// docs/disaggregation.md).
+// over loopback TCP or shared memory (kvcache/transfer: a KvPusher per decode instance on the
+// prefill side, a KvReceiver and KvArrivals for each decode instance): the decode instance
+// leases blocks first, the layers are written into them as they arrive, and the commit brings
+// the first token and the sampler state. All copy KV out of the prefill cache first, so its
+// blocks are free at once. Layer-by-layer push during the prefill step is the cluster roles'
+// (RemoteHandoff), not built here (see docs/disaggregation.md).
 //
-// Thread safety: every Engine method may be called from any thread. The handoff runs on the
-// prefill engine thread.
+// Thread safety: every Engine method may be called from any thread. Each prefill instance's
+// handoff runs on its engine thread.
 #ifndef TANDEM_SCHEDULER_DISAGGREGATED_ENGINE_H_
 #define TANDEM_SCHEDULER_DISAGGREGATED_ENGINE_H_
 
@@ -40,10 +45,11 @@ enum class KvTransportKind { kInProcess, kTcp, kShm };
 const char* KvTransportName(KvTransportKind k);  // "inproc", "tcp", "shm"
 
 struct DisaggregatedEngineConfig {
-  // Roles, names and handoff are set by the engine; everything else (device and cores, batch
-  // limits, KV size and dtype, SLO settings) per instance.
-  EngineInstanceConfig prefill;
-  EngineInstanceConfig decode;
+  // One config per instance, at least one of each role. Roles, names and handoff are set by the
+  // engine; everything else (device and cores, batch limits, KV size and dtype, SLO settings)
+  // per instance.
+  std::vector<EngineInstanceConfig> prefill;
+  std::vector<EngineInstanceConfig> decode;
   KvTransportKind transport = KvTransportKind::kInProcess;
   // kTcp, kShm: the dtype of KV on the wire (nullopt: the prefill cache's). int8 quantizes per
   // token per head, as an int8 cache does.
@@ -58,9 +64,10 @@ struct HandoverStats {
   double seconds = 0;      // time spent copying out, on the prefill engine thread
 };
 
-class DisaggregatedEngine : public Engine, private PrefillHandoff {
+class DisaggregatedEngine : public Engine {
  public:
-  // Loads the weights once (onto the prefill instance's device), then starts both instances.
+  // Loads the weights once (onto the first decode instance's device), then starts every
+  // instance.
   static absl::StatusOr<std::unique_ptr<DisaggregatedEngine>> Create(
       const DisaggregatedEngineConfig& config, const model::GgufFile& file);
   ~DisaggregatedEngine() override;  // Stop()
@@ -68,42 +75,66 @@ class DisaggregatedEngine : public Engine, private PrefillHandoff {
   absl::StatusOr<Admission> Submit(std::vector<SequenceRequest> requests) override;
   void Stop() override;
   InstanceStats stats() const override;
-  const model::ModelConfig& model_config() const override { return prefill_->model_config(); }
+  const model::ModelConfig& model_config() const override {
+    return decode_[0]->inst->model_config();
+  }
   int kv_capacity_tokens() const override;
 
-  EngineInstance& prefill() { return *prefill_; }
-  EngineInstance& decode() { return *decode_; }
+  int num_prefill() const { return static_cast<int>(prefill_.size()); }
+  int num_decode() const { return static_cast<int>(decode_.size()); }
+  EngineInstance& prefill(int i = 0) { return *prefill_[i]->inst; }
+  EngineInstance& decode(int i = 0) { return *decode_[i]->inst; }
   HandoverStats handover_stats() const;
   KvTransportKind transport() const { return transport_; }
-  // kTcp and kShm only (null otherwise).
-  const kvcache::KvReceiver* receiver() const { return receiver_.get(); }
-  const kvcache::KvPusher* pusher() const { return pusher_.get(); }
+  // kTcp and kShm only (null otherwise): decode instance i's receiver and the pusher to it.
+  const kvcache::KvReceiver* receiver(int i = 0) const { return decode_[i]->receiver.get(); }
+  const kvcache::KvPusher* pusher(int i = 0) const { return decode_[i]->pusher.get(); }
 
  private:
+  // A decode instance and, for kTcp and kShm, its receiving end and the pusher that feeds it
+  // (shared by every prefill instance).
+  struct DecodeSide {
+    std::unique_ptr<EngineInstance> inst;
+    std::unique_ptr<KvArrivals> arrivals;
+    std::unique_ptr<kvcache::KvReceiver> receiver;
+    std::unique_ptr<kvcache::KvPusher> pusher;
+    // Sequences sent its way that have not reached the instance yet (pushes queued or in
+    // flight, arrivals not paired): with its running and waiting ones, its load.
+    int queued() const;
+  };
+  // A prefill instance and its handoff, which runs on its engine thread.
+  class PrefillSide : public PrefillHandoff {
+   public:
+    explicit PrefillSide(DisaggregatedEngine* owner) : owner_(owner) {}
+    absl::Status SendKv(const Sequence& seq, const kvcache::KvManager& kv) override;
+    void Commit(std::unique_ptr<Sequence> seq) override;
+    // Refuses while prefilled sequences wait for room on every decode instance.
+    absl::Status CanAccept() const override;
+
+    std::unique_ptr<EngineInstance> inst;
+
+   private:
+    DisaggregatedEngine* owner_;
+    // SendKv's snapshot, taken by the Commit that follows it.
+    std::unique_ptr<kvcache::KvSnapshot> pending_;
+  };
+
   DisaggregatedEngine() = default;
-  // PrefillHandoff, on the prefill engine thread.
-  absl::Status SendKv(const Sequence& seq, const kvcache::KvManager& kv) override;
-  void Commit(std::unique_ptr<Sequence> seq) override;
-  // Refuses while prefilled sequences wait for room on the decode instance.
-  absl::Status CanAccept() const override;
+  // The decode side a prefilled sequence goes to now.
+  DecodeSide& PickDecode();
+  void Handover(DecodeSide& d, std::unique_ptr<Sequence> seq,
+                std::unique_ptr<kvcache::KvSnapshot> kv);
 
-  // The decode instance is created first and stopped last: a prefill step may hand a
-  // sequence over until the prefill instance has stopped.
-  std::unique_ptr<EngineInstance> decode_;
-  // kTcp, kShm: the decode side's receiver and pairing, and the prefill side's sender. Stopped in
-  // the order sender, receiver, arrivals, between the two instances.
-  std::unique_ptr<KvArrivals> arrivals_;
-  std::unique_ptr<kvcache::KvReceiver> receiver_;
-  std::unique_ptr<EngineInstance> prefill_;
-  std::unique_ptr<kvcache::KvPusher> pusher_;
+  // Decode instances are created first and stopped last: a prefill step may hand a sequence
+  // over until every prefill instance has stopped. Stop ends, in order: prefill instances,
+  // pushers, receivers, arrivals, decode instances.
+  std::vector<std::unique_ptr<DecodeSide>> decode_;
+  std::vector<std::unique_ptr<PrefillSide>> prefill_;
   KvTransportKind transport_ = KvTransportKind::kInProcess;
-  kernels::KvDType wire_dtype_ = kernels::KvDType::kF16;
-  bool wire_dtype_set_ = false;
+  std::optional<kernels::KvDType> wire_dtype_;
   absl::Duration reserve_timeout_;
-  uint64_t next_transfer_ = 1;  // prefill engine thread only
-
-  // Prefill engine thread only: SendKv's snapshot, taken by the Commit that follows it.
-  std::unique_ptr<kvcache::KvSnapshot> pending_;
+  std::atomic<uint64_t> next_transfer_{1};
+  std::atomic<uint64_t> next_prefill_{0};  // where Submit's search starts among equals
 
   std::atomic<uint64_t> handed_{0}, handed_bytes_{0};
   std::atomic<double> handover_seconds_{0};

@@ -74,8 +74,13 @@ ABSL_FLAG(std::string, device, "cpu",
           "Device of the engine instance: cpu, or cuda:N in a build with the CUDA backend.");
 ABSL_FLAG(int, threads, 0, "CPU threads of the engine instance (0: every core).");
 ABSL_FLAG(std::string, disaggregation, "off",
-          "on: prefill and decode run as two instances on disjoint halves of --threads cores "
-          "(pinned), the KV cache handed over in process; off: one colocated instance.");
+          "on: prefill and decode run as separate instances on disjoint sets of the --threads "
+          "cores (pinned), the KV cache handed over in process; off: one colocated instance.");
+ABSL_FLAG(int, prefill_instances, 1,
+          "With --disaggregation=on: prefill instances (each on cores of its own; together with "
+          "--decode-instances at most --threads).");
+ABSL_FLAG(int, decode_instances, 1,
+          "With --disaggregation=on: decode instances (each on cores of its own).");
 ABSL_FLAG(std::string, role, "colocated",
           "colocated (one process serves everything), or a cluster role: router (the public API, "
           "no weights; dispatches to workers), prefill or decode (workers that register with "
@@ -416,6 +421,11 @@ absl::Status Run() {
     return absl::InvalidArgumentError(
         "--kv-transport and --kv-transfer-dtype need --disaggregation=on");
   }
+  if (disaggregation == "off" &&
+      (absl::GetFlag(FLAGS_prefill_instances) != 1 || absl::GetFlag(FLAGS_decode_instances) != 1)) {
+    return absl::InvalidArgumentError(
+        "--prefill-instances and --decode-instances need --disaggregation=on");
+  }
   std::unique_ptr<scheduler::Engine> engine;
   std::vector<scheduler::EngineInstance*> instances;
   if (role == "router") {
@@ -529,28 +539,46 @@ absl::Status Run() {
         *worker_instance, role,
         ar != nullptr ? std::function<int()>([ar] { return ar->num_waiting(); }) : nullptr);
   } else if (disaggregation == "on") {
-    if (threads < 2) {
+    const int num_prefill = absl::GetFlag(FLAGS_prefill_instances);
+    const int num_decode = absl::GetFlag(FLAGS_decode_instances);
+    if (num_prefill < 1 || num_decode < 1) {
       return absl::InvalidArgumentError(
-          "--disaggregation=on needs --threads >= 2: one core or more for each of prefill and "
-          "decode");
+          "--prefill-instances and --decode-instances must be at least 1");
     }
-    // Disjoint, pinned halves of the cores: prefill the first, decode the rest.
-    scheduler::DisaggregatedEngineConfig dc;
-    dc.prefill = ic;
-    dc.decode = ic;
-    const int prefill_threads = threads / 2;
-    dc.prefill.backend.cpu.threads = prefill_threads;
-    dc.decode.backend.cpu.threads = threads - prefill_threads;
-    dc.prefill.backend.cpu.cpus.clear();
-    dc.decode.backend.cpu.cpus.clear();
+    const int num_instances = num_prefill + num_decode;
+    if (threads < num_instances) {
+      return absl::InvalidArgumentError(
+          StrCat("--disaggregation=on needs a core or more for each instance: --threads ", threads,
+                 " is fewer than ", num_prefill, " prefill + ", num_decode, " decode instance(s)"));
+    }
     // The cores this process may run on, in order (a container's cpuset may skip some).
     TANDEM_ASSIGN_OR_RETURN(const std::vector<int> allowed, kernels::cpu::AllowedCpus());
     if (static_cast<int>(allowed.size()) < threads) {
       return absl::InvalidArgumentError(
           StrCat("--threads ", threads, " but this process may run on ", allowed.size(), " cores"));
     }
-    for (int i = 0; i < threads; ++i) {
-      (i < prefill_threads ? dc.prefill : dc.decode).backend.cpu.cpus.push_back(allowed[i]);
+    // Disjoint, pinned sets of the cores: prefill instances first, then decode. Each instance
+    // gets threads / instances cores; the cores left over go to decode instances first (with
+    // one of each on 3 cores: prefill 1, decode 2).
+    scheduler::DisaggregatedEngineConfig dc;
+    const int base = threads / num_instances, extra = threads % num_instances;
+    int next_cpu = 0;
+    std::string layout;
+    for (int i = 0; i < num_instances; ++i) {
+      const bool prefill = i < num_prefill;
+      const int j = prefill ? i : i - num_prefill;  // index within its role
+      const int cores = base + ((prefill ? num_decode + j : j) < extra ? 1 : 0);
+      scheduler::EngineInstanceConfig c = ic;
+      c.backend.cpu.threads = cores;
+      c.backend.cpu.cpus.assign(allowed.begin() + next_cpu, allowed.begin() + next_cpu + cores);
+      const std::string name =
+          StrCat(prefill ? "prefill" : "decode",
+                 (prefill ? num_prefill : num_decode) == 1 ? "" : StrCat("-", j));
+      if (!ic.latency_profile.empty()) c.latency_profile = ic.latency_profile + "." + name;
+      absl::StrAppend(&layout, layout.empty() ? "" : ", ", name, " on ", cores,
+                      " core(s) from cpu ", allowed[next_cpu]);
+      next_cpu += cores;
+      (prefill ? dc.prefill : dc.decode).push_back(std::move(c));
     }
     const std::string transport = absl::GetFlag(FLAGS_kv_transport);
     if (transport == "tcp") {
@@ -566,17 +594,11 @@ absl::Status Run() {
       }
       TANDEM_ASSIGN_OR_RETURN(dc.wire_dtype, kvcache::ParseKvDType(wire));
     }
-    if (!ic.latency_profile.empty()) {
-      dc.prefill.latency_profile = ic.latency_profile + ".prefill";
-      dc.decode.latency_profile = ic.latency_profile + ".decode";
-    }
-    spdlog::info(
-        "[2/3] disaggregated: prefill on {} core(s) from cpu {}, decode on {} from cpu "
-        "{}, KV over {}; loading the weights once for both...",
-        prefill_threads, allowed[0], threads - prefill_threads, allowed[prefill_threads],
-        transport);
+    spdlog::info("[2/3] disaggregated: {}; KV over {}; loading the weights once for all...", layout,
+                 transport);
     TANDEM_ASSIGN_OR_RETURN(auto pair, scheduler::DisaggregatedEngine::Create(dc, *file));
-    instances = {&pair->prefill(), &pair->decode()};
+    for (int i = 0; i < pair->num_prefill(); ++i) instances.push_back(&pair->prefill(i));
+    for (int i = 0; i < pair->num_decode(); ++i) instances.push_back(&pair->decode(i));
     engine = std::move(pair);
   } else {
     spdlog::info("[2/3] loading weights onto the CPU backend ({} threads)...", threads);

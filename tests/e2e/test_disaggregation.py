@@ -148,3 +148,16 @@ def test_wire_flags_are_checked():
         assert r.returncode != 0, args
         assert "--kv-transfer-dtype" in r.stderr or "--kv-transport" in r.stderr or \
             "int8" in r.stderr, (args, r.stderr)
+
+
+def test_instance_counts_are_checked():
+    # Several instances per role are checked in tests/scheduler (on 2 cores there is room for
+    # one of each only); here, that the flags are refused where they cannot hold.
+    for args, says in [(("--prefill-instances", "2"), "need --disaggregation=on"),
+                       (("--disaggregation", "on", "--decode-instances", "0"), "at least 1"),
+                       (("--disaggregation", "on", "--prefill-instances", "2"),
+                        "a core or more for each instance")]:
+        r = subprocess.run([TANDEMD, "--model", MODEL, "--port", "0", "--threads", "2", *args],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0, args
+        assert says in r.stderr, (args, r.stderr)

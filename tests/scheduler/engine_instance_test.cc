@@ -293,11 +293,11 @@ TEST_F(EngineInstanceTest, DisaggregatedPairMatchesColocated) {
         std::pair{false, KvTransportKind::kShm}, std::pair{true, KvTransportKind::kShm}}) {
     SCOPED_TRACE(KvTransportName(transport));
     DisaggregatedEngineConfig dc;
-    dc.prefill = Config(4, 32, 256);
-    dc.decode = Config(6, 32, 256);
+    dc.prefill = {Config(4, 32, 256)};
+    dc.decode = {Config(6, 32, 256)};
     dc.transport = transport;
     // Block sizes differ both ways: the decode side re-pages on import.
-    if (repage) dc.decode.block_size = 8;
+    if (repage) dc.decode[0].block_size = 8;
     auto disagg = DisaggregatedEngine::Create(dc, **file);
     ASSERT_TRUE(disagg.ok()) << disagg.status();
     for (const bool sampled : {false, true}) {
@@ -335,12 +335,66 @@ TEST_F(EngineInstanceTest, DisaggregatedPairMatchesColocated) {
       EXPECT_EQ((*disagg)->pusher()->stats().committed, 2 * prompts.size());
       EXPECT_EQ((*disagg)->receiver()->open_transfers(), 0);
     }
-    // Both caches are whole again, and the prefill instance ran no decode token.
+    // Both caches are whole again, and the prefill instance decoded nothing.
     const InstanceStats p = (*disagg)->prefill().stats(), d = (*disagg)->decode().stats();
     EXPECT_EQ(p.kv_blocks_free, p.kv_blocks_total);
     EXPECT_EQ(d.kv_blocks_free, d.kv_blocks_total);
-    EXPECT_EQ(p.decode_tokens, 0u);
+    // A prompt whose last chunk is one token counts it as a decode token (which chunk is last
+    // depends on how the steps fell): one per prompt at most, never a generated one.
+    EXPECT_LE(p.decode_tokens, 2 * prompts.size());
     EXPECT_EQ(d.prefill_tokens, 0u);
+    EXPECT_EQ((*disagg)->stats().running, 0);
+  }
+}
+
+// Two prefill and two decode instances: requests spread over both of each role (the least
+// loaded first), and every output is still what one colocated instance produces.
+TEST_F(EngineInstanceTest, SeveralInstancesPerRoleMatchColocated) {
+  const auto prompts = Prompts(10, 5);
+  auto colocated = MakeInstance(4, 32, 256);
+  auto file = model::GgufFile::Open(*path_);
+  ASSERT_TRUE(file.ok());
+  for (const KvTransportKind transport : {KvTransportKind::kInProcess, KvTransportKind::kTcp}) {
+    SCOPED_TRACE(KvTransportName(transport));
+    DisaggregatedEngineConfig dc;
+    dc.prefill = {Config(4, 32, 256), Config(4, 32, 256)};
+    dc.decode = {Config(6, 32, 256), Config(6, 32, 256)};
+    dc.decode[1].block_size = 8;  // the decode instances need not agree either
+    dc.transport = transport;
+    auto disagg = DisaggregatedEngine::Create(dc, **file);
+    ASSERT_TRUE(disagg.ok()) << disagg.status();
+    ASSERT_EQ((*disagg)->num_prefill(), 2);
+    ASSERT_EQ((*disagg)->num_decode(), 2);
+    EXPECT_EQ((*disagg)->prefill(1).config().name, "prefill-1");
+    EXPECT_EQ((*disagg)->decode(0).config().name, "decode-0");
+    std::vector<std::shared_ptr<RecordingSink>> want, got;
+    for (const auto& p : prompts) {
+      want.push_back(std::make_shared<RecordingSink>());
+      ASSERT_TRUE(colocated->Submit(Request(p, 24, want.back())).ok());
+      got.push_back(std::make_shared<RecordingSink>());
+      ASSERT_TRUE((*disagg)->Submit({Request(p, 24, got.back())}).ok());
+    }
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      want[i]->Wait();
+      got[i]->Wait();
+      EXPECT_EQ(got[i]->end(), SequenceEnd::kLength) << got[i]->status();
+      EXPECT_EQ(got[i]->tokens(), want[i]->tokens()) << "prompt " << i;
+    }
+    EXPECT_EQ((*disagg)->handover_stats().sequences, prompts.size());
+    for (int i = 0; i < 2; ++i) {
+      const InstanceStats p = (*disagg)->prefill(i).stats(), d = (*disagg)->decode(i).stats();
+      EXPECT_GT(p.prefill_tokens, 0u) << "prefill-" << i << " got no request";
+      EXPECT_GT(d.decode_tokens, 0u) << "decode-" << i << " got no sequence";
+      // A prompt whose last chunk is one token counts it as a decode token: one per prompt at
+      // most, never a generated one.
+      EXPECT_LE(p.decode_tokens, prompts.size());
+      EXPECT_EQ(d.prefill_tokens, 0u);
+      EXPECT_EQ(p.kv_blocks_free, p.kv_blocks_total);
+      EXPECT_EQ(d.kv_blocks_free, d.kv_blocks_total);
+      if (transport != KvTransportKind::kInProcess) {
+        EXPECT_EQ((*disagg)->receiver(i)->open_transfers(), 0);
+      }
+    }
     EXPECT_EQ((*disagg)->stats().running, 0);
   }
 }
@@ -354,8 +408,8 @@ TEST_F(EngineInstanceTest, DisaggregatedPairWithInt8OnTheWire) {
   auto file = model::GgufFile::Open(*path_);
   ASSERT_TRUE(file.ok());
   DisaggregatedEngineConfig dc;
-  dc.prefill = Config(4, 32, 256);
-  dc.decode = Config(6, 32, 256);
+  dc.prefill = {Config(4, 32, 256)};
+  dc.decode = {Config(6, 32, 256)};
   dc.transport = KvTransportKind::kTcp;
   dc.wire_dtype = kernels::KvDType::kInt8;
   auto disagg = DisaggregatedEngine::Create(dc, **file);
@@ -397,8 +451,8 @@ TEST_F(EngineInstanceTest, DisaggregatedPairEndsSequencesOnEitherSide) {
        {KvTransportKind::kInProcess, KvTransportKind::kTcp, KvTransportKind::kShm}) {
     SCOPED_TRACE(KvTransportName(transport));
     DisaggregatedEngineConfig dc;
-    dc.prefill = Config(4, 32, 256);
-    dc.decode = Config(4, 32, 256);
+    dc.prefill = {Config(4, 32, 256)};
+    dc.decode = {Config(4, 32, 256)};
     dc.transport = transport;
     auto disagg = DisaggregatedEngine::Create(dc, **file);
     ASSERT_TRUE(disagg.ok()) << disagg.status();
@@ -445,8 +499,8 @@ TEST_F(EngineInstanceTest, DisaggregatedPairRefusesSloWorkWhileArrivalsWait) {
   auto file = model::GgufFile::Open(*path_);
   ASSERT_TRUE(file.ok());
   DisaggregatedEngineConfig dc;
-  dc.prefill = Config(4, 32, 256);
-  dc.decode = Config(1, 32, 256);  // one sequence decodes at a time
+  dc.prefill = {Config(4, 32, 256)};
+  dc.decode = {Config(1, 32, 256)};  // one sequence decodes at a time
   auto disagg = DisaggregatedEngine::Create(dc, **file);
   ASSERT_TRUE(disagg.ok()) << disagg.status();
   auto first = std::make_shared<SlowSink>(), second = std::make_shared<SlowSink>();
