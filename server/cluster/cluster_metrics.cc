@@ -71,25 +71,34 @@ std::string RenderRouterMetrics(const RouterEngine& router) {
   }
   struct Field {
     const char* name;
+    const char* type;
     const char* help;
     double (*get)(const WorkerInfo&);
   };
   const Field fields[] = {
-      {"tandem:cluster_worker_running", "Sequences running on each worker (its last heartbeat).",
+      {"tandem:cluster_worker_running", "gauge",
+       "Sequences running on each worker (its last heartbeat).",
        [](const WorkerInfo& w) { return static_cast<double>(w.load.running()); }},
-      {"tandem:cluster_worker_waiting", "Sequences waiting on each worker (its last heartbeat).",
+      {"tandem:cluster_worker_waiting", "gauge",
+       "Sequences waiting on each worker (its last heartbeat).",
        [](const WorkerInfo& w) { return static_cast<double>(w.load.waiting()); }},
-      {"tandem:cluster_worker_kv_usage_ratio", "Share of each worker's KV blocks in use.",
+      {"tandem:cluster_worker_kv_usage_ratio", "gauge", "Share of each worker's KV blocks in use.",
        [](const WorkerInfo& w) {
          return w.load.kv_blocks_total() > 0
                     ? 1.0 - static_cast<double>(w.load.kv_blocks_free()) / w.load.kv_blocks_total()
                     : 0.0;
        }},
-      {"tandem:cluster_worker_in_flight", "Sequences this router has on each worker now.",
+      {"tandem:cluster_worker_in_flight", "gauge", "Sequences this router has on each worker now.",
        [](const WorkerInfo& w) { return static_cast<double>(w.in_flight); }},
+      {"tandem:cluster_worker_slo_judged_total", "counter",
+       "Requests that ended (stop or length) with an SLO for each worker's phase: TTFT for a "
+       "prefill worker, TPOT for a decode worker.",
+       [](const WorkerInfo& w) { return static_cast<double>(w.slo_judged); }},
+      {"tandem:cluster_worker_slo_met_total", "counter", "Of those, the requests that met it.",
+       [](const WorkerInfo& w) { return static_cast<double>(w.slo_met); }},
   };
   for (const Field& f : fields) {
-    Head(&out, f.name, "gauge", f.help);
+    Head(&out, f.name, f.type, f.help);
     for (const WorkerInfo& w : workers) {
       Line(&out, f.name, StrCat("worker=", Quote(w.name), ",role=\"", RoleName(w.role), "\""),
            f.get(w));
@@ -102,6 +111,28 @@ std::string RenderRouterMetrics(const RouterEngine& router) {
          router.retries());
   Single(&out, "tandem:cluster_requests_in_flight", "gauge", "Sequences relayed by the router now.",
          router.in_flight());
+  // Attainment per role, workers since dropped included: the prefill role keeps TTFT, the
+  // decode role TPOT (the client-side view of both is tandem:slo_attainment_ratio).
+  const RouterEngine::Attainment per[] = {router.attainment(v1::WORKER_ROLE_PREFILL),
+                                          router.attainment(v1::WORKER_ROLE_DECODE)};
+  const char* names[] = {"prefill", "decode"};
+  Head(&out, "tandem:cluster_role_slo_judged_total", "counter",
+       "Requests that ended (stop or length) with an SLO for the role's phase (prefill: TTFT, "
+       "from arrival to the first token; decode: TPOT).");
+  for (int i = 0; i < 2; ++i) {
+    Line(&out, "tandem:cluster_role_slo_judged_total", StrCat("role=\"", names[i], "\""),
+         per[i].judged);
+  }
+  Head(&out, "tandem:cluster_role_slo_met_total", "counter", "Of those, the requests that met it.");
+  for (int i = 0; i < 2; ++i) {
+    Line(&out, "tandem:cluster_role_slo_met_total", StrCat("role=\"", names[i], "\""), per[i].met);
+  }
+  Head(&out, "tandem:cluster_role_slo_attainment_ratio", "gauge",
+       "Share of the judged requests that met the role's SLO, since the router started.");
+  for (int i = 0; i < 2; ++i) {
+    Line(&out, "tandem:cluster_role_slo_attainment_ratio", StrCat("role=\"", names[i], "\""),
+         per[i].judged > 0 ? static_cast<double>(per[i].met) / per[i].judged : 0.0);
+  }
   return out;
 }
 

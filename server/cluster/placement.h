@@ -34,6 +34,11 @@ struct WorkerInfo {
   int in_flight = 0;  // sequences this router has on it now
   // Prefill: prompt tokens of those sequences not yet past their prefill.
   int64_t prefill_tokens = 0;
+  // Requests of this router that ended (stop or length) with an SLO for this worker's phase,
+  // and those that met it: TTFT (arrival to first token) for a prefill worker, TPOT for a
+  // decode worker.
+  uint64_t slo_judged = 0;
+  uint64_t slo_met = 0;
 };
 
 // The worker of `role` among `workers` for a sequence of `prompt` prompt tokens and `need`

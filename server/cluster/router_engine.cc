@@ -76,6 +76,10 @@ class RoutedRequest : public std::enable_shared_from_this<RoutedRequest> {
   // calls are done.
   std::optional<absl::Status> retry_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::PhaseEvent> held_ ABSL_GUARDED_BY(mu_);  // decode events before the first token
+  // Tokens that reached the sink, and when the first and the last did (for the roles' SLOs).
+  int tokens_out_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time first_token_at_ ABSL_GUARDED_BY(mu_);
+  absl::Time last_token_at_ ABSL_GUARDED_BY(mu_);
 };
 
 // One Prefill or Decode call on gRPC's callback API.
@@ -158,7 +162,11 @@ void RoutedRequest::Emit(const v1::PhaseEvent& ev) {
     scheduled_sent_ = true;
     sink_->OnScheduled();
   }
-  for (const v1::PhaseToken& t : ev.tokens()) sink_->OnToken(FromPhaseToken(t));
+  for (const v1::PhaseToken& t : ev.tokens()) {
+    sink_->OnToken(FromPhaseToken(t));
+    last_token_at_ = absl::Now();
+    if (tokens_out_++ == 0) first_token_at_ = last_token_at_;
+  }
   if (ev.end() != v1::PhaseEvent::END_UNSPECIFIED && ev.end() != v1::PhaseEvent::END_HANDED_OFF) {
     FinishLocked(FromPhaseEnd(ev.end()), absl::OkStatus());
     CancelCallsLocked();
@@ -260,6 +268,22 @@ void RoutedRequest::FinishLocked(scheduler::SequenceEnd end, const absl::Status&
   finished_ = true;
   held_.clear();
   sink_->OnFinish(end, status);
+  // Served to the end: judge each role on its phase's SLO. (The router never takes a request's
+  // lock while it holds its own, so taking the router's here is safe.)
+  if ((end != scheduler::SequenceEnd::kStopToken && end != scheduler::SequenceEnd::kLength) ||
+      tokens_out_ == 0) {
+    return;
+  }
+  if (request_.ttft_slo_ms() > 0) {
+    const absl::Time arrival = absl::FromUnixMillis(request_.arrival_unix_ms());
+    router_->Judge(prefill_worker_, v1::WORKER_ROLE_PREFILL,
+                   absl::ToDoubleMilliseconds(first_token_at_ - arrival) <= request_.ttft_slo_ms());
+  }
+  if (request_.tpot_slo_ms() > 0 && tokens_out_ >= 2) {
+    const double tpot_ms =
+        absl::ToDoubleMilliseconds(last_token_at_ - first_token_at_) / (tokens_out_ - 1);
+    router_->Judge(decode_worker_, v1::WORKER_ROLE_DECODE, tpot_ms <= request_.tpot_slo_ms());
+  }
 }
 
 RouterEngine::RouterEngine(RouterConfig config) : config_(std::move(config)) {
@@ -389,6 +413,23 @@ void RouterEngine::Suspect(uint64_t worker) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = workers_.find(worker);
   if (it != workers_.end()) it->second.info.suspect_since = absl::Now();
+}
+
+void RouterEngine::Judge(uint64_t worker, v1::WorkerRole role, bool met) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Attainment& a = role == v1::WORKER_ROLE_PREFILL ? prefill_attainment_ : decode_attainment_;
+  ++a.judged;
+  a.met += met;
+  auto it = workers_.find(worker);
+  if (it != workers_.end()) {
+    ++it->second.info.slo_judged;
+    it->second.info.slo_met += met;
+  }
+}
+
+RouterEngine::Attainment RouterEngine::attainment(v1::WorkerRole role) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return role == v1::WORKER_ROLE_PREFILL ? prefill_attainment_ : decode_attainment_;
 }
 
 void RouterEngine::Retire(uint64_t id, uint64_t prefill_worker, uint64_t decode_worker) {

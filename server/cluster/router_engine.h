@@ -82,6 +82,14 @@ class RouterEngine : public scheduler::Engine, public tandem::v1::Router::Callba
   uint64_t workers_dropped() const { return dropped_.load(); }
   // Sequences tried again on other workers.
   uint64_t retries() const { return retries_.load(); }
+  // SLO attainment per role, over every request that ended (stop or length) with an SLO for
+  // that role's phase: TTFT (from arrival to the first token) is the prefill role's, TPOT (the
+  // mean gap between later tokens) the decode role's. Workers since dropped included.
+  struct Attainment {
+    uint64_t judged = 0;
+    uint64_t met = 0;
+  };
+  Attainment attainment(tandem::v1::WorkerRole role) const;
 
  private:
   friend class RoutedRequest;
@@ -118,6 +126,8 @@ class RouterEngine : public scheduler::Engine, public tandem::v1::Router::Callba
                         bool scheduled_sent);
   // A call to `worker` could not connect or lost its connection.
   void Suspect(uint64_t worker);
+  // A request ended with an SLO for `worker`'s phase: counts whether it was `met`.
+  void Judge(uint64_t worker, tandem::v1::WorkerRole role, bool met);
 
   const RouterConfig config_;
 
@@ -131,6 +141,8 @@ class RouterEngine : public scheduler::Engine, public tandem::v1::Router::Callba
 
   std::atomic<uint64_t> dropped_{0};
   std::atomic<uint64_t> retries_{0};
+  Attainment prefill_attainment_ ABSL_GUARDED_BY(mu_);
+  Attainment decode_attainment_ ABSL_GUARDED_BY(mu_);
   std::atomic<int> live_calls_{0};  // worker calls not yet done
   std::thread sweeper_;
 };

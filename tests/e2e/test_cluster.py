@@ -128,6 +128,10 @@ def test_streaming_chat_and_a_one_token_request(cluster):
 
 def test_metrics_of_each_role(cluster):
     complete(cluster.url, "Hello there", max_tokens=6)
+    # Two requests with SLOs (the others in this module are best-effort): one that any worker
+    # meets, one that none can (the workers have no latency model, so both are admitted).
+    complete(cluster.url, "Hello there", max_tokens=6, slo={"ttft_ms": 600000, "tpot_ms": 600000})
+    complete(cluster.url, "Hello there", max_tokens=6, slo={"ttft_ms": 0.01, "tpot_ms": 0.01})
     # The client has its answer before the workers' calls have closed: the router counts a
     # request in flight until both have, so the gauges are read once everything has settled.
     assert cluster.kv_all_free() is True
@@ -142,6 +146,17 @@ def test_metrics_of_each_role(cluster):
     info = [k for k in r if k.startswith("tandem:cluster_worker_info{")]
     assert len(info) == 2 and any('role="decode"' in k and "kv=" in k for k in info), info
     assert r["tandem:cluster_requests_in_flight"] == 0, r
+    # Attainment per role: the prefill worker is judged on TTFT, the decode worker on TPOT; one
+    # worker of each here, so its series equals the role's.
+    for role in ("prefill", "decode"):
+        judged = r[f'tandem:cluster_role_slo_judged_total{{role="{role}"}}']
+        met = r[f'tandem:cluster_role_slo_met_total{{role="{role}"}}']
+        assert (judged, met) == (2, 1), (role, r)
+        assert r[f'tandem:cluster_role_slo_attainment_ratio{{role="{role}"}}'] == 0.5, r
+        mine = [v for k, v in r.items()
+                if k.startswith("tandem:cluster_worker_slo_judged_total{") and f'role="{role}"' in k]
+        assert mine == [judged], (role, r)
+    assert r["tandem:slo_judged_total"] == 2 and r["tandem:slo_met_total"] == 1, r
     p = cluster.prefill[0].metrics()
     assert p['tandem:kv_pushes_total{outcome="committed"}'] >= 1, p
     assert p['tandem:kv_pushes_total{outcome="failed"}'] == 0, p
