@@ -36,6 +36,7 @@ void BlockTable::Release(BlockPool& pool) {
   pool.Free(blocks_);
   blocks_.clear();
   num_tokens_ = 0;
+  SetPrefix(0, 0, false);
 }
 
 }  // namespace tandem::kvcache

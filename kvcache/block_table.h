@@ -38,10 +38,25 @@ class BlockTable {
   // Returns every block to the pool; the table becomes empty.
   void Release(BlockPool& pool);
 
+  // Prefix caching's place in the table (KvManager only): its first prefix_blocks() blocks
+  // are in the prefix cache (registered or shared from it), the last of them under chain hash
+  // prefix_hash(); once a block could not be registered, none after it is (prefix_closed()).
+  int prefix_blocks() const { return prefix_blocks_; }
+  uint64_t prefix_hash() const { return prefix_hash_; }
+  bool prefix_closed() const { return prefix_closed_; }
+  void SetPrefix(int blocks, uint64_t hash, bool closed) {
+    prefix_blocks_ = blocks;
+    prefix_hash_ = hash;
+    prefix_closed_ = closed;
+  }
+
  private:
   int block_size_;
   int num_tokens_ = 0;
   std::vector<int32_t> blocks_;
+  int prefix_blocks_ = 0;
+  uint64_t prefix_hash_ = 0;
+  bool prefix_closed_ = false;
 };
 
 }  // namespace tandem::kvcache

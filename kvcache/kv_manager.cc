@@ -1,11 +1,31 @@
 #include "kvcache/kv_manager.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
 
 namespace tandem::kvcache {
+namespace {
+
+// splitmix64's finalizer: a cheap, well-mixed 64-bit permutation.
+uint64_t Mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// The chain hash of a block: its tokens after the chain hash of the block before it (0 for
+// the first). Only an index: a hit is verified token by token (see MatchPrefix).
+uint64_t ChainHash(uint64_t parent, std::span<const int32_t> tokens) {
+  uint64_t h = Mix(parent ^ 0x243f6a8885a308d3ull);
+  for (int32_t t : tokens) h = Mix(h ^ static_cast<uint32_t>(t));
+  return h;
+}
+
+}  // namespace
 
 KvManager::KvManager(std::unique_ptr<KvCache> cache) : cache_(std::move(cache)) {
   TANDEM_CHECK(cache_ != nullptr);
@@ -33,13 +53,141 @@ bool KvManager::CanAppend(const BlockTable& table, int n_tokens) const {
 
 absl::Status KvManager::Append(BlockTable& table, int n_tokens) {
   CheckTable(table);
+  const int needed = table.BlocksNeeded(n_tokens);
+  if (needed > num_free()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("KV cache: need ", needed, " blocks, ", num_free(), " free"));
+  }
+  MakeRoom(needed);
   // BlockPool::Allocate is all or nothing, so a refusal leaves table and pool unchanged.
   return table.Reserve(cache_->pool(), n_tokens);
 }
 
 void KvManager::Free(BlockTable& table) {
   CheckTable(table);
+  if (!prefix_caching_) {
+    table.Release(cache_->pool());
+    return;
+  }
+  const std::vector<int32_t> blocks = table.blocks();
   table.Release(cache_->pool());
+  // The chain's tail first in line for eviction: its head is what other prompts share.
+  for (auto it = blocks.rbegin(); it != blocks.rend(); ++it) OnReleased(*it);
+}
+
+double KvManager::Usage() const {
+  return num_total() > 0 ? 1.0 - static_cast<double>(num_free()) / num_total() : 0.0;
+}
+
+void KvManager::OnReleased(int32_t block) {
+  if (!prefix_caching_) return;
+  CachedBlock& c = cached_[block];
+  if (c.cached && !c.evictable && cache_->pool().RefCount(block) == 1) {
+    c.evictable = true;
+    c.lru_pos = lru_.insert(lru_.end(), block);
+  }
+}
+
+void KvManager::MakeRoom(int n) {
+  while (cache_->pool().num_free() < n && !lru_.empty()) {
+    const int32_t b = lru_.front();
+    lru_.pop_front();
+    CachedBlock& c = cached_[b];
+    auto it = by_hash_.find(c.hash);
+    if (it != by_hash_.end() && it->second == b) by_hash_.erase(it);
+    c.cached = false;
+    c.evictable = false;
+    c.tokens.clear();
+    --num_cached_;
+    ++stats_.evicted_blocks;
+    const int32_t one[] = {b};
+    cache_->pool().Free(one);  // the cache's reference, its last
+  }
+}
+
+void KvManager::EnablePrefixCaching() {
+  if (prefix_caching_) return;
+  prefix_caching_ = true;
+  cached_.assign(num_total(), CachedBlock{});
+}
+
+int KvManager::MatchPrefix(std::span<const int32_t> tokens, int max_tokens, BlockTable& table) {
+  CheckTable(table);
+  TANDEM_CHECK(table.blocks().empty());
+  if (!prefix_caching_) return 0;
+  const int bs = block_size();
+  const int n_blocks = std::max(0, std::min(max_tokens, static_cast<int>(tokens.size()))) / bs;
+  std::vector<int32_t> hit;
+  uint64_t h = 0;
+  int32_t prev = -1;
+  for (int i = 0; i < n_blocks; ++i) {
+    const std::span<const int32_t> mine = tokens.subspan(static_cast<size_t>(i) * bs, bs);
+    const uint64_t hi = ChainHash(h, mine);
+    auto it = by_hash_.find(hi);
+    if (it == by_hash_.end()) break;
+    const CachedBlock& c = cached_[it->second];
+    // Exact: the same tokens, after the very block matched before (as it was when this one
+    // was registered).
+    if (c.parent != prev || (prev >= 0 && c.parent_generation != cached_[prev].generation) ||
+        !std::equal(mine.begin(), mine.end(), c.tokens.begin(), c.tokens.end())) {
+      break;
+    }
+    hit.push_back(it->second);
+    prev = it->second;
+    h = hi;
+  }
+  if (hit.empty()) return 0;
+  for (int32_t b : hit) AddRef(b);  // the table's reference
+  const int n = static_cast<int>(hit.size());
+  table = BlockTable::Adopt(bs, std::move(hit), n * bs);
+  table.SetPrefix(n, h, false);
+  return n * bs;
+}
+
+void KvManager::RecordPrefixQuery(int queried, int hit) {
+  stats_.queried_tokens += queried;
+  stats_.hit_tokens += hit;
+}
+
+void KvManager::CacheFullBlocks(std::span<const int32_t> tokens, BlockTable& table) {
+  if (!prefix_caching_ || table.prefix_closed()) return;
+  CheckTable(table);
+  const int bs = block_size();
+  const int full = table.num_tokens() / bs;
+  if (table.prefix_blocks() >= full) return;
+  TANDEM_CHECK_LE(table.num_tokens(), static_cast<int>(tokens.size()));
+  uint64_t h = table.prefix_hash();
+  for (int i = table.prefix_blocks(); i < full; ++i) {
+    const int32_t b = table.blocks()[i];
+    const std::span<const int32_t> mine = tokens.subspan(static_cast<size_t>(i) * bs, bs);
+    const uint64_t hi = ChainHash(h, mine);
+    if (cached_[b].cached || by_hash_.count(hi) > 0) {
+      // Another copy of this chain is cached already (or, rarely, another chain under the
+      // same hash): this table's blocks from here on stay its own.
+      table.SetPrefix(i, h, /*closed=*/true);
+      return;
+    }
+    CachedBlock& c = cached_[b];
+    c.cached = true;
+    c.hash = hi;
+    c.parent = i > 0 ? table.blocks()[i - 1] : -1;
+    c.parent_generation = i > 0 ? cached_[c.parent].generation : 0;
+    c.generation = ++generation_;
+    c.tokens.assign(mine.begin(), mine.end());
+    c.evictable = false;
+    by_hash_.emplace(hi, b);
+    cache_->pool().AddRef(b);  // the cache's own reference
+    ++num_cached_;
+    h = hi;
+  }
+  table.SetPrefix(full, h, false);
+}
+
+KvManager::PrefixCacheStats KvManager::prefix_stats() const {
+  PrefixCacheStats s = stats_;
+  s.cached_blocks = num_cached_;
+  s.evictable_blocks = static_cast<int>(lru_.size());
+  return s;
 }
 
 absl::StatusOr<KvLease> KvManager::Reserve(int n_blocks, absl::Time expires) {
@@ -49,6 +197,7 @@ absl::StatusOr<KvLease> KvManager::Reserve(int n_blocks, absl::Time expires) {
   }
   KvLease lease;
   lease.expires = expires;
+  MakeRoom(n_blocks);
   absl::Status s = cache_->pool().Allocate(n_blocks, &lease.blocks);
   if (!s.ok()) return absl::ResourceExhaustedError(absl::StrCat("KV lease: ", s.message()));
   lease.id = next_lease_id_++;
@@ -150,11 +299,18 @@ void KvManager::ExportLayer(const BlockTable& table, int layer,
   for (int32_t b : table.blocks()) out->push_back(LayerView(b, layer));
 }
 
-void KvManager::AddRef(int32_t block) { cache_->pool().AddRef(block); }
+void KvManager::AddRef(int32_t block) {
+  cache_->pool().AddRef(block);
+  if (prefix_caching_ && cached_[block].evictable) {  // held by a table again
+    lru_.erase(cached_[block].lru_pos);
+    cached_[block].evictable = false;
+  }
+}
 
 void KvManager::DropRef(int32_t block) {
   const int32_t one[] = {block};
   cache_->pool().Free(one);
+  OnReleased(block);
 }
 
 int KvManager::RefCount(int32_t block) const { return cache_->pool().RefCount(block); }

@@ -5,16 +5,26 @@
 // a table, and say where a sequence's blocks of one layer live so that a transfer can read or
 // write them. BlockPool and BlockTable internals stay behind this interface.
 //
-// Mutating calls: Append, Free, Reserve, Renew, Import, Abort, ExpireLeases, AddRef, DropRef.
-// Append is the one the scheduler uses to grow a sequence; everything else is a query.
+// Prefix caching (off until EnablePrefixCaching; vLLM's automatic prefix caching): every whole
+// block of computed KV is registered under the hash of its token chain (its tokens and every
+// token before them); a sequence about to start takes the blocks of its longest cached prefix
+// (MatchPrefix) instead of computing them. A cached block that no table holds stays cached
+// (evictable, least recently freed first) until the free list runs dry, and counts as free.
+// A hit is exact, not a hash match: the block's tokens are compared, and its parent must be
+// the very block matched before it, registered no later than it (a generation number), so by
+// induction from the first block the whole prefix is the same.
+//
+// Mutating calls: Append, Free, Reserve, Renew, Import, Abort, ExpireLeases, AddRef, DropRef,
+// MatchPrefix, CacheFullBlocks. Append is the one the scheduler uses to grow a sequence.
 //
 // Thread safety: not synchronized. Owned and called by its instance's engine thread only;
 // a transfer thread must go through the engine thread to touch leases or tables.
 //
 // Invariants:
 // - Every block is in exactly one of: the free list (ref 0), one or more BlockTables, or one
-//   lease (ref 1). num_free() + blocks held by tables + num_leased_blocks() == num_total()
-//   when no block is shared.
+//   lease (ref 1), or the prefix cache alone (ref 1, evictable). A cached block holds one
+//   reference of the cache's besides its tables'. num_free() (free list plus evictable) +
+//   blocks held by tables + num_leased_blocks() == num_total() when no block is shared.
 // - A lease's blocks are never on the free list and are not in any table until Import.
 // - Leases expire only in ExpireLeases: there is no clock in here, the caller passes `now`.
 #ifndef TANDEM_KVCACHE_KV_MANAGER_H_
@@ -22,8 +32,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <list>
 #include <map>
 #include <memory>
+#include <span>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -65,22 +78,48 @@ class KvManager {
   const kernels::KvCacheView& view() const { return cache_->view(); }
   int block_size() const { return config().block_size; }
   int num_total() const { return cache_->pool().num_total(); }  // blocks
-  int num_free() const { return cache_->pool().num_free(); }    // leased blocks are not free
+  // Free blocks, cached ones no table holds included (leased blocks are not free).
+  int num_free() const { return cache_->pool().num_free() + static_cast<int>(lru_.size()); }
   int capacity_tokens() const { return num_total() * block_size(); }
-  double Usage() const { return cache_->Usage(); }  // 1 - free / total
+  double Usage() const;  // 1 - num_free / total
 
   // Queries. Tables must have been made with this manager's block size (CHECKed).
   // Blocks beyond those `table` holds needed to store `n_tokens` tokens in total.
   int BlocksNeeded(const BlockTable& table, int n_tokens) const;
-  bool CanAllocate(int n_blocks) const { return cache_->pool().CanAllocate(n_blocks); }
+  bool CanAllocate(int n_blocks) const { return n_blocks <= num_free(); }
   bool CanAppend(const BlockTable& table, int n_tokens) const;
 
   // Grows `table` to hold `n_tokens` tokens in total, all or nothing: ResourceExhausted when
   // short, and then the table and the pool are unchanged. Does not touch num_tokens(): the
   // positions hold KV only once the step that computes them has run (BlockTable::SetNumTokens).
   absl::Status Append(BlockTable& table, int n_tokens);
-  // Returns one reference on every block of `table`; the table becomes empty.
+  // Returns one reference on every block of `table`; the table becomes empty. Its cached
+  // blocks no other table holds become evictable, its last block first in line.
   void Free(BlockTable& table);
+
+  // Prefix caching (see the top). Enabling takes effect for tables started after it.
+  void EnablePrefixCaching();
+  bool prefix_caching() const { return prefix_caching_; }
+  // For a sequence about to start (`table` empty): shares into `table` the cached blocks of the
+  // longest cached prefix of `tokens` made of whole blocks and at most max_tokens tokens long,
+  // sets its num_tokens() to the tokens they hold, and returns that (0 when off or no hit).
+  // Counts nothing: the caller reports what it used with RecordPrefixQuery.
+  int MatchPrefix(std::span<const int32_t> tokens, int max_tokens, BlockTable& table);
+  // A sequence started with `hit` of its `queried` prompt tokens from the cache (metrics).
+  void RecordPrefixQuery(int queried, int hit);
+  // Registers the whole blocks among `table`'s first num_tokens() positions that are not in
+  // the cache yet (`tokens`: the sequence's tokens, at least num_tokens() of them). A block
+  // whose chain is already cached (another sequence computed the same prefix) is not
+  // registered, and neither is any after it in this table. No-op when off.
+  void CacheFullBlocks(std::span<const int32_t> tokens, BlockTable& table);
+  struct PrefixCacheStats {
+    uint64_t queried_tokens = 0;  // prompt tokens of sequences that started
+    uint64_t hit_tokens = 0;      // of those, taken from the cache
+    int cached_blocks = 0;        // blocks in the cache now (held by tables or evictable)
+    int evictable_blocks = 0;     // of those, held by no table
+    uint64_t evicted_blocks = 0;  // taken out of the cache to be reused
+  };
+  PrefixCacheStats prefix_stats() const;
 
   // Remote reservations (the decode side of a transfer). Reserve takes n_blocks off the free
   // list for a sender to fill: ResourceExhausted when short, InvalidArgument when n_blocks < 1.
@@ -111,13 +150,30 @@ class KvManager {
 
   // Reference counts, for sharing blocks between sequences (the prefix cache, later).
   // AddRef takes one more reference on an in-use block; DropRef returns one (the block is
-  // free again at zero). Both CHECK the block is in use.
+  // free again at zero, evictable at the cache's own one). Both CHECK the block is in use.
   void AddRef(int32_t block);
   void DropRef(int32_t block);
   int RefCount(int32_t block) const;
 
  private:
   void CheckTable(const BlockTable& table) const;
+  // Evicts cached blocks no table holds, least recently freed first, until the free list has
+  // n blocks (or nothing is left to evict).
+  void MakeRoom(int n);
+  // After a reference on `block` was returned: evictable if only the cache holds it now.
+  void OnReleased(int32_t block);
+
+  // Prefix cache, per block (sized num_total() once enabled).
+  struct CachedBlock {
+    bool cached = false;
+    uint64_t hash = 0;    // chain hash it is registered under
+    int32_t parent = -1;  // the block before it in its chain (-1: the first)
+    uint64_t parent_generation = 0;
+    uint64_t generation = 0;      // when it was registered (unique, increasing)
+    std::vector<int32_t> tokens;  // its block_size tokens
+    bool evictable = false;       // on lru_
+    std::list<int32_t>::iterator lru_pos;
+  };
 
   // Constant after construction.
   std::unique_ptr<KvCache> cache_;
@@ -126,6 +182,13 @@ class KvManager {
   std::map<uint64_t, KvLease> leases_;
   int num_leased_blocks_ = 0;
   uint64_t next_lease_id_ = 1;
+  bool prefix_caching_ = false;
+  std::vector<CachedBlock> cached_;
+  std::unordered_map<uint64_t, int32_t> by_hash_;  // chain hash -> block
+  std::list<int32_t> lru_;                         // evictable, front evicted first
+  uint64_t generation_ = 0;
+  int num_cached_ = 0;
+  PrefixCacheStats stats_;
 };
 
 }  // namespace tandem::kvcache

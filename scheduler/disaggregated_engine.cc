@@ -171,6 +171,9 @@ InstanceStats DisaggregatedEngine::stats() const {
     s.decode_tokens += x.decode_tokens;
     s.preemptions += x.preemptions;
     s.decode_deferred += x.decode_deferred;
+    s.prefix_queried_tokens += x.prefix_queried_tokens;
+    s.prefix_hit_tokens += x.prefix_hit_tokens;
+    s.prefix_cached_blocks += x.prefix_cached_blocks;
   };
   for (const auto& p : prefill_) add(p->inst->stats());
   // The decode instances' correction (the largest): TPOT, which they govern, is what it protects.

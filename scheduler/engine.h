@@ -43,6 +43,10 @@ struct InstanceStats {
   int decode_arrivals_waiting = 0;  // prefilled sequences waiting for room to decode
   uint64_t decode_joins = 0;        // prefilled sequences that joined a decode running set
   double decode_queue_seconds = 0;  // their total wait, from arrival to joining
+  // Prefix caching (zero when off).
+  uint64_t prefix_queried_tokens = 0;  // prompt tokens of sequences that started
+  uint64_t prefix_hit_tokens = 0;      // of those, taken from the prefix cache
+  int prefix_cached_blocks = 0;        // blocks in the prefix cache now
 };
 
 // What admission said about an accepted request.

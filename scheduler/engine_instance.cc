@@ -77,6 +77,9 @@ absl::StatusOr<std::unique_ptr<EngineInstance>> EngineInstance::Start(
     std::unique_ptr<EngineInstance> inst) {
   const EngineInstanceConfig& config = inst->config_;
   inst->kv_capacity_tokens_ = inst->runner_->kv().capacity_tokens();
+  if (config.prefix_caching && config.role != InstanceRole::kDecode) {
+    inst->runner_->kv().EnablePrefixCaching();
+  }
   inst->scheduler_ = std::make_unique<Scheduler>(config.scheduler, inst->runner_->kv());
   inst->scheduler_->set_latency_model(&inst->model_live_);
   inst->PublishStats();
@@ -472,6 +475,9 @@ InstanceStats EngineInstance::stats() const {
   s.waiting += arrived_count_.load();
   s.kv_blocks_total = kv_capacity_tokens_ / config_.block_size;
   s.kv_blocks_free = kv_free_.load();
+  s.prefix_queried_tokens = prefix_queried_.load();
+  s.prefix_hit_tokens = prefix_hit_.load();
+  s.prefix_cached_blocks = prefix_blocks_.load();
   s.kv_usage =
       s.kv_blocks_total > 0 ? 1.0 - static_cast<double>(s.kv_blocks_free) / s.kv_blocks_total : 0.0;
   s.steps = steps_.load();
@@ -772,6 +778,10 @@ void EngineInstance::PublishStats() {
   running_.store(scheduler_->num_running());
   waiting_.store(scheduler_->num_waiting());
   kv_free_.store(runner_->kv().num_free());
+  const kvcache::KvManager::PrefixCacheStats p = runner_->kv().prefix_stats();
+  prefix_queried_.store(p.queried_tokens);
+  prefix_hit_.store(p.hit_tokens);
+  prefix_blocks_.store(p.cached_blocks);
 }
 
 }  // namespace tandem::scheduler

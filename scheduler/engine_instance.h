@@ -112,6 +112,10 @@ struct EngineInstanceConfig {
   kernels::KvDType kv_dtype = kernels::KvDType::kF16;
   size_t kv_cache_bytes = size_t{1} << 30;
   int block_size = 16;
+  // Prefix caching (kvcache::KvManager): sequences share the KV of whole blocks of a prompt
+  // prefix another sequence computed. Colocated and prefill instances only (a decode instance
+  // receives its KV).
+  bool prefix_caching = true;
   int32_t eos_token_id = -1;  // from the tokenizer; < 0: none
   // Weight loading progress (see model::ModelOptions::load_progress). May be empty.
   std::function<void(int layers_done, int n_layers)> load_progress;
@@ -269,6 +273,8 @@ class EngineInstance : public Engine {
   std::atomic<int> kv_free_{0};
   std::atomic<int> arrived_count_{0};  // arrived_.size()
   std::atomic<int> leases_{0};         // the KV manager's num_leases()
+  std::atomic<uint64_t> prefix_queried_{0}, prefix_hit_{0};
+  std::atomic<int> prefix_blocks_{0};
   std::atomic<uint64_t> steps_{0}, prefill_tokens_{0}, decode_tokens_{0}, preemptions_{0};
   std::atomic<uint64_t> decode_deferred_{0};
   std::atomic<double> correction_{1.0};

@@ -110,6 +110,18 @@ bool Scheduler::Reserve(Sequence* seq, int n_tokens) {
   return true;
 }
 
+void Scheduler::StartFromCache(Sequence* seq) {
+  if (!seq->table.blocks().empty()) return;
+  TANDEM_CHECK_EQ(seq->num_computed, 0);
+  // Its last token always runs: its logits give the next token.
+  seq->num_computed = kv_.MatchPrefix(seq->tokens, seq->num_tokens() - 1, seq->table);
+}
+
+void Scheduler::Unstart(Sequence* seq) {
+  kv_.Free(seq->table);
+  seq->num_computed = 0;
+}
+
 void Scheduler::Preempt(Sequence* seq) {
   auto it = std::find_if(running_.begin(), running_.end(),
                          [seq](const auto& p) { return p.get() == seq; });
@@ -195,11 +207,14 @@ void Scheduler::ScheduleFcfs(SchedulerOutput* out) {
   while (out->preempted.empty() && budget > 0 && !waiting_.empty() &&
          static_cast<int>(running_.size()) < config_.max_num_seqs) {
     Sequence* s = waiting_.front().get();
+    StartFromCache(s);
     const int n = std::min(s->num_uncomputed(), budget);
-    if (!Reserve(s, n)) {
-      if (running_.empty() && s->table.blocks().empty()) out->failed.push_back(s);
+    if (!Reserve(s, s->num_computed + n)) {
+      Unstart(s);
+      if (running_.empty()) out->failed.push_back(s);
       break;
     }
+    kv_.RecordPrefixQuery(s->num_tokens(), s->num_computed);
     s->running = true;
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
@@ -290,15 +305,21 @@ void Scheduler::ScheduleSlo(SchedulerOutput* out, absl::Time now) {
       if (static_cast<int>(running_.size()) >= config_.max_num_seqs) break;
       // It will decode in every step from its first token on (at context prompt + 1).
       if (!DecodeFitsWith(*s, s->num_tokens() + 1)) break;  // waits; EDF order kept
+      StartFromCache(s);
     }
     const int n = MaxPrefillTokens(out->shape, s->num_computed,
                                    std::min(s->num_uncomputed(), tokens_left), budget);
-    if (n == 0) break;  // no slack left in this step
+    if (n == 0) {  // no slack left in this step
+      if (is_new) Unstart(s);
+      break;
+    }
     if (is_new) {
-      if (!Reserve(s, n)) {
-        if (running_.empty() && s->table.blocks().empty()) out->failed.push_back(s);
+      if (!Reserve(s, s->num_computed + n)) {
+        Unstart(s);
+        if (running_.empty()) out->failed.push_back(s);
         break;
       }
+      kv_.RecordPrefixQuery(s->num_tokens(), s->num_computed);
       auto it = std::find_if(waiting_.begin(), waiting_.end(),
                              [s](const auto& p) { return p.get() == s; });
       TANDEM_CHECK(it != waiting_.end());
@@ -318,6 +339,7 @@ void Scheduler::Complete(const SchedulerOutput& out, absl::Time now) {
     TANDEM_CHECK_EQ(c.start, c.seq->num_computed);
     c.seq->num_computed += c.num_tokens;
     c.seq->table.SetNumTokens(c.seq->num_computed);
+    kv_.CacheFullBlocks(c.seq->tokens, c.seq->table);
     if (c.want_logits) {
       if (!c.seq->has_token()) c.seq->first_token = now;
       c.seq->last_token = now;

@@ -14,7 +14,10 @@
 // recomputed (its sampler state is kept, so its output is unchanged).
 //
 // KV access: only through kvcache::KvManager: CanAppend (query), Append and Free. Append is
-// the one call that takes blocks from the shared pool.
+// the one call that takes blocks from the shared pool. With prefix caching on, a sequence that
+// starts (or restarts after preemption) first takes the cached blocks of its longest cached
+// prefix (MatchPrefix: at least its last token is always computed, for its logits), and every
+// step registers the whole blocks it completed (CacheFullBlocks).
 //
 // Thread safety: engine thread only. Must not touch tensors, sockets or sinks' consumers.
 // Invariants: a sequence is in exactly one of waiting and running; a waiting sequence holds no
@@ -150,6 +153,10 @@ class Scheduler {
   void Preempt(Sequence* seq);
   // Reserves blocks so seq can hold `n_tokens` tokens; false when the cache is short.
   bool Reserve(Sequence* seq, int n_tokens);
+  // A waiting sequence about to start: shares the cached blocks of its prefix into its table
+  // and counts them computed. Unstart undoes it when it does not start after all.
+  void StartFromCache(Sequence* seq);
+  void Unstart(Sequence* seq);
 
   const SchedulerConfig config_;
   kvcache::KvManager& kv_;

@@ -155,7 +155,23 @@ ServingMetrics::ServingMetrics(const scheduler::Engine& engine)
                                 .AddCounter("tandem:decode_queue_seconds_total",
                                             "Time those sequences waited, from the arrival of "
                                             "their KV to joining the running set.")
-                                .Get()) {}
+                                .Get()),
+      prefix_queried_(registry_
+                          .AddCounter("tandem:prefix_cache_queried_tokens_total",
+                                      "Prompt tokens of sequences that started (prefix caching).")
+                          .Get()),
+      prefix_hit_(registry_
+                      .AddCounter("tandem:prefix_cache_hit_tokens_total",
+                                  "Of those, tokens whose KV came from the prefix cache.")
+                      .Get()),
+      prefix_hit_ratio_(registry_
+                            .AddGauge("tandem:prefix_cache_hit_ratio",
+                                      "Hit tokens over queried tokens, since the start.")
+                            .Get()),
+      prefix_blocks_(registry_
+                         .AddGauge("tandem:prefix_cache_blocks",
+                                   "KV blocks in the prefix cache now (in use or evictable).")
+                         .Get()) {}
 
 void ServingMetrics::AddSource(std::function<std::string()> source) {
   sources_.push_back(std::move(source));
@@ -260,6 +276,12 @@ std::string ServingMetrics::Render() {
   arrivals_waiting_.Set(s.decode_arrivals_waiting);
   advance(decode_joins_, static_cast<double>(s.decode_joins));
   advance(decode_queue_seconds_, s.decode_queue_seconds);
+  advance(prefix_queried_, static_cast<double>(s.prefix_queried_tokens));
+  advance(prefix_hit_, static_cast<double>(s.prefix_hit_tokens));
+  prefix_hit_ratio_.Set(s.prefix_queried_tokens > 0
+                            ? static_cast<double>(s.prefix_hit_tokens) / s.prefix_queried_tokens
+                            : 0.0);
+  prefix_blocks_.Set(s.prefix_cached_blocks);
   UpdateWindowGauges(absl::Now());
   std::string out = registry_.Render();
   for (const auto& source : sources_) out += source();

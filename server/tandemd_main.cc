@@ -76,6 +76,11 @@ ABSL_FLAG(int, threads, 0, "CPU threads of the engine instance (0: every core)."
 ABSL_FLAG(std::string, disaggregation, "off",
           "on: prefill and decode run as separate instances on disjoint sets of the --threads "
           "cores (pinned), the KV cache handed over in process; off: one colocated instance.");
+ABSL_FLAG(bool, enable_prefix_caching, true,
+          "Prefix caching: a prompt's whole KV blocks that another prompt already computed (the "
+          "same tokens from the start) are shared instead of computed again; cached blocks no "
+          "request holds are evicted, least recently used first, only when the cache runs out. "
+          "Colocated and prefill instances (--enable-prefix-caching=false turns it off).");
 ABSL_FLAG(int, prefill_instances, 1,
           "With --disaggregation=on: prefill instances (each on cores of its own; together with "
           "--decode-instances at most --threads).");
@@ -339,6 +344,7 @@ absl::Status Run() {
   ic.max_queue = absl::GetFlag(FLAGS_max_queue);
   ic.kv_dtype = kv_dtype;
   ic.kv_cache_bytes = kv_bytes;
+  ic.prefix_caching = absl::GetFlag(FLAGS_enable_prefix_caching);
   ic.eos_token_id = tokenizer->eos_id();
   int last_pct = 0;
   ic.load_progress = [&last_pct](int done, int total) {

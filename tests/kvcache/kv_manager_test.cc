@@ -187,6 +187,138 @@ TEST_F(KvManagerTest, SharedBlockFreesOnLastReference) {
   EXPECT_EQ(kv_->num_free(), 8);
 }
 
+// Runs `tokens` as one sequence would: takes the cached prefix, appends blocks for the rest,
+// marks them computed and registers the whole blocks. Returns the tokens that were hits.
+int RunSequence(KvManager& kv, const std::vector<int32_t>& tokens, BlockTable& t) {
+  const int hit = kv.MatchPrefix(tokens, static_cast<int>(tokens.size()) - 1, t);
+  EXPECT_TRUE(kv.Append(t, static_cast<int>(tokens.size())).ok());
+  t.SetNumTokens(static_cast<int>(tokens.size()));
+  kv.CacheFullBlocks(tokens, t);
+  return hit;
+}
+
+TEST_F(KvManagerTest, PrefixCacheSharesWholeBlocksOfTheSamePrefixOnly) {
+  Make(KvDType::kF16, /*num_blocks=*/16, /*block_size=*/4);
+  BlockTable off(4);
+  EXPECT_EQ(kv_->MatchPrefix(std::vector<int32_t>{1, 2, 3, 4, 5}, 4, off), 0);  // off: no-op
+  kv_->EnablePrefixCaching();
+  const std::vector<int32_t> a = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};  // 2 whole blocks + 2
+  BlockTable ta(4);
+  EXPECT_EQ(RunSequence(*kv_, a, ta), 0);
+  EXPECT_EQ(kv_->prefix_stats().cached_blocks, 2);
+
+  // The same first 8 tokens, then others: both whole blocks are shared, the tail is its own.
+  const std::vector<int32_t> b = {1, 2, 3, 4, 5, 6, 7, 8, 42, 43, 44};
+  BlockTable tb(4);
+  EXPECT_EQ(RunSequence(*kv_, b, tb), 8);
+  EXPECT_EQ(tb.blocks()[0], ta.blocks()[0]);
+  EXPECT_EQ(tb.blocks()[1], ta.blocks()[1]);
+  EXPECT_NE(tb.blocks()[2], ta.blocks()[2]);
+  EXPECT_EQ(kv_->RefCount(ta.blocks()[0]), 3);  // two tables and the cache
+
+  // The same second block after another first one: no hit (a chain, not a set of blocks).
+  BlockTable tc(4);
+  EXPECT_EQ(kv_->MatchPrefix(std::vector<int32_t>{9, 2, 3, 4, 5, 6, 7, 8, 1}, 8, tc), 0);
+  EXPECT_TRUE(tc.blocks().empty());
+  // At most max_tokens: a prompt of exactly 8 tokens computes its last one, so shares 1 block.
+  EXPECT_EQ(kv_->MatchPrefix(std::vector<int32_t>{1, 2, 3, 4, 5, 6, 7, 8}, 7, tc), 4);
+  EXPECT_EQ(tc.num_tokens(), 4);
+  kv_->Free(tc);
+
+  // Freed, the cached blocks stay cached and count as free; the uncached ones are free.
+  kv_->Free(ta);
+  kv_->Free(tb);
+  EXPECT_EQ(kv_->num_free(), 16);
+  EXPECT_EQ(kv_->Usage(), 0);
+  EXPECT_EQ(kv_->prefix_stats().cached_blocks, 2);  // the tails (2 and 3 tokens) are not whole
+  EXPECT_EQ(kv_->prefix_stats().evictable_blocks, 2);
+  BlockTable td(4);
+  EXPECT_EQ(RunSequence(*kv_, b, td), 8);  // its last token (and block) is computed again
+  kv_->Free(td);
+}
+
+TEST_F(KvManagerTest, PrefixCacheEvictsOnlyWhenTheFreeListRunsDryTailFirst) {
+  Make(KvDType::kF16, /*num_blocks=*/6, /*block_size=*/2);
+  kv_->EnablePrefixCaching();
+  const std::vector<int32_t> a = {1, 2, 3, 4, 5, 6, 7};  // 3 whole blocks + 1
+  BlockTable ta(2);
+  RunSequence(*kv_, a, ta);
+  kv_->Free(ta);
+  EXPECT_EQ(kv_->prefix_stats().evictable_blocks, 3);
+  EXPECT_EQ(kv_->num_free(), 6);
+  // 3 blocks come off the free list without touching the cache...
+  BlockTable x(2);
+  ASSERT_TRUE(kv_->Append(x, 6).ok());
+  EXPECT_EQ(kv_->prefix_stats().cached_blocks, 3);
+  // ...the next one evicts a's last whole block, not its first.
+  BlockTable y(2);
+  ASSERT_TRUE(kv_->Append(y, 2).ok());
+  EXPECT_EQ(kv_->prefix_stats().evicted_blocks, 1u);
+  BlockTable probe(2);
+  EXPECT_EQ(kv_->MatchPrefix(a, 6, probe), 4);
+  kv_->Free(probe);
+  // Everything else taken: the whole cache goes, and a short pool is still short.
+  BlockTable z(2);
+  EXPECT_FALSE(kv_->CanAppend(z, 7));
+  EXPECT_EQ(kv_->Append(z, 7).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(kv_->prefix_stats().cached_blocks, 2);  // a refusal evicts nothing
+  ASSERT_TRUE(kv_->Append(z, 4).ok());
+  EXPECT_EQ(kv_->prefix_stats().cached_blocks, 0);
+  EXPECT_EQ(kv_->num_free(), 0);
+  EXPECT_EQ(kv_->MatchPrefix(a, 6, probe), 0);
+  kv_->Free(x);
+  kv_->Free(y);
+  kv_->Free(z);
+  EXPECT_EQ(kv_->num_free(), 6);
+}
+
+TEST_F(KvManagerTest, PrefixCacheKeepsOneCopyOfAChain) {
+  Make(KvDType::kF16, /*num_blocks=*/12, /*block_size=*/2);
+  kv_->EnablePrefixCaching();
+  const std::vector<int32_t> a = {1, 2, 3, 4, 5};
+  // Two sequences compute the same prefix at once (neither finds it cached).
+  BlockTable t1(2), t2(2);
+  ASSERT_TRUE(kv_->Append(t1, 5).ok());
+  ASSERT_TRUE(kv_->Append(t2, 5).ok());
+  t1.SetNumTokens(5);
+  t2.SetNumTokens(5);
+  kv_->CacheFullBlocks(a, t1);
+  kv_->CacheFullBlocks(a, t2);  // already cached: t2's copies stay its own
+  EXPECT_EQ(kv_->prefix_stats().cached_blocks, 2);
+  EXPECT_EQ(kv_->RefCount(t2.blocks()[0]), 1);
+  kv_->Free(t2);
+  EXPECT_EQ(kv_->num_free(), 12 - 3);
+
+  // The chain's tail is evicted before its head.
+  kv_->Free(t1);
+  BlockTable fill(2);
+  ASSERT_TRUE(kv_->Append(fill, 2 * 10).ok());  // the free list's 10 blocks
+  EXPECT_EQ(kv_->prefix_stats().cached_blocks, 2);
+  BlockTable more(2);
+  ASSERT_TRUE(kv_->Append(more, 2).ok());
+  EXPECT_EQ(kv_->prefix_stats().cached_blocks, 1);
+  BlockTable probe(2);
+  EXPECT_EQ(kv_->MatchPrefix(a, 4, probe), 2);
+  kv_->Free(probe);
+  kv_->Free(fill);
+  kv_->Free(more);
+  EXPECT_EQ(kv_->num_free(), 12);
+}
+
+TEST_F(KvManagerTest, LeasesEvictCachedBlocksToo) {
+  Make(KvDType::kF16, /*num_blocks=*/4, /*block_size=*/2);
+  kv_->EnablePrefixCaching();
+  BlockTable t(2);
+  RunSequence(*kv_, {1, 2, 3, 4, 5, 6, 7, 8}, t);
+  kv_->Free(t);
+  EXPECT_EQ(kv_->prefix_stats().cached_blocks, 4);
+  auto lease = kv_->Reserve(3, kT0 + absl::Seconds(1));
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_EQ(kv_->prefix_stats().cached_blocks, 1);
+  kv_->Abort(lease->id);
+  EXPECT_EQ(kv_->num_free(), 4);
+}
+
 // Every (layer, block) view is distinct, lies inside the cache arrays at the offset the
 // layout [n_layers, n_blocks, ...] gives, and agrees with what the kernels' KvAppend wrote.
 void CheckLayerViews(KvManager& kv, kernels::Backend& backend) {

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -160,6 +161,74 @@ TEST_F(EngineInstanceTest, PreemptionUnderKvPressureKeepsOutputs) {
   const InstanceStats st = inst->stats();
   EXPECT_GT(st.preemptions, 0u);
   EXPECT_EQ(st.kv_blocks_free, st.kv_blocks_total);
+}
+
+// Prompts that share a long prefix, run with prefix caching and without, one after another
+// (the later ones find the prefix cached) and all at once (several compute it together): the
+// same tokens, greedy and seeded, and the hits are counted.
+TEST_F(EngineInstanceTest, PrefixCachingKeepsOutputsAndCountsHits) {
+  std::mt19937 rng(9);
+  std::vector<int32_t> shared(37);
+  for (int32_t& t : shared) t = 3 + rng() % 200;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 8; ++i) {
+    std::vector<int32_t> p = shared;
+    if (i % 4 == 3) p.resize(16);  // a prompt that is all prefix (its last token runs anyway)
+    for (int k = 0; k < 1 + i % 5; ++k) p.push_back(3 + rng() % 200);
+    prompts.push_back(p);
+  }
+  auto file = model::GgufFile::Open(*path_);
+  ASSERT_TRUE(file.ok());
+  std::map<bool, std::vector<std::vector<int32_t>>> outputs;
+  for (const bool caching : {false, true}) {
+    SCOPED_TRACE(caching ? "prefix caching" : "no prefix caching");
+    EngineInstanceConfig c = Config(4, 24, 256);
+    c.prefix_caching = caching;
+    auto inst = EngineInstance::Create(c, **file);
+    ASSERT_TRUE(inst.ok()) << inst.status();
+    auto request = [&](size_t i, bool sampled, std::shared_ptr<RecordingSink> sink) {
+      SequenceRequest r = Request(prompts[i], 12, sink);
+      if (sampled) {
+        r.sampling.temperature = 0.9f;
+        r.sampling.has_seed = true;
+        r.sampling.seed = 50 + i;
+      }
+      return r;
+    };
+    for (const bool sampled : {false, true}) {
+      for (const bool together : {false, true}) {
+        std::vector<std::shared_ptr<RecordingSink>> sinks;
+        for (size_t i = 0; i < prompts.size(); ++i) {
+          sinks.push_back(std::make_shared<RecordingSink>());
+          ASSERT_TRUE((*inst)->Submit(request(i, sampled, sinks.back())).ok());
+          if (!together) sinks.back()->Wait();
+        }
+        for (auto& sink : sinks) {
+          sink->Wait();
+          EXPECT_EQ(sink->end(), SequenceEnd::kLength) << sink->status();
+          outputs[caching].push_back(sink->tokens());
+        }
+      }
+    }
+    const InstanceStats st = (*inst)->stats();
+    EXPECT_EQ(st.kv_blocks_free, st.kv_blocks_total);  // cached blocks count as free
+    if (caching) {
+      // One after another, every prompt but the very first finds its whole blocks of the
+      // shared prefix cached: 36 tokens (9 blocks of 4) for the six long prompts, 16 for the
+      // two cut short. Greedy: 5 * 36 + 2 * 16; seeded: 6 * 36 + 2 * 16. (Together, some
+      // compute it at once and hit less.)
+      EXPECT_GT(st.prefix_cached_blocks, 0);
+      EXPECT_GE(st.prefix_hit_tokens, 212u + 248u);
+      EXPECT_LT(st.prefix_hit_tokens, st.prefix_queried_tokens);
+    } else {
+      EXPECT_EQ(st.prefix_hit_tokens, 0u);
+      EXPECT_EQ(st.prefix_cached_blocks, 0);
+    }
+  }
+  ASSERT_EQ(outputs[true].size(), outputs[false].size());
+  for (size_t i = 0; i < outputs[true].size(); ++i) {
+    EXPECT_EQ(outputs[true][i], outputs[false][i]) << "request " << i;
+  }
 }
 
 TEST_F(EngineInstanceTest, CancelledSequenceLeavesAndFreesItsBlocks) {

@@ -194,6 +194,59 @@ TEST_P(SchedulerTest, PreemptsNewestWhenKvRunsOutAndRecomputesLater) {
   EXPECT_EQ(o.chunks[0].seq->preemptions, 1);
 }
 
+// With prefix caching: a sequence starts after the whole blocks of its prefix that are cached,
+// and one that cannot start after all (no room for the rest) gives the shared blocks back and
+// waits holding nothing.
+TEST_P(SchedulerTest, StartsAfterItsCachedPrefixAndWaitsHoldingNothing) {
+  TestKv pool(5, kBlock);  // 20 tokens
+  pool->EnablePrefixCaching();
+  Scheduler s(Config(4, 32), *pool);
+  s.Add(MakeSeq(1, 10));  // tokens 0..9: two whole blocks
+  RunStep(s, Schedule(s));
+  s.Remove(s.All()[0]);
+  EXPECT_EQ(pool->num_free(), 5);  // its cached blocks count as free
+  EXPECT_EQ(pool->prefix_stats().cached_blocks, 2);
+
+  s.Add(MakeSeq(2, 10));  // the same prompt
+  SchedulerOutput o = Schedule(s);
+  ASSERT_EQ(o.chunks.size(), 1u);
+  EXPECT_EQ(o.chunks[0].start, 8);
+  EXPECT_EQ(o.chunks[0].num_tokens, 2);
+  EXPECT_TRUE(o.chunks[0].want_logits);
+  EXPECT_EQ(pool->prefix_stats().hit_tokens, 8u);
+  EXPECT_EQ(pool->prefix_stats().queried_tokens, 20u);
+  RunStep(s, o);
+  Sequence* two = s.All()[0];
+  const int32_t shared = two->table.blocks()[0];
+  EXPECT_EQ(pool->RefCount(shared), 2);  // the table's and the cache's
+
+  // 20 tokens with the same first 10: 2 shared blocks and 3 of its own, but 2 are free.
+  s.Add(MakeSeq(3, 20));
+  o = Schedule(s);
+  ASSERT_EQ(o.chunks.size(), 1u);
+  EXPECT_EQ(o.chunks[0].seq->id, 2u);  // only the decode
+  EXPECT_TRUE(o.failed.empty());
+  ASSERT_EQ(s.num_waiting(), 1);
+  Sequence* three = s.All()[1];
+  EXPECT_EQ(three->id, 3u);
+  EXPECT_TRUE(three->table.blocks().empty());
+  EXPECT_EQ(three->num_computed, 0);
+  EXPECT_EQ(pool->RefCount(shared), 2);
+  EXPECT_EQ(pool->prefix_stats().queried_tokens, 20u);  // not counted until it starts
+  RunStep(s, o);
+
+  s.Remove(two);
+  o = Schedule(s);
+  ASSERT_EQ(o.chunks.size(), 1u);
+  EXPECT_EQ(o.chunks[0].seq->id, 3u);
+  EXPECT_EQ(o.chunks[0].start, 8);
+  EXPECT_EQ(o.chunks[0].num_tokens, 12);
+  EXPECT_EQ(three->table.blocks()[0], shared);
+  RunStep(s, o);
+  s.Remove(three);
+  EXPECT_EQ(pool->num_free(), 5);
+}
+
 TEST_P(SchedulerTest, ReusedOutputIsRefilled) {
   TestKv pool(6, kBlock);
   Scheduler s(Config(4, 32), *pool);
