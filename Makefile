@@ -22,7 +22,7 @@ build: deps $(BUILD)/build.ninja
 model:
 	./scripts/fetch-model
 
-# The Python environment of the end-to-end tests (openai SDK, grpcio, pytest).
+# The Python environment of the end-to-end tests (openai SDK, grpcio, pytest, selenium).
 pyenv:
 	./scripts/python-env > /dev/null
 

@@ -20,6 +20,7 @@
 #include "server/openai/request_parser.h"
 #include "server/openai/response_render.h"
 #include "server/openai/slo.h"
+#include "server/ui/chat_page.h"
 
 namespace tandem::server {
 namespace {
@@ -233,6 +234,19 @@ void HttpApi::Handle(http::HttpRequest request, std::shared_ptr<ResponseWriter> 
     if (!get) return SendError(*writer, absl::InvalidArgumentError("use GET /metrics"));
     on_status_(200);
     return writer->Send(200, {{"Content-Type", std::string(metrics::kContentType)}}, metrics_());
+  }
+  // The chat page answers GET and HEAD only: other methods on / keep the 404 below, as there is
+  // nothing else at /.
+  if (config_.chat_page && get && PathIs(request, "/")) {
+    on_status_(200);
+    return writer->Send(
+        200,
+        {{"Content-Type", "text/html; charset=utf-8"},
+         {"Content-Security-Policy", std::string(ui::ChatPageContentSecurityPolicy())},
+         {"Cache-Control", "no-cache"},
+         {"X-Content-Type-Options", "nosniff"},
+         {"Referrer-Policy", "no-referrer"}},
+        std::string(ui::ChatPageHtml()));
   }
 
   const bool known = PathIs(request, "/v1/completions") ||

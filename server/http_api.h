@@ -1,6 +1,7 @@
 // HttpApi: tandemd's HTTP routes, OpenAI-compatible: POST /v1/completions and
 // /v1/chat/completions (stream or not), GET /v1/models, POST /tokenize and /detokenize,
-// GET /health (liveness), GET /ready (readiness), GET /metrics (Prometheus). It parses with
+// GET /health (liveness), GET /ready (readiness), GET /metrics (Prometheus), and GET / the
+// built-in chat page (server/ui; docs/chat-page.md) when chat_page is on. It parses with
 // server/openai, calls the Frontend, renders with server/openai, and answers errors in OpenAI's
 // shape. Generation output is pumped off the engine thread: the stream's notify posts to a
 // strand of the API's own thread, which takes the deltas, renders them and writes them.
@@ -12,6 +13,9 @@
 // "1" on any 429 without one. A streamed response sends its headers with its first output, so
 // a stream refused before producing anything (e.g. dropped from the scheduler's queue) gets its
 // real status (429), not a 200 followed by an in-band error.
+//
+// The open routes (probes, metrics, the chat page) need no API key; the chat page holds no
+// secret, and asks the user for the key when the API answers 401.
 //
 // A client that goes away (HTTP server's OnClose) cancels its generation, which frees its KV
 // within one engine step, whether or not the response's headers went out.
@@ -34,8 +38,9 @@
 namespace tandem::server {
 
 struct HttpApiConfig {
-  std::string api_key;  // empty: no authentication
-  int api_threads = 1;  // threads that render streamed output
+  std::string api_key;     // empty: no authentication
+  int api_threads = 1;     // threads that render streamed output
+  bool chat_page = false;  // GET / (and HEAD /) serves the built-in chat page; off: 404
 };
 
 class HttpApi {

@@ -66,6 +66,9 @@ ABSL_FLAG(std::string, host, "0.0.0.0", "Address the HTTP and gRPC servers bind.
 ABSL_FLAG(int, port, 8000, "HTTP port (0: pick a free one).");
 ABSL_FLAG(int, grpc_port, 50051, "gRPC port (0: pick a free one; -1: no gRPC server).");
 ABSL_FLAG(std::string, api_key, "", "If set, requests must carry 'Authorization: Bearer KEY'.");
+ABSL_FLAG(bool, no_ui, false,
+          "Serve no chat page at GET / (404 instead). The page (docs/chat-page.md) is served by "
+          "colocated daemons and routers, never by prefill/decode workers.");
 ABSL_FLAG(int, max_num_seqs, 64, "Most sequences running at once.");
 ABSL_FLAG(int, max_num_batched_tokens, 512,
           "Token budget of one engine step (decode tokens plus prefill chunks).");
@@ -669,6 +672,8 @@ absl::Status Run() {
   std::atomic<bool> ready{true};
   HttpApiConfig hc;
   hc.api_key = absl::GetFlag(FLAGS_api_key);
+  // Workers refuse generation, so a chat page there could only fail.
+  hc.chat_page = !absl::GetFlag(FLAGS_no_ui) && (role == "colocated" || role == "router");
   HttpApi api(
       hc, frontend,
       [&] {

@@ -236,6 +236,18 @@ def test_workers_refuse_generation_and_bad_input_is_a_400(cluster):
     assert e.value.code == 400
 
 
+def test_the_router_serves_the_chat_page_and_workers_do_not(cluster):
+    # The page (docs/chat-page.md) talks to the public API, which the router serves; workers
+    # refuse generation, so they have no page to offer.
+    with urllib.request.urlopen(cluster.url + "/", timeout=60) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"] == "text/html; charset=utf-8"
+    for worker in cluster.prefill + cluster.decode:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(worker.url + "/", timeout=60)
+        assert e.value.code == 404
+
+
 def test_client_gone_mid_decode_frees_both_workers(cluster):
     leave_mid_decode(cluster.url)
     assert cluster.kv_all_free() is True
