@@ -413,6 +413,11 @@ TEST_F(EngineInstanceTest, DisaggregatedPairMatchesColocated) {
     EXPECT_LE(p.decode_tokens, 2 * prompts.size());
     EXPECT_EQ(d.prefill_tokens, 0u);
     EXPECT_EQ((*disagg)->stats().running, 0);
+    // The sampled round repeats the greedy round's prompts: the prefill instance finds their
+    // whole blocks in its prefix cache (and the outputs above are still the same). The decode
+    // instance caches nothing.
+    EXPECT_GT(p.prefix_hit_tokens, 0u);
+    EXPECT_EQ(d.prefix_cached_blocks, 0);
   }
 }
 
