@@ -93,11 +93,14 @@ void KvManager::MakeRoom(int n) {
     const int32_t b = lru_.front();
     lru_.pop_front();
     CachedBlock& c = cached_[b];
-    auto it = by_hash_.find(c.hash);
-    if (it != by_hash_.end() && it->second == b) by_hash_.erase(it);
-    c.cached = false;
+    {
+      std::lock_guard<std::mutex> lock(index_mu_);
+      auto it = by_hash_.find(c.hash);
+      if (it != by_hash_.end() && it->second == b) by_hash_.erase(it);
+      c.cached = false;
+      c.tokens.clear();
+    }
     c.evictable = false;
-    c.tokens.clear();
     --num_cached_;
     ++stats_.evicted_blocks;
     const int32_t one[] = {b};
@@ -107,17 +110,17 @@ void KvManager::MakeRoom(int n) {
 
 void KvManager::EnablePrefixCaching() {
   if (prefix_caching_) return;
+  {
+    std::lock_guard<std::mutex> lock(index_mu_);
+    cached_.assign(num_total(), CachedBlock{});
+  }
   prefix_caching_ = true;
-  cached_.assign(num_total(), CachedBlock{});
 }
 
-int KvManager::MatchPrefix(std::span<const int32_t> tokens, int max_tokens, BlockTable& table) {
-  CheckTable(table);
-  TANDEM_CHECK(table.blocks().empty());
-  if (!prefix_caching_) return 0;
+void KvManager::FindPrefix(std::span<const int32_t> tokens, int max_tokens,
+                           std::vector<int32_t>* blocks, uint64_t* hash) const {
   const int bs = block_size();
   const int n_blocks = std::max(0, std::min(max_tokens, static_cast<int>(tokens.size()))) / bs;
-  std::vector<int32_t> hit;
   uint64_t h = 0;
   int32_t prev = -1;
   for (int i = 0; i < n_blocks; ++i) {
@@ -132,16 +135,35 @@ int KvManager::MatchPrefix(std::span<const int32_t> tokens, int max_tokens, Bloc
         !std::equal(mine.begin(), mine.end(), c.tokens.begin(), c.tokens.end())) {
       break;
     }
-    hit.push_back(it->second);
+    blocks->push_back(it->second);
     prev = it->second;
     h = hi;
   }
+  *hash = h;
+}
+
+int KvManager::MatchPrefix(std::span<const int32_t> tokens, int max_tokens, BlockTable& table) {
+  CheckTable(table);
+  TANDEM_CHECK(table.blocks().empty());
+  if (!prefix_caching_) return 0;
+  std::vector<int32_t> hit;
+  uint64_t h = 0;
+  FindPrefix(tokens, max_tokens, &hit, &h);  // the engine thread: no lock to read
   if (hit.empty()) return 0;
   for (int32_t b : hit) AddRef(b);  // the table's reference
   const int n = static_cast<int>(hit.size());
-  table = BlockTable::Adopt(bs, std::move(hit), n * bs);
+  table = BlockTable::Adopt(block_size(), std::move(hit), n * block_size());
   table.SetPrefix(n, h, false);
-  return n * bs;
+  return n * block_size();
+}
+
+int KvManager::PeekPrefix(std::span<const int32_t> tokens, int max_tokens) const {
+  if (!prefix_caching_) return 0;
+  std::vector<int32_t> hit;
+  uint64_t h = 0;
+  std::lock_guard<std::mutex> lock(index_mu_);
+  FindPrefix(tokens, max_tokens, &hit, &h);
+  return static_cast<int>(hit.size()) * block_size();
 }
 
 void KvManager::RecordPrefixQuery(int queried, int hit) {
@@ -168,14 +190,17 @@ void KvManager::CacheFullBlocks(std::span<const int32_t> tokens, BlockTable& tab
       return;
     }
     CachedBlock& c = cached_[b];
-    c.cached = true;
-    c.hash = hi;
-    c.parent = i > 0 ? table.blocks()[i - 1] : -1;
-    c.parent_generation = i > 0 ? cached_[c.parent].generation : 0;
-    c.generation = ++generation_;
-    c.tokens.assign(mine.begin(), mine.end());
+    {
+      std::lock_guard<std::mutex> lock(index_mu_);
+      c.cached = true;
+      c.hash = hi;
+      c.parent = i > 0 ? table.blocks()[i - 1] : -1;
+      c.parent_generation = i > 0 ? cached_[c.parent].generation : 0;
+      c.generation = ++generation_;
+      c.tokens.assign(mine.begin(), mine.end());
+      by_hash_.emplace(hi, b);
+    }
     c.evictable = false;
-    by_hash_.emplace(hi, b);
     cache_->pool().AddRef(b);  // the cache's own reference
     ++num_cached_;
     h = hi;

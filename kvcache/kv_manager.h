@@ -17,8 +17,9 @@
 // Mutating calls: Append, Free, Reserve, Renew, Import, Abort, ExpireLeases, AddRef, DropRef,
 // MatchPrefix, CacheFullBlocks. Append is the one the scheduler uses to grow a sequence.
 //
-// Thread safety: not synchronized. Owned and called by its instance's engine thread only;
-// a transfer thread must go through the engine thread to touch leases or tables.
+// Thread safety: not synchronized, except PeekPrefix (any thread). Owned and called by its
+// instance's engine thread only; a transfer thread must go through the engine thread to touch
+// leases or tables.
 //
 // Invariants:
 // - Every block is in exactly one of: the free list (ref 0), one or more BlockTables, or one
@@ -30,11 +31,13 @@
 #ifndef TANDEM_KVCACHE_KV_MANAGER_H_
 #define TANDEM_KVCACHE_KV_MANAGER_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <list>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <unordered_map>
 #include <vector>
@@ -99,12 +102,15 @@ class KvManager {
 
   // Prefix caching (see the top). Enabling takes effect for tables started after it.
   void EnablePrefixCaching();
-  bool prefix_caching() const { return prefix_caching_; }
+  bool prefix_caching() const { return prefix_caching_.load(); }
   // For a sequence about to start (`table` empty): shares into `table` the cached blocks of the
   // longest cached prefix of `tokens` made of whole blocks and at most max_tokens tokens long,
   // sets its num_tokens() to the tokens they hold, and returns that (0 when off or no hit).
   // Counts nothing: the caller reports what it used with RecordPrefixQuery.
   int MatchPrefix(std::span<const int32_t> tokens, int max_tokens, BlockTable& table);
+  // How many tokens MatchPrefix would share now (0 when off), taking nothing: SLO admission's
+  // estimate for a request not yet queued. Any thread; may be stale by the time it starts.
+  int PeekPrefix(std::span<const int32_t> tokens, int max_tokens) const;
   // A sequence started with `hit` of its `queried` prompt tokens from the cache (metrics).
   void RecordPrefixQuery(int queried, int hit);
   // Registers the whole blocks among `table`'s first num_tokens() positions that are not in
@@ -162,6 +168,10 @@ class KvManager {
   void MakeRoom(int n);
   // After a reference on `block` was returned: evictable if only the cache holds it now.
   void OnReleased(int32_t block);
+  // The cached blocks of the longest cached prefix of tokens[0, max_tokens) into *blocks, and
+  // the chain hash of the last. Reads the index only: the engine thread, or under index_mu_.
+  void FindPrefix(std::span<const int32_t> tokens, int max_tokens, std::vector<int32_t>* blocks,
+                  uint64_t* hash) const;
 
   // Prefix cache, per block (sized num_total() once enabled).
   struct CachedBlock {
@@ -182,7 +192,10 @@ class KvManager {
   std::map<uint64_t, KvLease> leases_;
   int num_leased_blocks_ = 0;
   uint64_t next_lease_id_ = 1;
-  bool prefix_caching_ = false;
+  std::atomic<bool> prefix_caching_{false};
+  // The index (cached_'s registrations, by_hash_) changes on the engine thread only, under
+  // index_mu_, so that PeekPrefix can read it from another.
+  mutable std::mutex index_mu_;
   std::vector<CachedBlock> cached_;
   std::unordered_map<uint64_t, int32_t> by_hash_;  // chain hash -> block
   std::list<int32_t> lru_;                         // evictable, front evicted first

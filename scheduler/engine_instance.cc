@@ -314,10 +314,15 @@ absl::StatusOr<Admission> EngineInstance::Submit(std::vector<SequenceRequest> re
   const absl::Duration aging = config_.scheduler.best_effort_aging;
   std::vector<PrefillWork> work;
   work.reserve(requests.size());
+  // With prefix caching, what the cache holds of the prompt now is what admission expects
+  // it will not compute (the choices share one prompt).
+  const int cached =
+      runner_->kv().PeekPrefix(requests[0].prompt, static_cast<int>(requests[0].prompt.size()) - 1);
   for (const SequenceRequest& r : requests) {
     PrefillWork w;
     w.id = r.id;
-    w.remaining = static_cast<int>(r.prompt.size());
+    w.remaining = static_cast<int>(r.prompt.size()) - cached;
+    w.start = cached;
     // A prefill instance keeps a sequence until its first token only.
     w.generate = config_.role == InstanceRole::kPrefill ? 0 : r.max_tokens - 1;
     w.slo = r.ttft_slo != absl::InfiniteDuration() || r.tpot_slo != absl::InfiniteDuration();

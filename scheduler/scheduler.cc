@@ -359,7 +359,11 @@ void Scheduler::ExportLoad(const SchedulerOutput& in_flight, absl::Time step_end
   const absl::Duration aging = config_.best_effort_aging;
   auto add = [&](const Sequence& s) {
     const int ran = s.scheduled_step == step_ ? s.scheduled_tokens : 0;
-    const int computed = s.num_computed + ran;
+    // A sequence that has not started yet computes only what the prefix cache lacks.
+    const int cached = s.table.blocks().empty() && s.num_computed == 0
+                           ? kv_.PeekPrefix(s.tokens, s.num_tokens() - 1)
+                           : 0;
+    const int computed = s.num_computed + ran + cached;
     const int uncomputed = s.num_tokens() - computed;
     int generated = s.num_generated();
     if (uncomputed == 0) {  // the step samples a token

@@ -210,6 +210,9 @@ TEST_F(KvManagerTest, PrefixCacheSharesWholeBlocksOfTheSamePrefixOnly) {
   // The same first 8 tokens, then others: both whole blocks are shared, the tail is its own.
   const std::vector<int32_t> b = {1, 2, 3, 4, 5, 6, 7, 8, 42, 43, 44};
   BlockTable tb(4);
+  EXPECT_EQ(kv_->PeekPrefix(b, 10), 8);  // what a match would share, taking nothing
+  EXPECT_EQ(kv_->RefCount(ta.blocks()[0]), 2);
+  EXPECT_EQ(kv_->PeekPrefix(b, 7), 4);
   EXPECT_EQ(RunSequence(*kv_, b, tb), 8);
   EXPECT_EQ(tb.blocks()[0], ta.blocks()[0]);
   EXPECT_EQ(tb.blocks()[1], ta.blocks()[1]);
