@@ -6,6 +6,20 @@
 #include "common/check.h"
 
 namespace tandem::kernels {
+namespace {
+
+// Inverse of UnpackQ5: low nibbles into qs in Q4_0's order, fifth bits into qh.
+void PackQ5(const uint8_t q[32], uint8_t qh[4], uint8_t qs[16]) {
+  uint32_t h = 0;
+  for (int j = 0; j < 16; ++j) {
+    qs[j] = static_cast<uint8_t>((q[j] & 0xf) | (q[j + 16] & 0xf) << 4);
+    h |= static_cast<uint32_t>(q[j] >> 4) << j;
+    h |= static_cast<uint32_t>(q[j + 16] >> 4) << (j + 16);
+  }
+  std::memcpy(qh, &h, 4);
+}
+
+}  // namespace
 
 bool IsSupported(DType t) {
   switch (t) {
@@ -14,6 +28,8 @@ bool IsSupported(DType t) {
     case DType::kBF16:
     case DType::kQ4_0:
     case DType::kQ4_1:
+    case DType::kQ5_0:
+    case DType::kQ5_1:
     case DType::kQ8_0:
       return true;
   }
@@ -22,12 +38,22 @@ bool IsSupported(DType t) {
 
 std::string_view DTypeName(DType t) {
   switch (t) {
-    case DType::kF32: return "F32";
-    case DType::kF16: return "F16";
-    case DType::kBF16: return "BF16";
-    case DType::kQ4_0: return "Q4_0";
-    case DType::kQ4_1: return "Q4_1";
-    case DType::kQ8_0: return "Q8_0";
+    case DType::kF32:
+      return "F32";
+    case DType::kF16:
+      return "F16";
+    case DType::kBF16:
+      return "BF16";
+    case DType::kQ4_0:
+      return "Q4_0";
+    case DType::kQ4_1:
+      return "Q4_1";
+    case DType::kQ5_0:
+      return "Q5_0";
+    case DType::kQ5_1:
+      return "Q5_1";
+    case DType::kQ8_0:
+      return "Q8_0";
   }
   return "unknown";
 }
@@ -40,6 +66,8 @@ int64_t BlockElems(DType t) {
       return 1;
     case DType::kQ4_0:
     case DType::kQ4_1:
+    case DType::kQ5_0:
+    case DType::kQ5_1:
     case DType::kQ8_0:
       return kQuantBlock;
   }
@@ -48,14 +76,32 @@ int64_t BlockElems(DType t) {
 
 int64_t BlockBytes(DType t) {
   switch (t) {
-    case DType::kF32: return 4;
+    case DType::kF32:
+      return 4;
     case DType::kF16:
-    case DType::kBF16: return 2;
-    case DType::kQ4_0: return sizeof(BlockQ4_0);
-    case DType::kQ4_1: return sizeof(BlockQ4_1);
-    case DType::kQ8_0: return sizeof(BlockQ8_0);
+    case DType::kBF16:
+      return 2;
+    case DType::kQ4_0:
+      return sizeof(BlockQ4_0);
+    case DType::kQ4_1:
+      return sizeof(BlockQ4_1);
+    case DType::kQ5_0:
+      return sizeof(BlockQ5_0);
+    case DType::kQ5_1:
+      return sizeof(BlockQ5_1);
+    case DType::kQ8_0:
+      return sizeof(BlockQ8_0);
   }
   TANDEM_CHECK(false && "unsupported dtype");
+}
+
+void UnpackQ5(const uint8_t qh[4], const uint8_t qs[16], uint8_t q[32]) {
+  uint32_t h;
+  std::memcpy(&h, qh, 4);
+  for (int j = 0; j < 16; ++j) {
+    q[j] = static_cast<uint8_t>((qs[j] & 0xf) | ((h >> j) & 1) << 4);
+    q[j + 16] = static_cast<uint8_t>((qs[j] >> 4) | ((h >> (j + 16)) & 1) << 4);
+  }
 }
 
 float HalfToFloat(uint16_t h) {
@@ -161,6 +207,27 @@ void DequantizeRow(DType t, const void* row, int64_t cols, float* out) {
       }
       return;
     }
+    case DType::kQ5_0: {
+      const auto* b = static_cast<const BlockQ5_0*>(row);
+      uint8_t q[32];
+      for (int64_t i = 0; i < cols / kQuantBlock; ++i, out += kQuantBlock) {
+        const float d = HalfToFloat(b[i].d);
+        UnpackQ5(b[i].qh, b[i].qs, q);
+        for (int j = 0; j < 32; ++j) out[j] = (q[j] - 16) * d;
+      }
+      return;
+    }
+    case DType::kQ5_1: {
+      const auto* b = static_cast<const BlockQ5_1*>(row);
+      uint8_t q[32];
+      for (int64_t i = 0; i < cols / kQuantBlock; ++i, out += kQuantBlock) {
+        const float d = HalfToFloat(b[i].d);
+        const float m = HalfToFloat(b[i].m);
+        UnpackQ5(b[i].qh, b[i].qs, q);
+        for (int j = 0; j < 32; ++j) out[j] = q[j] * d + m;
+      }
+      return;
+    }
     case DType::kQ8_0: {
       const auto* b = static_cast<const BlockQ8_0*>(row);
       for (int64_t i = 0; i < cols / kQuantBlock; ++i, out += kQuantBlock) {
@@ -229,6 +296,49 @@ void QuantizeRow(DType t, const float* in, int64_t cols, void* row) {
       }
       return;
     }
+    // The Q5 formats follow ggml's quantize_row_q5_{0,1}_ref, truncating casts included.
+    case DType::kQ5_0: {
+      auto* b = static_cast<BlockQ5_0*>(row);
+      for (int64_t i = 0; i < cols / kQuantBlock; ++i, in += kQuantBlock) {
+        float amax = 0, maxv = 0;
+        for (int j = 0; j < 32; ++j) {
+          if (std::fabs(in[j]) > amax) {
+            amax = std::fabs(in[j]);
+            maxv = in[j];
+          }
+        }
+        const float d = maxv / -16;
+        const float id = d != 0 ? 1.f / d : 0.f;
+        b[i].d = FloatToHalf(d);
+        uint8_t q[32];
+        // The extreme element lands on q = 0; the other side may reach 32, clamped to 31.
+        for (int j = 0; j < 32; ++j) q[j] = std::min(31, static_cast<int>(in[j] * id + 16.5f));
+        PackQ5(q, b[i].qh, b[i].qs);
+      }
+      return;
+    }
+    case DType::kQ5_1: {
+      auto* b = static_cast<BlockQ5_1*>(row);
+      for (int64_t i = 0; i < cols / kQuantBlock; ++i, in += kQuantBlock) {
+        float mn = in[0], mx = in[0];
+        for (int j = 1; j < 32; ++j) {
+          mn = std::min(mn, in[j]);
+          mx = std::max(mx, in[j]);
+        }
+        const float d = (mx - mn) / 31;
+        const float id = d != 0 ? 1.f / d : 0.f;
+        b[i].d = FloatToHalf(d);
+        b[i].m = FloatToHalf(mn);
+        uint8_t q[32];
+        // ggml does not clamp here: (mx - mn) * id is 31 plus a few ulps at most, so the
+        // clamp never changes a value; it only keeps a fifth bit from spilling.
+        for (int j = 0; j < 32; ++j) {
+          q[j] = std::min(31, static_cast<int>((in[j] - mn) * id + 0.5f));
+        }
+        PackQ5(q, b[i].qh, b[i].qs);
+      }
+      return;
+    }
     case DType::kQ8_0: {
       auto* b = static_cast<BlockQ8_0*>(row);
       for (int64_t i = 0; i < cols / kQuantBlock; ++i, in += kQuantBlock) {
@@ -244,6 +354,5 @@ void QuantizeRow(DType t, const float* in, int64_t cols, void* row) {
   }
   TANDEM_CHECK(false && "unsupported dtype");
 }
-
 
 }  // namespace tandem::kernels

@@ -17,6 +17,8 @@ enum class DType : uint32_t {
   kF16 = 1,
   kQ4_0 = 2,
   kQ4_1 = 3,
+  kQ5_0 = 6,
+  kQ5_1 = 7,
   kQ8_0 = 8,
   kBF16 = 30,
 };
@@ -32,11 +34,30 @@ struct BlockQ4_1 {  // x = q * d + m
   uint16_t m;       // fp16 minimum
   uint8_t qs[16];
 };
+// The 5-bit formats store Q4's nibbles plus a fifth bit per element: bit j of qh (read as a
+// little-endian uint32) is the fifth bit of element j, so q_j = nibble_j | bit_j << 4 in
+// [0, 31].
+struct BlockQ5_0 {  // x = (q - 16) * d
+  uint16_t d;       // fp16 scale
+  uint8_t qh[4];    // fifth bits of elements 0..31
+  uint8_t qs[16];   // low 4 bits, in Q4_0's order
+};
+struct BlockQ5_1 {  // x = q * d + m
+  uint16_t d;       // fp16 scale
+  uint16_t m;       // fp16 minimum
+  uint8_t qh[4];
+  uint8_t qs[16];
+};
 struct BlockQ8_0 {  // x = q * d
   uint16_t d;
   int8_t qs[32];
 };
 static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20 && sizeof(BlockQ8_0) == 34);
+static_assert(sizeof(BlockQ5_0) == 22 && sizeof(BlockQ5_1) == 24);
+
+// The 5-bit values q[0..31] (each in [0, 31]) of a Q5_0 or Q5_1 block, in element order.
+// Out of line: an inline copy compiled into an AVX-512 file could be the one the linker keeps.
+void UnpackQ5(const uint8_t qh[4], const uint8_t qs[16], uint8_t q[32]);
 
 // True for the types tandem reads and computes with.
 bool IsSupported(DType t);

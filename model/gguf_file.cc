@@ -36,19 +36,34 @@ constexpr uint64_t kDefaultAlignment = 32;
 constexpr int kMaxDims = 4;
 constexpr int kMaxArrayDepth = 8;  // deeper nesting is never legitimate; bounds recursion
 
-// Names of GGUF tensor type ids, including those tandem cannot compute with, so an
-// unsupported file gets a useful message.
+// Names of GGUF tensor type ids (ggml's enum ggml_type), including those tandem cannot
+// compute with and those ggml has since retired, so an unsupported file gets a useful message.
+constexpr std::string_view kGgmlTypeNames[] = {
+    "F32",   "F16",        "Q4_0",       "Q4_1",       "Q4_2",     "Q4_3",     "Q5_0",
+    "Q5_1",  "Q8_0",       "Q8_1",       "Q2_K",       "Q3_K",     "Q4_K",     "Q5_K",
+    "Q6_K",  "Q8_K",       "IQ2_XXS",    "IQ2_XS",     "IQ3_XXS",  "IQ1_S",    "IQ4_NL",
+    "IQ3_S", "IQ2_S",      "IQ4_XS",     "I8",         "I16",      "I32",      "I64",
+    "F64",   "IQ1_M",      "BF16",       "Q4_0_4_4",   "Q4_0_4_8", "Q4_0_8_8", "TQ1_0",
+    "TQ2_0", "IQ4_NL_4_4", "IQ4_NL_4_8", "IQ4_NL_8_8", "MXFP4",    "NVFP4",    "Q1_0"};
+
 std::string_view GgmlTypeName(uint32_t id) {
-  static constexpr std::string_view kNames[] = {
-      "F32",     "F16",    "Q4_0",    "Q4_1",  "Q4_2",   "Q4_3",  "Q5_0",  "Q5_1",
-      "Q8_0",    "Q8_1",   "Q2_K",    "Q3_K",  "Q4_K",   "Q5_K",  "Q6_K",  "Q8_K",
-      "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS",
-      "I8",      "I16",    "I32",     "I64",   "F64",    "IQ1_M", "BF16"};
-  if (id < std::size(kNames)) return kNames[id];
+  if (id < std::size(kGgmlTypeNames)) return kGgmlTypeNames[id];
   return "unknown";
 }
 
-constexpr std::string_view kSupportedTypes = "F32, F16, BF16, Q4_0, Q4_1, Q8_0";
+// "F32, F16, ...": the types kernels::IsSupported accepts, in type id order.
+const std::string& SupportedTypeNames() {
+  static const std::string names = [] {
+    std::string s;
+    for (uint32_t id = 0; id < std::size(kGgmlTypeNames); ++id) {
+      if (!kernels::IsSupported(static_cast<kernels::DType>(id))) continue;
+      if (!s.empty()) s += ", ";
+      s += kGgmlTypeNames[id];
+    }
+    return s;
+  }();
+  return names;
+}
 
 // Size in bytes of a fixed-size scalar type; 0 for string and array.
 uint64_t ScalarSize(GgufType t) {
@@ -376,7 +391,7 @@ absl::Status GgufFile::Parser::ReadTensorInfo(size_t index, GgufTensor* t, uint6
     return absl::UnimplementedError(
         Cat("GGUF file '", f_->path_, "': ", label, " has type id ", type_id, " (",
             GgmlTypeName(type_id),
-            "), which tandem does not support; supported types: ", kSupportedTypes));
+            "), which tandem does not support; supported types: ", SupportedTypeNames()));
   }
   t->type = type;
   const uint64_t block = static_cast<uint64_t>(kernels::BlockElems(type));

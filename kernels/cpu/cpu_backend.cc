@@ -351,7 +351,7 @@ absl::Status CheckAmxAgainstAvx512() {
   };
   for (auto& v : wf) v = next();
   for (auto& v : x) v = next();
-  for (DType type : {DType::kQ4_0, DType::kQ4_1, DType::kQ8_0}) {
+  for (DType type : {DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kQ8_0}) {
     const int64_t row_bytes = RowBytes(type, kCols);
     std::vector<uint8_t> gguf(kRows * row_bytes);
     for (int64_t r = 0; r < kRows; ++r) {

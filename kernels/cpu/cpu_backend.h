@@ -2,9 +2,9 @@
 // the stream is synchronous (every op has finished when its call returns), and each op is
 // split across a persistent pinned ThreadPool (the engine thread is thread 0).
 //
-// Matmul keeps quantized weights quantized: PackWeight repacks Q4_0/Q4_1/Q8_0 into the
-// 16-row interleaved layout of kernels/cpu/matmul.h, and each call quantizes the activations
-// to int8 per 32-element block into scratch owned by the backend (sized for
+// Matmul keeps quantized weights quantized: PackWeight repacks Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 into
+// the 16-row interleaved layout of kernels/cpu/matmul.h, and each call quantizes the
+// activations to int8 per 32-element block into scratch owned by the backend (sized for
 // max_batch_tokens rows and the widest packed weight; a larger m runs in chunks), then runs
 // the int8 GEMM of the configured ISA.
 //

@@ -11,9 +11,10 @@ namespace {
 
 int64_t RoundUp(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
-// Reads the GGUF fields of block b of row `row` as (qs pointer, d, m) in half bits.
+// Block b of row `row` as the bytes of its packed tile (16 for Q4, 32 for 8-bit tiles; see
+// matmul.h) and its d and m in half bits.
 struct SrcBlock {
-  const uint8_t* qs;
+  uint8_t bytes[32];
   uint16_t d;
   uint16_t m;
 };
@@ -24,17 +25,36 @@ SrcBlock ReadSrcBlock(DType type, const uint8_t* rows, int64_t row_bytes, int64_
   switch (type) {
     case DType::kQ4_0: {
       const auto* blk = reinterpret_cast<const BlockQ4_0*>(base);
-      s = {blk->qs, blk->d, 0};
+      std::memcpy(s.bytes, blk->qs, 16);
+      s.d = blk->d;
       break;
     }
     case DType::kQ4_1: {
       const auto* blk = reinterpret_cast<const BlockQ4_1*>(base);
-      s = {blk->qs, blk->d, blk->m};
+      std::memcpy(s.bytes, blk->qs, 16);
+      s.d = blk->d;
+      s.m = blk->m;
+      break;
+    }
+    case DType::kQ5_0: {
+      // q - 16 in [-16, 15] stored as Q8_0 stores an int8: plus 128.
+      const auto* blk = reinterpret_cast<const BlockQ5_0*>(base);
+      UnpackQ5(blk->qh, blk->qs, s.bytes);
+      for (uint8_t& v : s.bytes) v = static_cast<uint8_t>(v - 16 + 128);
+      s.d = blk->d;
+      break;
+    }
+    case DType::kQ5_1: {
+      const auto* blk = reinterpret_cast<const BlockQ5_1*>(base);
+      UnpackQ5(blk->qh, blk->qs, s.bytes);
+      s.d = blk->d;
+      s.m = blk->m;
       break;
     }
     case DType::kQ8_0: {
       const auto* blk = reinterpret_cast<const BlockQ8_0*>(base);
-      s = {reinterpret_cast<const uint8_t*>(blk->qs), blk->d, 0};
+      for (int j = 0; j < 32; ++j) s.bytes[j] = static_cast<uint8_t>(blk->qs[j]) ^ 0x80;
+      s.d = blk->d;
       break;
     }
     default:
@@ -54,10 +74,10 @@ PackedLayout MakePackedLayout(DType type, int64_t rows, int64_t cols) {
   l.cols = cols;
   l.nb = cols / kQuantBlock;
   l.n_groups = (rows + kGroupRows - 1) / kGroupRows;
-  l.qs_bytes = type == DType::kQ8_0 ? 512 : 256;
+  l.qs_bytes = HasByteTile(type) ? 512 : 256;
   l.d_offset = l.nb * l.qs_bytes;
   l.m_offset = l.d_offset + l.nb * kGroupRows * 2;
-  const int64_t end = type == DType::kQ4_1 ? l.m_offset + l.nb * kGroupRows * 2 : l.m_offset;
+  const int64_t end = HasMin(type) ? l.m_offset + l.nb * kGroupRows * 2 : l.m_offset;
   l.group_bytes = RoundUp(end, 64);
   return l;
 }
@@ -65,8 +85,7 @@ PackedLayout MakePackedLayout(DType type, int64_t rows, int64_t cols) {
 void PackQuantized(const PackedLayout& l, const void* gguf_rows, uint8_t* out) {
   const auto* src = static_cast<const uint8_t*>(gguf_rows);
   const int64_t row_bytes = RowBytes(l.type, l.cols);
-  const bool q8 = l.type == DType::kQ8_0;
-  const int n_vec = q8 ? 8 : 4;
+  const int n_vec = HasByteTile(l.type) ? 8 : 4;
   std::memset(out, 0, l.total_bytes());
   for (int64_t g = 0; g < l.n_groups; ++g) {
     uint8_t* group = out + g * l.group_bytes;
@@ -79,13 +98,10 @@ void PackQuantized(const PackedLayout& l, const void* gguf_rows, uint8_t* out) {
         const SrcBlock s = ReadSrcBlock(l.type, src, row_bytes, row, b);
         uint8_t* tile = group + b * l.qs_bytes;
         for (int p = 0; p < n_vec; ++p) {
-          for (int e = 0; e < 4; ++e) {
-            const uint8_t byte = s.qs[4 * p + e];
-            tile[64 * p + 4 * r + e] = q8 ? static_cast<uint8_t>(byte ^ 0x80) : byte;
-          }
+          for (int e = 0; e < 4; ++e) tile[64 * p + 4 * r + e] = s.bytes[4 * p + e];
         }
         d[b * kGroupRows + r] = s.d;
-        if (l.type == DType::kQ4_1) m[b * kGroupRows + r] = s.m;
+        if (HasMin(l.type)) m[b * kGroupRows + r] = s.m;
       }
     }
   }
@@ -101,16 +117,19 @@ void DequantizePackedRow(const PackedLayout& l, const uint8_t* packed, int64_t r
   for (int64_t b = 0; b < l.nb; ++b, out += kQuantBlock) {
     const uint8_t* tile = group + b * l.qs_bytes;
     const float scale = HalfToFloat(d[b * kGroupRows + r]);
-    if (l.type == DType::kQ8_0) {
+    if (HasByteTile(l.type)) {
+      // Q5_1 as DequantizeRow computes it (q * d + m), the others as (q + offset) * d.
+      const bool has_min = HasMin(l.type);
+      const float min = has_min ? HalfToFloat(m[b * kGroupRows + r]) : 0.f;
       for (int p = 0; p < 8; ++p) {
         for (int e = 0; e < 4; ++e) {
-          const int q = static_cast<int>(tile[64 * p + 4 * r + e]) - 128;
-          out[4 * p + e] = q * scale;
+          const int byte = tile[64 * p + 4 * r + e];
+          out[4 * p + e] = has_min ? byte * scale + min : (byte - 128) * scale;
         }
       }
       continue;
     }
-    const float min = l.type == DType::kQ4_1 ? HalfToFloat(m[b * kGroupRows + r]) : 0.f;
+    const float min = HasMin(l.type) ? HalfToFloat(m[b * kGroupRows + r]) : 0.f;
     const int off = l.type == DType::kQ4_0 ? -8 : 0;
     for (int p = 0; p < 4; ++p) {
       for (int e = 0; e < 4; ++e) {
@@ -127,8 +146,10 @@ int32_t ActOffset(DType type, Isa isa) {
     case DType::kQ4_0:
       return -8;
     case DType::kQ4_1:
+    case DType::kQ5_1:
       return 0;
     case DType::kQ8_0:
+    case DType::kQ5_0:  // packed as Q8_0's bytes
       // AVX2's maddubs would saturate on q + 128, so that kernel flips the weights back to
       // signed and needs no offset.
       return isa == Isa::kAvx2 ? 0 : -128;
@@ -210,8 +231,8 @@ void QuantizeActsScalar(const float* x, int32_t offset, const QuantizedActs& a, 
 void QuantGemmScalar(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int64_t g1) {
   const PackedLayout& l = *args.layout;
   const QuantizedActs& a = *args.acts;
-  const bool q8 = l.type == DType::kQ8_0;
-  const bool has_min = l.type == DType::kQ4_1;
+  const bool byte_tile = HasByteTile(l.type);
+  const bool has_min = HasMin(l.type);
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* group = args.packed + g * l.group_bytes;
     const auto* dh = reinterpret_cast<const uint16_t*>(group + l.d_offset);
@@ -227,7 +248,7 @@ void QuantGemmScalar(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t 
         const float dx = a.d[i * a.nb + b];
         for (int r = 0; r < n_valid; ++r) {
           int32_t dot = 0;
-          if (q8) {
+          if (byte_tile) {
             for (int p = 0; p < 8; ++p) {
               for (int e = 0; e < 4; ++e) dot += tile[64 * p + 4 * r + e] * xb[4 * p + e];
             }

@@ -2,27 +2,38 @@
 // on-the-fly int8 quantization of activations, and one range kernel per ISA. CpuBackend
 // owns the scratch buffers and the thread split; everything here works on given ranges.
 //
-// Quantized weights (Q4_0, Q4_1, Q8_0) stay quantized; PackWeight repacks them (the bytes
-// are the same values, only reordered) so that one 64-byte load feeds 16 output rows:
+// Quantized weights (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) stay quantized; PackWeight repacks them
+// (the values are the same, only reordered) so that one 64-byte load feeds 16 output rows:
 //   rows are cut into groups of kGroupRows = 16 (the last one padded with zero rows); a
 //   group stores, for each 32-element block b of the row, a qs tile, then after all qs
-//   tiles the 16 rows' fp16 scales d per block, then (Q4_1) their fp16 minima m per block:
+//   tiles the 16 rows' fp16 scales d per block, then (Q4_1, Q5_1) their fp16 minima m per
+//   block:
 //     qs tile, Q4:  4 vectors of 64 bytes; vector p, bytes 4r..4r+3 = GGUF qs[4p..4p+3] of
 //                   row r (low nibbles: elements 4p..4p+3, high nibbles: 16+4p..16+4p+3)
-//     qs tile, Q8:  8 vectors of 64 bytes; vector p, bytes 4r..4r+3 = qs[4p..4p+3] of row r
-//                   stored as unsigned (q + 128)
+//     qs tile, 8-bit (Q8_0, Q5_0, Q5_1): 8 vectors of 64 bytes; vector p, bytes 4r..4r+3 =
+//                   elements 4p..4p+3 of row r as unsigned bytes: Q8_0 q + 128; Q5_0
+//                   (q - 16) + 128, exactly Q8_0's bytes for the value q - 16; Q5_1 q itself
+//                   (0..31)
 //     d: [nb][16] fp16, m: [nb][16] fp16
 // So after unpacking nibbles, every 32-bit lane of a vector holds 4 consecutive elements of
 // one row, and an int8 dot product (vpdpbusd / maddubs) against the 4 matching activation
 // bytes broadcast to all lanes leaves each lane with its own row's sum: 16 rows come out
 // of one register with no horizontal reduction, and the 16 scales of a block load as one
-// vector. Weights are unsigned (nibbles, or q + 128) and activations signed, which is the
-// operand order of vpdpbusd; the constant offsets (-8 for Q4_0, -128 for Q8_0) are undone
-// per activation block with an integer bias = offset * sum(qx).
+// vector. Weights are unsigned (nibbles, or the 8-bit tile's bytes) and activations signed,
+// which is the operand order of vpdpbusd; the constant offsets (-8 for Q4_0, -128 for Q8_0
+// and Q5_0) are undone per activation block with an integer bias = offset * sum(qx).
+//
+// Q5 weights take 8 bits per weight once packed (8.5 and 9 with scales and minima),
+// against 5.5 (Q5_0) and 6 (Q5_1) in the file, because the repack is then lossless and
+// reuses the int8 dot-product kernels as they are: Q5_0 runs Q8_0's kernels on Q8_0's
+// bytes; Q5_1 is Q8_0's tile with Q4_1's minimum term. Keeping 5 bits would take a Q4 tile
+// plus a 64-byte plane of the 16 rows' fifth bits per block, OR-ed in as 0x10 after the
+// nibble unpack (AVX-512: a 64-bit mask per vector and _mm512_mask_or_epi8; AVX2: a byte
+// shuffle), a follow-up if Q5 models matter (a third fewer bytes for decode to stream).
 //
 // Activations are quantized per 32-element block like GGUF's Q8 formats: d = max|x| / 127,
-// q = round-to-nearest-even(x / d); we keep d in fp32, plus s = d * sum(q) for Q4_1's
-// minimum term: sum_j (q_j d + m)(qx_j dx) = d dx sum(q_j qx_j) + m dx sum(qx_j).
+// q = round-to-nearest-even(x / d); we keep d in fp32, plus s = d * sum(q) for the minimum
+// term of Q4_1 and Q5_1: sum_j (q_j d + m)(qx_j dx) = d dx sum(q_j qx_j) + m dx sum(qx_j).
 //
 // Float weights (F32, F16, BF16) stay row-major as GGUF stores them and are computed in
 // fp32 against fp32 activations.
@@ -42,8 +53,15 @@ namespace tandem::kernels::cpu {
 inline constexpr int kGroupRows = 16;
 
 inline bool IsQuantized(DType t) {
-  return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ8_0;
+  return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ5_0 || t == DType::kQ5_1 ||
+         t == DType::kQ8_0;
 }
+// Packed with one byte per weight (else two nibbles per byte); see the header comment.
+constexpr bool HasByteTile(DType t) {
+  return t == DType::kQ8_0 || t == DType::kQ5_0 || t == DType::kQ5_1;
+}
+// Packed with per-block minima m (x = q d + m).
+constexpr bool HasMin(DType t) { return t == DType::kQ4_1 || t == DType::kQ5_1; }
 
 // Where the parts of a packed quantized weight live; see the header comment.
 struct PackedLayout {
@@ -52,10 +70,10 @@ struct PackedLayout {
   int64_t cols = 0;
   int64_t nb = 0;           // blocks per row = cols / 32
   int64_t n_groups = 0;     // ceil(rows / 16)
-  int64_t qs_bytes = 0;     // bytes of one block's qs tile: 256 (Q4) or 512 (Q8)
+  int64_t qs_bytes = 0;     // bytes of one block's qs tile: 256 (Q4) or 512 (8-bit)
   int64_t group_bytes = 0;  // stride between groups, a multiple of 64
   int64_t d_offset = 0;     // offset of d inside a group
-  int64_t m_offset = 0;     // offset of m inside a group (Q4_1)
+  int64_t m_offset = 0;     // offset of m inside a group (Q4_1, Q5_1)
   int64_t total_bytes() const { return n_groups * group_bytes; }
 };
 
@@ -72,7 +90,7 @@ void DequantizePackedRow(const PackedLayout& layout, const uint8_t* packed, int6
 struct QuantizedActs {
   int8_t* q = nullptr;      // [m, cols]
   float* d = nullptr;       // [m, nb] block scales
-  float* s = nullptr;       // [m, nb] d * sum(q) (Q4_1's minimum term)
+  float* s = nullptr;       // [m, nb] d * sum(q) (the minimum term of Q4_1, Q5_1)
   int32_t* bias = nullptr;  // [m, nb] offset * sum(q), offset = ActOffset(type, isa)
   int64_t cols = 0;
   int64_t nb = 0;

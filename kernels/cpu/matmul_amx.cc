@@ -3,8 +3,9 @@
 //   A (tile 1) = 16 activation rows x one block of 32 signed bytes, read in place from the
 //                quantized activations (row stride = cols);
 //   B (tile 2) = 8 rows of 64 bytes: row k holds elements 4k..4k+3 of each of the 16 weight
-//                rows, which is exactly the packed layout's vector k (Q8_0: read in place;
-//                Q4: the unpacked nibbles, staged in a 512-byte buffer);
+//                rows, which is exactly the packed layout's vector k (8-bit tiles of Q8_0,
+//                Q5_0, Q5_1: read in place; Q4: the unpacked nibbles, staged in a 512-byte
+//                buffer);
 //   C (tile 0) = 16 x 16 int32 dot products, scaled per (row, block) with AVX-512 since
 //                every block has its own scales.
 // Exercised on the Intel Xeon (Sapphire Rapids class) that some sessions run on; the Zen 4/5
@@ -40,8 +41,8 @@ static_assert(sizeof(TileConfig) == 64);
 
 template <DType kType>
 void AmxTyped(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int64_t g1) {
-  constexpr bool kQ8 = kType == DType::kQ8_0;
-  constexpr bool kMin = kType == DType::kQ4_1;
+  constexpr bool kByteTile = HasByteTile(kType);
+  constexpr bool kMin = HasMin(kType);
   TANDEM_CHECK_EQ((m1 - m0) % kGroupRows, 0);
   EnsureAmxTileConfig();
   const PackedLayout& l = *args.layout;
@@ -62,7 +63,7 @@ void AmxTyped(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int
       for (int64_t b = 0; b < nb; ++b) {
         const uint8_t* tile = group + b * l.qs_bytes;
         const uint8_t* bsrc = tile;
-        if constexpr (!kQ8) {
+        if constexpr (!kByteTile) {
           for (int p = 0; p < 4; ++p) {
             const __m512i v = _mm512_load_si512(tile + 64 * p);
             _mm512_store_si512(wbuf + 64 * p, _mm512_and_si512(v, low4));
@@ -128,7 +129,10 @@ void QuantGemmAmx(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0,
       return AmxTyped<DType::kQ4_0>(args, m0, m1, g0, g1);
     case DType::kQ4_1:
       return AmxTyped<DType::kQ4_1>(args, m0, m1, g0, g1);
+    case DType::kQ5_1:
+      return AmxTyped<DType::kQ5_1>(args, m0, m1, g0, g1);
     case DType::kQ8_0:
+    case DType::kQ5_0:  // packed as Q8_0's bytes
       return AmxTyped<DType::kQ8_0>(args, m0, m1, g0, g1);
     default:
       TANDEM_CHECK(false && "not a quantized type");

@@ -25,8 +25,8 @@ inline __m256i Bcast4(const int8_t* p) {
 template <DType kType, int MR>
 void HalfGroupTile(const PackedLayout& l, const uint8_t* group, int h, const QuantizedActs& a,
                    int64_t i0, float* y, int64_t ldy, int n_store) {
-  constexpr bool kQ8 = kType == DType::kQ8_0;
-  constexpr bool kMin = kType == DType::kQ4_1;
+  constexpr bool kByteTile = HasByteTile(kType);
+  constexpr bool kMin = HasMin(kType);
   const auto* dh = reinterpret_cast<const uint16_t*>(group + l.d_offset) + 8 * h;
   const auto* mh = reinterpret_cast<const uint16_t*>(group + l.m_offset) + 8 * h;
   const __m256i low4 = _mm256_set1_epi8(0x0f);
@@ -38,7 +38,7 @@ void HalfGroupTile(const PackedLayout& l, const uint8_t* group, int h, const Qua
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* tile = group + b * l.qs_bytes + 32 * h;
     if (h == 0) {
-      for (int p = 0; p < (kQ8 ? 8 : 4); ++p) {
+      for (int p = 0; p < (kByteTile ? 8 : 4); ++p) {
         _mm_prefetch(reinterpret_cast<const char*>(tile + kPrefetchBytes + 64 * p), _MM_HINT_T1);
       }
       _mm_prefetch(reinterpret_cast<const char*>(dh + b * 16) + kPrefetchBytes / 8, _MM_HINT_T1);
@@ -47,7 +47,7 @@ void HalfGroupTile(const PackedLayout& l, const uint8_t* group, int h, const Qua
       }
     }
     __m256i s[MR];
-    if constexpr (kQ8) {
+    if constexpr (kType == DType::kQ8_0) {
       for (int r = 0; r < MR; ++r) s[r] = _mm256_setzero_si256();
       const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
 #pragma GCC unroll 8
@@ -61,6 +61,28 @@ void HalfGroupTile(const PackedLayout& l, const uint8_t* group, int h, const Qua
         for (int r = 0; r < MR; ++r) {
           const __m256i xs = _mm256_sign_epi8(Bcast4(xq0 + r * a.cols + b * 32 + 4 * p), ws);
           s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xs), ones16));
+        }
+      }
+    } else if constexpr (kByteTile) {
+      // Q5_1: unsigned q in [0, 31] goes straight into maddubs. Pair sums are at most
+      // 2 * 31 * 127, so four of them fit in int16: each half of the tile sums there, then
+      // widens to int32.
+#pragma GCC unroll 2
+      for (int half = 0; half < 2; ++half) {
+        __m256i s16[MR];
+        for (int r = 0; r < MR; ++r) s16[r] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int p = 4 * half; p < 4 * half + 4; ++p) {
+          const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(tile + 64 * p));
+#pragma GCC unroll 4
+          for (int r = 0; r < MR; ++r) {
+            const int8_t* xb = xq0 + r * a.cols + b * 32;
+            s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(w, Bcast4(xb + 4 * p)));
+          }
+        }
+        for (int r = 0; r < MR; ++r) {
+          const __m256i s32 = _mm256_madd_epi16(s16[r], ones16);
+          s[r] = half == 0 ? s32 : _mm256_add_epi32(s[r], s32);
         }
       }
     } else {
@@ -196,7 +218,10 @@ void QuantGemmAvx2(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0
       return QuantGemmTyped<DType::kQ4_0>(args, m0, m1, g0, g1);
     case DType::kQ4_1:
       return QuantGemmTyped<DType::kQ4_1>(args, m0, m1, g0, g1);
+    case DType::kQ5_1:
+      return QuantGemmTyped<DType::kQ5_1>(args, m0, m1, g0, g1);
     case DType::kQ8_0:
+    case DType::kQ5_0:  // packed as Q8_0's bytes
       return QuantGemmTyped<DType::kQ8_0>(args, m0, m1, g0, g1);
     default:
       TANDEM_CHECK(false && "not a quantized type");

@@ -31,8 +31,8 @@ inline __m512i Bcast4(const int8_t* p) {
 template <DType kType, int MR>
 void GroupTile(const PackedLayout& l, const uint8_t* group, const QuantizedActs& a, int64_t i0,
                float* y, int64_t ldy, __mmask16 store_mask) {
-  constexpr bool kQ8 = kType == DType::kQ8_0;
-  constexpr bool kMin = kType == DType::kQ4_1;
+  constexpr bool kByteTile = HasByteTile(kType);
+  constexpr bool kMin = HasMin(kType);
   const auto* dh = reinterpret_cast<const uint16_t*>(group + l.d_offset);
   const auto* mh = reinterpret_cast<const uint16_t*>(group + l.m_offset);
   const __m512i low4 = _mm512_set1_epi8(0x0f);
@@ -46,7 +46,7 @@ void GroupTile(const PackedLayout& l, const uint8_t* group, const QuantizedActs&
     // Decode (MR = 1) is bound by how fast weights stream in from DRAM (see
     // kPrefetchBytes; the group's scales are separate streams, fetched ahead too).
 #pragma GCC unroll 8
-    for (int p = 0; p < (kQ8 ? 8 : 4); ++p) {
+    for (int p = 0; p < (kByteTile ? 8 : 4); ++p) {
       _mm_prefetch(reinterpret_cast<const char*>(tile + kPrefetchBytes + 64 * p), _MM_HINT_T1);
     }
     _mm_prefetch(reinterpret_cast<const char*>(dh + b * 16) + kPrefetchBytes / 8, _MM_HINT_T1);
@@ -54,7 +54,7 @@ void GroupTile(const PackedLayout& l, const uint8_t* group, const QuantizedActs&
       _mm_prefetch(reinterpret_cast<const char*>(mh + b * 16) + kPrefetchBytes / 8, _MM_HINT_T1);
     }
     __m512i w[8];
-    if constexpr (kQ8) {
+    if constexpr (kByteTile) {
 #pragma GCC unroll 8
       for (int p = 0; p < 8; ++p) w[p] = _mm512_load_si512(tile + 64 * p);
     } else {
@@ -200,7 +200,10 @@ void QuantGemmAvx512(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t 
       return QuantGemmTyped<DType::kQ4_0>(args, m0, m1, g0, g1);
     case DType::kQ4_1:
       return QuantGemmTyped<DType::kQ4_1>(args, m0, m1, g0, g1);
+    case DType::kQ5_1:
+      return QuantGemmTyped<DType::kQ5_1>(args, m0, m1, g0, g1);
     case DType::kQ8_0:
+    case DType::kQ5_0:  // packed as Q8_0's bytes
       return QuantGemmTyped<DType::kQ8_0>(args, m0, m1, g0, g1);
     default:
       TANDEM_CHECK(false && "not a quantized type");

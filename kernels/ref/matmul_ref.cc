@@ -7,7 +7,10 @@
 namespace tandem::kernels::ref {
 namespace {
 
-bool QuantizedType(DType t) { return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ8_0; }
+bool QuantizedType(DType t) {
+  return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ5_0 || t == DType::kQ5_1 ||
+         t == DType::kQ8_0;
+}
 
 void MatmulDouble(DType type, const void* w, int64_t rows, int64_t cols,
                   const std::vector<double>& x, int64_t m, float* y) {

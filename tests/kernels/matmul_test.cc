@@ -17,6 +17,8 @@
 //  - float weights (no activation quantization): fp32 accumulation over K terms,
 //    |y - ref| <= K * 1.2e-7 * mass.
 // A wrong block, row, scale or offset gives errors of the order of the outputs themselves.
+#include "kernels/cpu/matmul.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -98,7 +100,10 @@ ErrorStats Compare(const std::vector<float>& y, const std::vector<float>& ref) {
   return s;
 }
 
-bool Quantized(DType t) { return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ8_0; }
+bool Quantized(DType t) {
+  return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ5_0 || t == DType::kQ5_1 ||
+         t == DType::kQ8_0;
+}
 
 // Per output [m, rows]: mass = sum |w x| and the activation-quantization bound
 // sum |w| d_b / 2 (zero for float weight types, whose activations stay fp32).
@@ -173,8 +178,8 @@ TEST(MatmulTest, SmolLmShapesEveryIsaAndType) {
   uint32_t seed = 1;
   for (Isa isa : RunnableIsas()) {
     auto backend = MakeBackend(isa, 2);
-    for (DType type :
-         {DType::kQ4_0, DType::kQ4_1, DType::kQ8_0, DType::kF32, DType::kF16, DType::kBF16}) {
+    for (DType type : {DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kQ8_0,
+                       DType::kF32, DType::kF16, DType::kBF16}) {
       for (auto [rows, cols] : shapes) {
         for (int m : {1, 3, 17}) CheckMatmul(*backend, type, rows, cols, m, seed++);
       }
@@ -187,7 +192,7 @@ TEST(MatmulTest, PrefillSizedBatches) {
   for (Isa isa : RunnableIsas()) {
     for (int threads : {1, 2}) {
       auto backend = MakeBackend(isa, threads);
-      for (DType type : {DType::kQ4_1, DType::kQ8_0, DType::kQ4_0}) {
+      for (DType type : {DType::kQ4_1, DType::kQ8_0, DType::kQ4_0, DType::kQ5_0, DType::kQ5_1}) {
         CheckMatmul(*backend, type, 576, 576, 64, seed++);
         CheckMatmul(*backend, type, 192, 576, 64, seed++);
       }
@@ -201,7 +206,7 @@ TEST(MatmulTest, RaggedShapes) {
   uint32_t seed = 200;
   for (Isa isa : RunnableIsas()) {
     auto backend = MakeBackend(isa, 2);
-    for (DType type : {DType::kQ4_0, DType::kQ4_1, DType::kQ8_0}) {
+    for (DType type : {DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kQ8_0}) {
       for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{
                {1, 32}, {7, 64}, {40, 96}, {17, 288}, {100, 32}}) {
         for (int m : {1, 3, 17, 64}) CheckMatmul(*backend, type, rows, cols, m, seed++);
@@ -230,6 +235,7 @@ TEST(MatmulTest, BatchLargerThanScratchRunsInChunks) {
     auto backend = MakeBackend(isa, 2, /*max_batch_tokens=*/8);
     CheckMatmul(*backend, DType::kQ4_1, 48, 64, 27, 400);
     CheckMatmul(*backend, DType::kQ8_0, 48, 64, 17, 401);
+    CheckMatmul(*backend, DType::kQ5_1, 48, 64, 19, 402);
   }
 }
 
@@ -239,7 +245,7 @@ TEST(MatmulTest, WideActivationRange) {
   const int64_t rows = 48, cols = 128;
   for (Isa isa : RunnableIsas()) {
     auto backend = MakeBackend(isa, 1);
-    for (DType type : {DType::kQ4_0, DType::kQ4_1, DType::kQ8_0}) {
+    for (DType type : {DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kQ8_0}) {
       SCOPED_TRACE(std::string(DTypeName(type)) + " " + backend->Name());
       const std::vector<uint8_t> w = RandomWeights(type, rows, cols, 500);
       std::vector<float> x = RandomFloats(2 * cols, 501);
@@ -263,8 +269,8 @@ TEST(EmbeddingGatherTest, MatchesDequantizeRowExactly) {
   const std::vector<int32_t> ids = {0, 52, 17, 16, 15, 31, 32, 17, 1};
   for (Isa isa : RunnableIsas()) {
     auto backend = MakeBackend(isa, 2);
-    for (DType type :
-         {DType::kQ4_0, DType::kQ4_1, DType::kQ8_0, DType::kF32, DType::kF16, DType::kBF16}) {
+    for (DType type : {DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kQ8_0,
+                       DType::kF32, DType::kF16, DType::kBF16}) {
       SCOPED_TRACE(std::string(DTypeName(type)) + " " + backend->Name());
       const std::vector<uint8_t> w = RandomWeights(type, rows, cols, 600);
       auto packed = backend->PackWeight({type, rows, cols, w.data(), "embd"});
@@ -281,6 +287,30 @@ TEST(EmbeddingGatherTest, MatchesDequantizeRowExactly) {
       }
     }
   }
+}
+
+// Q5_0's q - 16 lies in [-16, 15], so matmul.h packs it exactly as the Q8_0 weight holding
+// those values with the same scales, and the Q8_0 kernels serve it unchanged.
+TEST(PackQuantizedTest, Q5_0PacksToTheBytesOfTheEqualQ8_0Weight) {
+  const int64_t rows = 37, cols = 96, nb = cols / kQuantBlock;
+  const std::vector<uint8_t> q5 = RandomWeights(DType::kQ5_0, rows, cols, 800);
+  std::vector<BlockQ8_0> q8(rows * nb);
+  const auto* b5 = reinterpret_cast<const BlockQ5_0*>(q5.data());
+  for (int64_t i = 0; i < rows * nb; ++i) {
+    uint8_t q[32];
+    UnpackQ5(b5[i].qh, b5[i].qs, q);
+    q8[i].d = b5[i].d;
+    for (int j = 0; j < 32; ++j) q8[i].qs[j] = static_cast<int8_t>(q[j] - 16);
+  }
+  const PackedLayout l5 = MakePackedLayout(DType::kQ5_0, rows, cols);
+  const PackedLayout l8 = MakePackedLayout(DType::kQ8_0, rows, cols);
+  ASSERT_EQ(l5.total_bytes(), l8.total_bytes());
+  std::vector<uint8_t> p5(l5.total_bytes()), p8(l8.total_bytes());
+  PackQuantized(l5, q5.data(), p5.data());
+  PackQuantized(l8, q8.data(), p8.data());
+  EXPECT_EQ(p5, p8);
+  for (Isa isa : RunnableIsas())
+    EXPECT_EQ(ActOffset(DType::kQ5_0, isa), ActOffset(DType::kQ8_0, isa));
 }
 
 TEST(MatmulTest, ThreadCountDoesNotChangeResults) {

@@ -180,8 +180,8 @@ TEST_P(GgufRoundTrip, EveryMetadataType) {
 
 TEST_P(GgufRoundTrip, EveryTensorType) {
   const uint32_t align = GetParam();
-  const DType types[] = {DType::kF32,  DType::kF16,  DType::kBF16,
-                         DType::kQ4_0, DType::kQ4_1, DType::kQ8_0};
+  const DType types[] = {DType::kF32,  DType::kF16,  DType::kBF16, DType::kQ4_0,
+                         DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kQ8_0};
   GgufWriter w;
   w.SetAlignment(align);
   int i = 0;
@@ -232,9 +232,9 @@ TEST_P(GgufRoundTrip, EveryTensorType) {
     std::vector<float> row(t.dims[0]);
     kernels::DequantizeRow(t.type, t.data, t.dims[0], row.data());
     const std::vector<float> want = Ramp(t.Elements(), 2.0f);
-    const float tol = t.type == DType::kF32                                ? 0
-                      : (t.type == DType::kQ4_0 || t.type == DType::kQ4_1) ? 0.3f
-                                                                           : 0.02f;
+    const bool q4_or_q5 = t.type == DType::kQ4_0 || t.type == DType::kQ4_1 ||
+                          t.type == DType::kQ5_0 || t.type == DType::kQ5_1;
+    const float tol = t.type == DType::kF32 ? 0 : q4_or_q5 ? 0.3f : 0.02f;
     for (int64_t c = 0; c < t.dims[0]; ++c) EXPECT_NEAR(row[c], want[c], tol) << c;
   }
   // The mapping's tensor data is page-aligned at the file start, so alignment holds in memory.
@@ -363,7 +363,29 @@ std::vector<Corruption> Corruptions() {
                  w.FindTensor("w")->type = 12;
                  return w.Serialize();
                },
-               {"tensor 'w'", "type id 12 (Q4_K)", "supported types: F32"}});
+               {"tensor 'w'", "type id 12 (Q4_K)",
+                "supported types: F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, BF16"}});
+  c.push_back({"unsupported_iq_type",
+               [] {
+                 GgufWriter w = SmallWriter();
+                 w.FindTensor("w")->type = 20;
+                 return w.Serialize();
+               },
+               {"tensor 'w'", "type id 20 (IQ4_NL)"}});
+  c.push_back({"unsupported_ternary_type",
+               [] {
+                 GgufWriter w = SmallWriter();
+                 w.FindTensor("w")->type = 35;
+                 return w.Serialize();
+               },
+               {"tensor 'w'", "type id 35 (TQ2_0)"}});
+  c.push_back({"unsupported_mxfp4_type",
+               [] {
+                 GgufWriter w = SmallWriter();
+                 w.FindTensor("w")->type = 39;
+                 return w.Serialize();
+               },
+               {"tensor 'w'", "type id 39 (MXFP4)"}});
   c.push_back({"unknown_type",
                [] {
                  GgufWriter w = SmallWriter();

@@ -165,6 +165,24 @@ std::vector<SpecCase> SpecCases() {
         s.n_layers = 3;
       },
       3e-2);
+  // Q5 weights run the 8-bit kernels (Q5_0 as Q8_0, Q5_1 with Q4_1's minimum term); the
+  // embeddings are Q5 too, so the gather and the tied (Q5_0) or untied (Q5_1) output head
+  // read them.
+  add(
+      "q5_0_gqa",
+      [](auto& s) {
+        s.weight_type = DType::kQ5_0;
+        s.embd_type = DType::kQ5_0;
+      },
+      3e-2);
+  add(
+      "q5_1_untied",
+      [](auto& s) {
+        s.weight_type = DType::kQ5_1;
+        s.embd_type = DType::kQ5_1;
+        s.tied = false;
+      },
+      3e-2);
   add(
       "qwen2_bias_neox",
       [](auto& s) {

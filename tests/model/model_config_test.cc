@@ -94,8 +94,8 @@ TEST(ModelConfig, Qwen2WithBias) {
 }
 
 TEST(ModelConfig, EveryWeightTypeLoads) {
-  for (DType t :
-       {DType::kF32, DType::kF16, DType::kBF16, DType::kQ4_0, DType::kQ4_1, DType::kQ8_0}) {
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ4_0, DType::kQ4_1, DType::kQ5_0,
+                  DType::kQ5_1, DType::kQ8_0}) {
     TestModelSpec spec;
     spec.weight_type = t;
     spec.embd_type = t;

@@ -115,7 +115,7 @@ void GgufWriter::AddTensor(std::string name, kernels::DType type, std::vector<ui
     kernels::QuantizeRow(type, values.data() + r * cols, cols, data.data() + r * row_bytes);
   }
   tensors_.push_back(Tensor{std::move(name), static_cast<uint32_t>(type), std::move(dims),
-                            std::move(data), std::nullopt});
+                            std::move(data), std::nullopt, values});
 }
 
 void GgufWriter::RemoveTensor(std::string_view name) {

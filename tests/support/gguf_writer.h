@@ -28,13 +28,16 @@ class GgufWriter {
   };
   // One tensor: `type` is the raw GGUF type id; `data` is written aligned in the data
   // section. `info_offset`, when set, replaces the offset written in the tensor info
-  // (the data still goes where the writer would put it), for corruption tests.
+  // (the data still goes where the writer would put it), for corruption tests. `values`
+  // keeps the floats AddTensor quantized (empty for raw tensors), so tests can check a
+  // quantizer against another implementation.
   struct Tensor {
     std::string name;
     uint32_t type;
     std::vector<uint64_t> dims;  // ne0 first
     std::string data;
     std::optional<uint64_t> info_offset;
+    std::vector<float> values;
   };
 
   // Encoders for building payloads by hand (nested arrays, corrupt values).

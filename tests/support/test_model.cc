@@ -260,10 +260,12 @@ absl::StatusOr<kernels::DType> ParseDType(std::string_view name) {
   if (n == "bf16") return DType::kBF16;
   if (n == "q4_0") return DType::kQ4_0;
   if (n == "q4_1") return DType::kQ4_1;
+  if (n == "q5_0") return DType::kQ5_0;
+  if (n == "q5_1") return DType::kQ5_1;
   if (n == "q8_0") return DType::kQ8_0;
-  return absl::InvalidArgumentError(absl::StrCat("unknown tensor type '",
-                                                 absl::string_view(name.data(), name.size()),
-                                                 "'; expected f32, f16, bf16, q4_0, q4_1 or q8_0"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown tensor type '", absl::string_view(name.data(), name.size()),
+                   "'; expected f32, f16, bf16, q4_0, q4_1, q5_0, q5_1 or q8_0"));
 }
 
 }  // namespace tandem::testing

@@ -69,7 +69,7 @@ enum class ModelCorruption {
 absl::Status WriteCorruptTestModel(const TestModelSpec& spec, ModelCorruption kind,
                                    const std::string& path);
 
-// Parses "f32", "f16", "bf16", "q4_0", "q4_1", "q8_0" (any case).
+// Parses "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0" (any case).
 absl::StatusOr<kernels::DType> ParseDType(std::string_view name);
 
 }  // namespace tandem::testing

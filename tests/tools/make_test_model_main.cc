@@ -1,7 +1,11 @@
 // tandem-make-test-model: writes a tiny synthetic GGUF model (see tests/support/test_model.h).
 //   tandem-make-test-model --out /tmp/tiny.gguf --type q4_1 --layers 2 --gqa
+// With --dump_values it also writes, for every tensor in file order, the floats it quantized
+// and what kernels::DequantizeRow decodes from the stored data, so another implementation
+// (tests/kernels/gguf_quants_test.py: gguf-py) can be checked against tandem's formats.
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -9,7 +13,7 @@
 #include "tests/support/test_model.h"
 
 ABSL_FLAG(std::string, out, "", "output path (required)");
-ABSL_FLAG(std::string, type, "q8_0", "linear weight type: f32 f16 bf16 q4_0 q4_1 q8_0");
+ABSL_FLAG(std::string, type, "q8_0", "linear weight type: f32 f16 bf16 q4_0 q4_1 q5_0 q5_1 q8_0");
 ABSL_FLAG(std::string, embd_type, "q8_0", "token embedding (and output) type");
 ABSL_FLAG(std::string, arch, "llama", "architecture: llama or qwen2");
 ABSL_FLAG(int, layers, 2, "number of layers");
@@ -24,6 +28,37 @@ ABSL_FLAG(bool, untied, false, "write a separate output.weight");
 ABSL_FLAG(bool, qkv_bias, false, "write attention Q/K/V biases");
 ABSL_FLAG(uint32_t, seed, 1, "random seed");
 ABSL_FLAG(uint32_t, alignment, 32, "general.alignment");
+ABSL_FLAG(std::string, dump_values, "",
+          "also write here, per tensor in file order, n source floats then the n floats "
+          "DequantizeRow decodes (float32, little-endian)");
+
+namespace {
+
+absl::Status DumpValues(tandem::testing::GgufWriter& w, const std::string& path) {
+  for (const auto& t : w.tensors()) {
+    if (t.values.empty()) return absl::InternalError("tensor " + t.name + " has no source values");
+  }
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  if (f == nullptr) return absl::UnavailableError("cannot create " + path);
+  bool ok = true;
+  for (const auto& t : w.tensors()) {
+    const auto type = static_cast<tandem::kernels::DType>(t.type);
+    const int64_t cols = static_cast<int64_t>(t.dims[0]);
+    const int64_t rows = static_cast<int64_t>(t.values.size()) / cols;
+    const int64_t row_bytes = tandem::kernels::RowBytes(type, cols);
+    std::vector<float> decoded(t.values.size());
+    for (int64_t r = 0; r < rows; ++r) {
+      tandem::kernels::DequantizeRow(type, t.data.data() + r * row_bytes, cols,
+                                     decoded.data() + r * cols);
+    }
+    ok = ok && std::fwrite(t.values.data(), 4, t.values.size(), f) == t.values.size();
+    ok = ok && std::fwrite(decoded.data(), 4, decoded.size(), f) == decoded.size();
+  }
+  if (std::fclose(f) != 0 || !ok) return absl::UnavailableError("cannot write " + path);
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Writes a tiny synthetic GGUF model for tests.");
@@ -59,7 +94,11 @@ int main(int argc, char** argv) {
   spec.qkv_bias = absl::GetFlag(FLAGS_qkv_bias);
   spec.seed = absl::GetFlag(FLAGS_seed);
   spec.alignment = absl::GetFlag(FLAGS_alignment);
-  const absl::Status st = tandem::testing::WriteTestModel(spec, out);
+  auto writer = tandem::testing::BuildTestModel(spec);
+  absl::Status st = writer.status();
+  if (st.ok()) st = writer->WriteFile(out);
+  const std::string dump = absl::GetFlag(FLAGS_dump_values);
+  if (st.ok() && !dump.empty()) st = DumpValues(*writer, dump);
   if (!st.ok()) {
     std::fprintf(stderr, "tandem-make-test-model: %s\n", st.ToString().c_str());
     return 1;

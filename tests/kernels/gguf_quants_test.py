@@ -1,0 +1,68 @@
+"""tandem's GGUF tensor formats against gguf-py, llama.cpp's own Python package.
+
+tandem-make-test-model writes a tiny synthetic model whose linear weights and embeddings are
+of one type, and (--dump_values) each tensor's source floats and what kernels::DequantizeRow
+decodes from the stored bytes. For every tensor of every type tandem supports:
+  - gguf.quants.dequantize of the stored bytes equals tandem's decoding bit for bit;
+  - gguf.quants.quantize of the source floats gives the stored bytes exactly: tandem's
+    QuantizeRow follows ggml's reference quantizers, which gguf-py ports to NumPy in float32.
+Run by ctest through tests/kernels/gguf_quants_test in the project's Python environment
+(scripts/python-env); TANDEM_MAKE_TEST_MODEL names the generator binary.
+"""
+import os
+import subprocess
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFReader, quants
+
+GENERATOR = os.environ.get("TANDEM_MAKE_TEST_MODEL", "")
+
+TYPES = ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "f16", "bf16", "f32"]
+
+
+def make_model(tmp_path, type_name, seed):
+    model = tmp_path / f"{type_name}_{seed}.gguf"
+    dump = tmp_path / f"{type_name}_{seed}.f32"
+    subprocess.run([GENERATOR, "--out", str(model), "--dump_values", str(dump),
+                    "--type", type_name, "--embd_type", type_name, "--untied",
+                    "--seed", str(seed)], check=True, capture_output=True)
+    return GGUFReader(str(model)), np.fromfile(dump, dtype="<f4")
+
+
+@pytest.mark.skipif(not GENERATOR, reason="TANDEM_MAKE_TEST_MODEL is not set")
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("type_name", TYPES)
+def test_matches_gguf_py(tmp_path, type_name, seed):
+    reader, dump = make_model(tmp_path, type_name, seed)
+    want_type = GGMLQuantizationType[type_name.upper()]
+    offset = 0
+    checked = 0
+    for t in reader.tensors:
+        n = int(t.n_elements)
+        source = dump[offset:offset + n]
+        decoded = dump[offset + n:offset + 2 * n]
+        offset += 2 * n
+        if len(t.shape) == 1:  # norm vectors are always F32
+            assert t.tensor_type == GGMLQuantizationType.F32, t.name
+            continue
+        assert t.tensor_type == want_type, t.name
+        checked += 1
+        theirs = quants.dequantize(t.data, t.tensor_type).reshape(-1).astype(np.float32)
+        assert theirs.shape == decoded.shape, t.name
+        bad = np.flatnonzero(theirs.view(np.uint32) != decoded.view(np.uint32))
+        assert bad.size == 0, (
+            f"{t.name}: {bad.size} of {n} values differ from gguf-py's dequantize, "
+            f"first at {bad[0]}: tandem {decoded[bad[0]]}, gguf-py {theirs[bad[0]]}")
+        stored = np.asarray(t.data).reshape(-1).view(np.uint8)
+        ne0 = int(t.shape[0])
+        requant = quants.quantize(source.reshape(-1, ne0), t.tensor_type)
+        requant = requant.reshape(-1).view(np.uint8)
+        assert requant.shape == stored.shape, t.name
+        diff = np.flatnonzero(requant != stored)
+        assert diff.size == 0, (
+            f"{t.name}: {diff.size} of {stored.size} bytes differ from gguf-py's quantize, "
+            f"first at byte {diff[0]}")
+    assert offset == dump.size
+    # The 7 linear weights of each of the 2 layers, the embedding and the untied output.
+    assert checked == 2 * 7 + 2
