@@ -19,6 +19,15 @@ void PackQ5(const uint8_t q[32], uint8_t qh[4], uint8_t qs[16]) {
   std::memcpy(qh, &h, 4);
 }
 
+// The smallest and largest of one block's 32 values (Q4_1's and Q5_1's range).
+void BlockMinMax(const float* x, float* mn, float* mx) {
+  *mn = *mx = x[0];
+  for (int j = 1; j < kQuantBlock; ++j) {
+    *mn = std::min(*mn, x[j]);
+    *mx = std::max(*mx, x[j]);
+  }
+}
+
 }  // namespace
 
 bool IsSupported(DType t) {
@@ -279,11 +288,8 @@ void QuantizeRow(DType t, const float* in, int64_t cols, void* row) {
     case DType::kQ4_1: {
       auto* b = static_cast<BlockQ4_1*>(row);
       for (int64_t i = 0; i < cols / kQuantBlock; ++i, in += kQuantBlock) {
-        float mn = in[0], mx = in[0];
-        for (int j = 1; j < 32; ++j) {
-          mn = std::min(mn, in[j]);
-          mx = std::max(mx, in[j]);
-        }
+        float mn, mx;
+        BlockMinMax(in, &mn, &mx);
         const float d = (mx - mn) / 15;
         const float id = d != 0 ? 1.f / d : 0.f;
         b[i].d = FloatToHalf(d);
@@ -320,11 +326,8 @@ void QuantizeRow(DType t, const float* in, int64_t cols, void* row) {
     case DType::kQ5_1: {
       auto* b = static_cast<BlockQ5_1*>(row);
       for (int64_t i = 0; i < cols / kQuantBlock; ++i, in += kQuantBlock) {
-        float mn = in[0], mx = in[0];
-        for (int j = 1; j < 32; ++j) {
-          mn = std::min(mn, in[j]);
-          mx = std::max(mx, in[j]);
-        }
+        float mn, mx;
+        BlockMinMax(in, &mn, &mx);
         const float d = (mx - mn) / 31;
         const float id = d != 0 ? 1.f / d : 0.f;
         b[i].d = FloatToHalf(d);
