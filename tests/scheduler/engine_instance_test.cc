@@ -91,6 +91,19 @@ class EngineInstanceTest : public ::testing::Test {
     return r;
   }
 
+  // Request(), sampled at temperature 0.9 with `seed` when `sampled` (greedy otherwise).
+  static SequenceRequest MaybeSampled(std::vector<int32_t> prompt, int max_tokens,
+                                      std::shared_ptr<SequenceSink> sink, bool sampled,
+                                      uint64_t seed) {
+    SequenceRequest r = Request(std::move(prompt), max_tokens, std::move(sink));
+    if (sampled) {
+      r.sampling.temperature = 0.9f;
+      r.sampling.has_seed = true;
+      r.sampling.seed = seed;
+    }
+    return r;
+  }
+
   static std::vector<std::vector<int32_t>> Prompts(int n, int seed) {
     std::mt19937 rng(seed);
     std::vector<std::vector<int32_t>> prompts;
@@ -187,13 +200,7 @@ TEST_F(EngineInstanceTest, PrefixCachingKeepsOutputsAndCountsHits) {
     auto inst = EngineInstance::Create(c, **file);
     ASSERT_TRUE(inst.ok()) << inst.status();
     auto request = [&](size_t i, bool sampled, std::shared_ptr<RecordingSink> sink) {
-      SequenceRequest r = Request(prompts[i], 12, sink);
-      if (sampled) {
-        r.sampling.temperature = 0.9f;
-        r.sampling.has_seed = true;
-        r.sampling.seed = 50 + i;
-      }
-      return r;
+      return MaybeSampled(prompts[i], 12, std::move(sink), sampled, 50 + i);
     };
     for (const bool sampled : {false, true}) {
       for (const bool together : {false, true}) {
@@ -402,13 +409,7 @@ TEST_F(EngineInstanceTest, DisaggregatedPairMatchesColocated) {
       std::vector<std::shared_ptr<RecordingSink>> want, got;
       for (size_t i = 0; i < prompts.size(); ++i) {
         auto request = [&](std::shared_ptr<RecordingSink> sink) {
-          SequenceRequest r = Request(prompts[i], 12, sink);
-          if (sampled) {
-            r.sampling.temperature = 0.9f;
-            r.sampling.has_seed = true;
-            r.sampling.seed = 100 + i;
-          }
-          return r;
+          return MaybeSampled(prompts[i], 12, std::move(sink), sampled, 100 + i);
         };
         want.push_back(std::make_shared<RecordingSink>());
         ASSERT_TRUE(colocated->Submit(request(want.back())).ok());
