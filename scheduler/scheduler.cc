@@ -128,6 +128,7 @@ void Scheduler::Preempt(Sequence* seq) {
   TANDEM_CHECK(it != running_.end());
   kv_.Free(seq->table);
   seq->num_computed = 0;
+  seq->prefix_estimate = -1;  // it waits again, with more tokens
   ++seq->preemptions;
   seq->preempted_step = step_;
   seq->running = false;
@@ -357,12 +358,14 @@ void Scheduler::ExportLoad(const SchedulerOutput& in_flight, absl::Time step_end
   snap->max_batch_tokens = config_.max_batch_tokens;
   snap->budget_margin = config_.budget_margin;
   const absl::Duration aging = config_.best_effort_aging;
-  auto add = [&](const Sequence& s) {
+  auto add = [&](Sequence& s) {
     const int ran = s.scheduled_step == step_ ? s.scheduled_tokens : 0;
     // A sequence that has not started yet computes only what the prefix cache lacks.
-    const int cached = s.table.blocks().empty() && s.num_computed == 0
-                           ? kv_.PeekPrefix(s.tokens, s.num_tokens() - 1)
-                           : 0;
+    int cached = 0;
+    if (s.table.blocks().empty() && s.num_computed == 0) {
+      if (s.prefix_estimate < 0) s.prefix_estimate = kv_.PeekPrefix(s.tokens, s.num_tokens() - 1);
+      cached = s.prefix_estimate;
+    }
     const int computed = s.num_computed + ran + cached;
     const int uncomputed = s.num_tokens() - computed;
     int generated = s.num_generated();

@@ -126,6 +126,9 @@ struct Sequence {
   uint64_t preempted_step = 0;
   int scheduled_tokens = 0;  // the size of its chunk in step scheduled_step
   bool running = false;      // holds KV in the scheduler's running set (else waiting)
+  // While it waits to start: the tokens the prefix cache held of it when the scheduler first
+  // looked (-1: not looked yet), for the admission snapshot. Taken once per wait, not per step.
+  int prefix_estimate = -1;
 };
 
 }  // namespace tandem::scheduler

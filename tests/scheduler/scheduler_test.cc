@@ -233,6 +233,13 @@ TEST_P(SchedulerTest, StartsAfterItsCachedPrefixAndWaitsHoldingNothing) {
   EXPECT_EQ(three->num_computed, 0);
   EXPECT_EQ(pool->RefCount(shared), 2);
   EXPECT_EQ(pool->prefix_stats().queried_tokens, 20u);  // not counted until it starts
+  // Admission's snapshot expects it to compute only what the cache lacks.
+  LoadSnapshot snap;
+  s.ExportLoad(o, absl::Now(), &snap);
+  ASSERT_EQ(snap.prefilling.size(), 1u);
+  EXPECT_EQ(snap.prefilling[0].id, 3u);
+  EXPECT_EQ(snap.prefilling[0].start, 8);
+  EXPECT_EQ(snap.prefilling[0].remaining, 12);
   RunStep(s, o);
 
   s.Remove(two);
