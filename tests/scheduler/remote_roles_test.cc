@@ -156,6 +156,9 @@ TEST_F(RemoteRolesTest, PrefillAndDecodeRolesOverTcpEqualColocated) {
     EXPECT_EQ(ps.failed, 0u);
     EXPECT_EQ(receiver->stats().committed, 2 * prompts.size());
     EXPECT_EQ(arrivals.num_waiting(), 0);
+    // The sampled round repeated the greedy round's prompts: the prefill side took their whole
+    // blocks from its prefix cache, and what it pushed (layer by layer too) was still whole.
+    EXPECT_GT((*prefill)->stats().prefix_hit_tokens, 0u);
     // A one-token request ends on the prefill side and moves nothing.
     auto one = std::make_shared<RecordingSink>();
     SequenceRequest r;
