@@ -546,6 +546,21 @@ TEST_F(EngineInstanceTest, DisaggregatedPairWithInt8OnTheWire) {
   EXPECT_EQ(d.kv_blocks_free, d.kv_blocks_total);
 }
 
+// A sink that holds the engine thread for a while at every token (1 ms, or `ms`): the decode
+// instance then stays busy with one sequence long enough for a test to look at what waits
+// behind it, or to stop the engine while it runs.
+class SlowSink : public RecordingSink {
+ public:
+  explicit SlowSink(int ms = 1) : ms_(ms) {}
+  void OnToken(const model::SampleResult& r) override {
+    RecordingSink::OnToken(r);
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms_));
+  }
+
+ private:
+  const int ms_;
+};
+
 // A sequence that ends at its first token never moves; one cancelled on the decode side frees
 // its blocks there; a stopped pair fails what it holds.
 TEST_F(EngineInstanceTest, DisaggregatedPairEndsSequencesOnEitherSide) {
@@ -573,7 +588,8 @@ TEST_F(EngineInstanceTest, DisaggregatedPairEndsSequencesOnEitherSide) {
     EXPECT_EQ(cancel->end(), SequenceEnd::kCancelled);
     EXPECT_EQ((*disagg)->handover_stats().sequences, 1u);
 
-    auto held = std::make_shared<RecordingSink>();
+    // 5 ms a token: still decoding (its 200 tokens take a second) when Stop comes.
+    auto held = std::make_shared<SlowSink>(5);
     ASSERT_TRUE((*disagg)->Submit({Request({9, 10, 11}, 200, held)}).ok());
     (*disagg)->Stop();
     held->Wait();
@@ -585,16 +601,6 @@ TEST_F(EngineInstanceTest, DisaggregatedPairEndsSequencesOnEitherSide) {
     EXPECT_FALSE((*disagg)->Submit({Request({1, 2}, 2, std::make_shared<RecordingSink>())}).ok());
   }
 }
-
-// A sink that holds the engine thread for a while at every token: the decode instance then
-// stays busy with one sequence long enough for a test to look at what waits behind it.
-class SlowSink : public RecordingSink {
- public:
-  void OnToken(const model::SampleResult& r) override {
-    RecordingSink::OnToken(r);
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-};
 
 // While prefilled sequences wait for room on the decode instance, a new SLO request would
 // only queue behind them: it gets a 429 (reason tpot, with a retry-after) at once. Best-effort
