@@ -120,8 +120,11 @@ void KvPusher::Loop() {
       cancelled_.fetch_add(1);
     } else {
       failed_.fetch_add(1);
-      if (s.code() == absl::StatusCode::kUnavailable || s.code() == absl::StatusCode::kDataLoss) {
-        // The connection is gone or its stream is unusable: the next push connects again.
+      if (s.code() == absl::StatusCode::kUnavailable || s.code() == absl::StatusCode::kDataLoss ||
+          s.code() == absl::StatusCode::kDeadlineExceeded) {
+        // The connection is gone, its stream is unusable, or the peer did not answer in time
+        // (a stalled or half-dead link that may never report an error): the next push
+        // connects again rather than queue behind it.
         std::lock_guard<std::mutex> lock(mu_);
         if (conn_) conn_->Shutdown();
         conn_.reset();

@@ -7,7 +7,8 @@
 // transfer starts.
 //
 // Connections are made lazily by the `connect` function (the transport: TCP, shared memory)
-// and made again after a loss; a lost connection fails the transfer in flight, never the
+// and made again after a loss, or after a peer that did not answer in time (a stalled link
+// may never report an error); a lost connection fails the transfer in flight, never the
 // queued ones.
 //
 // Thread safety: Push, queued, stats and Stop from any thread; `done` callbacks run on the

@@ -37,6 +37,10 @@ void AddPayloadTrailers(const absl::Status& s, grpc::ServerContextBase& ctx) {
   });
 }
 
+bool EndedByWorker(const grpc::ClientContext& ctx) {
+  return ctx.GetServerTrailingMetadata().count(kWorkerEndKey) > 0;
+}
+
 absl::Status FromGrpc(const grpc::Status& s, const grpc::ClientContext& ctx) {
   absl::Status out = FromGrpc(s);
   if (out.ok()) return out;

@@ -48,7 +48,8 @@ class RoutedRequest : public std::enable_shared_from_this<RoutedRequest> {
   uint64_t id() const { return id_; }
 
   void OnEvent(bool prefill, const v1::PhaseEvent& ev);
-  void OnCallDone(bool prefill, Call* call, const absl::Status& status);
+  // `by_worker`: the worker ended the stream itself (its trailers came), whatever the status.
+  void OnCallDone(bool prefill, Call* call, const absl::Status& status, bool by_worker);
 
  private:
   void Emit(const v1::PhaseEvent& ev) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -67,8 +68,6 @@ class RoutedRequest : public std::enable_shared_from_this<RoutedRequest> {
   Call* prefill_call_ ABSL_GUARDED_BY(mu_) = nullptr;  // null once done
   Call* decode_call_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool first_token_out_ ABSL_GUARDED_BY(mu_) = false;
-  bool heard_prefill_ ABSL_GUARDED_BY(mu_) = false;  // an event came on that stream
-  bool heard_decode_ ABSL_GUARDED_BY(mu_) = false;
   bool handed_off_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   bool scheduled_sent_ ABSL_GUARDED_BY(mu_);
@@ -108,7 +107,7 @@ class RoutedRequest::Call : public grpc::ClientReadReactor<v1::PhaseEvent> {
     StartRead(&event_);
   }
   void OnDone(const grpc::Status& s) override {
-    owner_->OnCallDone(prefill_, this, FromGrpc(s, ctx_));
+    owner_->OnCallDone(prefill_, this, FromGrpc(s, ctx_), EndedByWorker(ctx_));
     std::atomic<int>* live = live_;
     delete this;
     live->fetch_sub(1);
@@ -175,7 +174,6 @@ void RoutedRequest::Emit(const v1::PhaseEvent& ev) {
 
 void RoutedRequest::OnEvent(bool prefill, const v1::PhaseEvent& ev) {
   std::lock_guard<std::mutex> lock(mu_);
-  (prefill ? heard_prefill_ : heard_decode_) = true;
   if (finished_) return;
   if (!prefill) {
     if (!first_token_out_) {
@@ -198,7 +196,8 @@ void RoutedRequest::OnEvent(bool prefill, const v1::PhaseEvent& ev) {
   }
 }
 
-void RoutedRequest::OnCallDone(bool prefill, Call* call, const absl::Status& status) {
+void RoutedRequest::OnCallDone(bool prefill, Call* call, const absl::Status& status,
+                               bool by_worker) {
   (void)call;
   bool retire;
   std::optional<absl::Status> retry;
@@ -207,12 +206,12 @@ void RoutedRequest::OnCallDone(bool prefill, Call* call, const absl::Status& sta
   if (prefill) router_->PrefillEnded(prefill_worker_, request_.prompt_size());
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (status.code() == absl::StatusCode::kUnavailable &&
-        !(prefill ? heard_prefill_ : heard_decode_)) {
-      // Unavailable before the worker sent anything: it could not be reached (a refused or
-      // lost connection), not a failure it reported. New requests avoid it until it is heard
-      // from again. (The router never takes a request's lock while it holds its own, so
-      // taking the router's here, under the request's, is safe.)
+    if (status.code() == absl::StatusCode::kUnavailable && !by_worker) {
+      // Unavailable and not the worker's own end: it could not be reached, or the connection
+      // to it was lost (refused, reset, a killed process), not a failure it reported (a KV
+      // transfer that broke). New requests avoid it until it is heard from again. (The router
+      // never takes a request's lock while it holds its own, so taking the router's here, under
+      // the request's, is safe.)
       router_->Suspect(worker);
     }
     (prefill ? prefill_call_ : decode_call_) = nullptr;

@@ -116,6 +116,8 @@ class PhaseReactor : public grpc::ServerWriteReactor<v1::PhaseEvent> {
   PhaseReactor(grpc::CallbackServerContext* ctx, std::shared_ptr<std::atomic<int>> open)
       : state_(std::make_shared<StreamState>(this, ctx)), open_(std::move(open)) {
     open_->fetch_add(1);
+    // However the stream ends, the worker ended it (cluster_convert.h).
+    ctx->AddTrailingMetadata(kWorkerEndKey, "1");
   }
   const std::shared_ptr<StreamState>& state() const { return state_; }
   void set_on_cancel(std::function<void()> f) { on_cancel_ = std::move(f); }

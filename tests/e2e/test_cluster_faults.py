@@ -193,8 +193,11 @@ class Faults:
         body = {"model": MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
         req = urllib.request.Request(self.url + "/v1/completions", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return json.loads(r.read())
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"HTTP {e.code}: {e.read().decode(errors='replace')}") from e
 
     def stream(self, on_first, max_tokens=8, timeout=120):
         """A streamed completion; calls on_first() at its first token. Returns (tokens, error)."""
@@ -315,8 +318,12 @@ def test_client_gone_mid_transfer_frees_both_workers(faults, reference):
         c = http.client.HTTPConnection(host, int(port), timeout=60)
         c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
         r = c.getresponse()
-        while not r.fp.readline().startswith(b"data: {"):
-            pass
+        assert r.status == 200, (r.status, r.read())
+        while True:
+            line = r.fp.readline()
+            assert line, "the stream ended before its first token"
+            if line.startswith(b"data: {"):
+                break
         c.sock.shutdown(so.SHUT_RDWR)
         c.close()
         assert faults.workers_idle() is True
