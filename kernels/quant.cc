@@ -28,6 +28,19 @@ void BlockMinMax(const float* x, float* mn, float* mx) {
   }
 }
 
+// The value of largest magnitude among one block's 32 (the first of equals), sign kept: Q4_0's
+// and Q5_0's scale is it over the format's most negative level.
+float BlockSignedMax(const float* x) {
+  float amax = 0, maxv = 0;
+  for (int j = 0; j < kQuantBlock; ++j) {
+    if (std::fabs(x[j]) > amax) {
+      amax = std::fabs(x[j]);
+      maxv = x[j];
+    }
+  }
+  return maxv;
+}
+
 }  // namespace
 
 bool IsSupported(DType t) {
@@ -267,13 +280,7 @@ void QuantizeRow(DType t, const float* in, int64_t cols, void* row) {
     case DType::kQ4_0: {
       auto* b = static_cast<BlockQ4_0*>(row);
       for (int64_t i = 0; i < cols / kQuantBlock; ++i, in += kQuantBlock) {
-        float amax = 0, maxv = 0;
-        for (int j = 0; j < 32; ++j) {
-          if (std::fabs(in[j]) > amax) {
-            amax = std::fabs(in[j]);
-            maxv = in[j];
-          }
-        }
+        const float maxv = BlockSignedMax(in);
         const float d = maxv / -8;
         const float id = d != 0 ? 1.f / d : 0.f;
         b[i].d = FloatToHalf(d);
@@ -306,13 +313,7 @@ void QuantizeRow(DType t, const float* in, int64_t cols, void* row) {
     case DType::kQ5_0: {
       auto* b = static_cast<BlockQ5_0*>(row);
       for (int64_t i = 0; i < cols / kQuantBlock; ++i, in += kQuantBlock) {
-        float amax = 0, maxv = 0;
-        for (int j = 0; j < 32; ++j) {
-          if (std::fabs(in[j]) > amax) {
-            amax = std::fabs(in[j]);
-            maxv = in[j];
-          }
-        }
+        const float maxv = BlockSignedMax(in);
         const float d = maxv / -16;
         const float id = d != 0 ? 1.f / d : 0.f;
         b[i].d = FloatToHalf(d);
