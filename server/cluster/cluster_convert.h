@@ -33,9 +33,9 @@ void AddPayloadTrailers(const absl::Status& s, grpc::ServerContextBase& ctx);
 // FromGrpc, with the payloads the call's trailers carry.
 absl::Status FromGrpc(const grpc::Status& s, const grpc::ClientContext& ctx);
 
-// A worker ends every phase stream it answers with this trailer, so that the router can tell
-// a failure the worker reported (a KV transfer that broke, say) from a worker it could not
-// reach or lost (no trailers from the worker then).
+// A worker ends every phase stream it took with this trailer, so that the router can tell a
+// failure the worker reported (a KV transfer that broke, say) from a worker it could not reach
+// or lost, or that refused the phase (draining): no such trailer then.
 inline constexpr char kWorkerEndKey[] = "x-tandem-worker-end";
 bool EndedByWorker(const grpc::ClientContext& ctx);
 

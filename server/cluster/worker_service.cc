@@ -62,6 +62,10 @@ class StreamState {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (end_ || finishing_) return;
+      // The phase was taken and this is its end, whatever the status (cluster_convert.h). A
+      // refusal before (draining, say) goes without: the router then avoids this worker until
+      // its next heartbeat.
+      ctx_->AddTrailingMetadata(kWorkerEndKey, "1");
       if (!s.ok()) AddPayloadTrailers(s, *ctx_);
       end_ = st;
       if (writing_) return;
@@ -116,8 +120,6 @@ class PhaseReactor : public grpc::ServerWriteReactor<v1::PhaseEvent> {
   PhaseReactor(grpc::CallbackServerContext* ctx, std::shared_ptr<std::atomic<int>> open)
       : state_(std::make_shared<StreamState>(this, ctx)), open_(std::move(open)) {
     open_->fetch_add(1);
-    // However the stream ends, the worker ended it (cluster_convert.h).
-    ctx->AddTrailingMetadata(kWorkerEndKey, "1");
   }
   const std::shared_ptr<StreamState>& state() const { return state_; }
   void set_on_cancel(std::function<void()> f) { on_cancel_ = std::move(f); }
