@@ -69,6 +69,9 @@ class RoutedRequest : public std::enable_shared_from_this<RoutedRequest> {
   Call* decode_call_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool first_token_out_ ABSL_GUARDED_BY(mu_) = false;
   bool handed_off_ ABSL_GUARDED_BY(mu_) = false;
+  // The decode stream's end event came (emitted, or held until the first token goes out: the
+  // decode stream can end before the prefill stream's first event is read).
+  bool decode_ended_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   bool scheduled_sent_ ABSL_GUARDED_BY(mu_);
   // A worker was lost before anything reached the client: try again elsewhere once both
@@ -176,6 +179,7 @@ void RoutedRequest::OnEvent(bool prefill, const v1::PhaseEvent& ev) {
   std::lock_guard<std::mutex> lock(mu_);
   if (finished_) return;
   if (!prefill) {
+    if (ev.end() != v1::PhaseEvent::END_UNSPECIFIED) decode_ended_ = true;
     if (!first_token_out_) {
       held_.push_back(ev);
       return;
@@ -235,7 +239,7 @@ void RoutedRequest::OnCallDone(bool prefill, Call* call, const absl::Status& sta
                        out);
         }
         CancelCallsLocked();
-      } else if (prefill ? !handed_off_ : true) {
+      } else if (prefill ? !handed_off_ : !decode_ended_) {
         FinishLocked(scheduler::SequenceEnd::kFailed,
                      absl::InternalError(StrCat("the ", prefill ? "prefill" : "decode",
                                                 " worker ended the stream without an end")));
