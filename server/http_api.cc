@@ -1,15 +1,14 @@
 #include "server/http_api.h"
 
 #include <algorithm>
+#include <boost/asio/post.hpp>
+#include <boost/asio/strand.hpp>
 #include <iterator>
 #include <optional>
 #include <random>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <boost/asio/post.hpp>
-#include <boost/asio/strand.hpp>
 
 #include "absl/strings/match.h"
 #include "common/check.h"
@@ -253,10 +252,10 @@ void HttpApi::Handle(http::HttpRequest request, std::shared_ptr<ResponseWriter> 
                      PathIs(request, "/v1/chat/completions") || PathIs(request, "/v1/models") ||
                      PathIs(request, "/tokenize") || PathIs(request, "/detokenize");
   if (!known) {
-    return SendError(*writer,
-                     openai::WithErrorCode(absl::NotFoundError(StrCat(
-                                               "no route for ", request.method, " ", request.path)),
-                                           "unknown_url"));
+    return SendError(
+        *writer, openai::WithErrorCode(absl::NotFoundError(StrCat("no route for ", request.method,
+                                                                  " ", request.path)),
+                                       "unknown_url"));
   }
   if (!config_.api_key.empty()) {
     const std::optional<std::string> auth = request.Header("Authorization");
@@ -271,8 +270,7 @@ void HttpApi::Handle(http::HttpRequest request, std::shared_ptr<ResponseWriter> 
     return SendJson(*writer, 200, openai::RenderModelList(frontend_.Model()));
   }
   if (!post) {
-    return SendError(*writer,
-                     absl::InvalidArgumentError(StrCat("use POST ", request.path)));
+    return SendError(*writer, absl::InvalidArgumentError(StrCat("use POST ", request.path)));
   }
   if (PathIs(request, "/tokenize")) {
     absl::StatusOr<TokenizeRequest> r = openai::ParseTokenizeRequest(request.body);
@@ -308,9 +306,9 @@ void HttpApi::Generate(GenerationRequest::Kind kind, const http::HttpRequest& re
   const ModelInfo model = frontend_.Model();
   openai::ResponseMeta meta{openai::MakeResponseId(kind, next_id_.fetch_add(1)),
                             absl::ToUnixSeconds(absl::Now()), model.id};
-  auto pump = std::make_shared<GenerationPump>(pool_, std::move(*stream), std::move(writer), kind,
-                                               std::move(meta), stream_mode, include_usage,
-                                               on_status_);
+  auto pump =
+      std::make_shared<GenerationPump>(pool_, std::move(*stream), std::move(writer), kind,
+                                       std::move(meta), stream_mode, include_usage, on_status_);
   pump->Start();
 }
 

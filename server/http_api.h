@@ -25,11 +25,10 @@
 #define TANDEM_SERVER_HTTP_API_H_
 
 #include <atomic>
+#include <boost/asio/thread_pool.hpp>
 #include <functional>
 #include <memory>
 #include <string>
-
-#include <boost/asio/thread_pool.hpp>
 
 #include "server/frontend.h"
 #include "server/http/http_request.h"
