@@ -10,8 +10,6 @@
 namespace tandem::model {
 namespace {
 
-constexpr char kSupportedNames[] = "chatml, llama3, mistral, llama2";
-
 // A string literal inside a Jinja tag, with its escapes decoded. [begin, end) spans the quotes
 // in the source.
 struct JinjaLiteral {
@@ -191,6 +189,7 @@ std::optional<ChatTemplateKind> KindFromName(std::string_view name) {
   if (name == "llama3") return ChatTemplateKind::kLlama3;
   if (name == "mistral") return ChatTemplateKind::kMistral;
   if (name == "llama2") return ChatTemplateKind::kLlama2;
+  if (name == "gemma") return ChatTemplateKind::kGemma;
   return std::nullopt;
 }
 
@@ -206,14 +205,26 @@ std::string_view ChatTemplateKindName(ChatTemplateKind kind) {
       return "mistral";
     case ChatTemplateKind::kLlama2:
       return "llama2";
+    case ChatTemplateKind::kGemma:
+      return "gemma";
+    case ChatTemplateKind::kNone:
+      return "none";
   }
   return "unknown";
 }
 
 ChatTemplate::ChatTemplate(ChatTemplateKind kind, const ChatTemplateOptions& options)
     : kind_(kind), bos_(options.bos_token), eos_(options.eos_token) {
-  if (bos_.empty()) bos_ = kind == ChatTemplateKind::kLlama3 ? "<|begin_of_text|>" : "<s>";
-  if (eos_.empty()) eos_ = kind == ChatTemplateKind::kLlama3 ? "<|eot_id|>" : "</s>";
+  if (bos_.empty()) {
+    bos_ = kind == ChatTemplateKind::kLlama3  ? "<|begin_of_text|>"
+           : kind == ChatTemplateKind::kGemma ? "<bos>"
+                                              : "<s>";
+  }
+  if (eos_.empty()) {
+    eos_ = kind == ChatTemplateKind::kLlama3  ? "<|eot_id|>"
+           : kind == ChatTemplateKind::kGemma ? "<eos>"
+                                              : "</s>";
+  }
 }
 
 absl::StatusOr<ChatTemplate> ChatTemplate::FromName(std::string_view name,
@@ -222,7 +233,7 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromName(std::string_view name,
   if (!kind) {
     return absl::InvalidArgumentError(absl::StrCat("--chat-template: unknown template '",
                                                    std::string(name),
-                                                   "'; supported: ", kSupportedNames));
+                                                   "'; supported: ", kChatTemplateNames));
   }
   return ChatTemplate(*kind, options);
 }
@@ -230,12 +241,8 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromName(std::string_view name,
 absl::StatusOr<ChatTemplate> ChatTemplate::FromGgufTemplate(std::string_view jinja,
                                                             const ChatTemplateOptions& options) {
   if (!options.name.empty()) return FromName(options.name, options);
-  if (jinja.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the model file has no chat template (tokenizer.chat_template); pass "
-                     "--chat-template=<name> to choose one (supported: ",
-                     kSupportedNames, ")"));
-  }
+  // A base model without a template still serves completions; Render explains the rest.
+  if (jinja.empty()) return ChatTemplate(ChatTemplateKind::kNone, options);
   const std::vector<JinjaLiteral> literals = ScanLiterals(jinja);
 
   // Phi-4 uses ChatML's markers with "<|im_sep|>" after the role instead of a newline: a
@@ -260,6 +267,11 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromGgufTemplate(std::string_view jin
   }
   if (Contains(jinja, "<|start_header_id|>")) {
     return ChatTemplate(ChatTemplateKind::kLlama3, options);
+  }
+  if (Contains(jinja, "<start_of_turn>")) {
+    ChatTemplate t(ChatTemplateKind::kGemma, options);
+    t.gemma_system_supported_ = !Contains(jinja, "System role not supported");
+    return t;
   }
   if (Contains(jinja, "[INST]") && !Contains(jinja, "[SYSTEM_PROMPT]")) {
     if (Contains(jinja, "<<SYS>>")) return ChatTemplate(ChatTemplateKind::kLlama2, options);
@@ -296,7 +308,7 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromGgufTemplate(std::string_view jin
   return absl::InvalidArgumentError(absl::StrCat(
       "the model file's chat template (tokenizer.chat_template) is not one tandem recognizes; "
       "pass --chat-template=<name> to choose one (supported: ",
-      kSupportedNames, ")"));
+      kChatTemplateNames, ")"));
 }
 
 std::vector<std::string> ChatTemplate::StopStrings() const {
@@ -308,12 +320,24 @@ std::vector<std::string> ChatTemplate::StopStrings() const {
     case ChatTemplateKind::kMistral:
     case ChatTemplateKind::kLlama2:
       return {eos_};
+    case ChatTemplateKind::kGemma:
+      // The model ends its turn with <end_of_turn>; <eos> ends the whole text.
+      if (eos_ == "<end_of_turn>") return {eos_};
+      return {"<end_of_turn>", eos_};
+    case ChatTemplateKind::kNone:
+      return {};
   }
   return {};
 }
 
 absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatMessage>& messages,
                                                  bool add_generation_prompt) const {
+  if (kind_ == ChatTemplateKind::kNone) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the model has no chat template (tokenizer.chat_template); use /v1/completions, or start "
+        "tandemd with --chat-template NAME (",
+        kChatTemplateNames, ")"));
+  }
   if (absl::Status s = CheckRoles(messages); !s.ok()) return s;
   switch (kind_) {
     case ChatTemplateKind::kChatML:
@@ -324,6 +348,10 @@ absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatMessage>&
       return RenderMistral(messages);
     case ChatTemplateKind::kLlama2:
       return RenderLlama2(messages);
+    case ChatTemplateKind::kGemma:
+      return RenderGemma(messages, add_generation_prompt);
+    case ChatTemplateKind::kNone:
+      break;  // answered above
   }
   return absl::InternalError("unknown chat template kind");
 }
@@ -433,6 +461,40 @@ absl::StatusOr<std::string> ChatTemplate::RenderLlama2(
       absl::StrAppend(&out, " ", Strip(content), " ", eos_);
     }
   }
+  return out;
+}
+
+// Gemma 3's template (gemma-3-*-it tokenizer_config.json, text content):
+//   {{ bos_token }}{%- if messages[0]['role'] == 'system' -%}{%- set first_user_prefix =
+//   messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}{%- else -%}
+//   {%- set first_user_prefix = "" -%}{%- set loop_messages = messages -%}{%- endif -%}
+//   {%- for message in loop_messages -%}{%- if (message['role'] == 'user') != (loop.index0 % 2
+//   == 0) -%}{{ raise_exception("Conversation roles must alternate user/assistant/user/
+//   assistant/...") }}{%- endif -%}{%- if (message['role'] == 'assistant') -%}{%- set role =
+//   "model" -%}{%- else -%}{%- set role = message['role'] -%}{%- endif -%}{{ '<start_of_turn>' +
+//   role + '\n' + (first_user_prefix if loop.first else "") }}{{ message['content'] | trim }}
+//   {{ '<end_of_turn>\n' }}{%- endfor -%}{%- if add_generation_prompt -%}
+//   {{'<start_of_turn>model\n'}}{%- endif -%}
+// Gemma 1/2: the same turns, with {{ raise_exception('System role not supported') }} for a
+// system message.
+absl::StatusOr<std::string> ChatTemplate::RenderGemma(const std::vector<ChatMessage>& messages,
+                                                      bool add_generation_prompt) const {
+  if (messages[0].role == "system" && !gemma_system_supported_) {
+    return absl::InvalidArgumentError(
+        "this model's gemma chat template does not support a system message; drop it or pass "
+        "--chat-template=gemma");
+  }
+  absl::StatusOr<size_t> start = CheckAlternation(messages, "gemma");
+  if (!start.ok()) return start.status();
+  std::string out = bos_;
+  for (size_t i = *start; i < messages.size(); ++i) {
+    const ChatMessage& m = messages[i];
+    absl::StrAppend(&out, "<start_of_turn>", m.role == "assistant" ? "model" : m.role, "\n");
+    // The system text is not trimmed: it is prepended to the turn, before the trimmed content.
+    if (i == *start && *start == 1) absl::StrAppend(&out, messages[0].content, "\n\n");
+    absl::StrAppend(&out, Strip(m.content), "<end_of_turn>\n");
+  }
+  if (add_generation_prompt) out += "<start_of_turn>model\n";
   return out;
 }
 

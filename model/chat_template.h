@@ -20,14 +20,23 @@
 //             followed.
 //   llama2  - Llama-2-chat: "<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {assistant}
 //             </s><s>[INST] {user} [/INST]", contents stripped, roles alternating.
+//   gemma   - Gemma 3 (-it): "<bos>", then "<start_of_turn>{role}\n{content|trim}<end_of_turn>\n"
+//             per message with role "model" for the assistant, generation prompt
+//             "<start_of_turn>model\n"; a system message is folded into the first user turn
+//             as "{system}\n\n" (not trimmed) and roles must alternate after it. Gemma 1/2
+//             templates are recognized too: the same format, but a system message is refused
+//             ("System role not supported"), as they raise.
+//   none    - the model file has no chat template: the model still serves completions, and
+//             Render refuses every conversation with a message naming /v1/completions and
+//             --chat-template. Only an empty template gives it; it has no --chat-template name.
 // Not reproduced: Mistral v7's [SYSTEM_PROMPT] format and Phi-4's "<|im_sep|>" ChatML variant
 // (both refused as unrecognized), tool calls, Llama 3.1+'s "Cutting Knowledge Date" system
 // preamble (3.1/3.2 templates are recognized as llama3 and rendered without it), multimodal
 // content.
 //
 // The rendered text contains the BOS marker where the template emits one ("<s>",
-// "<|begin_of_text|>"), so it must be tokenized with special tokens recognized and without the
-// tokenizer adding another BOS.
+// "<|begin_of_text|>", "<bos>"), so it must be tokenized with special tokens recognized and without
+// the tokenizer adding another BOS.
 //
 // Thread safety: a ChatTemplate is immutable after construction; Render may be called from any
 // number of threads at once.
@@ -47,17 +56,20 @@ struct ChatMessage {
   std::string content;
 };
 
-enum class ChatTemplateKind { kChatML, kLlama3, kMistral, kLlama2 };
+enum class ChatTemplateKind { kChatML, kLlama3, kMistral, kLlama2, kGemma, kNone };
 
-// "chatml", "llama3", "mistral", "llama2": the names --chat-template takes.
+// "chatml", "llama3", "mistral", "llama2", "gemma": the names --chat-template takes; "none"
+// for kNone, which it does not take.
 std::string_view ChatTemplateKindName(ChatTemplateKind kind);
+// The names --chat-template takes, comma-separated, for messages.
+inline constexpr char kChatTemplateNames[] = "chatml, llama3, mistral, llama2, gemma";
 
 // How a caller can override what the model file says.
 struct ChatTemplateOptions {
   // --chat-template: when set, this family is used whatever the GGUF's template is.
   std::string name;
   // The tokenizer's BOS / EOS token texts; empty = the family's usual ones ("<s>", "</s>",
-  // "<|begin_of_text|>").
+  // "<|begin_of_text|>", "<bos>", "<eos>").
   std::string bos_token;
   std::string eos_token;
 };
@@ -65,8 +77,9 @@ struct ChatTemplateOptions {
 class ChatTemplate {
  public:
   // Recognizes the family of `jinja` (a GGUF's tokenizer.chat_template; may be empty when the
-  // file has none). options.name, when set, wins. InvalidArgument naming --chat-template and the
-  // supported names when the template is missing or not recognized.
+  // file has none). options.name, when set, wins. An empty template gives kNone (chat off, the
+  // model still serves completions); InvalidArgument naming --chat-template and the supported
+  // names when a non-empty template is not recognized.
   static absl::StatusOr<ChatTemplate> FromGgufTemplate(std::string_view jinja,
                                                        const ChatTemplateOptions& options = {});
   // A family by its --chat-template name, with its default formatting and no default system
@@ -75,11 +88,12 @@ class ChatTemplate {
                                                const ChatTemplateOptions& options = {});
 
   // The prompt text for `messages`. add_generation_prompt appends the header that opens the
-  // assistant's turn where the family has one (chatml, llama3); for mistral and llama2 the
-  // prompt already ends in "[/INST]" and the flag changes nothing, as in their templates.
-  // InvalidArgument for an empty list, a role outside {system, user, assistant}, a system
-  // message anywhere but first (mistral, llama2) or at all (a mistral template without system
-  // support), or roles not alternating user/assistant (mistral, llama2).
+  // assistant's turn where the family has one (chatml, llama3, gemma); for mistral and llama2
+  // the prompt already ends in "[/INST]" and the flag changes nothing, as in their templates.
+  // InvalidArgument for kNone (whatever the messages), an empty list, a role outside {system,
+  // user, assistant}, a system message anywhere but first (mistral, llama2, gemma) or at all (a
+  // mistral template without system support), or roles not alternating user/assistant
+  // (mistral, llama2, gemma).
   absl::StatusOr<std::string> Render(const std::vector<ChatMessage>& messages,
                                      bool add_generation_prompt) const;
 
@@ -87,8 +101,9 @@ class ChatTemplate {
   std::string_view name() const { return ChatTemplateKindName(kind_); }
   // The system text inserted when the conversation has none; empty when the template has none.
   const std::string& default_system_message() const { return default_system_; }
-  // Texts that end the assistant's turn in this format ("<|im_end|>", "<|eot_id|>", "</s>"):
-  // generation stops there. Map them to token ids with the tokenizer.
+  // Texts that end the assistant's turn in this format ("<|im_end|>", "<|eot_id|>", "</s>",
+  // "<end_of_turn>" and "<eos>"): generation stops there; empty for kNone. Map them to token ids
+  // with the tokenizer.
   std::vector<std::string> StopStrings() const;
 
  private:
@@ -111,12 +126,15 @@ class ChatTemplate {
                                            bool add_generation_prompt) const;
   absl::StatusOr<std::string> RenderMistral(const std::vector<ChatMessage>& messages) const;
   absl::StatusOr<std::string> RenderLlama2(const std::vector<ChatMessage>& messages) const;
+  absl::StatusOr<std::string> RenderGemma(const std::vector<ChatMessage>& messages,
+                                          bool add_generation_prompt) const;
 
   ChatTemplateKind kind_;
   std::string bos_;
   std::string eos_;
   std::string default_system_;
   MistralStyle mistral_;
+  bool gemma_system_supported_ = true;  // Gemma 1/2 templates raise on a system message
 };
 
 }  // namespace tandem::model

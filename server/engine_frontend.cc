@@ -348,8 +348,11 @@ absl::StatusOr<std::unique_ptr<GenerationStream>> EngineFrontend::Generate(
   model::SamplingParams sampling = request.sampling;
   if (request.kind == GenerationRequest::Kind::kChat) {
     TANDEM_ASSIGN_OR_RETURN(std::string text, RenderChat(request.messages));
+    // The rendered text carries the BOS where the template emits one ("<bos>",
+    // "<|begin_of_text|>"): the tokenizer adds none (a second BOS derails Gemma and Llama 3), as
+    // Tokenize's chat default and Hugging Face's apply_chat_template do.
     prompts.push_back(
-        {tokenizer_->Encode(text, /*parse_special=*/true, /*add_special=*/true), std::move(text)});
+        {tokenizer_->Encode(text, /*parse_special=*/true, /*add_special=*/false), std::move(text)});
     sampling.stop_token_ids.insert(sampling.stop_token_ids.end(), chat_stop_ids_.begin(),
                                    chat_stop_ids_.end());
   } else {

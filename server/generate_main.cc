@@ -53,7 +53,7 @@ const char kUsage[] =
     "  [--max-tokens N=128] [--temperature T=0 (greedy)] [--top-p P=1] [--top-k K=0]\n"
     "  [--min-p P=0] [--repetition-penalty R=1] [--seed S] [--threads N=all cores]\n"
     "  [--kv-cache-dtype f16|f32|int8] [--isa auto|scalar|avx2|avx512|amx]\n"
-    "  [--chat-template chatml|llama3|mistral|llama2] [--system TEXT] [--ignore-eos]\n"
+    "  [--chat-template chatml|llama3|mistral|llama2|gemma] [--system TEXT] [--ignore-eos]\n"
     "  [--prefill-chunk N=512] [--json]\n";
 
 absl::StatusOr<Args> ParseArgs(int argc, char** argv) {
@@ -164,6 +164,12 @@ absl::Status Run(const Args& a) {
                         : model::ChatTemplate::FromGgufTemplate(
                               file->GetString("tokenizer.chat_template").value_or(""));
     if (!tmpl.ok()) return tmpl.status();
+    if (tmpl->kind() == model::ChatTemplateKind::kNone) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the model has no chat template (tokenizer.chat_template); use --prompt, or pass "
+          "--chat-template NAME (",
+          model::kChatTemplateNames, ")"));
+    }
     std::vector<model::ChatMessage> messages;
     if (a.system) messages.push_back({"system", *a.system});
     messages.push_back({"user", *a.chat});
@@ -175,8 +181,9 @@ absl::Status Run(const Args& a) {
   } else {
     text = *a.prompt;
   }
+  // A chat prompt carries the BOS its template emits: the tokenizer adds none then.
   const std::vector<int32_t> prompt = tokenizer->Encode(text, /*parse_special=*/true,
-                                                        /*add_special=*/true);
+                                                        /*add_special=*/!a.chat);
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
 
   TANDEM_ASSIGN_OR_RETURN(kernels::cpu::Isa isa, kernels::cpu::ParseIsa(a.isa));

@@ -132,7 +132,8 @@ ABSL_FLAG(std::string, kv_cache_memory, "1GiB",
 ABSL_FLAG(std::string, kv_cache_dtype, "f16", "KV cache element type: f16, f32 or int8.");
 ABSL_FLAG(std::string, isa, "auto", "CPU kernels: auto, scalar, avx2, avx512 or amx.");
 ABSL_FLAG(std::string, chat_template, "",
-          "Chat template: chatml, llama3, mistral or llama2 (default: from the GGUF).");
+          "Chat template: chatml, llama3, mistral, llama2 or gemma (default: from the GGUF; a "
+          "model without one serves completions only).");
 ABSL_FLAG(double, ttft_slo_ms, 1000,
           "TTFT SLO (ms) of requests that name none (0: none). A request with neither a TTFT "
           "nor a TPOT SLO is best-effort.");
@@ -310,8 +311,16 @@ absl::Status Run() {
                               file->GetString("tokenizer.chat_template").value_or(""))
                         : model::ChatTemplate::FromName(tmpl_flag);
   if (!tmpl.ok()) return tmpl.status();
-  spdlog::info("[1/3] tokenizer: {} tokens, chat template {}", tokenizer->vocab_size(),
-               std::string(tmpl->name()));
+  if (tmpl->kind() == model::ChatTemplateKind::kNone) {
+    spdlog::info(
+        "[1/3] tokenizer: {} tokens, chat template none: the model file has no "
+        "tokenizer.chat_template, so /v1/chat/completions is off (400); completions are served, "
+        "or pass --chat-template NAME",
+        tokenizer->vocab_size());
+  } else {
+    spdlog::info("[1/3] tokenizer: {} tokens, chat template {}", tokenizer->vocab_size(),
+                 std::string(tmpl->name()));
+  }
 
   scheduler::EngineInstanceConfig ic;
   ic.backend = backend;

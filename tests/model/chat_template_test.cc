@@ -95,6 +95,53 @@ constexpr char kMistralV3[] =
 {%- endfor %}
 )";
 
+// gemma-3-270m-it / gemma-3-4b-it (the official template, as in their tokenizer_config.json).
+constexpr char kGemma3[] =
+    R"({{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'image' -%}
+                {{ '<start_of_image>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%})";
+
+// gemma-2-2b-it: the same turns, but a system message raises.
+constexpr char kGemma2[] =
+    R"({{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %})";
+
 std::vector<ChatMessage> SystemUserAssistantUser() {
   return {{"system", "You are terse."},
           {"user", "Hi"},
@@ -277,6 +324,116 @@ TEST(ChatTemplateTest, Llama2MultiTurnWithSystem) {
   EXPECT_FALSE(bad.ok());
 }
 
+// --- Gemma ------------------------------------------------------------------------------------
+// Expected strings as jinja2 3.1 renders kGemma3 with bos_token "<bos>".
+
+TEST(ChatTemplateTest, GemmaFromJinjaSingleTurn) {
+  const ChatTemplate t = FromJinja(kGemma3);
+  EXPECT_EQ(t.kind(), ChatTemplateKind::kGemma);
+  EXPECT_EQ(t.name(), "gemma");
+  EXPECT_EQ(RenderOrDie(t, {{"user", "What is 2+2?"}}, true),
+            "<bos><start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n");
+  EXPECT_EQ(RenderOrDie(t, {{"user", "What is 2+2?"}}, false),
+            "<bos><start_of_turn>user\nWhat is 2+2?<end_of_turn>\n");
+  EXPECT_THAT(t.StopStrings(), ElementsAre("<end_of_turn>", "<eos>"));
+}
+
+TEST(ChatTemplateTest, GemmaFoldsSystemIntoFirstUserTurn) {
+  const ChatTemplate t = FromJinja(kGemma3);
+  EXPECT_EQ(RenderOrDie(t, SystemUserAssistantUser(), true),
+            "<bos><start_of_turn>user\nYou are terse.\n\nHi<end_of_turn>\n"
+            "<start_of_turn>model\nHello!<end_of_turn>\n"
+            "<start_of_turn>user\nHow are you?<end_of_turn>\n"
+            "<start_of_turn>model\n");
+}
+
+TEST(ChatTemplateTest, GemmaTrimsContentButNotTheSystemPrefix) {
+  const ChatTemplate t = FromJinja(kGemma3);
+  EXPECT_EQ(RenderOrDie(t, {{"system", "  S \n"}, {"user", "  Hi \n\t"}, {"assistant", " Hello! "}},
+                        false),
+            "<bos><start_of_turn>user\n  S \n\n\nHi<end_of_turn>\n"
+            "<start_of_turn>model\nHello!<end_of_turn>\n");
+  // NBSP and ideographic space are trimmed; inner spacing and "é" are kept.
+  EXPECT_EQ(RenderOrDie(t,
+                        {{"user",
+                          "\xc2\xa0"
+                          "a  b\né\xe3\x80\x80"}},
+                        false),
+            "<bos><start_of_turn>user\na  b\né<end_of_turn>\n");
+}
+
+TEST(ChatTemplateTest, GemmaByNameWithTokenTexts) {
+  absl::StatusOr<ChatTemplate> t = ChatTemplate::FromName("gemma");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->kind(), ChatTemplateKind::kGemma);
+  EXPECT_EQ(RenderOrDie(*t, {{"user", "Hi"}, {"assistant", "Yo"}, {"user", "Bye"}}, true),
+            "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nYo<end_of_turn>\n"
+            "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n");
+  ChatTemplateOptions options;
+  options.bos_token = "<B>";
+  options.eos_token = "<E>";
+  absl::StatusOr<ChatTemplate> custom = ChatTemplate::FromName("gemma", options);
+  ASSERT_TRUE(custom.ok());
+  EXPECT_EQ(RenderOrDie(*custom, {{"user", "Hi"}}, false),
+            "<B><start_of_turn>user\nHi<end_of_turn>\n");
+  EXPECT_THAT(custom->StopStrings(), ElementsAre("<end_of_turn>", "<E>"));
+}
+
+TEST(ChatTemplateTest, GemmaRejectsNonAlternatingRolesAndLateSystem) {
+  const ChatTemplate t = FromJinja(kGemma3);
+  const std::vector<std::vector<ChatMessage>> bad = {
+      {{"user", "a"}, {"user", "b"}},
+      {{"assistant", "a"}},
+      {{"system", "s"}, {"assistant", "a"}},
+      {{"user", "a"}, {"system", "s"}},
+      {{"user", "a"}, {"assistant", "b"}, {"assistant", "c"}},
+  };
+  for (const auto& m : bad) {
+    absl::StatusOr<std::string> s = t.Render(m, true);
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(s.status().message(), HasSubstr("alternate user/assistant"));
+    EXPECT_THAT(s.status().message(), HasSubstr("gemma"));
+  }
+  absl::StatusOr<std::string> only_system = t.Render({{"system", "s"}}, true);
+  ASSERT_FALSE(only_system.ok());
+  EXPECT_THAT(only_system.status().message(), HasSubstr("needs a user message"));
+}
+
+TEST(ChatTemplateTest, Gemma2FromJinjaRefusesSystem) {
+  const ChatTemplate t = FromJinja(kGemma2);
+  EXPECT_EQ(t.kind(), ChatTemplateKind::kGemma);
+  EXPECT_EQ(RenderOrDie(t, {{"user", " Hi "}, {"assistant", "Yo"}}, true),
+            "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nYo<end_of_turn>\n"
+            "<start_of_turn>model\n");
+  absl::StatusOr<std::string> s = t.Render(SystemUserAssistantUser(), true);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.status().message(), HasSubstr("does not support a system message"));
+}
+
+// --- No template ------------------------------------------------------------------------------
+
+TEST(ChatTemplateTest, EmptyTemplateIsNoneAndRefusesChat) {
+  absl::StatusOr<ChatTemplate> t = ChatTemplate::FromGgufTemplate("");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->kind(), ChatTemplateKind::kNone);
+  EXPECT_EQ(t->name(), "none");
+  EXPECT_TRUE(t->StopStrings().empty());
+  for (const std::vector<ChatMessage>& m :
+       {std::vector<ChatMessage>{{"user", "Hi"}}, SystemUserAssistantUser(),
+        std::vector<ChatMessage>{}}) {
+    absl::StatusOr<std::string> s = t->Render(m, true);
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(s.status().message(),
+              "the model has no chat template (tokenizer.chat_template); use /v1/completions, or "
+              "start tandemd with --chat-template NAME (chatml, llama3, mistral, llama2, gemma)");
+  }
+  // "none" is what an empty template gives, not a name to choose.
+  EXPECT_FALSE(ChatTemplate::FromName("none").ok());
+}
+
 // --- Recognition, overrides, errors -----------------------------------------------------------
 
 TEST(ChatTemplateTest, OverrideWinsAndCarriesTokenTexts) {
@@ -290,34 +447,43 @@ TEST(ChatTemplateTest, OverrideWinsAndCarriesTokenTexts) {
   EXPECT_EQ(t->default_system_message(), "");
   EXPECT_EQ(RenderOrDie(*t, {{"user", "a"}, {"assistant", "b"}}, false),
             "<BOS>[INST] a [/INST] b <EOS>");
-  // An override also rescues a file without a template.
+  // An override also gives a file without a template a chat format.
   options.name = "chatml";
-  EXPECT_TRUE(ChatTemplate::FromGgufTemplate("", options).ok());
+  absl::StatusOr<ChatTemplate> chatml = ChatTemplate::FromGgufTemplate("", options);
+  ASSERT_TRUE(chatml.ok());
+  EXPECT_EQ(chatml->kind(), ChatTemplateKind::kChatML);
 }
 
 TEST(ChatTemplateTest, FromNameRoundTripsEveryKind) {
-  for (const char* name : {"chatml", "llama3", "mistral", "llama2"}) {
+  for (const char* name : {"chatml", "llama3", "mistral", "llama2", "gemma"}) {
     absl::StatusOr<ChatTemplate> t = ChatTemplate::FromName(name);
     ASSERT_TRUE(t.ok()) << name;
     EXPECT_EQ(t->name(), name);
   }
 }
 
-TEST(ChatTemplateTest, UnknownOrMissingTemplateNamesTheFlag) {
-  const char* kGemma =
+TEST(ChatTemplateTest, UnknownTemplateNamesTheFlag) {
+  // A Gemma-like snippet: recognized by its <start_of_turn> marker.
+  const char* kGemmaLike =
       R"({{ bos_token }}{% for message in messages %}{{ '<start_of_turn>' + message['role'] + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %})";
+  absl::StatusOr<ChatTemplate> gemma = ChatTemplate::FromGgufTemplate(kGemmaLike);
+  ASSERT_TRUE(gemma.ok()) << gemma.status();
+  EXPECT_EQ(gemma->kind(), ChatTemplateKind::kGemma);
   // Mistral v7's [SYSTEM_PROMPT] format is a different one: not rendered as v0.x.
   const char* kMistralV7 =
       R"({{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + '[/INST]' }}{% elif message['role'] == 'system' %}{{ '[SYSTEM_PROMPT] ' + message['content'] + '[/SYSTEM_PROMPT]' }}{% endif %}{% endfor %})";
   // Phi-4: ChatML markers, but "<|im_sep|>" where ChatML has a newline.
   const char* kPhi4 =
       R"({% for message in messages %}{% if (message['role'] == 'system') %}{{'<|im_start|>system<|im_sep|>' + message['content'] + '<|im_end|>'}}{% elif (message['role'] == 'user') %}{{'<|im_start|>user<|im_sep|>' + message['content'] + '<|im_end|><|im_start|>assistant<|im_sep|>'}}{% elif (message['role'] == 'assistant') %}{{message['content'] + '<|im_end|>'}}{% endif %}{% endfor %})";
-  for (const char* jinja : {kGemma, kMistralV7, kPhi4, ""}) {
+  const char* kVicuna =
+      "{% for message in messages %}{{ message['role'] | upper + ': ' + "
+      "message['content'] + '\\n' }}{% endfor %}{{ 'ASSISTANT:' }}";
+  for (const char* jinja : {kMistralV7, kPhi4, kVicuna}) {
     absl::StatusOr<ChatTemplate> t = ChatTemplate::FromGgufTemplate(jinja);
     ASSERT_FALSE(t.ok());
     EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(t.status().message(), HasSubstr("--chat-template"));
-    EXPECT_THAT(t.status().message(), HasSubstr("chatml, llama3, mistral, llama2"));
+    EXPECT_THAT(t.status().message(), HasSubstr("chatml, llama3, mistral, llama2, gemma"));
   }
   absl::StatusOr<ChatTemplate> t = ChatTemplate::FromName("vicuna");
   ASSERT_FALSE(t.ok());
@@ -326,7 +492,7 @@ TEST(ChatTemplateTest, UnknownOrMissingTemplateNamesTheFlag) {
 }
 
 TEST(ChatTemplateTest, RenderRejectsEmptyAndUnknownRoles) {
-  for (const char* name : {"chatml", "llama3", "mistral", "llama2"}) {
+  for (const char* name : {"chatml", "llama3", "mistral", "llama2", "gemma"}) {
     absl::StatusOr<ChatTemplate> t = ChatTemplate::FromName(name);
     ASSERT_TRUE(t.ok());
     absl::StatusOr<std::string> empty = t->Render({}, true);

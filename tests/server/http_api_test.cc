@@ -256,6 +256,26 @@ TEST_F(HttpApiTest, RefusalAtGenerateCarriesRetryAfter) {
   EXPECT_EQ(Statuses(4), (std::vector<int>{429, 429, 503, 400}));
 }
 
+// A model without a chat template: the frontend refuses chat with InvalidArgument, which the
+// chat route answers as a 400 carrying the message, streamed or not.
+TEST_F(HttpApiTest, ChatWithoutTemplateIs400WithTheMessage) {
+  const std::string message =
+      "the model has no chat template (tokenizer.chat_template); use /v1/completions, or start "
+      "tandemd with --chat-template NAME (chatml, llama3, mistral, llama2, gemma)";
+  frontend_.SetGenerateError(absl::InvalidArgumentError(message));
+  for (const char* body : {R"({"messages":[{"role":"user","content":"q"}]})",
+                           R"({"messages":[{"role":"user","content":"q"}],"stream":true})"}) {
+    SCOPED_TRACE(body);
+    const Response r = Exchange(Post("/v1/chat/completions", body));
+    EXPECT_EQ(r.status, 400);
+    const nlohmann::json json = nlohmann::json::parse(r.body, nullptr, false);
+    ASSERT_TRUE(json.is_object()) << r.body;
+    EXPECT_EQ(json["error"]["message"], message);
+    EXPECT_EQ(json["error"]["type"], "invalid_request_error");
+  }
+  EXPECT_EQ(Statuses(2), (std::vector<int>{400, 400}));
+}
+
 // The scheduler may refuse a queued request after Generate returned; a stream with no output
 // yet must get a real 429, not a 200 with an in-band error.
 TEST_F(HttpApiTest, StreamRefusedBeforeOutputGetsItsRealStatus) {

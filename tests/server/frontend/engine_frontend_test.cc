@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "model/gguf_file.h"
 #include "model/tokenizer.h"
 #include "scheduler/engine_instance.h"
+#include "server/openai/errors.h"
 #include "tests/support/test_model.h"
 
 namespace tandem::server {
@@ -83,8 +85,10 @@ class EngineFrontendTest : public ::testing::Test {
   void SetUp() override { Start(scheduler::AdmissionMode::kReject, 0, 0); }
 
   // Default SLOs 0: requests are best-effort unless they name SLOs, so tests of other things
-  // never meet admission.
-  void Start(scheduler::AdmissionMode admission, double ttft_slo_ms, double tpot_slo_ms) {
+  // never meet admission. `edit`, when set, alters the model before it is written, and the chat
+  // template is then read from the file as tandemd does; without it the frontend uses ChatML.
+  void Start(scheduler::AdmissionMode admission, double ttft_slo_ms, double tpot_slo_ms,
+             const std::function<void(testing::GgufWriter&)>& edit = nullptr) {
     frontend_.reset();
     engine_.reset();
     testing::TestModelSpec spec;
@@ -93,7 +97,10 @@ class EngineFrontendTest : public ::testing::Test {
     spec.context_length = 4096;
     // One file per process: ctest runs each test as a process of its own, several at once.
     path_ = absl::StrCat(::testing::TempDir(), "/engine_frontend_test.", getpid(), ".gguf");
-    ASSERT_TRUE(testing::WriteTestModel(spec, path_).ok());
+    absl::StatusOr<testing::GgufWriter> writer = testing::BuildTestModel(spec);
+    ASSERT_TRUE(writer.ok()) << writer.status();
+    if (edit) edit(*writer);
+    ASSERT_TRUE(writer->WriteFile(path_).ok());
     auto file = model::GgufFile::Open(path_);
     ASSERT_TRUE(file.ok()) << file.status();
     auto tok = model::Tokenizer::FromGguf(**file);
@@ -109,8 +116,10 @@ class EngineFrontendTest : public ::testing::Test {
     auto inst = scheduler::EngineInstance::Create(ic, **file);
     ASSERT_TRUE(inst.ok()) << inst.status();
     engine_ = std::move(*inst);
-    auto tmpl = model::ChatTemplate::FromName("chatml");
-    ASSERT_TRUE(tmpl.ok());
+    auto tmpl = edit ? model::ChatTemplate::FromGgufTemplate(
+                           (*file)->GetString("tokenizer.chat_template").value_or(""))
+                     : model::ChatTemplate::FromName("chatml");
+    ASSERT_TRUE(tmpl.ok()) << tmpl.status();
     EngineFrontendConfig fc;
     fc.served_model_name = kModel;
     fc.default_ttft_slo_ms = ttft_slo_ms;
@@ -276,6 +285,70 @@ TEST_F(EngineFrontendTest, ChatUsesTemplateAndTokenizeAgrees) {
   EXPECT_EQ(c.usage.prompt_tokens, static_cast<int>(ids->size()));
   EXPECT_EQ(frontend_->Detokenize(kModel, {-1}).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// A base model without tokenizer.chat_template starts: completions are served, chat requests
+// (HTTP and gRPC alike go through Generate / Tokenize) get InvalidArgument, i.e. 400, naming
+// /v1/completions and --chat-template.
+TEST_F(EngineFrontendTest, ModelWithoutChatTemplateServesCompletionsOnly) {
+  Start(scheduler::AdmissionMode::kReject, 0, 0,
+        [](testing::GgufWriter& w) { w.RemoveKey("tokenizer.chat_template"); });
+  constexpr char kMessage[] =
+      "the model has no chat template (tokenizer.chat_template); use /v1/completions, or start "
+      "tandemd with --chat-template NAME (chatml, llama3, mistral, llama2, gemma)";
+  GenerationRequest chat;
+  chat.kind = GenerationRequest::Kind::kChat;
+  chat.model = kModel;
+  chat.messages = {{"user", "hi"}};
+  chat.max_tokens = 3;
+  for (bool stream : {false, true}) {
+    chat.stream = stream;
+    auto s = frontend_->Generate(chat);
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(s.status().message(), kMessage);
+    EXPECT_EQ(openai::HttpStatusFor(s.status()), 400);
+  }
+  TokenizeRequest t;
+  t.model = kModel;
+  t.is_chat = true;
+  t.messages = chat.messages;
+  auto ids = frontend_->Tokenize(t);
+  ASSERT_FALSE(ids.ok());
+  EXPECT_EQ(ids.status().message(), kMessage);
+  EXPECT_EQ(frontend_->in_flight(), 0);
+
+  Collected c = Run(Completion("hello world", 4));
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  EXPECT_EQ(c.tokens[0].size(), 4u);
+}
+
+// The chat template carries its own BOS: a tokenizer that adds one to plain prompts adds none
+// to a chat prompt, so a chat prompt has the length Tokenize gives without special tokens.
+TEST_F(EngineFrontendTest, ChatPromptGetsNoTokenizerBos) {
+  Start(scheduler::AdmissionMode::kReject, 0, 0, [](testing::GgufWriter& w) {
+    w.RemoveKey("tokenizer.ggml.add_bos_token");
+    w.AddBool("tokenizer.ggml.add_bos_token", true);
+  });
+  GenerationRequest r;
+  r.kind = GenerationRequest::Kind::kChat;
+  r.model = kModel;
+  r.messages = {{"user", "hi"}};
+  r.max_tokens = 1;
+  r.sampling.temperature = 0;
+  Collected c = Run(r);
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  TokenizeRequest t;
+  t.model = kModel;
+  t.is_chat = true;
+  t.messages = r.messages;
+  t.add_special_tokens = false;
+  auto plain = frontend_->Tokenize(t);
+  t.add_special_tokens = true;
+  auto with_bos = frontend_->Tokenize(t);
+  ASSERT_TRUE(plain.ok() && with_bos.ok());
+  ASSERT_EQ(with_bos->size(), plain->size() + 1) << "the model's tokenizer adds a BOS";
+  EXPECT_EQ(c.usage.prompt_tokens, static_cast<int>(plain->size()));
 }
 
 TEST_F(EngineFrontendTest, SloThatCannotBeMetGets429WithRetryAfter) {
