@@ -101,8 +101,9 @@ struct KvAppendParams {
 };
 
 // Causal attention over the paged cache, for a batch mixing prefill chunks and decode tokens
-// of different sequences. A token at position p of sequence s attends to positions 0..p of s,
-// which must already be in the cache (KvAppend runs first).
+// of different sequences. A token at position p of sequence s attends to positions 0..p of s
+// (with a sliding window, only the last `window` of them), which must already be in the cache
+// (KvAppend runs first).
 struct AttentionParams {
   const float* q;               // [n_tokens, n_heads, head_dim]
   float* out;                   // [n_tokens, n_heads, head_dim]
@@ -117,6 +118,12 @@ struct AttentionParams {
   int head_dim = 0;
   float scale = 1.f;  // usually 1 / sqrt(head_dim)
   int layer = 0;
+  // Sliding-window attention (Gemma 2/3, Mistral): when > 0, a token at position p attends
+  // only to positions j with p - j < window, i.e. j in [max(0, p - window + 1), p] (llama.cpp's
+  // LLAMA_SWA_TYPE_STANDARD: masked iff p - j >= n_swa). 0: the whole causal context 0..p.
+  // Block-table entries of blocks that hold no position of a token's window are not read
+  // (they may be stale or -1), and the cost of a token is O(min(window, p + 1)).
+  int window = 0;
   KvCacheView cache;
 };
 
@@ -201,6 +208,13 @@ class Backend {
   // out[rows, dim] = silu(gate[rows, dim]) * up[rows, dim]
   virtual void SwiGlu(const float* gate, const float* up, int rows, int dim, float* out,
                       Stream s) = 0;
+  // out[rows, dim] = gelu(gate[rows, dim]) * up[rows, dim], GELU's tanh approximation
+  // gelu(x) = 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) (ggml_gelu; Gemma's
+  // gelu_pytorch_tanh); out may alias gate or up
+  virtual void GeGlu(const float* gate, const float* up, int rows, int dim, float* out,
+                     Stream s) = 0;
+  // x[n] *= factor (Gemma's embedding scaling by sqrt(hidden))
+  virtual void Scale(float* x, float factor, int64_t n, Stream s) = 0;
   // out[n, dim] = x[idx[i], dim]
   virtual void GatherRows(const float* x, const int32_t* idx, int n, int dim, float* out,
                           Stream s) = 0;

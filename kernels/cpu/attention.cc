@@ -3,7 +3,10 @@
 // heads of that GQA group walk the token's context block by block in tiles of positions;
 // each tile's K rows give scores for every head of the group, an online softmax rescales
 // the running sums when the maximum grows, and each V row is added into every head's
-// accumulator. K and V rows are each read (and dequantized) once per group tile.
+// accumulator. K and V rows are each read (and dequantized) once per group tile. A sliding
+// window only moves where the walk starts (AttentionWindowStart): positions and blocks before
+// it are never touched, so a token costs O(window), and window == 0 runs the same loop as
+// before windows existed.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -19,8 +22,9 @@ namespace {
 constexpr int kTile = 16;      // positions per score tile
 constexpr int kGroupTile = 8;  // query heads processed together over one K/V pass
 
-// Checks the parameters and the block-table entries every item in [begin, end) will read,
-// so a corrupt batch fails loudly instead of reading outside the cache.
+// Checks the parameters and the block-table entries every item in [begin, end) will read
+// (with a window, only the window's blocks), so a corrupt batch fails loudly instead of
+// reading outside the cache.
 void CheckAttention(const AttentionParams& p, int64_t begin, int64_t end) {
   const KvCacheView& c = p.cache;
   TANDEM_CHECK_LE(0, begin);
@@ -35,6 +39,7 @@ void CheckAttention(const AttentionParams& p, int64_t begin, int64_t end) {
   TANDEM_CHECK_GE(p.layer, 0);
   TANDEM_CHECK_LT(p.layer, c.n_layers);
   TANDEM_CHECK_GT(c.block_size, 0);
+  TANDEM_CHECK_GE(p.window, 0);
   if (c.dtype == KvDType::kInt8) {
     TANDEM_CHECK(c.k_scale_zero != nullptr && c.v_scale_zero != nullptr);
   }
@@ -50,7 +55,7 @@ void CheckAttention(const AttentionParams& p, int64_t begin, int64_t end) {
     const int n_blocks = pos / c.block_size + 1;
     TANDEM_CHECK_LE(n_blocks, p.max_blocks_per_seq);
     const int32_t* table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
-    for (int b = 0; b < n_blocks; ++b) {
+    for (int b = AttentionWindowStart(p, pos) / c.block_size; b < n_blocks; ++b) {
       TANDEM_CHECK_GE(table[b], 0);
       TANDEM_CHECK_LT(table[b], c.n_blocks);
     }
@@ -103,7 +108,7 @@ void AttendScalar(const AttentionParams& p, int64_t t, int kv_head) {
       l[g] = 0;
     }
     int n = 0;
-    for (int start = 0; start <= pos; start += n) {
+    for (int start = AttentionWindowStart(p, pos); start <= pos; start += n) {
       // A tile stays inside one block, whose rows are contiguous; it ends early at a block
       // boundary.
       const int block = table[start / c.block_size];

@@ -9,8 +9,8 @@
 namespace tandem::kernels::cpu::internal {
 namespace {
 
-constexpr int kTile = 8;       // positions per score tile: one ymm of scores
-constexpr int kGroupTile = 8;  // query heads sharing one pass over K/V
+constexpr int kTile = 8;           // positions per score tile: one ymm of scores
+constexpr int kGroupTile = 8;      // query heads sharing one pass over K/V
 constexpr int kPrefetchTiles = 4;  // tiles (32 positions) of K/V asked for ahead
 
 template <KvDType kDt>
@@ -68,10 +68,13 @@ void Attend(const AttentionParams& p, int64_t t, int kv_head) {
       m[g] = -__builtin_inff();
       l[g] = 0;
     }
-    PrefetchKvRows(p, table, kv_head, c.k, c.k_scale_zero, 0, kPrefetchTiles * kTile, pos + 1);
-    PrefetchKvRows(p, table, kv_head, c.v, c.v_scale_zero, 0, kPrefetchTiles * kTile, pos + 1);
+    // A window only moves the first position; the tile after a mid-block start ends at the
+    // block's end, and from the next block on tiles fall where they do without a window.
+    const int first = AttentionWindowStart(p, pos);
+    PrefetchKvRows(p, table, kv_head, c.k, c.k_scale_zero, first, kPrefetchTiles * kTile, pos + 1);
+    PrefetchKvRows(p, table, kv_head, c.v, c.v_scale_zero, first, kPrefetchTiles * kTile, pos + 1);
     int n = 0;
-    for (int start = 0; start <= pos; start += n) {
+    for (int start = first; start <= pos; start += n) {
       const int ahead = start + kPrefetchTiles * kTile;
       PrefetchKvRows(p, table, kv_head, c.k, c.k_scale_zero, ahead, kTile, pos + 1);
       PrefetchKvRows(p, table, kv_head, c.v, c.v_scale_zero, ahead, kTile, pos + 1);

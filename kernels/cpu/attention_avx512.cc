@@ -17,9 +17,9 @@
 namespace tandem::kernels::cpu::internal {
 namespace {
 
-constexpr int kTile = 16;      // positions per score tile: one zmm of scores
-constexpr int kGroupTile = 8;  // query heads sharing one pass over K/V
-constexpr int kChunk = 128;    // positions per softmax chunk (a multiple of kTile)
+constexpr int kTile = 16;          // positions per score tile: one zmm of scores
+constexpr int kGroupTile = 8;      // query heads sharing one pass over K/V
+constexpr int kChunk = 128;        // positions per softmax chunk (a multiple of kTile)
 constexpr int kPrefetchTiles = 2;  // tiles of K/V asked for ahead
 
 inline int Min(int a, int b) { return a < b ? a : b; }
@@ -160,9 +160,15 @@ void Attend(const AttentionParams& p, int64_t t, int kv_head) {
       m[g] = -__builtin_inff();
       l[g] = 0;
     }
-    PrefetchKvRows(p, table, kv_head, c.k, c.k_scale_zero, 0, kPrefetchTiles * kTile, pos + 1);
-    for (int c0 = 0; c0 <= pos; c0 += kChunk) {
-      const int c1 = Min(pos + 1, c0 + kChunk);
+    // With a window the walk starts at its first position, mid-block in general. The first
+    // chunk ends kChunk positions after the kTile boundary at or before it, so every later
+    // chunk starts on a multiple of kTile and cuts no tile a block boundary would not: the
+    // mid-block start costs at most one extra partial tile per item, not one per chunk. With
+    // first == 0 the chunks are [0, 128), [128, 256), ... as without a window.
+    const int first = AttentionWindowStart(p, pos);
+    PrefetchKvRows(p, table, kv_head, c.k, c.k_scale_zero, first, kPrefetchTiles * kTile, pos + 1);
+    for (int c0 = first, c1 = 0; c0 <= pos; c0 = c1) {
+      c1 = Min(pos + 1, (c0 & ~(kTile - 1)) + kChunk);
       // 1. Scores.
       int n = 0;
       for (int start = c0; start < c1; start += n) {
@@ -233,8 +239,8 @@ void Attend(const AttentionParams& p, int64_t t, int kv_head) {
         for (int start = c0; start < c1; start += n) {
           const int64_t row0 = tile_at(start, c1, &n);
           if (h0 == 0) {
-            PrefetchKvRows(p, table, kv_head, c.v, c.v_scale_zero,
-                           start + kPrefetchTiles * kTile, kTile, c1);
+            PrefetchKvRows(p, table, kv_head, c.v, c.v_scale_zero, start + kPrefetchTiles * kTile,
+                           kTile, c1);
           }
           for (int j = 0; j < n; ++j) {
             __m512 vr[kMaxNv];

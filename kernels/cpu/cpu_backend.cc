@@ -140,6 +140,15 @@ class CpuBackend : public Backend {
     pool_->ParallelFor(rows, std::max<int64_t>(1, RowsPerChunk(dim) / 4),
                        [&](int64_t b, int64_t e, int) { SwiGluRange(gate, up, dim, out, b, e); });
   }
+  void GeGlu(const float* gate, const float* up, int rows, int dim, float* out, Stream) override {
+    // Like SwiGlu: an exp and a division per element.
+    pool_->ParallelFor(rows, std::max<int64_t>(1, RowsPerChunk(dim) / 4),
+                       [&](int64_t b, int64_t e, int) { GeGluRange(gate, up, dim, out, b, e); });
+  }
+  void Scale(float* x, float factor, int64_t n, Stream) override {
+    pool_->ParallelFor(n, kMinChunkElems,
+                       [&](int64_t b, int64_t e, int) { ScaleRange(x, factor, b, e); });
+  }
   void GatherRows(const float* x, const int32_t* idx, int n, int dim, float* out, Stream) override {
     pool_->ParallelFor(n, RowsPerChunk(dim),
                        [&](int64_t b, int64_t e, int) { GatherRowsRange(x, idx, dim, out, b, e); });

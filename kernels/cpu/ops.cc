@@ -138,6 +138,21 @@ void SwiGluRange(const float* gate, const float* up, int dim, float* out, int64_
   internal::SwiGluRangeScalar(gate, up, dim, out, begin, end);
 }
 
+void GeGluRange(const float* gate, const float* up, int dim, float* out, int64_t begin,
+                int64_t end) {
+  TANDEM_CHECK_GT(dim, 0);
+  CheckRange(begin, end);
+  switch (GetOpsIsa()) {
+    case OpsIsa::kAvx512:
+      return internal::GeGluRangeAvx512(gate, up, dim, out, begin, end);
+    case OpsIsa::kAvx2:
+      return internal::GeGluRangeAvx2(gate, up, dim, out, begin, end);
+    case OpsIsa::kScalar:
+      break;
+  }
+  internal::GeGluRangeScalar(gate, up, dim, out, begin, end);
+}
+
 void AddBiasRange(float* x, const float* bias, int dim, int64_t begin, int64_t end) {
   TANDEM_CHECK_GT(dim, 0);
   CheckRange(begin, end);
@@ -163,6 +178,19 @@ void AddRange(float* x, const float* y, int64_t begin, int64_t end) {
       break;
   }
   internal::AddRangeScalar(x, y, begin, end);
+}
+
+void ScaleRange(float* x, float factor, int64_t begin, int64_t end) {
+  CheckRange(begin, end);
+  switch (GetOpsIsa()) {
+    case OpsIsa::kAvx512:
+      return internal::ScaleRangeAvx512(x, factor, begin, end);
+    case OpsIsa::kAvx2:
+      return internal::ScaleRangeAvx2(x, factor, begin, end);
+    case OpsIsa::kScalar:
+      break;
+  }
+  internal::ScaleRangeScalar(x, factor, begin, end);
 }
 
 void GatherRowsRange(const float* x, const int32_t* idx, int dim, float* out, int64_t begin,
@@ -259,6 +287,16 @@ void SwiGluRangeScalar(const float* gate, const float* up, int dim, float* out, 
   }
 }
 
+void GeGluRangeScalar(const float* gate, const float* up, int dim, float* out, int64_t begin,
+                      int64_t end) {
+  for (int64_t i = begin * dim; i < end * dim; ++i) {
+    const float g = gate[i];
+    const float z = g * (kGeluZ + kGeluZ3 * (g * g));
+    // exp overflows to inf for z < -88.7: g / inf is the 0 that gelu tends to.
+    out[i] = g / (1.f + std::exp(-z)) * up[i];
+  }
+}
+
 void AddBiasRangeScalar(float* x, const float* bias, int dim, int64_t begin, int64_t end) {
   for (int64_t r = begin; r < end; ++r) {
     float* xr = x + r * dim;
@@ -268,6 +306,10 @@ void AddBiasRangeScalar(float* x, const float* bias, int dim, int64_t begin, int
 
 void AddRangeScalar(float* x, const float* y, int64_t begin, int64_t end) {
   for (int64_t i = begin; i < end; ++i) x[i] += y[i];
+}
+
+void ScaleRangeScalar(float* x, float factor, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) x[i] *= factor;
 }
 
 void KvAppendRangeScalar(const KvAppendParams& p, int64_t begin, int64_t end) {

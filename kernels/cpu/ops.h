@@ -1,7 +1,7 @@
-// The CPU backend's non-matmul ops (RMSNorm, SwiGLU, bias, residual add, row gather, RoPE,
-// KV append, paged attention) as range functions: each processes work items [begin, end) of
-// one op so that CpuBackend can split an op across its thread pool. The unit of work is named
-// on each function; results never depend on how the items are split.
+// The CPU backend's non-matmul ops (RMSNorm, SwiGLU, GeGLU, bias, residual add, scaling, row
+// gather, RoPE, KV append, paged attention) as range functions: each processes work items
+// [begin, end) of one op so that CpuBackend can split an op across its thread pool. The unit
+// of work is named on each function; results never depend on how the items are split.
 //
 // Each op has a scalar, an AVX2 and an AVX-512 variant (ops*.cc, attention*.cc), chosen by a
 // process-wide OpsIsa. The default is the best the CPU supports; CpuBackend sets it at
@@ -49,6 +49,12 @@ void RmsNormRange(const float* x, const float* w, int dim, float eps, float* out
 // out[r] = silu(gate[r]) * up[r], silu(g) = g / (1 + exp(-g)); out may alias gate or up.
 void SwiGluRange(const float* gate, const float* up, int dim, float* out, int64_t begin,
                  int64_t end);
+// out[r] = gelu(gate[r]) * up[r] with GELU's tanh approximation, computed as
+// gelu(g) = g / (1 + exp(-z)), z = 2 sqrt(2/pi) (g + 0.044715 g^3): the same function, since
+// 0.5 (1 + tanh(z / 2)) = 1 / (1 + exp(-z)), without 1 + tanh's cancellation for g < 0.
+// out may alias gate or up.
+void GeGluRange(const float* gate, const float* up, int dim, float* out, int64_t begin,
+                int64_t end);
 // x[r] += bias.
 void AddBiasRange(float* x, const float* bias, int dim, int64_t begin, int64_t end);
 // out[r] = x[idx[r]]; out must not alias x.
@@ -57,6 +63,8 @@ void GatherRowsRange(const float* x, const int32_t* idx, int dim, float* out, in
 
 // Work items: elements. x[i] += y[i].
 void AddRange(float* x, const float* y, int64_t begin, int64_t end);
+// Work items: elements. x[i] *= factor.
+void ScaleRange(float* x, float factor, int64_t begin, int64_t end);
 
 // Work items: tokens. Rotates q's n_heads and k's n_kv_heads heads of each token in place.
 void RopeRange(const RopeParams& p, int64_t begin, int64_t end);
@@ -64,10 +72,16 @@ void RopeRange(const RopeParams& p, int64_t begin, int64_t end);
 void KvAppendRange(const KvAppendParams& p, int64_t begin, int64_t end);
 
 // Work items: (token, kv_head) pairs, item = token * n_kv_heads + kv_head. Each item computes
-// the n_heads / n_kv_heads query heads that share kv_head, reading each K/V row once.
+// the n_heads / n_kv_heads query heads that share kv_head, reading each K/V row once. With
+// p.window > 0 an item walks only its window's positions (AttentionWindowStart onwards).
 void AttentionRange(const AttentionParams& p, int64_t begin, int64_t end);
 inline int64_t AttentionItems(const AttentionParams& p) {
   return static_cast<int64_t>(p.n_tokens) * p.n_kv_heads;
+}
+// First position a token at `pos` attends to: max(0, pos - window + 1), 0 without a window.
+// `static` like PrefetchKvRows below: the ISA-specific files call it too.
+static inline int AttentionWindowStart(const AttentionParams& p, int pos) {
+  return p.window > 0 && pos >= p.window ? pos - p.window + 1 : 0;
 }
 
 // A prefetch the optimizer keeps: GCC deletes loops whose only statements are
@@ -121,8 +135,11 @@ namespace internal {
                             int64_t begin, int64_t end);                                           \
   void SwiGluRange##suffix(const float* gate, const float* up, int dim, float* out, int64_t begin, \
                            int64_t end);                                                           \
+  void GeGluRange##suffix(const float* gate, const float* up, int dim, float* out, int64_t begin,  \
+                          int64_t end);                                                            \
   void AddBiasRange##suffix(float* x, const float* bias, int dim, int64_t begin, int64_t end);     \
   void AddRange##suffix(float* x, const float* y, int64_t begin, int64_t end);                     \
+  void ScaleRange##suffix(float* x, float factor, int64_t begin, int64_t end);                     \
   void KvAppendRange##suffix(const KvAppendParams& p, int64_t begin, int64_t end);                 \
   void AttentionRange##suffix(const AttentionParams& p, int64_t begin, int64_t end);
 
@@ -130,6 +147,14 @@ TANDEM_CPU_OPS_DECLARE_VARIANT(Scalar)
 TANDEM_CPU_OPS_DECLARE_VARIANT(Avx2)
 TANDEM_CPU_OPS_DECLARE_VARIANT(Avx512)
 #undef TANDEM_CPU_OPS_DECLARE_VARIANT
+
+// GeGLU's argument z = g * (kGeluZ + kGeluZ3 * g^2) = 2 sqrt(2/pi) (g + 0.044715 g^3), and
+// gelu(g) = g / (1 + exp(-z)). Below kGeluZeroBelow (g < -10.03) the vector variants return
+// 0 (the exact value is under 1e-37): their exp is clamped, so g / (1 + exp(-z)) would not
+// go on shrinking as g -> -inf.
+inline constexpr float kGeluZ = 1.5957691216057308f;    // 2 sqrt(2 / pi)
+inline constexpr float kGeluZ3 = 0.07135481627260025f;  // 2 sqrt(2 / pi) * 0.044715
+inline constexpr float kGeluZeroBelow = -88.f;
 
 // Vector exp for the files built for AVX2 / AVX-512 (declared only where those ISAs are
 // enabled). exp(x) = 2^n * e^r with n = round(x / ln 2), |r| <= ln(2)/2, e^r by its degree-7

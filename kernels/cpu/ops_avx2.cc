@@ -16,6 +16,17 @@ int64_t KvRow(const KvCacheView& c, int layer, int block, int head, int offset) 
          offset;
 }
 
+// gelu(g) * u for 8 lanes (see GeGluRange in ops.h).
+__m256 GeGlu8(__m256 g, __m256 u) {
+  const __m256 z = _mm256_mul_ps(
+      g, _mm256_fmadd_ps(_mm256_set1_ps(kGeluZ3), _mm256_mul_ps(g, g), _mm256_set1_ps(kGeluZ)));
+  const __m256 e = ExpAvx2(_mm256_sub_ps(_mm256_setzero_ps(), z));
+  // "Not less than" keeps NaN inputs NaN.
+  const __m256 keep = _mm256_cmp_ps(z, _mm256_set1_ps(kGeluZeroBelow), _CMP_NLT_UQ);
+  const __m256 gelu = _mm256_and_ps(keep, _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.f), e)));
+  return _mm256_mul_ps(gelu, u);
+}
+
 }  // namespace
 
 void RmsNormRangeAvx2(const float* x, const float* w, int dim, float eps, float* out, int64_t begin,
@@ -76,6 +87,25 @@ void SwiGluRangeAvx2(const float* gate, const float* up, int dim, float* out, in
   }
 }
 
+void GeGluRangeAvx2(const float* gate, const float* up, int dim, float* out, int64_t begin,
+                    int64_t end) {
+  const int64_t last = end * dim;
+  int64_t i = begin * dim;
+  for (; i + 8 <= last; i += 8) {
+    _mm256_storeu_ps(out + i, GeGlu8(_mm256_loadu_ps(gate + i), _mm256_loadu_ps(up + i)));
+  }
+  if (i < last) {  // tail through a stack copy so every element takes the same vector path
+    float g[8] = {0}, u[8] = {0}, o[8];
+    const int64_t n = last - i;
+    for (int64_t j = 0; j < n; ++j) {
+      g[j] = gate[i + j];
+      u[j] = up[i + j];
+    }
+    _mm256_storeu_ps(o, GeGlu8(_mm256_loadu_ps(g), _mm256_loadu_ps(u)));
+    for (int64_t j = 0; j < n; ++j) out[i + j] = o[j];
+  }
+}
+
 void AddBiasRangeAvx2(float* x, const float* bias, int dim, int64_t begin, int64_t end) {
   for (int64_t r = begin; r < end; ++r) {
     float* xr = x + r * dim;
@@ -93,6 +123,13 @@ void AddRangeAvx2(float* x, const float* y, int64_t begin, int64_t end) {
     _mm256_storeu_ps(x + i, _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
   }
   for (; i < end; ++i) x[i] += y[i];
+}
+
+void ScaleRangeAvx2(float* x, float factor, int64_t begin, int64_t end) {
+  const __m256 f = _mm256_set1_ps(factor);
+  int64_t i = begin;
+  for (; i + 8 <= end; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), f));
+  for (; i < end; ++i) x[i] *= factor;
 }
 
 // Requires head_dim % 16 == 0 (checked by the dispatcher).

@@ -73,6 +73,26 @@ void SwiGluRangeAvx512(const float* gate, const float* up, int dim, float* out, 
   }
 }
 
+void GeGluRangeAvx512(const float* gate, const float* up, int dim, float* out, int64_t begin,
+                      int64_t end) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  const __m512 cz = _mm512_set1_ps(kGeluZ);
+  const __m512 cz3 = _mm512_set1_ps(kGeluZ3);
+  const __m512 zero_below = _mm512_set1_ps(kGeluZeroBelow);
+  const int64_t last = end * dim;
+  for (int64_t i = begin * dim; i < last; i += 16) {
+    const __mmask16 m = TailMask(last - i < 16 ? last - i : 16);
+    const __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
+    const __m512 u = _mm512_maskz_loadu_ps(m, up + i);
+    const __m512 z = _mm512_mul_ps(g, _mm512_fmadd_ps(cz3, _mm512_mul_ps(g, g), cz));
+    const __m512 e = ExpAvx512(_mm512_sub_ps(_mm512_setzero_ps(), z));
+    // "Not less than" keeps NaN inputs NaN.
+    const __mmask16 keep = _mm512_cmp_ps_mask(z, zero_below, _CMP_NLT_UQ);
+    const __m512 gelu = _mm512_maskz_div_ps(keep, g, _mm512_add_ps(one, e));
+    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(gelu, u));
+  }
+}
+
 void AddBiasRangeAvx512(float* x, const float* bias, int dim, int64_t begin, int64_t end) {
   for (int64_t r = begin; r < end; ++r) {
     float* xr = x + r * dim;
@@ -89,6 +109,14 @@ void AddRangeAvx512(float* x, const float* y, int64_t begin, int64_t end) {
     const __mmask16 m = TailMask(end - i < 16 ? end - i : 16);
     const __m512 a = _mm512_maskz_loadu_ps(m, x + i);
     _mm512_mask_storeu_ps(x + i, m, _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, y + i)));
+  }
+}
+
+void ScaleRangeAvx512(float* x, float factor, int64_t begin, int64_t end) {
+  const __m512 f = _mm512_set1_ps(factor);
+  for (int64_t i = begin; i < end; i += 16) {
+    const __mmask16 m = TailMask(end - i < 16 ? end - i : 16);
+    _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), f));
   }
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numbers>
 
 #include "common/check.h"
 #include "kernels/quant.h"
@@ -52,6 +53,18 @@ void SwiGluRef(const float* gate, const float* up, int rows, int dim, float* out
   }
 }
 
+void GeGluRef(const float* gate, const float* up, int rows, int dim, float* out) {
+  const int64_t n = static_cast<int64_t>(rows) * dim;
+  const double sqrt_2_over_pi = std::sqrt(2.0 / std::numbers::pi);
+  for (int64_t i = 0; i < n; ++i) {
+    const double g = gate[i];
+    const double u = sqrt_2_over_pi * (g + 0.044715 * g * g * g);
+    // 0.5 * (1 + tanh(u)) == 1 / (1 + exp(-2u)); the left side loses all its digits to
+    // cancellation once tanh(u) is near -1 (g below about -6 in double).
+    out[i] = static_cast<float>(g / (1.0 + std::exp(-2.0 * u)) * up[i]);
+  }
+}
+
 void AddBiasRef(float* x, const float* bias, int rows, int dim) {
   for (int r = 0; r < rows; ++r) {
     for (int i = 0; i < dim; ++i) x[static_cast<int64_t>(r) * dim + i] += bias[i];
@@ -60,6 +73,10 @@ void AddBiasRef(float* x, const float* bias, int rows, int dim) {
 
 void AddRef(float* x, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+void ScaleRef(float* x, float factor, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] *= factor;
 }
 
 void GatherRowsRef(const float* x, const int32_t* idx, int n, int dim, float* out) {

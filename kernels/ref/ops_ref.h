@@ -1,6 +1,6 @@
-// Scalar references for the non-matmul ops (RMSNorm, SwiGLU, bias, add, row gather, RoPE,
-// KV append) with whole-batch signatures mirroring kernels::Backend. They define what each
-// op computes; backends are tested against them. Plain C++, double where accumulation or
+// Scalar references for the non-matmul ops (RMSNorm, SwiGLU, GeGLU, bias, add, scale, row
+// gather, RoPE, KV append) with whole-batch signatures mirroring kernels::Backend. They define what
+// each op computes; backends are tested against them. Plain C++, double where accumulation or
 // angles lose precision, no speed concerns.
 // Thread safety: pure functions of their arguments.
 #ifndef TANDEM_KERNELS_REF_OPS_REF_H_
@@ -16,10 +16,15 @@ namespace tandem::kernels::ref {
 void RmsNormRef(const float* x, const float* w, int rows, int dim, float eps, float* out);
 // out[rows, dim] = gate / (1 + exp(-gate)) * up.
 void SwiGluRef(const float* gate, const float* up, int rows, int dim, float* out);
+// out[rows, dim] = gelu(gate) * up, gelu(x) = 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
+// (GELU's tanh approximation: ggml_gelu, PyTorch's gelu(approximate="tanh")), in double.
+void GeGluRef(const float* gate, const float* up, int rows, int dim, float* out);
 // x[rows, dim] += bias[dim].
 void AddBiasRef(float* x, const float* bias, int rows, int dim);
 // x[n] += y[n].
 void AddRef(float* x, const float* y, int64_t n);
+// x[n] *= factor.
+void ScaleRef(float* x, float factor, int64_t n);
 // out[n, dim] = x[idx[i], dim].
 void GatherRowsRef(const float* x, const int32_t* idx, int n, int dim, float* out);
 

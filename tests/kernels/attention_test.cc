@@ -1,9 +1,11 @@
 // Tests of paged attention (kernels/cpu/ops.h AttentionRange) against the scalar reference
 // (kernels/ref/attention_ref.h) for every OpsIsa this CPU supports, on batches that mix
-// prefill chunks and decode tokens of several sequences with shuffled block tables.
+// prefill chunks and decode tokens of several sequences with shuffled block tables; and
+// sliding-window attention against the reference and against exact math written out here.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -193,8 +195,62 @@ class Scenario {
     return max_dv + std::expm1(2 * max_ds) * (vmax - vmin) / 2;
   }
 
+  // The block tables with the entry of every block that holds no position of any window of
+  // its sequence's tokens in the batch set to -1: attention must not read those entries.
+  std::vector<int32_t> TablesWithoutBlocksBeforeWindows(int window) const {
+    std::vector<int32_t> tables = tables_;
+    for (int q = 0; q < n_seqs_; ++q) {
+      int first = INT_MAX;
+      for (size_t t = 0; t < positions_.size(); ++t) {
+        if (token_seq_[t] != q) continue;
+        first = std::min(first, window > 0 ? std::max(0, positions_[t] - window + 1) : 0);
+      }
+      if (first == INT_MAX) continue;
+      for (int b = 0; b < first / shape_.block_size; ++b) tables[q * max_blocks_ + b] = -1;
+    }
+    return tables;
+  }
+
+  // Sliding-window attention on the unquantized K/V in double, written out from the
+  // definition without the reference's code: for token t at position p, softmax over
+  // positions j with p - j < window (all j <= p when window == 0) of q . k_j / sqrt(d), then
+  // the weighted sum of v_j.
+  std::vector<double> BruteForce(int window) const {
+    const Shape& s = shape_;
+    const int n_heads = s.n_kv_heads * s.group, d = s.head_dim;
+    std::vector<double> out(OutSize());
+    for (int t = 0; t < n_tokens(); ++t) {
+      const int seq = token_seq_[t], pos = positions_[t];
+      for (int h = 0; h < n_heads; ++h) {
+        const int kvh = h / s.group;
+        const float* q = q_.data() + (static_cast<size_t>(t) * n_heads + h) * d;
+        std::vector<double> w;
+        std::vector<int> js;
+        for (int j = 0; j <= pos; ++j) {
+          if (window > 0 && pos - j >= window) continue;
+          const float* k = orig_k_[seq].data() + (static_cast<size_t>(j) * s.n_kv_heads + kvh) * d;
+          double dot = 0;
+          for (int i = 0; i < d; ++i) dot += static_cast<double>(q[i]) * k[i];
+          w.push_back(dot / std::sqrt(static_cast<double>(d)));
+          js.push_back(j);
+        }
+        const double mx = *std::max_element(w.begin(), w.end());
+        double sum = 0;
+        for (double& x : w) sum += (x = std::exp(x - mx));
+        double* o = out.data() + (static_cast<size_t>(t) * n_heads + h) * d;
+        for (size_t k = 0; k < js.size(); ++k) {
+          const float* v =
+              orig_v_[seq].data() + (static_cast<size_t>(js[k]) * s.n_kv_heads + kvh) * d;
+          for (int i = 0; i < d; ++i) o[i] += w[k] / sum * v[i];
+        }
+      }
+    }
+    return out;
+  }
+
   const Shape& shape() const { return shape_; }
   int n_tokens() const { return static_cast<int>(positions_.size()); }
+  int position(int t) const { return positions_[t]; }
 
  private:
   // Takes over other's batch and K/V values (rewriting them into this cache's format) and
@@ -373,6 +429,119 @@ TEST(AttentionShapes, PeakedScoresMatchReference) {
     AttentionRange(p, 0, AttentionItems(p));
     for (size_t i = 0; i < want.size(); ++i) {
       ASSERT_NEAR(got[i], want[i], 1e-5f) << OpsIsaName(isa) << " element " << i;
+    }
+  }
+}
+
+// Sliding windows against the reference, for every ISA and KV dtype, on the mixed batch
+// (prefill chunks and decode tokens, contexts 1 to 200): windows of one position, shorter
+// than a tile or a block, equal to them, not multiples of either (so windows start
+// mid-block and mid-tile), around the AVX-512 softmax chunk (128), equal to the longest
+// context (200) and larger. Block-table entries of blocks wholly before every window of a
+// sequence are -1, so a read of one would fail the checks (or ASan): a window skips them.
+// Split ranges give bit-identical results.
+TEST(AttentionWindow, MatchesReference) {
+  const Shape shapes[] = {
+      {16, 2, 3, 64}, {32, 1, 4, 128}, {8, 2, 1, 64}, {16, 1, 2, 40}, {16, 2, 3, 80}};
+  const int windows[] = {1, 3, 8, 16, 17, 20, 33, 41, 100, 128, 129, 150, 200, 201, 4096};
+  for (const Shape& s : shapes) {
+    for (KvDType dtype : {KvDType::kF32, KvDType::kF16, KvDType::kInt8}) {
+      Scenario sc(s, dtype, 13);
+      for (int window : windows) {
+        const std::vector<int32_t> tables = sc.TablesWithoutBlocksBeforeWindows(window);
+        std::vector<float> want(sc.OutSize());
+        AttentionParams p = sc.Params(want.data());
+        p.window = window;
+        p.block_tables = tables.data();
+        ref::AttentionRef(p);
+        for (OpsIsa isa : SupportedIsas()) {
+          OpsIsaGuard guard(isa);
+          std::vector<float> got(sc.OutSize(), -7.f), split(sc.OutSize(), -7.f);
+          p.out = got.data();
+          const int64_t items = AttentionItems(p);
+          AttentionRange(p, 0, items);
+          for (size_t i = 0; i < want.size(); ++i) {
+            ASSERT_NEAR(got[i], want[i], 1e-5f)
+                << OpsIsaName(isa) << " " << DTypeName(dtype) << " window " << window
+                << " head_dim " << s.head_dim << " group " << s.group << " block " << s.block_size
+                << " element " << i;
+          }
+          p.out = split.data();
+          const int64_t cuts[] = {0, 1, items / 3, items / 2 + 1, items - 1, items};
+          for (size_t i = 0; i + 1 < std::size(cuts); ++i) AttentionRange(p, cuts[i], cuts[i + 1]);
+          ASSERT_EQ(0, std::memcmp(split.data(), got.data(), sizeof(float) * got.size()))
+              << OpsIsaName(isa) << " window " << window;
+        }
+      }
+    }
+  }
+}
+
+// Pins the semantics rather than agreement with the reference: on an F32 cache, the
+// reference and every variant with window w give attention over exactly the positions
+// [max(0, p - w + 1), p] (BruteForce, exact math written out in the test), within 1e-5;
+// and where the context is longer than the window the result differs from full attention.
+TEST(AttentionWindow, AttendsToExactlyTheLastWindowPositions) {
+  const Shape s{16, 2, 3, 64};
+  Scenario sc(s, KvDType::kF32, 17);
+  {
+    // The brute force itself agrees with the reference without a window.
+    const std::vector<double> full = sc.BruteForce(0);
+    std::vector<float> want(sc.OutSize());
+    ref::AttentionRef(sc.Params(want.data()));
+    for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(want[i], full[i], 1e-6) << i;
+  }
+  const std::vector<double> full = sc.BruteForce(0);
+  const int n_heads = s.n_kv_heads * s.group;
+  for (int window : {1, 2, 5, 16, 37, 130}) {
+    const std::vector<double> exact = sc.BruteForce(window);
+    // Tokens whose context is longer than the window must see a different result.
+    double max_change = 0;
+    for (int t = 0; t < sc.n_tokens(); ++t) {
+      if (sc.position(t) + 1 <= window) continue;
+      for (int i = 0; i < n_heads * s.head_dim; ++i) {
+        const size_t j = static_cast<size_t>(t) * n_heads * s.head_dim + i;
+        max_change = std::max(max_change, std::fabs(exact[j] - full[j]));
+      }
+    }
+    EXPECT_GT(max_change, 1e-3) << "window " << window;
+
+    std::vector<float> got(sc.OutSize(), -7.f);
+    AttentionParams p = sc.Params(got.data());
+    p.window = window;
+    ref::AttentionRef(p);
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_NEAR(got[i], exact[i], 1e-5) << "reference, window " << window << " element " << i;
+    }
+    for (OpsIsa isa : SupportedIsas()) {
+      OpsIsaGuard guard(isa);
+      std::fill(got.begin(), got.end(), -7.f);
+      AttentionRange(p, 0, AttentionItems(p));
+      for (size_t i = 0; i < got.size(); ++i) {
+        ASSERT_NEAR(got[i], exact[i], 1e-5)
+            << OpsIsaName(isa) << " window " << window << " element " << i;
+      }
+    }
+  }
+}
+
+// A window that covers every token's context takes the path of no window at all: the
+// same bits as window == 0 (the longest context in the batch is 200 positions).
+TEST(AttentionWindow, CoveringWindowIsBitIdenticalToNoWindow) {
+  for (OpsIsa isa : SupportedIsas()) {
+    OpsIsaGuard guard(isa);
+    for (KvDType dtype : {KvDType::kF16, KvDType::kInt8}) {
+      Scenario sc({16, 2, 4, 64}, dtype, 19);
+      std::vector<float> none(sc.OutSize()), covering(sc.OutSize());
+      AttentionParams p = sc.Params(none.data());
+      AttentionRange(p, 0, AttentionItems(p));
+      for (int window : {200, 201, 1 << 20}) {
+        p.window = window;
+        p.out = covering.data();
+        AttentionRange(p, 0, AttentionItems(p));
+        EXPECT_EQ(0, std::memcmp(none.data(), covering.data(), sizeof(float) * none.size()))
+            << OpsIsaName(isa) << " " << DTypeName(dtype) << " window " << window;
+      }
     }
   }
 }

@@ -143,7 +143,8 @@ TEST(CpuBackendTest, PackWeightRejectsBadDescriptions) {
             absl::StatusCode::kInvalidArgument);  // cols not a multiple of 32
   EXPECT_FALSE((*backend)->PackWeight({DType::kQ8_0, 0, 32, data.data(), "w"}).ok());
   EXPECT_FALSE((*backend)->PackWeight({DType::kF32, 4, 32, nullptr, "w"}).ok());
-  EXPECT_FALSE((*backend)->PackWeight({static_cast<DType>(12), 4, 256, data.data(), "w"}).ok());
+  // GGML type 9 (Q8_1) is a matmul-internal format that no model file stores.
+  EXPECT_FALSE((*backend)->PackWeight({static_cast<DType>(9), 4, 256, data.data(), "w"}).ok());
   auto ok = (*backend)->PackWeight({DType::kQ4_0, 5, 64, data.data(), "w"});
   ASSERT_TRUE(ok.ok());
   EXPECT_EQ((*ok)->type(), DType::kQ4_0);
@@ -178,6 +179,17 @@ TEST(CpuBackendTest, RowOpsSplitAcrossThreadsMatchOneRange) {
   b.SwiGlu(x.data(), u.data(), rows, dim, got.data(), b.DefaultStream());
   SwiGluRange(x.data(), u.data(), dim, want.data(), 0, rows);
   EXPECT_EQ(got, want);
+
+  b.GeGlu(x.data(), u.data(), rows, dim, got.data(), b.DefaultStream());
+  GeGluRange(x.data(), u.data(), dim, want.data(), 0, rows);
+  EXPECT_EQ(got, want);
+
+  got = x;
+  want = x;
+  b.Scale(got.data(), 48.f, int64_t{rows} * dim, b.DefaultStream());
+  ScaleRange(want.data(), 48.f, 0, int64_t{rows} * dim);
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(got[5], x[5] * 48.f);
 
   got = x;
   want = x;
@@ -284,6 +296,15 @@ TEST(CpuBackendTest, TokenOpsSplitAcrossThreadsMatchOneRange) {
   float max_abs = 0;
   for (float o : out) max_abs = std::max(max_abs, std::fabs(o));
   EXPECT_GT(max_abs, 0.f);  // something was computed
+
+  // The window passes through: same bits as one range, and not full attention.
+  atp.window = 20;
+  std::vector<float> out_full = out;
+  b.Attention(atp, b.DefaultStream());
+  atp2.window = 20;
+  AttentionRange(atp2, 0, AttentionItems(atp2));
+  EXPECT_EQ(out, out2);
+  EXPECT_NE(out, out_full);
 }
 
 }  // namespace

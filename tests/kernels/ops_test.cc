@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -32,13 +33,15 @@ std::vector<float> Random(size_t n, float lo, float hi, std::mt19937& rng) {
 
 // Calls fn(begin, end) on uneven consecutive pieces of [0, n), empty ones included, the way
 // a thread pool might split the work.
+// Each item is covered exactly once, also for n < 3 (ops like Scale are not idempotent).
 template <typename Fn>
 void CallSplit(int64_t n, Fn fn) {
   const int64_t cuts[] = {0, 0, n / 3, n / 3 + 1, n - 1, n};
-  for (size_t i = 0; i + 1 < std::size(cuts); ++i) {
-    const int64_t b = std::clamp<int64_t>(cuts[i], 0, n);
-    const int64_t e = std::clamp<int64_t>(cuts[i + 1], b, n);
+  int64_t b = 0;
+  for (size_t i = 1; i < std::size(cuts); ++i) {
+    const int64_t e = std::clamp<int64_t>(cuts[i], b, n);
     fn(b, e);
+    b = e;
   }
 }
 
@@ -101,6 +104,94 @@ TEST_P(OpsTest, SwiGluMatchesReference) {
       SwiGluRange(inplace.data(), up.data(), dim, inplace.data(), b, e);
     });
     EXPECT_EQ(0, std::memcmp(inplace.data(), got.data(), sizeof(float) * got.size()));
+  }
+}
+
+// Tolerance vs the double reference: 1e-5 relative, plus 1e-30 absolute. The vector exp is
+// ~1e-7 relative, but the float argument z = 2 sqrt(2/pi) (g + 0.044715 g^3) carries ~2e-7
+// relative rounding, which moves exp(z) by ~2e-7 |z| relative: that exceeds 1e-5 only where
+// |z| > 50, i.e. g < -8.3, where the result is below 1e-20, so the absolute term covers it.
+// Below z = -88 (g < -10.03, exact result < 1e-37) the vector variants return 0.
+TEST_P(OpsTest, GeGluMatchesReference) {
+  const int rows = 4;
+  for (int dim : {1, 13, 64, 1536}) {
+    auto gate = Random(rows * dim, -12.f, 12.f, rng_);
+    const auto up = Random(rows * dim, -3.f, 3.f, rng_);
+    // Large |g| must give g * up (or 0) without inf or NaN, on both sides of where the
+    // clamped exp and the zeroing threshold take over, and where g^3 overflows.
+    const float extremes[] = {-1e30f, -1e10f, -100.f,  -20.f, -10.5f, -10.03f, -10.f,
+                              -9.f,   -6.f,   -1e-20f, 0.f,   1e-20f, 6.f,     10.f,
+                              20.f,   100.f,  1e10f,   1e30f, -0.f};
+    for (size_t i = 0; i < std::size(extremes) && i < gate.size(); ++i) gate[i] = extremes[i];
+    std::vector<float> want(gate.size()), got(gate.size(), -1.f);
+    ref::GeGluRef(gate.data(), up.data(), rows, dim, want.data());
+    GeGluRange(gate.data(), up.data(), dim, got.data(), 0, rows);
+    // Where |want| >= 1e-20, and for |g| <= 5: the figures quoted in kernels/README.md.
+    double max_rel = 0, max_rel_5 = 0;
+    for (size_t i = 0; i < gate.size(); ++i) {
+      ASSERT_NEAR(got[i], want[i], 1e-5f * std::fabs(want[i]) + 1e-30f)
+          << "dim " << dim << " g " << gate[i] << " u " << up[i];
+      if (std::fabs(want[i]) >= 1e-20f) {
+        const double rel = std::fabs(static_cast<double>(got[i]) - want[i]) / std::fabs(want[i]);
+        max_rel = std::max(max_rel, rel);
+        if (std::fabs(gate[i]) <= 5.f) max_rel_5 = std::max(max_rel_5, rel);
+      }
+      if (gate[i] >= 10.f) {
+        ASSERT_EQ(got[i], gate[i] * up[i]) << gate[i];
+      }
+      if (gate[i] <= -10.5f) {
+        ASSERT_EQ(got[i], 0.f) << gate[i];
+      }
+    }
+    if (dim == 1536) {
+      std::printf(
+          "GeGLU %s vs double reference: max relative error %.3g (|out| >= 1e-20), %.3g "
+          "(|g| <= 5)\n",
+          OpsIsaName(GetParam()), max_rel, max_rel_5);
+    }
+    std::vector<float> inplace = gate;  // out aliases gate
+    CallSplit(rows, [&](int64_t b, int64_t e) {
+      GeGluRange(inplace.data(), up.data(), dim, inplace.data(), b, e);
+    });
+    EXPECT_EQ(0, std::memcmp(inplace.data(), got.data(), sizeof(float) * got.size()));
+    std::vector<float> inplace_up = up;  // out aliases up
+    CallSplit(rows, [&](int64_t b, int64_t e) {
+      GeGluRange(gate.data(), inplace_up.data(), dim, inplace_up.data(), b, e);
+    });
+    EXPECT_EQ(0, std::memcmp(inplace_up.data(), got.data(), sizeof(float) * got.size()));
+  }
+}
+
+// The reference is the tanh formula itself: checked against values of
+// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) computed independently (Python, double).
+TEST(GeGluRef, MatchesTheTanhFormula) {
+  const float x[] = {1.f, -1.f, 0.5f, -3.f, 3.f};
+  const double want[] = {0.8411919906082768, -0.15880800939172324, 0.34571400982514394,
+                         -0.0036373920817729943, 2.996362607918227};
+  const float up[] = {1.f, 1.f, 1.f, 1.f, 1.f};
+  float got[5];
+  ref::GeGluRef(x, up, 1, 5, got);
+  for (int i = 0; i < 5; ++i) EXPECT_NEAR(got[i], want[i], 1e-7 * std::fabs(want[i])) << x[i];
+  // And against the literal formula on a grid where 1 + tanh does not cancel in double.
+  for (float g = -5.f; g <= 5.f; g += 0.125f) {
+    const double u = std::sqrt(2.0 / 3.14159265358979323846) * (g + 0.044715 * g * g * g);
+    const double literal = 0.5 * g * (1.0 + std::tanh(u));
+    const float one = 1.f;
+    float r;
+    ref::GeGluRef(&g, &one, 1, 1, &r);
+    ASSERT_NEAR(r, literal, 1e-7 * std::fabs(literal) + 1e-30) << g;
+  }
+}
+
+TEST_P(OpsTest, ScaleIsExact) {
+  for (int64_t n : {1, 7, 16, 17, 1000, 4099}) {
+    const auto x0 = Random(n, -5.f, 5.f, rng_);
+    for (float factor : {std::sqrt(2304.f), -0.5f, 0.f, 1.f}) {
+      std::vector<float> want = x0, got = x0;
+      ref::ScaleRef(want.data(), factor, n);
+      CallSplit(n, [&](int64_t b, int64_t e) { ScaleRange(got.data(), factor, b, e); });
+      EXPECT_EQ(want, got) << "n " << n << " factor " << factor;
+    }
   }
 }
 
