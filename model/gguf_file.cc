@@ -399,7 +399,7 @@ absl::Status GgufFile::Parser::ReadTensorInfo(size_t index, GgufTensor* t, uint6
     return Error(Cat(label, ": row length ", t->dims[0], " is not a multiple of the ",
                      kernels::DTypeName(type), " block size ", block));
   }
-  // bytes = elements / block * block_bytes; elements fits int64 and block_bytes <= 34, but
+  // bytes = elements / block * block_bytes; elements fits int64 and block_bytes <= 210 (Q6_K), but
   // the product can still overflow for absurd shapes.
   const uint64_t blocks = elements / block;
   const uint64_t block_bytes = static_cast<uint64_t>(kernels::BlockBytes(type));

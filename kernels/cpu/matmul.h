@@ -2,7 +2,8 @@
 // on-the-fly int8 quantization of activations, and one range kernel per ISA. CpuBackend
 // owns the scratch buffers and the thread split; everything here works on given ranges.
 //
-// Quantized weights (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) stay quantized; PackWeight repacks them
+// Quantized weights (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, and the K-quants further down) stay
+// quantized; PackWeight repacks them
 // (the values are the same, only reordered) so that one 64-byte load feeds 16 output rows:
 //   rows are cut into groups of kGroupRows = 16 (the last one padded with zero rows); a
 //   group stores, for each 32-element block b of the row, a qs tile, then after all qs
@@ -35,6 +36,38 @@
 // q = round-to-nearest-even(x / d); we keep d in fp32, plus s = d * sum(q) for the minimum
 // term of Q4_1 and Q5_1: sum_j (q_j d + m)(qx_j dx) = d dx sum(q_j qx_j) + m dx sum(qx_j).
 //
+// K-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K; cols a multiple of 256) use the same lane
+// layout and integer dot products, with GGUF's integer sub-block scales kept as they are:
+// every K type is read as x = (d sc) (q - off) - dmin m with unsigned q (Q3_K's q = low
+// bits | high bit << 2 in [0, 7], off 4; Q6_K's q in [0, 63], off 32; Q2_K, Q4_K, Q5_K off 0).
+// A 32-element block's tile holds q as bit planes of 64-byte vectors: a B-bit plane is B
+// vectors, and quad k (elements 4k..4k+3) of row r sits in bytes 4r..4r+3 of vector k % B at
+// bit B * (k / B). The base plane holds q's low bits, a high plane right after it the rest:
+//     Q4_K: 4-bit base (exactly the nibble tile above); Q5_K: 4 + 1; Q6_K: 4 + 2;
+//     Q2_K: 2-bit base; Q3_K: 2 + 1.
+// Unpacking quad k is a 16-bit shift and a byte mask per plane (no field crosses a byte),
+// then an OR. A group is a run of super-blocks of sb_bytes (a multiple of 64) each:
+//     8 tiles (blocks 8s .. 8s+7), then d: [16] fp16, dmin: [16] fp16 (types with minima),
+//     sc: [n_sub][16] int8, m: [n_sub][16] uint8 (Q4_K, Q5_K; Q2_K keeps GGUF's byte
+//     sc | m << 4 in sc), padding
+// so decode reads one sequential stream. Bits per weight once packed (GGUF's in brackets):
+//     Q2_K 2.625 (2.625), Q3_K 3.625 (3.4375), Q4_K 4.625 (4.5), Q5_K 5.625 (5.5),
+//     Q6_K 6.625 (6.5625).
+// d sc is not representable in fp16, so it is never folded into per-block fp16 scales: the
+// kernels widen the 16 rows' sc (one 16-byte load) and multiply by d in fp32, where the
+// product is exact (11-bit significand times |sc| <= 128). Per 32-element activation block:
+//   32-element sub-blocks (Q4_K, Q5_K): acc += (d sc) dx dot - (dmin m) s, s as above;
+//   16-element sub-blocks (Q2_K, Q3_K, Q6_K): the block's two halves are separate integer
+//     chains, each started at -off * (that half's sum of qx), and scaled by their own sc;
+//     Q2_K adds -(dmin m_h) dx sum_h per half. The half sums come from QuantizeActs
+//     (offset kActHalfSums packs both, as int16, into the block's bias slot), so no extra
+//     activation buffer is needed and every ISA computes them bit-identically.
+// int32 bounds: a chain is at most 16 * 63 * 127 + 32 * 16 * 127 < 2^18 (Q6_K). AVX2 sums
+// maddubs results in int16 before widening: each is at most 2 * qmax * 127, so 4 fit for
+// qmax <= 31 and 2 for Q6_K (2 * 2 * 63 * 127 = 32004). No integer product of sc and a dot
+// product is formed (scales are applied in fp32 per block). AMX runs the K types on the
+// AVX-512 kernel (their scales change every 16 or 32 elements, between tile products).
+//
 // Float weights (F32, F16, BF16) stay row-major as GGUF stores them and are computed in
 // fp32 against fp32 activations.
 //
@@ -54,7 +87,7 @@ inline constexpr int kGroupRows = 16;
 
 inline bool IsQuantized(DType t) {
   return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ5_0 || t == DType::kQ5_1 ||
-         t == DType::kQ8_0;
+         t == DType::kQ8_0 || IsKQuant(t);
 }
 // Packed with one byte per weight (else two nibbles per byte); see the header comment.
 constexpr bool HasByteTile(DType t) {
@@ -62,7 +95,19 @@ constexpr bool HasByteTile(DType t) {
 }
 // Packed with per-block minima m (x = q d + m).
 constexpr bool HasMin(DType t) { return t == DType::kQ4_1 || t == DType::kQ5_1; }
-
+// K-quants with minima (x = d sc q - dmin m), and those with 16-element sub-blocks.
+constexpr bool HasKMin(DType t) {
+  return t == DType::kQ2_K || t == DType::kQ4_K || t == DType::kQ5_K;
+}
+constexpr bool HasKSub16(DType t) {
+  return t == DType::kQ2_K || t == DType::kQ3_K || t == DType::kQ6_K;
+}
+// A K-quant's q as bit planes (see the header comment): the low KBaseBits(t) bits (4: the
+// nibble tile; 2 for Q2_K, Q3_K) and KHighBits(t) more above them (0, 1 or 2).
+constexpr int KBaseBits(DType t) { return t == DType::kQ2_K || t == DType::kQ3_K ? 2 : 4; }
+constexpr int KHighBits(DType t) {
+  return t == DType::kQ6_K ? 2 : t == DType::kQ5_K || t == DType::kQ3_K ? 1 : 0;
+}
 // Where the parts of a packed quantized weight live; see the header comment.
 struct PackedLayout {
   DType type = DType::kQ4_0;
@@ -70,10 +115,19 @@ struct PackedLayout {
   int64_t cols = 0;
   int64_t nb = 0;           // blocks per row = cols / 32
   int64_t n_groups = 0;     // ceil(rows / 16)
-  int64_t qs_bytes = 0;     // bytes of one block's qs tile: 256 (Q4) or 512 (8-bit)
+  int64_t qs_bytes = 0;     // bytes of one block's qs tile: 256 (Q4), 512 (8-bit); K:
+                            // 64 * (KBaseBits + KHighBits)
   int64_t group_bytes = 0;  // stride between groups, a multiple of 64
   int64_t d_offset = 0;     // offset of d inside a group
   int64_t m_offset = 0;     // offset of m inside a group (Q4_1, Q5_1)
+  // K-quants only: a group is n_sb super-blocks of sb_bytes each, a super-block 8 qs tiles
+  // then its scales at these offsets (from the super-block's start).
+  int64_t n_sb = 0;          // super-blocks per row = cols / 256
+  int64_t sb_bytes = 0;      // a multiple of 64
+  int64_t kd_offset = 0;     // d: [16] fp16
+  int64_t kdmin_offset = 0;  // dmin: [16] fp16 (Q2_K, Q4_K, Q5_K)
+  int64_t ksc_offset = 0;    // sc: [n_sub][16] int8 (Q2_K: uint8 sc | m << 4)
+  int64_t km_offset = 0;     // m: [n_sub][16] uint8 (Q4_K, Q5_K; Q2_K: = ksc_offset)
   int64_t total_bytes() const { return n_groups * group_bytes; }
 };
 
@@ -91,12 +145,19 @@ struct QuantizedActs {
   int8_t* q = nullptr;      // [m, cols]
   float* d = nullptr;       // [m, nb] block scales
   float* s = nullptr;       // [m, nb] d * sum(q) (the minimum term of Q4_1, Q5_1)
-  int32_t* bias = nullptr;  // [m, nb] offset * sum(q), offset = ActOffset(type, isa)
+  int32_t* bias = nullptr;  // [m, nb] offset * sum(q), offset = ActOffset(type, isa); or
+                            // for offset == kActHalfSums, the block's two 16-element sums
+                            // of q as int16: elements 0..15 low half, 16..31 high half
   int64_t cols = 0;
   int64_t nb = 0;
 };
 
-// The constant the kernel of `isa` must add per unit of sum(qx) for weights of `type`.
+// The offset that asks QuantizeActs for the half-block sums (K-quants with 16-element
+// sub-blocks: Q2_K, Q3_K, Q6_K). |sum| <= 16 * 127 fits int16.
+inline constexpr int32_t kActHalfSums = INT32_MIN;
+
+// The constant the kernel of `isa` must add per unit of sum(qx) for weights of `type`, or
+// kActHalfSums.
 int32_t ActOffset(DType type, Isa isa);
 
 // Quantizes rows [begin, end) of x[., cols]. Every ISA produces bit-identical results.

@@ -134,6 +134,12 @@ void QuantGemmAmx(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0,
     case DType::kQ8_0:
     case DType::kQ5_0:  // packed as Q8_0's bytes
       return AmxTyped<DType::kQ8_0>(args, m0, m1, g0, g1);
+    case DType::kQ2_K:
+    case DType::kQ3_K:
+    case DType::kQ4_K:
+    case DType::kQ5_K:
+    case DType::kQ6_K:  // no AMX kernel; see QuantGemm in matmul.cc
+      return QuantGemmAvx512(args, m0, m1, g0, g1);
     default:
       TANDEM_CHECK(false && "not a quantized type");
   }

@@ -131,6 +131,152 @@ void HalfGroupTile(const PackedLayout& l, const uint8_t* group, int h, const Qua
   }
 }
 
+// Quad k (elements 4k..4k+3) of the 8 rows of a K-quant tile's half that `tile` points to
+// (see matmul.h; UnpackKTile in matmul_avx512.cc explains the shifts).
+template <DType kType>
+inline __m256i UnpackKQuad(const uint8_t* tile, int k) {
+  constexpr int kB = KBaseBits(kType), kH = KHighBits(kType);
+  const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tile + 64 * (k % kB)));
+  __m256i w =
+      _mm256_and_si256(_mm256_srli_epi16(v, kB * (k / kB)), _mm256_set1_epi8((1 << kB) - 1));
+  if constexpr (kH != 0) {
+    const __m256i hv =
+        _mm256_load_si256(reinterpret_cast<const __m256i*>(tile + 64 * (kB + k % kH)));
+    const int shift = kB - kH * (k / kH);
+    const __m256i hs = shift > 0   ? _mm256_slli_epi16(hv, shift)
+                       : shift < 0 ? _mm256_srli_epi16(hv, -shift)
+                                   : hv;
+    w = _mm256_or_si256(
+        w, _mm256_and_si256(hs, _mm256_set1_epi8(static_cast<char>(((1 << kH) - 1) << kB))));
+  }
+  return w;
+}
+
+// K-quants (see matmul.h and KGroupTile in matmul_avx512.cc): MR activation rows against
+// half `h` of a 16-row group.
+template <DType kType, int MR>
+void KHalfGroupTile(const PackedLayout& l, const uint8_t* group, int h, const QuantizedActs& a,
+                    int64_t i0, float* y, int64_t ldy, int n_store) {
+  constexpr bool kMin = HasKMin(kType);
+  constexpr bool kSub16 = HasKSub16(kType);
+  constexpr int32_t kOff = KOffset(kType);
+  // maddubs pair sums are at most 2 * qmax * 127 (Q6_K: 16002), so 2 (Q6_K) or 4 (the
+  // others; capped at a 16-element half) of them fit in int16.
+  constexpr int kWiden = kType == DType::kQ6_K ? 2 : 4;
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  __m256 acc[MR];
+  for (int r = 0; r < MR; ++r) acc[r] = _mm256_setzero_ps();
+  const int8_t* xq0 = a.q + i0 * a.cols;
+  const int64_t nb = l.nb;
+  for (int64_t sbi = 0; sbi < l.n_sb; ++sbi) {
+    const uint8_t* sb = group + sbi * l.sb_bytes;
+    const __m256 dv =
+        _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(sb + l.kd_offset) + h));
+    __m256 dminv = _mm256_setzero_ps();
+    if constexpr (kMin) {
+      dminv = _mm256_cvtph_ps(
+          _mm_load_si128(reinterpret_cast<const __m128i*>(sb + l.kdmin_offset) + h));
+    }
+    if (h == 0) {  // one stream per super-block, one prefetch per line as in GroupTile
+      for (int64_t o = 0; o < l.sb_bytes; o += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(sb + kPrefetchBytes + o), _MM_HINT_T1);
+      }
+    }
+    for (int j = 0; j < 8; ++j) {
+      const int64_t b = sbi * 8 + j;
+      const uint8_t* tile = sb + j * l.qs_bytes + 32 * h;
+      // s_a[r]: elements 0..15 of the block, s_b[r]: 16..31, as int32 per row; kWiden
+      // maddubs results are summed in int16 before widening.
+      __m256i s_a[MR], s_b[MR], s16[MR];
+      for (int r = 0; r < MR; ++r) s_a[r] = s_b[r] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+      for (int k = 0; k < 8; ++k) {
+        const __m256i wk = UnpackKQuad<kType>(tile, k);
+#pragma GCC unroll 4
+        for (int r = 0; r < MR; ++r) {
+          const __m256i t = _mm256_maddubs_epi16(wk, Bcast4(xq0 + r * a.cols + b * 32 + 4 * k));
+          s16[r] = k % kWiden == 0 ? t : _mm256_add_epi16(s16[r], t);
+          if (k % kWiden == kWiden - 1) {
+            __m256i& chain = k < 4 ? s_a[r] : s_b[r];
+            chain = _mm256_add_epi32(chain, _mm256_madd_epi16(s16[r], ones16));
+          }
+        }
+      }
+      if constexpr (!kSub16) {
+        for (int r = 0; r < MR; ++r) s_a[r] = _mm256_add_epi32(s_a[r], s_b[r]);
+      }
+      if constexpr (!kSub16) {
+        const __m128i scb = _mm_loadl_epi64(
+            reinterpret_cast<const __m128i*>(sb + l.ksc_offset + kGroupRows * j + 8 * h));
+        const __m256 scale = _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(scb)));
+        const __m128i mb = _mm_loadl_epi64(
+            reinterpret_cast<const __m128i*>(sb + l.km_offset + kGroupRows * j + 8 * h));
+        const __m256 mv = _mm256_mul_ps(dminv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mb)));
+        for (int r = 0; r < MR; ++r) {
+          const int64_t i = i0 + r;
+          acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s_a[r]),
+                                   _mm256_mul_ps(scale, _mm256_set1_ps(a.d[i * nb + b])), acc[r]);
+          acc[r] = _mm256_fnmadd_ps(mv, _mm256_set1_ps(a.s[i * nb + b]), acc[r]);
+        }
+      } else {
+        const uint8_t* scp = sb + l.ksc_offset + 2 * kGroupRows * j + 8 * h;
+        const __m128i ba = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(scp));
+        const __m128i bb = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(scp + kGroupRows));
+        __m256i sc_a, sc_b;
+        __m256 m_a = _mm256_setzero_ps(), m_b = _mm256_setzero_ps();
+        if constexpr (kMin) {  // Q2_K: GGUF's byte sc | m << 4
+          const __m256i low4 = _mm256_set1_epi32(0xf);
+          const __m256i pa = _mm256_cvtepu8_epi32(ba), pb = _mm256_cvtepu8_epi32(bb);
+          sc_a = _mm256_and_si256(pa, low4);
+          sc_b = _mm256_and_si256(pb, low4);
+          m_a = _mm256_mul_ps(dminv, _mm256_cvtepi32_ps(_mm256_srli_epi32(pa, 4)));
+          m_b = _mm256_mul_ps(dminv, _mm256_cvtepi32_ps(_mm256_srli_epi32(pb, 4)));
+        } else {
+          sc_a = _mm256_cvtepi8_epi32(ba);
+          sc_b = _mm256_cvtepi8_epi32(bb);
+        }
+        const __m256 scale_a = _mm256_mul_ps(dv, _mm256_cvtepi32_ps(sc_a));
+        const __m256 scale_b = _mm256_mul_ps(dv, _mm256_cvtepi32_ps(sc_b));
+        for (int r = 0; r < MR; ++r) {
+          const int64_t i = i0 + r;
+          const int32_t sums = a.bias[i * nb + b];
+          const int32_t sum_a = static_cast<int16_t>(sums & 0xffff), sum_b = sums >> 16;
+          const float dx = a.d[i * nb + b];
+          const __m256 dxv = _mm256_set1_ps(dx);
+          const __m256i ia = _mm256_add_epi32(s_a[r], _mm256_set1_epi32(-kOff * sum_a));
+          const __m256i ib = _mm256_add_epi32(s_b[r], _mm256_set1_epi32(-kOff * sum_b));
+          acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), _mm256_mul_ps(scale_a, dxv), acc[r]);
+          acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ib), _mm256_mul_ps(scale_b, dxv), acc[r]);
+          if constexpr (kMin) {
+            acc[r] = _mm256_fnmadd_ps(m_a, _mm256_set1_ps(dx * static_cast<float>(sum_a)), acc[r]);
+            acc[r] = _mm256_fnmadd_ps(m_b, _mm256_set1_ps(dx * static_cast<float>(sum_b)), acc[r]);
+          }
+        }
+      }
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    float* yr = y + (i0 + r) * ldy + 8 * h;
+    if (n_store >= 8) {
+      _mm256_storeu_ps(yr, acc[r]);
+    } else {
+      alignas(32) float tmp[8];
+      _mm256_store_ps(tmp, acc[r]);
+      std::copy(tmp, tmp + n_store, yr);
+    }
+  }
+}
+
+template <DType kType, int MR>
+void HalfTile(const PackedLayout& l, const uint8_t* group, int h, const QuantizedActs& a,
+              int64_t i0, float* y, int64_t ldy, int n_store) {
+  if constexpr (IsKQuant(kType)) {
+    KHalfGroupTile<kType, MR>(l, group, h, a, i0, y, ldy, n_store);
+  } else {
+    HalfGroupTile<kType, MR>(l, group, h, a, i0, y, ldy, n_store);
+  }
+}
+
 template <DType kType>
 void QuantGemmTyped(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int64_t g1) {
   const PackedLayout& l = *args.layout;
@@ -143,9 +289,9 @@ void QuantGemmTyped(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g
       if (n_store <= 0) break;
       int64_t i = m0;
       for (; i + 4 <= m1; i += 4) {
-        HalfGroupTile<kType, 4>(l, group, h, *args.acts, i, y, args.ldy, n_store);
+        HalfTile<kType, 4>(l, group, h, *args.acts, i, y, args.ldy, n_store);
       }
-      for (; i < m1; ++i) HalfGroupTile<kType, 1>(l, group, h, *args.acts, i, y, args.ldy, n_store);
+      for (; i < m1; ++i) HalfTile<kType, 1>(l, group, h, *args.acts, i, y, args.ldy, n_store);
     }
   }
 }
@@ -204,10 +350,20 @@ void QuantizeActsAvx2(const float* x, int32_t offset, const QuantizedActs& a, in
       const __m256i p23 = _mm256_packs_epi32(qi[2], qi[3]);
       const __m256i p = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p01, p23), order);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * 32), p);
-      const int32_t sum = HorizontalSum(sum4);
+      int32_t sum, bias;
+      if (offset == kActHalfSums) {
+        const int32_t sum_a = HorizontalSum(_mm256_add_epi32(qi[0], qi[1]));
+        const int32_t sum_b = HorizontalSum(_mm256_add_epi32(qi[2], qi[3]));
+        sum = sum_a + sum_b;
+        bias = static_cast<int32_t>((static_cast<uint32_t>(sum_a) & 0xffff) |
+                                    static_cast<uint32_t>(sum_b) << 16);
+      } else {
+        sum = HorizontalSum(sum4);
+        bias = offset * sum;
+      }
       a.d[i * a.nb + b] = d;
       a.s[i * a.nb + b] = d * static_cast<float>(sum);
-      a.bias[i * a.nb + b] = offset * sum;
+      a.bias[i * a.nb + b] = bias;
     }
   }
 }
@@ -223,6 +379,16 @@ void QuantGemmAvx2(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0
     case DType::kQ8_0:
     case DType::kQ5_0:  // packed as Q8_0's bytes
       return QuantGemmTyped<DType::kQ8_0>(args, m0, m1, g0, g1);
+    case DType::kQ4_K:
+      return QuantGemmTyped<DType::kQ4_K>(args, m0, m1, g0, g1);
+    case DType::kQ6_K:
+      return QuantGemmTyped<DType::kQ6_K>(args, m0, m1, g0, g1);
+    case DType::kQ5_K:
+      return QuantGemmTyped<DType::kQ5_K>(args, m0, m1, g0, g1);
+    case DType::kQ3_K:
+      return QuantGemmTyped<DType::kQ3_K>(args, m0, m1, g0, g1);
+    case DType::kQ2_K:
+      return QuantGemmTyped<DType::kQ2_K>(args, m0, m1, g0, g1);
     default:
       TANDEM_CHECK(false && "not a quantized type");
   }

@@ -9,7 +9,7 @@ namespace {
 
 bool QuantizedType(DType t) {
   return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ5_0 || t == DType::kQ5_1 ||
-         t == DType::kQ8_0;
+         t == DType::kQ8_0 || IsKQuant(t);
 }
 
 void MatmulDouble(DType type, const void* w, int64_t rows, int64_t cols,

@@ -102,8 +102,11 @@ ErrorStats Compare(const std::vector<float>& y, const std::vector<float>& ref) {
 
 bool Quantized(DType t) {
   return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ5_0 || t == DType::kQ5_1 ||
-         t == DType::kQ8_0;
+         t == DType::kQ8_0 || IsKQuant(t);
 }
+
+// The K-quants, in the order they matter (Gemma 3's Q4_K_M files use Q4_K and Q6_K).
+constexpr DType kKTypes[] = {DType::kQ4_K, DType::kQ6_K, DType::kQ5_K, DType::kQ3_K, DType::kQ2_K};
 
 // Per output [m, rows]: mass = sum |w x| and the activation-quantization bound
 // sum |w| d_b / 2 (zero for float weight types, whose activations stay fp32).
@@ -265,13 +268,15 @@ TEST(MatmulTest, WideActivationRange) {
 }
 
 TEST(EmbeddingGatherTest, MatchesDequantizeRowExactly) {
-  const int64_t rows = 53, cols = 96;
+  const int64_t rows = 53, kCols = 96;
   const std::vector<int32_t> ids = {0, 52, 17, 16, 15, 31, 32, 17, 1};
   for (Isa isa : RunnableIsas()) {
     auto backend = MakeBackend(isa, 2);
     for (DType type : {DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kQ8_0,
-                       DType::kF32, DType::kF16, DType::kBF16}) {
+                       DType::kF32, DType::kF16, DType::kBF16, DType::kQ4_K, DType::kQ6_K,
+                       DType::kQ5_K, DType::kQ3_K, DType::kQ2_K}) {
       SCOPED_TRACE(std::string(DTypeName(type)) + " " + backend->Name());
+      const int64_t cols = IsKQuant(type) ? 512 : kCols;
       const std::vector<uint8_t> w = RandomWeights(type, rows, cols, 600);
       auto packed = backend->PackWeight({type, rows, cols, w.data(), "embd"});
       ASSERT_TRUE(packed.ok());
@@ -311,6 +316,105 @@ TEST(PackQuantizedTest, Q5_0PacksToTheBytesOfTheEqualQ8_0Weight) {
   EXPECT_EQ(p5, p8);
   for (Isa isa : RunnableIsas())
     EXPECT_EQ(ActOffset(DType::kQ5_0, isa), ActOffset(DType::kQ8_0, isa));
+}
+
+// K-quant weights need cols % 256 == 0; rows are ragged around the 16-row groups. Gemma 3
+// 270M's shapes: attn_output [640, 1024] (Q4_K), ffn_down [640, 2048] (Q6_K).
+TEST(MatmulTest, KQuantsEveryIsa) {
+  uint32_t seed = 900;
+  for (Isa isa : RunnableIsas()) {
+    auto backend = MakeBackend(isa, 2);
+    for (DType type : kKTypes) {
+      for (auto [rows, cols] :
+           std::vector<std::pair<int64_t, int64_t>>{{1, 256}, {7, 512}, {17, 256}, {40, 768}}) {
+        for (int m : {1, 3, 17, 64}) CheckMatmul(*backend, type, rows, cols, m, seed++);
+      }
+      // Gemma-sized, decode and a small prefill (m = 7 runs a full 6-row tile and a tail).
+      for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{640, 1024}, {100, 2048}}) {
+        for (int m : {1, 7}) CheckMatmul(*backend, type, rows, cols, m, seed++);
+      }
+    }
+  }
+}
+
+TEST(MatmulTest, KQuantsWideActivationRangeAndChunks) {
+  const int64_t rows = 48, cols = 512;
+  for (Isa isa : RunnableIsas()) {
+    auto backend = MakeBackend(isa, 1, /*max_batch_tokens=*/8);
+    for (DType type : kKTypes) {
+      SCOPED_TRACE(std::string(DTypeName(type)) + " " + backend->Name());
+      const std::vector<uint8_t> w = RandomWeights(type, rows, cols, 910);
+      std::vector<float> x = RandomFloats(19 * cols, 911);
+      for (int k = 0; k < 16; ++k) x[k] *= 1e-4f;  // halves of one block differ widely
+      for (int k = 16; k < 64; ++k) x[k] *= 1e3f;
+      for (int k = 64; k < 96; ++k) x[k] = 0.f;
+      for (int k = cols; k < cols + 32; ++k) x[k] *= 1e-30f;
+      auto packed = backend->PackWeight({type, rows, cols, w.data(), "wide"});
+      ASSERT_TRUE(packed.ok());
+      std::vector<float> y(19 * rows), ref_q(19 * rows);
+      backend->Matmul(**packed, x.data(), 19, y.data(), backend->DefaultStream());
+      ref::MatmulQuantizedActs(type, w.data(), rows, cols, x.data(), 19, ref_q.data());
+      for (int i = 0; i < 19; ++i) {
+        std::vector<float> yi(y.begin() + i * rows, y.begin() + (i + 1) * rows);
+        std::vector<float> ri(ref_q.begin() + i * rows, ref_q.begin() + (i + 1) * rows);
+        const ErrorStats s = Compare(yi, ri);
+        EXPECT_LE(s.max_err, 1e-5 * s.max_ref) << "row " << i;
+      }
+    }
+  }
+}
+
+TEST(MatmulTest, KQuantsRejectColsNotAMultipleOf256) {
+  auto backend = MakeBackend(Isa::kScalar, 1);
+  const std::vector<uint8_t> w(4096);
+  for (DType type : kKTypes) {
+    auto packed = backend->PackWeight({type, 4, 384, w.data(), "blk.0.ffn_down.weight"});
+    ASSERT_FALSE(packed.ok());
+    EXPECT_NE(packed.status().message().find("blk.0.ffn_down.weight"), std::string::npos)
+        << packed.status();
+    EXPECT_NE(packed.status().message().find(std::string(DTypeName(type))), std::string::npos)
+        << packed.status();
+  }
+}
+
+// Types tandem has no kernels for (IQ*, TQ*, Q8_K as a weight, ...) are refused by name.
+TEST(MatmulTest, UnsupportedTypesAreRefused) {
+  auto backend = MakeBackend(Isa::kScalar, 1);
+  const std::vector<uint8_t> w(4096);
+  for (uint32_t id : {9u, 15u, 16u, 20u, 23u, 34u, 35u}) {  // Q8_1 Q8_K IQ2_XXS IQ4_NL ...
+    EXPECT_FALSE(IsSupported(static_cast<DType>(id))) << id;
+    auto packed = backend->PackWeight({static_cast<DType>(id), 4, 256, w.data(), "odd.weight"});
+    ASSERT_FALSE(packed.ok());
+    EXPECT_NE(packed.status().message().find("odd.weight"), std::string::npos);
+  }
+}
+
+TEST(PackQuantizedTest, KQuantPackedRowsDequantizeLikeGguf) {
+  for (DType type : kKTypes) {
+    SCOPED_TRACE(DTypeName(type));
+    const int64_t rows = 21, cols = 512;
+    const std::vector<uint8_t> w = RandomWeights(type, rows, cols, 920);
+    const PackedLayout l = MakePackedLayout(type, rows, cols);
+    EXPECT_EQ(l.sb_bytes % 64, 0);
+    EXPECT_EQ(l.group_bytes, 2 * l.sb_bytes);
+    // Bits per weight once packed, as matmul.h documents them: q's bits plus 0.625 for the
+    // scales (Q2_K: exactly the file's size).
+    const double bits = 8.0 * l.sb_bytes / (kGroupRows * kSuperBlock);
+    const double want_bits = type == DType::kQ2_K   ? 2.625
+                             : type == DType::kQ3_K ? 3.625
+                             : type == DType::kQ4_K ? 4.625
+                             : type == DType::kQ5_K ? 5.625
+                                                    : 6.625;
+    EXPECT_EQ(bits, want_bits);
+    std::vector<uint8_t> packed(l.total_bytes());
+    PackQuantized(l, w.data(), packed.data());
+    std::vector<float> got(cols), want(cols);
+    for (int64_t r = 0; r < rows; ++r) {
+      DequantizePackedRow(l, packed.data(), r, got.data());
+      DequantizeRow(type, w.data() + r * RowBytes(type, cols), cols, want.data());
+      ASSERT_EQ(got, want) << "row " << r;
+    }
+  }
 }
 
 TEST(MatmulTest, ThreadCountDoesNotChangeResults) {

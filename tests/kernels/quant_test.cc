@@ -121,6 +121,12 @@ double BlockErrorBound(DType type, float mn, float mx) {
       return amax / 256;  // half an ulp of an 8-bit significand
     case DType::kF32:
       return 0;
+    case DType::kQ2_K:
+    case DType::kQ3_K:
+    case DType::kQ4_K:
+    case DType::kQ5_K:
+    case DType::kQ6_K:
+      break;  // bounded per super-block: KBlockErrorBound below
   }
   return 0;
 }
@@ -261,6 +267,252 @@ TEST(QuantTest, Q5_0ClampsAndHandlesFlatBlocks) {
     QuantizeRow(DType::kQ5_1, x, 32, &b1);
     DequantizeRow(DType::kQ5_1, &b1, 32, back);
     for (int j = 0; j < 32; ++j) EXPECT_EQ(back[j], v) << j;
+  }
+}
+
+// ---- K-quants ----
+
+constexpr DType kKTypes[] = {DType::kQ4_K, DType::kQ6_K, DType::kQ5_K, DType::kQ3_K, DType::kQ2_K};
+
+// Q4_K by hand: d = 1, dmin = 0.5, scales and minima exercising both 6-bit encodings
+// (sub-blocks 4..7 keep their top 2 bits in the top bits of bytes 0..7):
+//   sc = 1 2 3 4 17 33 49 63,  m = 0 5 10 15 20 40 60 63.
+// qs[32c + l] = (l % 16) | (15 - l % 16) << 4: chunk c's low nibbles are sub-block 2c, its
+// high nibbles sub-block 2c + 1.
+constexpr uint8_t kQ4KScales[12] = {0x41, 0x82, 0xc3, 0xc4, 0x40, 0x85,
+                                    0xca, 0xcf, 0x41, 0x81, 0xc1, 0xff};
+constexpr int kQ4KSc[8] = {1, 2, 3, 4, 17, 33, 49, 63};
+constexpr int kQ4KM[8] = {0, 5, 10, 15, 20, 40, 60, 63};
+
+TEST(QuantTest, Q4_KDequantizesHandBuiltBlock) {
+  BlockQ4_K b;
+  b.d = 0x3c00;     // 1
+  b.dmin = 0x3800;  // 0.5
+  std::memcpy(b.scales, kQ4KScales, 12);
+  for (int i = 0; i < 128; ++i) b.qs[i] = static_cast<uint8_t>(i % 16 | (15 - i % 16) << 4);
+  float out[256];
+  DequantizeRow(DType::kQ4_K, &b, 256, out);
+  for (int c = 0; c < 4; ++c) {
+    for (int l = 0; l < 32; ++l) {
+      const int lo = l % 16, hi = 15 - l % 16;
+      EXPECT_EQ(out[64 * c + l], kQ4KSc[2 * c] * lo - 0.5f * kQ4KM[2 * c]) << c << " " << l;
+      EXPECT_EQ(out[64 * c + 32 + l], kQ4KSc[2 * c + 1] * hi - 0.5f * kQ4KM[2 * c + 1])
+          << c << " " << l;
+    }
+  }
+  // Q5_K shares the scales; its fifth bit of element 64c + l is bit 2c of qh[l] (bit 2c + 1
+  // for 64c + 32 + l). Set it for every odd l of every chunk's low half.
+  BlockQ5_K b5;
+  b5.d = b.d;
+  b5.dmin = b.dmin;
+  std::memcpy(b5.scales, kQ4KScales, 12);
+  std::memcpy(b5.qs, b.qs, 128);
+  for (int l = 0; l < 32; ++l) b5.qh[l] = l % 2 ? 0x55 : 0;
+  DequantizeRow(DType::kQ5_K, &b5, 256, out);
+  for (int c = 0; c < 4; ++c) {
+    for (int l = 0; l < 32; ++l) {
+      const int lo = l % 16 + (l % 2 ? 16 : 0), hi = 15 - l % 16;
+      EXPECT_EQ(out[64 * c + l], kQ4KSc[2 * c] * lo - 0.5f * kQ4KM[2 * c]) << c << " " << l;
+      EXPECT_EQ(out[64 * c + 32 + l], kQ4KSc[2 * c + 1] * hi - 0.5f * kQ4KM[2 * c + 1]);
+    }
+  }
+}
+
+// Q6_K by hand: d = 0.25, scales[i] = i - 8 (signed), every element's low nibble 5 and top
+// 2 bits taken from qh: element 128h + 32j + l reads bits 2j..2j+1 of qh[32h + l]; with
+// qh = 0xe4 (j = 0: 0, 1: 1, 2: 2, 3: 3) element k gets q = 5 + 16 (k % 128 / 32).
+TEST(QuantTest, Q6_KDequantizesHandBuiltBlock) {
+  BlockQ6_K b;
+  b.d = 0x3400;  // 0.25
+  for (int i = 0; i < 16; ++i) b.scales[i] = static_cast<int8_t>(i - 8);
+  std::memset(b.ql, 0x55, sizeof(b.ql));
+  std::memset(b.qh, 0xe4, sizeof(b.qh));
+  float out[256];
+  DequantizeRow(DType::kQ6_K, &b, 256, out);
+  for (int k = 0; k < 256; ++k) {
+    const int q = 5 + 16 * (k % 128 / 32);
+    EXPECT_EQ(out[k], 0.25f * (k / 16 - 8) * (q - 32)) << k;
+  }
+  // Low nibbles: ql[64h + l] holds j = 0 (low) and j = 2 (high), ql[64h + 32 + l] j = 1, 3.
+  std::memset(b.qh, 0, sizeof(b.qh));
+  for (int i = 0; i < 128; ++i) b.ql[i] = static_cast<uint8_t>(i % 64 < 32 ? 0x21 : 0x43);
+  DequantizeRow(DType::kQ6_K, &b, 256, out);
+  const int want_q[4] = {1, 3, 2, 4};
+  for (int k = 0; k < 256; ++k) {
+    EXPECT_EQ(out[k], 0.25f * (k / 16 - 8) * (want_q[k % 128 / 32] - 32)) << k;
+  }
+}
+
+// Q3_K by hand: the 16 6-bit scales (stored as sc + 32) have their low nibbles in bytes 0..7
+// (scale i at bit 4 (i / 8) of byte i % 8) and top 2 bits in bytes 8..11 (bit 2 (i / 4) of
+// byte 8 + i % 4); here sc = -32, -13, -11, ..., 13, 31. q = low 2 bits | high bit << 2,
+// x = d sc (q - 4): qs = 0xe4 gives low bits j for element 128h + 32j + l, hmask bit 4h + j.
+TEST(QuantTest, Q3_KDequantizesHandBuiltBlock) {
+  constexpr uint8_t kScales[12] = {0x10, 0x33, 0x55, 0x77, 0x99, 0xbb,
+                                   0xdd, 0xff, 0xa4, 0xa5, 0xa5, 0xe5};
+  const int sc[16] = {-32, -13, -11, -9, -7, -5, -3, -1, 1, 3, 5, 7, 9, 11, 13, 31};
+  BlockQ3_K b;
+  b.d = 0x3800;  // 0.5
+  std::memcpy(b.scales, kScales, 12);
+  std::memset(b.qs, 0xe4, sizeof(b.qs));
+  for (int l = 0; l < 32; ++l) b.hmask[l] = l < 16 ? 0x0f : 0xa5;
+  float out[256];
+  DequantizeRow(DType::kQ3_K, &b, 256, out);
+  for (int k = 0; k < 256; ++k) {
+    const int h = k / 128, j = k % 128 / 32, l = k % 32;
+    const int hbit = ((l < 16 ? 0x0f : 0xa5) >> (4 * h + j)) & 1;
+    const int q = j | hbit << 2;
+    EXPECT_EQ(out[k], 0.5f * sc[k / 16] * (q - 4)) << k;
+  }
+}
+
+// Q2_K by hand: scales[i] = sc | m << 4 with sc = i, m = 15 - i; qs = 0x1b gives element
+// 128h + 32j + l the 2-bit value (0x1b >> 2j) & 3 = 3, 2, 1, 0 for j = 0..3.
+TEST(QuantTest, Q2_KDequantizesHandBuiltBlock) {
+  BlockQ2_K b;
+  b.d = 0x3c00;     // 1
+  b.dmin = 0x3400;  // 0.25
+  for (int i = 0; i < 16; ++i) b.scales[i] = static_cast<uint8_t>(i | (15 - i) << 4);
+  std::memset(b.qs, 0x1b, sizeof(b.qs));
+  float out[256];
+  DequantizeRow(DType::kQ2_K, &b, 256, out);
+  for (int k = 0; k < 256; ++k) {
+    const int q = 3 - k % 128 / 32, i = k / 16;
+    EXPECT_EQ(out[k], static_cast<float>(i * q) - 0.25f * (15 - i)) << k;
+  }
+}
+
+TEST(QuantTest, KQuantPackUnpackRoundTrip) {
+  std::mt19937 rng(11);
+  for (DType type : kKTypes) {
+    const int sub = KSubBlock(type);
+    const bool has_min = type == DType::kQ2_K || type == DType::kQ4_K || type == DType::kQ5_K;
+    const int qmax = type == DType::kQ2_K   ? 3
+                     : type == DType::kQ3_K ? 7
+                     : type == DType::kQ4_K ? 15
+                     : type == DType::kQ5_K ? 31
+                                            : 63;
+    for (int trial = 0; trial < 20; ++trial) {
+      KQuantValues v;
+      v.d = static_cast<uint16_t>(rng() & 0x7bff);
+      if (has_min) v.dmin = static_cast<uint16_t>(rng() & 0x7bff);
+      for (int i = 0; i < kSuperBlock / sub; ++i) {
+        switch (type) {
+          case DType::kQ2_K:
+            v.sc[i] = static_cast<int8_t>(rng() % 16);
+            v.m[i] = static_cast<uint8_t>(rng() % 16);
+            break;
+          case DType::kQ3_K:
+            v.sc[i] = static_cast<int8_t>(static_cast<int>(rng() % 64) - 32);
+            break;
+          case DType::kQ6_K:
+            v.sc[i] = static_cast<int8_t>(rng());
+            break;
+          default:
+            v.sc[i] = static_cast<int8_t>(rng() % 64);
+            v.m[i] = static_cast<uint8_t>(rng() % 64);
+        }
+      }
+      for (auto& q : v.q) q = static_cast<uint8_t>(rng() % (qmax + 1));
+      std::vector<uint8_t> block(BlockBytes(type));
+      PackKQuant(type, v, block.data());
+      KQuantValues back;
+      UnpackKQuant(type, block.data(), &back);
+      ASSERT_EQ(std::memcmp(&back, &v, sizeof(v)), 0) << DTypeName(type) << " trial " << trial;
+    }
+  }
+}
+
+// Round-trip error of the K quantizers (quant.cc), per 256-element super-block with
+// sub-blocks i of range [lo_i, hi_i] (lo_i = min(0, min x) for types with minima):
+//  - with minima (levels q <= qmax, 6- or 4-bit sc and m <= lmax): dmin <= R / lmax (R the
+//    largest -lo_i) rounded up to fp16, so -dmin m_i reaches lo_i within one dmin; each
+//    sub-block then needs a step of (hi_i + dmin m_i) / qmax, d rounds the largest of these up
+//    to fp16 / lmax, and sc_i up to a multiple of d: the step is <= need_i + d and nearest
+//    rounding errs by half a step;
+//  - symmetric (Q3_K: off 4, |sc| <= 31; Q6_K: off 32, |sc| <= 127): the step is
+//    <= amax_i / off + d with d <= max amax / off / scmax rounded up; the side opposite the
+//    sub-block's extreme may be clamped at level 2 off - 1, one step off.
+// fp16 rounding up adds at most 2^-10 relative or one subnormal step (6e-8).
+double KBlockErrorBound(DType type, const float* x, int sub_index) {
+  const int sub = KSubBlock(type);
+  const int n_sub = kSuperBlock / sub;
+  auto up = [](double v) { return v * (1 + 1.0 / 1024) + 6e-8; };
+  if (type == DType::kQ3_K || type == DType::kQ6_K) {
+    const int off = KOffset(type), scmax = type == DType::kQ3_K ? 31 : 127;
+    double max_amax = 0, amax_i = 0;
+    for (int i = 0; i < n_sub; ++i) {
+      double a = 0;
+      for (int j = 0; j < sub; ++j) a = std::max(a, std::fabs(double{x[i * sub + j]}));
+      max_amax = std::max(max_amax, a);
+      if (i == sub_index) amax_i = a;
+    }
+    const double d = up(max_amax / off / scmax);
+    return amax_i / off + d;
+  }
+  const int qmax = type == DType::kQ2_K ? 3 : type == DType::kQ4_K ? 15 : 31;
+  const int lmax = type == DType::kQ2_K ? 15 : 63;
+  double r = 0, max_need = 0, need_i = 0;
+  std::vector<double> lo(n_sub), hi(n_sub);
+  for (int i = 0; i < n_sub; ++i) {
+    lo[i] = 0;
+    hi[i] = x[i * sub];
+    for (int j = 0; j < sub; ++j) {
+      lo[i] = std::min(lo[i], double{x[i * sub + j]});
+      hi[i] = std::max(hi[i], double{x[i * sub + j]});
+    }
+    r = std::max(r, -lo[i]);
+  }
+  const double dmin = up(r / lmax);
+  for (int i = 0; i < n_sub; ++i) {
+    const double need = (hi[i] - lo[i] + dmin) / qmax;
+    max_need = std::max(max_need, need);
+    if (i == sub_index) need_i = need;
+  }
+  const double d = up(max_need / lmax);
+  return (need_i + d) / 2;
+}
+
+TEST(QuantTest, KQuantRoundTripWithinFormatError) {
+  const int64_t cols = 512;
+  std::mt19937 rng(5);
+  for (DType type : kKTypes) {
+    for (float scale : {1e-3f, 1.f, 300.f}) {
+      for (float shift : {0.f, 0.7f, -0.7f}) {
+        std::uniform_real_distribution<float> dist(-1.f, 1.f);
+        std::vector<float> x(cols);
+        for (int64_t k = 0; k < cols; ++k) {
+          // Sub-blocks of different magnitudes, so the sub-block scales differ.
+          x[k] = (dist(rng) + shift) * scale * (1 + static_cast<float>(k / 16 % 5));
+        }
+        std::vector<uint8_t> row(RowBytes(type, cols));
+        QuantizeRow(type, x.data(), cols, row.data());
+        std::vector<float> back(cols);
+        DequantizeRow(type, row.data(), cols, back.data());
+        const int sub = KSubBlock(type);
+        for (int64_t k = 0; k < cols; ++k) {
+          const float* sb = x.data() + k / kSuperBlock * kSuperBlock;
+          const double bound =
+              KBlockErrorBound(type, sb, static_cast<int>(k % kSuperBlock / sub)) * (1 + 1e-5);
+          ASSERT_LE(std::fabs(back[k] - x[k]), bound)
+              << DTypeName(type) << " scale " << scale << " shift " << shift << " k " << k;
+        }
+      }
+    }
+  }
+}
+
+TEST(QuantTest, KQuantFlatAndZeroSuperBlocks) {
+  for (DType type : kKTypes) {
+    for (float v : {0.f, 2.f, -3.f}) {
+      std::vector<float> x(256, v), back(256);
+      std::vector<uint8_t> row(BlockBytes(type));
+      QuantizeRow(type, x.data(), 256, row.data());
+      DequantizeRow(type, row.data(), 256, back.data());
+      for (int k = 0; k < 256; ++k) {
+        EXPECT_NEAR(back[k], v, std::fabs(v) * 2e-3) << DTypeName(type) << " " << v << " " << k;
+      }
+    }
   }
 }
 

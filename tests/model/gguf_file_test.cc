@@ -360,11 +360,12 @@ std::vector<Corruption> Corruptions() {
   c.push_back({"unsupported_type",
                [] {
                  GgufWriter w = SmallWriter();
-                 w.FindTensor("w")->type = 12;
+                 w.FindTensor("w")->type = 15;
                  return w.Serialize();
                },
-               {"tensor 'w'", "type id 12 (Q4_K)",
-                "supported types: F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, BF16"}});
+               {"tensor 'w'", "type id 15 (Q8_K)",
+                "supported types: F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, "
+                "Q5_K, Q6_K, BF16"}});
   c.push_back({"unsupported_iq_type",
                [] {
                  GgufWriter w = SmallWriter();

@@ -13,7 +13,9 @@
 #include "tests/support/test_model.h"
 
 ABSL_FLAG(std::string, out, "", "output path (required)");
-ABSL_FLAG(std::string, type, "q8_0", "linear weight type: f32 f16 bf16 q4_0 q4_1 q5_0 q5_1 q8_0");
+ABSL_FLAG(std::string, type, "q8_0",
+          "linear weight type: f32 f16 bf16 q4_0 q4_1 q5_0 q5_1 q8_0, or q2_k q3_k q4_k q5_k "
+          "q6_k (K-quants need --hidden and --ffn multiples of 256)");
 ABSL_FLAG(std::string, embd_type, "q8_0", "token embedding (and output) type");
 ABSL_FLAG(std::string, arch, "llama", "architecture: llama or qwen2");
 ABSL_FLAG(int, layers, 2, "number of layers");
