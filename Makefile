@@ -8,7 +8,7 @@ CMAKE_FLAGS ?=
 PORT ?= 8000
 SERVE_FLAGS ?=
 
-.PHONY: deps pyenv build model test test-unit test-asan test-tsan serve bench fuzz fuzz-openai fuzz-kv-frame clean
+.PHONY: deps pyenv build model test-models test test-unit test-asan test-tsan serve bench fuzz fuzz-openai fuzz-kv-frame clean
 
 deps:
 	./scripts/install-deps
@@ -22,21 +22,26 @@ build: deps $(BUILD)/build.ninja
 model:
 	./scripts/fetch-model
 
+# The models the tests run besides the default: Gemma 3 270M (Q4_K_M; K-quants, sliding
+# windows, a SentencePiece vocabulary of 262k), checked against llama.cpp's outputs.
+test-models: model
+	./scripts/fetch-model gemma3-270m
+
 # The Python environment of the end-to-end tests (openai SDK, grpcio, pytest, selenium).
 pyenv:
 	./scripts/python-env > /dev/null
 
 # Every test: unit tests, tests against llama.cpp's outputs on the default model, the daemon
 # end to end (openai SDK, grpcio, curl), and the same suite under ASan/UBSan.
-test: build model pyenv
+test: build test-models pyenv
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	$(MAKE) test-asan
 	$(MAKE) deploy-check
 
-test-unit: build model pyenv
+test-unit: build test-models pyenv
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
-test-asan: deps model pyenv
+test-asan: deps test-models pyenv
 	cmake -S . -B $(BUILD_ASAN) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DTANDEM_SANITIZE=address,undefined -DTANDEM_CUDA=OFF $(CMAKE_FLAGS)
 	cmake --build $(BUILD_ASAN) -j $(JOBS)
@@ -51,7 +56,7 @@ deploy-check: build model
 	./deploy/check/run --build-dir $(BUILD)
 
 # ThreadSanitizer over the suite (not part of `make test`: it doubles CI time again).
-test-tsan: deps model pyenv
+test-tsan: deps test-models pyenv
 	cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DTANDEM_SANITIZE=thread -DTANDEM_CUDA=OFF $(CMAKE_FLAGS)
 	cmake --build build-tsan -j $(JOBS)

@@ -239,12 +239,15 @@ absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView&
   attn.n_heads = c.n_heads;
   attn.n_kv_heads = c.n_kv_heads;
   attn.head_dim = c.head_dim;
-  attn.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  attn.scale = c.attention_scale;
   attn.cache = cache;
 
   // execute: embeddings, then each layer, then the head on the selected rows.
   const LlamaWeights& w = *weights_;
   be.EmbeddingGather(w.token_embd(), d_tokens_, n, x_, s);
+  if (c.embedding_scale != 1.0f) {
+    be.Scale(x_, c.embedding_scale, static_cast<int64_t>(n) * c.hidden, s);
+  }
   for (int il = 0; il < c.n_layers; ++il) {
     const LlamaWeights::Layer& l = w.layer(il);
     be.RmsNorm(x_, l.attn_norm, n, c.hidden, c.rms_eps, h_, s);
@@ -256,6 +259,11 @@ absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView&
       be.AddBias(k_, l.bk, n, kv_dim, s);
       be.AddBias(v_, l.bv, n, kv_dim, s);
     }
+    if (l.q_norm != nullptr) {  // QK-norm: each head normalized on its own
+      be.RmsNorm(q_, l.q_norm, n * c.n_heads, c.head_dim, c.rms_eps, q_, s);
+      be.RmsNorm(k_, l.k_norm, n * c.n_kv_heads, c.head_dim, c.rms_eps, k_, s);
+    }
+    rope.theta = c.LayerRopeTheta(il);
     be.Rope(rope, s);
     append.layer = il;
     be.KvAppend(append, s);
@@ -263,15 +271,26 @@ absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView&
       return absl::CancelledError(absl::StrCat("the step was stopped after layer ", il));
     }
     attn.layer = il;
+    attn.window = c.LayerWindow(il);
     be.Attention(attn, s);
     be.Matmul(*l.wo, attn_, n, h_, s);
+    if (l.post_attn_norm != nullptr) {
+      be.RmsNorm(h_, l.post_attn_norm, n, c.hidden, c.rms_eps, h_, s);
+    }
     be.Add(x_, h_, static_cast<int64_t>(n) * c.hidden, s);
 
     be.RmsNorm(x_, l.ffn_norm, n, c.hidden, c.rms_eps, h_, s);
     be.Matmul(*l.w_gate, h_, n, gate_, s);
     be.Matmul(*l.w_up, h_, n, up_, s);
-    be.SwiGlu(gate_, up_, n, c.ffn_dim, ffn_, s);
+    if (c.ffn_activation == FfnActivation::kGeluTanh) {
+      be.GeGlu(gate_, up_, n, c.ffn_dim, ffn_, s);
+    } else {
+      be.SwiGlu(gate_, up_, n, c.ffn_dim, ffn_, s);
+    }
     be.Matmul(*l.w_down, ffn_, n, h_, s);
+    if (l.post_ffn_norm != nullptr) {
+      be.RmsNorm(h_, l.post_ffn_norm, n, c.hidden, c.rms_eps, h_, s);
+    }
     be.Add(x_, h_, static_cast<int64_t>(n) * c.hidden, s);
   }
   if (n_out == 0) {  // a prefill chunk in the middle of a prompt needs no logits

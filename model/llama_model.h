@@ -1,5 +1,7 @@
 // LlamaModel: a Llama-family decoder (llama, SmolLM, Mistral, Qwen2: RMSNorm, RoPE, GQA,
-// SwiGLU, tied or separate output head) whose Forward is a straight list of kernels::Backend
+// SwiGLU, tied or separate output head; Gemma 3 as the same layer with the features its
+// ModelConfig names: scaled embeddings, QK-norm, post-norms, GeGLU, sliding-window layers)
+// whose Forward is a straight list of kernels::Backend
 // calls over one StepBatch. The weights (LlamaWeights: config and packed matrices, read-only)
 // may be shared by several models on backends of the same device kind; a model owns only its
 // per-step scratch on its own backend.

@@ -117,6 +117,18 @@ absl::Status LlamaWeights::LoadAll(const GgufFile& file, kernels::Backend& be,
       TANDEM_ASSIGN_OR_RETURN(l.bk, UploadVector(file, be, p + "attn_k.bias", kv_dim));
       TANDEM_ASSIGN_OR_RETURN(l.bv, UploadVector(file, be, p + "attn_v.bias", kv_dim));
     }
+    if (c.has_qk_norm) {
+      TANDEM_ASSIGN_OR_RETURN(l.q_norm,
+                              UploadVector(file, be, p + "attn_q_norm.weight", c.head_dim));
+      TANDEM_ASSIGN_OR_RETURN(l.k_norm,
+                              UploadVector(file, be, p + "attn_k_norm.weight", c.head_dim));
+    }
+    if (c.has_post_norms) {
+      TANDEM_ASSIGN_OR_RETURN(l.post_attn_norm,
+                              UploadVector(file, be, p + "post_attention_norm.weight", c.hidden));
+      TANDEM_ASSIGN_OR_RETURN(l.post_ffn_norm,
+                              UploadVector(file, be, p + "post_ffw_norm.weight", c.hidden));
+    }
     if (options.load_progress) options.load_progress(i + 1, c.n_layers);
   }
   return absl::OkStatus();

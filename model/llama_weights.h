@@ -59,6 +59,10 @@ class LlamaWeights {
     const float* bq = nullptr;                // [n_heads * head_dim], qwen2 only
     const float* bk = nullptr;                // [n_kv_heads * head_dim], qwen2 only
     const float* bv = nullptr;                // [n_kv_heads * head_dim], qwen2 only
+    const float* q_norm = nullptr;            // [head_dim], has_qk_norm only
+    const float* k_norm = nullptr;            // [head_dim], has_qk_norm only
+    const float* post_attn_norm = nullptr;    // [hidden], has_post_norms only
+    const float* post_ffn_norm = nullptr;     // [hidden], has_post_norms only
     std::unique_ptr<kernels::Weight> wq;      // [n_heads * head_dim, hidden]
     std::unique_ptr<kernels::Weight> wk;      // [n_kv_heads * head_dim, hidden]
     std::unique_ptr<kernels::Weight> wv;      // [n_kv_heads * head_dim, hidden]

@@ -80,6 +80,71 @@ class ConfigReader {
   std::string arch_;
 };
 
+// Gemma 3's hyper-parameters beyond Llama's, with llama.cpp's defaults: every sixth layer
+// global (attention.sliding_window_pattern: a period, or one bool per layer), local layers
+// with RoPE base rope.freq_base_swa (10000), the query scaled by 1/sqrt(head_dim) (the 62-layer
+// 27B model by 1/sqrt(hidden / heads)).
+absl::Status ReadGemma3(const GgufFile& file, const ConfigReader& r, ModelConfig* c) {
+  c->embedding_scale = std::sqrt(static_cast<float>(c->hidden));
+  c->has_qk_norm = true;
+  c->has_post_norms = true;
+  c->ffn_activation = FfnActivation::kGeluTanh;
+  if (c->n_layers == 62) {
+    c->attention_scale = 1.0f / std::sqrt(static_cast<float>(c->hidden / c->n_heads));
+  }
+  TANDEM_ASSIGN_OR_RETURN(c->sliding_window, r.OptionalSize("attention.sliding_window", 0));
+  if (c->sliding_window > 0) {
+    c->swa_layers.assign(c->n_layers, false);
+    const std::string pattern_key = r.Key("attention.sliding_window_pattern");
+    const GgufValue* pattern = file.Find(pattern_key);
+    if (pattern != nullptr && pattern->type == GgufType::kArray) {
+      // One entry per layer (bool or integer), non-zero for a sliding-window layer.
+      if (pattern->count != static_cast<uint64_t>(c->n_layers)) {
+        return r.Error(Cat("'", pattern_key, "' has ", pattern->count, " entries for ", c->n_layers,
+                           " layers"));
+      }
+      if (pattern->elem_type == GgufType::kBool || pattern->elem_type == GgufType::kU8 ||
+          pattern->elem_type == GgufType::kI8) {
+        for (int il = 0; il < c->n_layers; ++il) c->swa_layers[il] = pattern->raw[il] != 0;
+      } else {
+        TANDEM_ASSIGN_OR_RETURN(std::vector<int32_t> flags, file.GetI32Array(pattern_key));
+        for (int il = 0; il < c->n_layers; ++il) c->swa_layers[il] = flags[il] != 0;
+      }
+    } else {
+      TANDEM_ASSIGN_OR_RETURN(int period, r.OptionalSize("attention.sliding_window_pattern", 6));
+      for (int il = 0; il < c->n_layers; ++il) c->swa_layers[il] = il % period < period - 1;
+    }
+    TANDEM_ASSIGN_OR_RETURN(c->rope_theta_swa, r.OptionalFloat("rope.freq_base_swa", 10000.0f));
+  }
+  // Not implemented (refused rather than run wrong): logit soft-capping and RoPE scaling
+  // (Gemma 3 4B and larger scale the global layers' positions by 1/8).
+  if (file.Has(r.Key("final_logit_softcapping"))) {
+    TANDEM_ASSIGN_OR_RETURN(float cap, file.GetF32(r.Key("final_logit_softcapping")));
+    if (cap != 0.0f) {
+      return absl::UnimplementedError(
+          Cat("model '", file.path(), "': final logit soft-capping (", cap, ") is not supported"));
+    }
+  }
+  if (file.Has(r.Key("rope.scaling.factor"))) {
+    TANDEM_ASSIGN_OR_RETURN(float factor, file.GetF32(r.Key("rope.scaling.factor")));
+    std::string type = "linear";
+    if (file.Has(r.Key("rope.scaling.type"))) {
+      TANDEM_ASSIGN_OR_RETURN(type, file.GetString(r.Key("rope.scaling.type")));
+    }
+    if (factor != 1.0f && factor != 0.0f && type != "none") {
+      return absl::UnimplementedError(Cat("model '", file.path(), "': RoPE scaling (", type,
+                                          ", factor ", factor, ") is not supported yet"));
+    }
+  }
+  for (const char* name : {"dense_2.weight", "dense_3.weight"}) {
+    if (file.FindTensor(name) != nullptr) {
+      return absl::UnimplementedError(Cat("model '", file.path(), "': tensor '", name,
+                                          "' (an embedding model's projection) is not supported"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<ModelConfig> ModelConfig::FromGguf(const GgufFile& file) {
@@ -96,10 +161,13 @@ absl::StatusOr<ModelConfig> ModelConfig::FromGguf(const GgufFile& file) {
   } else if (c.architecture == "qwen2") {
     c.rope_style = kernels::RopeStyle::kNeox;
     default_eps = 1e-6f;
+  } else if (c.architecture == "gemma3") {
+    c.rope_style = kernels::RopeStyle::kNeox;
+    default_eps = 1e-6f;
   } else {
     return absl::UnimplementedError(
         Cat("model '", file.path(), "': architecture '", c.architecture,
-            "' is not supported; tandem supports llama (and mistral as llama) and qwen2"));
+            "' is not supported; tandem supports llama (and mistral as llama), qwen2 and gemma3"));
   }
   const ConfigReader r(file, c.architecture);
 
@@ -140,6 +208,9 @@ absl::StatusOr<ModelConfig> ModelConfig::FromGguf(const GgufFile& file) {
                        " must be even and at most the head size ", c.head_dim));
   }
 
+  c.attention_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  if (c.architecture == "gemma3") TANDEM_RETURN_IF_ERROR(ReadGemma3(file, r, &c));
+
   // Vocabulary: the explicit key, else the tokenizer's token list.
   if (file.Has(r.Key("vocab_size"))) {
     TANDEM_ASSIGN_OR_RETURN(c.vocab_size, r.Size("vocab_size"));
@@ -165,6 +236,14 @@ absl::StatusOr<ModelConfig> ModelConfig::FromGguf(const GgufFile& file) {
   c.has_qkv_bias = file.FindTensor("blk.0.attn_q.bias") != nullptr;
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = Cat("blk.", l, ".");
+    if (c.has_qk_norm) {
+      TANDEM_RETURN_IF_ERROR(r.ExpectTensor(p + "attn_q_norm.weight", {c.head_dim}));
+      TANDEM_RETURN_IF_ERROR(r.ExpectTensor(p + "attn_k_norm.weight", {c.head_dim}));
+    }
+    if (c.has_post_norms) {
+      TANDEM_RETURN_IF_ERROR(r.ExpectTensor(p + "post_attention_norm.weight", {h}));
+      TANDEM_RETURN_IF_ERROR(r.ExpectTensor(p + "post_ffw_norm.weight", {h}));
+    }
     TANDEM_RETURN_IF_ERROR(r.ExpectTensor(p + "attn_norm.weight", {h}));
     TANDEM_RETURN_IF_ERROR(r.ExpectTensor(p + "attn_q.weight", {h, q}));
     TANDEM_RETURN_IF_ERROR(r.ExpectTensor(p + "attn_k.weight", {h, kv}));

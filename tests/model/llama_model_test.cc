@@ -192,6 +192,66 @@ std::vector<SpecCase> SpecCases() {
         s.embd_type = DType::kF32;
       },
       1e-4);
+  // Gemma 3's layer: scaled embeddings, QK-norm, post-norms, GeGLU, head_dim apart from
+  // hidden / heads, and sliding-window layers (window 5 < the 13-token prompt, every second
+  // layer global) rotating with their own RoPE base.
+  auto gemma = [](testing::TestModelSpec& s) {
+    s.arch = "gemma3";
+    s.n_layers = 3;
+    s.head_dim = 32;
+    s.n_heads = 4;
+    s.n_kv_heads = 1;
+    s.rms_eps = 1e-6f;
+    s.sliding_window = 5;
+    s.swa_pattern = 2;
+    s.rope_theta_swa = 100.0f;
+  };
+  add(
+      "gemma3_f32",
+      [&](auto& s) {
+        gemma(s);
+        s.weight_type = DType::kF32;
+        s.embd_type = DType::kF32;
+      },
+      1e-4);
+  add(
+      "gemma3_q8_0",
+      [&](auto& s) {
+        gemma(s);
+        s.weight_type = DType::kQ8_0;
+      },
+      3e-2);
+  // K-quants need rows of 256: a wider model. Q4_K (per-32 scales and minima) in a Gemma
+  // layer, Q6_K (per-16 scales) in a Llama one with a Q5_K output head.
+  add(
+      "gemma3_q4_k",
+      [&](auto& s) {
+        gemma(s);
+        s.hidden = 256;
+        s.ffn = 512;
+        s.head_dim = 64;
+        s.weight_type = DType::kQ4_K;
+      },
+      3e-2);
+  add(
+      "q6_k_q5_k_untied",
+      [](auto& s) {
+        s.hidden = 256;
+        s.ffn = 512;
+        s.weight_type = DType::kQ6_K;
+        s.embd_type = DType::kQ5_K;
+        s.tied = false;
+      },
+      3e-2);
+  add(
+      "q3_k_q2_k",
+      [](auto& s) {
+        s.hidden = 256;
+        s.ffn = 512;
+        s.weight_type = DType::kQ3_K;
+        s.embd_type = DType::kQ2_K;
+      },
+      3e-2);
   return cases;
 }
 
@@ -299,10 +359,17 @@ std::vector<Trace> RunMixed(Harness& h, const std::vector<std::vector<int32_t>>&
 }
 
 TEST(LlamaModelTest, SequenceResultDoesNotDependOnTheBatch) {
-  testing::TestModelSpec spec;
-  spec.weight_type = DType::kQ4_1;
-  for (KvDType kv : {KvDType::kF32, KvDType::kF16, KvDType::kInt8}) {
-    SCOPED_TRACE(absl::StrCat("kv=", std::string(kvcache::KvDTypeName(kv))));
+  testing::TestModelSpec llama;
+  llama.weight_type = DType::kQ4_1;
+  testing::TestModelSpec gemma = llama;  // sliding windows shorter than most prompts
+  gemma.arch = "gemma3";
+  gemma.n_layers = 3;
+  gemma.sliding_window = 6;
+  gemma.swa_pattern = 3;
+  for (const auto& [spec, kv] :
+       {std::pair{llama, KvDType::kF32}, std::pair{llama, KvDType::kF16},
+        std::pair{llama, KvDType::kInt8}, std::pair{gemma, KvDType::kF16}}) {
+    SCOPED_TRACE(absl::StrCat(spec.arch, " kv=", std::string(kvcache::KvDTypeName(kv))));
     Harness h = Harness::Make(spec, "invariance", kv, kernels::cpu::BestIsa(), 2, 256);
     std::vector<std::vector<int32_t>> prompts;
     for (int i = 0; i < 5; ++i) prompts.push_back(RandomTokens(3 + 7 * i, h.vocab(), 100 + i));

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <set>
 #include <string>
@@ -156,7 +157,7 @@ TEST(ModelConfig, CorruptModelsNameTheProblem) {
       {testing::ModelCorruption::kWrongShape,
        {"tensor 'blk.0.attn_k.weight' has shape [64, 64], expected [64, 32]"}},
       {testing::ModelCorruption::kUnknownArch, {"architecture 'gpt-j' is not supported"}},
-      {testing::ModelCorruption::kUnsupportedType, {"blk.0.attn_q.weight", "Q4_K"}},
+      {testing::ModelCorruption::kUnsupportedType, {"blk.0.attn_q.weight", "IQ4_NL"}},
       {testing::ModelCorruption::kTruncated, {"truncated"}},
       {testing::ModelCorruption::kBadMagic, {"bad magic"}},
   };
@@ -259,6 +260,72 @@ TEST(ModelConfig, BiasMustBeInEveryLayer) {
     v.RemoveTensor("blk.0.attn_v.bias");
     EXPECT_THAT(ErrorOf(ConfigOf(v)), HasSubstr("'blk.1.attn_q.bias' is present"));
   }
+}
+
+TEST(ModelConfig, Gemma3Features) {
+  TestModelSpec spec;
+  spec.arch = "gemma3";
+  spec.n_layers = 13;
+  spec.head_dim = 32;  // q_dim 128 != hidden 64
+  spec.sliding_window = 7;
+  auto c = ConfigOf(spec);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->head_dim, 32);
+  EXPECT_EQ(c->q_dim(), 128);
+  EXPECT_EQ(c->rope_style, kernels::RopeStyle::kNeox);
+  EXPECT_FLOAT_EQ(c->embedding_scale, 8.0f);  // sqrt(64)
+  EXPECT_FLOAT_EQ(c->attention_scale, 1.0f / std::sqrt(32.0f));
+  EXPECT_TRUE(c->has_qk_norm);
+  EXPECT_TRUE(c->has_post_norms);
+  EXPECT_EQ(c->ffn_activation, FfnActivation::kGeluTanh);
+  // llama.cpp's default: every sixth layer (5, 11) global, local ones with RoPE base 10000.
+  for (int il = 0; il < 13; ++il) {
+    const bool global = il == 5 || il == 11;
+    EXPECT_EQ(c->IsSlidingLayer(il), !global) << il;
+    EXPECT_EQ(c->LayerWindow(il), global ? 0 : 7) << il;
+    EXPECT_EQ(c->LayerRopeTheta(il), global ? spec.rope_theta : 10000.0f) << il;
+  }
+
+  // An explicit period and RoPE base; and a per-layer bool array.
+  spec.n_layers = 4;
+  spec.swa_pattern = 2;
+  spec.rope_theta_swa = 50.0f;
+  c = ConfigOf(spec);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->swa_layers, (std::vector<bool>{true, false, true, false}));
+  EXPECT_EQ(c->LayerRopeTheta(0), 50.0f);
+  auto w = testing::BuildTestModel(spec);
+  ASSERT_TRUE(w.ok());
+  w->RemoveKey("gemma3.attention.sliding_window_pattern");
+  w->AddRaw("gemma3.attention.sliding_window_pattern", 9,
+            std::string("\x07\x00\x00\x00\x04\x00\x00\x00\x00\x00\x00\x00"
+                        "\x00\x01\x01\x00",
+                        16));  // array of 4 bools: false, true, true, false
+  c = ConfigOf(*w);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->swa_layers, (std::vector<bool>{false, true, true, false}));
+
+  // No window key: every layer global.
+  spec.sliding_window = 0;
+  c = ConfigOf(spec);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->IsSlidingLayer(0));
+  EXPECT_EQ(c->LayerRopeTheta(0), spec.rope_theta);
+
+  // What is not implemented is refused by name, not run wrong.
+  w = testing::BuildTestModel(spec);
+  ASSERT_TRUE(w.ok());
+  w->AddF32("gemma3.final_logit_softcapping", 30.0f);
+  EXPECT_THAT(ErrorOf(ConfigOf(*w)), HasSubstr("soft-capping"));
+  w = testing::BuildTestModel(spec);
+  w->AddF32("gemma3.rope.scaling.factor", 8.0f);
+  EXPECT_THAT(ErrorOf(ConfigOf(*w)), HasSubstr("RoPE scaling"));
+  w = testing::BuildTestModel(spec);
+  w->RemoveTensor("blk.1.attn_k_norm.weight");
+  EXPECT_THAT(ErrorOf(ConfigOf(*w)), HasSubstr("blk.1.attn_k_norm.weight"));
+  w = testing::BuildTestModel(spec);
+  w->RemoveTensor("blk.0.post_ffw_norm.weight");
+  EXPECT_THAT(ErrorOf(ConfigOf(*w)), HasSubstr("post_ffw_norm"));
 }
 
 TEST(ModelConfig, TestModelIsDeterministicPerSeed) {

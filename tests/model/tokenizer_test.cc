@@ -17,6 +17,7 @@
 #include "model/gguf_file.h"
 #include "model/unicode_util.h"
 #include "nlohmann/json.hpp"
+#include "tests/support/reference_cases.h"
 #include "tests/support/test_model.h"
 
 namespace tandem::model {
@@ -25,44 +26,10 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-std::string SourceDir() {
-  const char* dir = std::getenv("TANDEM_SOURCE_DIR");
-  return dir != nullptr ? dir : TANDEM_SOURCE_DIR;
-}
-
-std::string HexToBytes(const std::string& hex) {
-  std::string out;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
-    out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
-  }
-  return out;
-}
-
-std::string Printable(const std::string& s) {
-  std::string out;
-  for (unsigned char c : s) {
-    if (c == '\n') {
-      out += "\\n";
-    } else if (c < 0x20 || c == 0x7F) {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
-      out += buf;
-    } else {
-      out.push_back(static_cast<char>(c));
-    }
-  }
-  return out;
-}
-
-struct Case {
-  std::string text;
-  bool special = true;
-  bool from_hex = false;  // malformed UTF-8 input
-  std::vector<int32_t> ids;
-  // What llama.cpp's detokenizer gives back for `ids` (special tokens rendered): `text`
-  // itself, except for malformed UTF-8 (repaired) and bytes missing from the vocabulary.
-  std::string decoded;
-};
+using testing::HexToBytes;
+using testing::Printable;
+using testing::SourceDir;
+using Case = testing::TokenizerCase;
 
 class DefaultModelTokenizerTest : public ::testing::Test {
  protected:
@@ -82,35 +49,14 @@ class DefaultModelTokenizerTest : public ::testing::Test {
     }
     tokenizer_ = tok->release();
 
-    const std::string cases_path = SourceDir() + "/tests/reference/tokenizer_cases.jsonl";
-    std::ifstream in(cases_path);
-    if (!in) {
-      load_error_ = new std::string("cannot read " + cases_path);
+    auto cases =
+        testing::LoadTokenizerCases(SourceDir() + "/tests/reference/tokenizer_cases.jsonl");
+    if (!cases.ok()) {
+      load_error_ = new std::string(cases.status().ToString());
       return;
     }
-    cases_ = new std::vector<Case>();
-    std::string line;
-    bool header = true;
-    while (std::getline(in, line)) {
-      auto j = nlohmann::json::parse(line);
-      if (header) {
-        header = false;
-        expected_count_ = j.at("count").get<int>();
-        continue;
-      }
-      Case c;
-      if (j.contains("hex")) {
-        c.text = HexToBytes(j.at("hex").get<std::string>());
-        c.from_hex = true;
-      } else {
-        c.text = j.at("text").get<std::string>();
-      }
-      c.special = j.value("special", true);
-      c.ids = j.at("ids").get<std::vector<int32_t>>();
-      c.decoded =
-          j.contains("decoded_hex") ? HexToBytes(j.at("decoded_hex").get<std::string>()) : c.text;
-      cases_->push_back(std::move(c));
-    }
+    cases_ = new std::vector<Case>(std::move(cases->cases));
+    expected_count_ = cases->expected_count;
   }
 
   void SetUp() override {

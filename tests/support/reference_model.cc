@@ -1,5 +1,6 @@
 #include "tests/support/reference_model.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -37,8 +38,7 @@ std::vector<double> MatVec(const std::vector<float>& w, const std::vector<double
   return y;
 }
 
-std::vector<double> RmsNorm(const std::vector<double>& x, const std::vector<float>& w,
-                            double eps) {
+std::vector<double> RmsNorm(const std::vector<double>& x, const std::vector<float>& w, double eps) {
   double ss = 0;
   for (double v : x) ss += v * v;
   const double inv = 1.0 / std::sqrt(ss / x.size() + eps);
@@ -91,6 +91,14 @@ absl::StatusOr<std::unique_ptr<ReferenceModel>> ReferenceModel::Create(
       TANDEM_ASSIGN_OR_RETURN(l.bk, Dequantize(file, p + "attn_k.bias"));
       TANDEM_ASSIGN_OR_RETURN(l.bv, Dequantize(file, p + "attn_v.bias"));
     }
+    if (c.has_qk_norm) {
+      TANDEM_ASSIGN_OR_RETURN(l.q_norm, Dequantize(file, p + "attn_q_norm.weight"));
+      TANDEM_ASSIGN_OR_RETURN(l.k_norm, Dequantize(file, p + "attn_k_norm.weight"));
+    }
+    if (c.has_post_norms) {
+      TANDEM_ASSIGN_OR_RETURN(l.post_attn_norm, Dequantize(file, p + "post_attention_norm.weight"));
+      TANDEM_ASSIGN_OR_RETURN(l.post_ffn_norm, Dequantize(file, p + "post_ffw_norm.weight"));
+    }
   }
   return m;
 }
@@ -102,9 +110,14 @@ std::vector<std::vector<float>> ReferenceModel::Forward(const std::vector<int32_
   const int group = c.n_heads / c.n_kv_heads;
   std::vector<std::vector<double>> x(n, std::vector<double>(c.hidden));
   for (int t = 0; t < n; ++t) {
-    for (int i = 0; i < c.hidden; ++i) x[t][i] = token_embd_[tokens[t] * c.hidden + i];
+    for (int i = 0; i < c.hidden; ++i) {
+      x[t][i] = token_embd_[tokens[t] * c.hidden + i] * static_cast<double>(c.embedding_scale);
+    }
   }
-  for (const Layer& l : layers_) {
+  for (int il = 0; il < c.n_layers; ++il) {
+    const Layer& l = layers_[il];
+    const double theta = c.LayerRopeTheta(il);
+    const int window = c.LayerWindow(il);
     std::vector<std::vector<double>> q(n), k(n), v(n);
     for (int t = 0; t < n; ++t) {
       const std::vector<double> h = RmsNorm(x[t], l.attn_norm, c.rms_eps);
@@ -118,39 +131,61 @@ std::vector<std::vector<float>> ReferenceModel::Forward(const std::vector<int32_
           v[t][i] += l.bv[i];
         }
       }
+      if (c.has_qk_norm) {  // each head normalized on its own
+        auto norm_heads = [&](std::vector<double>& x2, int heads, const std::vector<float>& w) {
+          for (int h2 = 0; h2 < heads; ++h2) {
+            std::vector<double> head(x2.begin() + h2 * hd, x2.begin() + (h2 + 1) * hd);
+            head = RmsNorm(head, w, c.rms_eps);
+            std::copy(head.begin(), head.end(), x2.begin() + h2 * hd);
+          }
+        };
+        norm_heads(q[t], c.n_heads, l.q_norm);
+        norm_heads(k[t], c.n_kv_heads, l.k_norm);
+      }
       for (int h2 = 0; h2 < c.n_heads; ++h2) {
-        Rope(&q[t][h2 * hd], hd, c.rope_dim, t, c.rope_theta, c.rope_style);
+        Rope(&q[t][h2 * hd], hd, c.rope_dim, t, theta, c.rope_style);
       }
       for (int h2 = 0; h2 < c.n_kv_heads; ++h2) {
-        Rope(&k[t][h2 * hd], hd, c.rope_dim, t, c.rope_theta, c.rope_style);
+        Rope(&k[t][h2 * hd], hd, c.rope_dim, t, theta, c.rope_style);
       }
     }
     for (int t = 0; t < n; ++t) {
       std::vector<double> attn(c.q_dim(), 0.0);
       for (int h2 = 0; h2 < c.n_heads; ++h2) {
         const int kvh = h2 / group;
-        std::vector<double> scores(t + 1);
+        // Keys j with t - j < window (all of 0..t when the layer has no window).
+        const int first = window > 0 ? std::max(0, t - window + 1) : 0;
+        std::vector<double> scores(t + 1, 0.0);
         double mx = -1e300;
-        for (int j = 0; j <= t; ++j) {
+        for (int j = first; j <= t; ++j) {
           double dot = 0;
           for (int d = 0; d < hd; ++d) dot += q[t][h2 * hd + d] * k[j][kvh * hd + d];
-          scores[j] = dot / std::sqrt(static_cast<double>(hd));
+          scores[j] = dot * static_cast<double>(c.attention_scale);
           mx = std::max(mx, scores[j]);
         }
         double sum = 0;
-        for (double& s : scores) sum += (s = std::exp(s - mx));
-        for (int j = 0; j <= t; ++j) {
+        for (int j = first; j <= t; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
+        for (int j = first; j <= t; ++j) {
           for (int d = 0; d < hd; ++d) attn[h2 * hd + d] += scores[j] / sum * v[j][kvh * hd + d];
         }
       }
-      const std::vector<double> o = MatVec(l.wo, attn, c.hidden);
+      std::vector<double> o = MatVec(l.wo, attn, c.hidden);
+      if (c.has_post_norms) o = RmsNorm(o, l.post_attn_norm, c.rms_eps);
       for (int i = 0; i < c.hidden; ++i) x[t][i] += o[i];
       const std::vector<double> h = RmsNorm(x[t], l.ffn_norm, c.rms_eps);
       const std::vector<double> g = MatVec(l.w_gate, h, c.ffn_dim);
       const std::vector<double> u = MatVec(l.w_up, h, c.ffn_dim);
       std::vector<double> a(c.ffn_dim);
-      for (int i = 0; i < c.ffn_dim; ++i) a[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
-      const std::vector<double> d = MatVec(l.w_down, a, c.hidden);
+      for (int i = 0; i < c.ffn_dim; ++i) {
+        if (c.ffn_activation == model::FfnActivation::kGeluTanh) {
+          const double z = std::sqrt(2.0 / M_PI) * (g[i] + 0.044715 * g[i] * g[i] * g[i]);
+          a[i] = 0.5 * g[i] * (1.0 + std::tanh(z)) * u[i];
+        } else {
+          a[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
+        }
+      }
+      std::vector<double> d = MatVec(l.w_down, a, c.hidden);
+      if (c.has_post_norms) d = RmsNorm(d, l.post_ffn_norm, c.rms_eps);
       for (int i = 0; i < c.hidden; ++i) x[t][i] += d[i];
     }
   }

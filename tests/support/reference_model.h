@@ -1,5 +1,7 @@
 // ReferenceModel: a naive, dense, double-precision Llama-family forward pass over one
-// sequence, written straight from the architecture's definition (weights dequantized to
+// sequence (Gemma 3's features included: scaled embeddings, QK-norm, post-norms, GeGLU with
+// GELU's tanh form, sliding-window local layers with their own RoPE base), written straight
+// from the architecture's definition (weights dequantized to
 // float, no paging, no batching, no int8 activations). Tests compare LlamaModel to it.
 //
 // Thread safety: not thread-safe; one per test.
@@ -27,7 +29,8 @@ class ReferenceModel {
  private:
   struct Layer {
     std::vector<float> attn_norm, ffn_norm, bq, bk, bv;
-    std::vector<float> wq, wk, wv, wo, w_gate, w_up, w_down;  // row-major [rows, cols]
+    std::vector<float> q_norm, k_norm, post_attn_norm, post_ffn_norm;  // gemma3
+    std::vector<float> wq, wk, wv, wo, w_gate, w_up, w_down;           // row-major [rows, cols]
   };
   model::ModelConfig config_;
   std::vector<Layer> layers_;

@@ -71,19 +71,26 @@ absl::Status CheckSpec(const TestModelSpec& s) {
     return absl::InvalidArgumentError(
         absl::StrCat("bad TestModelSpec: ", absl::string_view(msg.data(), msg.size())));
   };
-  if (s.arch != "llama" && s.arch != "qwen2") return bad("arch must be llama or qwen2");
+  if (s.arch != "llama" && s.arch != "qwen2" && s.arch != "gemma3") {
+    return bad("arch must be llama, qwen2 or gemma3");
+  }
   if (s.n_layers < 1 || s.hidden < 1 || s.n_heads < 1 || s.n_kv_heads < 1 || s.ffn < 1) {
     return bad("sizes must be positive");
   }
-  if (s.hidden % s.n_heads != 0 || s.n_heads % s.n_kv_heads != 0) {
+  if ((s.head_dim == 0 && s.hidden % s.n_heads != 0) || s.n_heads % s.n_kv_heads != 0) {
     return bad("n_heads must divide hidden and n_kv_heads must divide n_heads");
   }
-  if ((s.hidden / s.n_heads) % 2 != 0) return bad("head_dim must be even");
+  const int head_dim = s.head_dim != 0 ? s.head_dim : s.hidden / s.n_heads;
+  if (head_dim % 2 != 0) return bad("head_dim must be even");
+  if (s.head_dim != 0 && (s.n_heads * s.head_dim) % kernels::BlockElems(s.weight_type) != 0) {
+    return bad("n_heads * head_dim must be a multiple of the quantization block");
+  }
   for (DType t : {s.weight_type, s.embd_type}) {
     if (!kernels::IsSupported(t)) return bad("unsupported tensor type");
     const int64_t block = kernels::BlockElems(t);
     if (s.hidden % block != 0 || s.ffn % block != 0) {
-      return bad("hidden and ffn must be multiples of the quantization block (32)");
+      return bad(
+          "hidden and ffn must be multiples of the quantization block (32, or 256 for K-quants)");
     }
   }
   if (s.vocab != 0 && s.vocab < TestTokenizerSize()) {
@@ -130,7 +137,8 @@ absl::StatusOr<GgufWriter> BuildTestModel(const TestModelSpec& spec) {
   TANDEM_RETURN_IF_ERROR(CheckSpec(spec));
   GgufWriter w;
   const std::string& a = spec.arch;
-  const int head_dim = spec.hidden / spec.n_heads;
+  const int head_dim = spec.head_dim != 0 ? spec.head_dim : spec.hidden / spec.n_heads;
+  const bool gemma = a == "gemma3";
   w.AddString("general.architecture", a);
   w.AddString("general.name", "tandem-test");
   w.SetAlignment(spec.alignment);
@@ -143,6 +151,17 @@ absl::StatusOr<GgufWriter> BuildTestModel(const TestModelSpec& spec) {
   w.AddU32(a + ".rope.dimension_count", head_dim);
   w.AddF32(a + ".rope.freq_base", spec.rope_theta);
   w.AddF32(a + ".attention.layer_norm_rms_epsilon", spec.rms_eps);
+  if (spec.head_dim != 0) {
+    w.AddU32(a + ".attention.key_length", head_dim);
+    w.AddU32(a + ".attention.value_length", head_dim);
+  }
+  if (gemma && spec.sliding_window > 0) {
+    w.AddU32(a + ".attention.sliding_window", spec.sliding_window);
+  }
+  if (gemma && spec.swa_pattern > 0) {
+    w.AddU32(a + ".attention.sliding_window_pattern", spec.swa_pattern);
+  }
+  if (gemma && spec.rope_theta_swa > 0) w.AddF32(a + ".rope.freq_base_swa", spec.rope_theta_swa);
 
   // Tokenizer.
   std::vector<std::string> tokens = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
@@ -206,6 +225,12 @@ absl::StatusOr<GgufWriter> BuildTestModel(const TestModelSpec& spec) {
     linear(p + "ffn_gate.weight", spec.weight_type, h, ffn, spec.weight_std);
     linear(p + "ffn_up.weight", spec.weight_type, h, ffn, spec.weight_std);
     linear(p + "ffn_down.weight", spec.weight_type, ffn, h, spec.weight_std);
+    if (gemma) {
+      vec(p + "attn_q_norm.weight", rng.NearOne(head_dim));
+      vec(p + "attn_k_norm.weight", rng.NearOne(head_dim));
+      vec(p + "post_attention_norm.weight", rng.NearOne(h));
+      vec(p + "post_ffw_norm.weight", rng.NearOne(h));
+    }
   }
   vec("output_norm.weight", rng.NearOne(h));
   if (!spec.tied) linear("output.weight", spec.embd_type, h, v, spec.embd_std);
@@ -240,7 +265,7 @@ absl::Status WriteCorruptTestModel(const TestModelSpec& spec, ModelCorruption ki
       w.FindKey("general.architecture")->payload = GgufWriter::EncodeString("gpt-j");
       break;
     case ModelCorruption::kUnsupportedType:
-      w.FindTensor("blk.0.attn_q.weight")->type = 12;  // Q4_K
+      w.FindTensor("blk.0.attn_q.weight")->type = 20;  // IQ4_NL
       break;
   }
   std::string bytes = w.Serialize();
@@ -263,9 +288,14 @@ absl::StatusOr<kernels::DType> ParseDType(std::string_view name) {
   if (n == "q5_0") return DType::kQ5_0;
   if (n == "q5_1") return DType::kQ5_1;
   if (n == "q8_0") return DType::kQ8_0;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown tensor type '", absl::string_view(name.data(), name.size()),
-                   "'; expected f32, f16, bf16, q4_0, q4_1, q5_0, q5_1 or q8_0"));
+  if (n == "q2_k") return DType::kQ2_K;
+  if (n == "q3_k") return DType::kQ3_K;
+  if (n == "q4_k") return DType::kQ4_K;
+  if (n == "q5_k") return DType::kQ5_K;
+  if (n == "q6_k") return DType::kQ6_K;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown tensor type '", absl::string_view(name.data(), name.size()),
+      "'; expected f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k or q6_k"));
 }
 
 }  // namespace tandem::testing

@@ -26,12 +26,20 @@
 namespace tandem::testing {
 
 struct TestModelSpec {
-  std::string arch = "llama";  // "llama" or "qwen2" (qwen2 uses NeoX RoPE)
+  // "llama", "qwen2" (NeoX RoPE) or "gemma3" (NeoX RoPE, QK-norm, post-norms, GeGLU, scaled
+  // embeddings, sliding-window local layers when sliding_window > 0)
+  std::string arch = "llama";
   int n_layers = 2;
   int hidden = 64;
   int n_heads = 4;
   int n_kv_heads = 2;  // GQA; set equal to n_heads for MHA
   int ffn = 128;
+  int head_dim = 0;  // 0: hidden / n_heads; else written as attention.key/value_length
+  // gemma3 only: attention.sliding_window (0: key absent, every layer global), the period of
+  // global layers (0: key absent, llama.cpp's default 6) and rope.freq_base_swa (0: absent).
+  int sliding_window = 0;
+  int swa_pattern = 0;
+  float rope_theta_swa = 0.0f;
   int vocab = 0;  // 0: the tokenizer's natural size; larger pads with unused tokens
   int context_length = 256;
   float rope_theta = 10000.0f;
@@ -64,12 +72,13 @@ enum class ModelCorruption {
   kMissingTensor,    // blk.0.ffn_up.weight dropped
   kWrongShape,       // blk.0.attn_k.weight with a wrong output dimension
   kUnknownArch,      // general.architecture = "gpt-j"
-  kUnsupportedType,  // one tensor claims type id 12 (Q4_K)
+  kUnsupportedType,  // one tensor claims type id 20 (IQ4_NL)
 };
 absl::Status WriteCorruptTestModel(const TestModelSpec& spec, ModelCorruption kind,
                                    const std::string& path);
 
-// Parses "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0" (any case).
+// Parses "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k",
+// "q4_k", "q5_k", "q6_k" (any case). The K-quants need hidden and ffn multiples of 256.
 absl::StatusOr<kernels::DType> ParseDType(std::string_view name);
 
 }  // namespace tandem::testing
