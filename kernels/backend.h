@@ -143,6 +143,42 @@ struct Event {
 // of this dtype on such a backend.
 enum class ActivationDType { kF32, kF16, kBF16 };
 
+// One token per row drawn on the device, so only the ids (and the requested logprobs) cross to
+// the host. Per row, the filters run in model::Sampler's order (model/sampler.h), with
+// l = the row's logits, NaN read as -inf:
+//   * temperature == 0: greedy, the argmax of l, ties to the lowest id; top-k / top-p / min-p
+//     do not apply and no random number is used. A row with no finite logit and no +inf gives 0.
+//   * otherwise, if max(l) is not finite: the argmax as above (all -inf or NaN: id 0; +inf: the
+//     first +inf, which takes all the mass). Else p_i = exp((l_i - max) / temperature), and
+//     1. top-k keeps the k most likely (ties to the lower id);
+//     2. top-p keeps the smallest prefix of those, in likelihood order (ties to the lower id),
+//        whose mass is >= top_p times their mass (the mass after top-k, before min-p);
+//     3. min-p keeps p_i >= min_p * p_max, evaluated exactly as
+//        double(l_i) - double(max) >= double(temperature) * log(double(min_p)), so every
+//        backend keeps the same tokens;
+//     then the token is drawn from the survivors' renormalized p: u * (their mass) walked in
+//     ascending id order, the first id whose running sum exceeds it.
+// u is one uniform float in [0, 1) per row, from Philox4x32-10 (Salmon et al., SC'11, as in
+// Random123) keyed by the row's seed (key = {seed low 32 bits, high 32 bits}) at counter
+// {counter low 32, counter high 32, 0, 0}: the top 24 bits of the first output word times
+// 2^-24. The sequence's step is the counter, so (seed, step) alone fixes the draw: no RNG state
+// lives anywhere, and a sequence that moves between workers or backends draws the same numbers.
+// kernels/ref/sample_ref.h is the definition. Penalties are not applied here: the logits come
+// in already penalized (model::Sampler::ApplyPenalties on the host, for now).
+struct SampleParams {
+  const float* logits = nullptr;       // [rows, vocab] (activation dtype; penalties applied)
+  const float* temperature = nullptr;  // [rows] f32, >= 0 and finite; 0 = greedy
+  const int32_t* top_k = nullptr;      // [rows] >= 0; 0 (or >= vocab) = off
+  const float* top_p = nullptr;        // [rows] f32 in (0, 1]; 1 = off
+  const float* min_p = nullptr;        // [rows] f32 in [0, 1]; 0 = off
+  const uint64_t* seed = nullptr;      // [rows] Philox key
+  const uint64_t* counter = nullptr;   // [rows] Philox counter: the sequence's step
+  int32_t* out_ids = nullptr;          // [rows] the sampled token ids
+  float* out_logprobs = nullptr;       // [rows] f32 log_softmax(raw logits)[id], or null = none
+  int rows = 0;
+  int vocab = 0;
+};
+
 struct DeviceBuffer {
   void* ptr = nullptr;
   size_t bytes = 0;
@@ -221,6 +257,10 @@ class Backend {
   virtual void Rope(const RopeParams& p, Stream s) = 0;
   virtual void KvAppend(const KvAppendParams& p, Stream s) = 0;
   virtual void Attention(const AttentionParams& p, Stream s) = 0;
+  // out_ids[r] (and out_logprobs[r]) for each row r of p.logits; see SampleParams for the
+  // filters and the random number. Needs scratch sized by vocab, which a backend sets up when
+  // it packs or adopts a weight with rows >= p.vocab (the output projection always is one).
+  virtual void Sample(const SampleParams& p, Stream s) = 0;
 };
 
 }  // namespace tandem::kernels

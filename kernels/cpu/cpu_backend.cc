@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,7 @@
 #include "common/check.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/sample.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace tandem::kernels::cpu {
@@ -168,12 +170,16 @@ class CpuBackend : public Backend {
     pool_->ParallelFor(AttentionItems(p), 1,
                        [&](int64_t b, int64_t e, int) { AttentionRange(p, b, e); });
   }
+  void Sample(const SampleParams& p, Stream) override;
 
  private:
   static int64_t RowsPerChunk(int64_t elems_per_row) {
     return std::max<int64_t>(1, kMinChunkElems / std::max<int64_t>(1, elems_per_row));
   }
   void EnsureScratch(int64_t cols);
+  // Sizes each thread's sampling scratch for rows of `vocab` logits (PackWeight / AdoptWeight
+  // call it with the weight's rows: the output projection's rows are the vocabulary).
+  void EnsureSampleScratch(int64_t vocab);
   // Scratch rows [first_row, ...) viewed as quantized activations of `cols` columns.
   QuantizedActs ScratchView(int64_t first_row, int64_t cols) const;
   // Splits rows [0, m) x units [0, n_units) (16-row groups) into items for the pool and
@@ -192,6 +198,12 @@ class CpuBackend : public Backend {
   AlignedBytes d_;
   AlignedBytes s_;
   AlignedBytes bias_;
+
+  // Sampling scratch, grown only by PackWeight and AdoptWeight: one SampleScratch per thread
+  // for up to sample_vocab_ logits per row.
+  int64_t sample_vocab_ = 0;
+  AlignedBytes sample_mem_;
+  std::vector<SampleScratch> sample_scratch_;
 };
 
 QuantizedActs CpuBackend::ScratchView(int64_t first_row, int64_t cols) const {
@@ -216,6 +228,34 @@ void CpuBackend::EnsureScratch(int64_t cols) {
   // The AMX kernel may read whole 16-row tiles; keep unused rows defined.
   std::memset(q_.get(), 0, rows * cols);
   scratch_cols_ = cols;
+}
+
+void CpuBackend::EnsureSampleScratch(int64_t vocab) {
+  if (vocab <= sample_vocab_) return;
+  TANDEM_CHECK_LE(vocab, int64_t{std::numeric_limits<int>::max()});
+  const int v = static_cast<int>(vocab);
+  const size_t per_thread = SampleScratchBytes(v);
+  sample_mem_ = AllocAligned(per_thread * pool_->size());
+  TANDEM_CHECK(sample_mem_);
+  sample_scratch_.clear();
+  for (int t = 0; t < pool_->size(); ++t) {
+    sample_scratch_.push_back(SampleScratchAt(sample_mem_.get() + t * per_thread, v));
+  }
+  sample_vocab_ = vocab;
+}
+
+void CpuBackend::Sample(const SampleParams& p, Stream) {
+  TANDEM_CHECK_GE(p.rows, 0);
+  TANDEM_CHECK_GE(p.vocab, 1);
+  // The scratch comes from packing or adopting the weight that produced these logits.
+  TANDEM_CHECK_LE(p.vocab, sample_vocab_);
+  if (p.rows == 0) return;
+  TANDEM_CHECK(p.logits && p.temperature && p.top_k && p.top_p && p.min_p && p.seed && p.counter &&
+               p.out_ids);
+  // A row is a few passes over the vocabulary (an exp each): rows are worth splitting once
+  // they are a few thousand entries long.
+  pool_->ParallelFor(p.rows, RowsPerChunk(int64_t{p.vocab} * 4),
+                     [&](int64_t b, int64_t e, int t) { SampleRows(p, b, e, sample_scratch_[t]); });
 }
 
 absl::StatusOr<std::unique_ptr<Weight>> CpuBackend::PackWeight(const WeightDesc& desc) {
@@ -247,6 +287,7 @@ absl::StatusOr<std::unique_ptr<Weight>> CpuBackend::PackWeight(const WeightDesc&
       return absl::ResourceExhaustedError(absl::StrCat("weight ", desc.name, ": out of memory"));
     std::memcpy(data.get(), desc.data, bytes);
   }
+  EnsureSampleScratch(desc.rows);
   return std::make_unique<CpuWeight>(desc.type, desc.rows, desc.cols, std::move(data), layout);
 }
 
@@ -257,6 +298,7 @@ absl::Status CpuBackend::AdoptWeight(const Weight& w) {
     return absl::FailedPreconditionError("the weight was packed by another kind of backend");
   }
   if (IsQuantized(cw->type())) EnsureScratch(cw->cols());
+  EnsureSampleScratch(cw->rows());
   return absl::OkStatus();
 }
 

@@ -8,10 +8,14 @@
 // max_batch_tokens rows and the widest packed weight; a larger m runs in chunks), then runs
 // the int8 GEMM of the configured ISA.
 //
-// Thread safety: like every Backend, driven by one thread. PackWeight grows the scratch, so
-// it must not run concurrently with ops (it runs at set-up time). The ops of kernels/cpu/
-// ops.h choose their variant process-wide; the constructor sets it from `isa`, so two
-// CpuBackends in one process should use the same ISA.
+// Sample (kernels/cpu/sample.h) splits rows over the pool; each thread has scratch for one row
+// of logits, sized by the most rows of any weight packed or adopted (the output projection's
+// rows are the vocabulary), 12 bytes per entry and thread.
+//
+// Thread safety: like every Backend, driven by one thread. PackWeight and AdoptWeight grow
+// the scratch, so they must not run concurrently with ops (they run at set-up time). The ops
+// of kernels/cpu/ops.h choose their variant process-wide; the constructor sets it from `isa`,
+// so two CpuBackends in one process should use the same ISA.
 #ifndef TANDEM_KERNELS_CPU_CPU_BACKEND_H_
 #define TANDEM_KERNELS_CPU_CPU_BACKEND_H_
 
