@@ -95,30 +95,48 @@ absl::StatusOr<Args> ParseArgs(int argc, char** argv) {
       return absl::OkStatus();
     };
     absl::Status s;
-    if (flag == "--model") s = as_string(&a.model);
-    else if (flag == "--prompt") s = as_opt(&a.prompt);
-    else if (flag == "--chat") s = as_opt(&a.chat);
-    else if (flag == "--tokenize") s = as_opt(&a.tokenize);
-    else if (flag == "--system") s = as_opt(&a.system);
-    else if (flag == "--chat-template") s = as_opt(&a.chat_template);
-    else if (flag == "--max-tokens") s = as_int(&a.max_tokens);
-    else if (flag == "--threads") s = as_int(&a.threads);
-    else if (flag == "--prefill-chunk") s = as_int(&a.prefill_chunk);
-    else if (flag == "--temperature") s = as_float(&a.sampling.temperature);
-    else if (flag == "--top-p") s = as_float(&a.sampling.top_p);
-    else if (flag == "--top-k") s = as_int(&a.sampling.top_k);
-    else if (flag == "--min-p") s = as_float(&a.sampling.min_p);
-    else if (flag == "--repetition-penalty") s = as_float(&a.sampling.repetition_penalty);
-    else if (flag == "--kv-cache-dtype") s = as_string(&a.kv_dtype);
-    else if (flag == "--isa") s = as_string(&a.isa);
+    if (flag == "--model")
+      s = as_string(&a.model);
+    else if (flag == "--prompt")
+      s = as_opt(&a.prompt);
+    else if (flag == "--chat")
+      s = as_opt(&a.chat);
+    else if (flag == "--tokenize")
+      s = as_opt(&a.tokenize);
+    else if (flag == "--system")
+      s = as_opt(&a.system);
+    else if (flag == "--chat-template")
+      s = as_opt(&a.chat_template);
+    else if (flag == "--max-tokens")
+      s = as_int(&a.max_tokens);
+    else if (flag == "--threads")
+      s = as_int(&a.threads);
+    else if (flag == "--prefill-chunk")
+      s = as_int(&a.prefill_chunk);
+    else if (flag == "--temperature")
+      s = as_float(&a.sampling.temperature);
+    else if (flag == "--top-p")
+      s = as_float(&a.sampling.top_p);
+    else if (flag == "--top-k")
+      s = as_int(&a.sampling.top_k);
+    else if (flag == "--min-p")
+      s = as_float(&a.sampling.min_p);
+    else if (flag == "--repetition-penalty")
+      s = as_float(&a.sampling.repetition_penalty);
+    else if (flag == "--kv-cache-dtype")
+      s = as_string(&a.kv_dtype);
+    else if (flag == "--isa")
+      s = as_string(&a.isa);
     else if (flag == "--seed") {
       TANDEM_ASSIGN_OR_RETURN(std::string v, value());
       if (!absl::SimpleAtoi(v, &a.sampling.seed)) {
         return absl::InvalidArgumentError(absl::StrCat("--seed: not an integer: '", v, "'"));
       }
       a.sampling.has_seed = true;
-    } else if (flag == "--ignore-eos") a.sampling.ignore_eos = true;
-    else if (flag == "--json") a.json = true;
+    } else if (flag == "--ignore-eos")
+      a.sampling.ignore_eos = true;
+    else if (flag == "--json")
+      a.json = true;
     else if (flag == "--help" || flag == "-h") {
       std::fputs(kUsage, stdout);
       std::exit(0);
@@ -200,9 +218,9 @@ absl::Status Run(const Args& a) {
   const model::ModelConfig& cfg = llm->config();
   const int total = static_cast<int>(prompt.size()) + a.max_tokens;
   if (total > cfg.context_length) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "prompt (", prompt.size(), " tokens) + --max-tokens (", a.max_tokens,
-        ") exceeds the model's context of ", cfg.context_length, " tokens"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt (", prompt.size(), " tokens) + --max-tokens (", a.max_tokens,
+                     ") exceeds the model's context of ", cfg.context_length, " tokens"));
   }
 
   TANDEM_ASSIGN_OR_RETURN(kernels::KvDType kv_dtype, kvcache::ParseKvDType(a.kv_dtype));
