@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
+#include "common/exp_non_positive.h"
 
 namespace tandem::model {
 namespace {
@@ -22,34 +23,6 @@ uint64_t SplitMix64(uint64_t& state) {
 }
 
 uint64_t Rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-// exp(x) for x <= 0, the only range sampling needs (x = logit - max). exp(-inf) and anything
-// below float's normal range is exactly 0, so masked tokens get no mass. Cody-Waite range
-// reduction x = n*ln2 + r, |r| <= ln2/2, and a degree-6 Taylor polynomial for e^r: relative
-// error ~2e-7, about 2 ulp. Branch-free so the loops calling it vectorize, unlike std::exp
-// which costs ~4 ns per call and dominated a 49k-entry sample.
-inline float ExpNonPositive(float x) {
-  constexpr float kLog2e = 1.44269504088896341f;
-  constexpr float kLn2Hi = 0.693359375f;
-  constexpr float kLn2Lo = -2.12194440e-4f;
-  // Selects are bit masks: a ?: here is control flow that stops the loops vectorizing.
-  const int32_t keep = -static_cast<int32_t>(x >= -87.0f);  // all ones, or 0 (also for NaN)
-  const float xc = std::bit_cast<float>(std::bit_cast<int32_t>(x) & keep);
-  // Round to nearest by adding and removing 1.5 * 2^23 (plain SSE2 has no round instruction).
-  constexpr float kRound = 12582912.0f;
-  const float n = (xc * kLog2e + kRound) - kRound;
-  const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
-  float p = 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n, n in [-126, 0]
-  const float result = p * std::bit_cast<float>(bits);
-  return std::bit_cast<float>(std::bit_cast<int32_t>(result) & keep);
-}
 
 // The whole-vocabulary passes below are written as plain elementwise loops or with explicit
 // independent accumulators so the compiler vectorizes them without -ffast-math, and so their

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "common/check.h"
+#include "common/exp_non_positive.h"
 #include "kernels/ref/sample_ref.h"
 
 namespace tandem::kernels::cpu {
@@ -18,29 +19,7 @@ size_t RoundUp64(size_t n) { return (n + 63) / 64 * 64; }
 
 inline float Sanitized(float v) { return v == v ? v : kNegInf; }
 
-// exp(x) for x <= 0: Cody-Waite reduction x = n ln2 + r, |r| <= ln2 / 2, and a degree-6 Taylor
-// polynomial, ~2e-7 relative (model::Sampler's, which kernels/ cannot include). 0 below -87
-// and for NaN, so masked tokens get no mass. Branch-free, so the loops calling it vectorize.
-inline float ExpNonPositive(float x) {
-  constexpr float kLog2e = 1.44269504088896341f;
-  constexpr float kLn2Hi = 0.693359375f;
-  constexpr float kLn2Lo = -2.12194440e-4f;
-  const int32_t keep = -static_cast<int32_t>(x >= -87.0f);  // all ones, or 0 (also for NaN)
-  const float xc = std::bit_cast<float>(std::bit_cast<int32_t>(x) & keep);
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding and removing it rounds
-  const float n = (xc * kLog2e + kRound) - kRound;
-  const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
-  float p = 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n, n in [-126, 0]
-  const float result = p * std::bit_cast<float>(bits);
-  return std::bit_cast<float>(std::bit_cast<int32_t>(result) & keep);
-}
+using ::tandem::ExpNonPositive;
 
 // The passes over the vocabulary run in fixed blocks of kBlock with a scalar tail: -O2 only
 // vectorizes loops that need no peel or epilogue.
