@@ -112,6 +112,9 @@ struct AttentionParams {
   const int32_t* block_tables;  // [n_seqs, max_blocks_per_seq] block ids
   int n_tokens = 0;
   int n_seqs = 0;
+  // The row stride of block_tables. A sequence's table may be narrower than its row (the model
+  // interleaves one table per KV layer group in a row): entries past a token's block are not
+  // read.
   int max_blocks_per_seq = 0;
   int n_heads = 0;
   int n_kv_heads = 0;  // n_heads % n_kv_heads == 0 (GQA)

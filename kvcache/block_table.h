@@ -1,9 +1,13 @@
 // BlockTable: one sequence's list of KV blocks, in position order, and its token count.
 // Position p of the sequence lives in slot blocks[p / block_size] * block_size + p % block_size.
+// With local layer groups (kvcache::KvGroups), the table has one such list per group: group 0
+// (blocks()) covers every position, a local group only its window's, its earlier entries -1
+// once their blocks went back to the pool. KvManager keeps the groups; the table only holds
+// them.
 //
 // Thread safety: engine thread only.
-// Invariants: blocks().size() * block_size >= num_tokens(); every block holds a reference in
-// the pool it came from until Release().
+// Invariants: blocks().size() * block_size >= num_tokens(); every block (not -1) of every group
+// holds a reference in the pool it came from until Release().
 #ifndef TANDEM_KVCACHE_BLOCK_TABLE_H_
 #define TANDEM_KVCACHE_BLOCK_TABLE_H_
 
@@ -26,7 +30,13 @@ class BlockTable {
 
   int block_size() const { return block_size_; }
   int num_tokens() const { return num_tokens_; }
-  const std::vector<int32_t>& blocks() const { return blocks_; }
+  const std::vector<int32_t>& blocks() const { return groups_[0]; }
+  // Layer groups (KvGroups): 1 unless KvManager gave the table local groups.
+  int num_groups() const { return static_cast<int>(groups_.size()); }
+  const std::vector<int32_t>& group(int g) const { return groups_[g]; }
+  // KvManager only: sizes the table to n groups (the new ones empty), and the lists themselves.
+  void SetNumGroups(int n) { groups_.resize(n); }
+  std::vector<int32_t>& mutable_group(int g) { return groups_[g]; }
 
   // Blocks needed beyond those held to store `n_tokens` tokens in total.
   int BlocksNeeded(int n_tokens) const;
@@ -35,28 +45,38 @@ class BlockTable {
   // Records that the first `n` positions now hold KV (n <= capacity).
   void SetNumTokens(int n);
   int32_t SlotFor(int position) const;
-  // Returns every block to the pool; the table becomes empty.
+  // Returns every block of every group to the pool; the table becomes empty (one group).
   void Release(BlockPool& pool);
 
   // Prefix caching's place in the table (KvManager only): its first prefix_blocks() blocks
-  // are in the prefix cache (registered or shared from it), the last of them under chain hash
-  // prefix_hash(); once a block could not be registered, none after it is (prefix_closed()).
+  // are in the prefix cache (registered, shared from it, or equal to a cached copy of the same
+  // chain another sequence registered first), the last of them under chain hash prefix_hash(),
+  // the cached block standing for it being prefix_tail() (-1 before any) as registered at
+  // prefix_tail_generation(); once a block could not be registered, none after it is
+  // (prefix_closed()).
   int prefix_blocks() const { return prefix_blocks_; }
   uint64_t prefix_hash() const { return prefix_hash_; }
   bool prefix_closed() const { return prefix_closed_; }
-  void SetPrefix(int blocks, uint64_t hash, bool closed) {
+  int32_t prefix_tail() const { return prefix_tail_; }
+  uint64_t prefix_tail_generation() const { return prefix_tail_generation_; }
+  void SetPrefix(int blocks, uint64_t hash, bool closed, int32_t tail = -1,
+                 uint64_t tail_generation = 0) {
     prefix_blocks_ = blocks;
     prefix_hash_ = hash;
     prefix_closed_ = closed;
+    prefix_tail_ = tail;
+    prefix_tail_generation_ = tail_generation;
   }
 
  private:
   int block_size_;
   int num_tokens_ = 0;
-  std::vector<int32_t> blocks_;
+  std::vector<std::vector<int32_t>> groups_{1};  // [0] is blocks()
   int prefix_blocks_ = 0;
   uint64_t prefix_hash_ = 0;
   bool prefix_closed_ = false;
+  int32_t prefix_tail_ = -1;
+  uint64_t prefix_tail_generation_ = 0;
 };
 
 }  // namespace tandem::kvcache

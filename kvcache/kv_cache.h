@@ -9,12 +9,36 @@
 
 #include <memory>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
 #include "kvcache/block_pool.h"
 
 namespace tandem::kvcache {
+
+// How the model's layers share a page (block id) of the cache. Every layer whose KV covers the
+// whole context is in a full group; with `window_local`, layers that attend to a sliding
+// window only are in local groups, whose tables keep just the pages of the last `window`
+// positions (the rest go back to the pool as a sequence moves on). A page holds one block of
+// `layers_per_group` layers, so pages of every group come from one pool and the split between
+// full and local KV follows the load. Group 0 is always full: it is the one a sequence's
+// length and the prefix cache's chain are read from. Without local groups there is one group
+// of all layers, and the layout is the plain [n_layers, n_blocks, ...].
+struct KvGroups {
+  int layers_per_group = 0;   // KvCacheView::n_layers
+  std::vector<int> window;    // [n_groups]: 0 for a full group, else its layers' window
+  std::vector<int> group_of;  // [n_layers]: the group of each layer
+  std::vector<int> slot_of;   // [n_layers]: the layer's index within its group's pages
+
+  int n_groups() const { return static_cast<int>(window.size()); }
+  bool windowed() const { return n_groups() > 1 && window.back() > 0; }
+  // The first position a chunk starting at `start` reads in a group of this window: keys before
+  // it are outside every query's window (llama.cpp's rule, kernels::AttentionParams::window).
+  static int FirstNeeded(int start, int window) {
+    return window > 0 && start > window - 1 ? start - (window - 1) : 0;
+  }
+};
 
 struct KvCacheConfig {
   int n_layers = 0;
@@ -25,9 +49,20 @@ struct KvCacheConfig {
   // Size of the cache: num_blocks when > 0, else as many blocks as fit in memory_bytes.
   int num_blocks = 0;
   size_t memory_bytes = 0;
+  // Sliding-window layers (Gemma 2/3): the model's facts. With window_local set, those layers
+  // keep only their window's pages (KvGroups); otherwise every layer keeps the whole context.
+  // Local groups need at least one full layer; without one the layout stays whole-context.
+  int sliding_window = 0;
+  std::vector<bool> sliding_layers;  // [n_layers], or empty
+  bool window_local = false;
+  // The most tokens one step computes for a sequence (a prefill chunk): bounds the local pages
+  // a sequence holds, for capacity_tokens(). 0: a whole prompt in one step.
+  int max_step_tokens = 0;
 
   absl::Status Validate() const;
-  // Bytes one block takes over all layers, K and V, scales included.
+  // The layers' grouping into pages.
+  KvGroups Groups() const;
+  // Bytes one block (page) takes: K and V of Groups().layers_per_group layers, scales included.
   size_t BytesPerBlock() const;
 };
 

@@ -1,6 +1,7 @@
 #include "kvcache/kv_manager.h"
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -29,6 +30,7 @@ uint64_t ChainHash(uint64_t parent, std::span<const int32_t> tokens) {
 
 KvManager::KvManager(std::unique_ptr<KvCache> cache) : cache_(std::move(cache)) {
   TANDEM_CHECK(cache_ != nullptr);
+  groups_ = cache_->config().Groups();
 }
 
 absl::StatusOr<std::unique_ptr<KvManager>> KvManager::Create(const KvCacheConfig& config,
@@ -44,23 +46,82 @@ void KvManager::CheckTable(const BlockTable& table) const {
 
 int KvManager::BlocksNeeded(const BlockTable& table, int n_tokens) const {
   CheckTable(table);
-  return table.BlocksNeeded(n_tokens);
+  const int bs = block_size();
+  const int end = (n_tokens + bs - 1) / bs;
+  int needed = table.BlocksNeeded(n_tokens);
+  for (int g = 1; g < groups_.n_groups(); ++g) {
+    const int first = KvGroups::FirstNeeded(table.num_tokens(), groups_.window[g]) / bs;
+    const std::vector<int32_t>* held = g < table.num_groups() ? &table.group(g) : nullptr;
+    for (int i = first; i < end; ++i) {
+      if (held == nullptr || i >= static_cast<int>(held->size()) || (*held)[i] < 0) ++needed;
+    }
+  }
+  return needed;
+}
+
+int KvManager::CountReleasable(const BlockTable& table) const {
+  int n = 0;
+  const int groups = std::min(groups_.n_groups(), table.num_groups());
+  for (int g = 1; g < groups; ++g) {
+    const int first = KvGroups::FirstNeeded(table.num_tokens(), groups_.window[g]) / block_size();
+    const std::vector<int32_t>& held = table.group(g);
+    for (int i = 0; i < std::min(first, static_cast<int>(held.size())); ++i) {
+      if (held[i] < 0) continue;
+      // Free once the table lets go, or evictable (which counts as free) if only cached then.
+      const int refs = RefCount(held[i]);
+      if (refs == 1 || (refs == 2 && prefix_caching_ && cached_[held[i]].cached)) ++n;
+    }
+  }
+  return n;
+}
+
+void KvManager::ReleaseOutOfWindow(BlockTable& table) {
+  const int groups = std::min(groups_.n_groups(), table.num_groups());
+  for (int g = 1; g < groups; ++g) {
+    const int first = KvGroups::FirstNeeded(table.num_tokens(), groups_.window[g]) / block_size();
+    std::vector<int32_t>& held = table.mutable_group(g);
+    for (int i = 0; i < std::min(first, static_cast<int>(held.size())); ++i) {
+      if (held[i] < 0) continue;
+      DropRef(held[i]);
+      held[i] = -1;
+    }
+  }
 }
 
 bool KvManager::CanAppend(const BlockTable& table, int n_tokens) const {
-  return CanAllocate(BlocksNeeded(table, n_tokens));
+  return BlocksNeeded(table, n_tokens) <= num_free() + CountReleasable(table);
 }
 
 absl::Status KvManager::Append(BlockTable& table, int n_tokens) {
   CheckTable(table);
-  const int needed = table.BlocksNeeded(n_tokens);
+  if (table.num_groups() < groups_.n_groups()) table.SetNumGroups(groups_.n_groups());
+  ReleaseOutOfWindow(table);
+  const int needed = BlocksNeeded(table, n_tokens);
   if (needed > num_free()) {
     return absl::ResourceExhaustedError(
         absl::StrCat("KV cache: need ", needed, " blocks, ", num_free(), " free"));
   }
   MakeRoom(needed);
-  // BlockPool::Allocate is all or nothing, so a refusal leaves table and pool unchanged.
-  return table.Reserve(cache_->pool(), n_tokens);
+  // BlockPool::Allocate is all or nothing and MakeRoom made room for all groups at once, so a
+  // refusal leaves table and pool unchanged.
+  const int own = table.BlocksNeeded(n_tokens);
+  TANDEM_RETURN_IF_ERROR(table.Reserve(cache_->pool(), n_tokens));
+  if (needed == own) return absl::OkStatus();
+  std::vector<int32_t> fresh;
+  TANDEM_CHECK_OK(cache_->pool().Allocate(needed - own, &fresh));
+  const int bs = block_size();
+  const int end = (n_tokens + bs - 1) / bs;
+  size_t next = 0;
+  for (int g = 1; g < groups_.n_groups(); ++g) {
+    const int first = KvGroups::FirstNeeded(table.num_tokens(), groups_.window[g]) / bs;
+    std::vector<int32_t>& held = table.mutable_group(g);
+    if (static_cast<int>(held.size()) < end) held.resize(end, -1);
+    for (int i = first; i < end; ++i) {
+      if (held[i] < 0) held[i] = fresh[next++];
+    }
+  }
+  TANDEM_CHECK_EQ(next, fresh.size());
+  return absl::OkStatus();
 }
 
 void KvManager::Free(BlockTable& table) {
@@ -69,10 +130,48 @@ void KvManager::Free(BlockTable& table) {
     table.Release(cache_->pool());
     return;
   }
-  const std::vector<int32_t> blocks = table.blocks();
+  // The chain's tail first in line for eviction (its head is what other prompts share), and
+  // of each block its other groups' pages before its group-0 page, their anchor.
+  std::vector<int32_t> order;
+  for (int i = static_cast<int>(table.blocks().size()) - 1; i >= 0; --i) {
+    for (int g = table.num_groups() - 1; g >= 0; --g) {
+      const std::vector<int32_t>& held = table.group(g);
+      if (i < static_cast<int>(held.size()) && held[i] >= 0) order.push_back(held[i]);
+    }
+  }
   table.Release(cache_->pool());
-  // The chain's tail first in line for eviction: its head is what other prompts share.
-  for (auto it = blocks.rbegin(); it != blocks.rend(); ++it) OnReleased(*it);
+  for (int32_t b : order) OnReleased(b);
+}
+
+int KvManager::capacity_tokens() const {
+  const int total = num_total();
+  const int bs = block_size();
+  if (groups_.n_groups() == 1) return total * bs;
+  // Blocks a sequence of k blocks of context holds at most: all of them in a full group; in a
+  // local group the window before a step's first position plus that step (a chunk of at most
+  // max_step_tokens, ending anywhere in a block), and never more than k.
+  auto held = [&](int64_t k) {
+    int64_t n = 0;
+    for (int w : groups_.window) {
+      if (w == 0) {
+        n += k;
+        continue;
+      }
+      const int64_t step = config().max_step_tokens > 0 ? config().max_step_tokens : k * bs;
+      n += std::min<int64_t>(k, (w - 1 + step + bs - 1) / bs + 1);
+    }
+    return n;
+  };
+  int64_t lo = 0, hi = total;  // held(lo) <= total; the answer is the largest such k
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (held(mid) <= total) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return static_cast<int>(std::min<int64_t>(lo * bs, std::numeric_limits<int>::max()));
 }
 
 double KvManager::Usage() const {
@@ -89,23 +188,37 @@ void KvManager::OnReleased(int32_t block) {
 }
 
 void KvManager::MakeRoom(int n) {
-  while (cache_->pool().num_free() < n && !lru_.empty()) {
-    const int32_t b = lru_.front();
-    lru_.pop_front();
-    CachedBlock& c = cached_[b];
-    {
-      std::lock_guard<std::mutex> lock(index_mu_);
+  while (cache_->pool().num_free() < n && !lru_.empty()) Uncache(lru_.front());
+}
+
+void KvManager::Uncache(int32_t b) {
+  CachedBlock& c = cached_[b];
+  TANDEM_CHECK(c.cached);
+  if (c.group == 0) {
+    // Its pages in the other groups are of no use without it.
+    for (int g = 1; g < groups_.n_groups(); ++g) {
+      if (anchored_[g][b] >= 0) Uncache(anchored_[g][b]);
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(index_mu_);
+    if (c.group == 0) {
       auto it = by_hash_.find(c.hash);
       if (it != by_hash_.end() && it->second == b) by_hash_.erase(it);
-      c.cached = false;
-      c.tokens.clear();
+    } else {
+      anchored_[c.group][c.parent] = -1;
     }
-    c.evictable = false;
-    --num_cached_;
-    ++stats_.evicted_blocks;
-    const int32_t one[] = {b};
-    cache_->pool().Free(one);  // the cache's reference, its last
+    c.cached = false;
+    c.tokens.clear();
   }
+  if (c.evictable) {
+    lru_.erase(c.lru_pos);
+    c.evictable = false;
+  }
+  --num_cached_;
+  ++stats_.evicted_blocks;
+  const int32_t one[] = {b};
+  cache_->pool().Free(one);  // the cache's reference (the last, if it was evictable)
 }
 
 void KvManager::EnablePrefixCaching() {
@@ -113,12 +226,15 @@ void KvManager::EnablePrefixCaching() {
   {
     std::lock_guard<std::mutex> lock(index_mu_);
     cached_.assign(num_total(), CachedBlock{});
+    anchored_.assign(groups_.n_groups(), std::vector<int32_t>());
+    for (int g = 1; g < groups_.n_groups(); ++g) anchored_[g].assign(num_total(), -1);
   }
   prefix_caching_ = true;
 }
 
-void KvManager::FindPrefix(std::span<const int32_t> tokens, int max_tokens,
-                           std::vector<int32_t>* blocks, uint64_t* hash) const {
+void KvManager::FindPrefix(std::span<const int32_t> tokens, int max_tokens, PrefixHit* hit) const {
+  std::vector<int32_t>* blocks = &hit->blocks;
+  std::vector<uint64_t> hashes;
   const int bs = block_size();
   const int n_blocks = std::max(0, std::min(max_tokens, static_cast<int>(tokens.size()))) / bs;
   uint64_t h = 0;
@@ -136,34 +252,67 @@ void KvManager::FindPrefix(std::span<const int32_t> tokens, int max_tokens,
       break;
     }
     blocks->push_back(it->second);
+    hashes.push_back(hi);
     prev = it->second;
     h = hi;
   }
-  *hash = h;
+  hit->hash = h;
+  if (groups_.n_groups() == 1) return;
+  // The other groups: the longest k whose first uncomputed position, k * bs, finds every page
+  // it reads cached beside the chain's (full groups: all k; local groups: the window's).
+  auto present = [&](int g, int k) {
+    for (int i = KvGroups::FirstNeeded(k * bs, groups_.window[g]) / bs; i < k; ++i) {
+      if (anchored_[g][(*blocks)[i]] < 0) return false;
+    }
+    return true;
+  };
+  int k = static_cast<int>(blocks->size());
+  for (; k > 0; --k) {
+    bool all = true;
+    for (int g = 1; all && g < groups_.n_groups(); ++g) all = present(g, k);
+    if (all) break;
+  }
+  blocks->resize(k);
+  hit->hash = k > 0 ? hashes[k - 1] : 0;
+  hit->groups.assign(groups_.n_groups(), {});
+  for (int g = 1; g < groups_.n_groups(); ++g) {
+    hit->groups[g].assign(k, -1);
+    for (int i = KvGroups::FirstNeeded(k * bs, groups_.window[g]) / bs; i < k; ++i) {
+      hit->groups[g][i] = anchored_[g][(*blocks)[i]];
+    }
+  }
 }
 
 int KvManager::MatchPrefix(std::span<const int32_t> tokens, int max_tokens, BlockTable& table) {
   CheckTable(table);
   TANDEM_CHECK(table.blocks().empty());
   if (!prefix_caching_) return 0;
-  std::vector<int32_t> hit;
-  uint64_t h = 0;
-  FindPrefix(tokens, max_tokens, &hit, &h);  // the engine thread: no lock to read
-  if (hit.empty()) return 0;
-  for (int32_t b : hit) AddRef(b);  // the table's reference
-  const int n = static_cast<int>(hit.size());
-  table = BlockTable::Adopt(block_size(), std::move(hit), n * block_size());
-  table.SetPrefix(n, h, false);
+  PrefixHit hit;
+  FindPrefix(tokens, max_tokens, &hit);  // the engine thread: no lock to read
+  if (hit.blocks.empty()) return 0;
+  for (int32_t b : hit.blocks) AddRef(b);  // the table's reference
+  const int n = static_cast<int>(hit.blocks.size());
+  table = BlockTable::Adopt(block_size(), std::move(hit.blocks), n * block_size());
+  if (groups_.n_groups() > 1) {
+    table.SetNumGroups(groups_.n_groups());
+    for (int g = 1; g < groups_.n_groups(); ++g) {
+      for (int32_t b : hit.groups[g]) {
+        if (b >= 0) AddRef(b);
+      }
+      table.mutable_group(g) = std::move(hit.groups[g]);
+    }
+  }
+  const int32_t tail = table.blocks().back();
+  table.SetPrefix(n, hit.hash, false, tail, cached_[tail].generation);
   return n * block_size();
 }
 
 int KvManager::PeekPrefix(std::span<const int32_t> tokens, int max_tokens) const {
   if (!prefix_caching_) return 0;
-  std::vector<int32_t> hit;
-  uint64_t h = 0;
+  PrefixHit hit;
   std::lock_guard<std::mutex> lock(index_mu_);
-  FindPrefix(tokens, max_tokens, &hit, &h);
-  return static_cast<int>(hit.size()) * block_size();
+  FindPrefix(tokens, max_tokens, &hit);
+  return static_cast<int>(hit.blocks.size()) * block_size();
 }
 
 void KvManager::RecordPrefixQuery(int queried, int hit) {
@@ -179,23 +328,40 @@ void KvManager::CacheFullBlocks(std::span<const int32_t> tokens, BlockTable& tab
   if (table.prefix_blocks() >= full) return;
   TANDEM_CHECK_LE(table.num_tokens(), static_cast<int>(tokens.size()));
   uint64_t h = table.prefix_hash();
+  int32_t tail = table.prefix_tail();
+  uint64_t tail_generation = table.prefix_tail_generation();
   for (int i = table.prefix_blocks(); i < full; ++i) {
     const int32_t b = table.blocks()[i];
     const std::span<const int32_t> mine = tokens.subspan(static_cast<size_t>(i) * bs, bs);
     const uint64_t hi = ChainHash(h, mine);
-    if (cached_[b].cached || by_hash_.count(hi) > 0) {
-      // Another copy of this chain is cached already (or, rarely, another chain under the
-      // same hash): this table's blocks from here on stay its own.
-      table.SetPrefix(i, h, /*closed=*/true);
-      return;
+    auto it = by_hash_.find(hi);
+    if (it != by_hash_.end()) {
+      // Another sequence registered this block first (it computed the same prefix at the same
+      // time, or a hit was cut short by a local group): when it is exactly this chain, it
+      // stands for this table's block, which lends it the pages it lacks in other groups.
+      const CachedBlock& twin = cached_[it->second];
+      const bool exact =
+          twin.parent == tail && (tail < 0 || twin.parent_generation == tail_generation) &&
+          std::equal(mine.begin(), mine.end(), twin.tokens.begin(), twin.tokens.end());
+      if (!exact || cached_[b].cached) {
+        // Another chain under the same hash (rare): this table's blocks stay its own.
+        table.SetPrefix(i, h, /*closed=*/true, tail, tail_generation);
+        return;
+      }
+      AnchorPages(table, i, it->second);
+      tail = it->second;
+      tail_generation = twin.generation;
+      h = hi;
+      continue;
     }
     CachedBlock& c = cached_[b];
     {
       std::lock_guard<std::mutex> lock(index_mu_);
       c.cached = true;
+      c.group = 0;
       c.hash = hi;
-      c.parent = i > 0 ? table.blocks()[i - 1] : -1;
-      c.parent_generation = i > 0 ? cached_[c.parent].generation : 0;
+      c.parent = tail;
+      c.parent_generation = tail_generation;
       c.generation = ++generation_;
       c.tokens.assign(mine.begin(), mine.end());
       by_hash_.emplace(hi, b);
@@ -203,9 +369,38 @@ void KvManager::CacheFullBlocks(std::span<const int32_t> tokens, BlockTable& tab
     c.evictable = false;
     cache_->pool().AddRef(b);  // the cache's own reference
     ++num_cached_;
+    AnchorPages(table, i, b);
+    tail = b;
+    tail_generation = c.generation;
     h = hi;
   }
-  table.SetPrefix(full, h, false);
+  table.SetPrefix(full, h, false, tail, tail_generation);
+}
+
+void KvManager::AnchorPages(const BlockTable& table, int index, int32_t anchor) {
+  // A local page of a block just completed is still held: a step returns local pages only
+  // before the next one.
+  for (int g = 1; g < std::min(groups_.n_groups(), table.num_groups()); ++g) {
+    const std::vector<int32_t>& held = table.group(g);
+    if (index >= static_cast<int>(held.size()) || held[index] < 0) continue;
+    const int32_t page = held[index];
+    CachedBlock& pc = cached_[page];
+    if (pc.cached || anchored_[g][anchor] >= 0) continue;
+    {
+      std::lock_guard<std::mutex> lock(index_mu_);
+      pc.cached = true;
+      pc.group = g;
+      pc.hash = 0;
+      pc.parent = anchor;
+      pc.parent_generation = cached_[anchor].generation;
+      pc.generation = ++generation_;
+      pc.tokens.clear();
+      anchored_[g][anchor] = page;
+    }
+    pc.evictable = false;
+    cache_->pool().AddRef(page);  // the cache's own reference
+    ++num_cached_;
+  }
 }
 
 KvManager::PrefixCacheStats KvManager::prefix_stats() const {
@@ -216,6 +411,11 @@ KvManager::PrefixCacheStats KvManager::prefix_stats() const {
 }
 
 absl::StatusOr<KvLease> KvManager::Reserve(int n_blocks, absl::Time expires) {
+  if (groups_.n_groups() > 1) {
+    return absl::FailedPreconditionError(
+        "KV lease: this cache keeps sliding-window layers apart (local layer groups), which KV "
+        "transfer does not carry");
+  }
   if (n_blocks < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("KV lease: need at least one block, got ", n_blocks));
@@ -299,6 +499,7 @@ size_t KvManager::LayerBlockScaleBytes() const {
 }
 
 BlockLayerView KvManager::LayerView(int32_t block, int layer) const {
+  TANDEM_CHECK_EQ(groups_.n_groups(), 1);
   const kernels::KvCacheView& v = view();
   TANDEM_CHECK(block >= 0 && block < v.n_blocks);
   TANDEM_CHECK(layer >= 0 && layer < v.n_layers);

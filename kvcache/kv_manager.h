@@ -17,13 +17,25 @@
 // Mutating calls: Append, Free, Reserve, Renew, Import, Abort, ExpireLeases, AddRef, DropRef,
 // MatchPrefix, CacheFullBlocks. Append is the one the scheduler uses to grow a sequence.
 //
+// Local layer groups (KvGroups, when the cache config asks for them): a table holds a list of
+// blocks per group; a local group's blocks before its window are returned by Append (the
+// sequence never reads them again), so a sliding-window model's local layers hold about
+// window + one step of KV per sequence whatever the context. A "block" in every count below is
+// one page of any group. With local groups, the prefix cache registers each group's page of a
+// block beside the group-0 page (its anchor) and a hit also needs, in every other group, the
+// pages the first uncomputed position reads (the whole prefix for a full group, the window for
+// a local one): a local page that left the window is cached as long as it is not evicted.
+// Leases, Import and the layer export are for one-group tables only (KV transfer does not
+// carry local groups yet): Reserve refuses, the export CHECKs.
+//
 // Thread safety: not synchronized, except PeekPrefix (any thread). Owned and called by its
 // instance's engine thread only; a transfer thread must go through the engine thread to touch
 // leases or tables.
 //
 // Invariants:
 // - Every block is in exactly one of: the free list (ref 0), one or more BlockTables, or one
-//   lease (ref 1), or the prefix cache alone (ref 1, evictable). A cached block holds one
+//   lease (ref 1), or the prefix cache alone (ref 1, evictable). A block belongs to one group
+//   from allocation until it is free again. A cached block holds one
 //   reference of the cache's besides its tables'. num_free() (free list plus evictable) +
 //   blocks held by tables + num_leased_blocks() == num_total() when no block is shared.
 // - A lease's blocks are never on the free list and are not in any table until Import.
@@ -77,24 +89,31 @@ class KvManager {
   KvManager& operator=(const KvManager&) = delete;
 
   const KvCacheConfig& config() const { return cache_->config(); }
+  const KvGroups& groups() const { return groups_; }
   // What the model's kernels read and write.
   const kernels::KvCacheView& view() const { return cache_->view(); }
   int block_size() const { return config().block_size; }
   int num_total() const { return cache_->pool().num_total(); }  // blocks
   // Free blocks, cached ones no table holds included (leased blocks are not free).
   int num_free() const { return cache_->pool().num_free() + static_cast<int>(lru_.size()); }
-  int capacity_tokens() const { return num_total() * block_size(); }
+  // The longest sequence the whole cache can hold (with local groups, counting a local
+  // group's window plus one step, config().max_step_tokens, per sequence).
+  int capacity_tokens() const;
   double Usage() const;  // 1 - num_free / total
 
   // Queries. Tables must have been made with this manager's block size (CHECKed).
-  // Blocks beyond those `table` holds needed to store `n_tokens` tokens in total.
+  // Blocks beyond those `table` holds needed to store `n_tokens` tokens in total, in every
+  // group (a local group: the positions from its window before num_tokens() on).
   int BlocksNeeded(const BlockTable& table, int n_tokens) const;
   bool CanAllocate(int n_blocks) const { return n_blocks <= num_free(); }
+  // Whether Append(table, n_tokens) would succeed now (counting the local blocks it returns).
   bool CanAppend(const BlockTable& table, int n_tokens) const;
 
   // Grows `table` to hold `n_tokens` tokens in total, all or nothing: ResourceExhausted when
-  // short, and then the table and the pool are unchanged. Does not touch num_tokens(): the
-  // positions hold KV only once the step that computes them has run (BlockTable::SetNumTokens).
+  // short, and then the pool holds the same blocks for the table (only local blocks before the
+  // window may have gone back). Does not touch num_tokens(): the positions hold KV only once
+  // the step that computes them has run (BlockTable::SetNumTokens), and the window is counted
+  // from num_tokens(), the first position the next step computes.
   absl::Status Append(BlockTable& table, int n_tokens);
   // Returns one reference on every block of `table`; the table becomes empty. Its cached
   // blocks no other table holds become evictable, its last block first in line.
@@ -128,7 +147,8 @@ class KvManager {
   PrefixCacheStats prefix_stats() const;
 
   // Remote reservations (the decode side of a transfer). Reserve takes n_blocks off the free
-  // list for a sender to fill: ResourceExhausted when short, InvalidArgument when n_blocks < 1.
+  // list for a sender to fill: ResourceExhausted when short, InvalidArgument when n_blocks < 1,
+  // FailedPrecondition with local groups.
   absl::StatusOr<KvLease> Reserve(int n_blocks, absl::Time expires);
   // Moves a live lease's deadline to `expires`. NotFound when the id is unknown, already
   // imported, aborted or expired by ExpireLeases.
@@ -145,8 +165,8 @@ class KvManager {
   int num_leases() const { return static_cast<int>(leases_.size()); }
   int num_leased_blocks() const { return num_leased_blocks_; }
 
-  // Export: where one block of one layer lives (CHECKs block and layer), and the per-layer
-  // views of a table's blocks in position order (*out is cleared first).
+  // Export: where one block of one layer lives (CHECKs block and layer, and one group), and the
+  // per-layer views of a table's blocks in position order (*out is cleared first).
   BlockLayerView LayerView(int32_t block, int layer) const;
   void ExportLayer(const BlockTable& table, int layer, std::vector<BlockLayerView>* out) const;
   // Bytes of one BlockLayerView's k (== its v).
@@ -170,14 +190,31 @@ class KvManager {
   void OnReleased(int32_t block);
   // The cached blocks of the longest cached prefix of tokens[0, max_tokens) into *blocks, and
   // the chain hash of the last. Reads the index only: the engine thread, or under index_mu_.
-  void FindPrefix(std::span<const int32_t> tokens, int max_tokens, std::vector<int32_t>* blocks,
-                  uint64_t* hash) const;
+  // A hit: the chain's blocks and, with local groups, each other group's pages of them (-1
+  // before its window).
+  struct PrefixHit {
+    std::vector<int32_t> blocks;               // group 0
+    std::vector<std::vector<int32_t>> groups;  // [n_groups], [0] unused
+    uint64_t hash = 0;                         // chain hash of the last of blocks
+  };
+  void FindPrefix(std::span<const int32_t> tokens, int max_tokens, PrefixHit* hit) const;
+  // Returns local blocks of `table` wholly before the window of its next step; how many of
+  // them that frees (CountReleasable) without doing it.
+  void ReleaseOutOfWindow(BlockTable& table);
+  int CountReleasable(const BlockTable& table) const;
+  // Registers `table`'s pages of block `index` in the groups other than 0, anchored to the
+  // cached group-0 block `anchor`, where that block has none yet.
+  void AnchorPages(const BlockTable& table, int index, int32_t anchor);
+  // Takes a cached block out of the cache (the index and its reference): an evictable one goes
+  // back to the free list. A group-0 block takes its anchored pages out with it.
+  void Uncache(int32_t block);
 
   // Prefix cache, per block (sized num_total() once enabled).
   struct CachedBlock {
     bool cached = false;
-    uint64_t hash = 0;    // chain hash it is registered under
-    int32_t parent = -1;  // the block before it in its chain (-1: the first)
+    int group = 0;        // 0: a chain block; else anchored to the group-0 block `parent`
+    uint64_t hash = 0;    // chain hash it is registered under (group 0)
+    int32_t parent = -1;  // the block before it in its chain (-1: the first), or the anchor
     uint64_t parent_generation = 0;
     uint64_t generation = 0;      // when it was registered (unique, increasing)
     std::vector<int32_t> tokens;  // its block_size tokens
@@ -187,6 +224,7 @@ class KvManager {
 
   // Constant after construction.
   std::unique_ptr<KvCache> cache_;
+  KvGroups groups_;
 
   // Engine thread only. Ordered by id, so ExpireLeases frees in the order leases were made.
   std::map<uint64_t, KvLease> leases_;
@@ -198,7 +236,9 @@ class KvManager {
   mutable std::mutex index_mu_;
   std::vector<CachedBlock> cached_;
   std::unordered_map<uint64_t, int32_t> by_hash_;  // chain hash -> block
-  std::list<int32_t> lru_;                         // evictable, front evicted first
+  // [n_groups][group-0 block] -> that block's cached page of the group, or -1 ([0] unused).
+  std::vector<std::vector<int32_t>> anchored_;
+  std::list<int32_t> lru_;  // evictable, front evicted first
   uint64_t generation_ = 0;
   int num_cached_ = 0;
   PrefixCacheStats stats_;

@@ -17,10 +17,15 @@ namespace tandem::model {
 
 class BatchBuilder {
  public:
-  // max_blocks_per_seq: the width of each block-table row (LlamaModel::max_blocks_per_seq()).
-  explicit BatchBuilder(int max_blocks_per_seq) : max_blocks_per_seq_(max_blocks_per_seq) {}
+  // max_blocks_per_seq: the width of each block-table row (LlamaModel::max_blocks_per_seq());
+  // n_groups: the cache's layer groups (kvcache::KvGroups::n_groups()).
+  explicit BatchBuilder(int max_blocks_per_seq, int n_groups = 1)
+      : max_blocks_per_seq_(max_blocks_per_seq), n_groups_(n_groups) {}
 
-  void Clear() { batch_.Clear(); }
+  void Clear() {
+    batch_.Clear();
+    batch_.n_groups = n_groups_;
+  }
   // Adds `tokens` at positions start_pos.. of the sequence whose KV lives in `table` (which
   // must already hold blocks for them). When want_logits, the last token's logits are
   // requested; returns the index of that row in Forward's output, else -1.
@@ -32,6 +37,7 @@ class BatchBuilder {
 
  private:
   int max_blocks_per_seq_;
+  int n_groups_;
   StepBatch batch_;
 };
 

@@ -1,5 +1,6 @@
 #include "model/llama_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -31,6 +32,9 @@ LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights, const ModelO
       options.max_blocks_per_seq > 0
           ? options.max_blocks_per_seq
           : (config_.context_length + options.block_size - 1) / options.block_size;
+  whole_groups_ = KvCacheLayout(kernels::KvDType::kF16, false).Groups();
+  windowed_groups_ = KvCacheLayout(kernels::KvDType::kF16, true).Groups();
+  max_groups_ = std::max(whole_groups_.n_groups(), windowed_groups_.n_groups());
 }
 
 LlamaModel::~LlamaModel() {
@@ -67,14 +71,24 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
   return model;
 }
 
-kvcache::KvCacheConfig LlamaModel::KvCacheLayout(kernels::KvDType dtype) const {
+kvcache::KvCacheConfig LlamaModel::KvCacheLayout(kernels::KvDType dtype, bool window_local) const {
   kvcache::KvCacheConfig kc;
   kc.n_layers = config_.n_layers;
   kc.n_kv_heads = config_.n_kv_heads;
   kc.head_dim = config_.head_dim;
   kc.block_size = options_.block_size;
   kc.dtype = dtype;
+  kc.sliding_window = config_.sliding_window;
+  if (config_.sliding_window > 0) kc.sliding_layers = config_.swa_layers;
+  kc.window_local = window_local;
+  kc.max_step_tokens = options_.max_batch_tokens;
   return kc;
+}
+
+const kvcache::KvGroups* LlamaModel::GroupsOf(const kernels::KvCacheView& cache) const {
+  if (cache.n_layers == whole_groups_.layers_per_group) return &whole_groups_;
+  if (cache.n_layers == windowed_groups_.layers_per_group) return &windowed_groups_;
+  return nullptr;
 }
 
 template <typename T>
@@ -105,9 +119,10 @@ absl::Status LlamaModel::AllocateScratch() {
   d_tokens_ = Scratch<int32_t>(t);
   d_positions_ = Scratch<int32_t>(t);
   d_token_seq_ = Scratch<int32_t>(t);
-  d_slots_ = Scratch<int32_t>(t);
+  d_slots_ = Scratch<int32_t>(t * max_groups_);
   d_rows_ = Scratch<int32_t>(r);
-  d_tables_ = Scratch<int32_t>(static_cast<size_t>(options_.max_seqs) * max_blocks_per_seq_);
+  d_tables_ =
+      Scratch<int32_t>(static_cast<size_t>(options_.max_seqs) * max_groups_ * max_blocks_per_seq_);
   for (void* p :
        {static_cast<void*>(x_), static_cast<void*>(h_), static_cast<void*>(q_),
         static_cast<void*>(k_), static_cast<void*>(v_), static_cast<void*>(attn_),
@@ -119,12 +134,12 @@ absl::Status LlamaModel::AllocateScratch() {
       return absl::ResourceExhaustedError("model: cannot allocate step scratch buffers");
     }
   }
-  slots_.resize(t);
+  slots_.resize(t * max_groups_);
   return absl::OkStatus();
 }
 
-absl::Status LlamaModel::ValidateBatch(const StepBatch& b,
-                                       const kernels::KvCacheView& cache) const {
+absl::Status LlamaModel::ValidateBatch(const StepBatch& b, const kernels::KvCacheView& cache,
+                                       const kvcache::KvGroups& groups) const {
   const int n = b.n_tokens();
   if (n == 0) return absl::InvalidArgumentError("step batch is empty");
   if (n > options_.max_batch_tokens) {
@@ -134,19 +149,24 @@ absl::Status LlamaModel::ValidateBatch(const StepBatch& b,
   if (b.positions.size() != b.tokens.size() || b.token_seq.size() != b.tokens.size()) {
     return absl::InvalidArgumentError("step batch: tokens, positions, token_seq lengths differ");
   }
+  if (b.n_groups != groups.n_groups()) {
+    return absl::InvalidArgumentError(absl::StrCat("step batch: block tables for ", b.n_groups,
+                                                   " layer groups, the KV cache has ",
+                                                   groups.n_groups()));
+  }
   if (b.n_seqs <= 0 || b.n_seqs > options_.max_seqs || b.max_blocks_per_seq <= 0 ||
       b.max_blocks_per_seq > max_blocks_per_seq_ ||
-      b.block_tables.size() != static_cast<size_t>(b.n_seqs) * b.max_blocks_per_seq) {
-    return absl::InvalidArgumentError(absl::StrCat("step batch: block tables must be n_seqs (1..",
-                                                   options_.max_seqs, ") x max_blocks_per_seq (1..",
-                                                   max_blocks_per_seq_, ")"));
+      b.block_tables.size() != static_cast<size_t>(b.n_seqs) * b.n_groups * b.max_blocks_per_seq) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "step batch: block tables must be n_seqs (1..", options_.max_seqs, ") x n_groups (",
+        b.n_groups, ") x max_blocks_per_seq (1..", max_blocks_per_seq_, ")"));
   }
   if (static_cast<int>(b.logit_rows.size()) > options_.max_logit_rows) {
     return absl::InvalidArgumentError(absl::StrCat("step batch: at most ", options_.max_logit_rows,
                                                    " logit rows allowed, got ",
                                                    b.logit_rows.size()));
   }
-  if (cache.block_size != options_.block_size || cache.n_layers != config_.n_layers ||
+  if (cache.block_size != options_.block_size || cache.n_layers != groups.layers_per_group ||
       cache.n_kv_heads != config_.n_kv_heads || cache.head_dim != config_.head_dim) {
     return absl::InvalidArgumentError("KV cache shape does not match the model");
   }
@@ -166,13 +186,18 @@ absl::Status LlamaModel::ValidateBatch(const StepBatch& b,
     if (block_index >= b.max_blocks_per_seq) {
       return absl::InvalidArgumentError("step batch: position beyond the sequence's block table");
     }
-    // Every block the token attends to must be a valid id.
-    const int32_t* table =
-        &b.block_tables[static_cast<size_t>(b.token_seq[i]) * b.max_blocks_per_seq];
-    for (int j = 0; j <= block_index; ++j) {
-      if (table[j] < 0 || table[j] >= cache.n_blocks) {
-        return absl::InvalidArgumentError(absl::StrCat("step batch: block id ", table[j],
-                                                       " out of range [0, ", cache.n_blocks, ")"));
+    // Every block the token attends to, in every group, must be a valid id.
+    for (int g = 0; g < b.n_groups; ++g) {
+      const int32_t* table =
+          &b.block_tables[(static_cast<size_t>(b.token_seq[i]) * b.n_groups + g) *
+                          b.max_blocks_per_seq];
+      const int first =
+          kvcache::KvGroups::FirstNeeded(b.positions[i], groups.window[g]) / cache.block_size;
+      for (int j = first; j <= block_index; ++j) {
+        if (table[j] < 0 || table[j] >= cache.n_blocks) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "step batch: block id ", table[j], " out of range [0, ", cache.n_blocks, ")"));
+        }
       }
     }
   }
@@ -185,7 +210,12 @@ absl::Status LlamaModel::ValidateBatch(const StepBatch& b,
 
 absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView& cache,
                                  float* logits, const LayerHook& on_layer_kv) {
-  TANDEM_RETURN_IF_ERROR(ValidateBatch(b, cache));
+  const kvcache::KvGroups* groups = GroupsOf(cache);
+  if (groups == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV cache of ", cache.n_layers, " layers per page does not match the model"));
+  }
+  TANDEM_RETURN_IF_ERROR(ValidateBatch(b, cache, *groups));
   const ModelConfig& c = config_;
   kernels::Backend& be = backend_;
   const kernels::Stream s = be.DefaultStream();
@@ -194,17 +224,21 @@ absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView&
   const int q_dim = c.n_heads * c.head_dim;
   const int kv_dim = c.n_kv_heads * c.head_dim;
 
-  // prepare: batch metadata to the device.
-  for (int i = 0; i < n; ++i) {
-    const int32_t* table =
-        &b.block_tables[static_cast<size_t>(b.token_seq[i]) * b.max_blocks_per_seq];
-    const int p = b.positions[i];
-    slots_[i] = table[p / cache.block_size] * cache.block_size + p % cache.block_size;
+  // prepare: batch metadata to the device; the slots of each group's KV append.
+  const int n_groups = b.n_groups;
+  for (int g = 0; g < n_groups; ++g) {
+    for (int i = 0; i < n; ++i) {
+      const int32_t* table = &b.block_tables[(static_cast<size_t>(b.token_seq[i]) * n_groups + g) *
+                                             b.max_blocks_per_seq];
+      const int p = b.positions[i];
+      slots_[static_cast<size_t>(g) * n + i] =
+          table[p / cache.block_size] * cache.block_size + p % cache.block_size;
+    }
   }
   be.CopyToDevice(d_tokens_, b.tokens.data(), n * sizeof(int32_t), s);
   be.CopyToDevice(d_positions_, b.positions.data(), n * sizeof(int32_t), s);
   be.CopyToDevice(d_token_seq_, b.token_seq.data(), n * sizeof(int32_t), s);
-  be.CopyToDevice(d_slots_, slots_.data(), n * sizeof(int32_t), s);
+  be.CopyToDevice(d_slots_, slots_.data(), static_cast<size_t>(n_groups) * n * sizeof(int32_t), s);
   if (n_out > 0) be.CopyToDevice(d_rows_, b.logit_rows.data(), n_out * sizeof(int32_t), s);
   be.CopyToDevice(d_tables_, b.block_tables.data(), b.block_tables.size() * sizeof(int32_t), s);
 
@@ -235,7 +269,9 @@ absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView&
   attn.block_tables = d_tables_;
   attn.n_tokens = n;
   attn.n_seqs = b.n_seqs;
-  attn.max_blocks_per_seq = b.max_blocks_per_seq;
+  // A sequence's row holds one table per group: each group's table is read with the row's
+  // whole width as its stride (attention reads no entry past a token's own block).
+  attn.max_blocks_per_seq = n_groups * b.max_blocks_per_seq;
   attn.n_heads = c.n_heads;
   attn.n_kv_heads = c.n_kv_heads;
   attn.head_dim = c.head_dim;
@@ -265,12 +301,15 @@ absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView&
     }
     rope.theta = c.LayerRopeTheta(il);
     be.Rope(rope, s);
-    append.layer = il;
+    const int group = groups->group_of[il];
+    append.layer = groups->slot_of[il];
+    append.slots = d_slots_ + static_cast<size_t>(group) * n;
     be.KvAppend(append, s);
     if (on_layer_kv && !on_layer_kv(il)) {
       return absl::CancelledError(absl::StrCat("the step was stopped after layer ", il));
     }
-    attn.layer = il;
+    attn.layer = groups->slot_of[il];
+    attn.block_tables = d_tables_ + static_cast<size_t>(group) * b.max_blocks_per_seq;
     attn.window = c.LayerWindow(il);
     be.Attention(attn, s);
     be.Matmul(*l.wo, attn_, n, h_, s);

@@ -73,11 +73,13 @@ class LlamaModel {
   const ModelOptions& options() const { return options_; }
   int max_blocks_per_seq() const { return max_blocks_per_seq_; }
   // The KV cache Forward accepts: the model's layers, KV heads and head size, pages of
-  // options().block_size tokens, entries of `dtype`. The size (num_blocks or memory_bytes) is
-  // left for the caller to choose.
-  kvcache::KvCacheConfig KvCacheLayout(kernels::KvDType dtype) const;
+  // options().block_size tokens, entries of `dtype`; with `window_local`, a sliding-window
+  // model's local layers in their own groups that keep only the window (kvcache::KvGroups).
+  // The size (num_blocks or memory_bytes) is left for the caller to choose.
+  kvcache::KvCacheConfig KvCacheLayout(kernels::KvDType dtype, bool window_local = false) const;
 
-  // Runs one step: appends the batch's K/V into `cache` and writes float logits
+  // Runs one step: appends the batch's K/V into `cache` (of either KvCacheLayout: the batch's
+  // n_groups says which) and writes float logits
   // [batch.logit_rows.size(), vocab] into `logits` (host memory; untouched when no rows
   // are requested, as for a prefill chunk in the middle of a prompt). InvalidArgument when the
   // batch breaks StepBatch's invariants or exceeds ModelOptions; nothing runs then.
@@ -90,7 +92,10 @@ class LlamaModel {
   LlamaModel(std::shared_ptr<const LlamaWeights> weights, const ModelOptions& options,
              kernels::Backend& backend);
   absl::Status AllocateScratch();
-  absl::Status ValidateBatch(const StepBatch& batch, const kernels::KvCacheView& cache) const;
+  // The grouping of `cache` (one of KvCacheLayout's two), or null when it matches neither.
+  const kvcache::KvGroups* GroupsOf(const kernels::KvCacheView& cache) const;
+  absl::Status ValidateBatch(const StepBatch& batch, const kernels::KvCacheView& cache,
+                             const kvcache::KvGroups& groups) const;
   template <typename T>
   T* Scratch(size_t count);
 
@@ -100,6 +105,9 @@ class LlamaModel {
   const ModelOptions options_;
   kernels::Backend& backend_;
   int max_blocks_per_seq_ = 0;
+  kvcache::KvGroups whole_groups_;              // KvCacheLayout(_, false).Groups(): one group
+  kvcache::KvGroups windowed_groups_;           // KvCacheLayout(_, true).Groups()
+  int max_groups_ = 1;                          // of the two
   std::vector<kernels::DeviceBuffer> buffers_;  // the scratch below, freed on destruction
 
   // Device scratch, sized by ModelOptions (engine thread only).
@@ -117,10 +125,10 @@ class LlamaModel {
   int32_t* d_tokens_ = nullptr;     // [max_batch_tokens]
   int32_t* d_positions_ = nullptr;  // [max_batch_tokens]
   int32_t* d_token_seq_ = nullptr;  // [max_batch_tokens]
-  int32_t* d_slots_ = nullptr;      // [max_batch_tokens]
+  int32_t* d_slots_ = nullptr;      // [max_groups, max_batch_tokens]
   int32_t* d_rows_ = nullptr;       // [max_logit_rows]
-  int32_t* d_tables_ = nullptr;     // [max_seqs, max_blocks_per_seq]
-  std::vector<int32_t> slots_;      // host staging, [max_batch_tokens]
+  int32_t* d_tables_ = nullptr;     // [max_seqs, max_groups, max_blocks_per_seq]
+  std::vector<int32_t> slots_;      // host staging, [max_groups, max_batch_tokens]
 };
 
 }  // namespace tandem::model

@@ -50,7 +50,7 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
 
 absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Finish(std::unique_ptr<ModelRunner> r) {
   const ModelRunnerConfig& config = r->config_;
-  kvcache::KvCacheConfig kc = r->model_->KvCacheLayout(config.kv_dtype);
+  kvcache::KvCacheConfig kc = r->model_->KvCacheLayout(config.kv_dtype, config.window_local_kv);
   kc.memory_bytes = config.kv_cache_bytes;
   if (config.kv_cache_bytes < kc.BytesPerBlock()) {
     return absl::InvalidArgumentError(
@@ -58,7 +58,8 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Finish(std::unique_ptr
                config.model.block_size, " tokens takes ", kc.BytesPerBlock(), " bytes)"));
   }
   TANDEM_ASSIGN_OR_RETURN(r->kv_, kvcache::KvManager::Create(kc, *r->backend_));
-  r->builder_ = std::make_unique<BatchBuilder>(r->model_->max_blocks_per_seq());
+  r->builder_ =
+      std::make_unique<BatchBuilder>(r->model_->max_blocks_per_seq(), r->kv_->groups().n_groups());
   r->logits_.resize(static_cast<size_t>(config.model.max_logit_rows) *
                     r->model_->config().vocab_size);
   return r;

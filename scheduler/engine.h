@@ -28,6 +28,8 @@ struct InstanceStats {
   int running = 0;        // sequences holding KV
   int waiting = 0;        // submitted, not running (queued or preempted)
   double kv_usage = 0.0;  // share of KV blocks in use
+  // Blocks (pages) of the KV cache; with local layer groups (kvcache::KvGroups) a page holds
+  // fewer layers, and a token needs one in each group.
   int kv_blocks_free = 0;
   int kv_blocks_total = 0;
   uint64_t steps = 0;

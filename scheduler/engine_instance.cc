@@ -51,6 +51,9 @@ model::ModelRunnerConfig RunnerConfig(const EngineInstanceConfig& config) {
   rc.model.load_progress = config.load_progress;
   rc.kv_dtype = config.kv_dtype;
   rc.kv_cache_bytes = config.kv_cache_bytes;
+  // A colocated instance never ships its KV, so its sliding-window layers may keep only the
+  // window.
+  rc.window_local_kv = config.window_local_kv && config.role == InstanceRole::kColocated;
   return rc;
 }
 
@@ -77,6 +80,7 @@ absl::StatusOr<std::unique_ptr<EngineInstance>> EngineInstance::Start(
     std::unique_ptr<EngineInstance> inst) {
   const EngineInstanceConfig& config = inst->config_;
   inst->kv_capacity_tokens_ = inst->runner_->kv().capacity_tokens();
+  inst->kv_blocks_total_ = inst->runner_->kv().num_total();
   if (config.prefix_caching && config.role != InstanceRole::kDecode) {
     inst->runner_->kv().EnablePrefixCaching();
   }
@@ -467,6 +471,15 @@ void EngineInstance::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+std::string EngineInstance::kv_layout() const {
+  const kvcache::KvGroups& g = runner_->kv().groups();
+  if (!g.windowed()) return "";
+  int local = 0;
+  for (int w : g.window) local += w > 0 ? g.layers_per_group : 0;
+  return StrCat("; ", local, " sliding-window layers keep their last ", g.window.back(),
+                " positions");
+}
+
 int EngineInstance::num_arrivals_waiting() const { return arrived_count_.load(); }
 
 InstanceStats EngineInstance::stats() const {
@@ -478,7 +491,7 @@ InstanceStats EngineInstance::stats() const {
     s.waiting += static_cast<int>(inbox_.size() + arriving_.size());
   }
   s.waiting += arrived_count_.load();
-  s.kv_blocks_total = kv_capacity_tokens_ / config_.block_size;
+  s.kv_blocks_total = kv_blocks_total_;
   s.kv_blocks_free = kv_free_.load();
   s.prefix_queried_tokens = prefix_queried_.load();
   s.prefix_hit_tokens = prefix_hit_.load();

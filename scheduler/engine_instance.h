@@ -116,6 +116,10 @@ struct EngineInstanceConfig {
   // prefix another sequence computed. Colocated and prefill instances only (a decode instance
   // receives its KV).
   bool prefix_caching = true;
+  // A sliding-window model's local layers keep only their window's KV (kvcache::KvGroups), so
+  // long contexts take a fraction of the memory. Colocated instances only: KV transfer does
+  // not carry local layer groups yet, so the prefill and decode roles keep whole contexts.
+  bool window_local_kv = true;
   int32_t eos_token_id = -1;  // from the tokenizer; < 0: none
   // Weight loading progress (see model::ModelOptions::load_progress). May be empty.
   std::function<void(int layers_done, int n_layers)> load_progress;
@@ -197,6 +201,9 @@ class EngineInstance : public Engine {
   // How the model was obtained: "profiled", "loaded", or "none".
   const std::string& latency_source() const { return latency_source_; }
   std::string device_name() const { return runner_->backend().Name(); }
+  // How the KV cache keeps layers, for the startup log: "" for whole contexts, else e.g.
+  // "; 15 sliding-window layers keep their last 512 positions".
+  std::string kv_layout() const;
 
  private:
   EngineInstance(const EngineInstanceConfig& config);
@@ -235,6 +242,7 @@ class EngineInstance : public Engine {
   const EngineInstanceConfig config_;
   std::unique_ptr<model::ModelRunner> runner_;
   int kv_capacity_tokens_ = 0;
+  int kv_blocks_total_ = 0;  // pages of every layer group (kvcache::KvGroups)
   std::string latency_source_ = "none";
 
   // Engine thread only.

@@ -130,6 +130,9 @@ ABSL_FLAG(
 ABSL_FLAG(std::string, kv_cache_memory, "1GiB",
           "KV cache size: bytes, or with a KiB/MiB/GiB suffix.");
 ABSL_FLAG(std::string, kv_cache_dtype, "f16", "KV cache element type: f16, f32 or int8.");
+ABSL_FLAG(bool, kv_window_local, true,
+          "Sliding-window models (Gemma 3): the local layers keep only their window's KV "
+          "(colocated instances; the disaggregated roles keep whole contexts).");
 ABSL_FLAG(std::string, isa, "auto", "CPU kernels: auto, scalar, avx2, avx512 or amx.");
 ABSL_FLAG(std::string, chat_template, "",
           "Chat template: chatml, llama3, mistral, llama2 or gemma (default: from the GGUF; a "
@@ -357,6 +360,7 @@ absl::Status Run() {
   ic.kv_dtype = kv_dtype;
   ic.kv_cache_bytes = kv_bytes;
   ic.prefix_caching = absl::GetFlag(FLAGS_enable_prefix_caching);
+  ic.window_local_kv = absl::GetFlag(FLAGS_kv_window_local);
   ic.eos_token_id = tokenizer->eos_id();
   int last_pct = 0;
   ic.load_progress = [&last_pct](int done, int total) {
@@ -650,10 +654,10 @@ absl::Status Run() {
   for (scheduler::EngineInstance* inst : instances) {
     spdlog::info(
         "[2/3] {} instance: {}: {} layers, hidden {}, context {}; backend {}; KV cache "
-        "{} tokens ({})",
+        "{} tokens ({}){}",
         inst->config().name, mc.architecture, mc.n_layers, mc.hidden, mc.context_length,
         inst->device_name(), inst->kv_capacity_tokens(),
-        std::string(kvcache::KvDTypeName(kv_dtype)));
+        std::string(kvcache::KvDTypeName(kv_dtype)), inst->kv_layout());
   }
   file.reset();
 

@@ -308,6 +308,35 @@ TEST_F(KvManagerTest, PrefixCacheKeepsOneCopyOfAChain) {
   EXPECT_EQ(kv_->num_free(), 12);
 }
 
+// A sequence whose prefix another registered first goes on past it: its later blocks join the
+// cached chain after the other's copy.
+TEST_F(KvManagerTest, PrefixCacheChainGoesOnPastAnotherCopy) {
+  Make(KvDType::kF16, /*num_blocks=*/12, /*block_size=*/2);
+  kv_->EnablePrefixCaching();
+  const std::vector<int32_t> a = {1, 2, 3, 4, 5, 6, 7};
+  BlockTable t1(2), t2(2);
+  ASSERT_TRUE(kv_->Append(t1, 4).ok());
+  ASSERT_TRUE(kv_->Append(t2, 4).ok());
+  t1.SetNumTokens(4);
+  t2.SetNumTokens(4);
+  kv_->CacheFullBlocks(a, t1);
+  kv_->CacheFullBlocks(a, t2);
+  EXPECT_EQ(kv_->prefix_stats().cached_blocks, 2);
+  ASSERT_TRUE(kv_->Append(t2, 7).ok());
+  t2.SetNumTokens(7);
+  kv_->CacheFullBlocks(a, t2);
+  EXPECT_EQ(kv_->prefix_stats().cached_blocks, 3);
+  BlockTable probe(2);
+  EXPECT_EQ(kv_->MatchPrefix(std::vector<int32_t>{1, 2, 3, 4, 5, 6, 9}, 6, probe), 6);
+  EXPECT_EQ(probe.blocks(), (std::vector<int32_t>{t1.blocks()[0], t1.blocks()[1], t2.blocks()[2]}));
+  // A different block under the chain: no hit past the shared part.
+  EXPECT_EQ(kv_->PeekPrefix(std::vector<int32_t>{1, 2, 3, 4, 9, 9, 9}, 6), 4);
+  kv_->Free(probe);
+  kv_->Free(t1);
+  kv_->Free(t2);
+  EXPECT_EQ(kv_->num_free(), 12);
+}
+
 TEST_F(KvManagerTest, LeasesEvictCachedBlocksToo) {
   Make(KvDType::kF16, /*num_blocks=*/4, /*block_size=*/2);
   kv_->EnablePrefixCaching();

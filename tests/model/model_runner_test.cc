@@ -1,6 +1,7 @@
 // ModelRunner: config errors name the problem; a step's logits match the model run directly;
 // Sample over the backend's threads gives what one-by-one sampling gives; a second runner on
-// the first's weights computes the same logits.
+// the first's weights computes the same logits; a sliding-window model's logits are the same
+// bit for bit whether its local layers keep the whole context or only the window.
 #include "model/model_runner.h"
 
 #include <unistd.h>
@@ -9,6 +10,7 @@
 #include <cstdio>
 #include <memory>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -134,6 +136,108 @@ TEST(ModelRunnerTest, StepsAndSamplesInParallel) {
   for (auto& t : tables) r.kv().Free(t);
   for (auto& t : twin_tables) (*twin)->kv().Free(t);
   EXPECT_EQ(r.kv().num_free(), r.kv().num_total());
+}
+
+// Gemma 3's shape in small: 6 layers, 2 and 5 global, the others sliding over 8 positions.
+// Three sequences in chunks and decode steps well past the window, on a runner whose local
+// layers keep only the window and on one that keeps everything: the same logits bit for bit
+// (the attention reads the same keys), for a fraction of the KV.
+TEST(ModelRunnerTest, WindowedLocalLayersGiveTheSameLogits) {
+  testing::TestModelSpec spec;
+  spec.arch = "gemma3";
+  spec.n_layers = 6;
+  spec.sliding_window = 8;
+  spec.swa_pattern = 3;
+  spec.rope_theta_swa = 1000.0f;
+  spec.weight_std = 0.2f;
+  spec.embd_std = 0.5f;
+  const std::string path =
+      absl::StrCat(::testing::TempDir(), "/model_runner_test_swa.", getpid(), ".gguf");
+  ASSERT_TRUE(testing::WriteTestModel(spec, path).ok());
+  auto file = GgufFile::Open(path);
+  std::remove(path.c_str());
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto whole = ModelRunner::Create(Config(1), **file);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  ModelRunnerConfig wc = Config(1);
+  wc.window_local_kv = true;
+  auto windowed = ModelRunner::Create(wc, (*whole)->weights());
+  ASSERT_TRUE(windowed.ok()) << windowed.status();
+  ModelRunner& a = **whole;
+  ModelRunner& b = **windowed;
+  ASSERT_EQ(a.kv().groups().n_groups(), 1);
+  // Pages of 2 layers: {2, 5} full, {0, 1} and {3, 4} local.
+  ASSERT_EQ(b.kv().groups().n_groups(), 3);
+  ASSERT_EQ(b.kv().groups().layers_per_group, 2);
+  const int vocab = a.model_config().vocab_size;
+
+  struct Seq {
+    std::vector<int32_t> tokens;
+    int prompt = 0;
+    int chunk = 0;
+    int done = 0;
+    kvcache::BlockTable ta{4}, tb{4};
+  };
+  std::vector<Seq> seqs(3);
+  seqs[0].tokens = Prompt(37, 11);
+  seqs[0].chunk = 10;
+  seqs[1].tokens = Prompt(5, 12);
+  seqs[1].chunk = 5;
+  seqs[2].tokens = Prompt(23, 13);
+  seqs[2].chunk = 23;
+  for (Seq& s : seqs) s.prompt = static_cast<int>(s.tokens.size());
+  int steps = 0;
+  int most_local = 0;
+  while (steps < 40) {
+    a.BeginStep();
+    b.BeginStep();
+    std::vector<std::pair<Seq*, int>> rows;
+    for (Seq& s : seqs) {
+      const int n = s.done < s.prompt ? std::min(s.chunk, s.prompt - s.done) : 1;
+      const std::span<const int32_t> run(s.tokens.data() + s.done, n);
+      ASSERT_TRUE(a.kv().Append(s.ta, s.done + n).ok());
+      ASSERT_TRUE(b.kv().Append(s.tb, s.done + n).ok());
+      const bool last = s.done + n >= s.prompt;
+      const int ra = a.AddChunk(s.ta, run, s.done, last);
+      const int rb = b.AddChunk(s.tb, run, s.done, last);
+      ASSERT_EQ(ra, rb);
+      if (last) rows.emplace_back(&s, ra);
+      s.done += n;
+    }
+    ASSERT_TRUE(a.Execute().ok());
+    int hooked = 0;
+    ASSERT_TRUE(b.Execute([&](int) { return ++hooked > 0; }).ok());
+    EXPECT_EQ(hooked, 6);
+    for (auto& [s, row] : rows) {
+      ASSERT_TRUE(std::equal(a.logits(row), a.logits(row) + vocab, b.logits(row)))
+          << "step " << steps << ", position " << s->done - 1;
+      const float* l = b.logits(row);
+      s->tokens.push_back(static_cast<int32_t>(std::max_element(l, l + vocab) - l));
+    }
+    for (Seq& s : seqs) {
+      s.ta.SetNumTokens(s.done);
+      s.tb.SetNumTokens(s.done);
+      for (int g = 1; g < 3; ++g) {
+        int held = 0;
+        for (int32_t blk : s.tb.group(g)) held += blk >= 0;
+        most_local = std::max(most_local, held);
+      }
+    }
+    ++steps;
+  }
+  EXPECT_GT(seqs[0].done, 60);
+  // A local group holds the window before a step and the step: <= ceil((8 - 1 + 10) / 4) + 1.
+  EXPECT_LE(most_local, 6);
+  // Layer-blocks held: the whole-context runner 6 per block of context, the windowed one 2
+  // per block and the local groups' few.
+  const int whole_held = (a.kv().num_total() - a.kv().num_free()) * 6;
+  const int windowed_held = (b.kv().num_total() - b.kv().num_free()) * 2;
+  EXPECT_LT(windowed_held * 2, whole_held) << windowed_held << " vs " << whole_held;
+  for (Seq& s : seqs) {
+    a.kv().Free(s.ta);
+    b.kv().Free(s.tb);
+  }
+  EXPECT_EQ(b.kv().num_free(), b.kv().num_total());
 }
 
 }  // namespace

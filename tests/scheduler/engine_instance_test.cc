@@ -267,6 +267,89 @@ TEST_F(EngineInstanceTest, AdmissionCountsOnTheCachedPrefix) {
   EXPECT_LT(cached * 2, uncached) << cached << " vs " << uncached;
 }
 
+// A sliding-window model (Gemma 3's shape in small: 6 layers, 2 and 5 global, a window of 8)
+// whose local layers keep only the window: prompts and generations well past the window, all
+// at once, with a shared prefix (prefix caching on), and again in a cache small enough to
+// preempt, give the tokens each gives alone on an instance that keeps every layer's whole
+// context.
+TEST_F(EngineInstanceTest, SlidingWindowLayersKeepingOnlyTheWindowKeepOutputs) {
+  testing::TestModelSpec spec;
+  spec.arch = "gemma3";
+  spec.n_layers = 6;
+  spec.sliding_window = 8;
+  spec.swa_pattern = 3;
+  spec.rope_theta_swa = 1000.0f;
+  spec.context_length = 256;
+  spec.weight_std = 0.2f;
+  spec.embd_std = 0.5f;
+  const std::string path =
+      absl::StrCat(::testing::TempDir(), "/engine_instance_test_swa.", getpid(), ".gguf");
+  ASSERT_TRUE(testing::WriteTestModel(spec, path).ok());
+  auto file = model::GgufFile::Open(path);
+  std::remove(path.c_str());
+  ASSERT_TRUE(file.ok()) << file.status();
+
+  std::mt19937 rng(21);
+  std::vector<int32_t> shared(30);
+  for (int32_t& t : shared) t = 3 + rng() % 200;
+  std::vector<std::vector<int32_t>> prompts = Prompts(6, 22);
+  for (int i = 0; i < 4; ++i) {
+    std::vector<int32_t> p = shared;
+    for (int k = 0; k < 2 + 3 * i; ++k) p.push_back(3 + rng() % 200);
+    prompts.push_back(p);
+  }
+  constexpr int kTokens = 40;
+  // Pages of 6 layers when whole; 2 when windowed (a sixth of 6 layers' bytes per page each
+  // for the 2-layer fixture's Config sizing: 3 of its blocks per whole page).
+  auto make = [&](bool windowed, int pages, bool caching, int max_batch_tokens) {
+    EngineInstanceConfig c = Config(4, max_batch_tokens, windowed ? pages : 3 * pages);
+    c.window_local_kv = windowed;
+    c.prefix_caching = caching;
+    auto inst = EngineInstance::Create(c, **file);
+    EXPECT_TRUE(inst.ok()) << inst.status();
+    return inst.ok() ? std::move(*inst) : nullptr;
+  };
+  std::vector<std::vector<int32_t>> solo;
+  {
+    auto inst = make(false, 256, false, 64);
+    ASSERT_NE(inst, nullptr);
+    for (const auto& p : prompts) {
+      auto sink = std::make_shared<RecordingSink>();
+      ASSERT_TRUE(inst->Submit(Request(p, kTokens, sink)).ok());
+      sink->Wait();
+      ASSERT_EQ(sink->end(), SequenceEnd::kLength) << sink->status();
+      solo.push_back(sink->tokens());
+    }
+  }
+  struct Case {
+    const char* name;
+    int pages;
+    bool caching;
+  };
+  for (const Case& k : {Case{"roomy, prefix caching", 400, true}, Case{"tight", 60, false},
+                        Case{"tight, prefix caching", 60, true}}) {
+    SCOPED_TRACE(k.name);
+    auto inst = make(true, k.pages, k.caching, 16);
+    ASSERT_NE(inst, nullptr);
+    std::vector<std::shared_ptr<RecordingSink>> sinks;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      sinks.push_back(std::make_shared<RecordingSink>());
+      ASSERT_TRUE(inst->Submit(Request(prompts[i], kTokens, sinks.back())).ok());
+      if (i == 6) sinks.back()->Wait();  // the first shared-prefix prompt caches the prefix
+    }
+    for (size_t i = 0; i < sinks.size(); ++i) {
+      sinks[i]->Wait();
+      EXPECT_EQ(sinks[i]->end(), SequenceEnd::kLength) << sinks[i]->status();
+      EXPECT_EQ(sinks[i]->tokens(), solo[i]) << "prompt " << i;
+    }
+    const InstanceStats st = inst->stats();
+    EXPECT_EQ(st.kv_blocks_free, st.kv_blocks_total);
+    EXPECT_EQ(st.kv_blocks_total, k.pages);
+    if (k.caching) EXPECT_GT(st.prefix_hit_tokens, 0u);
+    if (k.pages == 60) EXPECT_GT(st.preemptions, 0u);
+  }
+}
+
 TEST_F(EngineInstanceTest, CancelledSequenceLeavesAndFreesItsBlocks) {
   auto inst = MakeInstance(4, 64, 256);
   auto keep = std::make_shared<RecordingSink>();
