@@ -27,7 +27,7 @@ void CheckSlot(const KvCacheView& c, int layer, int32_t slot) {
 }
 
 absl::Status CheckSide(const char* side, const KvCacheView& c, const BlockTable& table, int layer,
-                       int n_tokens) {
+                       int n_tokens, int first) {
   if (layer < 0 || layer >= c.n_layers) {
     return absl::InvalidArgumentError(
         absl::StrCat("KV copy: layer ", layer, " outside the ", side, "'s ", c.n_layers));
@@ -43,7 +43,7 @@ absl::Status CheckSide(const char* side, const KvCacheView& c, const BlockTable&
                                                    " positions, ", n_tokens, " needed"));
   }
   const int used = (n_tokens + c.block_size - 1) / c.block_size;
-  for (int i = 0; i < used; ++i) {
+  for (int i = first / c.block_size; i < used; ++i) {
     const int32_t b = table.blocks()[i];
     if (b < 0 || b >= c.n_blocks) {
       return absl::InvalidArgumentError(
@@ -78,10 +78,10 @@ void CopyRows(const KvCacheView& src, int64_t src_row, const KvCacheView& dst, i
 // block sizes every run is a whole block (but the last), and a whole block of a layer is one
 // contiguous range over its heads, so it moves in one memcpy.
 void CopySameDType(const KvCacheView& src, const BlockTable& src_table, const KvCacheView& dst,
-                   const BlockTable& dst_table, int layer, int n_tokens) {
+                   const BlockTable& dst_table, int layer, int n_tokens, int first) {
   const int sbs = src.block_size;
   const int dbs = dst.block_size;
-  for (int p = 0; p < n_tokens;) {
+  for (int p = first; p < n_tokens;) {
     const int so = p % sbs;
     const int d_off = p % dbs;
     const int run = std::min({sbs - so, dbs - d_off, n_tokens - p});
@@ -101,6 +101,23 @@ void CopySameDType(const KvCacheView& src, const BlockTable& src_table, const Kv
 }
 
 }  // namespace
+
+LayerDestination LayerDestinationOf(const KvGroups& groups, const BlockTable& table, int layer,
+                                    int n_tokens) {
+  LayerDestination d;
+  if (groups.n_groups() == 0) {
+    d.slot = layer;
+    d.table = BlockTable::Adopt(table.block_size(), table.blocks(), table.num_tokens());
+    return d;
+  }
+  TANDEM_CHECK(layer >= 0 && layer < static_cast<int>(groups.group_of.size()));
+  const int g = groups.group_of[layer];
+  d.slot = groups.slot_of[layer];
+  d.first = KvGroups::FirstNeeded(n_tokens, groups.window[g]);
+  TANDEM_CHECK_LT(g, table.num_groups());
+  d.table = BlockTable::Adopt(table.block_size(), table.group(g), table.num_tokens());
+  return d;
+}
 
 KvCacheView LayerSlice(const KvCacheView& c, int layer) {
   TANDEM_CHECK(layer >= 0 && layer < c.n_layers);
@@ -143,7 +160,7 @@ void WriteTokenKv(const KvCacheView& c, int layer, int32_t slot, const float* k,
 
 absl::Status CopyLayerTokens(const KvCacheView& src, const BlockTable& src_table,
                              const KvCacheView& dst, const BlockTable& dst_table, int layer,
-                             int n_tokens) {
+                             int n_tokens, int first) {
   if (src.n_kv_heads != dst.n_kv_heads || src.head_dim != dst.head_dim) {
     return absl::InvalidArgumentError(absl::StrCat("KV copy: source has ", src.n_kv_heads,
                                                    " KV heads of ", src.head_dim, ", destination ",
@@ -152,16 +169,20 @@ absl::Status CopyLayerTokens(const KvCacheView& src, const BlockTable& src_table
   if (n_tokens < 0) {
     return absl::InvalidArgumentError(absl::StrCat("KV copy: n_tokens ", n_tokens, " < 0"));
   }
-  TANDEM_RETURN_IF_ERROR(CheckSide("source", src, src_table, layer, n_tokens));
-  TANDEM_RETURN_IF_ERROR(CheckSide("destination", dst, dst_table, layer, n_tokens));
+  if (first < 0 || first > n_tokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV copy: first position ", first, " outside [0, ", n_tokens, "]"));
+  }
+  TANDEM_RETURN_IF_ERROR(CheckSide("source", src, src_table, layer, n_tokens, first));
+  TANDEM_RETURN_IF_ERROR(CheckSide("destination", dst, dst_table, layer, n_tokens, first));
   if (src.dtype == dst.dtype) {
-    CopySameDType(src, src_table, dst, dst_table, layer, n_tokens);
+    CopySameDType(src, src_table, dst, dst_table, layer, n_tokens, first);
     return absl::OkStatus();
   }
   const size_t width = static_cast<size_t>(src.n_kv_heads) * src.head_dim;
   std::vector<float> k(width);
   std::vector<float> v(width);
-  for (int p = 0; p < n_tokens; ++p) {
+  for (int p = first; p < n_tokens; ++p) {
     ReadTokenKv(src, layer, src_table.SlotFor(p), k.data(), v.data());
     WriteTokenKv(dst, layer, dst_table.SlotFor(p), k.data(), v.data());
   }

@@ -22,20 +22,36 @@
 #include "absl/status/status.h"
 #include "kernels/backend.h"
 #include "kvcache/block_table.h"
+#include "kvcache/kv_cache.h"
 
 namespace tandem::kvcache {
 
-// Copies the K/V of positions [0, n_tokens) of layer `layer` from (src, src_table) to
-// (dst, dst_table). Positions >= n_tokens of the destination, other layers and other blocks
-// are not written. InvalidArgument (and nothing written) when n_kv_heads or head_dim differ,
-// the layer is out of either cache's range, a table's block size is not its cache's, a table
-// holds fewer than n_tokens positions or names a block outside its cache, or a view lacks
-// memory. Same dtype and block size: one memcpy per block (per head for a partial last
-// block). Same dtype, other block sizes: one memcpy per run of positions that stays inside
-// one block on both sides, per head. Different dtypes: per token, through float.
+// Copies the K/V of positions [first, n_tokens) of layer `layer` from (src, src_table) to
+// (dst, dst_table). Other positions of the destination, other layers and other blocks are not
+// written, and the tables' entries of blocks wholly before `first` are not read (a local layer
+// group's table: -1 there). InvalidArgument (and nothing written) when n_kv_heads or head_dim
+// differ, the layer is out of either cache's range, a table's block size is not its cache's, a
+// table holds fewer than n_tokens positions or names a block outside its cache, first is
+// outside [0, n_tokens], or a view lacks memory. Same dtype and block size: one memcpy per block
+// (per head for a partial last block). Same dtype, other block sizes: one memcpy per run of
+// positions that stays inside one block on both sides, per head. Different dtypes: per token,
+// through float.
 absl::Status CopyLayerTokens(const kernels::KvCacheView& src, const BlockTable& src_table,
                              const kernels::KvCacheView& dst, const BlockTable& dst_table,
-                             int layer, int n_tokens);
+                             int layer, int n_tokens, int first = 0);
+
+// Where positions [0, n_tokens) of model layer `layer` go in a table of a cache whose layers
+// are grouped by `groups` (kvcache::KvGroups; empty: one group, layer == slot): the layer's
+// index in the cache's view, the first position the layer's group keeps (a local group: the
+// window of position n_tokens, the next to compute; else 0), and a one-group table addressing
+// that group's blocks (it only addresses them: never released). CHECKs layer.
+struct LayerDestination {
+  int slot = 0;
+  int first = 0;
+  BlockTable table{1};
+};
+LayerDestination LayerDestinationOf(const KvGroups& groups, const BlockTable& table, int layer,
+                                    int n_tokens);
 
 // The one-layer view of `layer` of `c` (same memory; n_layers == 1). CHECKs layer.
 kernels::KvCacheView LayerSlice(const kernels::KvCacheView& c, int layer);

@@ -26,6 +26,15 @@ uint64_t ChainHash(uint64_t parent, std::span<const int32_t> tokens) {
   return h;
 }
 
+// Blocks a lease holds, in every group.
+int LeaseBlocks(const KvLease& lease) {
+  int n = static_cast<int>(lease.blocks.size());
+  for (const std::vector<int32_t>& g : lease.groups) {
+    for (int32_t b : g) n += b >= 0;
+  }
+  return n;
+}
+
 }  // namespace
 
 KvManager::KvManager(std::unique_ptr<KvCache> cache) : cache_(std::move(cache)) {
@@ -413,8 +422,8 @@ KvManager::PrefixCacheStats KvManager::prefix_stats() const {
 absl::StatusOr<KvLease> KvManager::Reserve(int n_blocks, absl::Time expires) {
   if (groups_.n_groups() > 1) {
     return absl::FailedPreconditionError(
-        "KV lease: this cache keeps sliding-window layers apart (local layer groups), which KV "
-        "transfer does not carry");
+        "KV lease: this cache keeps sliding-window layers apart (local layer groups): reserve "
+        "by tokens");
   }
   if (n_blocks < 1) {
     return absl::InvalidArgumentError(
@@ -422,11 +431,47 @@ absl::StatusOr<KvLease> KvManager::Reserve(int n_blocks, absl::Time expires) {
   }
   KvLease lease;
   lease.expires = expires;
+  lease.n_tokens = n_blocks * block_size();
   MakeRoom(n_blocks);
   absl::Status s = cache_->pool().Allocate(n_blocks, &lease.blocks);
   if (!s.ok()) return absl::ResourceExhaustedError(absl::StrCat("KV lease: ", s.message()));
   lease.id = next_lease_id_++;
   num_leased_blocks_ += n_blocks;
+  leases_.emplace(lease.id, lease);
+  return lease;
+}
+
+absl::StatusOr<KvLease> KvManager::ReserveTokens(int n_tokens, absl::Time expires) {
+  if (n_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV lease: need at least one token, got ", n_tokens));
+  }
+  const int bs = block_size();
+  const int full = (n_tokens + bs - 1) / bs;
+  int total = full;
+  for (int g = 1; g < groups_.n_groups(); ++g) {
+    total += full - KvGroups::FirstNeeded(n_tokens, groups_.window[g]) / bs;
+  }
+  if (total > num_free()) {
+    return absl::ResourceExhaustedError(absl::StrCat("KV lease: ", n_tokens, " tokens need ", total,
+                                                     " blocks, ", num_free(), " free"));
+  }
+  MakeRoom(total);
+  std::vector<int32_t> fresh;
+  TANDEM_CHECK_OK(cache_->pool().Allocate(total, &fresh));
+  KvLease lease;
+  lease.expires = expires;
+  lease.n_tokens = n_tokens;
+  lease.blocks.assign(fresh.begin(), fresh.begin() + full);
+  size_t next = full;
+  for (int g = 1; g < groups_.n_groups(); ++g) {
+    std::vector<int32_t>& blocks = lease.groups.emplace_back(full, -1);
+    for (int i = KvGroups::FirstNeeded(n_tokens, groups_.window[g]) / bs; i < full; ++i) {
+      blocks[i] = fresh[next++];
+    }
+  }
+  lease.id = next_lease_id_++;
+  num_leased_blocks_ += total;
   leases_.emplace(lease.id, lease);
   return lease;
 }
@@ -441,6 +486,15 @@ absl::Status KvManager::Renew(uint64_t lease_id, absl::Time expires) {
   return absl::OkStatus();
 }
 
+BlockTable KvManager::LeaseTable(const KvLease& lease, int n_tokens) const {
+  BlockTable table = BlockTable::Adopt(block_size(), lease.blocks, n_tokens);
+  if (!lease.groups.empty()) {
+    table.SetNumGroups(static_cast<int>(lease.groups.size()) + 1);
+    for (size_t g = 0; g < lease.groups.size(); ++g) table.mutable_group(g + 1) = lease.groups[g];
+  }
+  return table;
+}
+
 absl::Status KvManager::Import(uint64_t lease_id, int n_tokens, BlockTable& table) {
   CheckTable(table);
   TANDEM_CHECK(table.blocks().empty());
@@ -449,25 +503,52 @@ absl::Status KvManager::Import(uint64_t lease_id, int n_tokens, BlockTable& tabl
     return absl::NotFoundError(
         absl::StrCat("KV lease ", lease_id, " is unknown, imported, aborted or expired"));
   }
-  const std::vector<int32_t>& blocks = it->second.blocks;
-  const int capacity = static_cast<int>(blocks.size()) * block_size();
+  const KvLease& lease = it->second;
+  const int capacity = static_cast<int>(lease.blocks.size()) * block_size();
   if (n_tokens < 0 || n_tokens > capacity) {
     return absl::InvalidArgumentError(absl::StrCat("KV lease ", lease_id, ": cannot import ",
-                                                   n_tokens, " tokens into ", blocks.size(),
+                                                   n_tokens, " tokens into ", lease.blocks.size(),
                                                    " blocks of ", block_size()));
   }
+  if (!lease.groups.empty() && n_tokens != lease.n_tokens) {
+    // Its local groups hold the window of position lease.n_tokens, not of another.
+    return absl::InvalidArgumentError(absl::StrCat("KV lease ", lease_id, " holds ", lease.n_tokens,
+                                                   " tokens' windows, not ", n_tokens, "'s"));
+  }
   // The lease's reference on each block moves to the table.
-  table = BlockTable::Adopt(block_size(), blocks, n_tokens);
-  num_leased_blocks_ -= static_cast<int>(blocks.size());
+  table = LeaseTable(lease, n_tokens);
+  num_leased_blocks_ -= LeaseBlocks(lease);
   leases_.erase(it);
   return absl::OkStatus();
+}
+
+absl::StatusOr<int> KvManager::BlocksToGrowImport(uint64_t lease_id, int n_imported,
+                                                  int n_total) const {
+  auto it = leases_.find(lease_id);
+  if (it == leases_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("KV lease ", lease_id, " is unknown, imported, aborted or expired"));
+  }
+  const BlockTable table = LeaseTable(it->second, n_imported);
+  return BlocksNeeded(table, n_total) - CountReleasable(table);
+}
+
+void KvManager::FreeLease(const KvLease& lease) {
+  cache_->pool().Free(lease.blocks);
+  for (const std::vector<int32_t>& g : lease.groups) {
+    for (int32_t b : g) {
+      if (b < 0) continue;
+      const int32_t one[] = {b};
+      cache_->pool().Free(one);
+    }
+  }
+  num_leased_blocks_ -= LeaseBlocks(lease);
 }
 
 void KvManager::Abort(uint64_t lease_id) {
   auto it = leases_.find(lease_id);
   if (it == leases_.end()) return;
-  cache_->pool().Free(it->second.blocks);
-  num_leased_blocks_ -= static_cast<int>(it->second.blocks.size());
+  FreeLease(it->second);
   leases_.erase(it);
 }
 
@@ -475,8 +556,7 @@ int KvManager::ExpireLeases(absl::Time now) {
   int n = 0;
   for (auto it = leases_.begin(); it != leases_.end();) {
     if (it->second.expires <= now) {
-      cache_->pool().Free(it->second.blocks);
-      num_leased_blocks_ -= static_cast<int>(it->second.blocks.size());
+      FreeLease(it->second);
       it = leases_.erase(it);
       ++n;
     } else {

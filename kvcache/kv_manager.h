@@ -25,8 +25,10 @@
 // block beside the group-0 page (its anchor) and a hit also needs, in every other group, the
 // pages the first uncomputed position reads (the whole prefix for a full group, the window for
 // a local one): a local page that left the window is cached as long as it is not evicted.
-// Leases, Import and the layer export are for one-group tables only (KV transfer does not
-// carry local groups yet): Reserve refuses, the export CHECKs.
+// A lease for a grouped cache is made by ReserveTokens (the blocks of every group that n tokens
+// keep) and imported with exactly those tokens; Reserve (by blocks) and the layer export
+// (LayerView, ExportLayer: the sending side) are for one-group caches only (Reserve refuses,
+// the export CHECKs).
 //
 // Thread safety: not synchronized, except PeekPrefix (any thread). Owned and called by its
 // instance's engine thread only; a transfer thread must go through the engine thread to touch
@@ -66,7 +68,11 @@ namespace tandem::kvcache {
 // Blocks reserved for a remote sender (the prefill side of a KV transfer) until `expires`.
 struct KvLease {
   uint64_t id = 0;              // > 0
-  std::vector<int32_t> blocks;  // reserved block ids, in position order
+  std::vector<int32_t> blocks;  // reserved block ids, in position order (group 0)
+  // With local layer groups (ReserveTokens): groups 1.. (groups[g - 1]), a local one -1 before
+  // the window of position n_tokens, and the positions it was made for.
+  std::vector<std::vector<int32_t>> groups;
+  int n_tokens = 0;
   absl::Time expires;
 };
 
@@ -148,16 +154,23 @@ class KvManager {
 
   // Remote reservations (the decode side of a transfer). Reserve takes n_blocks off the free
   // list for a sender to fill: ResourceExhausted when short, InvalidArgument when n_blocks < 1,
-  // FailedPrecondition with local groups.
+  // FailedPrecondition with local groups. ReserveTokens takes the blocks that n_tokens positions
+  // keep in every group (a local one: those of the window of position n_tokens, the next to
+  // compute): ResourceExhausted when short, InvalidArgument when n_tokens < 1.
   absl::StatusOr<KvLease> Reserve(int n_blocks, absl::Time expires);
+  absl::StatusOr<KvLease> ReserveTokens(int n_tokens, absl::Time expires);
   // Moves a live lease's deadline to `expires`. NotFound when the id is unknown, already
   // imported, aborted or expired by ExpireLeases.
   absl::Status Renew(uint64_t lease_id, absl::Time expires);
   // Commits all of a lease's blocks, in order, into `table` (which must be empty and of this
   // block size, CHECKed) as holding `n_tokens` tokens; the lease ends. NotFound for an unknown
-  // lease; InvalidArgument when n_tokens < 0 or n_tokens > blocks * block_size, and then the
-  // lease stays. A lease past its deadline that ExpireLeases has not swept still imports.
+  // lease; InvalidArgument when n_tokens < 0 or n_tokens > blocks * block_size, or (a lease of
+  // ReserveTokens with local groups) n_tokens is not the lease's, and then the lease stays. A
+  // lease past its deadline that ExpireLeases has not swept still imports.
   absl::Status Import(uint64_t lease_id, int n_tokens, BlockTable& table);
+  // Blocks Append(table, n_total) would take beyond a live lease once imported with
+  // n_imported tokens, the blocks Append returns counted (NotFound for an unknown lease).
+  absl::StatusOr<int> BlocksToGrowImport(uint64_t lease_id, int n_imported, int n_total) const;
   // Frees a lease's blocks; an unknown id is a no-op (it may have expired meanwhile).
   void Abort(uint64_t lease_id);
   // Frees every lease with expires <= now; returns how many ended.
@@ -208,6 +221,10 @@ class KvManager {
   // Takes a cached block out of the cache (the index and its reference): an evictable one goes
   // back to the free list. A group-0 block takes its anchored pages out with it.
   void Uncache(int32_t block);
+  // Returns every block of a lease to the pool.
+  void FreeLease(const KvLease& lease);
+  // The table Import(lease, n_tokens) makes (taking no reference).
+  BlockTable LeaseTable(const KvLease& lease, int n_tokens) const;
 
   // Prefix cache, per block (sized num_total() once enabled).
   struct CachedBlock {

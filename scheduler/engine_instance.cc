@@ -51,9 +51,9 @@ model::ModelRunnerConfig RunnerConfig(const EngineInstanceConfig& config) {
   rc.model.load_progress = config.load_progress;
   rc.kv_dtype = config.kv_dtype;
   rc.kv_cache_bytes = config.kv_cache_bytes;
-  // A colocated instance never ships its KV, so its sliding-window layers may keep only the
-  // window.
-  rc.window_local_kv = config.window_local_kv && config.role == InstanceRole::kColocated;
+  // The KV transfer sends whole contexts and receives into local layer groups, so every role
+  // but prefill may keep only the window of its sliding-window layers.
+  rc.window_local_kv = config.window_local_kv && config.role != InstanceRole::kPrefill;
   return rc;
 }
 
@@ -437,8 +437,7 @@ absl::StatusOr<kvcache::KvReservation> EngineInstance::ReserveKv(int n_tokens) {
       result->set_value(absl::UnavailableError("the decode engine is shutting down"));
       return;
     }
-    const int blocks = (n_tokens + config_.block_size - 1) / config_.block_size;
-    absl::StatusOr<kvcache::KvLease> lease = kv->Reserve(blocks, absl::InfiniteFuture());
+    absl::StatusOr<kvcache::KvLease> lease = kv->ReserveTokens(n_tokens, absl::InfiniteFuture());
     if (!lease.ok()) {
       result->set_value(absl::ResourceExhaustedError(
           StrCat("the decode instance has no room for the KV of ", n_tokens, " tokens now (",
@@ -448,7 +447,12 @@ absl::StatusOr<kvcache::KvReservation> EngineInstance::ReserveKv(int n_tokens) {
     kvcache::KvReservation r;
     r.lease_id = lease->id;
     r.view = kv->view();
+    r.groups = kv->groups();
     r.table = kvcache::BlockTable::Adopt(config_.block_size, std::move(lease->blocks), n_tokens);
+    r.table.SetNumGroups(static_cast<int>(lease->groups.size()) + 1);
+    for (size_t g = 0; g < lease->groups.size(); ++g) {
+      r.table.mutable_group(static_cast<int>(g) + 1) = std::move(lease->groups[g]);
+    }
     kv_free_.store(kv->num_free());
     result->set_value(std::move(r));
   });
@@ -648,9 +652,9 @@ void EngineInstance::ImportArrived() {
     // (beyond the lease's blocks, if it brings them).
     if (!scheduler_->CanAddRunning(*s)) break;
     if (a.lease_id != 0) {
-      const int bs = config_.block_size;
-      const int extra = (s->num_tokens() + bs - 1) / bs - (s->num_computed + bs - 1) / bs;
-      if (!kv.CanAllocate(extra)) break;
+      absl::StatusOr<int> extra =
+          kv.BlocksToGrowImport(a.lease_id, s->num_computed, s->num_tokens());
+      if (extra.ok() && !kv.CanAllocate(*extra)) break;
       if (absl::Status st = kv.Import(a.lease_id, s->num_computed, s->table); !st.ok()) {
         s->sink->OnFinish(SequenceEnd::kFailed,
                           absl::InternalError(StrCat("KV import failed: ", st.message())));

@@ -135,12 +135,14 @@ absl::StatusOr<kvcache::KvReservation> KvArrivals::Reserve(const kvcache::Reserv
   absl::StatusOr<kvcache::KvReservation> lease = decode_.ReserveKv(r.n_tokens);
   if (!lease.ok()) return lease;
   const kernels::KvCacheView& v = lease->view;
-  if (r.n_layers != v.n_layers || r.n_kv_heads != v.n_kv_heads || r.head_dim != v.head_dim) {
+  const int n_layers =
+      lease->groups.n_groups() > 0 ? static_cast<int>(lease->groups.group_of.size()) : v.n_layers;
+  if (r.n_layers != n_layers || r.n_kv_heads != v.n_kv_heads || r.head_dim != v.head_dim) {
     decode_.ReleaseKv(lease->lease_id);
     return absl::InvalidArgumentError(StrCat("KV of ", r.n_layers, " layers x ", r.n_kv_heads,
                                              " heads x ", r.head_dim,
                                              " does not fit this decode instance's cache of ",
-                                             v.n_layers, " x ", v.n_kv_heads, " x ", v.head_dim));
+                                             n_layers, " x ", v.n_kv_heads, " x ", v.head_dim));
   }
   return lease;
 }

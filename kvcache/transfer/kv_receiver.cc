@@ -177,7 +177,8 @@ void KvReceiver::Serve(Conn* c) {
           return;
         }
         const LayerFrame& l = std::get<LayerFrame>(frame);
-        if (absl::Status s = WriteLayerPayload(l, it->second.lease.view, it->second.lease.table);
+        if (absl::Status s = WriteLayerPayload(l, it->second.lease.view, it->second.lease.groups,
+                                               it->second.lease.table);
             !s.ok()) {
           abort(it, s, true);
         }

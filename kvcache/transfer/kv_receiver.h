@@ -30,6 +30,7 @@
 #include "absl/time/time.h"
 #include "kernels/backend.h"
 #include "kvcache/block_table.h"
+#include "kvcache/kv_cache.h"
 #include "kvcache/transfer/kv_connection.h"
 #include "kvcache/transfer/kv_frame.h"
 
@@ -39,8 +40,9 @@ namespace tandem::kvcache {
 struct KvReservation {
   uint64_t lease_id = 0;
   kernels::KvCacheView view;  // the destination cache; host memory
-  // The lease's blocks holding the transfer's n_tokens positions. It only addresses them: the
-  // lease holds the references, and the table is never released.
+  KvGroups groups;            // its layer groups (empty: one group, a layer per view layer)
+  // The lease's blocks holding the transfer's n_tokens positions (every group's). It only
+  // addresses them: the lease holds the references, and the table is never released.
   BlockTable table{1};
 };
 

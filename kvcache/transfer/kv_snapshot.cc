@@ -51,18 +51,21 @@ absl::StatusOr<std::unique_ptr<KvSnapshot>> KvSnapshot::Take(const KvManager& sr
 
 absl::Status KvSnapshot::WriteTo(const KvManager& dst, const BlockTable& table) const {
   const kernels::KvCacheView& to = dst.view();
-  if (to.n_layers != view_.n_layers || to.n_kv_heads != view_.n_kv_heads ||
+  const int to_layers = dst.config().n_layers;
+  if (to_layers != view_.n_layers || to.n_kv_heads != view_.n_kv_heads ||
       to.head_dim != view_.head_dim) {
     return absl::InvalidArgumentError(StrCat(
         "KV of ", view_.n_layers, " layers x ", view_.n_kv_heads, " heads x ", view_.head_dim,
-        " does not fit a cache of ", to.n_layers, " x ", to.n_kv_heads, " x ", to.head_dim));
+        " does not fit a cache of ", to_layers, " x ", to.n_kv_heads, " x ", to.head_dim));
   }
   if (table.num_tokens() < n_tokens()) {
     return absl::InvalidArgumentError(StrCat("the destination table holds ", table.num_tokens(),
                                              " positions, the snapshot ", n_tokens()));
   }
   for (int layer = 0; layer < view_.n_layers; ++layer) {
-    TANDEM_RETURN_IF_ERROR(CopyLayerTokens(view_, table_, to, table, layer, n_tokens()));
+    const LayerDestination d = LayerDestinationOf(dst.groups(), table, layer, n_tokens());
+    TANDEM_RETURN_IF_ERROR(CopyLayerTokens(LayerSlice(view_, layer), table_, LayerSlice(to, d.slot),
+                                           d.table, 0, n_tokens(), d.first));
   }
   return absl::OkStatus();
 }
@@ -148,13 +151,14 @@ absl::Status EncodeLayerPayload(const KvManager& kv, const std::vector<int32_t>&
 }
 
 absl::Status WriteLayerPayload(const LayerFrame& f, const kernels::KvCacheView& dst,
-                               const BlockTable& table) {
-  if (f.layer < 0 || f.layer >= dst.n_layers || f.n_kv_heads != dst.n_kv_heads ||
+                               const KvGroups& groups, const BlockTable& table) {
+  const int n_layers =
+      groups.n_groups() > 0 ? static_cast<int>(groups.group_of.size()) : dst.n_layers;
+  if (f.layer < 0 || f.layer >= n_layers || f.n_kv_heads != dst.n_kv_heads ||
       f.head_dim != dst.head_dim) {
-    return absl::InvalidArgumentError(StrCat("KV layer ", f.layer, " of ", f.n_kv_heads,
-                                             " heads x ", f.head_dim, " does not fit a cache of ",
-                                             dst.n_layers, " layers x ", dst.n_kv_heads, " x ",
-                                             dst.head_dim));
+    return absl::InvalidArgumentError(StrCat(
+        "KV layer ", f.layer, " of ", f.n_kv_heads, " heads x ", f.head_dim,
+        " does not fit a cache of ", n_layers, " layers x ", dst.n_kv_heads, " x ", dst.head_dim));
   }
   if (table.num_tokens() < f.n_tokens) {
     return absl::InvalidArgumentError(StrCat("the destination table holds ", table.num_tokens(),
@@ -175,7 +179,9 @@ absl::Status WriteLayerPayload(const LayerFrame& f, const kernels::KvCacheView& 
     p += src.ks.size() * sizeof(float);
     std::memcpy(src.vs.data(), p, src.vs.size() * sizeof(float));
   }
-  return CopyLayerTokens(src.view, src.table, LayerSlice(dst, f.layer), table, 0, f.n_tokens);
+  const LayerDestination d = LayerDestinationOf(groups, table, f.layer, f.n_tokens);
+  return CopyLayerTokens(src.view, src.table, LayerSlice(dst, d.slot), d.table, 0, f.n_tokens,
+                         d.first);
 }
 
 }  // namespace tandem::kvcache

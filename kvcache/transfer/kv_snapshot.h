@@ -27,12 +27,14 @@
 namespace tandem::kvcache {
 
 // Writes a LayerFrame's positions [0, f.n_tokens) into layer f.layer of (dst, table), re-paging
-// and converting. The frame must be well formed (as FrameParser returns it). InvalidArgument
-// (nothing written) when its layer, heads or head size do not fit dst, or the table holds
-// fewer positions. The receiving side of every transport calls it from its own thread: dst's
-// memory must be host memory and `table`'s blocks written by no one else meanwhile.
+// and converting; with layer groups (`groups`, KvGroups; empty: one group), into the layer's
+// group and slot, a local group's only from the window of position f.n_tokens on. The frame
+// must be well formed (as FrameParser returns it). InvalidArgument (nothing written) when its
+// layer, heads or head size do not fit dst, or the table holds fewer positions. The receiving
+// side of every transport calls it from its own thread: dst's memory must be host memory and
+// `table`'s blocks written by no one else meanwhile.
 absl::Status WriteLayerPayload(const LayerFrame& f, const kernels::KvCacheView& dst,
-                               const BlockTable& table);
+                               const KvGroups& groups, const BlockTable& table);
 
 // The LayerFrame payload of positions [0, n_tokens) of `layer` of the sequence whose blocks are
 // `blocks` in `kv` (re-paged to one block, converted to `dtype`): what a layer-wise push sends
@@ -48,7 +50,8 @@ class KvSnapshot {
   static absl::StatusOr<std::unique_ptr<KvSnapshot>> Take(const KvManager& src,
                                                           const BlockTable& table, int n_tokens);
   // Writes every position into `table` of `dst` (which must hold n_tokens positions; heads and
-  // head size must match the source's: InvalidArgument otherwise, nothing written then).
+  // head size must match the source's: InvalidArgument otherwise, nothing written then); a
+  // local layer group's positions only from the window of position n_tokens on.
   absl::Status WriteTo(const KvManager& dst, const BlockTable& table) const;
 
   // The payload of `layer`'s LayerFrame (kv_frame.h) in `dtype`: the snapshot's own bytes when

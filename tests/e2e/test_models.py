@@ -165,3 +165,26 @@ def test_a_prompt_past_the_sliding_window(gemma, length):
     assert lp["tokens"][0] == first, (lp["top_logprobs"][0], ref["top2_gap"][0])
     want = continuation_text(gemma, ref["prompt_tokens"], ref["tokens"][:stable])
     assert r["choices"][0]["text"].startswith(want), (stable, lp["top_logprobs"])
+
+
+def test_local_layers_keep_only_their_window(gemma):
+    assert "15 sliding-window layers keep their last 512 positions" in gemma.logs(), gemma.logs()
+
+
+def test_disaggregated_over_tcp_equals_colocated_past_the_window(gemma):
+    """The prefill instance keeps whole contexts and sends every layer over loopback TCP; the
+    decode instance keeps only the window of its 15 local layers and writes only that part of
+    what arrives. Three windows of prompt, then greedy decoding: the colocated daemon's text."""
+    (ref,) = [p for p in reference().values() if len(p["prompt_tokens"]) == 1547]
+    d = Daemon("--model", GEMMA_PATH, "--served-model-name=", "--disaggregation", "on",
+               "--kv-transport", "tcp")
+    try:
+        logs = d.logs()
+        assert logs.count("sliding-window layers keep their last 512 positions") == 1, logs
+        want = complete(gemma, ref["prompt"], 12)
+        got = complete(d, ref["prompt"], 12)
+        assert got["usage"]["completion_tokens"] == 12
+        assert got["choices"][0]["text"] == want["choices"][0]["text"]
+    finally:
+        code = d.terminate()
+    assert code == 0, f"tandemd exited with {code}:\n{d.logs()}"

@@ -202,10 +202,49 @@ TEST_F(KvGroupsManagerTest, CapacityCountsTheWindowPerSequence) {
   kv_->Free(t);
 }
 
-TEST_F(KvGroupsManagerTest, LeasesAreRefusedWithLocalGroups) {
-  Make(8, 4);
-  const auto lease = kv_->Reserve(2, absl::InfiniteFuture());
-  EXPECT_EQ(lease.status().code(), absl::StatusCode::kFailedPrecondition) << lease.status();
+TEST_F(KvGroupsManagerTest, LeasesByTokensHoldEachGroupsShare) {
+  constexpr int kWindow = 6;
+  Make(/*num_blocks=*/12, kWindow);
+  // By blocks: refused (a block count does not say which positions).
+  EXPECT_EQ(kv_->Reserve(2, absl::InfiniteFuture()).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(kv_->ReserveTokens(0, absl::InfiniteFuture()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // 18 tokens: 5 full blocks; position 18 reads from 13 on, so local blocks 3 and 4.
+  auto lease = kv_->ReserveTokens(18, absl::InfiniteFuture());
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_EQ(lease->blocks.size(), 5u);
+  ASSERT_EQ(lease->groups.size(), 1u);
+  EXPECT_EQ(lease->groups[0][2], -1);
+  EXPECT_GE(lease->groups[0][3], 0);
+  EXPECT_EQ(kv_->num_leased_blocks(), 7);
+  EXPECT_EQ(kv_->num_free(), 5);
+  EXPECT_EQ(kv_->ReserveTokens(30, absl::InfiniteFuture()).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  // Growing by the first decode token takes nothing (block 4 has room); by 3 tokens, a block
+  // in each group.
+  EXPECT_EQ(*kv_->BlocksToGrowImport(lease->id, 18, 19), 0);
+  EXPECT_EQ(*kv_->BlocksToGrowImport(lease->id, 18, 21), 2);
+  // Imported with its own token count only: the local blocks are that position's window.
+  BlockTable t(4);
+  EXPECT_EQ(kv_->Import(lease->id, 17, t).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(kv_->Import(lease->id, 18, t).ok());
+  EXPECT_EQ(t.num_tokens(), 18);
+  EXPECT_EQ(t.group(1), lease->groups[0]);
+  EXPECT_EQ(kv_->num_leased_blocks(), 0);
+  ASSERT_TRUE(kv_->Append(t, 19).ok());
+  EXPECT_EQ(kv_->num_free(), 5);
+  kv_->Free(t);
+  EXPECT_EQ(kv_->num_free(), 12);
+  // Aborted and expired leases give every group's blocks back.
+  auto a = kv_->ReserveTokens(18, absl::InfiniteFuture());
+  auto b = kv_->ReserveTokens(3, absl::UnixEpoch());
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(kv_->num_free(), 12 - 7 - 2);
+  kv_->Abort(a->id);
+  EXPECT_EQ(kv_->ExpireLeases(absl::UnixEpoch()), 1);
+  EXPECT_EQ(kv_->num_free(), 12);
+  EXPECT_EQ(kv_->num_leased_blocks(), 0);
 }
 
 // Runs `tokens` as a sequence would (chunks of `chunk`, the cache registering each step's

@@ -272,7 +272,7 @@ TEST_F(EngineInstanceTest, AdmissionCountsOnTheCachedPrefix) {
 // at once, with a shared prefix (prefix caching on), and again in a cache small enough to
 // preempt, give the tokens each gives alone on an instance that keeps every layer's whole
 // context.
-TEST_F(EngineInstanceTest, SlidingWindowLayersKeepingOnlyTheWindowKeepOutputs) {
+std::unique_ptr<model::GgufFile> SlidingWindowModel() {
   testing::TestModelSpec spec;
   spec.arch = "gemma3";
   spec.n_layers = 6;
@@ -284,10 +284,16 @@ TEST_F(EngineInstanceTest, SlidingWindowLayersKeepingOnlyTheWindowKeepOutputs) {
   spec.embd_std = 0.5f;
   const std::string path =
       absl::StrCat(::testing::TempDir(), "/engine_instance_test_swa.", getpid(), ".gguf");
-  ASSERT_TRUE(testing::WriteTestModel(spec, path).ok());
+  EXPECT_TRUE(testing::WriteTestModel(spec, path).ok());
   auto file = model::GgufFile::Open(path);
   std::remove(path.c_str());
-  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_TRUE(file.ok()) << file.status();
+  return file.ok() ? std::move(*file) : nullptr;
+}
+
+TEST_F(EngineInstanceTest, SlidingWindowLayersKeepingOnlyTheWindowKeepOutputs) {
+  auto file = SlidingWindowModel();
+  ASSERT_NE(file, nullptr);
 
   std::mt19937 rng(21);
   std::vector<int32_t> shared(30);
@@ -305,7 +311,7 @@ TEST_F(EngineInstanceTest, SlidingWindowLayersKeepingOnlyTheWindowKeepOutputs) {
     EngineInstanceConfig c = Config(4, max_batch_tokens, windowed ? pages : 3 * pages);
     c.window_local_kv = windowed;
     c.prefix_caching = caching;
-    auto inst = EngineInstance::Create(c, **file);
+    auto inst = EngineInstance::Create(c, *file);
     EXPECT_TRUE(inst.ok()) << inst.status();
     return inst.ok() ? std::move(*inst) : nullptr;
   };
@@ -531,6 +537,50 @@ TEST_F(EngineInstanceTest, DisaggregatedPairMatchesColocated) {
     // instance caches nothing.
     EXPECT_GT(p.prefix_hit_tokens, 0u);
     EXPECT_EQ(d.prefix_cached_blocks, 0);
+  }
+}
+
+// The sliding-window model disaggregated: the prefill instance keeps whole contexts and sends
+// every layer; the decode instance keeps only the window of its local layers and writes only
+// that of what it receives (and re-pages, with blocks of 8). Over every transport, the tokens
+// a colocated instance gives.
+TEST_F(EngineInstanceTest, DisaggregatedDecodeKeepsOnlyTheWindow) {
+  auto file = SlidingWindowModel();
+  ASSERT_NE(file, nullptr);
+  std::vector<std::vector<int32_t>> prompts = Prompts(8, 31);
+  auto colocated = EngineInstance::Create(Config(4, 32, 256), *file);
+  ASSERT_TRUE(colocated.ok()) << colocated.status();
+  for (const auto& [repage, transport] :
+       {std::pair{false, KvTransportKind::kInProcess}, std::pair{true, KvTransportKind::kInProcess},
+        std::pair{false, KvTransportKind::kTcp}, std::pair{true, KvTransportKind::kShm}}) {
+    SCOPED_TRACE(absl::StrCat(KvTransportName(transport), repage ? ", decode blocks of 8" : ""));
+    DisaggregatedEngineConfig dc;
+    dc.prefill = {Config(4, 32, 3 * 256)};  // pages of 6 layers there, of 2 on the decode side
+    dc.decode = {Config(6, 32, 256)};
+    dc.transport = transport;
+    if (repage) dc.decode[0].block_size = 8;
+    auto disagg = DisaggregatedEngine::Create(dc, *file);
+    ASSERT_TRUE(disagg.ok()) << disagg.status();
+    EXPECT_EQ((*disagg)->prefill().kv_layout(), "");
+    EXPECT_EQ((*disagg)->decode().kv_layout(),
+              "; 4 sliding-window layers keep their last 8 positions");
+    std::vector<std::shared_ptr<RecordingSink>> want, got;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      want.push_back(std::make_shared<RecordingSink>());
+      ASSERT_TRUE((*colocated)->Submit(Request(prompts[i], 30, want.back())).ok());
+      got.push_back(std::make_shared<RecordingSink>());
+      ASSERT_TRUE((*disagg)->Submit({Request(prompts[i], 30, got.back())}).ok());
+    }
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      want[i]->Wait();
+      got[i]->Wait();
+      EXPECT_EQ(got[i]->end(), SequenceEnd::kLength) << got[i]->status();
+      EXPECT_EQ(got[i]->tokens(), want[i]->tokens()) << "prompt " << i;
+    }
+    EXPECT_EQ((*disagg)->handover_stats().sequences, prompts.size());
+    const InstanceStats p = (*disagg)->prefill().stats(), d = (*disagg)->decode().stats();
+    EXPECT_EQ(p.kv_blocks_free, p.kv_blocks_total);
+    EXPECT_EQ(d.kv_blocks_free, d.kv_blocks_total);
   }
 }
 
