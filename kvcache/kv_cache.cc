@@ -43,6 +43,8 @@ KvGroups KvCacheConfig::Groups() const {
   }
   g.group_of.assign(n_layers, 0);
   g.slot_of.resize(n_layers);
+  g.layer_window.assign(n_layers, 0);
+  for (int il : local) g.layer_window[il] = sliding_window;
   if (!window_local || local.empty() || full.empty()) {
     g.layers_per_group = n_layers;
     g.window = {0};

@@ -30,6 +30,9 @@ struct KvGroups {
   std::vector<int> window;    // [n_groups]: 0 for a full group, else its layers' window
   std::vector<int> group_of;  // [n_layers]: the group of each layer
   std::vector<int> slot_of;   // [n_layers]: the layer's index within its group's pages
+  // [n_layers]: each layer's attention window (0: the whole context), whether or not its
+  // group keeps only that.
+  std::vector<int> layer_window;
 
   int n_groups() const { return static_cast<int>(window.size()); }
   bool windowed() const { return n_groups() > 1 && window.back() > 0; }
@@ -37,6 +40,15 @@ struct KvGroups {
   // it are outside every query's window (llama.cpp's rule, kernels::AttentionParams::window).
   static int FirstNeeded(int start, int window) {
     return window > 0 && start > window - 1 ? start - (window - 1) : 0;
+  }
+  // The first of positions [0, n_tokens) of `layer` that a table of this grouping keeps (its
+  // group's window of position n_tokens), and the first that position n_tokens reads (its own
+  // window, kept or not).
+  int FirstKept(int layer, int n_tokens) const {
+    return FirstNeeded(n_tokens, window[group_of[layer]]);
+  }
+  int FirstRead(int layer, int n_tokens) const {
+    return FirstNeeded(n_tokens, layer_window[layer]);
   }
 };
 

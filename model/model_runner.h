@@ -37,8 +37,7 @@ struct ModelRunnerConfig {
   ModelOptions model;  // batch limits and the KV block size; load_progress when loading
   kernels::KvDType kv_dtype = kernels::KvDType::kF16;
   size_t kv_cache_bytes = size_t{1} << 30;
-  // Sliding-window layers keep only their window's KV (kvcache::KvGroups). The layer export of
-  // a KV transfer's sender needs it off (the prefill role).
+  // Sliding-window layers keep only their window's KV (kvcache::KvGroups).
   bool window_local_kv = false;
 
   absl::Status Validate() const;

@@ -51,9 +51,9 @@ model::ModelRunnerConfig RunnerConfig(const EngineInstanceConfig& config) {
   rc.model.load_progress = config.load_progress;
   rc.kv_dtype = config.kv_dtype;
   rc.kv_cache_bytes = config.kv_cache_bytes;
-  // The KV transfer sends whole contexts and receives into local layer groups, so every role
-  // but prefill may keep only the window of its sliding-window layers.
-  rc.window_local_kv = config.window_local_kv && config.role != InstanceRole::kPrefill;
+  // Every role may keep only the window of its sliding-window layers: the KV transfer sends a
+  // local layer's window and receives into local layer groups.
+  rc.window_local_kv = config.window_local_kv;
   return rc;
 }
 

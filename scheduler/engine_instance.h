@@ -117,9 +117,8 @@ struct EngineInstanceConfig {
   // receives its KV).
   bool prefix_caching = true;
   // A sliding-window model's local layers keep only their window's KV (kvcache::KvGroups), so
-  // long contexts take a fraction of the memory. Colocated and decode instances (a decode
-  // instance writes only the window of what it receives); a prefill instance keeps whole
-  // contexts, since the KV transfer sends every position of every layer.
+  // long contexts take a fraction of the memory. Every role: a prefill instance sends only the
+  // window of those layers, a decode instance writes only the window of what it receives.
   bool window_local_kv = true;
   int32_t eos_token_id = -1;  // from the tokenizer; < 0: none
   // Weight loading progress (see model::ModelOptions::load_progress). May be empty.

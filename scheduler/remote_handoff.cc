@@ -99,7 +99,7 @@ void RemoteHandoff::OnLayer(int layer, std::span<Sequence* const> completing,
         kvcache::KvPusher* pusher = PusherLocked(route->second.address);
         if (pusher == nullptr) continue;  // stopping: Commit fails it
         p.transfer_id = seq->id;
-        p.stream = std::make_shared<kvcache::KvLayerStream>(seq->num_tokens(), view.n_layers,
+        p.stream = std::make_shared<kvcache::KvLayerStream>(seq->num_tokens(), kv.config().n_layers,
                                                             view.n_kv_heads, view.head_dim, dtype);
         p.deadline = absl::Now() + config_.reserve_timeout;
         p.done = std::move(route->second.done);
@@ -111,14 +111,15 @@ void RemoteHandoff::OnLayer(int layer, std::span<Sequence* const> completing,
     if (it == streams_.end() || stream_errors_.count(seq->id) > 0) continue;
     // Positions [0, num_tokens) of this layer are in the cache now: the earlier chunks' and
     // this step's.
-    if (absl::Status s = kvcache::EncodeLayerPayload(kv, seq->table.blocks(), layer,
-                                                     seq->num_tokens(), dtype, &payload_);
+    int first = 0;
+    if (absl::Status s = kvcache::EncodeLayerPayload(kv, seq->table, layer, seq->num_tokens(),
+                                                     dtype, &first, &payload_);
         !s.ok()) {
       // The hand-off fails with it (SendKv), and Drop then calls the transfer off.
       stream_errors_[seq->id] = s;
       continue;
     }
-    it->second->AddLayer(layer, std::move(payload_));
+    it->second->AddLayer(layer, first, std::move(payload_));
     payload_ = std::string();
   }
 }

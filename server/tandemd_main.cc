@@ -132,7 +132,7 @@ ABSL_FLAG(std::string, kv_cache_memory, "1GiB",
 ABSL_FLAG(std::string, kv_cache_dtype, "f16", "KV cache element type: f16, f32 or int8.");
 ABSL_FLAG(bool, kv_window_local, true,
           "Sliding-window models (Gemma 3): the local layers keep only their window's KV "
-          "(colocated and decode instances; a prefill instance keeps whole contexts).");
+          "(every role; a prefill worker sends only the window of those layers).");
 ABSL_FLAG(std::string, isa, "auto", "CPU kernels: auto, scalar, avx2, avx512 or amx.");
 ABSL_FLAG(std::string, chat_template, "",
           "Chat template: chatml, llama3, mistral, llama2 or gemma (default: from the GGUF; a "

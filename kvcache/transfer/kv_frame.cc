@@ -17,13 +17,13 @@ using kernels::KvDType;
 //   Reserve:   transfer_id u64 | n_tokens i32 | n_layers i32 | n_kv_heads i32 | head_dim i32 |
 //              dtype u8                                                               = 25
 //   ReserveOk: transfer_id u64 | lease_id u64 | expires_unix_ms i64                   = 24
-//   Layer:     transfer_id u64 | layer i32 | n_tokens i32 | n_kv_heads i32 | head_dim i32 |
-//              dtype u8 | data (LayerPayloadBytes)                                    = 25 + data
+//   Layer:     transfer_id u64 | layer i32 | n_tokens i32 | first i32 | n_kv_heads i32 |
+//              head_dim i32 | dtype u8 | data (LayerPayloadBytes)                     = 29 + data
 //   Commit:    transfer_id u64 | first_token i32 | rng_state 4 x u64                  = 44
 //   Abort:     transfer_id u64 | code u32 | reason (the rest)                         = 12 + reason
 constexpr size_t kReserveBytes = 25;
 constexpr size_t kReserveOkBytes = 24;
-constexpr size_t kLayerFixedBytes = 25;
+constexpr size_t kLayerFixedBytes = 29;
 constexpr size_t kCommitBytes = 44;
 constexpr size_t kAbortFixedBytes = 12;
 
@@ -193,6 +193,7 @@ absl::StatusOr<Frame> ParsePayload(FrameType type, std::string_view p) {
       r.U64(&f.transfer_id);
       r.I32(&f.layer);
       r.I32(&f.n_tokens);
+      r.I32(&f.first);
       r.I32(&f.n_kv_heads);
       r.I32(&f.head_dim);
       absl::StatusOr<KvDType> d = ReadDType(r, "layer", p.size());
@@ -204,8 +205,14 @@ absl::StatusOr<Frame> ParsePayload(FrameType type, std::string_view p) {
       if (absl::Status s = CheckCounts("layer", f.n_tokens, f.n_kv_heads, f.head_dim); !s.ok()) {
         return s;
       }
+      if (f.first < 0 || f.first >= f.n_tokens) {
+        return absl::InvalidArgumentError(absl::StrCat("kv frame: layer ", f.layer,
+                                                       " starts at position ", f.first,
+                                                       ", outside [0, ", f.n_tokens, ")"));
+      }
       // Checked before copying, so a lying header costs no allocation beyond the buffered bytes.
-      const size_t want = LayerPayloadBytes(f.dtype, f.n_kv_heads, f.n_tokens, f.head_dim);
+      const size_t want =
+          LayerPayloadBytes(f.dtype, f.n_kv_heads, f.n_tokens - f.first, f.head_dim);
       if (r.left() != want) {
         return absl::InvalidArgumentError(absl::StrCat("kv frame: layer ", f.layer, " carries ",
                                                        r.left(), " data bytes, its layout needs ",
@@ -333,6 +340,7 @@ void EncodeFrame(const Frame& f, std::string* out) {
         } else if constexpr (std::is_same_v<T, LayerFrame>) {
           PutI32(&p, x.layer);
           PutI32(&p, x.n_tokens);
+          PutI32(&p, x.first);
           PutI32(&p, x.n_kv_heads);
           PutI32(&p, x.head_dim);
           PutU8(&p, DTypeCode(x.dtype));
@@ -532,7 +540,11 @@ absl::Status KvReceiveSession::CheckLayer(const LayerFrame& l) const {
                      ", dtype ", DTypeCode(l.dtype), ") differs from the reservation (", r.n_tokens,
                      ", ", r.n_kv_heads, ", ", r.head_dim, ", ", DTypeCode(r.dtype), ")"));
   }
-  const size_t want = LayerPayloadBytes(r.dtype, r.n_kv_heads, r.n_tokens, r.head_dim);
+  if (l.first < 0 || l.first >= l.n_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("kv transfer ", transfer_id_, ": layer ",
+                                                   l.layer, " starts at position ", l.first));
+  }
+  const size_t want = LayerPayloadBytes(r.dtype, r.n_kv_heads, r.n_tokens - l.first, r.head_dim);
   if (l.payload.size() != want) {
     return absl::InvalidArgumentError(absl::StrCat("kv transfer ", transfer_id_, ": layer ",
                                                    l.layer, " payload of ", l.payload.size(),

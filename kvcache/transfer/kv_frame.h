@@ -51,7 +51,8 @@ enum class FrameType : uint8_t {
 };
 
 inline constexpr uint32_t kFrameMagic = 0x3156'4B54;  // "TKV1" read as little-endian u32
-inline constexpr uint8_t kFrameVersion = 1;
+// 2: a layer frame names the first position it carries (a sliding-window layer's window).
+inline constexpr uint8_t kFrameVersion = 2;
 inline constexpr size_t kFrameHeaderBytes = 16;
 
 // prefill -> decode: reserve room for a sequence of n_tokens positions of this layout.
@@ -77,13 +78,17 @@ struct ReserveOkFrame {
 // that the payload size can be checked by the parser alone, before any session sees it.
 struct LayerFrame {
   uint64_t transfer_id = 0;
-  int32_t layer = 0;       // [0, n_layers) of the reservation
-  int32_t n_tokens = 0;    // >= 1, the reserved n_tokens
+  int32_t layer = 0;     // [0, n_layers) of the reservation
+  int32_t n_tokens = 0;  // >= 1, the reserved n_tokens
+  // The first position carried, [0, n_tokens): 0, or for a sliding-window layer whose sender
+  // keeps only the window, the first position of the window of position n_tokens.
+  int32_t first = 0;
   int32_t n_kv_heads = 0;  // >= 1
   int32_t head_dim = 0;    // >= 1
   kernels::KvDType dtype = kernels::KvDType::kF16;
-  // K then V, each [n_kv_heads, n_tokens, head_dim] of dtype; for int8 then the K and the V
-  // (scale, zero) pairs, each [n_kv_heads, n_tokens, 2] floats. LayerPayloadBytes() long.
+  // Positions [first, n_tokens): K then V, each [n_kv_heads, n_tokens - first, head_dim] of
+  // dtype; for int8 then the K and the V (scale, zero) pairs, each [n_kv_heads, n_tokens -
+  // first, 2] floats. LayerPayloadBytes(dtype, n_kv_heads, n_tokens - first, head_dim) long.
   std::string payload;
   bool operator==(const LayerFrame&) const = default;
 };

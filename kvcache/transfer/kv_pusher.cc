@@ -9,11 +9,12 @@
 
 namespace tandem::kvcache {
 
-void KvLayerStream::AddLayer(int layer, std::string payload) {
+void KvLayerStream::AddLayer(int layer, int first, std::string payload) {
   std::lock_guard<std::mutex> lock(mu_);
   if (ended_) return;
   Item it{Item::kLayer};
   it.layer = layer;
+  it.first = first;
   it.payload = std::move(payload);
   items_.push_back(std::move(it));
   cv_.notify_all();
@@ -269,6 +270,7 @@ absl::Status KvPusher::SendLayers(const KvPush& p,
     layer.dtype = p.wire_dtype;
     for (int l = 0; l < kv.n_layers(); ++l) {
       layer.layer = l;
+      layer.first = kv.first(l);
       kv.LayerPayload(l, p.wire_dtype, &layer.payload);
       if (absl::Status s = write(layer); !s.ok()) return s;
     }
@@ -294,6 +296,7 @@ absl::Status KvPusher::SendLayers(const KvPush& p,
     switch (item->kind) {
       case KvLayerStream::Item::kLayer:
         layer.layer = item->layer;
+        layer.first = item->first;
         layer.payload = std::move(item->payload);
         if (absl::Status s = write(layer); !s.ok()) return s;
         break;

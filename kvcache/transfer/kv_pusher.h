@@ -55,7 +55,8 @@ class KvLayerStream {
         head_dim_(head_dim),
         dtype_(dtype) {}
 
-  void AddLayer(int layer, std::string payload);
+  // `payload` holds positions [first, n_tokens) of `layer` (LayerFrame's layout).
+  void AddLayer(int layer, int first, std::string payload);
   void Commit(int32_t first_token, const std::array<uint64_t, 4>& rng_state);
   void Cancel(std::string reason);
 
@@ -64,6 +65,7 @@ class KvLayerStream {
   struct Item {
     enum Kind { kLayer, kCommit, kCancel } kind;
     int layer = 0;
+    int first = 0;        // kLayer
     std::string payload;  // kLayer
     int32_t first_token = 0;
     std::array<uint64_t, 4> rng_state{};

@@ -1,6 +1,8 @@
 #include "kvcache/transfer/kv_snapshot.h"
 
+#include <algorithm>
 #include <cstring>
+#include <string_view>
 #include <vector>
 
 #include "common/check.h"
@@ -21,7 +23,7 @@ absl::StatusOr<std::unique_ptr<KvSnapshot>> KvSnapshot::Take(const KvManager& sr
   std::unique_ptr<KvSnapshot> snap(new KvSnapshot());
   kernels::KvCacheView& v = snap->view_;
   v.dtype = from.dtype;
-  v.n_layers = from.n_layers;
+  v.n_layers = src.config().n_layers;
   v.n_blocks = 1;
   v.block_size = n_tokens;
   v.n_kv_heads = from.n_kv_heads;
@@ -43,8 +45,13 @@ absl::StatusOr<std::unique_ptr<KvSnapshot>> KvSnapshot::Take(const KvManager& sr
   snap->table_ = BlockTable(n_tokens);
   TANDEM_CHECK_OK(snap->table_.Reserve(one, n_tokens));
   snap->table_.SetNumTokens(n_tokens);
+  snap->first_.resize(v.n_layers);
   for (int layer = 0; layer < v.n_layers; ++layer) {
-    TANDEM_RETURN_IF_ERROR(CopyLayerTokens(from, table, v, snap->table_, layer, n_tokens));
+    // A local layer group's table holds only the window of position n_tokens.
+    const LayerDestination d = LayerDestinationOf(src.groups(), table, layer, n_tokens);
+    snap->first_[layer] = d.first;
+    TANDEM_RETURN_IF_ERROR(CopyLayerTokens(LayerSlice(from, d.slot), d.table, LayerSlice(v, layer),
+                                           snap->table_, 0, n_tokens, d.first));
   }
   return snap;
 }
@@ -64,8 +71,17 @@ absl::Status KvSnapshot::WriteTo(const KvManager& dst, const BlockTable& table) 
   }
   for (int layer = 0; layer < view_.n_layers; ++layer) {
     const LayerDestination d = LayerDestinationOf(dst.groups(), table, layer, n_tokens());
+    if (first_[layer] > dst.groups().FirstRead(layer, n_tokens())) {
+      return absl::InvalidArgumentError(StrCat("KV layer ", layer, " holds positions from ",
+                                               first_[layer], " on; the destination reads from ",
+                                               dst.groups().FirstRead(layer, n_tokens())));
+    }
+  }
+  for (int layer = 0; layer < view_.n_layers; ++layer) {
+    const LayerDestination d = LayerDestinationOf(dst.groups(), table, layer, n_tokens());
     TANDEM_RETURN_IF_ERROR(CopyLayerTokens(LayerSlice(view_, layer), table_, LayerSlice(to, d.slot),
-                                           d.table, 0, n_tokens(), d.first));
+                                           d.table, 0, n_tokens(),
+                                           std::max(d.first, first_[layer])));
   }
   return absl::OkStatus();
 }
@@ -104,49 +120,84 @@ void AppendBytes(const void* p, size_t n, std::string* out) {
   out->append(static_cast<const char*>(p), n);
 }
 
+// Appends positions [first, n) of a one-block view of n positions ([n_kv_heads, n, ...] per
+// array) in the LayerFrame payload order: K, V, then the int8 K and V pairs, each head's run.
+void AppendPositions(const kernels::KvCacheView& c, int first, std::string* out) {
+  const int n = c.block_size;
+  const size_t row = static_cast<size_t>(c.head_dim) * kernels::KvElemBytes(c.dtype);
+  for (const void* base : {static_cast<const void*>(c.k), static_cast<const void*>(c.v)}) {
+    for (int h = 0; h < c.n_kv_heads; ++h) {
+      AppendBytes(static_cast<const char*>(base) + (static_cast<size_t>(h) * n + first) * row,
+                  (n - first) * row, out);
+    }
+  }
+  if (c.dtype != kernels::KvDType::kInt8) return;
+  for (const float* base : {c.k_scale_zero, c.v_scale_zero}) {
+    for (int h = 0; h < c.n_kv_heads; ++h) {
+      AppendBytes(base + (static_cast<size_t>(h) * n + first) * 2, (n - first) * 2 * sizeof(float),
+                  out);
+    }
+  }
+}
+
+// The inverse: positions [first, n) of the one-block view `c` from a payload in that order
+// (LayerPayloadBytes of n - first positions long, CHECKed). Positions before first are left.
+void ScatterPositions(std::string_view payload, int first, const kernels::KvCacheView& c) {
+  const int n = c.block_size;
+  const size_t row = static_cast<size_t>(c.head_dim) * kernels::KvElemBytes(c.dtype);
+  TANDEM_CHECK_EQ(payload.size(), LayerPayloadBytes(c.dtype, c.n_kv_heads, n - first, c.head_dim));
+  const char* p = payload.data();
+  for (void* base : {c.k, c.v}) {
+    for (int h = 0; h < c.n_kv_heads; ++h) {
+      std::memcpy(static_cast<char*>(base) + (static_cast<size_t>(h) * n + first) * row, p,
+                  (n - first) * row);
+      p += (n - first) * row;
+    }
+  }
+  if (c.dtype != kernels::KvDType::kInt8) return;
+  // Copied, not cast: the pairs sit at any byte offset of the payload.
+  for (float* base : {c.k_scale_zero, c.v_scale_zero}) {
+    for (int h = 0; h < c.n_kv_heads; ++h) {
+      std::memcpy(base + (static_cast<size_t>(h) * n + first) * 2, p,
+                  (n - first) * 2 * sizeof(float));
+      p += (n - first) * 2 * sizeof(float);
+    }
+  }
+}
+
 }  // namespace
 
 void KvSnapshot::LayerPayload(int layer, kernels::KvDType dtype, std::string* out) const {
   const kernels::KvCacheView src = LayerSlice(view_, layer);
-  const size_t rows = static_cast<size_t>(view_.n_kv_heads) * n_tokens();
+  const int first = first_[layer];
   out->clear();
-  out->reserve(LayerPayloadBytes(dtype, view_.n_kv_heads, n_tokens(), view_.head_dim));
+  out->reserve(LayerPayloadBytes(dtype, view_.n_kv_heads, n_tokens() - first, view_.head_dim));
   if (dtype == view_.dtype) {
-    const size_t bytes = rows * view_.head_dim * kernels::KvElemBytes(dtype);
-    AppendBytes(src.k, bytes, out);
-    AppendBytes(src.v, bytes, out);
-    if (dtype == kernels::KvDType::kInt8) {
-      AppendBytes(src.k_scale_zero, rows * 2 * sizeof(float), out);
-      AppendBytes(src.v_scale_zero, rows * 2 * sizeof(float), out);
-    }
+    AppendPositions(src, first, out);
     return;
   }
   OneLayer conv(dtype, view_.n_kv_heads, n_tokens(), view_.head_dim);
-  TANDEM_CHECK_OK(CopyLayerTokens(src, table_, conv.view, conv.table, 0, n_tokens()));
-  AppendBytes(conv.k.data(), conv.k.size(), out);
-  AppendBytes(conv.v.data(), conv.v.size(), out);
-  AppendBytes(conv.ks.data(), conv.ks.size() * sizeof(float), out);
-  AppendBytes(conv.vs.data(), conv.vs.size() * sizeof(float), out);
+  TANDEM_CHECK_OK(CopyLayerTokens(src, table_, conv.view, conv.table, 0, n_tokens(), first));
+  AppendPositions(conv.view, first, out);
 }
 
-absl::Status EncodeLayerPayload(const KvManager& kv, const std::vector<int32_t>& blocks, int layer,
-                                int n_tokens, kernels::KvDType dtype, std::string* out) {
+absl::Status EncodeLayerPayload(const KvManager& kv, const BlockTable& table, int layer,
+                                int n_tokens, kernels::KvDType dtype, int* first,
+                                std::string* out) {
   const kernels::KvCacheView& view = kv.view();
-  if (layer < 0 || layer >= view.n_layers || n_tokens < 1 ||
-      static_cast<int64_t>(blocks.size()) * view.block_size < n_tokens) {
-    return absl::InvalidArgumentError(
-        StrCat("KV layer ", layer, " of ", n_tokens, " positions in ", blocks.size(), " blocks"));
+  if (layer < 0 || layer >= kv.config().n_layers || n_tokens < 1 ||
+      static_cast<int64_t>(table.blocks().size()) * view.block_size < n_tokens) {
+    return absl::InvalidArgumentError(StrCat("KV layer ", layer, " of ", n_tokens, " positions in ",
+                                             table.blocks().size(), " blocks"));
   }
-  const BlockTable table = BlockTable::Adopt(view.block_size, blocks, n_tokens);
+  const LayerDestination d = LayerDestinationOf(kv.groups(), table, layer, n_tokens);
   OneLayer conv(dtype, view.n_kv_heads, n_tokens, view.head_dim);
-  TANDEM_RETURN_IF_ERROR(
-      CopyLayerTokens(LayerSlice(view, layer), table, conv.view, conv.table, 0, n_tokens));
+  TANDEM_RETURN_IF_ERROR(CopyLayerTokens(LayerSlice(view, d.slot), d.table, conv.view, conv.table,
+                                         0, n_tokens, d.first));
   out->clear();
-  out->reserve(LayerPayloadBytes(dtype, view.n_kv_heads, n_tokens, view.head_dim));
-  AppendBytes(conv.k.data(), conv.k.size(), out);
-  AppendBytes(conv.v.data(), conv.v.size(), out);
-  AppendBytes(conv.ks.data(), conv.ks.size() * sizeof(float), out);
-  AppendBytes(conv.vs.data(), conv.vs.size() * sizeof(float), out);
+  out->reserve(LayerPayloadBytes(dtype, view.n_kv_heads, n_tokens - d.first, view.head_dim));
+  AppendPositions(conv.view, d.first, out);
+  *first = d.first;
   return absl::OkStatus();
 }
 
@@ -164,24 +215,18 @@ absl::Status WriteLayerPayload(const LayerFrame& f, const kernels::KvCacheView& 
     return absl::InvalidArgumentError(StrCat("the destination table holds ", table.num_tokens(),
                                              " positions, the layer ", f.n_tokens));
   }
-  TANDEM_CHECK_EQ(f.payload.size(),
-                  LayerPayloadBytes(f.dtype, f.n_kv_heads, f.n_tokens, f.head_dim));
+  const int reads = groups.n_groups() > 0 ? groups.FirstRead(f.layer, f.n_tokens) : 0;
+  if (f.first > reads) {
+    return absl::InvalidArgumentError(StrCat("KV layer ", f.layer, " starts at position ", f.first,
+                                             "; this cache reads it from ", reads));
+  }
   // Copied out of the frame: its scale pairs sit at any byte offset, and kernels read
   // aligned floats.
   OneLayer src(f.dtype, f.n_kv_heads, f.n_tokens, f.head_dim);
-  const char* p = f.payload.data();
-  std::memcpy(src.k.data(), p, src.k.size());
-  p += src.k.size();
-  std::memcpy(src.v.data(), p, src.v.size());
-  p += src.v.size();
-  if (!src.ks.empty()) {
-    std::memcpy(src.ks.data(), p, src.ks.size() * sizeof(float));
-    p += src.ks.size() * sizeof(float);
-    std::memcpy(src.vs.data(), p, src.vs.size() * sizeof(float));
-  }
+  ScatterPositions(f.payload, f.first, src.view);
   const LayerDestination d = LayerDestinationOf(groups, table, f.layer, f.n_tokens);
   return CopyLayerTokens(src.view, src.table, LayerSlice(dst, d.slot), d.table, 0, f.n_tokens,
-                         d.first);
+                         std::max(f.first, d.first));
 }
 
 }  // namespace tandem::kvcache

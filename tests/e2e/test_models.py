@@ -172,15 +172,16 @@ def test_local_layers_keep_only_their_window(gemma):
 
 
 def test_disaggregated_over_tcp_equals_colocated_past_the_window(gemma):
-    """The prefill instance keeps whole contexts and sends every layer over loopback TCP; the
-    decode instance keeps only the window of its 15 local layers and writes only that part of
-    what arrives. Three windows of prompt, then greedy decoding: the colocated daemon's text."""
+    """Both instances keep only the window of the 15 local layers: the prefill instance sends
+    each local layer's window of the prompt over loopback TCP (the layer frame's first
+    position), the decode instance writes it into its window. Three windows of prompt, then
+    greedy decoding: the colocated daemon's text."""
     (ref,) = [p for p in reference().values() if len(p["prompt_tokens"]) == 1547]
     d = Daemon("--model", GEMMA_PATH, "--served-model-name=", "--disaggregation", "on",
                "--kv-transport", "tcp")
     try:
         logs = d.logs()
-        assert logs.count("sliding-window layers keep their last 512 positions") == 1, logs
+        assert logs.count("sliding-window layers keep their last 512 positions") == 2, logs
         want = complete(gemma, ref["prompt"], 12)
         got = complete(d, ref["prompt"], 12)
         assert got["usage"]["completion_tokens"] == 12

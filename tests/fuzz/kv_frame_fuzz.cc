@@ -95,11 +95,13 @@ std::string BuildStream(std::string_view prog) {
         LayerFrame l{id,
                      take() % 5,
                      1 + take() % 4,
+                     0,
                      1 + take() % 3,
                      1 + take() % 8,
                      static_cast<tandem::kernels::KvDType>(take() % 3),
                      {}};
-        l.payload.assign(LayerPayloadBytes(l.dtype, l.n_kv_heads, l.n_tokens, l.head_dim),
+        l.first = take() % l.n_tokens;
+        l.payload.assign(LayerPayloadBytes(l.dtype, l.n_kv_heads, l.n_tokens - l.first, l.head_dim),
                          static_cast<char>(take()));
         EncodeFrame(l, &out);
         break;

@@ -4,11 +4,15 @@
 #include <algorithm>
 #include <memory>
 #include <numeric>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kvcache/kv_copy.h"
 #include "kvcache/kv_manager.h"
+#include "kvcache/transfer/kv_snapshot.h"
 
 namespace tandem::kvcache {
 namespace {
@@ -316,6 +320,99 @@ TEST_F(KvGroupsManagerTest, PrefixHitsNeedTheWindowsPagesCached) {
   kv_->Free(again);
   EXPECT_EQ(kv_->PeekPrefix(b, 24), 24);
   EXPECT_EQ(kv_->num_free(), 40);
+}
+
+// Where position p of model layer `layer` lives in `t` of `kv`: (view layer, slot).
+std::pair<int, int32_t> Locate(const KvManager& kv, const BlockTable& t, int layer, int p) {
+  const KvGroups& g = kv.groups();
+  const int32_t block = t.group(g.group_of[layer])[p / 4];
+  EXPECT_GE(block, 0) << "layer " << layer << " position " << p;
+  return {g.slot_of[layer], block * 4 + p % 4};
+}
+
+// A snapshot of a windowed cache holds a local layer's window only; written into a cache that
+// keeps whole contexts it fills that part (the rest is never read), into a windowed one the
+// window; a destination that would read earlier positions is refused.
+TEST_F(KvGroupsManagerTest, SnapshotsCarryALocalLayersWindowOnly) {
+  constexpr int kWindow = 6, kTokens = 14;
+  Make(/*num_blocks=*/40, kWindow);
+  BlockTable t(4);
+  ASSERT_TRUE(kv_->Append(t, kTokens).ok());
+  t.SetNumTokens(kTokens);
+  std::vector<float> k(8), v(8);
+  auto value = [](int layer, int p, int i) { return 0.25f * layer + 0.5f * p + 0.125f * i; };
+  for (int layer = 0; layer < 4; ++layer) {
+    for (int p = 0; p < kTokens; ++p) {
+      for (int i = 0; i < 8; ++i) {
+        k[i] = value(layer, p, i);
+        v[i] = -value(layer, p, i);
+      }
+      const auto [slot_layer, slot] = Locate(*kv_, t, layer, p);
+      WriteTokenKv(kv_->view(), slot_layer, slot, k.data(), v.data());
+    }
+  }
+  auto snap = KvSnapshot::Take(*kv_, t, kTokens);
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  // Layers 0 and 2 slide (window of position 14: 9..13), 1 and 3 are global.
+  EXPECT_EQ((*snap)->first(0), 9);
+  EXPECT_EQ((*snap)->first(1), 0);
+  std::string payload;
+  (*snap)->LayerPayload(2, kernels::KvDType::kF16, &payload);
+  EXPECT_EQ(payload.size(), LayerPayloadBytes(kernels::KvDType::kF16, 1, 5, 8));
+
+  auto check = [&](const KvManager& dst, const BlockTable& dt, bool whole) {
+    std::vector<float> rk(8), rv(8);
+    for (int layer = 0; layer < 4; ++layer) {
+      const int first = layer % 2 == 0 ? 9 : 0;
+      for (int p = whole ? 0 : first; p < kTokens; ++p) {
+        const auto [slot_layer, slot] = Locate(dst, dt, layer, p);
+        ReadTokenKv(dst.view(), slot_layer, slot, rk.data(), rv.data());
+        // f16 holds these multiples of 1/8 exactly; positions before the window stay 7.
+        const float want = p < first ? 7.0f : value(layer, p, 3);
+        EXPECT_EQ(rk[3], want) << "layer " << layer << " position " << p;
+        EXPECT_EQ(rv[3], p < first ? -7.0f : -want) << "layer " << layer << " position " << p;
+      }
+    }
+  };
+  // Into a cache that keeps every position of every layer.
+  KvCacheConfig wc = Pattern(4, 2, kWindow);
+  wc.window_local = false;
+  auto whole = KvManager::Create(wc, *backend_);
+  ASSERT_TRUE(whole.ok());
+  BlockTable wt(4);
+  ASSERT_TRUE((*whole)->Append(wt, kTokens).ok());
+  wt.SetNumTokens(kTokens);
+  std::fill(k.begin(), k.end(), 7.0f);
+  std::fill(v.begin(), v.end(), -7.0f);
+  for (int layer = 0; layer < 4; ++layer) {
+    for (int p = 0; p < kTokens; ++p) {
+      const auto [slot_layer, slot] = Locate(**whole, wt, layer, p);
+      WriteTokenKv((*whole)->view(), slot_layer, slot, k.data(), v.data());
+    }
+  }
+  ASSERT_TRUE((*snap)->WriteTo(**whole, wt).ok());
+  check(**whole, wt, /*whole=*/true);
+  // Into a windowed cache, through a lease as a decode instance takes it.
+  auto windowed = KvManager::Create(Pattern(4, 2, kWindow), *backend_);
+  ASSERT_TRUE(windowed.ok());
+  auto lease = (*windowed)->ReserveTokens(kTokens, absl::InfiniteFuture());
+  ASSERT_TRUE(lease.ok());
+  BlockTable dt(4);
+  ASSERT_TRUE((*windowed)->Import(lease->id, kTokens, dt).ok());
+  ASSERT_TRUE((*snap)->WriteTo(**windowed, dt).ok());
+  check(**windowed, dt, /*whole=*/false);
+  // A destination whose local layers read 10 positions back needs more than the snapshot has.
+  auto wider = KvManager::Create(Pattern(4, 2, 10), *backend_);
+  ASSERT_TRUE(wider.ok());
+  BlockTable xt(4);
+  ASSERT_TRUE((*wider)->Append(xt, kTokens).ok());
+  xt.SetNumTokens(kTokens);
+  const absl::Status s = (*snap)->WriteTo(**wider, xt);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  kv_->Free(t);
+  (*whole)->Free(wt);
+  (*windowed)->Free(dt);
+  (*wider)->Free(xt);
 }
 
 }  // namespace

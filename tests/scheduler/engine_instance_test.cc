@@ -540,48 +540,94 @@ TEST_F(EngineInstanceTest, DisaggregatedPairMatchesColocated) {
   }
 }
 
-// The sliding-window model disaggregated: the prefill instance keeps whole contexts and sends
-// every layer; the decode instance keeps only the window of its local layers and writes only
-// that of what it receives (and re-pages, with blocks of 8). Over every transport, the tokens
-// a colocated instance gives.
-TEST_F(EngineInstanceTest, DisaggregatedDecodeKeepsOnlyTheWindow) {
+// The sliding-window model disaggregated: a prefill instance that keeps only the window of its
+// local layers sends only that of each (the layer frame's first position), one that keeps
+// everything sends everything; a decode instance that keeps the window writes only that, one
+// that keeps everything writes what comes (a local layer never reads before its window). Every
+// combination, over every transport, re-paged (decode blocks of 8) or not, with an int8 wire:
+// the tokens a colocated instance gives.
+TEST_F(EngineInstanceTest, DisaggregatedSlidingWindowLayersSendAndKeepOnlyTheWindow) {
   auto file = SlidingWindowModel();
   ASSERT_NE(file, nullptr);
   std::vector<std::vector<int32_t>> prompts = Prompts(8, 31);
   auto colocated = EngineInstance::Create(Config(4, 32, 256), *file);
   ASSERT_TRUE(colocated.ok()) << colocated.status();
-  for (const auto& [repage, transport] :
-       {std::pair{false, KvTransportKind::kInProcess}, std::pair{true, KvTransportKind::kInProcess},
-        std::pair{false, KvTransportKind::kTcp}, std::pair{true, KvTransportKind::kShm}}) {
-    SCOPED_TRACE(absl::StrCat(KvTransportName(transport), repage ? ", decode blocks of 8" : ""));
+  std::vector<std::vector<int32_t>> want;
+  for (const auto& p : prompts) {
+    auto sink = std::make_shared<RecordingSink>();
+    ASSERT_TRUE((*colocated)->Submit(Request(p, 30, sink)).ok());
+    sink->Wait();
+    want.push_back(sink->tokens());
+  }
+  struct Case {
+    bool prefill_windowed, decode_windowed, repage;
+    KvTransportKind transport;
+  };
+  std::map<bool, uint64_t> tcp_f16_bytes;  // by prefill_windowed
+  for (const Case& k : {Case{true, true, false, KvTransportKind::kInProcess},
+                        Case{true, false, true, KvTransportKind::kInProcess},
+                        Case{false, true, true, KvTransportKind::kInProcess},
+                        Case{true, true, false, KvTransportKind::kTcp},
+                        Case{false, true, false, KvTransportKind::kTcp},
+                        Case{true, false, false, KvTransportKind::kTcp},
+                        Case{false, true, true, KvTransportKind::kShm},
+                        Case{true, true, true, KvTransportKind::kShm}}) {
+    SCOPED_TRACE(absl::StrCat(KvTransportName(k.transport), ", prefill ",
+                              k.prefill_windowed ? "windowed" : "whole", ", decode ",
+                              k.decode_windowed ? "windowed" : "whole",
+                              k.repage ? ", decode blocks of 8" : ""));
     DisaggregatedEngineConfig dc;
-    dc.prefill = {Config(4, 32, 3 * 256)};  // pages of 6 layers there, of 2 on the decode side
-    dc.decode = {Config(6, 32, 256)};
-    dc.transport = transport;
-    if (repage) dc.decode[0].block_size = 8;
+    // Pages of 6 layers when whole, of 2 when windowed.
+    dc.prefill = {Config(4, 32, k.prefill_windowed ? 256 : 3 * 256)};
+    dc.decode = {Config(6, 32, k.decode_windowed ? 256 : 3 * 256)};
+    dc.prefill[0].window_local_kv = k.prefill_windowed;
+    dc.decode[0].window_local_kv = k.decode_windowed;
+    dc.transport = k.transport;
+    if (k.transport == KvTransportKind::kTcp && !k.decode_windowed) {
+      dc.wire_dtype = kernels::KvDType::kInt8;
+    }
+    if (k.repage) dc.decode[0].block_size = 8;
     auto disagg = DisaggregatedEngine::Create(dc, *file);
     ASSERT_TRUE(disagg.ok()) << disagg.status();
-    EXPECT_EQ((*disagg)->prefill().kv_layout(), "");
-    EXPECT_EQ((*disagg)->decode().kv_layout(),
-              "; 4 sliding-window layers keep their last 8 positions");
-    std::vector<std::shared_ptr<RecordingSink>> want, got;
+    const std::string windowed = "; 4 sliding-window layers keep their last 8 positions";
+    EXPECT_EQ((*disagg)->prefill().kv_layout(), k.prefill_windowed ? windowed : "");
+    EXPECT_EQ((*disagg)->decode().kv_layout(), k.decode_windowed ? windowed : "");
+    std::vector<std::shared_ptr<RecordingSink>> got;
     for (size_t i = 0; i < prompts.size(); ++i) {
-      want.push_back(std::make_shared<RecordingSink>());
-      ASSERT_TRUE((*colocated)->Submit(Request(prompts[i], 30, want.back())).ok());
       got.push_back(std::make_shared<RecordingSink>());
       ASSERT_TRUE((*disagg)->Submit({Request(prompts[i], 30, got.back())}).ok());
     }
+    int same = 0, total = 0;
     for (size_t i = 0; i < prompts.size(); ++i) {
-      want[i]->Wait();
       got[i]->Wait();
       EXPECT_EQ(got[i]->end(), SequenceEnd::kLength) << got[i]->status();
-      EXPECT_EQ(got[i]->tokens(), want[i]->tokens()) << "prompt " << i;
+      if (!dc.wire_dtype) {
+        EXPECT_EQ(got[i]->tokens(), want[i]) << "prompt " << i;
+        continue;
+      }
+      // int8 on the wire: the first token is prefill's, before any quantization; then most
+      // tokens agree up to the first difference (as DisaggregatedPairWithInt8OnTheWire).
+      ASSERT_EQ(got[i]->tokens().size(), want[i].size());
+      EXPECT_EQ(got[i]->tokens()[0], want[i][0]);
+      size_t n = 0;
+      while (n < want[i].size() && got[i]->tokens()[n] == want[i][n]) ++n;
+      same += static_cast<int>(n);
+      total += static_cast<int>(want[i].size());
     }
+    EXPECT_GE(same * 2, total);
     EXPECT_EQ((*disagg)->handover_stats().sequences, prompts.size());
+    if (k.transport == KvTransportKind::kTcp && !dc.wire_dtype) {
+      tcp_f16_bytes[k.prefill_windowed] = (*disagg)->pusher()->stats().bytes;
+    }
     const InstanceStats p = (*disagg)->prefill().stats(), d = (*disagg)->decode().stats();
     EXPECT_EQ(p.kv_blocks_free, p.kv_blocks_total);
     EXPECT_EQ(d.kv_blocks_free, d.kv_blocks_total);
   }
+  // Prompts of 3 to 42 tokens: the 4 local layers send at most 8 positions each, the 2 global
+  // ones all, so a windowed sender writes about 0.6 of a whole one's bytes.
+  ASSERT_EQ(tcp_f16_bytes.size(), 2u);
+  EXPECT_LT(tcp_f16_bytes[true] * 4, tcp_f16_bytes[false] * 3)
+      << tcp_f16_bytes[true] << " vs " << tcp_f16_bytes[false];
 }
 
 // Two prefill and two decode instances: requests spread over both of each role (the least

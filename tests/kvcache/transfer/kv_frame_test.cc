@@ -3,6 +3,7 @@
 #include "kvcache/transfer/kv_frame.h"
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <string>
@@ -23,15 +24,17 @@ std::string RandomBytes(std::mt19937_64& rng, size_t n) {
 }
 
 LayerFrame RandomLayer(std::mt19937_64& rng, KvDType dtype, uint64_t id, int32_t layer,
-                       int32_t heads = 2, int32_t tokens = 5, int32_t head_dim = 8) {
+                       int32_t heads = 2, int32_t tokens = 5, int32_t head_dim = 8,
+                       int32_t first = 0) {
   LayerFrame l;
   l.transfer_id = id;
   l.layer = layer;
   l.n_tokens = tokens;
+  l.first = first;
   l.n_kv_heads = heads;
   l.head_dim = head_dim;
   l.dtype = dtype;
-  l.payload = RandomBytes(rng, LayerPayloadBytes(dtype, heads, tokens, head_dim));
+  l.payload = RandomBytes(rng, LayerPayloadBytes(dtype, heads, tokens - first, head_dim));
   return l;
 }
 
@@ -53,6 +56,7 @@ std::vector<Frame> RandomFrames(std::mt19937_64& rng) {
   frames.push_back(RandomLayer(rng, KvDType::kInt8, rng(), 3, 3, 7, 16));
   frames.push_back(RandomLayer(rng, KvDType::kF16, rng(), 0, 2, 9, 32));
   frames.push_back(RandomLayer(rng, KvDType::kF32, rng(), 11, 1, 1, 4));
+  frames.push_back(RandomLayer(rng, KvDType::kInt8, rng(), 5, 2, 600, 8, /*first=*/89));
   CommitFrame c;
   c.transfer_id = rng();
   c.first_token = static_cast<int32_t>(rng() % 150000);
@@ -120,7 +124,7 @@ TEST(FrameTest, EncodedHeader) {
   ASSERT_EQ(s.size(), kFrameHeaderBytes + 13);
   EXPECT_EQ(s.substr(0, 4), "TKV1");
   EXPECT_EQ(s[4], static_cast<char>(FrameType::kAbort));
-  EXPECT_EQ(s[5], 1);
+  EXPECT_EQ(s[5], 2);  // version
   EXPECT_EQ(s[6], 0);
   EXPECT_EQ(s[7], 0);
   EXPECT_EQ(static_cast<uint8_t>(s[8]), 13);
@@ -226,7 +230,7 @@ TEST(FrameTest, BadHeaderFieldsAreInvalidArgument) {
     char value;
   };
   for (Case c : {Case{0, 'X'}, Case{3, '2'}, Case{4, 0}, Case{4, 6}, Case{4, '\xff'}, Case{5, 0},
-                 Case{5, 2}, Case{6, 1}, Case{7, 1}}) {
+                 Case{5, 1}, Case{5, 3}, Case{6, 1}, Case{7, 1}}) {
     std::string s = good;
     s[c.offset] = c.value;
     FrameParser p;
@@ -285,10 +289,10 @@ TEST(FrameTest, MalformedPayloadsAreInvalidArgument) {
             absl::StatusCode::kInvalidArgument);
   // The same bytes under an int8 dtype code: int8 needs 480 bytes for this layout, f16 640.
   std::string as_int8 = layer;
-  as_int8[24] = 2;
+  as_int8[28] = 2;
   EXPECT_EQ(ParseCode(WithHeader(FrameType::kLayer, as_int8)), absl::StatusCode::kInvalidArgument);
   std::string bad_dtype = layer;
-  bad_dtype[24] = 9;
+  bad_dtype[28] = 9;
   EXPECT_EQ(ParseCode(WithHeader(FrameType::kLayer, bad_dtype)),
             absl::StatusCode::kInvalidArgument);
   std::string neg_layer = layer;
@@ -296,8 +300,20 @@ TEST(FrameTest, MalformedPayloadsAreInvalidArgument) {
   EXPECT_EQ(ParseCode(WithHeader(FrameType::kLayer, neg_layer)),
             absl::StatusCode::kInvalidArgument);
   std::string neg_heads = layer;
-  neg_heads[19] = '\xff';
+  neg_heads[23] = '\xff';
   EXPECT_EQ(ParseCode(WithHeader(FrameType::kLayer, neg_heads)),
+            absl::StatusCode::kInvalidArgument);
+  // A first position outside [0, n_tokens), and one whose data is the whole layer's.
+  for (const int32_t first : {-1, 5, 6}) {
+    std::string bad_first = layer;
+    std::memcpy(&bad_first[16], &first, 4);
+    EXPECT_EQ(ParseCode(WithHeader(FrameType::kLayer, bad_first)),
+              absl::StatusCode::kInvalidArgument)
+        << first;
+  }
+  std::string first_two = layer;
+  first_two[16] = 2;  // positions 2..4 need 3/5 of the data
+  EXPECT_EQ(ParseCode(WithHeader(FrameType::kLayer, first_two)),
             absl::StatusCode::kInvalidArgument);
   // Fixed-size payloads of the wrong size, and a reserve with zero layers.
   const std::string reserve =

@@ -328,7 +328,7 @@ struct RawSender {
     return absl::DeadlineExceededError("no frame");
   }
   LayerFrame Layer(uint64_t id, const Source& src, int layer) {
-    LayerFrame l{id, layer, kTokens, kHeads, kHeadDim, KvDType::kF16, {}};
+    LayerFrame l{id, layer, kTokens, 0, kHeads, kHeadDim, KvDType::kF16, {}};
     src.snap->LayerPayload(layer, KvDType::kF16, &l.payload);
     return l;
   }
