@@ -8,7 +8,7 @@ CMAKE_FLAGS ?=
 PORT ?= 8000
 SERVE_FLAGS ?=
 
-.PHONY: deps pyenv build model test-models test test-unit test-asan test-tsan serve bench fuzz fuzz-openai fuzz-kv-frame clean
+.PHONY: deps pyenv build model test-models test test-unit test-asan test-tsan serve bench fuzz fuzz-openai fuzz-kv-frame clean cuda-report
 
 deps:
 	./scripts/install-deps
@@ -102,11 +102,16 @@ fuzz-openai:
 fuzz-kv-frame:
 	mkdir -p $(BUILD)/fuzz/kv_frame_corpus
 	clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	  -I. tests/fuzz/kv_frame_fuzz.cc kvcache/transfer/kv_frame.cc \
+	  -I. tests/fuzz/kv_frame_fuzz.cc kvcache/transfer/kv_frame.cc kernels/backend.cc \
 	  $$(pkg-config --libs absl_statusor absl_status absl_strings absl_cord) \
 	  -o $(BUILD)/fuzz/kv_frame_fuzz
 	$(BUILD)/fuzz/kv_frame_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=2048 \
 	  $(BUILD)/fuzz/kv_frame_corpus
+
+# Registers, static shared memory, stack and local-memory spills of every CUDA kernel for sm_80
+# and sm_90a, from ptxas (nvcc -Xptxas -v); needs the CUDA toolkit, not a GPU.
+cuda-report:
+	./kernels/cuda/cuda_report.sh
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)
