@@ -3,6 +3,7 @@ answers 429, the API key is enforced, and SIGTERM drains without cutting a reque
 import concurrent.futures
 import json
 import socket
+import subprocess
 import threading
 import time
 import urllib.error
@@ -11,7 +12,7 @@ import urllib.request
 import openai
 import pytest
 
-from conftest import MODEL_NAME, Daemon
+from conftest import MODEL, MODEL_NAME, TANDEMD, Daemon
 
 
 def post_json(url, obj, headers=None):
@@ -163,3 +164,14 @@ def _status(url):
         return e.code
     except OSError:
         return None
+
+
+def test_a_cuda_device_without_a_gpu_is_one_line():
+    """--device cuda:0 on a machine without a GPU (CI) or in a build without the CUDA toolkit:
+    the daemon exits at once with one line naming the device and why, before loading anything."""
+    r = subprocess.run([TANDEMD, "--model", MODEL, "--port", "0", "--device", "cuda:0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0, r
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cuda:0" in lines[0], r.stderr
+    assert "GPU" in lines[0] or "no CUDA backend" in lines[0], r.stderr

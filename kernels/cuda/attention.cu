@@ -1,0 +1,71 @@
+// Launcher of the split-K paged attention kernels (attention.h). Built by nvcc into tandem_cuda
+// and, unchanged, for the host harness into tandem_cuda_emu.
+#include "common/check.h"
+#include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/dtype.cuh"
+
+namespace tandem::kernels::cuda {
+inline namespace TANDEM_CUDA_BUILD {
+
+namespace {
+
+int Splits(int max_context, int split) { return (max_context + split - 1) / split; }
+
+}  // namespace
+
+size_t AttentionWorkspaceFloats(const AttentionParams& p, int max_context, int split) {
+  return static_cast<size_t>(p.n_tokens) * p.n_heads * Splits(max_context, split) *
+         (p.head_dim + 2);
+}
+
+void Attention(const AttentionParams& p, ActivationDType dtype, int max_context, float* workspace,
+               Stream stream, int split) {
+  const KvCacheView& c = p.cache;
+  TANDEM_CHECK_GE(p.n_tokens, 0);
+  TANDEM_CHECK_GT(split, 0);
+  TANDEM_CHECK_GT(max_context, 0);
+  TANDEM_CHECK(p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0);
+  TANDEM_CHECK(p.head_dim > 0 && p.head_dim <= kAttentionMaxHeadDim);
+  TANDEM_CHECK_EQ(p.head_dim, c.head_dim);
+  TANDEM_CHECK_EQ(p.n_kv_heads, c.n_kv_heads);
+  TANDEM_CHECK(p.layer >= 0 && p.layer < c.n_layers);
+  TANDEM_CHECK_GE(p.window, 0);
+  if (p.n_tokens == 0) return;
+  TANDEM_CHECK(p.q != nullptr && p.out != nullptr && workspace != nullptr);
+  TANDEM_CHECK(c.k != nullptr && c.v != nullptr);
+  if (c.dtype == KvDType::kInt8) {
+    TANDEM_CHECK(c.k_scale_zero != nullptr && c.v_scale_zero != nullptr);
+  }
+  const int n_splits = Splits(max_context, split);
+  const int group = p.n_heads / p.n_kv_heads;
+  const int chunks = (group + kAttentionMaxGroup - 1) / kAttentionMaxGroup;
+  const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(p.n_kv_heads * chunks),
+                  static_cast<unsigned>(p.n_tokens));
+  const size_t shared = sizeof(float) * (static_cast<size_t>(kAttentionMaxGroup) * p.head_dim +
+                                         static_cast<size_t>(kAttentionWarps) * kAttentionMaxGroup *
+                                             (p.head_dim + 2));
+  const auto s = static_cast<cudaStream_t>(stream.handle);
+  DispatchActivation(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    switch (c.dtype) {
+      case KvDType::kF32:
+        Launch(AttentionSplitKernel<T, KvDType::kF32>, grid, dim3(kAttentionThreads), shared, s, p,
+               split, n_splits, workspace);
+        break;
+      case KvDType::kF16:
+        Launch(AttentionSplitKernel<T, KvDType::kF16>, grid, dim3(kAttentionThreads), shared, s, p,
+               split, n_splits, workspace);
+        break;
+      case KvDType::kInt8:
+        Launch(AttentionSplitKernel<T, KvDType::kInt8>, grid, dim3(kAttentionThreads), shared, s, p,
+               split, n_splits, workspace);
+        break;
+    }
+    Launch(AttentionMergeKernel<T>,
+           dim3(static_cast<unsigned>(p.n_heads), static_cast<unsigned>(p.n_tokens)),
+           dim3(kAttentionThreads), 0, s, p, n_splits, static_cast<const float*>(workspace));
+  });
+}
+
+}  // namespace TANDEM_CUDA_BUILD
+}  // namespace tandem::kernels::cuda

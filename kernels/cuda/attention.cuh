@@ -1,0 +1,203 @@
+// Split-K paged attention kernels (launcher: kernels/cuda/attention.cu; the scheme is in
+// attention.h).
+//
+// AttentionSplitKernel: one block of kAttentionThreads per (split, KV head x head chunk, token).
+// The chunk's query rows, pre-multiplied by the scale, sit in shared memory. Warps take the
+// split's positions round robin; for each, every lane loads its elements of the K and V rows
+// (lane + 32 i, dequantized to f32) once, computes each head's dot product (a warp butterfly,
+// so every lane holds the same score) and updates that head's running max m, sum l and
+// accumulator (the lane's elements) in registers: online softmax, as flash attention. At the
+// end the warps' states meet in shared memory and are merged (each rescaled by exp(m_w - M)),
+// and the block writes (M, L, acc) per head to the workspace: [token][head][split][head_dim + 2]
+// with acc first, then M, then L. An empty split writes M = -inf, L = 0.
+//
+// AttentionMergeKernel: one block per (head, token); each thread merges the splits of its
+// elements: out = sum_s acc_s exp(M_s - M) / sum_s L_s exp(M_s - M), rounded to the activation
+// dtype once.
+// Thread safety: device code.
+#ifndef TANDEM_KERNELS_CUDA_ATTENTION_CUH_
+#define TANDEM_KERNELS_CUDA_ATTENTION_CUH_
+
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/reduce.cuh"
+#include "kernels/emu/cuda_compat.h"
+
+namespace tandem::kernels::cuda {
+inline namespace TANDEM_CUDA_BUILD {
+
+inline constexpr int kAttentionThreads = 128;
+inline constexpr int kAttentionWarps = kAttentionThreads / 32;
+inline constexpr int kAttentionPerLane = kAttentionMaxHeadDim / 32;
+
+// Full unrolling for nvcc (the loops below index register arrays, which must not become local
+// memory); the host compiler has no use for it.
+#if defined(TANDEM_CUDA_EMU)
+#define TANDEM_ATTENTION_UNROLL
+#else
+#define TANDEM_ATTENTION_UNROLL _Pragma("unroll")
+#endif
+
+__device__ __forceinline__ int IntMin(int a, int b) { return a < b ? a : b; }
+__device__ __forceinline__ int IntMax(int a, int b) { return a > b ? a : b; }
+
+// Element i of row `row` (of head_dim) of one of the cache's K or V arrays, as f32 (int8:
+// q * scale + zero, the reference's formula).
+template <KvDType kCache>
+__device__ __forceinline__ float LoadKv(const void* base, const float* scale_zero, int64_t row,
+                                        int d, int i) {
+  if constexpr (kCache == KvDType::kF32) {
+    return static_cast<const float*>(base)[row * d + i];
+  } else if constexpr (kCache == KvDType::kF16) {
+    return ToFloat(static_cast<const Half*>(base)[row * d + i]);
+  } else {
+    const float q = static_cast<float>(static_cast<const uint8_t*>(base)[row * d + i]);
+    return AddRn(MulRn(q, scale_zero[row * 2]), scale_zero[row * 2 + 1]);
+  }
+}
+
+template <typename T, KvDType kCache>
+__global__ void __launch_bounds__(kAttentionThreads)
+    AttentionSplitKernel(AttentionParams p, int split, int n_splits, float* workspace) {
+  const KvCacheView& c = p.cache;
+  const int d = p.head_dim;
+  const int group = p.n_heads / p.n_kv_heads;
+  const int chunks = (group + kAttentionMaxGroup - 1) / kAttentionMaxGroup;
+  const int kv_head = static_cast<int>(blockIdx.y) / chunks;
+  const int head0 = kv_head * group + (static_cast<int>(blockIdx.y) % chunks) * kAttentionMaxGroup;
+  const int heads = IntMin(kAttentionMaxGroup, kv_head * group + group - head0);
+  const int t = blockIdx.z;
+  const int s = blockIdx.x;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int pos = p.positions[t];
+  const int first = p.window > 0 ? IntMax(0, pos - p.window + 1) : 0;
+  const int begin = first + s * split;
+  const int end = IntMin(pos + 1, begin + split);
+
+  TANDEM_DYNAMIC_SHARED(float, smem);
+  float* q = smem;                                // [heads][d], scaled
+  float* states = smem + kAttentionMaxGroup * d;  // [warps][heads][d + 2]
+  const T* q_in =
+      reinterpret_cast<const T*>(p.q) + (static_cast<int64_t>(t) * p.n_heads + head0) * d;
+  for (int i = threadIdx.x; i < heads * d; i += blockDim.x) q[i] = ToFloat(q_in[i]) * p.scale;
+  __syncthreads();
+
+  float m[kAttentionMaxGroup], l[kAttentionMaxGroup];
+  float acc[kAttentionMaxGroup][kAttentionPerLane];
+  TANDEM_ATTENTION_UNROLL
+  for (int h = 0; h < kAttentionMaxGroup; ++h) {
+    m[h] = -INFINITY;
+    l[h] = 0.f;
+    TANDEM_ATTENTION_UNROLL
+    for (int e = 0; e < kAttentionPerLane; ++e) acc[h][e] = 0.f;
+  }
+  const int32_t* table =
+      p.block_tables + static_cast<int64_t>(p.token_seq[t]) * p.max_blocks_per_seq;
+  for (int j = begin + warp; j < end; j += kAttentionWarps) {
+    const int block = table[j / c.block_size];
+    TANDEM_DEVICE_CHECK(block >= 0 && block < c.n_blocks);
+    const int64_t row =
+        ((static_cast<int64_t>(p.layer) * c.n_blocks + block) * c.n_kv_heads + kv_head) *
+            c.block_size +
+        j % c.block_size;
+    float k[kAttentionPerLane], v[kAttentionPerLane];
+    TANDEM_ATTENTION_UNROLL
+    for (int e = 0; e < kAttentionPerLane; ++e) {
+      const int i = lane + 32 * e;
+      k[e] = i < d ? LoadKv<kCache>(c.k, c.k_scale_zero, row, d, i) : 0.f;
+      v[e] = i < d ? LoadKv<kCache>(c.v, c.v_scale_zero, row, d, i) : 0.f;
+    }
+    TANDEM_ATTENTION_UNROLL
+    for (int h = 0; h < kAttentionMaxGroup; ++h) {
+      if (h >= heads) break;
+      float dot = 0.f;
+      TANDEM_ATTENTION_UNROLL
+      for (int e = 0; e < kAttentionPerLane; ++e) {
+        const int i = lane + 32 * e;
+        if (i < d) dot += q[h * d + i] * k[e];
+      }
+      dot = WarpSum(dot);
+      const float m_new = fmaxf(m[h], dot);
+      const float alpha = expf(m[h] - m_new);  // 0 while m was -inf
+      const float w = expf(dot - m_new);
+      l[h] = l[h] * alpha + w;
+      TANDEM_ATTENTION_UNROLL
+      for (int e = 0; e < kAttentionPerLane; ++e) acc[h][e] = acc[h][e] * alpha + w * v[e];
+      m[h] = m_new;
+    }
+  }
+
+  // The warps' states into shared memory, then merged per (head, element).
+  const int stride = d + 2;
+  TANDEM_ATTENTION_UNROLL
+  for (int h = 0; h < kAttentionMaxGroup; ++h) {
+    if (h >= heads) break;
+    float* st = states + (warp * kAttentionMaxGroup + h) * stride;
+    TANDEM_ATTENTION_UNROLL
+    for (int e = 0; e < kAttentionPerLane; ++e) {
+      const int i = lane + 32 * e;
+      if (i < d) st[i] = acc[h][e];
+    }
+    if (lane == 0) {
+      st[d] = m[h];
+      st[d + 1] = l[h];
+    }
+  }
+  __syncthreads();
+  for (int x = threadIdx.x; x < heads * stride; x += blockDim.x) {
+    const int h = x / stride;
+    const int i = x % stride;
+    float big = -INFINITY;
+    for (int w = 0; w < kAttentionWarps; ++w) {
+      big = fmaxf(big, states[(w * kAttentionMaxGroup + h) * stride + d]);
+    }
+    float sum = 0.f;
+    if (i == d) {
+      sum = big;
+    } else if (big != -INFINITY) {
+      for (int w = 0; w < kAttentionWarps; ++w) {
+        const float* st = states + (w * kAttentionMaxGroup + h) * stride;
+        const float scale = expf(st[d] - big);
+        sum += (i == d + 1 ? st[d + 1] : st[i]) * scale;
+      }
+    }
+    float* part =
+        workspace + ((static_cast<int64_t>(t) * p.n_heads + head0 + h) * n_splits + s) * stride;
+    part[i] = sum;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kAttentionThreads)
+    AttentionMergeKernel(AttentionParams p, int n_splits, const float* workspace) {
+  const int d = p.head_dim;
+  const int stride = d + 2;
+  const int h = blockIdx.x;
+  const int t = blockIdx.y;
+  const float* parts = workspace + (static_cast<int64_t>(t) * p.n_heads + h) * n_splits * stride;
+  float big = -INFINITY;
+  for (int s = 0; s < n_splits; ++s) {
+    if (parts[s * stride + d + 1] > 0.f) big = fmaxf(big, parts[s * stride + d]);
+  }
+  float den = 0.f;
+  for (int s = 0; s < n_splits; ++s) {
+    const float* part = parts + s * stride;
+    if (part[d + 1] > 0.f) den += part[d + 1] * expf(part[d] - big);
+  }
+  T* out = reinterpret_cast<T*>(p.out) + (static_cast<int64_t>(t) * p.n_heads + h) * d;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    float num = 0.f;
+    for (int s = 0; s < n_splits; ++s) {
+      const float* part = parts + s * stride;
+      if (part[d + 1] > 0.f) num += part[i] * expf(part[d] - big);
+    }
+    out[i] = FromFloat<T>(num / den);
+  }
+}
+
+}  // namespace TANDEM_CUDA_BUILD
+}  // namespace tandem::kernels::cuda
+
+#undef TANDEM_ATTENTION_UNROLL
+
+#endif  // TANDEM_KERNELS_CUDA_ATTENTION_CUH_

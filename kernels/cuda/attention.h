@@ -1,0 +1,45 @@
+// Attention over the paged KV cache on the GPU (kernels/cuda/attention.cuh holds the kernels):
+// split-K flash decoding. Takes backend.h's AttentionParams as they are (q and out point at
+// elements of the activation dtype; a batch may mix prefill chunks and decode tokens, each token
+// attending to its own causal context or sliding window). Definition: kernels/ref AttentionRef.
+//
+// Work: the context [first, pos] of every token is cut into splits of `split` positions; one
+// block per (split, KV head, token) runs online softmax over its positions for every query head
+// of that KV head (GQA: each K/V row is read once for the group; a group larger than
+// kAttentionMaxGroup is taken in several blocks), and writes a partial (running max, sum of
+// exponentials, unnormalized output) per query head to the workspace; a second kernel merges
+// the splits of each (token, head). So a long decode context spreads over many blocks, and a
+// short one costs one split. Prefill chunks run through the same kernels (one token at a time;
+// a tiled prefill kernel that reuses K/V across a chunk's queries is not written yet).
+// Thread safety: launchers are called by the stream's owning thread (one backend instance).
+#ifndef TANDEM_KERNELS_CUDA_ATTENTION_H_
+#define TANDEM_KERNELS_CUDA_ATTENTION_H_
+
+#include <cstddef>
+
+#include "kernels/backend.h"
+#include "kernels/cuda/build_namespace.h"
+
+namespace tandem::kernels::cuda {
+inline namespace TANDEM_CUDA_BUILD {
+
+inline constexpr int kAttentionMaxGroup = 8;      // query heads per block
+inline constexpr int kAttentionMaxHeadDim = 256;  // 8 elements per lane
+inline constexpr int kAttentionDefaultSplit = 256;
+
+// Floats of workspace Attention needs: per token and query head, (head_dim + 2) per split of a
+// context of at most `max_context` positions.
+size_t AttentionWorkspaceFloats(const AttentionParams& p, int max_context, int split);
+
+// `max_context`: at least the largest (pos + 1 - first) of the batch's tokens (the host knows
+// it; positions live on the device); more only costs empty blocks. `workspace`: device memory of
+// AttentionWorkspaceFloats floats. Aborts on broken preconditions (head_dim over
+// kAttentionMaxHeadDim, n_heads not a multiple of n_kv_heads, layer out of range, split < 1).
+// A block id outside the cache is a broken invariant: the kernel traps.
+void Attention(const AttentionParams& p, ActivationDType dtype, int max_context, float* workspace,
+               Stream stream, int split = kAttentionDefaultSplit);
+
+}  // namespace TANDEM_CUDA_BUILD
+}  // namespace tandem::kernels::cuda
+
+#endif  // TANDEM_KERNELS_CUDA_ATTENTION_H_
