@@ -92,7 +92,11 @@ absl::Status ReadGemma3(const GgufFile& file, const ConfigReader& r, ModelConfig
   if (c->n_layers == 62) {
     c->attention_scale = 1.0f / std::sqrt(static_cast<float>(c->hidden / c->n_heads));
   }
-  TANDEM_ASSIGN_OR_RETURN(c->sliding_window, r.OptionalSize("attention.sliding_window", 0));
+  // A window of 0 (as some converters write for "none") is no window, as llama.cpp reads it.
+  const std::string window_key = r.Key("attention.sliding_window");
+  const bool window_zero = file.Has(window_key) && file.GetU32(window_key).value_or(1) == 0;
+  TANDEM_ASSIGN_OR_RETURN(c->sliding_window,
+                          window_zero ? 0 : r.OptionalSize("attention.sliding_window", 0));
   if (c->sliding_window > 0) {
     c->swa_layers.assign(c->n_layers, false);
     const std::string pattern_key = r.Key("attention.sliding_window_pattern");

@@ -311,6 +311,14 @@ TEST(ModelConfig, Gemma3Features) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_FALSE(c->IsSlidingLayer(0));
   EXPECT_EQ(c->LayerRopeTheta(0), spec.rope_theta);
+  // A window key of 0: no window either (llama.cpp's reading).
+  w = testing::BuildTestModel(spec);
+  ASSERT_TRUE(w.ok());
+  w->AddU32("gemma3.attention.sliding_window", 0);
+  c = ConfigOf(*w);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->sliding_window, 0);
+  EXPECT_FALSE(c->IsSlidingLayer(1));
 
   // What is not implemented is refused by name, not run wrong.
   w = testing::BuildTestModel(spec);
