@@ -665,9 +665,18 @@ void EngineInstance::ImportArrived() {
       scheduler_->AddRunning(std::move(a.seq));
       continue;
     }
-    if (!kv.CanAppend(s->table, s->num_tokens())) break;
+    // The blocks its computed tokens keep (a local layer group's: the window only), as a lease
+    // taken and imported at once, then room for the rest.
+    absl::StatusOr<kvcache::KvLease> lease =
+        kv.ReserveTokens(s->num_computed, absl::InfiniteFuture());
+    if (!lease.ok()) break;
+    absl::StatusOr<int> grow = kv.BlocksToGrowImport(lease->id, s->num_computed, s->num_tokens());
+    if (!grow.ok() || !kv.CanAllocate(*grow)) {
+      kv.Abort(lease->id);
+      break;
+    }
+    TANDEM_CHECK_OK(kv.Import(lease->id, s->num_computed, s->table));
     TANDEM_CHECK_OK(kv.Append(s->table, s->num_tokens()));
-    s->table.SetNumTokens(s->num_computed);
     if (absl::Status st = a.import(kv, s->table); !st.ok()) {
       kv.Free(s->table);
       s->sink->OnFinish(SequenceEnd::kFailed,
