@@ -28,7 +28,7 @@ std::atomic<int> g_blocks_in_flight{2};
 // barrier k + 1's completion.
 struct WarpState {
   Barrier barrier;
-  uint64_t values[2][32] = {};
+  uint64_t values[2][32][kWarpWords] = {};
   std::atomic<uint32_t> arrived[2] = {0, 0};
   uint64_t phase = 0;  // only touched by the barrier's completion (one thread, under its lock)
 
@@ -231,11 +231,13 @@ void SyncThreads() {
   Current("__syncthreads").slot->sync.ArriveAndWait("__syncthreads", [] {});
 }
 
-uint32_t WarpExchange(uint32_t mask, uint64_t value, uint64_t all[32]) {
+uint32_t WarpExchangeWords(uint32_t mask, const uint64_t* words, int n,
+                           uint64_t (*all)[kWarpWords]) {
+  TANDEM_CHECK(n >= 1 && n <= kWarpWords);
   ThreadState& ts = Current("a warp shuffle or vote");
   WarpState& w = *ts.warp;
   const int p = static_cast<int>(ts.warp_ops++ & 1);
-  w.values[p][ts.lane] = value;
+  std::memcpy(w.values[p][ts.lane], words, sizeof(uint64_t) * n);
   w.arrived[p].fetch_or(1u << ts.lane, std::memory_order_relaxed);
   w.barrier.ArriveAndWait("a warp shuffle or vote", [&w] { w.CompletePhase(); });
   const uint32_t arrived = w.arrived[p].load(std::memory_order_relaxed);
@@ -244,7 +246,16 @@ uint32_t WarpExchange(uint32_t mask, uint64_t value, uint64_t all[32]) {
                  arrived, mask);
     std::abort();
   }
-  std::memcpy(all, w.values[p], sizeof(w.values[p]));
+  for (int lane = 0; lane < 32; ++lane) {
+    std::memcpy(all[lane], w.values[p][lane], sizeof(uint64_t) * n);
+  }
+  return arrived;
+}
+
+uint32_t WarpExchange(uint32_t mask, uint64_t value, uint64_t all[32]) {
+  uint64_t words[32][kWarpWords];
+  const uint32_t arrived = WarpExchangeWords(mask, &value, 1, words);
+  for (int lane = 0; lane < 32; ++lane) all[lane] = words[lane][0];
   return arrived;
 }
 

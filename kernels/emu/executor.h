@@ -70,6 +70,13 @@ void SyncThreads();
 // their all[] entries are meaningless). Aborts if a taking-part lane is not in `mask`.
 uint32_t WarpExchange(uint32_t mask, uint64_t value, uint64_t all[32]);
 
+// Up to kWarpWords 64-bit words per lane in one exchange (one barrier), for the software
+// tensor-core instructions: an mma.sync publishes its A and B registers at once. all[lane][i] is
+// word i of `lane`; otherwise as WarpExchange.
+inline constexpr int kWarpWords = 4;
+uint32_t WarpExchangeWords(uint32_t mask, const uint64_t* words, int n,
+                           uint64_t (*all)[kWarpWords]);
+
 // The calling thread's lane (0..31) within its warp.
 int LaneId();
 
