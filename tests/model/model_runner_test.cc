@@ -155,17 +155,9 @@ TEST(ModelRunnerTest, StepsAndSamplesInParallel) {
 // layers keep only the window and on one that keeps everything: the same logits bit for bit
 // (the attention reads the same keys), for a fraction of the KV.
 TEST(ModelRunnerTest, WindowedLocalLayersGiveTheSameLogits) {
-  testing::TestModelSpec spec;
-  spec.arch = "gemma3";
-  spec.n_layers = 6;
-  spec.sliding_window = 8;
-  spec.swa_pattern = 3;
-  spec.rope_theta_swa = 1000.0f;
-  spec.weight_std = 0.2f;
-  spec.embd_std = 0.5f;
   const std::string path =
       absl::StrCat(::testing::TempDir(), "/model_runner_test_swa.", getpid(), ".gguf");
-  ASSERT_TRUE(testing::WriteTestModel(spec, path).ok());
+  ASSERT_TRUE(testing::WriteTestModel(testing::SlidingWindowTestSpec(), path).ok());
   auto file = GgufFile::Open(path);
   std::remove(path.c_str());
   ASSERT_TRUE(file.ok()) << file.status();

@@ -273,18 +273,9 @@ TEST_F(EngineInstanceTest, AdmissionCountsOnTheCachedPrefix) {
 // preempt, give the tokens each gives alone on an instance that keeps every layer's whole
 // context.
 std::unique_ptr<model::GgufFile> SlidingWindowModel() {
-  testing::TestModelSpec spec;
-  spec.arch = "gemma3";
-  spec.n_layers = 6;
-  spec.sliding_window = 8;
-  spec.swa_pattern = 3;
-  spec.rope_theta_swa = 1000.0f;
-  spec.context_length = 256;
-  spec.weight_std = 0.2f;
-  spec.embd_std = 0.5f;
   const std::string path =
       absl::StrCat(::testing::TempDir(), "/engine_instance_test_swa.", getpid(), ".gguf");
-  EXPECT_TRUE(testing::WriteTestModel(spec, path).ok());
+  EXPECT_TRUE(testing::WriteTestModel(testing::SlidingWindowTestSpec(), path).ok());
   auto file = model::GgufFile::Open(path);
   std::remove(path.c_str());
   EXPECT_TRUE(file.ok()) << file.status();

@@ -133,6 +133,19 @@ const std::vector<std::pair<std::string, std::string>>& TestTokenizerMerges() {
 
 int TestTokenizerSize() { return 3 + 256 + static_cast<int>(TestTokenizerMerges().size()); }
 
+TestModelSpec SlidingWindowTestSpec() {
+  TestModelSpec spec;
+  spec.arch = "gemma3";
+  spec.n_layers = 6;
+  spec.sliding_window = 8;
+  spec.swa_pattern = 3;
+  spec.rope_theta_swa = 1000.0f;
+  spec.context_length = 256;
+  spec.weight_std = 0.2f;
+  spec.embd_std = 0.5f;
+  return spec;
+}
+
 absl::StatusOr<GgufWriter> BuildTestModel(const TestModelSpec& spec) {
   TANDEM_RETURN_IF_ERROR(CheckSpec(spec));
   GgufWriter w;

@@ -63,6 +63,10 @@ int TestTokenizerSize();
 
 // The model as a writer, so tests can alter it (drop a tensor, change a shape) first.
 absl::StatusOr<GgufWriter> BuildTestModel(const TestModelSpec& spec);
+// Gemma 3's shape in small, for sliding-window tests: 6 layers, 2 and 5 global, the others
+// sliding over 8 positions (their own RoPE base), context 256, weights large enough that
+// greedy choices are not near-ties.
+TestModelSpec SlidingWindowTestSpec();
 absl::Status WriteTestModel(const TestModelSpec& spec, const std::string& path);
 
 // Corrupt variants of a test model, for error-path tests anywhere in the project.
