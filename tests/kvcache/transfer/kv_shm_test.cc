@@ -394,7 +394,9 @@ TEST(KvShmTest, AnUnsealedSegmentIsRefused) {
     int fds[5];
     fds[0] = memfd_create("tandem-kv", MFD_ALLOW_SEALING);
     EXPECT_EQ(ftruncate(fds[0], 4096 + 2 * kRing), 0);
-    if (sealed) EXPECT_EQ(fcntl(fds[0], F_ADD_SEALS, F_SEAL_SHRINK), 0);
+    if (sealed) {
+      EXPECT_EQ(fcntl(fds[0], F_ADD_SEALS, F_SEAL_SHRINK), 0);
+    }
     for (int i = 1; i < 5; ++i) fds[i] = eventfd(0, 0);
     struct {
       uint32_t magic = 0x53564b54, version = 1;
