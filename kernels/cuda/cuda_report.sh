@@ -23,7 +23,7 @@ READABLE='s/tandem::kernels::cuda::gpu:://g; s/\(tandem::kernels::DType\)0/F32/;
   s/\(tandem::kernels::DType\)30/BF16/; s/\(tandem::kernels::DType\)2/Q4_0/;
   s/\(tandem::kernels::DType\)3/Q4_1/; s/\(tandem::kernels::DType\)8/Q8_0/;
   s/\(tandem::kernels::KvDType\)0/KvF32/; s/\(tandem::kernels::KvDType\)1/KvF16/;
-  s/\(tandem::kernels::KvDType\)2/KvInt8/; s/\(GluKind\)0/SwiGlu/; s/\(GluKind\)1/GeGlu/;
+  s/\(tandem::kernels::KvDType\)2/KvInt8/; s/\(GluKind\)0/SwiGlu/; s/\(GluKind\)1/GeGlu/; s/\(ElementwiseOp\)0/Add/; s/\(ElementwiseOp\)1/AddBias/; s/\(ElementwiseOp\)2/Scale/;
   s/tandem::kernels:://g'
 
 tmp="$(mktemp -d)"
