@@ -511,6 +511,13 @@ TEST_F(EngineInstanceTest, DisaggregatedPairMatchesColocated) {
     if (transport != KvTransportKind::kInProcess) {
       // Every transfer went through the wire protocol, and no lease is left.
       EXPECT_EQ((*disagg)->receiver()->stats().committed, 2 * prompts.size());
+      // The pusher counts a push once its Commit is written, which the decode side may act on
+      // (and finish the sequence) first: wait for the count.
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      while ((*disagg)->pusher()->stats().committed < 2 * prompts.size() &&
+             std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
       EXPECT_EQ((*disagg)->pusher()->stats().committed, 2 * prompts.size());
       EXPECT_EQ((*disagg)->receiver()->open_transfers(), 0);
     }
