@@ -151,6 +151,13 @@ TEST_F(RemoteRolesTest, PrefillAndDecodeRolesOverTcpEqualColocated) {
         EXPECT_EQ(got, want[i]->tokens()) << "prompt " << i << (sampled ? " sampled" : " greedy");
       }
     }
+    // A pusher counts a push once its Commit is written, which the decode side may act on (and
+    // finish the sequence) first: wait for the count.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (handoff.stats().committed < 2 * prompts.size() &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
     const kvcache::KvPusherStats ps = handoff.stats();
     EXPECT_EQ(ps.committed, 2 * prompts.size());
     EXPECT_EQ(ps.failed, 0u);
