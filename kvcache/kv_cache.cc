@@ -22,9 +22,8 @@ absl::Status KvCacheConfig::Validate() const {
     return absl::InvalidArgumentError("KV cache: sliding window and step tokens must be >= 0");
   }
   if (!sliding_layers.empty() && static_cast<int>(sliding_layers.size()) != n_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("KV cache: ", sliding_layers.size(),
-                                                   " sliding-layer flags for ", n_layers,
-                                                   " layers"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "KV cache: ", sliding_layers.size(), " sliding-layer flags for ", n_layers, " layers"));
   }
   if (num_blocks == 0 && memory_bytes < BytesPerBlock()) {
     return absl::InvalidArgumentError(absl::StrCat("KV cache: memory of ", memory_bytes,
@@ -78,15 +77,18 @@ absl::StatusOr<KvDType> ParseKvDType(std::string_view name) {
   if (name == "f32" || name == "float32") return KvDType::kF32;
   if (name == "f16" || name == "float16" || name == "auto") return KvDType::kF16;
   if (name == "int8") return KvDType::kInt8;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown KV cache dtype '", std::string(name), "' (supported: auto, f16, f32, int8)"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown KV cache dtype '", std::string(name),
+                                                 "' (supported: auto, f16, f32, int8)"));
 }
 
 std::string_view KvDTypeName(KvDType dtype) {
   switch (dtype) {
-    case KvDType::kF32: return "f32";
-    case KvDType::kF16: return "f16";
-    case KvDType::kInt8: return "int8";
+    case KvDType::kF32:
+      return "f32";
+    case KvDType::kF16:
+      return "f16";
+    case KvDType::kInt8:
+      return "int8";
   }
   return "unknown";
 }

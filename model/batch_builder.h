@@ -29,8 +29,8 @@ class BatchBuilder {
   // Adds `tokens` at positions start_pos.. of the sequence whose KV lives in `table` (which
   // must already hold blocks for them). When want_logits, the last token's logits are
   // requested; returns the index of that row in Forward's output, else -1.
-  int AddSequence(const kvcache::BlockTable& table, std::span<const int32_t> tokens,
-                  int start_pos, bool want_logits);
+  int AddSequence(const kvcache::BlockTable& table, std::span<const int32_t> tokens, int start_pos,
+                  bool want_logits);
 
   const StepBatch& batch() const { return batch_; }
   StepBatch& mutable_batch() { return batch_; }

@@ -17,9 +17,9 @@
 namespace tandem::model {
 
 struct StepBatch {
-  std::vector<int32_t> tokens;        // [n_tokens] token ids
-  std::vector<int32_t> positions;     // [n_tokens] absolute position in its sequence
-  std::vector<int32_t> token_seq;     // [n_tokens] sequence row of each token in block_tables
+  std::vector<int32_t> tokens;     // [n_tokens] token ids
+  std::vector<int32_t> positions;  // [n_tokens] absolute position in its sequence
+  std::vector<int32_t> token_seq;  // [n_tokens] sequence row of each token in block_tables
   // [n_seqs, n_groups, max_blocks_per_seq] KV block ids, -1 padded: a row per sequence of its
   // table in each layer group of the cache (kvcache::KvGroups; one group unless the cache
   // keeps sliding-window layers apart).
@@ -27,7 +27,7 @@ struct StepBatch {
   int n_seqs = 0;
   int n_groups = 1;
   int max_blocks_per_seq = 0;
-  std::vector<int32_t> logit_rows;    // [n_out] token indices whose logits Forward returns
+  std::vector<int32_t> logit_rows;  // [n_out] token indices whose logits Forward returns
 
   int n_tokens() const { return static_cast<int>(tokens.size()); }
   // Empties the batch and keeps capacity, so a reused batch does not allocate.
