@@ -113,7 +113,7 @@ LayerDestination LayerDestinationOf(const KvGroups& groups, const BlockTable& ta
   TANDEM_CHECK(layer >= 0 && layer < static_cast<int>(groups.group_of.size()));
   const int g = groups.group_of[layer];
   d.slot = groups.slot_of[layer];
-  d.first = KvGroups::FirstNeeded(n_tokens, groups.window[g]);
+  d.first = groups.FirstKept(layer, n_tokens);
   TANDEM_CHECK_LT(g, table.num_groups());
   d.table = BlockTable::Adopt(table.block_size(), table.group(g), table.num_tokens());
   return d;

@@ -168,6 +168,9 @@ class KvManager {
   // ReserveTokens with local groups) n_tokens is not the lease's, and then the lease stays. A
   // lease past its deadline that ExpireLeases has not swept still imports.
   absl::Status Import(uint64_t lease_id, int n_tokens, BlockTable& table);
+  // The table Import(lease, n_tokens) makes, every group's blocks, taking no reference: what a
+  // transfer writing into the lease addresses.
+  BlockTable LeaseTable(const KvLease& lease, int n_tokens) const;
   // Blocks Append(table, n_total) would take beyond a live lease once imported with
   // n_imported tokens, the blocks Append returns counted (NotFound for an unknown lease).
   absl::StatusOr<int> BlocksToGrowImport(uint64_t lease_id, int n_imported, int n_total) const;
@@ -223,8 +226,6 @@ class KvManager {
   void Uncache(int32_t block);
   // Returns every block of a lease to the pool.
   void FreeLease(const KvLease& lease);
-  // The table Import(lease, n_tokens) makes (taking no reference).
-  BlockTable LeaseTable(const KvLease& lease, int n_tokens) const;
 
   // Prefix cache, per block (sized num_total() once enabled).
   struct CachedBlock {

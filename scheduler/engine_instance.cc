@@ -448,11 +448,7 @@ absl::StatusOr<kvcache::KvReservation> EngineInstance::ReserveKv(int n_tokens) {
     r.lease_id = lease->id;
     r.view = kv->view();
     r.groups = kv->groups();
-    r.table = kvcache::BlockTable::Adopt(config_.block_size, std::move(lease->blocks), n_tokens);
-    r.table.SetNumGroups(static_cast<int>(lease->groups.size()) + 1);
-    for (size_t g = 0; g < lease->groups.size(); ++g) {
-      r.table.mutable_group(static_cast<int>(g) + 1) = std::move(lease->groups[g]);
-    }
+    r.table = kv->LeaseTable(*lease, n_tokens);
     kv_free_.store(kv->num_free());
     result->set_value(std::move(r));
   });
