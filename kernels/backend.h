@@ -43,6 +43,15 @@ class Weight {
   int64_t cols_;
 };
 
+// What the model does with a weight, so a backend may keep the layout each use reads (a GPU
+// keeps GGUF rows for EmbeddingGather and a tensor-core layout for Matmul; the CPU reads one
+// layout for both).
+enum class WeightUse {
+  kMatmul,  // Matmul only
+  kGather,  // EmbeddingGather only
+  kBoth,    // tied embeddings: the token table is also the output projection
+};
+
 // Host view of a weight as GGUF stores it: row-major, each row RowBytes(type, cols) bytes.
 struct WeightDesc {
   DType type;
@@ -50,6 +59,7 @@ struct WeightDesc {
   int64_t cols;
   const void* data;  // [rows, RowBytes(type, cols)]; must outlive PackWeight only
   std::string name;  // for error messages
+  WeightUse use = WeightUse::kBoth;
 };
 
 enum class KvDType { kF32, kF16, kInt8 };
@@ -127,7 +137,20 @@ struct AttentionParams {
   // Block-table entries of blocks that hold no position of a token's window are not read
   // (they may be stale or -1), and the cost of a token is O(min(window, p + 1)).
   int window = 0;
+  // An upper bound on the positions one token reads, max(pos + 1 - first) over the batch, which
+  // the host knows without reading `positions` back (a GPU sizes its split-K grid by it).
+  // 0: unknown, the backend assumes StepShape::max_context.
+  int max_context = 0;
   KvCacheView cache;
+};
+
+// The largest step a model will run on a backend, given at set-up time so the backend sizes
+// its ops' scratch (a GPU's attention workspace) then, not inside a step.
+struct StepShape {
+  int max_tokens = 0;  // tokens in one step (rows of every activation)
+  int n_heads = 0;     // query heads
+  int head_dim = 0;
+  int max_context = 0;  // positions one token may attend to (the model's context length)
 };
 
 // An opaque ordered queue of work. CPU backends run each op before returning.
@@ -224,6 +247,10 @@ class Backend {
   // or serially. fn must not call back into the backend.
   virtual void HostParallelFor(int n, absl::FunctionRef<void(int begin, int end)> fn) = 0;
 
+  // Sizes op scratch for steps up to `shape` (set-up time; several calls keep the largest of
+  // each field). ResourceExhausted when the device cannot hold it.
+  virtual absl::Status ReserveStepScratch(const StepShape& shape) = 0;
+
   // Weights: copies (and may repack) a host weight into device memory.
   virtual absl::StatusOr<std::unique_ptr<Weight>> PackWeight(const WeightDesc& desc) = 0;
   // Readies this backend for ops on a weight that another backend packed, so instances on the
@@ -254,6 +281,9 @@ class Backend {
                      Stream s) = 0;
   // x[n] *= factor (Gemma's embedding scaling by sqrt(hidden))
   virtual void Scale(float* x, float factor, int64_t n, Stream s) = 0;
+  // out[n] = x[n] as f32 (x of the activation dtype; out may equal x on an f32 backend, where
+  // this is a copy or nothing): logits on their way to the host.
+  virtual void ToF32(const float* x, int64_t n, float* out, Stream s) = 0;
   // out[n, dim] = x[idx[i], dim]
   virtual void GatherRows(const float* x, const int32_t* idx, int n, int dim, float* out,
                           Stream s) = 0;

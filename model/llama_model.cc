@@ -116,6 +116,10 @@ absl::Status LlamaModel::AllocateScratch() {
   ffn_ = Scratch<float>(t * c.ffn_dim);
   sel_ = Scratch<float>(r * c.hidden);
   logits_ = Scratch<float>(r * c.vocab_size);
+  // Logits leave the device as f32: on an f32 backend straight from logits_.
+  logits_f32_ = backend_.activation_dtype() == kernels::ActivationDType::kF32
+                    ? logits_
+                    : Scratch<float>(r * c.vocab_size);
   d_tokens_ = Scratch<int32_t>(t);
   d_positions_ = Scratch<int32_t>(t);
   d_token_seq_ = Scratch<int32_t>(t);
@@ -127,15 +131,21 @@ absl::Status LlamaModel::AllocateScratch() {
        {static_cast<void*>(x_), static_cast<void*>(h_), static_cast<void*>(q_),
         static_cast<void*>(k_), static_cast<void*>(v_), static_cast<void*>(attn_),
         static_cast<void*>(gate_), static_cast<void*>(up_), static_cast<void*>(ffn_),
-        static_cast<void*>(sel_), static_cast<void*>(logits_), static_cast<void*>(d_tokens_),
-        static_cast<void*>(d_positions_), static_cast<void*>(d_token_seq_),
-        static_cast<void*>(d_slots_), static_cast<void*>(d_rows_), static_cast<void*>(d_tables_)}) {
+        static_cast<void*>(sel_), static_cast<void*>(logits_), static_cast<void*>(logits_f32_),
+        static_cast<void*>(d_tokens_), static_cast<void*>(d_positions_),
+        static_cast<void*>(d_token_seq_), static_cast<void*>(d_slots_), static_cast<void*>(d_rows_),
+        static_cast<void*>(d_tables_)}) {
     if (p == nullptr) {
       return absl::ResourceExhaustedError("model: cannot allocate step scratch buffers");
     }
   }
   slots_.resize(t * max_groups_);
-  return absl::OkStatus();
+  kernels::StepShape shape;
+  shape.max_tokens = options_.max_batch_tokens;
+  shape.n_heads = c.n_heads;
+  shape.head_dim = c.head_dim;
+  shape.max_context = c.context_length;
+  return backend_.ReserveStepScratch(shape);
 }
 
 absl::Status LlamaModel::ValidateBatch(const StepBatch& b, const kernels::KvCacheView& cache,
@@ -224,8 +234,10 @@ absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView&
   const int q_dim = c.n_heads * c.head_dim;
   const int kv_dim = c.n_kv_heads * c.head_dim;
 
-  // prepare: batch metadata to the device; the slots of each group's KV append.
+  // prepare: batch metadata to the device; the slots of each group's KV append; the longest
+  // context a token reads (a bound the device sizes attention by).
   const int n_groups = b.n_groups;
+  const int max_context = 1 + *std::max_element(b.positions.begin(), b.positions.end());
   for (int g = 0; g < n_groups; ++g) {
     for (int i = 0; i < n; ++i) {
       const int32_t* table = &b.block_tables[(static_cast<size_t>(b.token_seq[i]) * n_groups + g) *
@@ -311,6 +323,7 @@ absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView&
     attn.layer = groups->slot_of[il];
     attn.block_tables = d_tables_ + static_cast<size_t>(group) * b.max_blocks_per_seq;
     attn.window = c.LayerWindow(il);
+    attn.max_context = attn.window > 0 ? std::min(attn.window, max_context) : max_context;
     be.Attention(attn, s);
     be.Matmul(*l.wo, attn_, n, h_, s);
     if (l.post_attn_norm != nullptr) {
@@ -339,7 +352,9 @@ absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView&
   be.GatherRows(x_, d_rows_, n_out, c.hidden, sel_, s);
   be.RmsNorm(sel_, w.output_norm(), n_out, c.hidden, c.rms_eps, sel_, s);
   be.Matmul(w.output(), sel_, n_out, logits_, s);
-  be.CopyToHost(logits, logits_, static_cast<size_t>(n_out) * c.vocab_size * sizeof(float), s);
+  const int64_t n_logits = static_cast<int64_t>(n_out) * c.vocab_size;
+  be.ToF32(logits_, n_logits, logits_f32_, s);
+  be.CopyToHost(logits, logits_f32_, static_cast<size_t>(n_logits) * sizeof(float), s);
   be.Synchronize(s);
   return absl::OkStatus();
 }

@@ -6,6 +6,9 @@
 // may be shared by several models on backends of the same device kind; a model owns only its
 // per-step scratch on its own backend.
 //
+// Activations (every float* scratch below) are elements of the backend's activation_dtype();
+// only the logits are converted to f32 before they leave the device.
+//
 // Thread safety: Forward is called by one thread at a time (the instance's engine thread);
 // the model owns per-step scratch buffers sized at creation, so a step allocates nothing.
 // Models sharing one LlamaWeights may run Forward concurrently, each on its own backend.
@@ -122,6 +125,7 @@ class LlamaModel {
   float* ffn_ = nullptr;            // [max_batch_tokens, ffn]
   float* sel_ = nullptr;            // [max_logit_rows, hidden] rows selected for logits
   float* logits_ = nullptr;         // [max_logit_rows, vocab]
+  float* logits_f32_ = nullptr;     // [max_logit_rows, vocab] f32 (logits_ on an f32 backend)
   int32_t* d_tokens_ = nullptr;     // [max_batch_tokens]
   int32_t* d_positions_ = nullptr;  // [max_batch_tokens]
   int32_t* d_token_seq_ = nullptr;  // [max_batch_tokens]

@@ -18,13 +18,13 @@ absl::StatusOr<const GgufTensor*> FindTensor(const GgufFile& file, const std::st
 absl::StatusOr<std::unique_ptr<kernels::Weight>> PackMatrix(const GgufFile& file,
                                                             kernels::Backend& backend,
                                                             const std::string& name, int64_t rows,
-                                                            int64_t cols) {
+                                                            int64_t cols, kernels::WeightUse use) {
   TANDEM_ASSIGN_OR_RETURN(const GgufTensor* t, FindTensor(file, name));
   if (t->dims.size() != 2 || t->dims[0] != cols || t->dims[1] != rows) {
     return absl::InvalidArgumentError(absl::StrCat(
         "model: tensor ", name, " has the wrong shape, expected [", cols, ", ", rows, "]"));
   }
-  return backend.PackWeight({t->type, rows, cols, t->data, name});
+  return backend.PackWeight({t->type, rows, cols, t->data, name, use});
 }
 
 }  // namespace
@@ -91,10 +91,14 @@ absl::Status LlamaWeights::LoadAll(const GgufFile& file, kernels::Backend& be,
   const ModelConfig& c = config_;
   const int64_t q_dim = c.q_dim();
   const int64_t kv_dim = c.kv_dim();
+  using kernels::WeightUse;
+  constexpr WeightUse kMatmul = WeightUse::kMatmul;
   TANDEM_ASSIGN_OR_RETURN(token_embd_,
-                          PackMatrix(file, be, "token_embd.weight", c.vocab_size, c.hidden));
+                          PackMatrix(file, be, "token_embd.weight", c.vocab_size, c.hidden,
+                                     c.tied_embeddings ? WeightUse::kBoth : WeightUse::kGather));
   if (!c.tied_embeddings) {
-    TANDEM_ASSIGN_OR_RETURN(output_, PackMatrix(file, be, "output.weight", c.vocab_size, c.hidden));
+    TANDEM_ASSIGN_OR_RETURN(output_,
+                            PackMatrix(file, be, "output.weight", c.vocab_size, c.hidden, kMatmul));
   }
   TANDEM_ASSIGN_OR_RETURN(output_norm_, UploadVector(file, be, "output_norm.weight", c.hidden));
   layers_.resize(c.n_layers);
@@ -103,15 +107,20 @@ absl::Status LlamaWeights::LoadAll(const GgufFile& file, kernels::Backend& be,
     const std::string p = absl::StrCat("blk.", i, ".");
     TANDEM_ASSIGN_OR_RETURN(l.attn_norm, UploadVector(file, be, p + "attn_norm.weight", c.hidden));
     TANDEM_ASSIGN_OR_RETURN(l.ffn_norm, UploadVector(file, be, p + "ffn_norm.weight", c.hidden));
-    TANDEM_ASSIGN_OR_RETURN(l.wq, PackMatrix(file, be, p + "attn_q.weight", q_dim, c.hidden));
-    TANDEM_ASSIGN_OR_RETURN(l.wk, PackMatrix(file, be, p + "attn_k.weight", kv_dim, c.hidden));
-    TANDEM_ASSIGN_OR_RETURN(l.wv, PackMatrix(file, be, p + "attn_v.weight", kv_dim, c.hidden));
-    TANDEM_ASSIGN_OR_RETURN(l.wo, PackMatrix(file, be, p + "attn_output.weight", c.hidden, q_dim));
-    TANDEM_ASSIGN_OR_RETURN(l.w_gate,
-                            PackMatrix(file, be, p + "ffn_gate.weight", c.ffn_dim, c.hidden));
-    TANDEM_ASSIGN_OR_RETURN(l.w_up, PackMatrix(file, be, p + "ffn_up.weight", c.ffn_dim, c.hidden));
-    TANDEM_ASSIGN_OR_RETURN(l.w_down,
-                            PackMatrix(file, be, p + "ffn_down.weight", c.hidden, c.ffn_dim));
+    TANDEM_ASSIGN_OR_RETURN(l.wq,
+                            PackMatrix(file, be, p + "attn_q.weight", q_dim, c.hidden, kMatmul));
+    TANDEM_ASSIGN_OR_RETURN(l.wk,
+                            PackMatrix(file, be, p + "attn_k.weight", kv_dim, c.hidden, kMatmul));
+    TANDEM_ASSIGN_OR_RETURN(l.wv,
+                            PackMatrix(file, be, p + "attn_v.weight", kv_dim, c.hidden, kMatmul));
+    TANDEM_ASSIGN_OR_RETURN(
+        l.wo, PackMatrix(file, be, p + "attn_output.weight", c.hidden, q_dim, kMatmul));
+    TANDEM_ASSIGN_OR_RETURN(
+        l.w_gate, PackMatrix(file, be, p + "ffn_gate.weight", c.ffn_dim, c.hidden, kMatmul));
+    TANDEM_ASSIGN_OR_RETURN(
+        l.w_up, PackMatrix(file, be, p + "ffn_up.weight", c.ffn_dim, c.hidden, kMatmul));
+    TANDEM_ASSIGN_OR_RETURN(
+        l.w_down, PackMatrix(file, be, p + "ffn_down.weight", c.hidden, c.ffn_dim, kMatmul));
     if (c.has_qkv_bias) {
       TANDEM_ASSIGN_OR_RETURN(l.bq, UploadVector(file, be, p + "attn_q.bias", q_dim));
       TANDEM_ASSIGN_OR_RETURN(l.bk, UploadVector(file, be, p + "attn_k.bias", kv_dim));

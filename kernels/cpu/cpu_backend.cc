@@ -119,6 +119,8 @@ class CpuBackend : public Backend {
         n, [&](int64_t b, int64_t e, int) { fn(static_cast<int>(b), static_cast<int>(e)); });
   }
 
+  // The CPU's op scratch is sized by PackWeight (activations) and per call (attention).
+  absl::Status ReserveStepScratch(const StepShape&) override { return absl::OkStatus(); }
   absl::StatusOr<std::unique_ptr<Weight>> PackWeight(const WeightDesc& desc) override;
   absl::Status AdoptWeight(const Weight& w) override;
   void Matmul(const Weight& w, const float* x, int m, float* y, Stream s) override;
@@ -150,6 +152,9 @@ class CpuBackend : public Backend {
   void Scale(float* x, float factor, int64_t n, Stream) override {
     pool_->ParallelFor(n, kMinChunkElems,
                        [&](int64_t b, int64_t e, int) { ScaleRange(x, factor, b, e); });
+  }
+  void ToF32(const float* x, int64_t n, float* out, Stream) override {
+    if (out != x) std::memcpy(out, x, static_cast<size_t>(n) * sizeof(float));
   }
   void GatherRows(const float* x, const int32_t* idx, int n, int dim, float* out, Stream) override {
     pool_->ParallelFor(n, RowsPerChunk(dim),
