@@ -4,20 +4,32 @@
 
 #include "common/str_cat.h"
 #if TANDEM_HAVE_CUDA
+#include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/device_probe.h"
 #endif
 
 namespace tandem::kernels {
+namespace {
+
+// The ordinal of a "cuda:N" device name, or -1.
+int CudaOrdinal(const std::string& device) {
+  int ordinal = -1;
+  const char* begin = device.data() + 5;
+  const char* end = device.data() + device.size();
+  if (device.size() < 6 || device.rfind("cuda:", 0) != 0 ||
+      std::from_chars(begin, end, ordinal).ptr != end || ordinal < 0) {
+    return -1;
+  }
+  return ordinal;
+}
+
+}  // namespace
 
 absl::Status BackendConfig::Validate() const {
   if (device == "cpu") return cpu::ValidateCpuBackendConfig(cpu);
   if (device.rfind("cuda", 0) == 0) {
-    // cuda:N, N a device ordinal.
-    int ordinal = -1;
-    const char* begin = device.data() + 5;
-    const char* end = device.data() + device.size();
-    if (device.size() < 6 || device[4] != ':' || std::from_chars(begin, end, ordinal).ptr != end ||
-        ordinal < 0) {
+    const int ordinal = CudaOrdinal(device);
+    if (ordinal < 0) {
       return absl::InvalidArgumentError(
           StrCat("unknown device '", device, "' (cpu or cuda:N, N a GPU number)"));
     }
@@ -27,9 +39,7 @@ absl::Status BackendConfig::Validate() const {
       return absl::FailedPreconditionError(
           StrCat("device '", device, "': ", gpu.status().message()));
     }
-    return absl::UnimplementedError(StrCat("device '", device, "' (", *gpu,
-                                           "): the CUDA kernels are built (kernels/cuda) but no "
-                                           "CUDA backend runs a model with them yet"));
+    return absl::OkStatus();
 #else
     return absl::UnimplementedError(StrCat(
         "device '", device, "': this build of tandem has no CUDA backend (built without nvcc)"));
@@ -40,6 +50,19 @@ absl::Status BackendConfig::Validate() const {
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendConfig& config) {
   if (absl::Status s = config.Validate(); !s.ok()) return s;
+#if TANDEM_HAVE_CUDA
+  if (config.device != "cpu") {
+    cuda::CudaBackendConfig cc;
+    cc.device = CudaOrdinal(config.device);
+    cc.activations = config.cuda_activations;
+    absl::StatusOr<std::unique_ptr<Backend>> be = cuda::CreateCudaBackend(cc);
+    if (!be.ok()) {
+      return absl::Status(be.status().code(),
+                          StrCat("device '", config.device, "': ", be.status().message()));
+    }
+    return be;
+  }
+#endif
   return cpu::CreateCpuBackend(config.cpu);
 }
 

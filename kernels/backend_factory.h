@@ -1,6 +1,7 @@
 // CreateBackend: the one place a device name becomes a kernels::Backend, so the model runner
 // and the tools never name a backend class. "cpu" is always built; "cuda:N" only in a build with
-// the CUDA backend (an Unimplemented error says so otherwise).
+// the CUDA backend (an Unimplemented error says so otherwise; FailedPrecondition, in one line,
+// when the GPU cannot be used: no driver, no such GPU, older than sm_80).
 //
 // Thread safety: any thread; each call makes a new backend.
 #ifndef TANDEM_KERNELS_BACKEND_FACTORY_H_
@@ -18,6 +19,8 @@ namespace tandem::kernels {
 struct BackendConfig {
   std::string device = "cpu";  // "cpu" or "cuda:N"
   cpu::CpuBackendConfig cpu;   // device "cpu": threads, pinned cores, ISA
+  // device "cuda:N": the activations' dtype, kF16 or kBF16
+  ActivationDType cuda_activations = ActivationDType::kF16;
 
   absl::Status Validate() const;
 };
