@@ -1,10 +1,13 @@
-// tandem-bench-engine: the engine's own speed on one GGUF on the CPU, the figures
+// tandem-bench-engine: the engine's own speed on one GGUF on the CPU (or a GPU), the figures
 // bench/engine/run sets beside llama.cpp's llama-bench and llama-batched-bench.
 //
 //   tandem-bench-engine --model PATH [--threads 1,2] [--isa auto] [--reps 5] [--json]
 //       [--prefill 128,512] [--batches 1,8,32] [--context 128] [--steps 32]
-//       [--kv_cache_dtype f16] [--membw_mib 1024]
+//       [--kv_cache_dtype f16] [--membw_mib 1024] [--device cpu|cuda:N]
 //
+// With --device cuda:N the same figures come from the CUDA backend (one row; scripts/gpu-check
+// turns them into % of the GPU's HBM roofline and tensor-core peak with the JSON's
+// weight_bytes.per_token and matmul_weights).
 // For each thread count (one CpuBackend and one loaded model per count):
 //   prefill tok/s: one sequence, a prompt of P tokens run in Forwards of up to 512 tokens,
 //     logits for each chunk's last row only; tok/s = P / time.
@@ -37,6 +40,7 @@
 #include "absl/strings/str_cat.h"
 #include "bench/engine/stream_read.h"
 #include "common/check.h"
+#include "kernels/backend_factory.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kvcache/block_table.h"
 #include "kvcache/kv_cache.h"
@@ -60,6 +64,9 @@ ABSL_FLAG(int, steps, 32, "timed decode steps per repetition");
 ABSL_FLAG(int, chunk, 512, "most tokens per prefill Forward");
 ABSL_FLAG(std::string, kv_cache_dtype, "f16", "KV cache type: f16, f32 or int8");
 ABSL_FLAG(int, membw_mib, 1024, "streaming-read buffer for the roofline, MiB (0: skip)");
+ABSL_FLAG(std::string, device, "cpu",
+          "cpu, or cuda:N (a build with the CUDA backend and a GPU; --threads and --isa are then "
+          "ignored, and the host streaming-read roofline is skipped)");
 
 namespace tandem::bench {
 namespace {
@@ -90,9 +97,10 @@ absl::StatusOr<std::vector<int>> ParseIntList(const std::vector<std::string>& it
 
 // Bytes a batch-1 decode step must stream from memory, from the GGUF's tensor sizes.
 struct WeightBytes {
-  uint64_t linear = 0;  // every 2-D tensor of the blocks (attention and FFN projections)
-  uint64_t head = 0;    // output.weight, or token_embd.weight when the head is tied to it
-  uint64_t norms = 0;   // 1-D tensors (read too, but negligible; not in per_token)
+  uint64_t linear = 0;          // every 2-D tensor of the blocks (attention and FFN projections)
+  uint64_t head = 0;            // output.weight, or token_embd.weight when the head is tied to it
+  uint64_t norms = 0;           // 1-D tensors (read too, but negligible; not in per_token)
+  uint64_t matmul_weights = 0;  // elements of linear + head: a token's GEMM FLOPs are twice it
   bool tied = false;
   uint64_t per_token() const { return linear + head; }
 };
@@ -102,12 +110,18 @@ WeightBytes CountWeightBytes(const model::GgufFile& file) {
   const model::GgufTensor* output = file.FindTensor("output.weight");
   w.tied = output == nullptr;
   for (const model::GgufTensor& t : file.tensors()) {
+    const uint64_t elems = t.dims.size() >= 2 ? static_cast<uint64_t>(t.Rows()) * t.dims[0] : 0;
     if (t.name == "output.weight") {
       w.head += t.bytes;
+      w.matmul_weights += elems;
     } else if (t.name == "token_embd.weight") {
-      if (w.tied) w.head += t.bytes;  // gathered by row otherwise
+      if (w.tied) {
+        w.head += t.bytes;  // gathered by row otherwise
+        w.matmul_weights += elems;
+      }
     } else if (t.dims.size() >= 2 && t.Rows() > 1) {
       w.linear += t.bytes;
+      w.matmul_weights += elems;
     } else {
       w.norms += t.bytes;
     }
@@ -117,6 +131,7 @@ WeightBytes CountWeightBytes(const model::GgufFile& file) {
 
 struct Config {
   std::string model_path;
+  std::string device;
   std::vector<int> threads, prefill, batches;
   kernels::cpu::Isa isa;
   kernels::KvDType kv_dtype;
@@ -132,10 +147,11 @@ class EngineBench {
                                                              const model::GgufFile& file,
                                                              int threads) {
     auto b = std::unique_ptr<EngineBench>(new EngineBench(cfg));
-    kernels::cpu::CpuBackendConfig bc;
-    bc.threads = threads;
-    bc.isa = cfg.isa;
-    TANDEM_ASSIGN_OR_RETURN(b->backend_, kernels::cpu::CreateCpuBackend(bc));
+    kernels::BackendConfig bc;
+    bc.device = cfg.device;
+    bc.cpu.threads = threads;
+    bc.cpu.isa = cfg.isa;
+    TANDEM_ASSIGN_OR_RETURN(b->backend_, kernels::CreateBackend(bc));
     const int max_batch = *std::max_element(cfg.batches.begin(), cfg.batches.end());
     const int max_prompt = *std::max_element(cfg.prefill.begin(), cfg.prefill.end());
     model::ModelOptions opts;
@@ -148,9 +164,9 @@ class EngineBench {
     const model::ModelConfig& mc = b->model_->config();
     const int decode_len = cfg.context + cfg.steps;
     if (std::max(max_prompt, decode_len) > mc.context_length) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "a benchmark sequence of ", std::max(max_prompt, decode_len),
-          " tokens exceeds the model's context of ", mc.context_length));
+      return absl::InvalidArgumentError(
+          absl::StrCat("a benchmark sequence of ", std::max(max_prompt, decode_len),
+                       " tokens exceeds the model's context of ", mc.context_length));
     }
     kvcache::KvCacheConfig kc = b->model_->KvCacheLayout(cfg.kv_dtype);
     const int per_seq = (decode_len + kc.block_size - 1) / kc.block_size;
@@ -280,7 +296,9 @@ absl::StatusOr<Config> ParseConfig() {
   Config c;
   c.model_path = absl::GetFlag(FLAGS_model);
   if (c.model_path.empty()) return absl::InvalidArgumentError("--model is required");
+  c.device = absl::GetFlag(FLAGS_device);
   TANDEM_ASSIGN_OR_RETURN(c.threads, ParseIntList(absl::GetFlag(FLAGS_threads), "threads", 1));
+  if (c.device != "cpu") c.threads = {1};  // a GPU backend has no thread count
   TANDEM_ASSIGN_OR_RETURN(c.prefill, ParseIntList(absl::GetFlag(FLAGS_prefill), "prefill", 1));
   TANDEM_ASSIGN_OR_RETURN(c.batches, ParseIntList(absl::GetFlag(FLAGS_batches), "batches", 1));
   TANDEM_ASSIGN_OR_RETURN(c.isa, kernels::cpu::ParseIsa(absl::GetFlag(FLAGS_isa)));
@@ -297,6 +315,7 @@ absl::StatusOr<Config> ParseConfig() {
   if (c.chunk < 1) return absl::InvalidArgumentError("--chunk must be >= 1");
   if (c.context > c.chunk) return absl::InvalidArgumentError("--context must be <= --chunk");
   if (c.membw_mib < 0) return absl::InvalidArgumentError("--membw_mib must be >= 0");
+  if (c.device != "cpu") c.membw_mib = 0;  // the host's bandwidth says nothing of a GPU's
   return c;
 }
 
@@ -306,6 +325,7 @@ absl::Status Run(const Config& cfg) {
 
   nlohmann::json out;
   out["model"] = cfg.model_path;
+  out["device"] = cfg.device;
   out["isa"] = std::string(kernels::cpu::IsaName(cfg.isa));
   out["reps"] = cfg.reps;
   out["kv_cache_dtype"] = std::string(kvcache::KvDTypeName(cfg.kv_dtype));
@@ -316,7 +336,8 @@ absl::Status Run(const Config& cfg) {
                          {"head", wb.head},
                          {"head_tied_to_embedding", wb.tied},
                          {"norms", wb.norms},
-                         {"per_token", wb.per_token()}};
+                         {"per_token", wb.per_token()},
+                         {"matmul_weights", wb.matmul_weights}};
 
   std::unique_ptr<StreamReadBuffer> membw;
   for (int threads : cfg.threads) {
@@ -376,7 +397,8 @@ absl::Status Run(const Config& cfg) {
       std::printf(" %9.2f %13.1f", r["membw_gbps"].get<double>(), roof);
       // Only meaningful when batch 1 was measured.
       for (const nlohmann::json& d : r["decode"]) {
-        if (d["batch"].get<int>() == 1) std::printf(" %7.0f%%", 100 * d["tok_s"].get<double>() / roof);
+        if (d["batch"].get<int>() == 1)
+          std::printf(" %7.0f%%", 100 * d["tok_s"].get<double>() / roof);
       }
     }
     std::printf("\n");
