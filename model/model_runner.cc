@@ -1,6 +1,10 @@
 #include "model/model_runner.h"
 
 #include <algorithm>
+#include <array>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <utility>
 
 #include "common/check.h"
@@ -12,6 +16,14 @@ absl::Status ModelRunnerConfig::Validate() const {
   TANDEM_RETURN_IF_ERROR(backend.Validate());
   TANDEM_RETURN_IF_ERROR(model.Validate());
   if (kv_cache_bytes == 0) return absl::InvalidArgumentError("kv_cache_bytes must be > 0");
+  if (nano_groups != 0 && nano_groups != 2) {
+    return absl::InvalidArgumentError(StrCat("nano_groups is ", nano_groups, "; 0 or 2"));
+  }
+  if (nano_groups == 2 && (backend.device != "cpu" || backend.cpu.threads < 2)) {
+    return absl::InvalidArgumentError(
+        StrCat("nano-batching needs the cpu device with at least 2 threads (device '",
+               backend.device, "', ", backend.cpu.threads, " threads)"));
+  }
   return absl::OkStatus();
 }
 
@@ -25,6 +37,57 @@ kernels::BackendConfig SizedFor(kernels::BackendConfig b, const ModelOptions& mo
 }
 
 }  // namespace
+
+// The two thread groups of ExecuteNano and the thread that drives group 1.
+struct ModelRunner::NanoGroups {
+  struct Group {
+    std::unique_ptr<kernels::Backend> backend;  // declared first: the model's scratch is its
+    std::unique_ptr<LlamaModel> model;
+    StepBatch batch;  // this step's nano-batch (engine thread writes it before the hand-off)
+  };
+  std::array<Group, 2> group;
+
+  // Group 1's driver. The engine thread fills group[1].batch, cache and logits, then bumps
+  // `requested` under mu; the worker runs the Forward and sets `finished` = requested.
+  std::thread worker;
+  std::mutex mu;
+  std::condition_variable cv;
+  uint64_t requested = 0;  // guarded by mu
+  uint64_t finished = 0;   // guarded by mu
+  bool quit = false;       // guarded by mu
+  kernels::KvCacheView cache;
+  float* logits = nullptr;
+  absl::Status status;  // group 1's result, read after `finished` catches up
+
+  void Loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return quit || requested != seen; });
+        if (quit) return;
+        seen = requested;
+      }
+      absl::Status s = group[1].model->Forward(group[1].batch, cache, logits);
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        status = std::move(s);
+        finished = seen;
+      }
+      cv.notify_all();
+    }
+  }
+  ~NanoGroups() {
+    if (worker.joinable()) {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        quit = true;
+      }
+      cv.notify_all();
+      worker.join();
+    }
+  }
+};
 
 absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const ModelRunnerConfig& config,
                                                                  const GgufFile& file) {
@@ -62,28 +125,132 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Finish(std::unique_ptr
       std::make_unique<BatchBuilder>(r->model_->max_blocks_per_seq(), r->kv_->groups().n_groups());
   r->logits_.resize(static_cast<size_t>(config.model.max_logit_rows) *
                     r->model_->config().vocab_size);
+  if (config.nano_groups == 2) TANDEM_RETURN_IF_ERROR(r->CreateNanoGroups());
   return r;
 }
+
+absl::Status ModelRunner::CreateNanoGroups() {
+  const kernels::BackendConfig whole = SizedFor(config_.backend, config_.model);
+  const int threads = whole.cpu.threads;
+  const int first = (threads + 1) / 2;
+  auto nano = std::make_unique<NanoGroups>();
+  for (int g = 0; g < 2; ++g) {
+    kernels::BackendConfig bc = whole;
+    const int begin = g == 0 ? 0 : first;
+    const int end = g == 0 ? first : threads;
+    bc.cpu.threads = end - begin;
+    if (!whole.cpu.cpus.empty()) {
+      bc.cpu.cpus.assign(whole.cpu.cpus.begin() + begin, whole.cpu.cpus.begin() + end);
+    }
+    TANDEM_ASSIGN_OR_RETURN(nano->group[g].backend, kernels::CreateBackend(bc));
+    TANDEM_ASSIGN_OR_RETURN(
+        nano->group[g].model,
+        LlamaModel::Create(model_->weights(), *nano->group[g].backend, config_.model));
+  }
+  nano->worker = std::thread([p = nano.get()] { p->Loop(); });
+  nano_ = std::move(nano);
+  return absl::OkStatus();
+}
+
+ModelRunner::ModelRunner(const ModelRunnerConfig& config) : config_(config) {}
 
 ModelRunner::~ModelRunner() = default;
 
 void ModelRunner::BeginStep() {
   builder_->Clear();
   num_chunks_ = 0;
+  if (nano_) {
+    chunk_token_end_.clear();
+    chunk_row_.clear();
+  }
 }
 
 int ModelRunner::AddChunk(const kvcache::BlockTable& table, std::span<const int32_t> tokens,
                           int start, bool want_logits) {
   ++num_chunks_;
-  return builder_->AddSequence(table, tokens, start, want_logits);
+  const int row = builder_->AddSequence(table, tokens, start, want_logits);
+  if (nano_) {
+    chunk_token_end_.push_back(builder_->batch().n_tokens());
+    chunk_row_.push_back(row);
+  }
+  return row;
 }
 
 absl::Status ModelRunner::Execute(const LlamaModel::LayerHook& on_layer_kv) {
+  row_in_logits_.clear();
   return model_->Forward(builder_->batch(), kv_->view(), logits_.data(), on_layer_kv);
+}
+
+absl::Status ModelRunner::ExecuteNano(std::span<const int> batch_of) {
+  if (!nano_) return absl::FailedPreconditionError("the runner has no nano-batch groups");
+  if (static_cast<int>(batch_of.size()) != num_chunks_) {
+    return absl::InvalidArgumentError(
+        StrCat("nano-batch plan for ", batch_of.size(), " chunks; the step has ", num_chunks_));
+  }
+  const StepBatch& b = builder_->batch();
+  // Group 0's rows go first in logits_, group 1's after them, each in step order.
+  std::array<int, 2> next_row{0, 0};
+  for (int i = 0; i < num_chunks_; ++i) {
+    if (batch_of[i] != 0 && batch_of[i] != 1) {
+      return absl::InvalidArgumentError(
+          StrCat("chunk ", i, " placed in nano-batch ", batch_of[i], "; 0 or 1"));
+    }
+    if (chunk_row_[i] >= 0 && batch_of[i] == 0) ++next_row[1];
+  }
+  for (NanoGroups::Group& g : nano_->group) {
+    g.batch.Clear();
+    g.batch.n_groups = b.n_groups;
+    g.batch.max_blocks_per_seq = b.max_blocks_per_seq;
+  }
+  row_in_logits_.assign(b.logit_rows.size(), -1);
+  const size_t table_width = static_cast<size_t>(b.n_groups) * b.max_blocks_per_seq;
+  for (int i = 0; i < num_chunks_; ++i) {
+    StepBatch& gb = nano_->group[batch_of[i]].batch;
+    const int seq = gb.n_seqs++;
+    // Chunk i is sequence row i of the monolithic batch (one AddSequence per chunk).
+    const auto table = b.block_tables.begin() + static_cast<ptrdiff_t>(i * table_width);
+    gb.block_tables.insert(gb.block_tables.end(), table, table + table_width);
+    const int t0 = i == 0 ? 0 : chunk_token_end_[i - 1];
+    for (int t = t0; t < chunk_token_end_[i]; ++t) {
+      gb.tokens.push_back(b.tokens[t]);
+      gb.positions.push_back(b.positions[t]);
+      gb.token_seq.push_back(seq);
+    }
+    if (chunk_row_[i] >= 0) {
+      gb.logit_rows.push_back(gb.n_tokens() - 1);
+      row_in_logits_[chunk_row_[i]] = next_row[batch_of[i]]++;
+    }
+  }
+
+  const kernels::KvCacheView cache = kv_->view();
+  const bool run1 = nano_->group[1].batch.n_seqs > 0;
+  uint64_t ticket = 0;
+  if (run1) {
+    std::lock_guard<std::mutex> lock(nano_->mu);
+    nano_->cache = cache;
+    nano_->logits = logits_.data() + static_cast<size_t>(next_row[0]) * model_config().vocab_size;
+    ticket = ++nano_->requested;
+  }
+  if (run1) nano_->cv.notify_all();
+  absl::Status s0;
+  if (nano_->group[0].batch.n_seqs > 0) {
+    s0 = nano_->group[0].model->Forward(nano_->group[0].batch, cache, logits_.data());
+  }
+  absl::Status s1;
+  if (run1) {
+    std::unique_lock<std::mutex> lock(nano_->mu);
+    nano_->cv.wait(lock, [&] { return nano_->finished == ticket; });
+    s1 = nano_->status;
+  }
+  return s0.ok() ? s1 : s0;
 }
 
 const float* ModelRunner::logits(int row) const {
   TANDEM_CHECK(row >= 0 && row < config_.model.max_logit_rows);
+  if (!row_in_logits_.empty()) {
+    TANDEM_CHECK_LT(row, static_cast<int>(row_in_logits_.size()));
+    row = row_in_logits_[row];
+  }
   return logits_.data() + static_cast<size_t>(row) * model_->config().vocab_size;
 }
 

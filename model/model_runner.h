@@ -8,6 +8,17 @@
 // (Model::Forward, with an optional per-layer hook), then Sample over the rows that want a
 // token, spread over the backend's threads (HostParallelFor) rather than one by one.
 //
+// Nano-batching (config nano_groups = 2, CPU only): the runner also holds two thread groups,
+// each a CpuBackend on half the threads (and half the pinned cores) with its own LlamaModel on
+// the shared weights, writing into the same KV memory. ExecuteNano runs the step's chunks as
+// two nano-batches, one per group, concurrently (the calling thread drives group 0, a
+// persistent thread group 1); sequences in different nano-batches touch disjoint KV blocks.
+// logits(row) then reads the same rows a monolithic Execute would have produced, for the
+// same chunks: each sequence's math does not depend on its batch-mates on the CPU kernels,
+// so the rows are identical bit for bit. Which chunk goes where is the caller's
+// (scheduler::NanoBatchPlanner); with nano_groups = 0 nothing of this exists and Execute is
+// unchanged.
+//
 // Thread safety: one thread drives a runner (its instance's engine thread), except that
 // Sample calls each job's sampler from the backend's threads, one job per thread at a time.
 // Must not: know about sequences' lifetimes, SLOs or sinks.
@@ -39,6 +50,9 @@ struct ModelRunnerConfig {
   size_t kv_cache_bytes = size_t{1} << 30;
   // Sliding-window layers keep only their window's KV (kvcache::KvGroups).
   bool window_local_kv = false;
+  // 0, or 2: two thread groups for ExecuteNano (device "cpu", backend.cpu.threads >= 2; the
+  // threads and pinned cores split in halves, group 0 taking the first).
+  int nano_groups = 0;
 
   absl::Status Validate() const;
 };
@@ -78,14 +92,24 @@ class ModelRunner {
                bool want_logits);
   int num_chunks() const { return num_chunks_; }
   absl::Status Execute(const LlamaModel::LayerHook& on_layer_kv = nullptr);
-  // [vocab] logits of `row` of the last Execute.
+  // Runs the step as nano-batches: chunk i (AddChunk order) on thread group batch_of[i] (0 or
+  // 1), the two groups concurrently; a group with no chunk stays idle (all on one group: a
+  // step on that group alone, as the planner's group profile needs). FailedPrecondition
+  // without nano groups; InvalidArgument when batch_of does not name a group per chunk. No
+  // per-layer hook: a step that needs one (a disaggregated prefill's KV push) runs Execute.
+  absl::Status ExecuteNano(std::span<const int> batch_of);
+  bool has_nano_groups() const { return nano_ != nullptr; }
+  // [vocab] logits of `row` of the last Execute or ExecuteNano.
   const float* logits(int row) const;
   // Samples every job's row; jobs are independent (each its own sampler).
   void Sample(std::span<SampleJob> jobs);
 
  private:
-  explicit ModelRunner(const ModelRunnerConfig& config) : config_(config) {}
+  explicit ModelRunner(
+      const ModelRunnerConfig& config);  // out of line: NanoGroups is incomplete here
   static absl::StatusOr<std::unique_ptr<ModelRunner>> Finish(std::unique_ptr<ModelRunner> r);
+  struct NanoGroups;  // model_runner.cc
+  absl::Status CreateNanoGroups();
 
   // Constant after construction.
   const ModelRunnerConfig config_;
@@ -98,6 +122,12 @@ class ModelRunner {
   std::unique_ptr<BatchBuilder> builder_;
   int num_chunks_ = 0;
   std::vector<float> logits_;  // [max_logit_rows, vocab]
+  // Nano-batching only (null otherwise).
+  std::unique_ptr<NanoGroups> nano_;
+  std::vector<int> chunk_token_end_;  // [num_chunks] end of each chunk's tokens in the batch
+  std::vector<int> chunk_row_;        // [num_chunks] each chunk's logit row, or -1
+  std::vector<int> row_in_logits_;    // [rows] where logits_ holds each row after ExecuteNano;
+                                      // empty after Execute (row r at r)
 };
 
 }  // namespace tandem::model
