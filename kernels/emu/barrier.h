@@ -1,8 +1,9 @@
-// emu::Barrier: the barrier behind the CUDA-on-CPU harness's __syncthreads and warp operations.
-// Each emulated CUDA thread is a real std::thread, so a barrier is a real wait: a mutex, a
-// condition variable and a generation count (no fibers, so ASan and TSan see every handoff as
-// a mutex acquire/release). A thread that leaves the kernel "drops" from the barriers of its
-// block and warp, as an exited thread stops counting on a GPU.
+// emu::Barrier: the barrier behind the CUDA-on-CPU harness's __syncthreads and warp operations
+// in OS-thread mode (executor.h; fiber mode has its own, in executor.cc). Each emulated CUDA
+// thread is a real std::thread there, so a barrier is a real wait: a mutex, a condition variable
+// and a generation count (ASan and TSan see every handoff as a mutex acquire/release). A thread
+// that leaves the kernel "drops" from the barriers of its block and warp, as an exited thread stops
+// counting on a GPU.
 //
 // Thread safety: every method may be called concurrently by the threads that share the barrier,
 // except Reset, which needs every participant to be outside the barrier.

@@ -4,7 +4,8 @@
 //   * the host (tandem_cuda_emu, compiled with TANDEM_CUDA_EMU defined, no CUDA toolkit needed):
 //     CUDA's names (__global__, threadIdx, __syncthreads, __shfl_xor_sync, atomicAdd, ...) map
 //     onto the CUDA-on-CPU harness (kernels/emu/executor.h), which runs every CUDA thread of a
-//     block on its own host thread, so the kernel's code itself is what the tests check.
+//     block as a thread of its own (a fiber, or an OS thread), so the kernel's code itself is
+//     what the tests check.
 // Kernel code uses, beyond plain CUDA:
 //   * TANDEM_SHARED(type, name, count): a static __shared__ array `type name[count]` (use
 //     `count`, not sizeof(name), which differs between the builds);
@@ -316,33 +317,21 @@ void LdMatrix(uint32_t* r, const void* row) {
   }
 }
 
-// cp.async in software: a copy is queued in the issuing thread's open group, a commit closes
-// the group, and a wait performs the oldest groups' copies. Copies a block leaves pending when
-// its thread exits are dropped (Launch), as its shared memory is gone.
-struct AsyncCopy {
-  void* dst;
-  const void* src;
-  int bytes;
-  int src_bytes;
-};
-struct AsyncCopies {
-  std::vector<AsyncCopy> open;
-  std::deque<std::vector<AsyncCopy>> committed;
-};
-inline thread_local AsyncCopies t_async_copies;
-
+// cp.async in software, on the calling CUDA thread's queue (executor.h's AsyncCopies). Copies a
+// block leaves pending when its thread exits are dropped (Launch), as its shared memory is gone.
 inline void QueueAsyncCopy(void* dst, const void* src, int bytes, int src_bytes) {
   TANDEM_CHECK(src_bytes >= 0 && src_bytes <= bytes);
   TANDEM_CHECK_EQ(reinterpret_cast<uintptr_t>(dst) % bytes, 0u);
   TANDEM_CHECK_EQ(reinterpret_cast<uintptr_t>(src) % bytes, 0u);
-  t_async_copies.open.push_back({dst, src, bytes, src_bytes});
+  ThreadAsyncCopies().open.push_back({dst, src, bytes, src_bytes});
 }
 inline void CommitAsyncCopies() {
-  t_async_copies.committed.push_back(std::move(t_async_copies.open));
-  t_async_copies.open.clear();
+  AsyncCopies& copies = ThreadAsyncCopies();
+  copies.committed.push_back(std::move(copies.open));
+  copies.open.clear();
 }
 inline void WaitAsyncCopies(int pending) {
-  auto& groups = t_async_copies.committed;
+  auto& groups = ThreadAsyncCopies().committed;
   while (static_cast<int>(groups.size()) > pending) {
     for (const AsyncCopy& c : groups.front()) {
       std::memcpy(c.dst, c.src, c.src_bytes);
@@ -352,8 +341,9 @@ inline void WaitAsyncCopies(int pending) {
   }
 }
 inline void DropAsyncCopies() {
-  t_async_copies.open.clear();
-  t_async_copies.committed.clear();
+  AsyncCopies& copies = ThreadAsyncCopies();
+  copies.open.clear();
+  copies.committed.clear();
 }
 }  // namespace tandem::emu
 

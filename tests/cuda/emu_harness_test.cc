@@ -1,19 +1,52 @@
 // Tests of the CUDA-on-CPU harness itself (kernels/emu/): kernels written as CUDA, run through
 // the same Launch helper as kernels/cuda, checking that __syncthreads really orders the block,
 // that shuffles, votes and atomics have CUDA's semantics, and that shared memory (static and
-// dynamic) is per block.
+// dynamic) is per block. The semantic tests run in both thread modes (fibers, OS threads);
+// those of what only fibers do (a missing barrier seen the same way on every run, a deadlock
+// reported at once, stacks reused) are skipped where fibers are not built (ThreadSanitizer).
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <numeric>
+#include <ostream>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/emu/cuda_compat.h"
 
+namespace tandem::emu {
+void PrintTo(ThreadMode mode, std::ostream* os) {
+  *os << (mode == ThreadMode::kFibers ? "fibers" : "OS threads");
+}
+}  // namespace tandem::emu
+
 namespace tandem::kernels::cuda {
 namespace {
+
+// Runs a test in one thread mode, restoring the default mode and blocks in flight after it.
+class EmuHarness : public ::testing::TestWithParam<emu::ThreadMode> {
+ protected:
+  void SetUp() override {
+    saved_ = emu::CurrentThreadMode();
+    emu::SetThreadMode(GetParam());
+    if (emu::CurrentThreadMode() != GetParam()) GTEST_SKIP() << "fibers are not built here";
+  }
+  void TearDown() override {
+    emu::SetThreadMode(saved_);
+    emu::SetBlocksInFlight(2);
+  }
+
+ private:
+  emu::ThreadMode saved_ = emu::ThreadMode::kFibers;
+};
+
+std::string ModeName(const ::testing::TestParamInfo<emu::ThreadMode>& info) {
+  return info.param == emu::ThreadMode::kFibers ? "Fibers" : "OsThreads";
+}
 
 // Each block reverses its slice of `in` through shared memory, `rounds` times in a row, moving
 // the values one more position each round: any thread that passed a __syncthreads early would
@@ -46,7 +79,7 @@ std::vector<float> ReverseRoundsExpected(const std::vector<float>& in, int n, in
   return out;
 }
 
-TEST(EmuHarness, SyncThreadsOrdersTheBlock) {
+TEST_P(EmuHarness, SyncThreadsOrdersTheBlock) {
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-1.f, 1.f);
   for (int blocks_in_flight : {1, 3}) {
@@ -73,7 +106,7 @@ __global__ void EarlyExit(int live, int* out) {
   out[t] = buf[live - 1 - t];
 }
 
-TEST(EmuHarness, ExitedThreadsLeaveTheBarrier) {
+TEST_P(EmuHarness, ExitedThreadsLeaveTheBarrier) {
   std::vector<int> out(128, -1);
   Launch(EarlyExit, dim3(1), dim3(128), 0, nullptr, 77, out.data());
   for (int t = 0; t < 128; ++t) EXPECT_EQ(out[t], t < 77 ? (76 - t) * 3 : -1) << t;
@@ -87,7 +120,7 @@ __global__ void Coordinates(int* out) {
   atomicAdd(&out[block * per_block + thread], 1);
 }
 
-TEST(EmuHarness, GridAndBlockIndices3d) {
+TEST_P(EmuHarness, GridAndBlockIndices3d) {
   const dim3 grid(3, 2, 2), block(8, 4, 2);
   std::vector<int> out(3 * 2 * 2 * 8 * 4 * 2, 0);
   Launch(Coordinates, grid, block, 0, nullptr, out.data());
@@ -118,7 +151,7 @@ __global__ void Shuffles(const float* in, float* xor_sum, float* down_sum, float
   group_sum[t] = g;
 }
 
-TEST(EmuHarness, WarpShuffles) {
+TEST_P(EmuHarness, WarpShuffles) {
   const int n = 128;  // four warps
   std::vector<float> in(n);
   for (int i = 0; i < n; ++i) in[i] = static_cast<float>((i * 37) % 23 - 11);  // exact sums
@@ -149,7 +182,7 @@ __global__ void Votes(const int* pred, unsigned* ballot, int* any, int* all) {
   all[t] = __all_sync(0xffffffffu, pred[t]);
 }
 
-TEST(EmuHarness, WarpVotes) {
+TEST_P(EmuHarness, WarpVotes) {
   // Warp 0: every third lane; warp 1: none; warp 2: all; warp 3 (16 lanes, a partial warp): all.
   const int n = 112;
   std::vector<int> pred(n);
@@ -179,7 +212,7 @@ __global__ void VotesAfterExit(unsigned* ballot, int* bcast) {
   bcast[threadIdx.x] = v;
 }
 
-TEST(EmuHarness, ExitedLanesLeaveTheWarp) {
+TEST_P(EmuHarness, ExitedLanesLeaveTheWarp) {
   std::vector<unsigned> ballot(64, 0);
   std::vector<int> bcast(64, -1);
   Launch(VotesAfterExit, dim3(1), dim3(64), 0, nullptr, ballot.data(), bcast.data());
@@ -200,7 +233,7 @@ __global__ void Atomics(int* count, float* fsum, int* imax, float* fmax, int* fi
   atomicCAS(&first[g % 4], -1, g);  // exactly one thread per slot wins
 }
 
-TEST(EmuHarness, AtomicsFromManyBlocks) {
+TEST_P(EmuHarness, AtomicsFromManyBlocks) {
   for (int blocks_in_flight : {2, 4}) {
     emu::SetBlocksInFlight(blocks_in_flight);
     const int blocks = 24, threads = 64, n = blocks * threads;
@@ -240,7 +273,7 @@ __global__ void DynamicReverse(const int* in, int* out, int n, int* same_address
   }
 }
 
-TEST(EmuHarness, DynamicSharedMemory) {
+TEST_P(EmuHarness, DynamicSharedMemory) {
   const int blocks = 4, n = 1000;
   std::vector<int> in(blocks * n), out(blocks * n, 0);
   std::iota(in.begin(), in.end(), 1);
@@ -261,7 +294,7 @@ __global__ void ReadUninitialized(unsigned* out) {
   buf[threadIdx.x] = 0;  // the next block on this slot must not see these zeros
 }
 
-TEST(EmuHarness, SharedMemoryIsPoisonedPerBlock) {
+TEST_P(EmuHarness, SharedMemoryIsPoisonedPerBlock) {
   std::vector<unsigned> out(6, 0);
   Launch(ReadUninitialized, dim3(6), dim3(64), 0, nullptr, out.data());
   for (unsigned v : out) EXPECT_EQ(v, 0xffffffffu);
@@ -274,7 +307,10 @@ __global__ void BadMask(int* out) {
   out[threadIdx.x] = __shfl_xor_sync(0xffff0000u, static_cast<int>(threadIdx.x), 1);
 }
 
-TEST(EmuHarnessDeathTest, RefusesWhatAGpuRefuses) {
+// Death tests (by gtest's convention, a suite whose name ends in DeathTest), in both modes.
+class EmuHarnessDeathTest : public EmuHarness {};
+
+TEST_P(EmuHarnessDeathTest, RefusesWhatAGpuRefuses) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(Launch(Noop, dim3(1), dim3(2048), 0, nullptr), "CHECK failed");
   EXPECT_DEATH(Launch(Noop, dim3(1, 70000), dim3(32), 0, nullptr), "CHECK failed");
@@ -282,6 +318,229 @@ TEST(EmuHarnessDeathTest, RefusesWhatAGpuRefuses) {
                "CHECK failed");
   std::vector<int> out(32);
   EXPECT_DEATH(Launch(BadMask, dim3(1), dim3(32), 0, nullptr, out.data()), "took part in a warp");
+}
+
+// Lane l of each warp takes part in l % 8 + 1 rounds, then exits: each round's vote sees exactly
+// the lanes still in, and each round's __syncthreads completes without the exited threads (in
+// fiber mode the last thread to exit is often the one a waiting barrier needed). Lanes past the
+// end of a partial last warp are absent from every vote.
+__global__ void StaggeredExit(unsigned* ballots, int* finished) {
+  const int t = threadIdx.x;
+  const int rounds = t % 32 % 8 + 1;
+  for (int r = 0; r < 8; ++r) {
+    if (r >= rounds) return;
+    unsigned mask = 0;
+    for (int l = 0; l < 32; ++l) mask |= (l % 8 + 1 > r ? 1u : 0u) << l;
+    ballots[t * 8 + r] = __ballot_sync(mask, 1);
+    __syncthreads();
+  }
+  finished[t] = 1;
+}
+
+TEST_P(EmuHarness, LanesExitAtDifferentRounds) {
+  const int n = 80;  // two full warps and one of 16 lanes
+  std::vector<unsigned> ballots(n * 8, 0);
+  std::vector<int> finished(n, 0);
+  Launch(StaggeredExit, dim3(3), dim3(n), 0, nullptr, ballots.data(), finished.data());
+  for (int t = 0; t < n; ++t) {
+    const int rounds = t % 32 % 8 + 1;
+    const unsigned present = t / 32 == 2 ? 0xffffu : 0xffffffffu;
+    for (int r = 0; r < 8; ++r) {
+      unsigned mask = 0;
+      for (int l = 0; l < 32; ++l) mask |= (l % 8 + 1 > r ? 1u : 0u) << l;
+      EXPECT_EQ(ballots[t * 8 + r], r < rounds ? mask & present : 0u) << t << " round " << r;
+    }
+    EXPECT_EQ(finished[t], rounds == 8) << t;
+  }
+}
+
+// Thread 0 of every block arrives, then waits until `in_flight` blocks have: it finishes only if
+// that many blocks really run at once, on separate host threads.
+__global__ void WaitForBlocksInFlight(int* arrived, int in_flight, int* seen) {
+  if (threadIdx.x == 0) {
+    atomicAdd(arrived, 1);
+    while (atomicAdd(arrived, 0) < in_flight) {
+    }
+    seen[blockIdx.x] = 1;
+  }
+  __syncthreads();
+}
+
+TEST_P(EmuHarness, ManyBlocksInFlight) {
+  const int in_flight = 8;
+  emu::SetBlocksInFlight(in_flight);
+  int arrived = 0;
+  std::vector<int> seen(in_flight, 0);
+  Launch(WaitForBlocksInFlight, dim3(in_flight), dim3(64), 0, nullptr, &arrived, in_flight,
+         seen.data());
+  EXPECT_EQ(arrived, in_flight);
+  for (int v : seen) EXPECT_EQ(v, 1);
+  // And a grid of many more blocks than that, each still ordered by its barriers.
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> dist(-1.f, 1.f);
+  const int blocks = 40, n = 96, rounds = 5;
+  std::vector<float> in(blocks * n), out(blocks * n, 0.f);
+  for (float& x : in) x = dist(rng);
+  Launch(ReverseRounds, dim3(blocks), dim3(n), 0, nullptr, in.data(), out.data(), rounds);
+  EXPECT_EQ(out, ReverseRoundsExpected(in, n, rounds));
+}
+
+// cp.async is deferred per CUDA thread: after a __syncthreads (where fibers switch), a thread's
+// copy has still not happened until its own wait, whatever the other threads waited for.
+__global__ void AsyncCopyPerThread(const unsigned* in, unsigned* before, unsigned* after) {
+  TANDEM_SHARED(unsigned, buf, 128);
+  const int t = threadIdx.x;
+  CpAsyncCa<4>(&buf[t], &in[t]);
+  CpAsyncCommit();
+  __syncthreads();
+  before[t] = buf[t];
+  CpAsyncWait<0>();
+  after[t] = buf[t];
+}
+
+TEST_P(EmuHarness, AsyncCopiesArePerThread) {
+  const int n = 128;
+  std::vector<unsigned> in(n), before(n, 0), after(n, 0);
+  for (int i = 0; i < n; ++i) in[i] = 1000 + i;
+  Launch(AsyncCopyPerThread, dim3(2), dim3(n), 0, nullptr, in.data(), before.data(), after.data());
+  for (int t = 0; t < n; ++t) {
+    EXPECT_EQ(before[t], 0xffffffffu) << t;
+    EXPECT_EQ(after[t], in[t]) << t;
+  }
+}
+
+// A kernel with 32 KiB of locals per thread (registers spilled to the stack, on a GPU) runs on
+// the fiber stacks.
+__global__ void BigLocals(const int* in, int* out) {
+  int local[8192];
+  for (int i = 0; i < 8192; ++i) local[i] = in[threadIdx.x] + i;
+  __syncthreads();
+  int sum = 0;
+  for (int i = 0; i < 8192; i += 7) sum += local[i];
+  out[threadIdx.x] = sum;
+}
+
+TEST_P(EmuHarness, LargeStackFrames) {
+  const int n = 64;
+  std::vector<int> in(n), out(n, 0);
+  std::iota(in.begin(), in.end(), 0);
+  Launch(BigLocals, dim3(2), dim3(n), 0, nullptr, in.data(), out.data());
+  for (int t = 0; t < n; ++t) {
+    int sum = 0;
+    for (int i = 0; i < 8192; i += 7) sum += t + i;
+    EXPECT_EQ(out[t], sum) << t;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, EmuHarness,
+                         ::testing::Values(emu::ThreadMode::kFibers, emu::ThreadMode::kOsThreads),
+                         ModeName);
+INSTANTIATE_TEST_SUITE_P(Modes, EmuHarnessDeathTest,
+                         ::testing::Values(emu::ThreadMode::kFibers, emu::ThreadMode::kOsThreads),
+                         ModeName);
+
+// What fiber mode adds: the same schedule on every run, deadlocks reported at once, stacks
+// reused. Skipped where fibers are not built.
+class EmuFibers : public EmuHarness {};
+class EmuFibersDeathTest : public EmuHarness {};
+INSTANTIATE_TEST_SUITE_P(Fibers, EmuFibers, ::testing::Values(emu::ThreadMode::kFibers), ModeName);
+INSTANTIATE_TEST_SUITE_P(Fibers, EmuFibersDeathTest, ::testing::Values(emu::ThreadMode::kFibers),
+                         ModeName);
+
+// ReverseRounds without its first or its second __syncthreads.
+template <bool kFirst, bool kSecond>
+__global__ void ReverseRoundsMissingBarrier(const float* in, float* out, int rounds) {
+  TANDEM_SHARED(float, buf, 1024);
+  const int n = blockDim.x;
+  const int t = threadIdx.x;
+  float v = in[blockIdx.x * n + t];
+  for (int r = 0; r < rounds; ++r) {
+    buf[t] = v;
+    if (kFirst) __syncthreads();
+    v = buf[(n - 1 - t + r) % n];
+    if (kSecond) __syncthreads();
+  }
+  out[blockIdx.x * n + t] = v;
+}
+
+// A missing __syncthreads gives wrong results, and the same ones on every run: fibers run in a
+// fixed order, and a thread released by a barrier runs after those before it in the sweep.
+TEST_P(EmuFibers, MissingBarrierIsSeenEveryRun) {
+  const int blocks = 3, n = 64, rounds = 4;
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> dist(-1.f, 1.f);
+  std::vector<float> in(blocks * n);
+  for (float& x : in) x = dist(rng);
+  const std::vector<float> expected = ReverseRoundsExpected(in, n, rounds);
+  auto run = [&](auto kernel) {
+    std::vector<float> out(blocks * n, 0.f);
+    Launch(kernel, dim3(blocks), dim3(n), 0, nullptr, in.data(), out.data(), rounds);
+    return out;
+  };
+  std::vector<float> out = run(ReverseRoundsMissingBarrier<true, true>);
+  EXPECT_EQ(out, expected);
+  for (auto kernel :
+       {ReverseRoundsMissingBarrier<false, true>, ReverseRoundsMissingBarrier<true, false>}) {
+    out = run(kernel);
+    EXPECT_NE(std::memcmp(out.data(), expected.data(), out.size() * sizeof(float)), 0);
+    const std::vector<float> again = run(kernel);
+    EXPECT_EQ(std::memcmp(out.data(), again.data(), out.size() * sizeof(float)), 0);
+  }
+}
+
+// Stacks are mapped for the largest block a host thread has run, then reused by every later
+// block and launch.
+TEST_P(EmuFibers, StacksAreReused) {
+  const int blocks = 4, n = 256, rounds = 3;
+  std::vector<float> in(blocks * n, 1.f), out(blocks * n);
+  const int64_t before = emu::FiberStacksMapped();
+  Launch(ReverseRounds, dim3(blocks), dim3(n), 0, nullptr, in.data(), out.data(), rounds);
+  const int64_t after_first = emu::FiberStacksMapped();
+  EXPECT_LE(after_first - before, 2 * n);  // two blocks in flight, one host thread each
+  for (int i = 0; i < 3; ++i) {
+    Launch(ReverseRounds, dim3(blocks), dim3(n), 0, nullptr, in.data(), out.data(), rounds);
+    Launch(ReverseRounds, dim3(blocks), dim3(n / 4), 0, nullptr, in.data(), out.data(), rounds);
+  }
+  EXPECT_EQ(emu::FiberStacksMapped(), after_first);
+}
+
+// In block `bad`, thread 5 waits at a warp shuffle while the rest of its warp (and block) waits at
+// __syncthreads: neither can complete. The other blocks are fine.
+__global__ void Diverge(int bad, int* out) {
+  if (static_cast<int>(blockIdx.x) == bad && threadIdx.x == 5) {
+    out[0] = __shfl_sync(0xffffffffu, 1, 0);
+  } else {
+    __syncthreads();
+  }
+}
+
+// Threads 0..31 wait at __syncthreads, 32..63 return: the barrier completes without them. Then
+// threads 0..15 call __syncwarp while 16..31 wait at a second __syncthreads: a deadlock.
+__global__ void DivergeAfterExit(int* out) {
+  if (threadIdx.x >= 32) return;
+  __syncthreads();
+  if (threadIdx.x < 16) {
+    __syncwarp(0x0000ffffu);
+  } else {
+    __syncthreads();
+  }
+  out[threadIdx.x] = 1;
+}
+
+TEST_P(EmuFibersDeathTest, DeadlockIsReportedAtOnce) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  std::vector<int> out(64);
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_DEATH(Launch(Diverge, dim3(4), dim3(64), 0, nullptr, 2, out.data()),
+               "deadlock in block \\(2, 0, 0\\).*diverged.*"
+               "threads 0\\.\\.4: __syncthreads.*threads 5\\.\\.5: a warp shuffle or vote.*"
+               "threads 6\\.\\.63: __syncthreads");
+  EXPECT_DEATH(Launch(DivergeAfterExit, dim3(1), dim3(64), 0, nullptr, out.data()),
+               "deadlock in block \\(0, 0, 0\\): each of its 32 live threads.*"
+               "threads 0\\.\\.15: a warp shuffle or vote.*threads 16\\.\\.31: __syncthreads.*"
+               "threads 32\\.\\.63: exited");
+  // OS threads would wait Barrier::kStallLimit (120 s) at each.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
 }
 
 }  // namespace
