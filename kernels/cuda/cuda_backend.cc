@@ -383,22 +383,15 @@ class CudaBackend : public Backend {
     cuda::RmsNorm(p, s);
   }
   void AddBias(float* x, const float* bias, int rows, int dim, Stream s) override {
-    ElementwiseParams p;
-    p.x = x;
+    ElementwiseParams p =
+        ElementwiseOf(ElementwiseOp::kAddBias, x, static_cast<int64_t>(rows) * dim);
     p.bias = bias;
-    p.n = static_cast<int64_t>(rows) * dim;
     p.dim = dim;
-    p.op = ElementwiseOp::kAddBias;
-    p.dtype = config_.activations;
     Elementwise(p, s);
   }
   void Add(float* x, const float* y, int64_t n, Stream s) override {
-    ElementwiseParams p;
-    p.x = x;
+    ElementwiseParams p = ElementwiseOf(ElementwiseOp::kAdd, x, n);
     p.y = y;
-    p.n = n;
-    p.op = ElementwiseOp::kAdd;
-    p.dtype = config_.activations;
     Elementwise(p, s);
   }
   void SwiGlu(const float* gate, const float* up, int rows, int dim, float* out,
@@ -409,12 +402,8 @@ class CudaBackend : public Backend {
     RunGlu(gate, up, rows, dim, out, GluKind::kGeGlu, s);
   }
   void Scale(float* x, float factor, int64_t n, Stream s) override {
-    ElementwiseParams p;
-    p.x = x;
+    ElementwiseParams p = ElementwiseOf(ElementwiseOp::kScale, x, n);
     p.factor = factor;
-    p.n = n;
-    p.op = ElementwiseOp::kScale;
-    p.dtype = config_.activations;
     Elementwise(p, s);
   }
   void ToF32(const float* x, int64_t n, float* out, Stream s) override {
@@ -466,6 +455,14 @@ class CudaBackend : public Backend {
     const auto* cw = dynamic_cast<const CudaWeight*>(&w);
     TANDEM_CHECK(cw != nullptr && cw->valid() && "weight not packed by a CUDA backend");
     return *cw;
+  }
+  ElementwiseParams ElementwiseOf(ElementwiseOp op, float* x, int64_t n) const {
+    ElementwiseParams p;
+    p.op = op;
+    p.x = x;
+    p.n = n;
+    p.dtype = config_.activations;
+    return p;
   }
   size_t ElemBytes() const { return config_.activations == ActivationDType::kF32 ? 4 : 2; }
   // Bytes from p to the end of the allocation holding it (0 when no allocation of this backend

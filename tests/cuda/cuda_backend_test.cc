@@ -137,6 +137,42 @@ TEST(CudaBackendTest, TiedTableGathersAndMultiplies) {
   for (auto* b : {&*ids, &*gathered, &*x, &*y, &*y32, &*g32}) be->Free(*b);
 }
 
+// The elementwise ops the backend maps onto one launcher: each element one f32 operation on the
+// f16 inputs, rounded once to f16.
+TEST(CudaBackendTest, ElementwiseOpsRoundOnce) {
+  auto be = MakeBackend();
+  ASSERT_NE(be, nullptr);
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-2.f, 2.f);
+  const int rows = 3, dim = 40, n = rows * dim;
+  std::vector<uint16_t> x(n), y(n);
+  std::vector<float> bias(dim);
+  for (int i = 0; i < n; ++i) {
+    x[i] = FloatToHalf(u(rng));
+    y[i] = FloatToHalf(u(rng));
+  }
+  for (float& b : bias) b = u(rng);
+  const Stream s = be->DefaultStream();
+  auto dx = be->Allocate(n * 2), dy = be->Allocate(n * 2), db = be->Allocate(dim * 4);
+  ASSERT_TRUE(dx.ok() && dy.ok() && db.ok());
+  be->CopyToDevice(dx->ptr, x.data(), n * 2, s);
+  be->CopyToDevice(dy->ptr, y.data(), n * 2, s);
+  be->CopyToDevice(db->ptr, bias.data(), dim * 4, s);
+  auto* px = static_cast<float*>(dx->ptr);
+  be->AddBias(px, static_cast<const float*>(db->ptr), rows, dim, s);
+  be->Add(px, static_cast<const float*>(dy->ptr), n, s);
+  be->Scale(px, 0.75f, n, s);
+  std::vector<uint16_t> got(n);
+  be->CopyToHost(got.data(), px, n * 2, s);
+  be->Synchronize(s);
+  for (int i = 0; i < n; ++i) {
+    const float a = HalfToFloat(FloatToHalf(HalfToFloat(x[i]) + bias[i % dim]));
+    const float b = HalfToFloat(FloatToHalf(a + HalfToFloat(y[i])));
+    EXPECT_EQ(HalfToFloat(got[i]), HalfToFloat(FloatToHalf(b * 0.75f))) << i;
+  }
+  for (auto* b : {&*dx, &*dy, &*db}) be->Free(*b);
+}
+
 TEST(CudaBackendTest, StepScratchIsChecked) {
   auto be = MakeBackend();
   ASSERT_NE(be, nullptr);
