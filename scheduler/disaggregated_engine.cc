@@ -182,6 +182,7 @@ InstanceStats DisaggregatedEngine::stats() const {
     const InstanceStats x = d->inst->stats();
     add(x);
     s.decode_joins += x.decode_joins;
+    s.nano_steps += x.nano_steps;
     s.decode_queue_seconds += x.decode_queue_seconds;
     s.latency_correction = std::max(s.latency_correction, x.latency_correction);
     s.decode_arrivals_waiting += d->inst->num_arrivals_waiting();

@@ -45,6 +45,7 @@ struct InstanceStats {
   int decode_arrivals_waiting = 0;  // prefilled sequences waiting for room to decode
   uint64_t decode_joins = 0;        // prefilled sequences that joined a decode running set
   double decode_queue_seconds = 0;  // their total wait, from arrival to joining
+  uint64_t nano_steps = 0;          // steps run as two nano-batches (nano_batching)
   // Prefix caching (zero when off).
   uint64_t prefix_queried_tokens = 0;  // prompt tokens of sequences that started
   uint64_t prefix_hit_tokens = 0;      // of those, taken from the prefix cache

@@ -54,6 +54,7 @@ model::ModelRunnerConfig RunnerConfig(const EngineInstanceConfig& config) {
   // Every role may keep only the window of its sliding-window layers: the KV transfer sends a
   // local layer's window and receives into local layer groups.
   rc.window_local_kv = config.window_local_kv;
+  rc.nano_groups = config.nano_batching ? 2 : 0;
   return rc;
 }
 
@@ -128,6 +129,28 @@ std::string EngineInstance::ProfileKey() const {
 }
 
 absl::Status EngineInstance::InitLatencyModel() {
+  TANDEM_RETURN_IF_ERROR(InitWholeLatencyModel());
+  if (!runner_->has_nano_groups()) return absl::OkStatus();
+  NanoBatchOptions options;
+  options.min_gain = config_.nano_min_gain;
+  planner_ = std::make_unique<NanoBatchPlanner>(&model_live_, &group_model_, options);
+  // The group model: the same profile run on one thread group. Without it (no profiling, a
+  // cache too small) every plan is monolithic.
+  if (!config_.profile || !model_live_.fitted()) return absl::OkStatus();
+  TANDEM_ASSIGN_OR_RETURN(std::vector<StepSample> samples, Profile(/*on_group=*/true));
+  if (samples.size() < static_cast<size_t>(LatencyModel::kNumCoefficients)) {
+    return absl::OkStatus();
+  }
+  absl::StatusOr<LatencyModel> fitted = LatencyModel::Fit(samples);
+  if (!fitted.ok()) {
+    return absl::InternalError(StrCat(
+        "the nano-batch group's latency profile could not be fitted: ", fitted.status().message()));
+  }
+  group_model_ = *fitted;
+  return absl::OkStatus();
+}
+
+absl::Status EngineInstance::InitWholeLatencyModel() {
   const std::string key = ProfileKey();
   if (!config_.latency_profile.empty()) {
     absl::StatusOr<LatencyModel> loaded = LatencyModel::Load(config_.latency_profile, key);
@@ -161,7 +184,7 @@ absl::Status EngineInstance::InitLatencyModel() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<StepSample>> EngineInstance::Profile() {
+absl::StatusOr<std::vector<StepSample>> EngineInstance::Profile(bool on_group) {
   // The shapes: decode batches of every size class at a short and a long context, prefill
   // chunks up to the step budget at the start of a prompt and deep into one, and mixes.
   // After one warm-up, each shape runs once, and short ones (noisier, and cheap) kShortReps
@@ -250,7 +273,12 @@ absl::StatusOr<std::vector<StepSample>> EngineInstance::Profile() {
       if (rep == 1 && times[0] > kShort) break;
       const auto t0 = std::chrono::steady_clock::now();
       Prepare(out);
-      TANDEM_RETURN_IF_ERROR(runner_->Execute());
+      if (on_group) {
+        group_zeros_.assign(out.chunks.size(), 0);
+        TANDEM_RETURN_IF_ERROR(runner_->ExecuteNano(group_zeros_));
+      } else {
+        TANDEM_RETURN_IF_ERROR(runner_->Execute());
+      }
       Sample(out);
       times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
@@ -504,6 +532,7 @@ InstanceStats EngineInstance::stats() const {
   s.preemptions = preemptions_.load();
   s.decode_deferred = decode_deferred_.load();
   s.decode_joins = decode_joins_.load();
+  s.nano_steps = nano_steps_.load();
   s.decode_queue_seconds = decode_queue_seconds_.load();
   s.latency_correction = correction_.load();
   return s;
@@ -525,9 +554,16 @@ void EngineInstance::Loop() {
         Emit(out);
         const double measured =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        model_live_.Observe(out.shape, measured);
-        correction_.store(model_live_.correction());
-        if (config_.step_observer) config_.step_observer(out.shape, predicted, measured);
+        if (nano_plan_.split()) {
+          // A split step's time is not the whole device's: it corrects nothing.
+          if (config_.step_observer) {
+            config_.step_observer(out.shape, nano_plan_.split_seconds, measured);
+          }
+        } else {
+          model_live_.Observe(out.shape, measured);
+          correction_.store(model_live_.correction());
+          if (config_.step_observer) config_.step_observer(out.shape, predicted, measured);
+        }
       } else if (absl::IsCancelled(s)) {
         // Every sequence of the step was cancelled while it ran (see Execute): dropped now,
         // their KV of this step half written and freed with them.
@@ -714,7 +750,21 @@ absl::Status EngineInstance::Execute(const SchedulerOutput& out) {
   // in it was cancelled meanwhile (the clients went away), and if so stops there, so that a
   // client gone mid-prefill costs at most one layer more. (Decode-only steps are short.)
   const bool has_prefill = out.num_tokens > out.num_decode;
-  if (completing_.empty() && !has_prefill) return runner_->Execute();
+  nano_plan_.num_batches = 1;
+  if (completing_.empty() && !has_prefill) {
+    if (planner_ != nullptr) {
+      nano_chunks_.clear();
+      for (const ScheduledChunk& c : out.chunks) {
+        nano_chunks_.push_back(NanoChunk::Decode(c.start + c.num_tokens));
+      }
+      planner_->Plan(nano_chunks_, &nano_plan_);
+      if (nano_plan_.split()) {
+        nano_steps_.fetch_add(1);
+        return runner_->ExecuteNano(nano_plan_.batch_of);
+      }
+    }
+    return runner_->Execute();
+  }
   return runner_->Execute([this, &out, has_prefill](int layer) {
     if (has_prefill &&
         std::all_of(out.chunks.begin(), out.chunks.end(),

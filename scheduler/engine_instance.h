@@ -48,6 +48,7 @@
 #include "scheduler/engine.h"
 #include "scheduler/latency_model.h"
 #include "scheduler/load_snapshot.h"
+#include "scheduler/nano_batch.h"
 #include "scheduler/scheduler.h"
 #include "scheduler/sequence.h"
 #include "scheduler/slo_admission.h"
@@ -120,6 +121,15 @@ struct EngineInstanceConfig {
   // long contexts take a fraction of the memory. Every role: a prefill instance sends only the
   // window of those layers, a decode instance writes only the window of what it receives.
   bool window_local_kv = true;
+  // Nano-batching (CPU with >= 2 threads): the runner also holds two thread groups of half the
+  // threads (model::ModelRunner::ExecuteNano), the instance profiles a latency model of one
+  // group at start besides the whole device's, and a decode-only step runs as two concurrent
+  // nano-batches when the planner (scheduler/nano_batch.h) predicts it at least
+  // `nano_min_gain` faster than one batch. Off by default: on 2 cores it wins only for decode
+  // batches of ~64 (bench/RESULTS.md). Steps with prefill chunks always run as one batch (they
+  // check for cancellation between layers and feed the KV hand-off).
+  bool nano_batching = false;
+  double nano_min_gain = 0.05;
   int32_t eos_token_id = -1;  // from the tokenizer; < 0: none
   // Weight loading progress (see model::ModelOptions::load_progress). May be empty.
   std::function<void(int layers_done, int n_layers)> load_progress;
@@ -211,7 +221,9 @@ class EngineInstance : public Engine {
       std::unique_ptr<EngineInstance> inst);
   // Engine thread, before serving: load or profile the latency model.
   absl::Status InitLatencyModel();
-  absl::StatusOr<std::vector<StepSample>> Profile();
+  absl::Status InitWholeLatencyModel();
+  // The profile's steps, timed on the whole device or (on_group) on nano group 0 alone.
+  absl::StatusOr<std::vector<StepSample>> Profile(bool on_group = false);
   absl::Status ValidateRequest(const SequenceRequest& request) const;
   std::string ProfileKey() const;
   void Loop();
@@ -256,6 +268,11 @@ class EngineInstance : public Engine {
   std::vector<Sequence*> cancelled_;  // Admit's sweep: sequences whose sink was cancelled
   std::vector<Sequence*> expired_;    // Admit's sweep (mode queue): deadlines out of reach
   LatencyModel model_live_;           // the scheduler plans with it; corrected every step
+  LatencyModel group_model_;          // nano-batching: a step on one thread group (not corrected)
+  std::unique_ptr<NanoBatchPlanner> planner_;  // nano-batching only
+  std::vector<NanoChunk> nano_chunks_;         // scratch of Execute
+  NanoBatchPlan nano_plan_;                    // the last step's plan
+  std::vector<int> group_zeros_;               // Profile(on_group): every chunk on group 0
 
   // Submission queue.
   mutable std::mutex mu_;
@@ -287,6 +304,7 @@ class EngineInstance : public Engine {
   std::atomic<uint64_t> decode_deferred_{0};
   std::atomic<double> correction_{1.0};
   std::atomic<uint64_t> decode_joins_{0};
+  std::atomic<uint64_t> nano_steps_{0};
   std::atomic<double> decode_queue_seconds_{0};  // one writer: the engine thread
 
   std::thread thread_;

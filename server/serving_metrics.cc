@@ -156,6 +156,11 @@ ServingMetrics::ServingMetrics(const scheduler::Engine& engine)
                                             "Time those sequences waited, from the arrival of "
                                             "their KV to joining the running set.")
                                 .Get()),
+      nano_steps_(registry_
+                      .AddCounter("tandem:nano_batched_steps_total",
+                                  "Engine steps run as two concurrent nano-batches "
+                                  "(--nano-batching).")
+                      .Get()),
       prefix_queried_(registry_
                           .AddCounter("tandem:prefix_cache_queried_tokens_total",
                                       "Prompt tokens of sequences that started (prefix caching).")
@@ -276,6 +281,7 @@ std::string ServingMetrics::Render() {
   arrivals_waiting_.Set(s.decode_arrivals_waiting);
   advance(decode_joins_, static_cast<double>(s.decode_joins));
   advance(decode_queue_seconds_, s.decode_queue_seconds);
+  advance(nano_steps_, static_cast<double>(s.nano_steps));
   advance(prefix_queried_, static_cast<double>(s.prefix_queried_tokens));
   advance(prefix_hit_, static_cast<double>(s.prefix_hit_tokens));
   prefix_hit_ratio_.Set(s.prefix_queried_tokens > 0

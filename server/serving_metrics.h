@@ -100,6 +100,7 @@ class ServingMetrics : public ServingObserver {
   metrics::Gauge& arrivals_waiting_;
   metrics::Counter& decode_joins_;
   metrics::Counter& decode_queue_seconds_;
+  metrics::Counter& nano_steps_;
   metrics::Counter& prefix_queried_;
   metrics::Counter& prefix_hit_;
   metrics::Gauge& prefix_hit_ratio_;

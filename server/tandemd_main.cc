@@ -133,6 +133,11 @@ ABSL_FLAG(std::string, kv_cache_dtype, "f16", "KV cache element type: f16, f32 o
 ABSL_FLAG(bool, kv_window_local, true,
           "Sliding-window models (Gemma 3): the local layers keep only their window's KV "
           "(every role; a prefill worker sends only the window of those layers).");
+ABSL_FLAG(bool, nano_batching, false,
+          "CPU with >= 2 threads per instance: decode-only steps that the latency models predict "
+          "faster run as two concurrent nano-batches on halves of the threads (one more latency "
+          "profile at start). Off by default: on 2 cores it pays only for decode batches of ~64 "
+          "(bench/RESULTS.md).");
 ABSL_FLAG(std::string, isa, "auto", "CPU kernels: auto, scalar, avx2, avx512 or amx.");
 ABSL_FLAG(std::string, chat_template, "",
           "Chat template: chatml, llama3, mistral, llama2 or gemma (default: from the GGUF; a "
@@ -361,6 +366,7 @@ absl::Status Run() {
   ic.kv_cache_bytes = kv_bytes;
   ic.prefix_caching = absl::GetFlag(FLAGS_enable_prefix_caching);
   ic.window_local_kv = absl::GetFlag(FLAGS_kv_window_local);
+  ic.nano_batching = absl::GetFlag(FLAGS_nano_batching);
   ic.eos_token_id = tokenizer->eos_id();
   int last_pct = 0;
   ic.load_progress = [&last_pct](int done, int total) {

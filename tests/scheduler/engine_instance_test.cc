@@ -156,6 +156,38 @@ TEST_F(EngineInstanceTest, ConcurrentSequencesMatchSoloRuns) {
   EXPECT_GT(st.steps, 0u);
 }
 
+// Nano-batching: decode-only steps split in two (min_gain so low that the planner splits every
+// step it can) run on two 1-thread groups concurrently; the outputs are the solo runs', since a
+// sequence's logits do not depend on its batch-mates or on which group ran it.
+TEST_F(EngineInstanceTest, NanoBatchedDecodeStepsKeepOutputs) {
+  const auto prompts = Prompts(8, 7);
+  const auto solo = Solo(prompts, 16);
+  auto file = model::GgufFile::Open(*path_);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EngineInstanceConfig c = Config(/*max_num_seqs=*/8, /*max_batch_tokens=*/64, /*kv_blocks=*/256);
+  c.nano_batching = true;
+  // One thread: no halves to split into.
+  EXPECT_EQ(EngineInstance::Create(c, **file).status().code(), absl::StatusCode::kInvalidArgument);
+  c.backend.cpu.threads = 2;
+  c.nano_min_gain = -1e9;
+  auto inst = EngineInstance::Create(c, **file);
+  ASSERT_TRUE(inst.ok()) << inst.status();
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  for (const auto& p : prompts) {
+    sinks.push_back(std::make_shared<RecordingSink>());
+    ASSERT_TRUE((*inst)->Submit(Request(p, 16, sinks.back())).ok());
+  }
+  for (size_t i = 0; i < sinks.size(); ++i) {
+    sinks[i]->Wait();
+    EXPECT_EQ(sinks[i]->end(), SequenceEnd::kLength);
+    EXPECT_EQ(sinks[i]->tokens(), solo[i]) << "prompt " << i;
+  }
+  const InstanceStats st = (*inst)->stats();
+  EXPECT_GT(st.nano_steps, 0u);
+  EXPECT_LT(st.nano_steps, st.steps);  // steps with prefill ran whole
+  EXPECT_EQ(st.kv_blocks_free, st.kv_blocks_total);
+}
+
 TEST_F(EngineInstanceTest, PreemptionUnderKvPressureKeepsOutputs) {
   const auto prompts = Prompts(6, 2);
   const auto solo = Solo(prompts, 40);
