@@ -1,5 +1,8 @@
-// Launcher of the split-K paged attention kernels (attention.h). Built by nvcc into tandem_cuda
+// Launchers of the split-K and the tiled prefill attention kernels (attention.h). Built by nvcc
+// into tandem_cuda
 // and, unchanged, for the host harness into tandem_cuda_emu.
+#include <algorithm>
+
 #include "common/check.h"
 #include "kernels/cuda/attention.cuh"
 #include "kernels/cuda/dtype.cuh"
@@ -64,6 +67,51 @@ void Attention(const AttentionParams& p, ActivationDType dtype, int max_context,
     Launch(AttentionMergeKernel<T>,
            dim3(static_cast<unsigned>(p.n_heads), static_cast<unsigned>(p.n_tokens)),
            dim3(kAttentionThreads), 0, s, p, n_splits, static_cast<const float*>(workspace));
+  });
+}
+
+int AttentionPrefillTileTokens(int head_dim, int group) {
+  return std::max(1, PrefillRows(head_dim) / group);
+}
+
+void AttentionPrefill(const AttentionParams& p, ActivationDType dtype, Stream stream) {
+  const KvCacheView& c = p.cache;
+  TANDEM_CHECK_GE(p.n_tokens, 0);
+  TANDEM_CHECK(p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0);
+  TANDEM_CHECK(p.head_dim > 0 && p.head_dim <= kAttentionMaxHeadDim);
+  TANDEM_CHECK_EQ(p.head_dim, c.head_dim);
+  TANDEM_CHECK_EQ(p.n_kv_heads, c.n_kv_heads);
+  TANDEM_CHECK(p.layer >= 0 && p.layer < c.n_layers);
+  TANDEM_CHECK_GE(p.window, 0);
+  const int group = p.n_heads / p.n_kv_heads;
+  TANDEM_CHECK_LE(group, PrefillRows(p.head_dim));
+  if (p.n_tokens == 0) return;
+  TANDEM_CHECK(p.q != nullptr && p.out != nullptr);
+  TANDEM_CHECK(c.k != nullptr && c.v != nullptr);
+  if (c.dtype == KvDType::kInt8) {
+    TANDEM_CHECK(c.k_scale_zero != nullptr && c.v_scale_zero != nullptr);
+  }
+  const int tile = AttentionPrefillTileTokens(p.head_dim, group);
+  const dim3 grid(static_cast<unsigned>((p.n_tokens + tile - 1) / tile),
+                  static_cast<unsigned>(p.n_kv_heads));
+  const size_t shared = PrefillSharedBytes(p.head_dim);
+  const auto s = static_cast<cudaStream_t>(stream.handle);
+  DispatchActivation(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    switch (c.dtype) {
+      case KvDType::kF32:
+        Launch(AttentionPrefillKernel<T, KvDType::kF32>, grid, dim3(kAttentionThreads), shared, s,
+               p, tile);
+        break;
+      case KvDType::kF16:
+        Launch(AttentionPrefillKernel<T, KvDType::kF16>, grid, dim3(kAttentionThreads), shared, s,
+               p, tile);
+        break;
+      case KvDType::kInt8:
+        Launch(AttentionPrefillKernel<T, KvDType::kInt8>, grid, dim3(kAttentionThreads), shared, s,
+               p, tile);
+        break;
+    }
   });
 }
 

@@ -14,6 +14,19 @@
 // AttentionMergeKernel: one block per (head, token); each thread merges the splits of its
 // elements: out = sum_s acc_s exp(M_s - M) / sum_s L_s exp(M_s - M), rounded to the activation
 // dtype once.
+//
+// AttentionPrefillKernel: tiled attention for prefill chunks, one block of kAttentionThreads per
+// (tile of consecutive batch tokens, KV head). A tile holds `tile_tokens` tokens (rows = tokens
+// x the KV head's query heads, <= PrefillRows(head_dim)); the tile is cut into runs of tokens
+// of one sequence at consecutive positions (a prefill chunk's tokens; a decode token is a run of
+// one), and for each run the block streams the run's context [first of its first token, its
+// last token] through shared memory in tiles of kPrefillKv positions, each K/V row loaded (and
+// dequantized) once for every query row of the run, instead of once per token as the split-K
+// kernel does. Query rows (pre-scaled) and their accumulators live in shared memory; a warp owns
+// rows warp, warp + 4, ...: lane j scores position j of the K/V tile (masked by causality and
+// the window), the warp reduces max and sum, and each lane updates its elements (lane + 32 e) of
+// the accumulator with every position's weight (shuffled from its lane): online softmax as in
+// flash attention. The row's output (acc / l) is rounded to the activation dtype once.
 // Thread safety: device code.
 #ifndef TANDEM_KERNELS_CUDA_ATTENTION_CUH_
 #define TANDEM_KERNELS_CUDA_ATTENTION_CUH_
@@ -192,6 +205,146 @@ __global__ void __launch_bounds__(kAttentionThreads)
       if (part[d + 1] > 0.f) num += part[i] * expf(part[d] - big);
     }
     out[i] = FromFloat<T>(num / den);
+  }
+}
+
+inline constexpr int kPrefillKv = 32;  // positions per K/V tile: one per lane
+
+// Query rows per prefill block for a head size: 64 rows of 64 (16 KB of f32 per row array),
+// fewer for larger heads, at least 8.
+__host__ __device__ inline int PrefillRows(int head_dim) {
+  const int rows = 4096 / head_dim;
+  return rows < 8 ? 8 : (rows > 64 ? 64 : rows);
+}
+
+// Dynamic shared memory of AttentionPrefillKernel: q and acc [rows][d], m and l [rows], and the
+// K and V tiles [kPrefillKv][d + 1] (padded: lane j reads row j, so rows of odd stride put the
+// lanes in different banks).
+__host__ __device__ inline size_t PrefillSharedBytes(int head_dim) {
+  const int rows = PrefillRows(head_dim);
+  return sizeof(float) * (2 * static_cast<size_t>(rows) * head_dim + 2 * rows +
+                          2 * static_cast<size_t>(kPrefillKv) * (head_dim + 1));
+}
+
+template <typename T, KvDType kCache>
+__global__ void __launch_bounds__(kAttentionThreads)
+    AttentionPrefillKernel(AttentionParams p, int tile_tokens) {
+  const KvCacheView& c = p.cache;
+  const int d = p.head_dim;
+  const int group = p.n_heads / p.n_kv_heads;
+  const int kv_head = blockIdx.y;
+  const int t0 = static_cast<int>(blockIdx.x) * tile_tokens;
+  const int n_tok = IntMin(tile_tokens, p.n_tokens - t0);
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int rows = PrefillRows(d);
+  const int ks = d + 1;  // K/V tile row stride
+
+  TANDEM_DYNAMIC_SHARED(float, smem);
+  float* q = smem;                   // [rows][d], scaled; row r = (token r / group, head)
+  float* acc = q + rows * d;         // [rows][d]
+  float* m = acc + rows * d;         // [rows]
+  float* l = m + rows;               // [rows]
+  float* kt = l + rows;              // [kPrefillKv][d + 1]
+  float* vt = kt + kPrefillKv * ks;  // [kPrefillKv][d + 1]
+  const int n_rows = n_tok * group;
+  for (int x = threadIdx.x; x < n_rows * d; x += blockDim.x) {
+    const int r = x / d;
+    const int i = x % d;
+    const int64_t t = t0 + r / group;
+    const int head = kv_head * group + r % group;
+    q[x] = ToFloat(reinterpret_cast<const T*>(p.q)[(t * p.n_heads + head) * d + i]) * p.scale;
+    acc[x] = 0.f;
+  }
+  for (int r = threadIdx.x; r < n_rows; r += blockDim.x) {
+    m[r] = -INFINITY;
+    l[r] = 0.f;
+  }
+
+  for (int run = 0; run < n_tok;) {
+    // The run: tokens [run, run_end) of one sequence at consecutive positions.
+    const int seq = p.token_seq[t0 + run];
+    int run_end = run + 1;
+    while (run_end < n_tok && p.token_seq[t0 + run_end] == seq &&
+           p.positions[t0 + run_end] == p.positions[t0 + run_end - 1] + 1) {
+      ++run_end;
+    }
+    const int pos0 = p.positions[t0 + run];
+    const int lo = p.window > 0 ? IntMax(0, pos0 - p.window + 1) : 0;
+    const int hi = p.positions[t0 + run_end - 1];
+    const int32_t* table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
+    for (int kv0 = lo; kv0 <= hi; kv0 += kPrefillKv) {
+      const int count = IntMin(kPrefillKv, hi + 1 - kv0);
+      __syncthreads();  // the previous K/V tile (and, at first, the set-up above) is done with
+      for (int x = threadIdx.x; x < count * d; x += blockDim.x) {
+        const int j = x / d;
+        const int i = x % d;
+        const int position = kv0 + j;
+        const int block = table[position / c.block_size];
+        TANDEM_DEVICE_CHECK(block >= 0 && block < c.n_blocks);
+        const int64_t row =
+            ((static_cast<int64_t>(p.layer) * c.n_blocks + block) * c.n_kv_heads + kv_head) *
+                c.block_size +
+            position % c.block_size;
+        kt[j * ks + i] = LoadKv<kCache>(c.k, c.k_scale_zero, row, d, i);
+        vt[j * ks + i] = LoadKv<kCache>(c.v, c.v_scale_zero, row, d, i);
+      }
+      __syncthreads();
+      for (int r = run * group + warp; r < run_end * group; r += kAttentionWarps) {
+        const int pos = p.positions[t0 + r / group];
+        const int first = p.window > 0 ? IntMax(0, pos - p.window + 1) : 0;
+        const int position = kv0 + lane;
+        const bool valid = lane < count && position <= pos && position >= first;
+        float score = -INFINITY;
+        if (valid) {
+          score = 0.f;
+          for (int i = 0; i < d; ++i) score += q[r * d + i] * kt[lane * ks + i];
+        }
+        const float tile_max = WarpMax(score);
+        if (tile_max == -INFINITY) continue;  // no position of this tile is the row's (uniform)
+        const float m_old = m[r];
+        const float m_new = fmaxf(m_old, tile_max);
+        const float alpha = expf(m_old - m_new);  // 0 while m was -inf
+        const float w = valid ? expf(score - m_new) : 0.f;
+        const float l_new = l[r] * alpha + WarpSum(w);
+        // The lane's elements lane + 32 e in registers; every position's weight comes from its
+        // lane by a shuffle all lanes take part in.
+        float a[kAttentionPerLane];
+        TANDEM_ATTENTION_UNROLL
+        for (int e = 0; e < kAttentionPerLane; ++e) {
+          const int i = lane + 32 * e;
+          a[e] = i < d ? acc[r * d + i] * alpha : 0.f;
+        }
+        for (int j = 0; j < count; ++j) {
+          const float wj = __shfl_sync(0xffffffffu, w, j);
+          TANDEM_ATTENTION_UNROLL
+          for (int e = 0; e < kAttentionPerLane; ++e) {
+            const int i = lane + 32 * e;
+            if (i < d) a[e] += wj * vt[j * ks + i];
+          }
+        }
+        TANDEM_ATTENTION_UNROLL
+        for (int e = 0; e < kAttentionPerLane; ++e) {
+          const int i = lane + 32 * e;
+          if (i < d) acc[r * d + i] = a[e];
+        }
+        __syncwarp();  // every lane has read m[r] and l[r]
+        if (lane == 0) {
+          m[r] = m_new;
+          l[r] = l_new;
+        }
+        __syncwarp();
+      }
+    }
+    run = run_end;
+  }
+  __syncthreads();
+  for (int x = threadIdx.x; x < n_rows * d; x += blockDim.x) {
+    const int r = x / d;
+    const int i = x % d;
+    const int64_t t = t0 + r / group;
+    const int head = kv_head * group + r % group;
+    reinterpret_cast<T*>(p.out)[(t * p.n_heads + head) * d + i] = FromFloat<T>(acc[x] / l[r]);
   }
 }
 

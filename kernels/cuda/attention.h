@@ -9,8 +9,8 @@
 // kAttentionMaxGroup is taken in several blocks), and writes a partial (running max, sum of
 // exponentials, unnormalized output) per query head to the workspace; a second kernel merges
 // the splits of each (token, head). So a long decode context spreads over many blocks, and a
-// short one costs one split. Prefill chunks run through the same kernels (one token at a time;
-// a tiled prefill kernel that reuses K/V across a chunk's queries is not written yet).
+// short one costs one split. Prefill chunks may run through the same kernels (one token at a
+// time) or through AttentionPrefill below, which reuses each K/V row across a chunk's queries.
 // Thread safety: launchers are called by the stream's owning thread (one backend instance).
 #ifndef TANDEM_KERNELS_CUDA_ATTENTION_H_
 #define TANDEM_KERNELS_CUDA_ATTENTION_H_
@@ -38,6 +38,18 @@ size_t AttentionWorkspaceFloats(const AttentionParams& p, int max_context, int s
 // A block id outside the cache is a broken invariant: the kernel traps.
 void Attention(const AttentionParams& p, ActivationDType dtype, int max_context, float* workspace,
                Stream stream, int split = kAttentionDefaultSplit);
+
+// Tiled attention for prefill chunks (AttentionPrefillKernel in attention.cuh): the same result
+// as Attention (kernels/ref AttentionRef) for any batch, no workspace. Consecutive batch tokens
+// form tiles of AttentionPrefillTileTokens; within a tile each run of one sequence's tokens at
+// consecutive positions (a prefill chunk) streams its context through shared memory once for
+// all its tokens and the KV head's query heads, instead of once per token. A decode token is a
+// run of one whose whole context one block streams (no split): Attention is the better kernel
+// for decode-heavy batches. Aborts on broken preconditions (as Attention, and a GQA group
+// larger than AttentionPrefillTileTokens' rows).
+void AttentionPrefill(const AttentionParams& p, ActivationDType dtype, Stream stream);
+// Batch tokens per AttentionPrefill block for this head size and GQA group (>= 1).
+int AttentionPrefillTileTokens(int head_dim, int group);
 
 }  // namespace TANDEM_CUDA_BUILD
 }  // namespace tandem::kernels::cuda

@@ -189,6 +189,8 @@ absl::StatusOr<DeviceBytes> Upload(const void* host, size_t bytes, Stream s) {
 // context over splits of kAttentionDefaultSplit, and for a whole step of tokens in few splits.
 constexpr int kDecodeTokensAtFullSplit = 64;
 constexpr int kMinSplitsPerStepToken = 4;
+// Attention: steps with at least this many tokens per sequence run the tiled prefill kernel.
+constexpr int kPrefillTokensPerSeq = 4;
 
 class CudaBackend : public Backend {
  public:
@@ -434,6 +436,14 @@ class CudaBackend : public Backend {
     cuda::KvAppend(p, config_.activations, s);
   }
   void Attention(const AttentionParams& p, Stream s) override {
+    // A step that is mostly prefill chunks (at least kPrefillTokensPerSeq tokens per sequence)
+    // takes the tiled kernel, which reads each K/V row once per chunk; decode-heavy steps the
+    // split-K one, which spreads a long context over blocks.
+    if (p.n_tokens >= kPrefillTokensPerSeq * p.n_seqs &&
+        p.n_heads / p.n_kv_heads <= AttentionPrefillTileTokens(p.head_dim, 1)) {
+      cuda::AttentionPrefill(p, config_.activations, s);
+      return;
+    }
     TANDEM_CHECK(workspace_ != nullptr && "Attention before ReserveStepScratch");
     TANDEM_CHECK(p.n_tokens <= step_.max_tokens && p.n_heads <= step_.n_heads &&
                  p.head_dim <= step_.head_dim);

@@ -177,6 +177,19 @@ TYPED_TEST(AttentionTest, MatchesReference) {
         ASSERT_LE(err, Tolerance<T>(want[i], 0, f32_abs))
             << "element " << i << ": got " << ToFloat(got[i]) << ", want " << want[i];
       }
+      // The tiled prefill kernel on the same batch (its runs: the chunks, and each decode
+      // token alone), the same bound.
+      std::vector<T> tiled(q.size(), FromFloat<T>(7.f));
+      DeviceCopy<T> dtiled(tiled);
+      p.out = reinterpret_cast<float*>(dtiled.get());
+      AttentionPrefill(p, ActTraits<T>::kDType, Stream{});
+      dtiled.ToHost(tiled);
+      for (size_t i = 0; i < tiled.size(); ++i) {
+        const double err = std::fabs(ToFloat(tiled[i]) - want[i]);
+        ASSERT_LE(err, Tolerance<T>(want[i], 0, f32_abs))
+            << "prefill kernel, element " << i << ": got " << ToFloat(tiled[i]) << ", want "
+            << want[i];
+      }
     }
   }
 }
@@ -238,6 +251,84 @@ TEST(AttentionLongTest, ManySplitsMerge) {
   dout.ToHost(got);
   const double f32_abs = 2 * 32 * std::ldexp(1.0, -24) * std::sqrt(32.0) + 1e-5;
   for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], f32_abs) << i;
+}
+
+// The tiled prefill kernel on long chunks: runs that span several K/V tiles and several blocks,
+// a decode token between them, GQA 3 (the default model's), with and without a window, f16
+// activations and KV, against the reference.
+TEST(AttentionPrefillTest, LongChunksMatchReference) {
+  std::mt19937 rng(9);
+  for (const int window : {0, 50}) {
+    SCOPED_TRACE(window);
+    KvCacheView c;
+    c.dtype = KvDType::kF16;
+    c.n_layers = 1;
+    c.block_size = 16;
+    c.n_blocks = 80;
+    c.n_kv_heads = 2;
+    c.head_dim = 64;
+    const size_t elems = static_cast<size_t>(c.n_blocks) * c.n_kv_heads * c.block_size * 64;
+    std::vector<unsigned char> k_mem(elems * 2), v_mem(elems * 2);
+    c.k = k_mem.data();
+    c.v = v_mem.data();
+    std::vector<int32_t> all(c.n_blocks * c.block_size);
+    std::iota(all.begin(), all.end(), 0);
+    const std::vector<float> kr = RandomFloats(elems, -1.f, 1.f, rng);
+    const std::vector<float> vr = RandomFloats(elems, -1.f, 1.f, rng);
+    KvAppendParams ap{kr.data(), vr.data(), all.data(), static_cast<int>(all.size()), 0, c};
+    ref::KvAppendRef(ap);
+    // Three sequences of 26 blocks each, scattered: a chunk at 200..299, a decode token at
+    // 400, a chunk at 0..36.
+    const int max_blocks = 26;
+    std::vector<int32_t> ids(c.n_blocks);
+    std::iota(ids.begin(), ids.end(), 0);
+    std::shuffle(ids.begin(), ids.end(), rng);
+    std::vector<int32_t> tables(ids.begin(), ids.begin() + 3 * max_blocks);
+    std::vector<int32_t> seq, pos;
+    for (int i = 200; i < 300; ++i) seq.push_back(0), pos.push_back(i);
+    seq.push_back(1), pos.push_back(400);
+    for (int i = 0; i < 37; ++i) seq.push_back(2), pos.push_back(i);
+    const int n = static_cast<int>(seq.size());
+    using T = Half;
+    const std::vector<T> q =
+        ToActs<T>(RandomFloats(static_cast<size_t>(n) * 6 * 64, -1.f, 1.f, rng));
+    const std::vector<float> q_in = FromActs(q);
+    std::vector<float> want(q.size());
+    AttentionParams p;
+    p.q = q_in.data();
+    p.out = want.data();
+    p.token_seq = seq.data();
+    p.positions = pos.data();
+    p.block_tables = tables.data();
+    p.n_tokens = n;
+    p.n_seqs = 3;
+    p.max_blocks_per_seq = max_blocks;
+    p.n_heads = 6;
+    p.n_kv_heads = 2;
+    p.head_dim = 64;
+    p.scale = 1.f / 8.f;
+    p.window = window;
+    p.cache = c;
+    ref::AttentionRef(p);
+    std::vector<T> got(q.size(), FromFloat<T>(7.f));
+    DeviceCopy<T> dq(q), dout(got);
+    DeviceCopy<int32_t> dseq(seq), dpos(pos), dtables(tables);
+    DeviceCopy<unsigned char> dk(k_mem), dv(v_mem);
+    p.q = reinterpret_cast<const float*>(dq.get());
+    p.out = reinterpret_cast<float*>(dout.get());
+    p.token_seq = dseq.get();
+    p.positions = dpos.get();
+    p.block_tables = dtables.get();
+    p.cache.k = dk.get();
+    p.cache.v = dv.get();
+    AttentionPrefill(p, ActivationDType::kF16, Stream{});
+    dout.ToHost(got);
+    const double f32_abs = 2 * 64 * std::ldexp(1.0, -24) * 8 + 1e-5;
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_LE(std::fabs(ToFloat(got[i]) - want[i]), Tolerance<T>(want[i], 0, f32_abs))
+          << "element " << i << " (token " << i / (6 * 64) << ")";
+    }
+  }
 }
 
 }  // namespace

@@ -184,9 +184,9 @@ TEST(CudaBackendTest, StepScratchIsChecked) {
   EXPECT_TRUE(be->ReserveStepScratch(shape).ok());
 }
 
-// The attention workspace reserved for StepShape serves a step of max_tokens tokens deep in a
-// long context (longer splits) and a single decode token at the longest context (default
-// splits), both against AttentionRef.
+// The attention workspace reserved for StepShape serves a decode step of max_tokens tokens deep
+// in a long context (longer splits) and a single decode token at the longest context (default
+// splits); a prefill chunk takes the tiled kernel; all against AttentionRef.
 TEST(CudaBackendTest, AttentionWorkspaceFitsEveryStepOfTheReservedShape) {
   auto be = MakeBackend(ActivationDType::kF16);
   ASSERT_NE(be, nullptr);
@@ -219,17 +219,25 @@ TEST(CudaBackendTest, AttentionWorkspaceFitsEveryStepOfTheReservedShape) {
   };
   cache.k = upload(k.data(), k.size() * 2);
   cache.v = upload(v.data(), v.size() * 2);
-  std::vector<int32_t> table(cache.n_blocks);
-  for (int i = 0; i < cache.n_blocks; ++i) table[i] = cache.n_blocks - 1 - i;
+  // One table row per token: max_tokens sequences sharing their blocks (as a shared prefix),
+  // each decoding one token, so the step is decode-heavy and takes the split-K kernel.
+  std::vector<int32_t> table(static_cast<size_t>(max_tokens) * cache.n_blocks);
+  for (size_t i = 0; i < table.size(); ++i) table[i] = cache.n_blocks - 1 - i % cache.n_blocks;
   const auto* d_table = static_cast<const int32_t*>(upload(table.data(), table.size() * 4));
   // The reference reads the same cache in host memory.
   KvCacheView host_cache = cache;
   host_cache.k = k.data();
   host_cache.v = v.data();
-  for (const int n_tokens : {max_tokens, 1}) {
-    SCOPED_TRACE(n_tokens);
-    std::vector<int32_t> pos(n_tokens), seq(n_tokens, 0);
-    for (int t = 0; t < n_tokens; ++t) pos[t] = max_ctx - n_tokens + t;
+  // max_tokens decode tokens (split-K, longer splits), one decode token (split-K, default
+  // splits), a chunk of max_tokens tokens of one sequence (the tiled prefill kernel).
+  for (const auto& [n_tokens, one_seq] :
+       {std::pair{max_tokens, false}, std::pair{1, false}, std::pair{max_tokens, true}}) {
+    SCOPED_TRACE(::testing::Message() << n_tokens << (one_seq ? " tokens of one sequence" : ""));
+    std::vector<int32_t> pos(n_tokens), seq(n_tokens);
+    for (int t = 0; t < n_tokens; ++t) {
+      pos[t] = max_ctx - n_tokens + t;
+      seq[t] = one_seq ? 0 : t;
+    }
     std::vector<float> qf(static_cast<size_t>(n_tokens) * n_heads * hd);
     std::vector<uint16_t> q(qf.size()), out(qf.size());
     for (size_t i = 0; i < qf.size(); ++i) {
@@ -244,7 +252,7 @@ TEST(CudaBackendTest, AttentionWorkspaceFitsEveryStepOfTheReservedShape) {
     p.positions = static_cast<const int32_t*>(upload(pos.data(), pos.size() * 4));
     p.block_tables = d_table;
     p.n_tokens = n_tokens;
-    p.n_seqs = 1;
+    p.n_seqs = one_seq ? 1 : n_tokens;
     p.max_blocks_per_seq = cache.n_blocks;
     p.n_heads = n_heads;
     p.n_kv_heads = n_kv;
