@@ -192,6 +192,9 @@ constexpr int kMinSplitsPerStepToken = 4;
 // Attention: steps with at least this many tokens per sequence run the tiled prefill kernel.
 constexpr int kPrefillTokensPerSeq = 4;
 
+// Every call that touches the device first makes config_.device current: the current device
+// is per host thread, and the engine thread that drives the ops is not the one that created
+// the backend (one process may drive several GPUs).
 class CudaBackend : public Backend {
  public:
   CudaBackend(const CudaBackendConfig& config, std::string device_name)
@@ -234,12 +237,15 @@ class CudaBackend : public Backend {
     DeviceFree(buffer.ptr);
   }
   void CopyToDevice(void* dst, const void* src, size_t bytes, Stream s) override {
+    UseDevice(config_.device);
     CopyAsync(dst, src, bytes, s);
   }
   void CopyToHost(void* dst, const void* src, size_t bytes, Stream s) override {
+    UseDevice(config_.device);
     CopyAsync(dst, src, bytes, s);
   }
   void Memset(void* dst, int value, size_t bytes, Stream s) override {
+    UseDevice(config_.device);
     SetAsync(dst, value, bytes, s);
   }
   ActivationDType activation_dtype() const override { return config_.activations; }
@@ -250,15 +256,27 @@ class CudaBackend : public Backend {
     return NewStream();
   }
   void DestroyStream(Stream s) override { DeleteStream(s); }
-  void Synchronize(Stream s) override { WaitStream(s); }
+  void Synchronize(Stream s) override {
+    UseDevice(config_.device);
+    WaitStream(s);
+  }
   absl::StatusOr<Event> CreateEvent() override {
     UseDevice(config_.device);
     return NewEvent();
   }
   void DestroyEvent(Event e) override { DeleteEvent(e); }
-  void RecordEvent(Event e, Stream s) override { Record(e, s); }
-  void StreamWaitEvent(Stream s, Event e) override { StreamWait(s, e); }
-  void SynchronizeEvent(Event e) override { WaitEvent(e); }
+  void RecordEvent(Event e, Stream s) override {
+    UseDevice(config_.device);
+    Record(e, s);
+  }
+  void StreamWaitEvent(Stream s, Event e) override {
+    UseDevice(config_.device);
+    StreamWait(s, e);
+  }
+  void SynchronizeEvent(Event e) override {
+    UseDevice(config_.device);
+    WaitEvent(e);
+  }
 
   // The host work of a step (sampling rows on the host, for now) runs on the calling thread.
   void HostParallelFor(int n, absl::FunctionRef<void(int begin, int end)> fn) override {
@@ -348,6 +366,7 @@ class CudaBackend : public Backend {
   }
 
   void Matmul(const Weight& w, const float* x, int m, float* y, Stream s) override {
+    UseDevice(config_.device);
     const CudaWeight& cw = Cast(w);
     TANDEM_CHECK(cw.has_matmul && "Matmul on a weight packed for EmbeddingGather only");
     QuantMatmulParams p;
@@ -359,6 +378,7 @@ class CudaBackend : public Backend {
     QuantMatmul(p, s);
   }
   void EmbeddingGather(const Weight& w, const int32_t* ids, int n, float* out, Stream s) override {
+    UseDevice(config_.device);
     const CudaWeight& cw = Cast(w);
     TANDEM_CHECK(cw.rows_data.get() != nullptr && "EmbeddingGather on a matmul-only weight");
     EmbeddingParams p;
@@ -374,6 +394,7 @@ class CudaBackend : public Backend {
   }
   void RmsNorm(const float* x, const float* weight, int rows, int dim, float eps, float* out,
                Stream s) override {
+    UseDevice(config_.device);
     RmsNormParams p;
     p.x = x;
     p.weight = weight;
@@ -385,6 +406,7 @@ class CudaBackend : public Backend {
     cuda::RmsNorm(p, s);
   }
   void AddBias(float* x, const float* bias, int rows, int dim, Stream s) override {
+    UseDevice(config_.device);
     ElementwiseParams p =
         ElementwiseOf(ElementwiseOp::kAddBias, x, static_cast<int64_t>(rows) * dim);
     p.bias = bias;
@@ -392,23 +414,28 @@ class CudaBackend : public Backend {
     Elementwise(p, s);
   }
   void Add(float* x, const float* y, int64_t n, Stream s) override {
+    UseDevice(config_.device);
     ElementwiseParams p = ElementwiseOf(ElementwiseOp::kAdd, x, n);
     p.y = y;
     Elementwise(p, s);
   }
   void SwiGlu(const float* gate, const float* up, int rows, int dim, float* out,
               Stream s) override {
+    UseDevice(config_.device);
     RunGlu(gate, up, rows, dim, out, GluKind::kSwiGlu, s);
   }
   void GeGlu(const float* gate, const float* up, int rows, int dim, float* out, Stream s) override {
+    UseDevice(config_.device);
     RunGlu(gate, up, rows, dim, out, GluKind::kGeGlu, s);
   }
   void Scale(float* x, float factor, int64_t n, Stream s) override {
+    UseDevice(config_.device);
     ElementwiseParams p = ElementwiseOf(ElementwiseOp::kScale, x, n);
     p.factor = factor;
     Elementwise(p, s);
   }
   void ToF32(const float* x, int64_t n, float* out, Stream s) override {
+    UseDevice(config_.device);
     ConvertParams p;
     p.in = x;
     p.out = out;
@@ -419,6 +446,7 @@ class CudaBackend : public Backend {
   }
   void GatherRows(const float* x, const int32_t* idx, int n, int dim, float* out,
                   Stream s) override {
+    UseDevice(config_.device);
     GatherRowsParams p;
     p.x = x;
     p.idx = idx;
@@ -431,11 +459,16 @@ class CudaBackend : public Backend {
     p.dtype = config_.activations;
     cuda::GatherRows(p, s);
   }
-  void Rope(const RopeParams& p, Stream s) override { cuda::Rope(p, config_.activations, s); }
+  void Rope(const RopeParams& p, Stream s) override {
+    UseDevice(config_.device);
+    cuda::Rope(p, config_.activations, s);
+  }
   void KvAppend(const KvAppendParams& p, Stream s) override {
+    UseDevice(config_.device);
     cuda::KvAppend(p, config_.activations, s);
   }
   void Attention(const AttentionParams& p, Stream s) override {
+    UseDevice(config_.device);
     // A step that is mostly prefill chunks (at least kPrefillTokensPerSeq tokens per sequence)
     // takes the tiled kernel, which reads each K/V row once per chunk; decode-heavy steps the
     // split-K one, which spreads a long context over blocks.
@@ -458,7 +491,10 @@ class CudaBackend : public Backend {
     TANDEM_CHECK_LE(AttentionWorkspaceFloats(p, max_context, split), workspace_floats_);
     cuda::Attention(p, config_.activations, max_context, workspace_, s, split);
   }
-  void Sample(const SampleParams& p, Stream s) override { cuda::Sample(p, config_.activations, s); }
+  void Sample(const SampleParams& p, Stream s) override {
+    UseDevice(config_.device);
+    cuda::Sample(p, config_.activations, s);
+  }
 
  private:
   static const CudaWeight& Cast(const Weight& w) {
