@@ -326,31 +326,37 @@ TEST_P(EmuHarnessDeathTest, RefusesWhatAGpuRefuses) {
 // end of a partial last warp are absent from every vote.
 __global__ void StaggeredExit(unsigned* ballots, int* finished) {
   const int t = threadIdx.x;
+  const int g = blockIdx.x * blockDim.x + t;  // each block writes its own outputs
   const int rounds = t % 32 % 8 + 1;
   for (int r = 0; r < 8; ++r) {
     if (r >= rounds) return;
     unsigned mask = 0;
     for (int l = 0; l < 32; ++l) mask |= (l % 8 + 1 > r ? 1u : 0u) << l;
-    ballots[t * 8 + r] = __ballot_sync(mask, 1);
+    ballots[g * 8 + r] = __ballot_sync(mask, 1);
     __syncthreads();
   }
-  finished[t] = 1;
+  finished[g] = 1;
 }
 
 TEST_P(EmuHarness, LanesExitAtDifferentRounds) {
   const int n = 80;  // two full warps and one of 16 lanes
-  std::vector<unsigned> ballots(n * 8, 0);
-  std::vector<int> finished(n, 0);
-  Launch(StaggeredExit, dim3(3), dim3(n), 0, nullptr, ballots.data(), finished.data());
-  for (int t = 0; t < n; ++t) {
-    const int rounds = t % 32 % 8 + 1;
-    const unsigned present = t / 32 == 2 ? 0xffffu : 0xffffffffu;
-    for (int r = 0; r < 8; ++r) {
-      unsigned mask = 0;
-      for (int l = 0; l < 32; ++l) mask |= (l % 8 + 1 > r ? 1u : 0u) << l;
-      EXPECT_EQ(ballots[t * 8 + r], r < rounds ? mask & present : 0u) << t << " round " << r;
+  const int blocks = 3;
+  std::vector<unsigned> ballots(blocks * n * 8, 0);
+  std::vector<int> finished(blocks * n, 0);
+  Launch(StaggeredExit, dim3(blocks), dim3(n), 0, nullptr, ballots.data(), finished.data());
+  for (int b = 0; b < blocks; ++b) {
+    for (int t = 0; t < n; ++t) {
+      const int g = b * n + t;
+      const int rounds = t % 32 % 8 + 1;
+      const unsigned present = t / 32 == 2 ? 0xffffu : 0xffffffffu;
+      for (int r = 0; r < 8; ++r) {
+        unsigned mask = 0;
+        for (int l = 0; l < 32; ++l) mask |= (l % 8 + 1 > r ? 1u : 0u) << l;
+        EXPECT_EQ(ballots[g * 8 + r], r < rounds ? mask & present : 0u)
+            << "block " << b << " thread " << t << " round " << r;
+      }
+      EXPECT_EQ(finished[g], rounds == 8) << "block " << b << " thread " << t;
     }
-    EXPECT_EQ(finished[t], rounds == 8) << t;
   }
 }
 
@@ -390,22 +396,23 @@ TEST_P(EmuHarness, ManyBlocksInFlight) {
 __global__ void AsyncCopyPerThread(const unsigned* in, unsigned* before, unsigned* after) {
   TANDEM_SHARED(unsigned, buf, 128);
   const int t = threadIdx.x;
+  const int g = blockIdx.x * blockDim.x + t;  // each block writes its own outputs
   CpAsyncCa<4>(&buf[t], &in[t]);
   CpAsyncCommit();
   __syncthreads();
-  before[t] = buf[t];
+  before[g] = buf[t];
   CpAsyncWait<0>();
-  after[t] = buf[t];
+  after[g] = buf[t];
 }
 
 TEST_P(EmuHarness, AsyncCopiesArePerThread) {
   const int n = 128;
-  std::vector<unsigned> in(n), before(n, 0), after(n, 0);
+  std::vector<unsigned> in(n), before(2 * n, 0), after(2 * n, 0);
   for (int i = 0; i < n; ++i) in[i] = 1000 + i;
   Launch(AsyncCopyPerThread, dim3(2), dim3(n), 0, nullptr, in.data(), before.data(), after.data());
-  for (int t = 0; t < n; ++t) {
-    EXPECT_EQ(before[t], 0xffffffffu) << t;
-    EXPECT_EQ(after[t], in[t]) << t;
+  for (int g = 0; g < 2 * n; ++g) {
+    EXPECT_EQ(before[g], 0xffffffffu) << g;
+    EXPECT_EQ(after[g], in[g % n]) << g;
   }
 }
 
@@ -417,18 +424,18 @@ __global__ void BigLocals(const int* in, int* out) {
   __syncthreads();
   int sum = 0;
   for (int i = 0; i < 8192; i += 7) sum += local[i];
-  out[threadIdx.x] = sum;
+  out[blockIdx.x * blockDim.x + threadIdx.x] = sum;  // each block its own outputs
 }
 
 TEST_P(EmuHarness, LargeStackFrames) {
   const int n = 64;
-  std::vector<int> in(n), out(n, 0);
+  std::vector<int> in(n), out(2 * n, 0);
   std::iota(in.begin(), in.end(), 0);
   Launch(BigLocals, dim3(2), dim3(n), 0, nullptr, in.data(), out.data());
-  for (int t = 0; t < n; ++t) {
+  for (int g = 0; g < 2 * n; ++g) {
     int sum = 0;
-    for (int i = 0; i < 8192; i += 7) sum += t + i;
-    EXPECT_EQ(out[t], sum) << t;
+    for (int i = 0; i < 8192; i += 7) sum += g % n + i;
+    EXPECT_EQ(out[g], sum) << g;
   }
 }
 
