@@ -3,7 +3,8 @@
 // that shuffles, votes and atomics have CUDA's semantics, and that shared memory (static and
 // dynamic) is per block. The semantic tests run in both thread modes (fibers, OS threads);
 // those of what only fibers do (a missing barrier seen the same way on every run, a deadlock
-// reported at once, stacks reused) are skipped where fibers are not built (ThreadSanitizer).
+// reported at once, stacks reused) have no instances where fibers are not built (under
+// ThreadSanitizer the harness runs OS threads only, executor.h).
 #include <gtest/gtest.h>
 
 #include <algorithm>
