@@ -57,7 +57,8 @@ const WorkerInfo* PickWorker(const std::vector<const WorkerInfo*>& workers, v1::
     candidates.push_back(w);
     all_modelled &= ModelOf(*w).has_value();
   }
-  const WorkerInfo* best = nullptr;
+  if (candidates.empty()) return nullptr;
+  std::vector<double> scores;
   double best_score = 0;
   for (const WorkerInfo* w : candidates) {
     double score = !all_modelled                     ? w->in_flight
@@ -68,10 +69,24 @@ const WorkerInfo* PickWorker(const std::vector<const WorkerInfo*>& workers, v1::
     if (role == v1::WORKER_ROLE_DECODE && w->load.kv_block_size() > 0 && FreeTokens(*w) < need) {
       score += 1e9;
     }
-    if (best == nullptr || score < best_score ||
-        (score == best_score && FreeTokens(*w) > FreeTokens(*best))) {
+    best_score = scores.empty() ? score : std::min(best_score, score);
+    scores.push_back(score);
+  }
+  // Predictions within kPredictionSlack of the best do not tell workers apart: of those, the
+  // least loaded, then the most free KV, then the best prediction.
+  const double band = all_modelled ? best_score * (1 + kPredictionSlack) : best_score;
+  const WorkerInfo* best = nullptr;
+  double chosen_score = 0;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    const WorkerInfo* w = candidates[i];
+    if (scores[i] > band) continue;
+    const bool better = best == nullptr || w->in_flight < best->in_flight ||
+                        (w->in_flight == best->in_flight &&
+                         (FreeTokens(*w) > FreeTokens(*best) ||
+                          (FreeTokens(*w) == FreeTokens(*best) && scores[i] < chosen_score)));
+    if (better) {
       best = w;
-      best_score = score;
+      chosen_score = scores[i];
     }
   }
   return best;

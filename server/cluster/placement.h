@@ -46,8 +46,15 @@ struct WorkerInfo {
 // (suspect_since not older than last_seen), and a context `need` past kv_capacity_tokens.
 // Among the rest, the least predicted TTFT (prefill: one step of the prompt tokens already
 // queued there plus this prompt) or TPOT (decode: a step of its sequences plus this one, each
-// at `need` tokens of context), with a decode worker whose free KV cannot hold `need` last;
-// ties (and workers without models) go to the most free KV.
+// at `need` tokens of context), with a decode worker whose free KV cannot hold `need` last.
+// Predictions within kPredictionSlack of the least count as equal: of those, the fewest
+// sequences in flight wins, then the most free KV. Without models on every candidate: the
+// fewest in flight, then the most free KV.
+// The latency models fit their profiles to 10-25% (median error, logged at each worker's
+// start), and workers profiled side by side on a busy host differ by more than their devices
+// do; a prediction this close to the best one does not make a worker the better choice.
+inline constexpr double kPredictionSlack = 0.10;
+
 const WorkerInfo* PickWorker(const std::vector<const WorkerInfo*>& workers,
                              tandem::v1::WorkerRole role, int prompt, int need);
 

@@ -1,6 +1,7 @@
 #include "server/cluster/router_engine.h"
 
 #include <algorithm>
+#include <array>
 #include <limits>
 #include <random>
 #include <utility>
@@ -44,8 +45,14 @@ class RoutedRequest : public std::enable_shared_from_this<RoutedRequest> {
   void Abandon(const absl::Status& status);
   // Cancels both streams if the client went away.
   void PollCancelled();
-  bool uses(uint64_t worker) const { return worker == prefill_worker_ || worker == decode_worker_; }
   uint64_t id() const { return id_; }
+  uint64_t prefill_worker() const { return prefill_worker_; }
+  uint64_t decode_worker() const { return decode_worker_; }
+  // Whether a call of this request to `worker` is still open and has delivered nothing (since it
+  // started, or since its last event) for longer than `quiet`: a worker that the router has
+  // dropped for missing its heartbeats has lost such a request, but not one whose stream
+  // still flows (the stream is its own proof of life, and a broken connection ends the call).
+  bool SilentOn(uint64_t worker, absl::Time now, absl::Duration quiet);
 
   void OnEvent(bool prefill, const v1::PhaseEvent& ev);
   // `by_worker`: the worker ended the stream itself (its trailers came), whatever the status.
@@ -67,6 +74,8 @@ class RoutedRequest : public std::enable_shared_from_this<RoutedRequest> {
   std::mutex mu_;
   Call* prefill_call_ ABSL_GUARDED_BY(mu_) = nullptr;  // null once done
   Call* decode_call_ ABSL_GUARDED_BY(mu_) = nullptr;
+  absl::Time prefill_heard_ ABSL_GUARDED_BY(mu_);  // the call's start or its last event
+  absl::Time decode_heard_ ABSL_GUARDED_BY(mu_);
   bool first_token_out_ ABSL_GUARDED_BY(mu_) = false;
   bool handed_off_ ABSL_GUARDED_BY(mu_) = false;
   // The decode stream's end event came (emitted, or held until the first token goes out: the
@@ -136,6 +145,7 @@ void RoutedRequest::Start(v1::Worker::Stub* prefill, v1::Worker::Stub* decode,
     std::lock_guard<std::mutex> lock(mu_);
     decode_call_ = d;
     prefill_call_ = f;
+    prefill_heard_ = decode_heard_ = absl::Now();
   }
   // Decode first: it then expects the KV before the prefill worker can send any.
   d->Start();
@@ -146,6 +156,12 @@ void RoutedRequest::Abandon(const absl::Status& status) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!finished_) FinishLocked(scheduler::SequenceEnd::kFailed, status);
   CancelCallsLocked();
+}
+
+bool RoutedRequest::SilentOn(uint64_t worker, absl::Time now, absl::Duration quiet) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return (worker == prefill_worker_ && prefill_call_ != nullptr && now - prefill_heard_ > quiet) ||
+         (worker == decode_worker_ && decode_call_ != nullptr && now - decode_heard_ > quiet);
 }
 
 void RoutedRequest::PollCancelled() {
@@ -177,6 +193,7 @@ void RoutedRequest::Emit(const v1::PhaseEvent& ev) {
 
 void RoutedRequest::OnEvent(bool prefill, const v1::PhaseEvent& ev) {
   std::lock_guard<std::mutex> lock(mu_);
+  (prefill ? prefill_heard_ : decode_heard_) = absl::Now();
   if (finished_) return;
   if (!prefill) {
     if (ev.end() != v1::PhaseEvent::END_UNSPECIFIED) decode_ended_ = true;
@@ -609,29 +626,38 @@ void RouterEngine::SweepLoop() {
     cv_.wait_for(lock, std::chrono::milliseconds(20));
     if (stopping_) break;
     const absl::Time now = absl::Now();
-    std::vector<uint64_t> gone;
     for (auto it = workers_.begin(); it != workers_.end();) {
       if (now - it->second.info.last_seen > config_.worker_timeout) {
         spdlog::warn("router: worker '{}' (id {}) missed its heartbeats for {}; dropped",
                      it->second.info.name, it->first,
                      absl::FormatDuration(now - it->second.info.last_seen));
-        gone.push_back(it->first);
         dropped_.fetch_add(1);
         it = workers_.erase(it);
       } else {
         ++it;
       }
     }
+    // A request on a worker that is no longer registered (dropped now or before) is lost
+    // once its call to that worker has also been silent for the timeout.
     std::vector<std::shared_ptr<RoutedRequest>> active;
-    for (auto& [id, r] : active_) active.push_back(r);
+    // Per request: its prefill and decode workers where not registered, else 0 (no worker id).
+    std::vector<std::array<uint64_t, 2>> unregistered;
+    for (auto& [id, r] : active_) {
+      active.push_back(r);
+      unregistered.push_back({workers_.contains(r->prefill_worker()) ? 0 : r->prefill_worker(),
+                              workers_.contains(r->decode_worker()) ? 0 : r->decode_worker()});
+    }
     lock.unlock();
-    for (auto& r : active) {
-      bool on_gone = false;
-      for (uint64_t w : gone) on_gone |= r->uses(w);
-      if (on_gone) {
-        r->Abandon(absl::UnavailableError("a worker of this request stopped answering"));
+    for (size_t i = 0; i < active.size(); ++i) {
+      RoutedRequest& r = *active[i];
+      bool lost = false;
+      for (uint64_t w : unregistered[i]) {
+        if (w != 0) lost |= r.SilentOn(w, now, config_.worker_timeout);
+      }
+      if (lost) {
+        r.Abandon(absl::UnavailableError("a worker of this request stopped answering"));
       } else {
-        r->PollCancelled();
+        r.PollCancelled();
       }
     }
     lock.lock();

@@ -6,10 +6,11 @@
 // streams the rest. The router relays both streams to the sequence's sink in order.
 //
 // Workers join through the Router service (Register, Heartbeat) on the cluster port. A worker
-// that misses its heartbeats for `worker_timeout` is dropped: the requests it holds fail with
-// UNAVAILABLE (their other worker is told to drop them), and new requests avoid it until it
-// registers again. Placement is least-loaded: the prefill worker with the fewest sequences in
-// flight through this router, the decode worker likewise (ties: the most free KV blocks).
+// that misses its heartbeats for `worker_timeout` is dropped: new requests avoid it until it
+// registers again, and a request whose stream from it has been silent for `worker_timeout`
+// as well fails with UNAVAILABLE (its other worker is told to drop it); a stream that still
+// flows goes on (a heartbeat can stall where the stream does not; a dead connection ends the
+// stream by itself). Placement: server/cluster/placement.h.
 //
 // No silent fallback: with no prefill or no decode worker, Submit answers UNAVAILABLE with a
 // clear message.

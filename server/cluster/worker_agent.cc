@@ -2,8 +2,11 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
+#include <chrono>
 #include <utility>
 
+#include "absl/time/time.h"
 #include "server/cluster/cluster_convert.h"
 #include "spdlog/spdlog.h"
 
@@ -25,6 +28,8 @@ std::unique_ptr<v1::Router::Stub> RouterStub(const std::string& address) {
   return v1::Router::NewStub(
       grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
 }
+
+constexpr absl::Duration kMinHeartbeatDeadline = absl::Milliseconds(250);
 
 }  // namespace
 
@@ -56,7 +61,13 @@ void WorkerAgent::Loop() {
   int failures = 0;  // heartbeats in a row that did not reach the router
   while (true) {
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    // A heartbeat gets one interval: one still on its way after that says nothing the next one
+    // does not, and waiting longer (the router drops a worker after a few intervals) would let
+    // one stalled call outlast the router's patience. Registration gets 5 s.
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     (id == 0
+                          ? std::chrono::milliseconds(5000)
+                          : absl::ToChronoMilliseconds(std::max(interval, kMinHeartbeatDeadline))));
     if (!config_.secret.empty()) ctx.AddMetadata(kSecretKey, config_.secret);
     if (id == 0) {
       v1::RegisterRequest req = config_.registration;
