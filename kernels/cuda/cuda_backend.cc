@@ -319,8 +319,8 @@ class CudaBackend : public Backend {
       if (!QuantMatmulTypeSupported(desc.type)) {
         return absl::UnimplementedError(
             StrCat("tensor ", desc.name, " is ", DTypeName(desc.type),
-                   "; the CUDA backend multiplies Q4_0, Q4_1 and Q8_0 weights only (no f16 or "
-                   "K-quant GEMM yet)"));
+                   "; the CUDA backend multiplies Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and K-quant "
+                   "(Q2_K..Q6_K) weights only (no F32/F16/BF16 GEMM yet)"));
       }
       TANDEM_ASSIGN_OR_RETURN(PackedQuantWeight packed, RepackGguf(desc));
       TANDEM_ASSIGN_OR_RETURN(w->q, Upload(packed.q.data(), packed.q.size() * sizeof(uint32_t), s));

@@ -24,11 +24,14 @@ void LaunchQm(const QuantMatmulParams& p, bool gemv, cudaStream_t stream) {
 
 template <typename T>
 void DispatchFormat(const QuantMatmulParams& p, bool gemv, cudaStream_t stream) {
-  if (p.w.bits == 8) {
-    TANDEM_CHECK_EQ(p.w.group, 32);  // Q8_0 only
+  if (p.w.bits == 8) {  // Q8_0, Q5_0, Q5_1, Q5_K (32); Q6_K (16)
+    if (p.w.group == 16) return LaunchQm<T, 8, 16>(p, gemv, stream);
+    TANDEM_CHECK_EQ(p.w.group, 32);
     return LaunchQm<T, 8, 32>(p, gemv, stream);
   }
   switch (p.w.group) {
+    case 16:  // Q2_K, Q3_K
+      return LaunchQm<T, 4, 16>(p, gemv, stream);
     case 32:
       return LaunchQm<T, 4, 32>(p, gemv, stream);
     case 64:
@@ -36,7 +39,7 @@ void DispatchFormat(const QuantMatmulParams& p, bool gemv, cudaStream_t stream) 
     case 128:
       return LaunchQm<T, 4, 128>(p, gemv, stream);
     default:
-      TANDEM_CHECK(false && "QuantMatmul: group must be 32, 64 or 128");
+      TANDEM_CHECK(false && "QuantMatmul: group must be 16, 32, 64 or 128");
   }
 }
 
@@ -46,8 +49,9 @@ void QuantMatmul(const QuantMatmulParams& p, Stream stream) {
   const QuantWeights& w = p.w;
   TANDEM_CHECK(p.m >= 0 && w.n > 0 && w.k > 0);
   TANDEM_CHECK(w.bits == 4 || w.bits == 8);
-  TANDEM_CHECK(w.group == 32 || w.group == 64 || w.group == 128);
+  TANDEM_CHECK(w.group == 16 || w.group == 32 || w.group == 64 || w.group == 128);
   TANDEM_CHECK_EQ(w.k % w.group, 0);
+  TANDEM_CHECK_EQ(w.k % 32, 0);  // a half tile of 32 k is all in or all padding
   TANDEM_CHECK_EQ(w.n_pad % kQmPackTile, 0);
   TANDEM_CHECK_EQ(w.k_pad % kQmPackTile, 0);
   TANDEM_CHECK(w.n_pad >= w.n && w.n_pad - w.n < kQmPackTile);

@@ -1,16 +1,17 @@
 // Weight-only quantized matmul kernels (launcher: kernels/cuda/quant_matmul.cu; weight layout:
 // quant_matmul.h), templated on the activation type T (Half, Bf16), the code width kBits (4,
-// 8) and the group size kGroup (32, 64, 128).
+// 8) and the group size kGroup (16, 32, 64, 128).
 //   * GEMM (any m): a block of 4 warps computes a 64 x 64 tile of y. k advances in steps of 64
 //     through a 3-stage cp.async pipeline (activation tile 64 x 64, weight tile 2 or 4 KiB, the
-//     tile's one or two rows of scale pairs), so two tiles are in flight while one is used.
+//     tile's one, two or four rows of scale pairs), so two tiles are in flight while one is
+//     used.
 //     Warps sit 2 x 2, each owning 32 rows x 32 columns (2 x 4 mma tiles of 16 x 8). Per tile
 //     a lane reads its words for each of its 4 column groups of 8 with one vector load from
 //     shared memory, and per 32 k dequantizes 8 codes per column group in registers (code *
-//     scale + bias by fmaf in f32, rounded to T), which are the B registers of two k16 steps as
-//     they stand; A comes from shared memory by ldmatrix.x4 (rows padded to 72 elements: the 8
-//     rows of one 8 x 8 matrix fall in distinct banks). mma.sync m16n8k16 accumulates in f32;
-//     y is rounded once.
+//     scale + bias by fmaf in f32, rounded to T; with groups of 16 each k16 step has its own
+//     pair), which are the B registers of two k16 steps as they stand; A comes from shared memory
+//     by ldmatrix.x4 (rows padded to 72 elements: the 8 rows of one 8 x 8 matrix fall in distinct
+//     banks). mma.sync m16n8k16 accumulates in f32; y is rounded once.
 //   * GEMV (m <= 8, decode): no tensor cores. A warp owns 8 output rows (one packed column
 //     group): per 64 k each lane loads its words with one 8- or 16-byte load (256 or 512
 //     coalesced bytes per warp), dequantizes 16 weights in f32 (not rounded to T) and
@@ -33,6 +34,17 @@ inline constexpr int kQmStages = 3;
 inline constexpr int kQmTile = kQmPackTile;  // GEMM tile: m, n and k
 inline constexpr int kQmARow = kQmTile + 8;  // activation tile row stride, elements
 inline constexpr float kTwoPow23 = 8388608.f;
+
+// Rows of scale pairs (groups) per 64-column k tile: 4 for groups of 16, 2 for 32, else 1.
+template <int kGroup>
+inline constexpr int kQmScaleRows = kGroup <= 16   ? 4
+                                    : kGroup == 32 ? 2
+                                                   : 1;
+// The scale-pair row of a tile that k16 step `step` (0..3) reads.
+template <int kGroup>
+__device__ __forceinline__ constexpr int QmScaleRow(int step) {
+  return kGroup <= 16 ? step : kGroup == 32 ? step / 2 : 0;
+}
 
 // uint32 words per lane and column group of one packed tile, and per tile.
 template <int kBits>
@@ -101,10 +113,11 @@ __device__ __forceinline__ void QmGemmLoadStage(const QmGemmSources<T>& src, int
     CpAsyncCg16(w_tile + stage * kTileWords + i * 4 * kQmThreads + tid * 4,
                 src.w + static_cast<int64_t>(c) * kTileWords + i * 4 * kQmThreads);
   }
-  // Scale pairs: the tile's groups (two of 32, or one of 64 or 128), 64 columns each.
-  constexpr int kRows = kGroup == 32 ? 2 : 1;
+  // Scale pairs: the tile's groups (four of 16, two of 32, or one of 64 or 128), 64 columns
+  // each.
+  constexpr int kRows = kQmScaleRows<kGroup>;
   if (tid < kRows * 16) {
-    CpAsyncCa<16>(s_tile + (stage * 2 + tid / 16) * kQmTile + (tid % 16) * 4,
+    CpAsyncCa<16>(s_tile + (stage * kRows + tid / 16) * kQmTile + (tid % 16) * 4,
                   src.s + static_cast<int64_t>(c * kQmTile / kGroup) * n_pad);
   }
 }
@@ -114,7 +127,8 @@ __global__ void __launch_bounds__(kQmThreads) QmGemmKernel(QuantMatmulParams p) 
   constexpr int kTileWords = kQmTileWords<kBits>;
   TANDEM_SHARED(T, a_tile, kQmStages * kQmTile * kQmARow);
   TANDEM_SHARED(uint32_t, w_tile, kQmStages * kTileWords);
-  TANDEM_SHARED(uint32_t, s_tile, kQmStages * 2 * kQmTile);
+  constexpr int kScaleRows = kQmScaleRows<kGroup>;
+  TANDEM_SHARED(uint32_t, s_tile, kQmStages * kScaleRows * kQmTile);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int warp_m = warp % 2, warp_n = warp / 2;
   const int ntile = blockIdx.x;
@@ -168,14 +182,22 @@ __global__ void __launch_bounds__(kQmThreads) QmGemmKernel(QuantMatmulParams p) 
       uint32_t b[4][4];  // [column group][pair j = 2 step + register]
       TANDEM_UNROLL
       for (int j = 0; j < 4; ++j) {
-        float scale, bias;
-        QmScaleBias(s_tile[(stage * 2 + (kGroup == 32 ? h : 0)) * kQmTile + (warp_n * 4 + j) * 8 +
-                           lane / 4],
-                    scale, bias);
+        // The pairs of this half's two k16 steps (one pair unless groups are of 16).
+        float scale[2], bias[2];
+        const int col = (warp_n * 4 + j) * 8 + lane / 4;
+        QmScaleBias(s_tile[(stage * kScaleRows + QmScaleRow<kGroup>(2 * h)) * kQmTile + col],
+                    scale[0], bias[0]);
+        if constexpr (kGroup <= 16) {
+          QmScaleBias(s_tile[(stage * kScaleRows + QmScaleRow<kGroup>(2 * h + 1)) * kQmTile + col],
+                      scale[1], bias[1]);
+        } else {
+          scale[1] = scale[0];
+          bias[1] = bias[0];
+        }
         TANDEM_UNROLL
         for (int pj = 0; pj < 4; ++pj) {
-          b[j][pj] = PackPair<T>(fmaf(QmCode(words[j], h, pj, 0), scale, bias),
-                                 fmaf(QmCode(words[j], h, pj, 1), scale, bias));
+          b[j][pj] = PackPair<T>(fmaf(QmCode(words[j], h, pj, 0), scale[pj / 2], bias[pj / 2]),
+                                 fmaf(QmCode(words[j], h, pj, 1), scale[pj / 2], bias[pj / 2]));
         }
       }
       TANDEM_UNROLL
@@ -235,12 +257,20 @@ __global__ void __launch_bounds__(kQmThreads) QmGemvKernel(QuantMatmulParams p) 
     for (int h = 0; h < 2; ++h) {
       const int k0 = c * kQmTile + h * 32;
       if (k0 >= p.w.k) continue;  // the zero padding of k to 64 (warp-uniform)
-      float scale, bias;
-      QmScaleBias(p.w.scales[static_cast<int64_t>(k0 / kGroup) * p.w.n_pad + n], scale, bias);
+      // The pairs of the half's two k16 steps (one pair unless groups are of 16).
+      float scale[2], bias[2];
+      QmScaleBias(p.w.scales[static_cast<int64_t>(k0 / kGroup) * p.w.n_pad + n], scale[0], bias[0]);
+      if constexpr (kGroup <= 16) {
+        QmScaleBias(p.w.scales[static_cast<int64_t>(k0 / kGroup + 1) * p.w.n_pad + n], scale[1],
+                    bias[1]);
+      } else {
+        scale[1] = scale[0];
+        bias[1] = bias[0];
+      }
       TANDEM_UNROLL
-      for (int j = 0; j < 4; ++j) {
-        const float w_lo = fmaf(QmCode(lw, h, j, 0), scale, bias);
-        const float w_hi = fmaf(QmCode(lw, h, j, 1), scale, bias);
+      for (int j = 0; j < 4; ++j) {  // pair j: step j / 2 of the half
+        const float w_lo = fmaf(QmCode(lw, h, j, 0), scale[j / 2], bias[j / 2]);
+        const float w_hi = fmaf(QmCode(lw, h, j, 1), scale[j / 2], bias[j / 2]);
         const int k = k0 + (j / 2) * 16 + (j % 2) * 8 + 2 * t;
         TANDEM_UNROLL
         for (int r = 0; r < kQmGemvMaxRows; ++r) {

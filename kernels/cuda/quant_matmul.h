@@ -1,9 +1,12 @@
 // Weight-only quantized matmul on the GPU, W4A16 and W8A16 (kernels/cuda/quant_matmul.cuh holds
 // the kernels): y = x * dequantize(w)^T, with x and y in f16 or bf16 and w an [n, k] matrix of
 // codes quantized in groups along k:
-//   * 4-bit: GGUF Q4_0 (x = (q - 8) d) and Q4_1 (x = q d + m), group 32; AWQ-style unsigned
-//     codes with a per-group fp16 scale and integer zero (x = (q - z) s), group 32, 64 or 128;
-//   * 8-bit: GGUF Q8_0 (x = q d, q signed), group 32.
+//   * 4-bit: GGUF Q4_0 (x = (q - 8) d) and Q4_1 (x = q d + m), group 32; Q4_K (group 32),
+//     Q2_K and Q3_K (group 16), whose codes fit 4 bits; AWQ-style unsigned codes with a
+//     per-group fp16 scale and integer zero (x = (q - z) s), group 32, 64 or 128;
+//   * 8-bit: GGUF Q8_0 (x = q d, q signed), Q5_0 (x = (q - 16) d), Q5_1 (x = q d + m) and Q5_K,
+//     group 32; Q6_K, group 16. The 5- and 6-bit codes take a byte each here: no 5/6-bit
+//     layout yet, so those tensors stream 9 bits per weight instead of GGUF's 5.5 to 6.6.
 // Definition: kernels/ref Matmul on the dequantized weights (DequantizeRow), except that the
 // GEMM rounds each dequantized weight to the activation dtype before its mma
 // (quant_matmul.cuh).
@@ -23,12 +26,16 @@
 //             8-bit: word s covers step s; bytes 0, 1 are register 0's k and k + 1, bytes 2,
 //                    3 register 1's.
 //   scales: [k_pad / group, n_pad] uint32, the pair (scale, bias) of (row n, group) as fp16,
-//           scale in the low half. bias = -zero * scale: -8 d for Q4_0, GGUF's m for Q4_1,
-//           -128 d for Q8_0 (all exact in fp16), -z s rounded to fp16 for AWQ.
+//           scale in the low half. bias = -zero * scale: -8 d for Q4_0, -16 d for Q5_0, GGUF's
+//           m for Q4_1 and Q5_1, -128 d for Q8_0 (all exact in fp16), -z s rounded to fp16 for
+//           AWQ. A K-quant sub-block (x = (d sc) (q - offset) - dmin m) has the pair
+//           (d sc, -offset (d sc) - dmin m), each rounded to fp16 once (d sc has up to 19
+//           significant bits): a relative error <= 2^-11 of each, the size of the GEMM's own
+//           rounding of every dequantized weight to f16 (bf16's is 2^-8).
 //   n_pad and k_pad are n and k rounded up to 64; padded rows and columns have code 0 and
 //   pair (0, 0), so they dequantize to exactly 0.
-// Bits per weight: Q4_0 and Q4_1 4.5 and 5 (GGUF's own), Q8_0 9 (GGUF's 8.5 + the bias),
-// AWQ 4 + 32 / group.
+// Bits per weight: Q4_0 and Q4_1 4.5 and 5 (GGUF's own), Q4_K 5 (GGUF 4.5), Q2_K and Q3_K 6,
+// Q8_0, Q5_0, Q5_1 and Q5_K 9, Q6_K 10 (GGUF 6.56), AWQ 4 + 32 / group.
 //
 // Thread safety: launchers are called by the stream's owning thread (one backend instance);
 // the repack functions are pure.
@@ -56,7 +63,7 @@ struct PackedQuantWeight {
   int64_t k = 0;                 // columns (input features), a multiple of 32 and of group
   int64_t n_pad = 0;             // n rounded up to kQmPackTile
   int64_t k_pad = 0;             // k rounded up to kQmPackTile
-  int group = 0;                 // 32, 64 or 128
+  int group = 0;                 // 16, 32, 64 or 128
   std::vector<uint32_t> q;       // [n_pad / 64, k_pad / 64, 8, 32, bits / 2]
   std::vector<uint32_t> scales;  // [k_pad / group, n_pad] fp16 (scale, bias) pairs
 };
@@ -73,11 +80,15 @@ struct AwqWeightDesc {
   std::string name;                 // for error messages
 };
 
-// True for the GGUF types RepackGguf takes: Q4_0, Q4_1, Q8_0.
+// True for the GGUF types RepackGguf takes: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants Q2_K
+// to Q6_K.
 bool QuantMatmulTypeSupported(DType t);
+// The code width (4 or 8) and group (16 or 32) RepackGguf gives a supported type.
+int QuantMatmulBits(DType t);
+int QuantMatmulGroup(DType t);
 // Repacks a GGUF weight ([rows, RowBytes] as stored). Fails, naming the tensor, on an
-// unsupported type, cols not a multiple of 32, or a scale d whose bias (-8 d, -128 d)
-// overflows fp16.
+// unsupported type, cols not a multiple of the type's block (32, or 256 for K-quants), or a
+// bias that overflows fp16 where its scale does not.
 absl::StatusOr<PackedQuantWeight> RepackGguf(const WeightDesc& w);
 // Repacks an AWQ-style weight. Fails, naming the tensor, on a group other than 32/64/128, cols
 // not a multiple of it, or a code or zero past 15.
@@ -92,7 +103,7 @@ struct QuantWeights {
   int k = 0;
   int n_pad = 0;
   int k_pad = 0;
-  int group = 32;
+  int group = 32;  // 16, 32, 64 or 128; k must be a multiple of 32 as well
 };
 
 enum class QuantMatmulPath {

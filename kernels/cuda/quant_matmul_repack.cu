@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/check.h"
 #include "kernels/cuda/quant_matmul.h"
 #include "kernels/quant.h"
 
@@ -56,60 +57,153 @@ void PutScale(PackedQuantWeight& out, int64_t n, int64_t group_index, uint16_t s
 }  // namespace
 
 bool QuantMatmulTypeSupported(DType t) {
-  return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ8_0;
+  switch (t) {
+    case DType::kQ4_0:
+    case DType::kQ4_1:
+    case DType::kQ5_0:
+    case DType::kQ5_1:
+    case DType::kQ8_0:
+    case DType::kQ2_K:
+    case DType::kQ3_K:
+    case DType::kQ4_K:
+    case DType::kQ5_K:
+    case DType::kQ6_K:
+      return true;
+    default:
+      return false;
+  }
 }
+
+int QuantMatmulBits(DType t) {
+  switch (t) {
+    case DType::kQ4_0:
+    case DType::kQ4_1:
+    case DType::kQ2_K:
+    case DType::kQ3_K:
+    case DType::kQ4_K:
+      return 4;
+    default:
+      return 8;
+  }
+}
+
+int QuantMatmulGroup(DType t) { return IsKQuant(t) ? KSubBlock(t) : kQuantBlock; }
+
+namespace {
+
+// Puts the pair (scale, bias) of (row n, group g), both already fp16; fails, naming the
+// tensor, if the bias overflowed fp16 where the scale did not.
+absl::Status PutPair(PackedQuantWeight& out, const WeightDesc& w, int64_t n, int64_t g,
+                     uint16_t scale, float bias) {
+  const uint16_t b = FloatToHalf(bias);
+  if (std::isfinite(HalfToFloat(scale)) && !std::isfinite(HalfToFloat(b))) {
+    return absl::InvalidArgumentError(absl::StrCat("quantized matmul repack of ", w.name, ": row ",
+                                                   n, " group ", g, " has a bias ", bias,
+                                                   " that overflows fp16"));
+  }
+  PutScale(out, n, g, scale, b);
+  return absl::OkStatus();
+}
+
+// One 32-element block of a Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 row. Every pair is exact: the
+// scale is GGUF's d, the bias -8 d, -16 d or -128 d (a power of two times d) or GGUF's m.
+absl::Status PutBlock32(PackedQuantWeight& out, const WeightDesc& w, int64_t n, const uint8_t* row,
+                        int64_t b) {
+  const int64_t k0 = b * kQuantBlock;
+  uint8_t q[kQuantBlock];
+  uint16_t d = 0;
+  float bias = 0;
+  switch (w.type) {
+    case DType::kQ4_0: {
+      const auto& blk = reinterpret_cast<const BlockQ4_0*>(row)[b];
+      for (int e = 0; e < 16; ++e) {  // byte e: element e (low nibble), e + 16 (high)
+        q[e] = blk.qs[e] & 0xfu;
+        q[e + 16] = blk.qs[e] >> 4;
+      }
+      d = blk.d;
+      bias = -8.f * HalfToFloat(d);
+      break;
+    }
+    case DType::kQ4_1: {
+      const auto& blk = reinterpret_cast<const BlockQ4_1*>(row)[b];
+      for (int e = 0; e < 16; ++e) {
+        q[e] = blk.qs[e] & 0xfu;
+        q[e + 16] = blk.qs[e] >> 4;
+      }
+      d = blk.d;
+      bias = HalfToFloat(blk.m);
+      break;
+    }
+    case DType::kQ5_0: {
+      const auto& blk = reinterpret_cast<const BlockQ5_0*>(row)[b];
+      UnpackQ5(blk.qh, blk.qs, q);
+      d = blk.d;
+      bias = -16.f * HalfToFloat(d);
+      break;
+    }
+    case DType::kQ5_1: {
+      const auto& blk = reinterpret_cast<const BlockQ5_1*>(row)[b];
+      UnpackQ5(blk.qh, blk.qs, q);
+      d = blk.d;
+      bias = HalfToFloat(blk.m);
+      break;
+    }
+    default: {  // Q8_0: signed codes stored as q + 128
+      const auto& blk = reinterpret_cast<const BlockQ8_0*>(row)[b];
+      for (int e = 0; e < kQuantBlock; ++e) q[e] = static_cast<uint8_t>(blk.qs[e] + 128);
+      d = blk.d;
+      bias = -128.f * HalfToFloat(d);
+      break;
+    }
+  }
+  TANDEM_RETURN_IF_ERROR(PutPair(out, w, n, b, d, bias));
+  for (int e = 0; e < kQuantBlock; ++e) PutCode(out, n, k0 + e, q[e]);
+  return absl::OkStatus();
+}
+
+// One 256-element K-quant super-block: x = (d sc) (q - offset) - dmin m per sub-block of 16 or
+// 32. The pair is (d sc, -offset (d sc) - dmin m), each rounded to fp16 once: d sc needs up to
+// 11 + 8 significant bits, so this costs at most 2^-11 of the scale (and of the bias), where
+// the GGUF types' own pairs above are exact (quant_matmul.h).
+absl::Status PutSuperBlock(PackedQuantWeight& out, const WeightDesc& w, int64_t n,
+                           const uint8_t* row, int64_t b) {
+  KQuantValues v;
+  UnpackKQuant(w.type, row + b * BlockBytes(w.type), &v);
+  const int sub = KSubBlock(w.type);
+  const float offset = static_cast<float>(KOffset(w.type));
+  const float d = HalfToFloat(v.d), dmin = HalfToFloat(v.dmin);
+  for (int i = 0; i < kSuperBlock / sub; ++i) {
+    const uint16_t scale = FloatToHalf(d * static_cast<float>(v.sc[i]));
+    const float bias = -offset * HalfToFloat(scale) - dmin * static_cast<float>(v.m[i]);
+    TANDEM_RETURN_IF_ERROR(PutPair(out, w, n, b * (kSuperBlock / sub) + i, scale, bias));
+  }
+  for (int e = 0; e < kSuperBlock; ++e) PutCode(out, n, b * kSuperBlock + e, v.q[e]);
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::StatusOr<PackedQuantWeight> RepackGguf(const WeightDesc& w) {
   if (!QuantMatmulTypeSupported(w.type)) {
-    return absl::InvalidArgumentError(absl::StrCat("quantized matmul repack of ", w.name, ": type ",
-                                                   std::string(DTypeName(w.type)),
-                                                   " is not Q4_0, Q4_1 or Q8_0"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "quantized matmul repack of ", w.name, ": type ", std::string(DTypeName(w.type)),
+        " is not one of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K"));
   }
-  if (w.rows <= 0 || w.cols <= 0 || w.cols % kQuantBlock != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("quantized matmul repack of ", w.name,
-                                                   ": shape [", w.rows, ", ", w.cols,
-                                                   "] (cols must be a positive multiple of 32)"));
+  const int64_t block = BlockElems(w.type);
+  if (w.rows <= 0 || w.cols <= 0 || w.cols % block != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("quantized matmul repack of ", w.name, ": shape [", w.rows, ", ", w.cols,
+                     "] (cols must be a positive multiple of ", block, ")"));
   }
-  PackedQuantWeight out = EmptyPacked(w.type == DType::kQ8_0 ? 8 : 4, w.rows, w.cols, kQuantBlock);
+  PackedQuantWeight out =
+      EmptyPacked(QuantMatmulBits(w.type), w.rows, w.cols, QuantMatmulGroup(w.type));
   const int64_t row_bytes = RowBytes(w.type, w.cols);
-  const int64_t blocks = w.cols / kQuantBlock;
+  const int64_t blocks = w.cols / block;
   for (int64_t n = 0; n < w.rows; ++n) {
     const auto* row = static_cast<const uint8_t*>(w.data) + n * row_bytes;
     for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t k0 = b * kQuantBlock;
-      if (w.type == DType::kQ4_1) {
-        const auto* blk = reinterpret_cast<const BlockQ4_1*>(row) + b;
-        PutScale(out, n, b, blk->d, blk->m);
-        for (int e = 0; e < 16; ++e) {  // byte e: element e (low nibble), e + 16 (high)
-          PutCode(out, n, k0 + e, blk->qs[e] & 0xfu);
-          PutCode(out, n, k0 + e + 16, blk->qs[e] >> 4);
-        }
-        continue;
-      }
-      // Q4_0 and Q8_0: x = (code - offset) d, bias -offset d, exact in fp16 unless it overflows.
-      const bool q8 = w.type == DType::kQ8_0;
-      const uint16_t d = q8 ? reinterpret_cast<const BlockQ8_0*>(row)[b].d
-                            : reinterpret_cast<const BlockQ4_0*>(row)[b].d;
-      const float offset = q8 ? 128.f : 8.f;
-      const uint16_t bias = FloatToHalf(-offset * HalfToFloat(d));
-      if (std::isfinite(HalfToFloat(d)) && !std::isfinite(HalfToFloat(bias))) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "quantized matmul repack of ", w.name, ": row ", n, " block ", b, " has a scale ",
-            HalfToFloat(d), " whose bias -", offset, " d overflows fp16"));
-      }
-      PutScale(out, n, b, d, bias);
-      if (q8) {
-        const auto* blk = reinterpret_cast<const BlockQ8_0*>(row) + b;
-        for (int e = 0; e < kQuantBlock; ++e) {
-          PutCode(out, n, k0 + e, static_cast<uint32_t>(blk->qs[e] + 128));
-        }
-      } else {
-        const auto* blk = reinterpret_cast<const BlockQ4_0*>(row) + b;
-        for (int e = 0; e < 16; ++e) {
-          PutCode(out, n, k0 + e, blk->qs[e] & 0xfu);
-          PutCode(out, n, k0 + e + 16, blk->qs[e] >> 4);
-        }
-      }
+      TANDEM_RETURN_IF_ERROR(IsKQuant(w.type) ? PutSuperBlock(out, w, n, row, b)
+                                              : PutBlock32(out, w, n, row, b));
     }
   }
   return out;

@@ -1,18 +1,21 @@
 // kernels/cuda QuantMatmul, W4A16 and W8A16 (GEMM and GEMV paths), and its repack, run in the
 // CUDA-on-CPU harness.
 //
-// Reference: for Q4_0, Q4_1 and Q8_0, kernels/ref Matmul (DequantizeRow weights, activations as
-// given, double accumulation; not MatmulQuantizedActs, which quantizes activations to int8 like the
-// CPU kernels and so is not what these kernels compute). AWQ has no GGUF type, so its reference is
-// the same sum written here over (q - z) * s. The test rounds the random activations to the
-// activation dtype first and gives the reference those rounded values, so activation rounding
-// is not part of the error.
+// Reference: for the GGUF types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K to Q6_K), kernels/ref Matmul
+// (DequantizeRow weights, activations as given, double accumulation; not MatmulQuantizedActs, which
+// quantizes activations to int8 like the CPU kernels and so is not what these kernels compute). AWQ
+// has no GGUF type, so its reference is the same sum written here over (q - z) * s. The test rounds
+// the random activations to the activation dtype first and gives the reference those rounded
+// values, so activation rounding is not part of the error.
 //
 // Tolerance per output y = sum_k x_k w_k, with u the unit roundoff of the activation dtype
 // (2^-11 f16, 2^-8 bf16):
 //   * the weight the kernel multiplies: fmaf(q, s, b) in f32 (one rounding, 2^-24 relative),
 //     where for AWQ b = -z s was rounded to fp16 at repack (|e_b| <= 2^-11 |z s|; exact for
-//     Q4_0's -8 d, Q4_1's m and Q8_0's -128 d). The GEMM then rounds it to the activation dtype for
+//     Q4_0's -8 d, Q5_0's -16 d, Q4_1's and Q5_1's m and Q8_0's -128 d). A K-quant's pair
+//     (s, b) = (d sc, -offset s - dmin m) has both halves rounded to fp16, so its weight
+//     q s + b is off by e_b = (q + offset) e_s + 2^-11 |b| (+ fp16 subnormal half-ulps),
+//     e_s = 2^-11 |d sc|. The GEMM then rounds it to the activation dtype for
 //     the mma (u relative); the GEMV keeps the f32 value. Per weight:
 //       |w'_k - w_k| <= (u_w + 2^-24)(1 + u_w)(|w_k| + e_b) + e_b,  u_w = u (GEMM) or 0 (GEMV);
 //   * f32 accumulation over k terms: <= k 2^-24 sum_k |x_k w'_k| for a sequential sum (gamma_k);
@@ -42,11 +45,18 @@ namespace {
 
 using namespace testing;  // NOLINT(build/namespaces): the test helpers
 
-enum class Format { kQ4_0, kQ4_1, kQ8_0, kAwq };
+enum class Format { kQ4_0, kQ4_1, kQ8_0, kQ5_0, kQ5_1, kQ2_K, kQ3_K, kQ4_K, kQ5_K, kQ6_K, kAwq };
+constexpr int kNumFormats = static_cast<int>(Format::kAwq) + 1;
 
 DType GgufType(Format f) {
-  return f == Format::kQ4_0 ? DType::kQ4_0 : f == Format::kQ4_1 ? DType::kQ4_1 : DType::kQ8_0;
+  constexpr DType kTypes[] = {DType::kQ4_0, DType::kQ4_1, DType::kQ8_0, DType::kQ5_0, DType::kQ5_1,
+                              DType::kQ2_K, DType::kQ3_K, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
+  TANDEM_CHECK(f != Format::kAwq);
+  return kTypes[static_cast<int>(f)];
 }
+
+// The group RepackGguf gives a GGUF format (AWQ's is the case's own).
+int GgufGroup(Format f) { return QuantMatmulGroup(GgufType(f)); }
 
 // A random weight in its source format, with its exact dequantized values and the fp16
 // rounding error bound of each weight's fused bias (e_b above).
@@ -54,7 +64,7 @@ struct TestWeight {
   Format format;
   int64_t n, k;
   int group;
-  std::vector<uint8_t> gguf;  // Q4_0 / Q4_1 / Q8_0 rows
+  std::vector<uint8_t> gguf;  // GGUF rows
   std::vector<uint8_t> q, zero;
   std::vector<uint16_t> scale;
   std::vector<float> dequant;   // [n, k]
@@ -78,8 +88,23 @@ TestWeight MakeWeight(Format format, int64_t n, int64_t k, int group, std::mt199
       // Rows of different magnitudes, with an offset so Q4_1's minimum is not symmetric.
       const float mag = 0.25f + 0.1f * static_cast<float>(r % 7);
       std::vector<float> row = RandomFloats(k, -mag, 1.3f * mag, rng);
+      const uint8_t* bytes = w.gguf.data() + r * row_bytes;
       QuantizeRow(type, row.data(), k, w.gguf.data() + r * row_bytes);
-      DequantizeRow(type, w.gguf.data() + r * row_bytes, k, w.dequant.data() + r * k);
+      DequantizeRow(type, bytes, k, w.dequant.data() + r * k);
+      if (!IsKQuant(type)) continue;  // the 32-block types' pairs are exact
+      for (int64_t b = 0; b < k / kSuperBlock; ++b) {
+        KQuantValues v;
+        UnpackKQuant(type, bytes + b * BlockBytes(type), &v);
+        const double offset = KOffset(type);
+        for (int e = 0; e < kSuperBlock; ++e) {
+          const int i = e / KSubBlock(type);
+          const double scale = double{HalfToFloat(v.d)} * v.sc[i];
+          const double bias = -offset * scale - double{HalfToFloat(v.dmin)} * v.m[i];
+          const double e_s = std::ldexp(std::fabs(scale), -11) + 0x1p-25;
+          const double e_b = offset * e_s + 1.01 * std::ldexp(std::fabs(bias), -11) + 0x1p-25;
+          w.bias_err[r * k + b * kSuperBlock + e] = static_cast<float>(v.q[e] * e_s + e_b);
+        }
+      }
     }
     WeightDesc desc{type, n, k, w.gguf.data(), "test.gguf"};
     auto packed = RepackGguf(desc);
@@ -135,13 +160,21 @@ TEST(QuantRepackTest, DequantizesToTheSourceValuesAndPadsWithZeros) {
     int group;
   };
   for (const Case& c : {Case{Format::kQ4_0, 70, 96, 32}, Case{Format::kQ4_1, 9, 160, 32},
-                        Case{Format::kQ8_0, 66, 96, 32}, Case{Format::kAwq, 65, 256, 128},
-                        Case{Format::kAwq, 8, 64, 64}, Case{Format::kAwq, 3, 96, 32}}) {
+                        Case{Format::kQ8_0, 66, 96, 32}, Case{Format::kQ5_0, 5, 96, 32},
+                        Case{Format::kQ5_1, 65, 64, 32}, Case{Format::kQ2_K, 3, 256, 16},
+                        Case{Format::kQ3_K, 66, 256, 16}, Case{Format::kQ4_K, 9, 512, 32},
+                        Case{Format::kQ5_K, 7, 256, 32}, Case{Format::kQ6_K, 70, 256, 16},
+                        Case{Format::kAwq, 65, 256, 128}, Case{Format::kAwq, 8, 64, 64},
+                        Case{Format::kAwq, 3, 96, 32}}) {
+    if (c.format != Format::kAwq) {
+      ASSERT_EQ(c.group, GgufGroup(c.format));
+    }
     const TestWeight w = MakeWeight(c.format, c.n, c.k, c.group, rng);
     const PackedQuantWeight& p = w.packed;
     ASSERT_EQ(p.n_pad, (c.n + 63) / 64 * 64);
     ASSERT_EQ(p.k_pad, (c.k + 63) / 64 * 64);
-    ASSERT_EQ(p.bits, c.format == Format::kQ8_0 ? 8 : 4);
+    ASSERT_EQ(p.bits, c.format == Format::kAwq ? 4 : QuantMatmulBits(GgufType(c.format)));
+    ASSERT_EQ(p.group, c.group);
     ASSERT_EQ(p.q.size(), static_cast<size_t>(p.n_pad * p.k_pad * p.bits / 32));
     ASSERT_EQ(p.scales.size(), static_cast<size_t>(p.k_pad / c.group * p.n_pad));
     for (int64_t n = 0; n < p.n_pad; ++n) {
@@ -161,6 +194,8 @@ TEST(QuantRepackTest, DequantizesToTheSourceValuesAndPadsWithZeros) {
           ASSERT_EQ(sb & 0xffff, w.scale[g]);
           ASSERT_EQ(sb >> 16, FloatToHalf(-static_cast<float>(w.zero[g]) * s));
           ASSERT_NEAR(got, w.dequant[n * c.k + k], 1.01 * w.bias_err[n * c.k + k]);
+        } else if (IsKQuant(GgufType(c.format))) {
+          ASSERT_NEAR(got, w.dequant[n * c.k + k], w.bias_err[n * c.k + k]) << n << " " << k;
         } else {
           ASSERT_EQ(got, w.dequant[n * c.k + k]) << n << " " << k;  // bit for bit
         }
@@ -170,9 +205,13 @@ TEST(QuantRepackTest, DequantizesToTheSourceValuesAndPadsWithZeros) {
 }
 
 TEST(QuantRepackTest, RefusesWhatItCannotPack) {
-  std::vector<uint8_t> data(RowBytes(DType::kQ5_0, 64) * 2);
-  EXPECT_FALSE(RepackGguf(WeightDesc{DType::kQ5_0, 2, 64, data.data(), "w"}).ok());
+  std::vector<uint8_t> data(RowBytes(DType::kQ6_K, 512) * 2);
+  auto f16 = RepackGguf(WeightDesc{DType::kF16, 2, 64, data.data(), "w.f16"});
+  ASSERT_FALSE(f16.ok());
+  EXPECT_NE(f16.status().message().find("w.f16: type F16"), std::string::npos)
+      << f16.status().message();
   EXPECT_FALSE(RepackGguf(WeightDesc{DType::kQ4_0, 1, 48, data.data(), "w"}).ok());
+  EXPECT_FALSE(RepackGguf(WeightDesc{DType::kQ4_K, 1, 128, data.data(), "w"}).ok());
   std::vector<uint8_t> q(4 * 64, 1), zero(4, 1);
   std::vector<uint16_t> scale(4, FloatToHalf(0.1f));
   EXPECT_FALSE(RepackAwq(AwqWeightDesc{4, 64, 48, q.data(), scale.data(), zero.data(), "w"}).ok());
@@ -252,14 +291,22 @@ void RunCase(const QmCase& c, std::mt19937& rng, double* worst_ratio) {
   }
 }
 
-// `count` cases of random format, group and shape (k a multiple of the group, up to 256).
+// `count` cases of random format, group and shape (k a multiple of the format's block, up to
+// 256).
 std::vector<QmCase> RandomCases(int count, int max_m, QuantMatmulPath path, std::mt19937& rng) {
   std::vector<QmCase> cases;
-  std::uniform_int_distribution<int> format(0, 3), m(1, max_m), n(1, 150), log_group(5, 7);
+  std::uniform_int_distribution<int> format(0, kNumFormats - 1), m(1, max_m), n(1, 150),
+      log_group(5, 7);
   for (int i = 0; i < count; ++i) {
     QmCase c{static_cast<Format>(format(rng)), m(rng), n(rng), 0, 32, path};
-    if (c.format == Format::kAwq) c.group = 1 << log_group(rng);
-    c.k = c.group * std::uniform_int_distribution<int>(1, 256 / c.group)(rng);
+    int block = 32;
+    if (c.format == Format::kAwq) {
+      c.group = block = 1 << log_group(rng);
+    } else {
+      c.group = GgufGroup(c.format);
+      block = static_cast<int>(BlockElems(GgufType(c.format)));
+    }
+    c.k = block * std::uniform_int_distribution<int>(1, 256 / block)(rng);
     cases.push_back(c);
   }
   return cases;
@@ -285,6 +332,13 @@ TYPED_TEST(QuantMatmulTest, GemmMatchesReference) {
            QmCase{Format::kQ4_0, 1, 8, 32, 32, QuantMatmulPath::kGemm},
            QmCase{Format::kQ8_0, 37, 100, 96, 32, QuantMatmulPath::kGemm},
            QmCase{Format::kQ8_0, 66, 64, 128, 32, QuantMatmulPath::kGemm},
+           QmCase{Format::kQ5_0, 19, 70, 96, 32, QuantMatmulPath::kGemm},
+           QmCase{Format::kQ5_1, 3, 64, 64, 32, QuantMatmulPath::kGemm},
+           QmCase{Format::kQ4_K, 33, 72, 512, 32, QuantMatmulPath::kGemm},
+           QmCase{Format::kQ5_K, 9, 64, 256, 32, QuantMatmulPath::kGemm},
+           QmCase{Format::kQ6_K, 40, 100, 256, 16, QuantMatmulPath::kGemm},
+           QmCase{Format::kQ3_K, 16, 64, 256, 16, QuantMatmulPath::kGemm},
+           QmCase{Format::kQ2_K, 2, 9, 256, 16, QuantMatmulPath::kGemm},
        }) {
     RunCase<T>(c, rng, &worst);
   }
@@ -305,6 +359,13 @@ TYPED_TEST(QuantMatmulTest, GemvMatchesReference) {
            QmCase{Format::kQ4_1, 8, 64, 64, 32, QuantMatmulPath::kAuto},
            QmCase{Format::kQ8_0, 1, 130, 96, 32, QuantMatmulPath::kGemv},
            QmCase{Format::kQ8_0, 5, 64, 256, 32, QuantMatmulPath::kAuto},
+           QmCase{Format::kQ5_0, 2, 70, 96, 32, QuantMatmulPath::kGemv},
+           QmCase{Format::kQ5_1, 8, 64, 64, 32, QuantMatmulPath::kGemv},
+           QmCase{Format::kQ4_K, 1, 130, 512, 32, QuantMatmulPath::kGemv},
+           QmCase{Format::kQ5_K, 4, 64, 256, 32, QuantMatmulPath::kGemv},
+           QmCase{Format::kQ6_K, 7, 100, 256, 16, QuantMatmulPath::kGemv},
+           QmCase{Format::kQ3_K, 1, 64, 256, 16, QuantMatmulPath::kAuto},
+           QmCase{Format::kQ2_K, 3, 9, 256, 16, QuantMatmulPath::kGemv},
        }) {
     RunCase<T>(c, rng, &worst);
   }
