@@ -151,6 +151,9 @@ class EngineBench {
     bc.device = cfg.device;
     bc.cpu.threads = threads;
     bc.cpu.isa = cfg.isa;
+    TANDEM_ASSIGN_OR_RETURN(const model::ModelConfig file_config,
+                            model::ModelConfig::FromGguf(file));
+    bc.cuda_activations = file_config.DefaultActivations();  // tandemd's --activations=auto
     TANDEM_ASSIGN_OR_RETURN(b->backend_, kernels::CreateBackend(bc));
     const int max_batch = *std::max_element(cfg.batches.begin(), cfg.batches.end());
     const int max_prompt = *std::max_element(cfg.prefill.begin(), cfg.prefill.end());

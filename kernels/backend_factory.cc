@@ -54,7 +54,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendConfig& conf
   if (config.device != "cpu") {
     cuda::CudaBackendConfig cc;
     cc.device = CudaOrdinal(config.device);
-    cc.activations = config.cuda_activations;
+    cc.activations = config.cuda_activations.value_or(ActivationDType::kF16);
     absl::StatusOr<std::unique_ptr<Backend>> be = cuda::CreateCudaBackend(cc);
     if (!be.ok()) {
       return absl::Status(be.status().code(),

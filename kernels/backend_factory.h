@@ -8,6 +8,7 @@
 #define TANDEM_KERNELS_BACKEND_FACTORY_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -19,8 +20,9 @@ namespace tandem::kernels {
 struct BackendConfig {
   std::string device = "cpu";  // "cpu" or "cuda:N"
   cpu::CpuBackendConfig cpu;   // device "cpu": threads, pinned cores, ISA
-  // device "cuda:N": the activations' dtype, kF16 or kBF16
-  ActivationDType cuda_activations = ActivationDType::kF16;
+  // device "cuda:N": the activations' dtype, kF16 or kBF16; unset: f16 here, and the model's
+  // choice through model::ModelRunner (ModelConfig::DefaultActivations: bf16 for Gemma 3).
+  std::optional<ActivationDType> cuda_activations;
 
   absl::Status Validate() const;
 };

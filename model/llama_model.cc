@@ -41,10 +41,30 @@ LlamaModel::~LlamaModel() {
   for (auto& b : buffers_) backend_.Free(b);
 }
 
+namespace {
+
+// A model whose activations pass fp16's range turns into NaN on an f16 backend: refused.
+absl::Status CheckActivations(const ModelConfig& config, const kernels::Backend& backend) {
+  if (!config.f16_overflows || backend.activation_dtype() != kernels::ActivationDType::kF16) {
+    return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat("model: ", config.architecture,
+                   "'s activations pass fp16's range (65504) and would turn "
+                   "into NaN on backend ",
+                   backend.Name(),
+                   " with f16 activations; run it with bf16 "
+                   "(tandemd --activations=bf16, which --activations=auto picks for this model)"));
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const GgufFile& file,
                                                              kernels::Backend& backend,
                                                              const ModelOptions& options) {
   TANDEM_RETURN_IF_ERROR(options.Validate());  // before the long part
+  TANDEM_ASSIGN_OR_RETURN(const ModelConfig config, ModelConfig::FromGguf(file));
+  TANDEM_RETURN_IF_ERROR(CheckActivations(config, backend));
   WeightOptions wo;
   wo.load_progress = options.load_progress;
   TANDEM_ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights,
@@ -64,6 +84,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
         "model: the weights were packed for device kind ", weights->device_kind(), " but backend ",
         backend.Name(), " is of kind ", kind, "; load the weights again for this device"));
   }
+  TANDEM_RETURN_IF_ERROR(CheckActivations(weights->config(), backend));
   // Weights another backend packed need this one's scratch sized for them.
   TANDEM_RETURN_IF_ERROR(weights->PrepareBackend(backend));
   std::unique_ptr<LlamaModel> model(new LlamaModel(std::move(weights), options, backend));

@@ -88,6 +88,7 @@ absl::Status ReadGemma3(const GgufFile& file, const ConfigReader& r, ModelConfig
   c->embedding_scale = std::sqrt(static_cast<float>(c->hidden));
   c->has_qk_norm = true;
   c->has_post_norms = true;
+  c->f16_overflows = true;
   c->ffn_activation = FfnActivation::kGeluTanh;
   if (c->n_layers == 62) {
     c->attention_scale = 1.0f / std::sqrt(static_cast<float>(c->hidden / c->n_heads));

@@ -53,6 +53,10 @@ struct ModelConfig {
   float attention_scale = 0.0f;  // softmax scale of q.k; FromGguf sets it (1/sqrt(head_dim))
   bool has_qk_norm = false;      // blk.N.attn_{q,k}_norm.weight [head_dim]: RMSNorm per head
   bool has_post_norms = false;   // blk.N.post_attention_norm, post_ffw_norm [hidden]
+  // Activations pass fp16's range (65504): gemma3 (large norm weights after sqrt(hidden)-scaled
+  // embeddings; transformers issue 36822). Such a model runs with f32 or bf16 activations,
+  // never f16 (DefaultActivations, LlamaModel::Create).
+  bool f16_overflows = false;
   FfnActivation ffn_activation = FfnActivation::kSilu;
   // Sliding-window attention: a layer il with swa_layers[il] set attends to the last
   // `sliding_window` positions only (p - j < sliding_window) and rotates with
@@ -67,6 +71,11 @@ struct ModelConfig {
   // The attention window of layer il (0: the whole causal context) and its RoPE base.
   int LayerWindow(int il) const { return IsSlidingLayer(il) ? sliding_window : 0; }
   float LayerRopeTheta(int il) const { return IsSlidingLayer(il) ? rope_theta_swa : rope_theta; }
+
+  // The activation dtype a 16-bit device runs this model with: bf16 where f16 overflows.
+  kernels::ActivationDType DefaultActivations() const {
+    return f16_overflows ? kernels::ActivationDType::kBF16 : kernels::ActivationDType::kF16;
+  }
 
   int q_dim() const { return n_heads * head_dim; }
   int kv_dim() const { return n_kv_heads * head_dim; }

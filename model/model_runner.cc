@@ -31,8 +31,12 @@ namespace {
 
 // The CPU backend quantizes activations in scratch sized for its max_batch_tokens rows: make
 // it hold the model's step.
-kernels::BackendConfig SizedFor(kernels::BackendConfig b, const ModelOptions& mo) {
+// The backend for this model: the CPU backend's scratch sized for its steps, and a 16-bit
+// device's activation dtype the model's own unless the configuration names one.
+kernels::BackendConfig SizedFor(kernels::BackendConfig b, const ModelOptions& mo,
+                                const ModelConfig& mc) {
   b.cpu.max_batch_tokens = std::max(b.cpu.max_batch_tokens, mo.max_batch_tokens);
+  if (!b.cuda_activations) b.cuda_activations = mc.DefaultActivations();
   return b;
 }
 
@@ -93,8 +97,9 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const ModelRunn
                                                                  const GgufFile& file) {
   TANDEM_RETURN_IF_ERROR(config.Validate());
   std::unique_ptr<ModelRunner> r(new ModelRunner(config));
+  TANDEM_ASSIGN_OR_RETURN(const ModelConfig mc, ModelConfig::FromGguf(file));
   TANDEM_ASSIGN_OR_RETURN(r->backend_,
-                          kernels::CreateBackend(SizedFor(config.backend, config.model)));
+                          kernels::CreateBackend(SizedFor(config.backend, config.model, mc)));
   TANDEM_ASSIGN_OR_RETURN(r->model_, LlamaModel::Load(file, *r->backend_, config.model));
   return Finish(std::move(r));
 }
@@ -104,8 +109,8 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
   TANDEM_RETURN_IF_ERROR(config.Validate());
   if (weights == nullptr) return absl::InvalidArgumentError("no weights to share");
   std::unique_ptr<ModelRunner> r(new ModelRunner(config));
-  TANDEM_ASSIGN_OR_RETURN(r->backend_,
-                          kernels::CreateBackend(SizedFor(config.backend, config.model)));
+  TANDEM_ASSIGN_OR_RETURN(r->backend_, kernels::CreateBackend(SizedFor(config.backend, config.model,
+                                                                       weights->config())));
   TANDEM_ASSIGN_OR_RETURN(r->model_,
                           LlamaModel::Create(std::move(weights), *r->backend_, config.model));
   return Finish(std::move(r));
@@ -130,7 +135,7 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Finish(std::unique_ptr
 }
 
 absl::Status ModelRunner::CreateNanoGroups() {
-  const kernels::BackendConfig whole = SizedFor(config_.backend, config_.model);
+  const kernels::BackendConfig whole = SizedFor(config_.backend, config_.model, model_->config());
   const int threads = whole.cpu.threads;
   const int first = (threads + 1) / 2;
   auto nano = std::make_unique<NanoGroups>();

@@ -75,6 +75,9 @@ ABSL_FLAG(int, max_num_batched_tokens, 512,
 ABSL_FLAG(int, max_queue, 1024, "Most sequences waiting; beyond, requests get 429.");
 ABSL_FLAG(std::string, device, "cpu",
           "Device of the engine instance: cpu, or cuda:N in a build with the CUDA backend.");
+ABSL_FLAG(std::string, activations, "auto",
+          "Activation dtype on a GPU (--device cuda:N): f16, bf16, or auto (bf16 for models whose "
+          "activations pass fp16's range, Gemma 3; f16 otherwise). The CPU computes in f32.");
 ABSL_FLAG(int, threads, 0, "CPU threads of the engine instance (0: every core).");
 ABSL_FLAG(std::string, disaggregation, "off",
           "on: prefill and decode run as separate instances on disjoint sets of the --threads "
@@ -285,6 +288,14 @@ absl::Status Run() {
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
   kernels::BackendConfig backend;
   backend.device = absl::GetFlag(FLAGS_device);
+  if (const std::string a = absl::GetFlag(FLAGS_activations); a == "f16") {
+    backend.cuda_activations = kernels::ActivationDType::kF16;
+  } else if (a == "bf16") {
+    backend.cuda_activations = kernels::ActivationDType::kBF16;
+  } else if (a != "auto") {
+    return absl::InvalidArgumentError(
+        StrCat("--activations must be auto, f16 or bf16, got '", a, "'"));
+  }
   backend.cpu.threads = threads;
   backend.cpu.isa = isa;
   backend.cpu.spin_us = absl::GetFlag(FLAGS_spin_us);

@@ -102,6 +102,9 @@ TEST_F(Gemma3Test, ConfigIsGemma3s) {
   for (int il = 0; il < c->n_layers; ++il) global += !c->IsSlidingLayer(il);
   EXPECT_EQ(global, 3);  // layers 5, 11, 17
   EXPECT_FALSE(c->IsSlidingLayer(17));
+  // Its activations pass fp16's range: a GPU runs it in bf16 (tests/cuda/gemma3_forward_test.cc).
+  EXPECT_TRUE(c->f16_overflows);
+  EXPECT_EQ(c->DefaultActivations(), kernels::ActivationDType::kBF16);
 }
 
 TEST_F(Gemma3Test, TokenizerMetadata) {

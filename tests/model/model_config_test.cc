@@ -63,6 +63,8 @@ TEST(ModelConfig, MhaLlama) {
   EXPECT_EQ(c->rms_eps, 1e-5f);
   EXPECT_TRUE(c->tied_embeddings);
   EXPECT_FALSE(c->has_qkv_bias);
+  EXPECT_FALSE(c->f16_overflows);
+  EXPECT_EQ(c->DefaultActivations(), kernels::ActivationDType::kF16);
 }
 
 TEST(ModelConfig, GqaUntied) {
