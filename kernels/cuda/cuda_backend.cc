@@ -171,7 +171,8 @@ class CudaWeight : public Weight {
   QuantWeights matmul;
   DeviceBytes q;
   DeviceBytes scales;
-  // EmbeddingGather's GGUF rows; null for a matmul-only weight.
+  // EmbeddingGather's GGUF rows; null for a matmul-only weight and for a table gathered from
+  // the packed layout (types the row gather does not read).
   DeviceBytes rows_data;
 
  private:
@@ -315,12 +316,17 @@ class CudaBackend : public Backend {
     UseDevice(config_.device);
     auto w = std::make_unique<CudaWeight>(desc.type, desc.rows, desc.cols, config_.device);
     const Stream s = stream_;
-    if (desc.use != WeightUse::kGather) {
+    // A token table keeps its GGUF rows where the gather kernel reads them (bit-exact); the
+    // packed layout serves Matmul and the other tables (Q5, K-quants: gathered from it).
+    const bool gguf_rows = desc.use != WeightUse::kMatmul && EmbeddingTypeSupported(desc.type);
+    if (desc.use != WeightUse::kGather || !gguf_rows) {
       if (!QuantMatmulTypeSupported(desc.type)) {
         return absl::UnimplementedError(
             StrCat("tensor ", desc.name, " is ", DTypeName(desc.type),
-                   "; the CUDA backend multiplies Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and K-quant "
-                   "(Q2_K..Q6_K) weights only (no F32/F16/BF16 GEMM yet)"));
+                   desc.use == WeightUse::kGather
+                       ? "; the CUDA backend gathers F32, F16, BF16 and quantized rows only"
+                       : "; the CUDA backend multiplies Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and K-quant "
+                         "(Q2_K..Q6_K) weights only (no F32/F16/BF16 GEMM yet)"));
       }
       TANDEM_ASSIGN_OR_RETURN(PackedQuantWeight packed, RepackGguf(desc));
       TANDEM_ASSIGN_OR_RETURN(w->q, Upload(packed.q.data(), packed.q.size() * sizeof(uint32_t), s));
@@ -338,12 +344,7 @@ class CudaBackend : public Backend {
       // `packed` dies on return; the copies must have read it.
       WaitStream(s);
     }
-    if (desc.use != WeightUse::kMatmul) {
-      if (!EmbeddingTypeSupported(desc.type)) {
-        return absl::UnimplementedError(
-            StrCat("tensor ", desc.name, " is ", DTypeName(desc.type),
-                   "; the CUDA backend gathers F32, F16, BF16, Q4_0, Q4_1 and Q8_0 rows"));
-      }
+    if (gguf_rows) {
       const size_t bytes = static_cast<size_t>(desc.rows) * RowBytes(desc.type, desc.cols);
       TANDEM_ASSIGN_OR_RETURN(w->rows_data, Upload(desc.data, bytes, s));
       WaitStream(s);  // desc.data must outlive PackWeight only
@@ -380,7 +381,17 @@ class CudaBackend : public Backend {
   void EmbeddingGather(const Weight& w, const int32_t* ids, int n, float* out, Stream s) override {
     UseDevice(config_.device);
     const CudaWeight& cw = Cast(w);
-    TANDEM_CHECK(cw.rows_data.get() != nullptr && "EmbeddingGather on a matmul-only weight");
+    if (cw.rows_data.get() == nullptr) {  // gathered from the packed layout
+      TANDEM_CHECK(cw.has_matmul && "EmbeddingGather on a weight with neither layout");
+      PackedEmbeddingParams p;
+      p.table = cw.matmul;
+      p.ids = ids;
+      p.n = n;
+      p.out = out;
+      p.dtype = config_.activations;
+      cuda::EmbeddingGatherPacked(p, s);
+      return;
+    }
     EmbeddingParams p;
     p.table = cw.rows_data.get();
     p.table_type = cw.type();

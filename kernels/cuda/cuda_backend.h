@@ -10,10 +10,10 @@
 // biases stay f32; logits leave through ToF32.
 //
 // Weights: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and K-quant (Q2_K..Q6_K) matrices are repacked for
-// QuantMatmul (quant_matmul.h); a token table (WeightUse kGather / kBoth) also keeps its GGUF
-// rows for EmbeddingGather, which reads F32, F16, BF16, Q4_0, Q4_1 and Q8_0. Other types (F32,
-// F16 and BF16 matrices; K-quant or Q5 token tables) are refused at PackWeight with the
-// tensor's name: the cuBLAS f16 GEMM and those gathers are not written yet.
+// QuantMatmul (quant_matmul.h); a token table (WeightUse kGather / kBoth) of F32, F16, BF16,
+// Q4_0, Q4_1 or Q8_0 also keeps its GGUF rows for EmbeddingGather (bit-exact), one of another
+// quantized type is gathered from the packed layout (EmbeddingGatherPacked). F32, F16 and BF16
+// matrices are refused at PackWeight with the tensor's name: no cuBLAS GEMM yet.
 //
 // Thread safety: as kernels::Backend (one driving thread per instance). Weights are immutable
 // after PackWeight and may be shared by instances on the same device (AdoptWeight).

@@ -49,5 +49,27 @@ void EmbeddingGather(const EmbeddingParams& p, Stream stream) {
   });
 }
 
+void EmbeddingGatherPacked(const PackedEmbeddingParams& p, Stream stream) {
+  const QuantWeights& w = p.table;
+  TANDEM_CHECK(p.n >= 0 && w.n > 0 && w.k > 0);
+  TANDEM_CHECK(w.bits == 4 || w.bits == 8);
+  TANDEM_CHECK(w.group == 16 || w.group == 32 || w.group == 64 || w.group == 128);
+  TANDEM_CHECK(w.n_pad >= w.n && w.n_pad % kQmPackTile == 0);
+  TANDEM_CHECK(w.k_pad >= w.k && w.k_pad % kQmPackTile == 0);
+  if (p.n == 0) return;
+  TANDEM_CHECK(p.ids != nullptr && p.out != nullptr && w.q != nullptr && w.scales != nullptr);
+  const auto s = static_cast<cudaStream_t>(stream.handle);
+  DispatchActivation(p.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if (w.bits == 4) {
+      Launch(PackedEmbeddingKernel<T, 4>, dim3(static_cast<unsigned>(p.n)), dim3(kEmbeddingThreads),
+             0, s, p);
+    } else {
+      Launch(PackedEmbeddingKernel<T, 8>, dim3(static_cast<unsigned>(p.n)), dim3(kEmbeddingThreads),
+             0, s, p);
+    }
+  });
+}
+
 }  // namespace TANDEM_CUDA_BUILD
 }  // namespace tandem::kernels::cuda

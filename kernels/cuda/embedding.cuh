@@ -9,6 +9,7 @@
 #define TANDEM_KERNELS_CUDA_EMBEDDING_CUH_
 
 #include "kernels/cuda/embedding.h"
+#include "kernels/cuda/quant_matmul.cuh"
 #include "kernels/emu/cuda_compat.h"
 #include "kernels/quant.h"
 
@@ -52,6 +53,36 @@ __global__ void __launch_bounds__(kEmbeddingThreads)
   T* out = static_cast<T*>(p.out) + static_cast<int64_t>(blockIdx.x) * p.cols;
   for (int j = threadIdx.x; j < p.cols; j += blockDim.x) {
     out[j] = FromFloat<T>(DecodeElement<kType>(row, j));
+  }
+}
+
+// The packed layout (quant_matmul.h): element (row id, column k) is code q of lane 4 g + t's
+// words in column group f of tile (id / 64, k / 64), with its group's (scale, bias) pair.
+template <typename T, int kBits>
+__global__ void __launch_bounds__(kEmbeddingThreads)
+    PackedEmbeddingKernel(PackedEmbeddingParams p) {
+  const int32_t id = p.ids[blockIdx.x];
+  TANDEM_DEVICE_CHECK(id >= 0 && id < p.table.n);
+  constexpr int kWords = kQmLaneWords<kBits>;
+  const int f = id % kQmPackTile / 8, g = id % 8;
+  const uint32_t* tiles = p.table.q + static_cast<int64_t>(id / kQmPackTile) *
+                                          (p.table.k_pad / kQmPackTile) * kQmTileWords<kBits>;
+  T* out = static_cast<T*>(p.out) + static_cast<int64_t>(blockIdx.x) * p.table.k;
+  for (int k = threadIdx.x; k < p.table.k; k += blockDim.x) {
+    const int step = k % kQmPackTile / 16, kk = k % 16;
+    const int lane = 4 * g + kk % 8 / 2, reg = kk / 8, upper = kk % 2;
+    const uint32_t* words = tiles + static_cast<int64_t>(k / kQmPackTile) * kQmTileWords<kBits> +
+                            (f * 32 + lane) * kWords;
+    uint32_t q;
+    if constexpr (kBits == 4) {
+      q = words[step / 2] >> (4 * (2 * (step % 2) + reg) + 16 * upper) & 0xfu;
+    } else {
+      q = words[step] >> (16 * reg + 8 * upper) & 0xffu;
+    }
+    float scale, bias;
+    QmScaleBias(p.table.scales[static_cast<int64_t>(k / p.table.group) * p.table.n_pad + id], scale,
+                bias);
+    out[k] = FromFloat<T>(fmaf(static_cast<float>(q), scale, bias));
   }
 }
 

@@ -86,14 +86,18 @@ TEST(CudaBackendTest, PacksWhatItCanMultiplyAndNamesWhatItCannot) {
 }
 
 // A tied token table (kBoth) gathers the rows it stores and multiplies by them: both layouts
-// give the dequantized weights (rounded to f16).
-TEST(CudaBackendTest, TiedTableGathersAndMultiplies) {
+// give the dequantized weights (rounded to f16). Q8_0 is gathered from its GGUF rows, Q5_0 from
+// the packed layout (the row gather does not read Q5); both dequantize exactly in f32.
+class CudaBackendTiedTest : public ::testing::TestWithParam<DType> {};
+
+TEST_P(CudaBackendTiedTest, TiedTableGathersAndMultiplies) {
+  const DType type = GetParam();
   auto be = MakeBackend();
   ASSERT_NE(be, nullptr);
   std::mt19937 rng(11);
   const int64_t rows = 70, cols = 64;  // rows not a multiple of the 64-row tile
-  const std::vector<uint8_t> q = RandomRows(DType::kQ8_0, rows, cols, rng);
-  auto w = be->PackWeight({DType::kQ8_0, rows, cols, q.data(), "token_embd.weight"});
+  const std::vector<uint8_t> q = RandomRows(type, rows, cols, rng);
+  auto w = be->PackWeight({type, rows, cols, q.data(), "token_embd.weight"});
   ASSERT_TRUE(w.ok()) << w.status();
   const Stream s = be->DefaultStream();
   // Gather rows 3 and 69; multiply by one-hot rows e_5 and e_63.
@@ -121,21 +125,23 @@ TEST(CudaBackendTest, TiedTableGathersAndMultiplies) {
   be->Synchronize(s);
   std::vector<float> deq(cols);
   for (int i = 0; i < 2; ++i) {
-    DequantizeRow(DType::kQ8_0, q.data() + want_ids[i] * RowBytes(DType::kQ8_0, cols), cols,
-                  deq.data());
+    DequantizeRow(type, q.data() + want_ids[i] * RowBytes(type, cols), cols, deq.data());
     for (int c = 0; c < cols; ++c) {
-      // Q8_0 values q * d are exact in f32; the gather rounds them to f16 once.
+      // The values are exact in f32; the gather rounds them to f16 once.
       EXPECT_EQ(g[i * cols + c], HalfToFloat(FloatToHalf(deq[c]))) << i << " " << c;
     }
   }
   // y[0][r] = w[r][5], y[1][r] = w[r][63]: each dequantized weight rounded to f16.
   for (int64_t r = 0; r < rows; ++r) {
-    DequantizeRow(DType::kQ8_0, q.data() + r * RowBytes(DType::kQ8_0, cols), cols, deq.data());
+    DequantizeRow(type, q.data() + r * RowBytes(type, cols), cols, deq.data());
     EXPECT_EQ(out[r], HalfToFloat(FloatToHalf(deq[5]))) << r;
     EXPECT_EQ(out[rows + r], HalfToFloat(FloatToHalf(deq[63]))) << r;
   }
   for (auto* b : {&*ids, &*gathered, &*x, &*y, &*y32, &*g32}) be->Free(*b);
 }
+
+INSTANTIATE_TEST_SUITE_P(Types, CudaBackendTiedTest, ::testing::Values(DType::kQ8_0, DType::kQ5_0),
+                         [](const auto& info) { return std::string(DTypeName(info.param)); });
 
 // The elementwise ops the backend maps onto one launcher: each element one f32 operation on the
 // f16 inputs, rounded once to f16.

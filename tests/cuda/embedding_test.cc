@@ -1,15 +1,17 @@
 // kernels/cuda EmbeddingGather run in the CUDA-on-CPU harness against kernels/quant
 // DequantizeRow, for every supported table type and every activation dtype: bit for bit (every
 // table type dequantizes exactly in f32, and both sides round that value to T once, to nearest
-// even; see embedding.cuh).
+// even; see embedding.cuh). EmbeddingGatherPacked likewise from the packed layout.
 #include "kernels/cuda/embedding.h"
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <vector>
 
+#include "kernels/cuda/quant_matmul.h"
 #include "kernels/quant.h"
 #include "tests/cuda/cuda_test_util.h"
 
@@ -87,6 +89,83 @@ TYPED_TEST(EmbeddingTest, MatchesDequantizeRow) {
         EmbeddingGather(p, Stream{});
         dout.ToHost(out);
         EXPECT_TRUE(SameBits(out, want)) << DTypeName(t) << " cols " << cols << " n " << n;
+      }
+    }
+  }
+}
+
+// The packed layout (RepackGguf), which the backend gathers Q5 and K-quant tables from: every
+// quantized type, tables of two 64-row tiles and a ragged third, k of one or several 64-column
+// tiles and k = 96 / 160 (half a tile of padding). The 32-block types' pairs are exact, so the
+// values are DequantizeRow's bit for bit; a K-quant pair is rounded to fp16 at repack (scale
+// d sc and bias -offset d sc - dmin m, 2^-11 each: quant_matmul.h), so its weight may be off by
+// e_w = (q + offset) e_s + 2^-11 |bias| (+ fp16 subnormal half-ulps), e_s = 2^-11 |d sc|, before
+// the one rounding to T.
+TYPED_TEST(EmbeddingTest, PackedMatchesDequantizeRow) {
+  using T = TypeParam;
+  std::mt19937 rng(43);
+  const int64_t rows = 150;
+  for (DType t : {DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kQ8_0,
+                  DType::kQ2_K, DType::kQ3_K, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
+    const std::vector<int> col_choices =
+        IsKQuant(t) ? std::vector<int>{256, 512} : std::vector<int>{32, 96, 160};
+    for (int cols : col_choices) {
+      const std::vector<unsigned char> table = MakeTable(t, rows, cols, rng);
+      auto packed = RepackGguf(WeightDesc{t, rows, cols, table.data(), "table"});
+      ASSERT_TRUE(packed.ok()) << packed.status();
+      const int n = 9;
+      std::vector<int32_t> ids(n);
+      std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(rows - 1));
+      for (int32_t& i : ids) i = id(rng);
+      ids[0] = 0;
+      ids[1] = static_cast<int32_t>(rows - 1);  // the ragged tile's last row
+      std::vector<float> want(static_cast<size_t>(n) * cols), err(want.size(), 0.f);
+      for (int i = 0; i < n; ++i) {
+        const unsigned char* row = table.data() + ids[i] * RowBytes(t, cols);
+        DequantizeRow(t, row, cols, want.data() + static_cast<size_t>(i) * cols);
+        if (!IsKQuant(t)) continue;
+        for (int b = 0; b < cols / kSuperBlock; ++b) {
+          KQuantValues v;
+          UnpackKQuant(t, row + b * BlockBytes(t), &v);
+          for (int e = 0; e < kSuperBlock; ++e) {
+            const int sub = e / KSubBlock(t);
+            const double scale = double{HalfToFloat(v.d)} * v.sc[sub];
+            const double bias = -KOffset(t) * scale - double{HalfToFloat(v.dmin)} * v.m[sub];
+            const double e_s = std::ldexp(std::fabs(scale), -11) + 0x1p-25;
+            err[static_cast<size_t>(i) * cols + b * kSuperBlock + e] = static_cast<float>(
+                (v.q[e] + KOffset(t)) * e_s + 1.01 * std::ldexp(std::fabs(bias), -11) + 0x1p-25);
+          }
+        }
+      }
+      std::vector<T> out(want.size(), FromFloat<T>(7.f));
+      DeviceCopy<uint32_t> dq(packed->q), ds(packed->scales);
+      DeviceCopy<int32_t> dids(ids);
+      DeviceCopy<T> dout(out);
+      PackedEmbeddingParams p;
+      p.table.q = dq.get();
+      p.table.scales = ds.get();
+      p.table.bits = packed->bits;
+      p.table.n = static_cast<int>(packed->n);
+      p.table.k = static_cast<int>(packed->k);
+      p.table.n_pad = static_cast<int>(packed->n_pad);
+      p.table.k_pad = static_cast<int>(packed->k_pad);
+      p.table.group = packed->group;
+      p.ids = dids.get();
+      p.n = n;
+      p.out = dout.get();
+      p.dtype = ActTraits<T>::kDType;
+      EmbeddingGatherPacked(p, Stream{});
+      dout.ToHost(out);
+      for (size_t j = 0; j < want.size(); ++j) {
+        const double got = ToFloat(out[j]);
+        if (!IsKQuant(t)) {
+          ASSERT_EQ(got, ToFloat(FromFloat<T>(want[j])))
+              << DTypeName(t) << " cols " << cols << " element " << j;
+          continue;
+        }
+        const double tol = err[j] + ActTraits<T>::kHalfUlp * (std::fabs(want[j]) + err[j]) +
+                           ActTraits<T>::kSubnormalAbs;
+        ASSERT_NEAR(got, want[j], tol) << DTypeName(t) << " cols " << cols << " element " << j;
       }
     }
   }
