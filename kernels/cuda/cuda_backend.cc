@@ -4,17 +4,21 @@
 #include "kernels/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <iterator>
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "common/check.h"
 #include "common/str_cat.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/dense_matmul.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/glu.h"
@@ -27,6 +31,8 @@
 
 #if !defined(TANDEM_CUDA_EMU)
 #include <cuda_runtime_api.h>
+
+#include "kernels/cuda/cublas_gemm.h"
 #endif
 
 namespace tandem::kernels::cuda {
@@ -166,7 +172,11 @@ class CudaWeight : public Weight {
   bool valid() const { return magic_ == kWeightMagic; }
   int device() const { return device_; }
 
-  // Matmul's layout (q_ and scales_ hold it); empty for a gather-only weight.
+  // A dense matrix (F32/F16/BF16 in the GGUF): [rows, cols] of the activation dtype, multiplied
+  // by DenseMatmul. Empty otherwise.
+  bool has_dense = false;
+  DeviceBytes dense;
+  // Matmul's packed layout (q_ and scales_ hold it); empty for a gather-only weight.
   bool has_matmul = false;
   QuantWeights matmul;
   DeviceBytes q;
@@ -319,14 +329,22 @@ class CudaBackend : public Backend {
     // A token table keeps its GGUF rows where the gather kernel reads them (bit-exact); the
     // packed layout serves Matmul and the other tables (Q5, K-quants: gathered from it).
     const bool gguf_rows = desc.use != WeightUse::kMatmul && EmbeddingTypeSupported(desc.type);
-    if (desc.use != WeightUse::kGather || !gguf_rows) {
+    const bool dense =
+        desc.type == DType::kF32 || desc.type == DType::kF16 || desc.type == DType::kBF16;
+    if (desc.use != WeightUse::kGather && dense) {
+      TANDEM_RETURN_IF_ERROR(EnsureDenseGemm());
+      TANDEM_ASSIGN_OR_RETURN(std::vector<uint16_t> values, ToActivations(desc));
+      TANDEM_ASSIGN_OR_RETURN(w->dense, Upload(values.data(), values.size() * 2, s));
+      w->has_dense = true;
+      WaitStream(s);  // `values` dies on return
+    } else if (desc.use != WeightUse::kGather || !gguf_rows) {
       if (!QuantMatmulTypeSupported(desc.type)) {
         return absl::UnimplementedError(
             StrCat("tensor ", desc.name, " is ", DTypeName(desc.type),
                    desc.use == WeightUse::kGather
                        ? "; the CUDA backend gathers F32, F16, BF16 and quantized rows only"
-                       : "; the CUDA backend multiplies Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and K-quant "
-                         "(Q2_K..Q6_K) weights only (no F32/F16/BF16 GEMM yet)"));
+                       : "; the CUDA backend multiplies F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, "
+                         "Q8_0 and K-quant (Q2_K..Q6_K) weights"));
       }
       TANDEM_ASSIGN_OR_RETURN(PackedQuantWeight packed, RepackGguf(desc));
       TANDEM_ASSIGN_OR_RETURN(w->q, Upload(packed.q.data(), packed.q.size() * sizeof(uint32_t), s));
@@ -363,12 +381,30 @@ class CudaBackend : public Backend {
                                                   ", this backend is ", kKind, ":",
                                                   config_.device));
     }
+    if (cw->has_dense) return EnsureDenseGemm();
     return absl::OkStatus();
   }
 
   void Matmul(const Weight& w, const float* x, int m, float* y, Stream s) override {
     UseDevice(config_.device);
     const CudaWeight& cw = Cast(w);
+    if (cw.has_dense) {
+      DenseMatmulParams p;
+      p.x = x;
+      p.w = cw.dense.get();
+      p.y = y;
+      p.m = m;
+      p.n = static_cast<int>(cw.rows());
+      p.k = static_cast<int>(cw.cols());
+      p.dtype = config_.activations;
+#if defined(TANDEM_CUDA_EMU)
+      DenseMatmulSimt(p, s);
+#else
+      TANDEM_CHECK(cublas_ != nullptr);  // EnsureDenseGemm ran at PackWeight / AdoptWeight
+      cublas_->Run(p, s);
+#endif
+      return;
+    }
     TANDEM_CHECK(cw.has_matmul && "Matmul on a weight packed for EmbeddingGather only");
     QuantMatmulParams p;
     p.x = x;
@@ -508,6 +544,44 @@ class CudaBackend : public Backend {
   }
 
  private:
+  // The dense GEMM's library: cuBLAS, loaded once per backend (GPU build); nothing in the
+  // harness, which runs DenseMatmulSimt.
+  absl::Status EnsureDenseGemm() {
+#if !defined(TANDEM_CUDA_EMU)
+    if (cublas_ == nullptr) {
+      UseDevice(config_.device);
+      TANDEM_ASSIGN_OR_RETURN(cublas_, CublasGemm::Create());
+    }
+#endif
+    return absl::OkStatus();
+  }
+  // A dense matrix's values as the activation dtype's bits. Fails, naming the tensor, on a
+  // value past f16's range (an F32 or BF16 matrix on an f16 backend).
+  absl::StatusOr<std::vector<uint16_t>> ToActivations(const WeightDesc& desc) const {
+    const size_t count = static_cast<size_t>(desc.rows) * desc.cols;
+    std::vector<uint16_t> out(count);
+    const bool bf16 = config_.activations == ActivationDType::kBF16;
+    for (size_t i = 0; i < count; ++i) {
+      float v;
+      if (desc.type == DType::kF32) {
+        v = static_cast<const float*>(desc.data)[i];
+      } else {
+        const uint16_t bits = static_cast<const uint16_t*>(desc.data)[i];
+        if ((desc.type == DType::kBF16) == bf16) {  // already the activation dtype
+          out[i] = bits;
+          continue;
+        }
+        v = desc.type == DType::kF16 ? HalfToFloat(bits) : Bf16ToFloat(bits);
+      }
+      out[i] = bf16 ? FloatToBf16(v) : FloatToHalf(v);
+      if (!bf16 && std::isfinite(v) && !std::isfinite(HalfToFloat(out[i]))) {
+        return absl::InvalidArgumentError(StrCat(
+            "tensor ", desc.name, " has the value ", v, " at ", i,
+            ", past f16's range: run this model with bf16 activations (--activations=bf16)"));
+      }
+    }
+    return out;
+  }
   static const CudaWeight& Cast(const Weight& w) {
     const auto* cw = dynamic_cast<const CudaWeight*>(&w);
     TANDEM_CHECK(cw != nullptr && cw->valid() && "weight not packed by a CUDA backend");
@@ -556,6 +630,9 @@ class CudaBackend : public Backend {
   float* workspace_ = nullptr;  // attention's split-K partials
   size_t workspace_floats_ = 0;
   std::map<uintptr_t, size_t> allocations_;  // base -> bytes, for GatherRows' bound
+#if !defined(TANDEM_CUDA_EMU)
+  std::unique_ptr<CublasGemm> cublas_;  // made by the first dense weight
+#endif
 };
 
 }  // namespace

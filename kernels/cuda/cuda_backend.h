@@ -13,7 +13,9 @@
 // QuantMatmul (quant_matmul.h); a token table (WeightUse kGather / kBoth) of F32, F16, BF16,
 // Q4_0, Q4_1 or Q8_0 also keeps its GGUF rows for EmbeddingGather (bit-exact), one of another
 // quantized type is gathered from the packed layout (EmbeddingGatherPacked). F32, F16 and BF16
-// matrices are refused at PackWeight with the tensor's name: no cuBLAS GEMM yet.
+// matrices are converted to the activation dtype (a value past f16's range is refused with the
+// tensor's name) and multiplied by cuBLAS (cublas_gemm.h) on a GPU, DenseMatmulSimt in the
+// harness.
 //
 // Thread safety: as kernels::Backend (one driving thread per instance). Weights are immutable
 // after PackWeight and may be shared by instances on the same device (AdoptWeight).

@@ -63,13 +63,20 @@ TEST(CudaBackendTest, PacksWhatItCanMultiplyAndNamesWhatItCannot) {
   EXPECT_TRUE(
       be->PackWeight({DType::kQ4_1, 64, 128, q41.data(), "blk.0.ffn_up.weight", WeightUse::kMatmul})
           .ok());
-  // An f16 matrix: no f16 GEMM on this backend yet, refused at load with the tensor's name.
+  // Dense matrices go to the dense GEMM; an F32 value past f16's range cannot, on an f16
+  // backend: refused at load with the tensor's name and where.
   const std::vector<uint8_t> f16 = RandomRows(DType::kF16, 64, 128, rng);
-  const absl::Status s =
+  EXPECT_TRUE(
       be->PackWeight({DType::kF16, 64, 128, f16.data(), "blk.3.attn_q.weight", WeightUse::kMatmul})
+          .ok());
+  std::vector<float> f32(64 * 128, 0.5f);
+  f32[200] = 1e5f;
+  const absl::Status s =
+      be->PackWeight({DType::kF32, 64, 128, f32.data(), "blk.4.attn_k.weight", WeightUse::kMatmul})
           .status();
-  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(s.message().find("blk.3.attn_q.weight"), std::string::npos) << s;
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("blk.4.attn_k.weight has the value 100000 at 200"), std::string::npos)
+      << s;
   // ... but an f16 token table that is only gathered is fine.
   EXPECT_TRUE(
       be->PackWeight({DType::kF16, 64, 128, f16.data(), "token_embd.weight", WeightUse::kGather})
@@ -142,6 +149,68 @@ TEST_P(CudaBackendTiedTest, TiedTableGathersAndMultiplies) {
 
 INSTANTIATE_TEST_SUITE_P(Types, CudaBackendTiedTest, ::testing::Values(DType::kQ8_0, DType::kQ5_0),
                          [](const auto& info) { return std::string(DTypeName(info.param)); });
+
+// Dense matrices (F32, F16, BF16 in the GGUF) are converted to the activation dtype at load and
+// multiplied by the dense GEMM (DenseMatmulSimt here, cuBLAS on a GPU): y equals the reference
+// on the converted weights within the f32-sum and output-rounding bound (dense_matmul_test).
+TEST(CudaBackendTest, DenseMatricesMultiply) {
+  std::mt19937 rng(13);
+  const int64_t rows = 70, cols = 96;
+  const int m = 3;
+  for (ActivationDType act : {ActivationDType::kF16, ActivationDType::kBF16}) {
+    auto be = MakeBackend(act);
+    ASSERT_NE(be, nullptr);
+    const bool bf16 = act == ActivationDType::kBF16;
+    auto round = [&](float v) {
+      return bf16 ? Bf16ToFloat(FloatToBf16(v)) : HalfToFloat(FloatToHalf(v));
+    };
+    for (DType type : {DType::kF32, DType::kF16, DType::kBF16}) {
+      const std::vector<uint8_t> w = RandomRows(type, rows, cols, rng);
+      auto packed = be->PackWeight({type, rows, cols, w.data(), "blk.0.attn_q.weight"});
+      ASSERT_TRUE(packed.ok()) << packed.status();
+      // The weights as the backend holds them, and activations already of its dtype.
+      std::vector<float> wf(rows * cols), row(cols);
+      for (int64_t r = 0; r < rows; ++r) {
+        DequantizeRow(type, w.data() + r * RowBytes(type, cols), cols, row.data());
+        for (int64_t c = 0; c < cols; ++c) wf[r * cols + c] = round(row[c]);
+      }
+      std::uniform_real_distribution<float> u(-1.f, 1.f);
+      std::vector<uint16_t> x_bits(m * cols);
+      std::vector<float> xf(m * cols);
+      for (size_t i = 0; i < x_bits.size(); ++i) {
+        const float v = u(rng);
+        x_bits[i] = bf16 ? FloatToBf16(v) : FloatToHalf(v);
+        xf[i] = bf16 ? Bf16ToFloat(x_bits[i]) : HalfToFloat(x_bits[i]);
+      }
+      const Stream s = be->DefaultStream();
+      auto x = be->Allocate(x_bits.size() * 2);
+      auto y = be->Allocate(m * rows * 2);
+      auto y32 = be->Allocate(m * rows * sizeof(float));
+      ASSERT_TRUE(x.ok() && y.ok() && y32.ok());
+      be->CopyToDevice(x->ptr, x_bits.data(), x_bits.size() * 2, s);
+      be->Matmul(**packed, static_cast<float*>(x->ptr), m, static_cast<float*>(y->ptr), s);
+      be->ToF32(static_cast<float*>(y->ptr), m * rows, static_cast<float*>(y32->ptr), s);
+      std::vector<float> got(m * rows);
+      be->CopyToHost(got.data(), y32->ptr, got.size() * sizeof(float), s);
+      be->Synchronize(s);
+      const double u_act = bf16 ? 0x1p-8 : 0x1p-11;
+      for (int i = 0; i < m; ++i) {
+        for (int64_t r = 0; r < rows; ++r) {
+          double want = 0, sum_abs = 0;
+          for (int64_t c = 0; c < cols; ++c) {
+            want += double{xf[i * cols + c]} * wf[r * cols + c];
+            sum_abs += std::fabs(double{xf[i * cols + c]} * wf[r * cols + c]);
+          }
+          const double f32 = cols * 0x1p-24 * sum_abs;
+          const double tol = f32 + u_act * (std::fabs(want) + f32) + 0x1p-24;
+          ASSERT_NEAR(got[i * rows + r], want, tol)
+              << DTypeName(type) << (bf16 ? " bf16" : " f16") << " at (" << i << ", " << r << ")";
+        }
+      }
+      for (auto* b : {&*x, &*y, &*y32}) be->Free(*b);
+    }
+  }
+}
 
 // The elementwise ops the backend maps onto one launcher: each element one f32 operation on the
 // f16 inputs, rounded once to f16.
