@@ -43,6 +43,7 @@
 #include "model/gguf_file.h"
 #include "model/llama_model.h"
 #include "nlohmann/json.hpp"
+#include "tests/support/greedy_judge.h"
 
 namespace tandem::kernels::cuda {
 namespace {
@@ -106,68 +107,42 @@ TEST(CudaGemma3Test, MatchesLlamaCppWithinItsOwnSpread) {
   const char* env = std::getenv("TANDEM_CUDA_GEMMA_PROMPTS");
   const int want_prompts = env != nullptr ? std::atoi(env) : kDefaultPrompts;
   std::vector<float> logits(static_cast<size_t>(kForced) * c.vocab_size);
-  int prompts = 0, positions = 0, mismatches = 0, exact_sides = 0, exact_differs = 0,
-      llama_exact_differs = 0;
-  double worst_gap = 0, worst_top = 0, sum_top = 0;
+  int prompts = 0;
+  double worst_top = 0, sum_top = 0;
+  tandem::testing::GreedyJudge judge(kNearTie);
   const auto t0 = std::chrono::steady_clock::now();
   for (size_t i = 0; i < ref["prompts"].size() && prompts < want_prompts; ++i) {
     const auto& p = ref["prompts"][i];
     const std::vector<int32_t> prompt = p["prompt_tokens"].get<std::vector<int32_t>>();
     if (static_cast<int>(prompt.size()) + kForced > opts.max_batch_tokens) continue;  // long ones
     ++prompts;
-    const std::vector<int32_t> want = p["tokens"].get<std::vector<int32_t>>();
-    const std::vector<double> gaps = p["top2_gap"].get<std::vector<double>>();
-    const std::vector<int32_t> exact = p["exact_argmax"].get<std::vector<int32_t>>();
-    const std::vector<double> exact_gaps = p["exact_gap"].get<std::vector<double>>();
-    ASSERT_GE(want.size(), static_cast<size_t>(kForced));
+    const tandem::testing::GreedyReference want = tandem::testing::GreedyReference::FromJson(p);
+    ASSERT_GE(want.tokens.size(), static_cast<size_t>(kForced));
     kvcache::BlockTable table(kc.block_size);
     ASSERT_TRUE(table.Reserve((*cache)->pool(), prompt.size() + kForced).ok());
     BatchBuilder bb((*model)->max_blocks_per_seq());
     bb.AddSequence(table, prompt, 0, true);
     ASSERT_TRUE((*model)->Forward(bb.batch(), (*cache)->view(), logits.data()).ok());
-
-    const auto& top = tops["prompts"][i];
-    const std::vector<int32_t> top_ids = top["ids"].get<std::vector<int32_t>>();
-    const std::vector<double> top_values = top["values"].get<std::vector<double>>();
-    double err = 0;
-    for (size_t k = 0; k < top_ids.size(); ++k) {
-      err = std::max(err, std::fabs(logits[top_ids[k]] - top_values[k]));
-    }
-    worst_top = std::max(worst_top, err / top["max_abs"].get<double>());
-    sum_top += err / top["max_abs"].get<double>();
-
-    auto judge = [&](const float* row, int k) {
-      const int32_t got = static_cast<int32_t>(std::max_element(row, row + c.vocab_size) - row);
-      ++positions;
-      exact_differs += got != exact[k];
-      llama_exact_differs += want[k] != exact[k];
-      if (got == want[k]) return;
-      ++mismatches;
-      if (got == exact[k]) {  // the exact model sides with this backend
-        ++exact_sides;
-        return;
-      }
-      worst_gap = std::max(worst_gap, std::min(gaps[k], exact_gaps[k]));
-      EXPECT_LT(std::min(gaps[k], exact_gaps[k]), kNearTie)
-          << "prompt " << i << " token " << k << ": llama.cpp " << want[k] << " (logit "
-          << row[want[k]] << " here), cuda " << got << " (logit " << row[got] << "), exact model "
-          << exact[k];
-    };
+    const double err = tandem::testing::TopLogitError(tops["prompts"][i], logits.data());
+    worst_top = std::max(worst_top, err);
+    sum_top += err;
+    const std::string where = "prompt " + std::to_string(i);
     int pos = static_cast<int>(prompt.size());
     for (int k = 0; k < kDecodeSteps; ++k) {
-      judge(logits.data(), k);
+      judge.Judge(want, logits.data(), c.vocab_size, k, where);
       bb.Clear();
-      bb.AddSequence(table, std::span(&want[k], 1), pos++, true);
+      bb.AddSequence(table, std::span(&want.tokens[k], 1), pos++, true);
       ASSERT_TRUE((*model)->Forward(bb.batch(), (*cache)->view(), logits.data()).ok());
     }
-    judge(logits.data(), kDecodeSteps);
+    judge.Judge(want, logits.data(), c.vocab_size, kDecodeSteps, where);
     const int chunk = kForced - kDecodeSteps - 1;
     bb.Clear();
-    bb.AddSequence(table, std::span(&want[kDecodeSteps], chunk), pos, false);
+    bb.AddSequence(table, std::span(&want.tokens[kDecodeSteps], chunk), pos, false);
     for (int r = 0; r < chunk; ++r) bb.mutable_batch().logit_rows.push_back(r);
     ASSERT_TRUE((*model)->Forward(bb.batch(), (*cache)->view(), logits.data()).ok());
     for (int r = 0; r < chunk; ++r) {
-      judge(&logits[static_cast<size_t>(r) * c.vocab_size], kDecodeSteps + 1 + r);
+      judge.Judge(want, &logits[static_cast<size_t>(r) * c.vocab_size], c.vocab_size,
+                  kDecodeSteps + 1 + r, where);
     }
     table.Release((*cache)->pool());
   }
@@ -178,11 +153,11 @@ TEST(CudaGemma3Test, MatchesLlamaCppWithinItsOwnSpread) {
       "exact model picks cuda's token; largest near-tie gap at the others %.3f); against the "
       "exact model cuda differs at %d, llama.cpp at %d; top-64 logits err worst %.2e / mean "
       "%.2e of max |logit| (%.0f s)\n",
-      prompts, positions, mismatches, exact_sides, worst_gap, exact_differs, llama_exact_differs,
-      worst_top, sum_top / prompts, secs);
-  const double allowed = std::ceil(kMaxMismatchShare * positions);
-  EXPECT_LE(mismatches - exact_sides, allowed);
-  EXPECT_LE(exact_differs, allowed);
+      prompts, judge.positions(), judge.mismatches(), judge.exact_sides(), judge.worst_gap(),
+      judge.exact_differs(), judge.llama_exact_differs(), worst_top, sum_top / prompts, secs);
+  const double allowed = std::ceil(kMaxMismatchShare * judge.positions());
+  EXPECT_LE(judge.mismatches() - judge.exact_sides(), allowed);
+  EXPECT_LE(judge.exact_differs(), allowed);
   EXPECT_LE(worst_top, kMaxTopLogitErr);
   EXPECT_LE(sum_top / prompts, kMaxMeanTopLogitErr);
 }

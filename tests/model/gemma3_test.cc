@@ -19,6 +19,7 @@
 #include "model/llama_model.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
+#include "tests/support/greedy_judge.h"
 #include "tests/support/reference_cases.h"
 
 namespace tandem::model {
@@ -171,81 +172,53 @@ TEST_F(Gemma3Test, GreedyTokensMatchLlamaCppWithinItsOwnSpread) {
   const nlohmann::json tops = ReadJson("last_logits.json");
   const auto& prompts = ref["prompts"];
   ASSERT_GE(prompts.size(), 12u);
-  int positions = 0, mismatches = 0, long_prompts = 0, exact_sides = 0, exact_differs = 0;
-  double worst_gap = 0, worst_top = 0, sum_top = 0;
+  testing::GreedyJudge judge(kNearTie);
+  int long_prompts = 0;
+  double worst_top = 0, sum_top = 0;
   std::vector<float> logits(static_cast<size_t>(kChunkRows) * c.vocab_size);
   for (size_t i = 0; i < prompts.size(); ++i) {
     const auto& p = prompts[i];
     const std::vector<int32_t> prompt = p["prompt_tokens"].get<std::vector<int32_t>>();
-    const std::vector<int32_t> want = p["tokens"].get<std::vector<int32_t>>();
-    const std::vector<double> gaps = p["top2_gap"].get<std::vector<double>>();
-    const std::vector<int32_t> exact = p["exact_argmax"].get<std::vector<int32_t>>();
-    const std::vector<double> exact_gaps = p["exact_gap"].get<std::vector<double>>();
-    ASSERT_EQ(want.size(), static_cast<size_t>(kDecodeSteps + kChunkRows));
+    const testing::GreedyReference want = testing::GreedyReference::FromJson(p);
+    ASSERT_EQ(want.tokens.size(), static_cast<size_t>(kDecodeSteps + kChunkRows));
     long_prompts += static_cast<int>(prompt.size()) > c.sliding_window;
     kvcache::BlockTable table(kc.block_size);
-    ASSERT_TRUE(table.Reserve((*cache)->pool(), prompt.size() + want.size()).ok());
+    ASSERT_TRUE(table.Reserve((*cache)->pool(), prompt.size() + want.tokens.size()).ok());
     BatchBuilder bb((*model)->max_blocks_per_seq());
     bb.AddSequence(table, prompt, 0, true);
     ASSERT_TRUE((*model)->Forward(bb.batch(), (*cache)->view(), logits.data()).ok());
-    const auto& top = tops["prompts"][i];
-    const std::vector<int32_t> top_ids = top["ids"].get<std::vector<int32_t>>();
-    const std::vector<double> top_values = top["values"].get<std::vector<double>>();
-    double err = 0;
-    for (size_t k = 0; k < top_ids.size(); ++k) {
-      err = std::max(err, std::fabs(logits[top_ids[k]] - top_values[k]));
-    }
-    worst_top = std::max(worst_top, err / top["max_abs"].get<double>());
-    sum_top += err / top["max_abs"].get<double>();
-    // Judges tandem's logits `row` for generated position k.
-    auto judge = [&](const float* row, size_t k) {
-      const int32_t got = static_cast<int32_t>(std::max_element(row, row + c.vocab_size) - row);
-      ++positions;
-      exact_differs += got != exact[k];
-      if (got == want[k]) return;
-      ++mismatches;
-      if (got == exact[k]) {  // the exact model sides with tandem
-        ++exact_sides;
-        return;
-      }
-      worst_gap = std::max(worst_gap, std::min(gaps[k], exact_gaps[k]));
-      EXPECT_LT(std::min(gaps[k], exact_gaps[k]), kNearTie)
-          << "prompt " << i << " token " << k << ": llama.cpp " << want[k] << " (logit "
-          << row[want[k]] << " here), tandem " << got << " (logit " << row[got] << "), exact model "
-          << exact[k];
-    };
+    const double err = testing::TopLogitError(tops["prompts"][i], logits.data());
+    worst_top = std::max(worst_top, err);
+    sum_top += err;
+    const std::string where = "prompt " + std::to_string(i);
     // Positions 0..kDecodeSteps-1 one decode step at a time, the rest as one prefill chunk
     // over the cached context (both attention paths, through the window on long prompts).
     int pos = static_cast<int>(prompt.size());
     for (int k = 0; k < kDecodeSteps; ++k) {
-      judge(logits.data(), k);
+      judge.Judge(want, logits.data(), c.vocab_size, k, where);
       bb.Clear();
-      bb.AddSequence(table, std::span(&want[k], 1), pos++, true);
+      bb.AddSequence(table, std::span(&want.tokens[k], 1), pos++, true);
       ASSERT_TRUE((*model)->Forward(bb.batch(), (*cache)->view(), logits.data()).ok());
     }
-    judge(logits.data(), kDecodeSteps);
+    judge.Judge(want, logits.data(), c.vocab_size, kDecodeSteps, where);
     bb.Clear();
-    bb.AddSequence(table, std::span(&want[kDecodeSteps], kChunkRows - 1), pos, false);
+    bb.AddSequence(table, std::span(&want.tokens[kDecodeSteps], kChunkRows - 1), pos, false);
     StepBatch& chunk = bb.mutable_batch();
     for (int r = 0; r < kChunkRows - 1; ++r) chunk.logit_rows.push_back(r);
     ASSERT_TRUE((*model)->Forward(chunk, (*cache)->view(), logits.data()).ok());
     for (int r = 0; r < kChunkRows - 1; ++r) {
-      judge(&logits[static_cast<size_t>(r) * c.vocab_size], kDecodeSteps + 1 + r);
+      judge.Judge(want, &logits[static_cast<size_t>(r) * c.vocab_size], c.vocab_size,
+                  kDecodeSteps + 1 + r, where);
     }
     table.Release((*cache)->pool());
   }
   const auto& spread = ref["header"]["self_spread"];
   const double mean_top = sum_top / static_cast<double>(prompts.size());
-  int llama_exact_differs = 0;
-  for (const auto& p : prompts) {
-    const auto want = p["tokens"].get<std::vector<int32_t>>();
-    const auto exact = p["exact_argmax"].get<std::vector<int32_t>>();
-    for (size_t k = 0; k < want.size(); ++k) llama_exact_differs += want[k] != exact[k];
-  }
+  const int positions = judge.positions(), mismatches = judge.mismatches();
   std::printf(
       "[ gemma3    ] against the exact float64 model: tandem's token differs at %d of %d "
       "positions, llama.cpp's at %d\n",
-      exact_differs, positions, llama_exact_differs);
+      judge.exact_differs(), positions, judge.llama_exact_differs());
   std::printf(
       "[ gemma3    ] %d of %d teacher-forced positions differ from llama.cpp (llama.cpp "
       "flash attention on vs off: %d of %d); at %d of them the exact model picks "
@@ -253,11 +226,11 @@ TEST_F(Gemma3Test, GreedyTokensMatchLlamaCppWithinItsOwnSpread) {
       "the others %.3f; top-64 logits "
       "err worst %.2e / mean %.2e of max |logit| (llama.cpp self %.2e / %.2e)\n",
       mismatches, positions, spread["mismatches"].get<int>(), spread["positions"].get<int>(),
-      exact_sides, worst_gap, worst_top, mean_top, spread["top_logit_err_worst"].get<double>(),
-      spread["top_logit_err_mean"].get<double>());
+      judge.exact_sides(), judge.worst_gap(), worst_top, mean_top,
+      spread["top_logit_err_worst"].get<double>(), spread["top_logit_err_mean"].get<double>());
   EXPECT_GE(long_prompts, 2);
   EXPECT_LE(mismatches, kMaxMismatchShare * positions);
-  EXPECT_LE(exact_differs, kMaxMismatchShare * positions);
+  EXPECT_LE(judge.exact_differs(), kMaxMismatchShare * positions);
   EXPECT_LE(worst_top, kMaxTopLogitErr);
   EXPECT_LE(mean_top, kMaxMeanTopLogitErr);
 }
