@@ -632,21 +632,31 @@ void RouterEngine::SweepLoop() {
                      it->second.info.name, it->first,
                      absl::FormatDuration(now - it->second.info.last_seen));
         dropped_.fetch_add(1);
+        dropped_ids_.insert(it->first);
         it = workers_.erase(it);
       } else {
         ++it;
       }
     }
-    // A request on a worker that is no longer registered (dropped now or before) is lost
-    // once its call to that worker has also been silent for the timeout.
+    // A request on a worker dropped for missed heartbeats (now or before) is lost once its
+    // call to that worker has also been silent for the timeout.
     std::vector<std::shared_ptr<RoutedRequest>> active;
-    // Per request: its prefill and decode workers where not registered, else 0 (no worker id).
+    // Per request: its prefill and decode workers where dropped, else 0 (no worker id).
     std::vector<std::array<uint64_t, 2>> unregistered;
+    std::set<uint64_t> named;  // dropped ids some request still names
     for (auto& [id, r] : active_) {
       active.push_back(r);
-      unregistered.push_back({workers_.contains(r->prefill_worker()) ? 0 : r->prefill_worker(),
-                              workers_.contains(r->decode_worker()) ? 0 : r->decode_worker()});
+      std::array<uint64_t, 2>& u = unregistered.emplace_back();
+      u = {r->prefill_worker(), r->decode_worker()};
+      for (uint64_t& w : u) {
+        if (dropped_ids_.contains(w)) {
+          named.insert(w);
+        } else {
+          w = 0;
+        }
+      }
     }
+    dropped_ids_.swap(named);
     lock.unlock();
     for (size_t i = 0; i < active.size(); ++i) {
       RoutedRequest& r = *active[i];

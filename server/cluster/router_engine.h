@@ -29,6 +29,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -136,6 +137,9 @@ class RouterEngine : public scheduler::Engine, public tandem::v1::Router::Callba
   std::condition_variable cv_;
   std::map<uint64_t, Worker> workers_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, std::shared_ptr<RoutedRequest>> active_ ABSL_GUARDED_BY(mu_);
+  // Ids the sweep dropped for missed heartbeats that requests in active_ still name (a worker
+  // that registers again only replaces its entry: its requests go on under the old id).
+  std::set<uint64_t> dropped_ids_ ABSL_GUARDED_BY(mu_);
   uint64_t next_worker_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_transfer_id_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
