@@ -56,23 +56,8 @@ void PutScale(PackedQuantWeight& out, int64_t n, int64_t group_index, uint16_t s
 
 }  // namespace
 
-bool QuantMatmulTypeSupported(DType t) {
-  switch (t) {
-    case DType::kQ4_0:
-    case DType::kQ4_1:
-    case DType::kQ5_0:
-    case DType::kQ5_1:
-    case DType::kQ8_0:
-    case DType::kQ2_K:
-    case DType::kQ3_K:
-    case DType::kQ4_K:
-    case DType::kQ5_K:
-    case DType::kQ6_K:
-      return true;
-    default:
-      return false;
-  }
-}
+// Every quantized type tandem reads (the float types go to the dense GEMM).
+bool QuantMatmulTypeSupported(DType t) { return IsSupported(t) && BlockElems(t) > 1; }
 
 int QuantMatmulBits(DType t) {
   switch (t) {
