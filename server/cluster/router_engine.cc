@@ -642,11 +642,11 @@ void RouterEngine::SweepLoop() {
     // call to that worker has also been silent for the timeout.
     std::vector<std::shared_ptr<RoutedRequest>> active;
     // Per request: its prefill and decode workers where dropped, else 0 (no worker id).
-    std::vector<std::array<uint64_t, 2>> unregistered;
+    std::vector<std::array<uint64_t, 2>> dropped;
     std::set<uint64_t> named;  // dropped ids some request still names
     for (auto& [id, r] : active_) {
       active.push_back(r);
-      std::array<uint64_t, 2>& u = unregistered.emplace_back();
+      std::array<uint64_t, 2>& u = dropped.emplace_back();
       u = {r->prefill_worker(), r->decode_worker()};
       for (uint64_t& w : u) {
         if (dropped_ids_.contains(w)) {
@@ -661,7 +661,7 @@ void RouterEngine::SweepLoop() {
     for (size_t i = 0; i < active.size(); ++i) {
       RoutedRequest& r = *active[i];
       bool lost = false;
-      for (uint64_t w : unregistered[i]) {
+      for (uint64_t w : dropped[i]) {
         if (w != 0) lost |= r.SilentOn(w, now, config_.worker_timeout);
       }
       if (lost) {
