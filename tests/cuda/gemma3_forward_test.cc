@@ -30,7 +30,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <memory>
 #include <span>
 #include <string>
@@ -44,6 +43,7 @@
 #include "model/llama_model.h"
 #include "nlohmann/json.hpp"
 #include "tests/support/greedy_judge.h"
+#include "tests/support/reference_cases.h"
 
 namespace tandem::kernels::cuda {
 namespace {
@@ -60,15 +60,10 @@ constexpr int kDecodeSteps = 3;
 constexpr int kForced = 16;  // positions judged per prompt: 1 + kDecodeSteps + the chunk's
 constexpr int kDefaultPrompts = 2;
 
-std::string SourceDir() {
-  const char* dir = std::getenv("TANDEM_SOURCE_DIR");
-  return dir != nullptr ? dir : TANDEM_SOURCE_DIR;
-}
+using tandem::testing::SourceDir;
 
 nlohmann::json ReadJson(const std::string& name) {
-  std::ifstream in(SourceDir() + "/tests/reference/gemma3/" + name);
-  EXPECT_TRUE(in.good()) << "missing tests/reference/gemma3/" << name;
-  return nlohmann::json::parse(in);
+  return tandem::testing::ReadReferenceJson("gemma3/" + name);
 }
 
 TEST(CudaGemma3Test, MatchesLlamaCppWithinItsOwnSpread) {

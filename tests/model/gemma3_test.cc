@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <span>
 
 #include "gtest/gtest.h"
@@ -55,9 +54,7 @@ constexpr int kChunkRows = 48;
 std::string ModelPath() { return SourceDir() + "/models/gemma-3-270m-q4_k_m.gguf"; }
 
 nlohmann::json ReadJson(const std::string& name) {
-  std::ifstream in(SourceDir() + "/tests/reference/gemma3/" + name);
-  EXPECT_TRUE(in.good()) << "missing tests/reference/gemma3/" << name;
-  return nlohmann::json::parse(in);
+  return testing::ReadReferenceJson("gemma3/" + name);
 }
 
 class Gemma3Test : public ::testing::Test {

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 
 #include "gtest/gtest.h"
+#include "tests/support/reference_cases.h"
 
 namespace tandem::testing {
 
@@ -33,6 +35,13 @@ void GreedyJudge::Judge(const GreedyReference& ref, const float* row, int vocab,
   EXPECT_LT(gap, near_tie_) << where << " token " << k << ": llama.cpp " << ref.tokens[k]
                             << " (logit " << row[ref.tokens[k]] << " here), got " << got
                             << " (logit " << row[got] << "), exact model " << ref.exact[k];
+}
+
+nlohmann::json ReadReferenceJson(const std::string& relative) {
+  std::ifstream in(SourceDir() + "/tests/reference/" + relative);
+  EXPECT_TRUE(in.good()) << "missing tests/reference/" << relative;
+  if (!in.good()) return nlohmann::json();
+  return nlohmann::json::parse(in);
 }
 
 double TopLogitError(const nlohmann::json& top, const float* logits) {

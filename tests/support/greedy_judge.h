@@ -51,6 +51,9 @@ class GreedyJudge {
   double worst_gap_ = 0;
 };
 
+// tests/reference/<relative> parsed (a test failure, and an empty value, when it is missing).
+nlohmann::json ReadReferenceJson(const std::string& relative);
+
 // max |logits[id] - value| over a last_logits.json prompt's top ids, over its max |logit|.
 double TopLogitError(const nlohmann::json& top, const float* logits);
 
