@@ -5,6 +5,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -374,8 +375,12 @@ TEST_F(EngineInstanceTest, SlidingWindowLayersKeepingOnlyTheWindowKeepOutputs) {
     const InstanceStats st = inst->stats();
     EXPECT_EQ(st.kv_blocks_free, st.kv_blocks_total);
     EXPECT_EQ(st.kv_blocks_total, k.pages);
-    if (k.caching) EXPECT_GT(st.prefix_hit_tokens, 0u);
-    if (k.pages == 60) EXPECT_GT(st.preemptions, 0u);
+    if (k.caching) {
+      EXPECT_GT(st.prefix_hit_tokens, 0u);
+    }
+    if (k.pages == 60) {
+      EXPECT_GT(st.preemptions, 0u);
+    }
   }
 }
 
@@ -469,12 +474,29 @@ TEST_F(EngineInstanceTest, AStepWhoseSequencesAreAllCancelledStopsBetweenLayers)
   EXPECT_EQ(st.kv_blocks_free, st.kv_blocks_total);
 }
 
+// A sink that holds the engine loop when its sequence is first scheduled until the test opens
+// the gate, so that a running sequence cannot finish (length, or a sampled EOS) while the test
+// still counts what the queue takes.
+class GatedSink : public RecordingSink {
+ public:
+  explicit GatedSink(std::shared_future<void> gate) : gate_(std::move(gate)) {}
+  void OnScheduled() override {
+    RecordingSink::OnScheduled();
+    gate_.wait();
+  }
+
+ private:
+  std::shared_future<void> gate_;
+};
+
 TEST_F(EngineInstanceTest, QueueFullAndStopFailsTheRest) {
   auto inst = MakeInstance(/*max_num_seqs=*/1, 64, 256, /*max_queue=*/2);
+  std::promise<void> open;
+  std::shared_future<void> gate = open.get_future().share();
   std::vector<std::shared_ptr<RecordingSink>> sinks;
   int accepted = 0, rejected = 0;
   for (int i = 0; i < 6; ++i) {
-    sinks.push_back(std::make_shared<RecordingSink>());
+    sinks.push_back(std::make_shared<GatedSink>(gate));
     absl::Status s = inst->Submit(Request({3, 4, 5}, 200, sinks.back()));
     if (s.ok()) {
       ++accepted;
@@ -486,6 +508,7 @@ TEST_F(EngineInstanceTest, QueueFullAndStopFailsTheRest) {
   }
   EXPECT_GE(rejected, 3);  // one running and two queued at most
   EXPECT_LE(accepted, 3);
+  open.set_value();
   inst->Stop();
   for (auto& s : sinks) {
     s->Wait();
