@@ -9,20 +9,12 @@
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
 #include "common/exp_non_positive.h"
+#include "common/philox.h"
 
 namespace tandem::model {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-uint64_t SplitMix64(uint64_t& state) {
-  uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-uint64_t Rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
 // The whole-vocabulary passes below are written as plain elementwise loops or with explicit
 // independent accumulators so the compiler vectorizes them without -ffast-math, and so their
@@ -276,10 +268,10 @@ Sampler::Sampler(const SamplingParams& params, int vocab_size, int32_t eos_token
   const absl::Status valid = params.Validate(vocab_size);
   TANDEM_CHECK(valid.ok());
   if (params.has_seed) {
-    Seed(params.seed);
+    seed_ = params.seed;
   } else {
     std::random_device rd;
-    Seed((static_cast<uint64_t>(rd()) << 32) ^ rd());
+    seed_ = (static_cast<uint64_t>(rd()) << 32) ^ rd();
   }
   // Without penalties the history is never read: skip its ~5 bytes per vocab entry.
   if (has_penalties_) {
@@ -291,24 +283,9 @@ Sampler::Sampler(const SamplingParams& params, int vocab_size, int32_t eos_token
   if (params.temperature > 0.0f) cand_.resize(vocab_size);
 }
 
-void Sampler::Seed(uint64_t seed) {
-  uint64_t s = seed;
-  for (uint64_t& word : rng_) word = SplitMix64(s);
+double Sampler::Uniform() const {
+  return PhiloxUniform(seed_, static_cast<uint64_t>(num_generated_));
 }
-
-uint64_t Sampler::NextRandom() {
-  const uint64_t result = Rotl(rng_[1] * 5, 7) * 9;
-  const uint64_t t = rng_[1] << 17;
-  rng_[2] ^= rng_[0];
-  rng_[3] ^= rng_[1];
-  rng_[1] ^= rng_[2];
-  rng_[0] ^= rng_[3];
-  rng_[2] ^= t;
-  rng_[3] = Rotl(rng_[3], 45);
-  return result;
-}
-
-double Sampler::NextUniform() { return static_cast<double>(NextRandom() >> 11) * 0x1.0p-53; }
 
 void Sampler::MarkSeen(int32_t token) {
   if (!seen_[token]) {
@@ -372,6 +349,14 @@ SampleResult Sampler::Sample(const float* logits, int vocab) {
   return result;
 }
 
+SampleResult Sampler::AcceptDeviceSample(int32_t token, float logprob) {
+  SampleResult result;
+  result.token = token;
+  if (params_.logprobs) result.logprob = logprob;
+  Accept(token);
+  return result;
+}
+
 // Probabilities are kept unnormalized as e_i = exp(l_i - max): the most likely token has e = 1
 // exactly, which makes min-p's threshold simply min_p, and only the survivors' sum is needed
 // for the draw.
@@ -397,7 +382,7 @@ int32_t Sampler::SampleFromLogits(const float* logits) {
   if (!use_top_k && !use_top_p) {
     // Only min-p (or nothing): form e_i in place, sum the survivors, draw in id order.
     ExpShifted(w, max_v, min_e, n_vocab);
-    const double u = NextUniform() * SumOf(w, n_vocab);
+    const double u = Uniform() * SumOf(w, n_vocab);
     // Skip whole chunks by their (vectorized) sums, then walk the chunk that holds u.
     constexpr int kChunk = 256;
     double cum = 0.0;
@@ -446,9 +431,11 @@ int32_t Sampler::SampleFromLogits(const float* logits) {
     if (kept >= target) n = SelectNucleus(cand, n, target, kept);
   }
 
+  // The draw walks the survivors in ascending id order, as every backend's does.
+  std::sort(cand, cand + n, &Sampler::LowerId);
   double total = 0.0;
   for (int i = 0; i < n; ++i) total += cand[i].value;
-  const double u = NextUniform() * total;
+  const double u = Uniform() * total;
   double cum = 0.0;
   int32_t last = cand[0].id;
   for (int i = 0; i < n; ++i) {
@@ -475,7 +462,7 @@ int32_t Sampler::SampleNucleusOfVocab(double mass) {
   MassCount at_lo = MassCountAtLeast(w, n_vocab, lo);
   if (at_lo.mass < target) {
     // min-p keeps less than the nucleus: its survivors are the result.
-    return DrawAtLeast(w, n_vocab, lo, NextUniform() * at_lo.mass);
+    return DrawAtLeast(w, n_vocab, lo, Uniform() * at_lo.mass);
   }
   float hi = std::nextafter(1.0f, 2.0f);  // above every e
   MassCount at_hi{0.0, 0};
@@ -552,15 +539,51 @@ int32_t Sampler::SampleNucleusOfVocab(double mass) {
   double band_mass = 0.0;
   for (int i = 0; i < n; ++i) band_mass += cand[i].value;
 
-  double u = NextUniform() * (at_hi.mass + band_mass);
-  if (u < at_hi.mass || n == 0) return DrawAtLeast(w, n_vocab, hi, u);
-  u -= at_hi.mass;
+  // The survivors: every token at or above hi, and the band's n in cand[0, n), drawn from in
+  // ascending id order as every backend's draw is.
+  std::sort(cand, cand + n, &Sampler::LowerId);
+  return DrawAtLeastOr(w, n_vocab, hi, cand, n, Uniform() * (at_hi.mass + band_mass));
+}
+
+int32_t Sampler::DrawAtLeastOr(const float* w, int n, float t, const Candidate* extra, int n_extra,
+                               double u) {
+  constexpr int kChunk = 256;
   double cum = 0.0;
-  for (int i = 0; i < n; ++i) {
-    cum += cand[i].value;
-    if (u < cum) return cand[i].id;
+  int begin = 0;
+  int e = 0;  // extra[e, n_extra) have ids >= begin
+  for (; begin + kChunk < n; begin += kChunk) {
+    double chunk = MassCountAtLeast(w + begin, kChunk, t).mass;
+    int e_end = e;
+    for (; e_end < n_extra && extra[e_end].id < begin + kChunk; ++e_end) {
+      chunk += extra[e_end].value;
+    }
+    if (u < cum + chunk) break;
+    cum += chunk;
+    e = e_end;
   }
-  return cand[n - 1].id;
+  int32_t last = -1;
+  for (int i = begin; i < n; ++i) {
+    float mass;
+    if (w[i] >= t) {
+      mass = w[i];
+    } else if (e < n_extra && extra[e].id == i) {
+      mass = extra[e++].value;
+    } else {
+      continue;
+    }
+    cum += mass;
+    last = i;
+    if (u < cum) return i;
+  }
+  // u landed past the end through rounding (chunked sums differ from the caller's in the last
+  // bits): the last survivor.
+  if (last < 0) {
+    for (int i = n - 1; i >= 0 && last < 0; --i) {
+      if (w[i] >= t) last = i;
+    }
+    if (n_extra > 0) last = std::max(last, extra[n_extra - 1].id);
+  }
+  return std::max(last, 0);
 }
 
 void Sampler::SelectTopK(const float* w, int n, int k, Candidate* cand) {

@@ -1,7 +1,7 @@
 // Token sampling for one sequence on the host: penalties, greedy or temperature sampling with
 // top-k / top-p (nucleus) / min-p truncation, seeded RNG, logprobs.
 //
-// A Sampler owns one sequence's sampling state: its RNG and the token counts the penalties
+// A Sampler owns one sequence's sampling state: its seed and the token counts the penalties
 // need. It reads one row of float logits (vocab entries) per call and returns a token.
 //
 // Semantics (chosen to match OpenAI / vLLM / Hugging Face where they agree):
@@ -15,8 +15,13 @@
 //   * otherwise, in order: divide by temperature; top-k keeps the k largest (ties to lower id);
 //     top-p keeps the smallest prefix of the remaining tokens, sorted by probability, whose
 //     renormalized mass is >= top_p; min-p keeps tokens with p >= min_p * p_max; the token is
-//     drawn from the renormalized survivors. top-p and min-p therefore see the tempered
-//     distribution (as HF and vLLM do).
+//     drawn from the renormalized survivors: u times their mass, walked in ascending id order,
+//     gives the first id whose running sum exceeds it. top-p and min-p therefore see the
+//     tempered distribution (as HF and vLLM do).
+//   * u is PhiloxUniform(seed, step) (common/philox.h), the step being the number of tokens
+//     this sequence generated before: the definition Backend::Sample follows on a device
+//     (kernels::SampleParams), so a row drawn there or here uses the same number, and the
+//     same token wherever the two agree on the survivors' masses to the last bits.
 //   * logprobs are log_softmax of the raw, unmodified logits (no penalties, temperature or
 //     truncation), like OpenAI and vLLM's default: they describe the model, not the sampler.
 //     They are computed only when params.logprobs is set.
@@ -50,7 +55,7 @@ struct SamplingParams {
   float presence_penalty = 0.0f;        // [-2, 2]
   float frequency_penalty = 0.0f;       // [-2, 2]
   uint64_t seed = 0;                    // used when has_seed
-  bool has_seed = false;                // false: seeded from std::random_device
+  bool has_seed = false;                // false: a seed from std::random_device
   int top_logprobs = 0;                 // [0, 20]; needs logprobs
   bool logprobs = false;                // return the sampled token's logprob (and top_logprobs)
   std::vector<int32_t> stop_token_ids;  // extra stop tokens, each in [0, vocab)
@@ -105,11 +110,22 @@ class Sampler {
   // Sample uses it; public so the exact arithmetic can be tested.
   void ApplyPenalties(std::span<float> logits) const;
 
-  // The RNG state, so a sequence that moves to another worker (prefill -> decode) continues the
-  // same random stream: the receiver builds a Sampler with the same params, replays the prompt
-  // (AddPromptTokens) and output (Accept), then sets the state.
-  std::array<uint64_t, 4> rng_state() const { return rng_; }
-  void set_rng_state(const std::array<uint64_t, 4>& state) { rng_ = state; }
+  // The seed draws use (params.seed, or the random one), so a sequence that moves to another
+  // worker (prefill -> decode) continues the same random stream: the receiver builds a Sampler
+  // with the same params, replays the prompt (AddPromptTokens) and output (Accept), then sets
+  // the seed. The draw's counter is num_generated(), which the replay restores.
+  uint64_t seed() const { return seed_; }
+  void set_seed(uint64_t seed) { seed_ = seed; }
+
+  // True when Backend::Sample can draw this sequence's tokens on the device: no penalties
+  // (they read the token history, which lives here) and no top_logprobs (the op returns only
+  // the sampled token's logprob). The row's device parameters are params()'s temperature,
+  // top_k, top_p and min_p, with seed() and num_generated() as the Philox key and counter.
+  bool DeviceSamplable() const { return !has_penalties_ && params_.top_logprobs == 0; }
+  // Records `token`, drawn on the device, as Sample would have (Accept), and returns it as a
+  // SampleResult with `logprob` (log_softmax of the raw logits at the token; read only when
+  // params.logprobs).
+  SampleResult AcceptDeviceSample(int32_t token, float logprob);
 
   int vocab_size() const { return vocab_size_; }
   const SamplingParams& params() const { return params_; }
@@ -126,6 +142,12 @@ class Sampler {
   static bool MoreLikely(const Candidate& a, const Candidate& b) {
     return a.value > b.value || (a.value == b.value && a.id < b.id);
   }
+  static bool LowerId(const Candidate& a, const Candidate& b) { return a.id < b.id; }
+  // Draws from the entries of w[0, n) that are >= t together with `extra` (entries below t,
+  // sorted by id, values equal to w's), walked in ascending id order, given u uniform in
+  // [0, their total mass).
+  static int32_t DrawAtLeastOr(const float* w, int n, float t, const Candidate* extra, int n_extra,
+                               double u);
   // Reorders cand[0, n) so that cand[0, m) is the smallest set of most likely candidates whose
   // values sum to >= target (m = n if none does) and returns m. `total` is the sum of all n
   // values. Expected O(n).
@@ -134,9 +156,8 @@ class Sampler {
   static void SelectTopK(const float* w, int n, int k, Candidate* cand);
   static constexpr int kHeapTopKMax = 256;  // above this nth_element is faster than a heap
 
-  uint64_t NextRandom();
-  double NextUniform();  // [0, 1)
-  void Seed(uint64_t seed);
+  // This step's uniform in [0, 1): PhiloxUniform(seed_, num_generated_).
+  double Uniform() const;
   void MarkSeen(int32_t token);
   int32_t SampleFromLogits(const float* logits);
   int32_t SampleNucleusOfVocab(double mass);
@@ -149,8 +170,8 @@ class Sampler {
   int32_t eos_token_id_;
   bool has_penalties_;
 
-  // RNG state (xoshiro256**).
-  std::array<uint64_t, 4> rng_{};
+  // The Philox key of the draws.
+  uint64_t seed_ = 0;
 
   // Token history.
   std::vector<int32_t> output_count_;  // [vocab] times generated

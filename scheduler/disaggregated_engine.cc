@@ -247,7 +247,7 @@ void DisaggregatedEngine::Handover(DecodeSide& d, std::unique_ptr<Sequence> seq,
     p.wire_dtype = wire_dtype_.value_or(kv->dtype());
     p.kv = std::move(kv);
     p.first_token = seq->tokens.back();
-    p.rng_state = seq->sampler.rng_state();
+    p.seed = seq->sampler.seed();
     p.deadline = absl::Now() + reserve_timeout_;
     p.done = [arrivals = d.arrivals.get(), id](const absl::Status& s) {
       if (!s.ok()) arrivals->Fail(id, s);

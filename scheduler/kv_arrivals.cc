@@ -191,7 +191,7 @@ void KvArrivals::Join(std::unique_ptr<Sequence> seq, uint64_t lease_id,
                                                    c.first_token, " is not the sequence's")));
     return;
   }
-  seq->sampler.set_rng_state(c.rng_state);
+  seq->sampler.set_seed(c.seed);
   std::shared_ptr<SequenceSink> sink = seq->sink;
   ArrivingSequence a;
   a.seq = std::move(seq);

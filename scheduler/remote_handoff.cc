@@ -142,7 +142,7 @@ absl::Status RemoteHandoff::SendKv(const Sequence& seq, const kvcache::KvManager
 
 void RemoteHandoff::Commit(std::unique_ptr<Sequence> seq) {
   if (auto it = streams_.find(seq->id); it != streams_.end()) {
-    it->second->Commit(seq->tokens.back(), seq->sampler.rng_state());
+    it->second->Commit(seq->tokens.back(), seq->sampler.seed());
     streams_.erase(it);
     return;
   }
@@ -152,7 +152,7 @@ void RemoteHandoff::Commit(std::unique_ptr<Sequence> seq) {
   p.wire_dtype = config_.wire_dtype.value_or(pending_->dtype());
   p.kv = std::move(pending_);
   p.first_token = seq->tokens.back();
-  p.rng_state = seq->sampler.rng_state();
+  p.seed = seq->sampler.seed();
   p.deadline = absl::Now() + config_.reserve_timeout;
   kvcache::KvPusher* pusher = nullptr;
   Done done;

@@ -19,12 +19,12 @@ using kernels::KvDType;
 //   ReserveOk: transfer_id u64 | lease_id u64 | expires_unix_ms i64                   = 24
 //   Layer:     transfer_id u64 | layer i32 | n_tokens i32 | first i32 | n_kv_heads i32 |
 //              head_dim i32 | dtype u8 | data (LayerPayloadBytes)                     = 29 + data
-//   Commit:    transfer_id u64 | first_token i32 | rng_state 4 x u64                  = 44
+//   Commit:    transfer_id u64 | first_token i32 | seed u64                           = 20
 //   Abort:     transfer_id u64 | code u32 | reason (the rest)                         = 12 + reason
 constexpr size_t kReserveBytes = 25;
 constexpr size_t kReserveOkBytes = 24;
 constexpr size_t kLayerFixedBytes = 29;
-constexpr size_t kCommitBytes = 44;
+constexpr size_t kCommitBytes = 20;
 constexpr size_t kAbortFixedBytes = 12;
 
 // Wire codes of KvDType; explicit so that reordering the enum cannot change the format.
@@ -226,7 +226,7 @@ absl::StatusOr<Frame> ParsePayload(FrameType type, std::string_view p) {
       CommitFrame f;
       r.U64(&f.transfer_id);
       r.I32(&f.first_token);
-      for (uint64_t& x : f.rng_state) r.U64(&x);
+      r.U64(&f.seed);
       if (f.first_token < 0) {
         return absl::InvalidArgumentError(
             absl::StrCat("kv frame: commit with first_token ", f.first_token));
@@ -347,7 +347,7 @@ void EncodeFrame(const Frame& f, std::string* out) {
           p.append(x.payload);
         } else if constexpr (std::is_same_v<T, CommitFrame>) {
           PutI32(&p, x.first_token);
-          for (uint64_t v : x.rng_state) PutU64(&p, v);
+          PutU64(&p, x.seed);
         } else {
           PutU32(&p, static_cast<uint32_t>(x.code));
           p.append(x.reason);

@@ -52,7 +52,9 @@ enum class FrameType : uint8_t {
 
 inline constexpr uint32_t kFrameMagic = 0x3156'4B54;  // "TKV1" read as little-endian u32
 // 2: a layer frame names the first position it carries (a sliding-window layer's window).
-inline constexpr uint8_t kFrameVersion = 2;
+// 3: a commit carries the sampler's seed (draws are Philox at (seed, step)), not a generator
+//    state.
+inline constexpr uint8_t kFrameVersion = 3;
 inline constexpr size_t kFrameHeaderBytes = 16;
 
 // prefill -> decode: reserve room for a sequence of n_tokens positions of this layout.
@@ -96,8 +98,8 @@ struct LayerFrame {
 // prefill -> decode: every layer was sent; decode continues from here.
 struct CommitFrame {
   uint64_t transfer_id = 0;
-  int32_t first_token = 0;              // >= 0, sampled by prefill
-  std::array<uint64_t, 4> rng_state{};  // the sampler's generator state after that sample
+  int32_t first_token = 0;  // >= 0, sampled by prefill
+  uint64_t seed = 0;        // the sampler's seed (model::Sampler::seed)
   bool operator==(const CommitFrame&) const = default;
 };
 

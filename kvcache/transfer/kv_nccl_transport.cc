@@ -137,14 +137,14 @@ void KvNcclLayerStream::AddLayer(int layer, std::vector<KvRegion> regions, kerne
   cv_.notify_all();
 }
 
-void KvNcclLayerStream::Commit(int32_t first_token, const std::array<uint64_t, 4>& rng_state) {
+void KvNcclLayerStream::Commit(int32_t first_token, uint64_t seed) {
   std::lock_guard<std::mutex> lock(mu_);
   if (ended_) return;
   ended_ = true;
   Item it;
   it.kind = Item::kCommit;
   it.first_token = first_token;
-  it.rng_state = rng_state;
+  it.seed = seed;
   items_.push_back(std::move(it));
   cv_.notify_all();
 }
@@ -507,7 +507,7 @@ absl::Status KvNcclPusher::Send(const KvNcclPush& p) {
           return fail(s, true);
         }
         if (absl::Status s = peer_aborted(); !s.ok()) return fail(s, false);
-        if (absl::Status s = write(CommitFrame{p.transfer_id, item->first_token, item->rng_state});
+        if (absl::Status s = write(CommitFrame{p.transfer_id, item->first_token, item->seed});
             !s.ok()) {
           return fail(s, false);
         }

@@ -75,7 +75,7 @@ class KvNcclLayerStream {
   KvNcclLayerStream(int n_tokens, int n_layers) : n_tokens_(n_tokens), n_layers_(n_layers) {}
 
   void AddLayer(int layer, std::vector<KvRegion> regions, kernels::Event ready);
-  void Commit(int32_t first_token, const std::array<uint64_t, 4>& rng_state);
+  void Commit(int32_t first_token, uint64_t seed);
   void Cancel(std::string reason);
 
   struct Item {
@@ -84,7 +84,7 @@ class KvNcclLayerStream {
     std::vector<KvRegion> regions;  // kLayer
     kernels::Event ready;           // kLayer
     int32_t first_token = 0;        // kCommit
-    std::array<uint64_t, 4> rng_state{};
+    uint64_t seed = 0;
     std::string reason;  // kCancel
   };
   // The next item, or nullopt when none came by `until`.

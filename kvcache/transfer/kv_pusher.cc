@@ -12,7 +12,8 @@ namespace tandem::kvcache {
 void KvLayerStream::AddLayer(int layer, int first, std::string payload) {
   std::lock_guard<std::mutex> lock(mu_);
   if (ended_) return;
-  Item it{Item::kLayer};
+  Item it;
+  it.kind = Item::kLayer;
   it.layer = layer;
   it.first = first;
   it.payload = std::move(payload);
@@ -20,13 +21,14 @@ void KvLayerStream::AddLayer(int layer, int first, std::string payload) {
   cv_.notify_all();
 }
 
-void KvLayerStream::Commit(int32_t first_token, const std::array<uint64_t, 4>& rng_state) {
+void KvLayerStream::Commit(int32_t first_token, uint64_t seed) {
   std::lock_guard<std::mutex> lock(mu_);
   if (ended_) return;
   ended_ = true;
-  Item it{Item::kCommit};
+  Item it;
+  it.kind = Item::kCommit;
   it.first_token = first_token;
-  it.rng_state = rng_state;
+  it.seed = seed;
   items_.push_back(std::move(it));
   cv_.notify_all();
 }
@@ -35,7 +37,8 @@ void KvLayerStream::Cancel(std::string reason) {
   std::lock_guard<std::mutex> lock(mu_);
   if (ended_) return;
   ended_ = true;
-  Item it{Item::kCancel};
+  Item it;
+  it.kind = Item::kCancel;
   it.reason = std::move(reason);
   items_.push_back(std::move(it));
   cv_.notify_all();
@@ -275,7 +278,7 @@ absl::Status KvPusher::SendLayers(const KvPush& p,
       if (absl::Status s = write(layer); !s.ok()) return s;
     }
     TANDEM_RETURN_IF_ERROR(peer_aborted());
-    return write(CommitFrame{p.transfer_id, p.first_token, p.rng_state});
+    return write(CommitFrame{p.transfer_id, p.first_token, p.seed});
   }
   KvLayerStream& stream = *p.stream;
   layer.n_tokens = stream.n_tokens();
@@ -302,7 +305,7 @@ absl::Status KvPusher::SendLayers(const KvPush& p,
         break;
       case KvLayerStream::Item::kCommit:
         TANDEM_RETURN_IF_ERROR(peer_aborted());
-        return write(CommitFrame{p.transfer_id, item->first_token, item->rng_state});
+        return write(CommitFrame{p.transfer_id, item->first_token, item->seed});
       case KvLayerStream::Item::kCancel:
         (void)write(AbortFrame{p.transfer_id, item->reason, absl::StatusCode::kCancelled});
         return absl::CancelledError(item->reason);

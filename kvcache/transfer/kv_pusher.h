@@ -57,18 +57,18 @@ class KvLayerStream {
 
   // `payload` holds positions [first, n_tokens) of `layer` (LayerFrame's layout).
   void AddLayer(int layer, int first, std::string payload);
-  void Commit(int32_t first_token, const std::array<uint64_t, 4>& rng_state);
+  void Commit(int32_t first_token, uint64_t seed);
   void Cancel(std::string reason);
 
   // The pusher's side. Waits until the next item is there or `until` passes: a layer (and its
   // index), the commit, or the cancellation (with its reason); nullopt at the deadline.
   struct Item {
-    enum Kind { kLayer, kCommit, kCancel } kind;
+    enum Kind { kLayer, kCommit, kCancel } kind = kLayer;
     int layer = 0;
     int first = 0;        // kLayer
     std::string payload;  // kLayer
     int32_t first_token = 0;
-    std::array<uint64_t, 4> rng_state{};
+    uint64_t seed = 0;
     std::string reason;  // kCancel
   };
   std::optional<Item> Next(absl::Time until);
@@ -91,13 +91,13 @@ class KvLayerStream {
 struct KvPush {
   uint64_t transfer_id = 0;  // unique among this pusher's transfers
   // The KV: a snapshot taken after the prefill (push-after-prefill; first_token and
-  // rng_state below are the commit's), or a stream of layers (layer-wise push; the stream
+  // seed below are the commit's), or a stream of layers (layer-wise push; the stream
   // brings the commit). Exactly one.
   std::shared_ptr<const KvSnapshot> kv;
   std::shared_ptr<KvLayerStream> stream;
   kernels::KvDType wire_dtype = kernels::KvDType::kF16;  // what travels (kv's or converted)
   int32_t first_token = 0;
-  std::array<uint64_t, 4> rng_state{};
+  uint64_t seed = 0;
   // Reserving gives up at this time (the peer had no room until then).
   absl::Time deadline = absl::InfiniteFuture();
   // Called once: OK when Commit was written, else why the transfer failed (ResourceExhausted

@@ -240,6 +240,38 @@ TEST(SampleTest, FiltersKeepTheReferencesAllowedSet) {
   }
 }
 
+// model::Sampler draws host rows by the same definition (Philox at the sequence's step, the
+// survivors walked in ascending id order): for a row without penalties, the host and the op
+// pick the same token but where their float masses differ in the last bits at a boundary.
+TEST(SampleTest, HostSamplerDrawsTheOpsTokens) {
+  std::mt19937 rng(77);
+  for (int vocab : {2, 7, 300, 3000, 49152}) {
+    const int rows = vocab > 10000 ? 40 : 300;
+    auto backend = SamplingBackend(2, vocab);
+    Batch b(rows, vocab);
+    for (int r = 0; r < rows; ++r) {
+      FillRandomRow(b.Row(r), vocab, rng);
+      RandomRowParams(b, r, rng);
+      b.counter[r] %= 64;
+    }
+    backend->Sample(b.Params(false), backend->DefaultStream());
+    int same = 0;
+    for (int r = 0; r < rows; ++r) {
+      model::SamplingParams sp;
+      sp.temperature = b.temperature[r];
+      sp.top_k = b.top_k[r];
+      sp.top_p = b.top_p[r];
+      sp.min_p = b.min_p[r];
+      sp.seed = b.seed[r];
+      sp.has_seed = true;
+      model::Sampler sampler(sp, vocab, -1);
+      for (uint64_t i = 0; i < b.counter[r]; ++i) sampler.Accept(0);
+      same += sampler.Sample(b.Row(r), vocab).token == b.ids[r];
+    }
+    EXPECT_GE(same, rows - 3) << "vocab " << vocab;
+  }
+}
+
 // Top-p whose boundary falls inside a long run of equal logits, far below the maximum (past the
 // CPU's 8-temperature shortcut): the nucleus takes the run's lowest ids. One token at 10 and
 // 2999 at 0, temperature 1, top_p 0.99: the nucleus needs ceil((0.99 (1 + 2999 e^-10) - 1) /

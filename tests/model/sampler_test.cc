@@ -466,7 +466,7 @@ TEST(SamplerTest, SameSeedSameTokensDifferentSeedDifferentTokens) {
   EXPECT_NE(run(1234), run(1235));
 }
 
-TEST(SamplerTest, RngStateHandoffContinuesTheStream) {
+TEST(SamplerTest, SeedHandoffContinuesTheStream) {
   const std::vector<float> logits = RandomLogits(300, 25, 1.0f);
   SamplingParams p = Seeded(26);
   p.frequency_penalty = 0.5f;
@@ -475,10 +475,10 @@ TEST(SamplerTest, RngStateHandoffContinuesTheStream) {
   for (int i = 0; i < 5; ++i) out.push_back(a.Sample(logits.data(), 300).token);
 
   SamplingParams q = p;
-  q.seed = 999;  // the receiver's own seed is overridden by the handed-over state
+  q.has_seed = false;  // the receiver's own random seed is overridden by the handed-over one
   Sampler b(q, 300, -1);
   for (int32_t t : out) b.Accept(t);
-  b.set_rng_state(a.rng_state());
+  b.set_seed(a.seed());
   for (int i = 0; i < 50; ++i) {
     EXPECT_EQ(a.Sample(logits.data(), 300).token, b.Sample(logits.data(), 300).token);
   }

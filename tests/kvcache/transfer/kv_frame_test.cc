@@ -60,7 +60,7 @@ std::vector<Frame> RandomFrames(std::mt19937_64& rng) {
   CommitFrame c;
   c.transfer_id = rng();
   c.first_token = static_cast<int32_t>(rng() % 150000);
-  for (uint64_t& x : c.rng_state) x = rng();
+  c.seed = rng();
   frames.push_back(c);
   frames.push_back(AbortFrame{rng(), "peer went away"});
   frames.push_back(AbortFrame{rng(), "odd code", static_cast<absl::StatusCode>(rng())});
@@ -124,7 +124,7 @@ TEST(FrameTest, EncodedHeader) {
   ASSERT_EQ(s.size(), kFrameHeaderBytes + 13);
   EXPECT_EQ(s.substr(0, 4), "TKV1");
   EXPECT_EQ(s[4], static_cast<char>(FrameType::kAbort));
-  EXPECT_EQ(s[5], 2);  // version
+  EXPECT_EQ(s[5], 3);  // version
   EXPECT_EQ(s[6], 0);
   EXPECT_EQ(s[7], 0);
   EXPECT_EQ(static_cast<uint8_t>(s[8]), 13);
@@ -216,7 +216,7 @@ TEST(FrameTest, FlippedPayloadByteIsDataLoss) {
 }
 
 TEST(FrameTest, FlippedChecksumIsDataLoss) {
-  std::string s = Encode(CommitFrame{1, 2, {3, 4, 5, 6}});
+  std::string s = Encode(CommitFrame{1, 2, 3});
   s[12] ^= 1;
   FrameParser p;
   ASSERT_TRUE(p.Feed(s).ok());
@@ -230,7 +230,7 @@ TEST(FrameTest, BadHeaderFieldsAreInvalidArgument) {
     char value;
   };
   for (Case c : {Case{0, 'X'}, Case{3, '2'}, Case{4, 0}, Case{4, 6}, Case{4, '\xff'}, Case{5, 0},
-                 Case{5, 1}, Case{5, 3}, Case{6, 1}, Case{7, 1}}) {
+                 Case{5, 1}, Case{5, 2}, Case{5, 4}, Case{6, 1}, Case{7, 1}}) {
     std::string s = good;
     s[c.offset] = c.value;
     FrameParser p;
@@ -357,7 +357,7 @@ ReserveFrame Reserve(KvDType dtype = KvDType::kInt8) {
   return ReserveFrame{kId, /*n_tokens=*/5, kLayers, /*n_kv_heads=*/2, /*head_dim=*/8, dtype};
 }
 
-CommitFrame Commit() { return CommitFrame{kId, 1234, {1, 2, 3, 4}}; }
+CommitFrame Commit() { return CommitFrame{kId, 1234, 0x0102030405060708u}; }
 
 TEST(KvReceiveSessionTest, HappyPathLayersOutOfOrder) {
   for (KvDType dtype : {KvDType::kInt8, KvDType::kF16}) {

@@ -102,7 +102,7 @@ struct Source {
       EXPECT_TRUE(DirectLayerRegions(kv->view(), kv->groups(), table, layer, kTokens, &r).ok());
       s->AddLayer(layer, std::move(r), kernels::Event{});
     }
-    s->Commit(first_token, {1, 2, 3, 4});
+    s->Commit(first_token, 4);
     return s;
   }
   std::unique_ptr<KvManager> kv;
@@ -284,7 +284,7 @@ TEST_P(KvNcclSameBytesTest, DecodeCacheHoldsWhatTcpWouldWrite) {
   }
   const BlockTable table = target.Import(5, &commit);
   EXPECT_EQ(commit.first_token, 7);
-  EXPECT_EQ(commit.rng_state[3], 4u);
+  EXPECT_EQ(commit.seed, 4u);
   EXPECT_LT(target.num_free(), free_before);
   int compared = 0;
   for (int layer = 0; layer < kLayers; ++layer) {

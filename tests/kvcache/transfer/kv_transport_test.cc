@@ -201,7 +201,7 @@ KvPush PushOf(uint64_t id, const Source& src, KvDType wire) {
   p.kv = src.snap;
   p.wire_dtype = wire;
   p.first_token = 42;
-  p.rng_state = {1, 2, 3, id};
+  p.seed = 1000 + id;
   return p;
 }
 
@@ -233,7 +233,7 @@ TEST_P(KvTransportTest, EveryLayerAndPositionArrives) {
     CommitFrame commit;
     BlockTable dt = target.Import(id, &commit);
     EXPECT_EQ(commit.first_token, 42);
-    EXPECT_EQ(commit.rng_state[3], id);
+    EXPECT_EQ(commit.seed, 1000 + id);
     const int row = kHeads * kHeadDim;
     std::vector<float> k(row), v(row), k0(row), v0(row);
     for (int layer = 0; layer < kLayers; ++layer) {
