@@ -373,11 +373,27 @@ absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView&
   be.GatherRows(x_, d_rows_, n_out, c.hidden, sel_, s);
   be.RmsNorm(sel_, w.output_norm(), n_out, c.hidden, c.rms_eps, sel_, s);
   be.Matmul(w.output(), sel_, n_out, logits_, s);
-  const int64_t n_logits = static_cast<int64_t>(n_out) * c.vocab_size;
-  be.ToF32(logits_, n_logits, logits_f32_, s);
-  be.CopyToHost(logits, logits_f32_, static_cast<size_t>(n_logits) * sizeof(float), s);
-  be.Synchronize(s);
+  if (logits == nullptr) return absl::OkStatus();  // they stay on the device
+  CopyLogitsToHost(0, n_out, logits);
   return absl::OkStatus();
+}
+
+void LlamaModel::CopyLogitsToHost(int first, int n, float* out) {
+  TANDEM_CHECK(first >= 0 && n >= 0 && first + n <= options_.max_logit_rows);
+  kernels::Backend& be = backend_;
+  const kernels::Stream s = be.DefaultStream();
+  const int64_t vocab = config_.vocab_size;
+  const int64_t n_logits = n * vocab;
+  // logits_f32_ mirrors logits_ row for row (it is logits_ itself on an f32 backend); logits_
+  // holds elements of the activation dtype, so its rows are found in bytes.
+  const size_t element_bytes =
+      be.activation_dtype() == kernels::ActivationDType::kF32 ? sizeof(float) : sizeof(uint16_t);
+  const auto* rows = reinterpret_cast<const float*>(reinterpret_cast<const char*>(logits_) +
+                                                    first * vocab * element_bytes);
+  float* f32 = logits_f32_ + first * vocab;
+  be.ToF32(rows, n_logits, f32, s);
+  be.CopyToHost(out, f32, static_cast<size_t>(n_logits) * sizeof(float), s);
+  be.Synchronize(s);
 }
 
 }  // namespace tandem::model

@@ -84,12 +84,19 @@ class LlamaModel {
   // Runs one step: appends the batch's K/V into `cache` (of either KvCacheLayout: the batch's
   // n_groups says which) and writes float logits
   // [batch.logit_rows.size(), vocab] into `logits` (host memory; untouched when no rows
-  // are requested, as for a prefill chunk in the middle of a prompt). InvalidArgument when the
-  // batch breaks StepBatch's invariants or exceeds ModelOptions; nothing runs then.
-  // `on_layer_kv`, when set, is called after each layer's KV append (see LayerHook);
+  // are requested, as for a prefill chunk in the middle of a prompt). With `logits` null they
+  // stay on the device, in device_logits(), for Backend::Sample or CopyLogitsToHost.
+  // InvalidArgument when the batch breaks StepBatch's invariants or exceeds ModelOptions; nothing
+  // runs then. `on_layer_kv`, when set, is called after each layer's KV append (see LayerHook);
   // Cancelled when it stopped the step.
   absl::Status Forward(const StepBatch& batch, const kernels::KvCacheView& cache, float* logits,
                        const LayerHook& on_layer_kv = nullptr);
+  // The last Forward's logits on the device: [logit rows, vocab] of the backend's activation
+  // dtype, valid until the next Forward.
+  const float* device_logits() const { return logits_; }
+  // Copies rows [first, first + n) of device_logits() to `out` (host, f32, [n, vocab]) and
+  // waits for them.
+  void CopyLogitsToHost(int first, int n, float* out);
 
  private:
   LlamaModel(std::shared_ptr<const LlamaWeights> weights, const ModelOptions& options,

@@ -12,6 +12,14 @@
 
 namespace tandem::model {
 
+absl::StatusOr<SamplingPlace> ParseSamplingPlace(std::string_view name) {
+  if (name == "auto") return SamplingPlace::kAuto;
+  if (name == "host") return SamplingPlace::kHost;
+  if (name == "device") return SamplingPlace::kDevice;
+  return absl::InvalidArgumentError(
+      StrCat("--sampling must be auto, host or device, got '", name, "'"));
+}
+
 absl::Status ModelRunnerConfig::Validate() const {
   TANDEM_RETURN_IF_ERROR(backend.Validate());
   TANDEM_RETURN_IF_ERROR(model.Validate());
@@ -29,6 +37,12 @@ absl::Status ModelRunnerConfig::Validate() const {
 
 namespace {
 
+// The T array at `offset` bytes into a sample buffer.
+template <typename T>
+T* At(uint8_t* base, size_t offset) {
+  return reinterpret_cast<T*>(base + offset);
+}
+
 // The CPU backend quantizes activations in scratch sized for its max_batch_tokens rows: make
 // it hold the model's step.
 // The backend for this model: the CPU backend's scratch sized for its steps, and a 16-bit
@@ -38,6 +52,11 @@ kernels::BackendConfig SizedFor(kernels::BackendConfig b, const ModelOptions& mo
   b.cpu.max_batch_tokens = std::max(b.cpu.max_batch_tokens, mo.max_batch_tokens);
   if (!b.cuda_activations) b.cuda_activations = mc.DefaultActivations();
   return b;
+}
+
+absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeBackend(const ModelRunnerConfig& config,
+                                                              const kernels::BackendConfig& b) {
+  return config.make_backend ? config.make_backend(b) : kernels::CreateBackend(b);
 }
 
 }  // namespace
@@ -99,7 +118,7 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const ModelRunn
   std::unique_ptr<ModelRunner> r(new ModelRunner(config));
   TANDEM_ASSIGN_OR_RETURN(const ModelConfig mc, ModelConfig::FromGguf(file));
   TANDEM_ASSIGN_OR_RETURN(r->backend_,
-                          kernels::CreateBackend(SizedFor(config.backend, config.model, mc)));
+                          MakeBackend(config, SizedFor(config.backend, config.model, mc)));
   TANDEM_ASSIGN_OR_RETURN(r->model_, LlamaModel::Load(file, *r->backend_, config.model));
   return Finish(std::move(r));
 }
@@ -109,8 +128,8 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
   TANDEM_RETURN_IF_ERROR(config.Validate());
   if (weights == nullptr) return absl::InvalidArgumentError("no weights to share");
   std::unique_ptr<ModelRunner> r(new ModelRunner(config));
-  TANDEM_ASSIGN_OR_RETURN(r->backend_, kernels::CreateBackend(SizedFor(config.backend, config.model,
-                                                                       weights->config())));
+  TANDEM_ASSIGN_OR_RETURN(
+      r->backend_, MakeBackend(config, SizedFor(config.backend, config.model, weights->config())));
   TANDEM_ASSIGN_OR_RETURN(r->model_,
                           LlamaModel::Create(std::move(weights), *r->backend_, config.model));
   return Finish(std::move(r));
@@ -131,7 +150,38 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Finish(std::unique_ptr
   r->logits_.resize(static_cast<size_t>(config.model.max_logit_rows) *
                     r->model_->config().vocab_size);
   if (config.nano_groups == 2) TANDEM_RETURN_IF_ERROR(r->CreateNanoGroups());
+  r->sample_on_device_ = config.sampling == SamplingPlace::kDevice ||
+                         (config.sampling == SamplingPlace::kAuto && !r->backend_->IsHostMemory());
+  if (r->sample_on_device_) TANDEM_RETURN_IF_ERROR(r->AllocateSampleBuffers());
   return r;
+}
+
+absl::Status ModelRunner::AllocateSampleBuffers() {
+  const size_t rows = static_cast<size_t>(config_.model.max_logit_rows);
+  SampleLayout& l = sample_layout_;
+  size_t at = 0;
+  // Every array starts 8-byte aligned (the u64 ones need it; rows * 4 may be odd multiples).
+  const auto place = [&](size_t element_bytes) {
+    const size_t offset = at;
+    at = (at + rows * element_bytes + 7) / 8 * 8;
+    return offset;
+  };
+  l.seed = place(sizeof(uint64_t));
+  l.counter = place(sizeof(uint64_t));
+  l.temperature = place(sizeof(float));
+  l.top_k = place(sizeof(int32_t));
+  l.top_p = place(sizeof(float));
+  l.min_p = place(sizeof(float));
+  l.inputs_end = at;
+  l.ids = place(sizeof(int32_t));
+  l.logprobs = place(sizeof(float));
+  l.bytes = at;
+  TANDEM_ASSIGN_OR_RETURN(sample_device_, backend_->Allocate(l.bytes));
+  sample_host_.assign(l.bytes, 0);
+  row_on_host_.assign(rows, 0);
+  host_jobs_.reserve(rows);
+  device_jobs_.reserve(rows);
+  return absl::OkStatus();
 }
 
 absl::Status ModelRunner::CreateNanoGroups() {
@@ -147,7 +197,7 @@ absl::Status ModelRunner::CreateNanoGroups() {
     if (!whole.cpu.cpus.empty()) {
       bc.cpu.cpus.assign(whole.cpu.cpus.begin() + begin, whole.cpu.cpus.begin() + end);
     }
-    TANDEM_ASSIGN_OR_RETURN(nano->group[g].backend, kernels::CreateBackend(bc));
+    TANDEM_ASSIGN_OR_RETURN(nano->group[g].backend, MakeBackend(config_, bc));
     TANDEM_ASSIGN_OR_RETURN(
         nano->group[g].model,
         LlamaModel::Create(model_->weights(), *nano->group[g].backend, config_.model));
@@ -159,7 +209,9 @@ absl::Status ModelRunner::CreateNanoGroups() {
 
 ModelRunner::ModelRunner(const ModelRunnerConfig& config) : config_(config) {}
 
-ModelRunner::~ModelRunner() = default;
+ModelRunner::~ModelRunner() {
+  if (sample_device_.ptr != nullptr) backend_->Free(sample_device_);
+}
 
 void ModelRunner::BeginStep() {
   builder_->Clear();
@@ -183,6 +235,11 @@ int ModelRunner::AddChunk(const kvcache::BlockTable& table, std::span<const int3
 
 absl::Status ModelRunner::Execute(const LlamaModel::LayerHook& on_layer_kv) {
   row_in_logits_.clear();
+  logits_on_device_ = sample_on_device_;
+  if (logits_on_device_) {
+    std::fill(row_on_host_.begin(), row_on_host_.end(), 0);
+    return model_->Forward(builder_->batch(), kv_->view(), nullptr, on_layer_kv);
+  }
   return model_->Forward(builder_->batch(), kv_->view(), logits_.data(), on_layer_kv);
 }
 
@@ -227,6 +284,7 @@ absl::Status ModelRunner::ExecuteNano(std::span<const int> batch_of) {
     }
   }
 
+  logits_on_device_ = false;  // the groups' Forwards write host logits
   const kernels::KvCacheView cache = kv_->view();
   const bool run1 = nano_->group[1].batch.n_seqs > 0;
   uint64_t ticket = 0;
@@ -250,8 +308,17 @@ absl::Status ModelRunner::ExecuteNano(std::span<const int> batch_of) {
   return s0.ok() ? s1 : s0;
 }
 
-const float* ModelRunner::logits(int row) const {
+const float* ModelRunner::logits(int row) {
   TANDEM_CHECK(row >= 0 && row < config_.model.max_logit_rows);
+  const size_t vocab = model_->config().vocab_size;
+  if (logits_on_device_) {
+    TANDEM_CHECK_LT(row, static_cast<int>(builder_->batch().logit_rows.size()));
+    if (!row_on_host_[row]) {
+      model_->CopyLogitsToHost(row, 1, logits_.data() + row * vocab);
+      row_on_host_[row] = 1;
+    }
+    return logits_.data() + row * vocab;
+  }
   if (!row_in_logits_.empty()) {
     TANDEM_CHECK_LT(row, static_cast<int>(row_in_logits_.size()));
     row = row_in_logits_[row];
@@ -261,16 +328,89 @@ const float* ModelRunner::logits(int row) const {
 
 void ModelRunner::Sample(std::span<SampleJob> jobs) {
   const int vocab = model_->config().vocab_size;
+  host_jobs_.clear();
+  device_jobs_.clear();
+  for (SampleJob& job : jobs) {
+    if (logits_on_device_ && job.sampler->DeviceSamplable()) {
+      device_jobs_.push_back(&job);
+    } else {
+      // Copied out here, on this thread: logits() may call the backend, the pool's fn may not.
+      (void)logits(job.row);
+      host_jobs_.push_back(&job);
+    }
+  }
+  if (!device_jobs_.empty()) SampleOnDevice(device_jobs_);
   auto run = [&](int begin, int end) {
     for (int i = begin; i < end; ++i) {
-      jobs[i].result = jobs[i].sampler->Sample(logits(jobs[i].row), vocab);
+      SampleJob& job = *host_jobs_[i];
+      job.result = job.sampler->Sample(logits(job.row), vocab);
     }
   };
   // One row is cheaper inline than waking the pool.
-  if (jobs.size() <= 1) {
-    run(0, static_cast<int>(jobs.size()));
+  if (host_jobs_.size() <= 1) {
+    run(0, static_cast<int>(host_jobs_.size()));
   } else {
-    backend_->HostParallelFor(static_cast<int>(jobs.size()), run);
+    backend_->HostParallelFor(static_cast<int>(host_jobs_.size()), run);
+  }
+}
+
+void ModelRunner::SampleOnDevice(std::span<SampleJob* const> jobs) {
+  const SampleLayout& l = sample_layout_;
+  // The op samples rows [0, rows): the jobs' rows with their parameters, any row between them
+  // that no job wants as a greedy row (an argmax, no random number) whose id is dropped.
+  int rows = 0;
+  for (const SampleJob* job : jobs) rows = std::max(rows, job->row + 1);
+  uint8_t* h = sample_host_.data();
+  float* temperature = At<float>(h, l.temperature);
+  int32_t* top_k = At<int32_t>(h, l.top_k);
+  float* top_p = At<float>(h, l.top_p);
+  float* min_p = At<float>(h, l.min_p);
+  uint64_t* seed = At<uint64_t>(h, l.seed);
+  uint64_t* counter = At<uint64_t>(h, l.counter);
+  std::fill_n(temperature, rows, 0.0f);
+  std::fill_n(top_k, rows, 0);
+  std::fill_n(top_p, rows, 1.0f);
+  std::fill_n(min_p, rows, 0.0f);
+  std::fill_n(seed, rows, 0);
+  std::fill_n(counter, rows, 0);
+  bool want_logprobs = false;
+  for (const SampleJob* job : jobs) {
+    const SamplingParams& sp = job->sampler->params();
+    const int r = job->row;
+    temperature[r] = sp.temperature;
+    top_k[r] = sp.top_k;
+    top_p[r] = sp.top_p;
+    min_p[r] = sp.min_p;
+    seed[r] = job->sampler->seed();
+    counter[r] = static_cast<uint64_t>(job->sampler->num_generated());
+    want_logprobs |= sp.logprobs;
+  }
+  kernels::Backend& be = *backend_;
+  const kernels::Stream s = be.DefaultStream();
+  auto* d = static_cast<uint8_t*>(sample_device_.ptr);
+  be.CopyToDevice(d, h, l.inputs_end, s);
+  kernels::SampleParams p;
+  p.logits = model_->device_logits();
+  p.temperature = At<float>(d, l.temperature);
+  p.top_k = At<int32_t>(d, l.top_k);
+  p.top_p = At<float>(d, l.top_p);
+  p.min_p = At<float>(d, l.min_p);
+  p.seed = At<uint64_t>(d, l.seed);
+  p.counter = At<uint64_t>(d, l.counter);
+  p.out_ids = At<int32_t>(d, l.ids);
+  p.out_logprobs = want_logprobs ? At<float>(d, l.logprobs) : nullptr;
+  p.rows = rows;
+  p.vocab = model_->config().vocab_size;
+  be.Sample(p, s);
+  // The outputs are contiguous: ids, then (8-byte aligned) logprobs.
+  const size_t out_bytes =
+      want_logprobs ? l.logprobs + rows * sizeof(float) - l.ids : rows * sizeof(int32_t);
+  be.CopyToHost(h + l.ids, d + l.ids, out_bytes, s);
+  be.Synchronize(s);
+  const int32_t* ids = At<int32_t>(h, l.ids);
+  const float* logprobs = At<float>(h, l.logprobs);
+  for (SampleJob* job : jobs) {
+    job->result = job->sampler->AcceptDeviceSample(ids[job->row], logprobs[job->row]);
   }
 }
 

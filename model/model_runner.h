@@ -8,6 +8,16 @@
 // (Model::Forward, with an optional per-layer hook), then Sample over the rows that want a
 // token, spread over the backend's threads (HostParallelFor) rather than one by one.
 //
+// Where rows are sampled (config `sampling`): on the host, each row's logits copied out of
+// the step (the CPU's default: they are in host memory already), or on the device
+// (Backend::Sample; a GPU's default): the logits stay where the model wrote them, and only
+// the sampled ids and their logprobs come back, one copy each way per step. A row whose
+// sampler needs the host (penalties, which read the token history, or top_logprobs: see
+// Sampler::DeviceSamplable) has its logits copied out and is sampled there in the same step.
+// Both places draw by one definition (Philox at (seed, step), kernels::SampleParams), so a
+// sequence's tokens do not depend on where its rows were sampled but where float rounding
+// moves a survivor's mass across a boundary.
+//
 // Nano-batching (config nano_groups = 2, CPU only): the runner also holds two thread groups,
 // each a CpuBackend on half the threads (and half the pinned cores) with its own LlamaModel on
 // the shared weights, writing into the same KV memory. ExecuteNano runs the step's chunks as
@@ -26,8 +36,10 @@
 #define TANDEM_MODEL_MODEL_RUNNER_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -43,6 +55,15 @@
 
 namespace tandem::model {
 
+// Where ModelRunner::Sample draws rows (see the file comment).
+enum class SamplingPlace {
+  kAuto,    // the device when the backend's memory is not the host's, else the host
+  kHost,    // every row's logits copied to the host and sampled there
+  kDevice,  // Backend::Sample, rows that need the host excepted
+};
+// "auto", "host" or "device"; InvalidArgument naming the flag otherwise.
+absl::StatusOr<SamplingPlace> ParseSamplingPlace(std::string_view name);
+
 struct ModelRunnerConfig {
   kernels::BackendConfig backend;
   ModelOptions model;  // batch limits and the KV block size; load_progress when loading
@@ -53,6 +74,11 @@ struct ModelRunnerConfig {
   // 0, or 2: two thread groups for ExecuteNano (device "cpu", backend.cpu.threads >= 2; the
   // threads and pinned cores split in halves, group 0 taking the first).
   int nano_groups = 0;
+  SamplingPlace sampling = SamplingPlace::kAuto;
+  // Makes the runner's backends from `backend` (after sizing); null: kernels::CreateBackend.
+  // Tests set it to a backend the factory does not offer (the CUDA backend in the harness).
+  std::function<absl::StatusOr<std::unique_ptr<kernels::Backend>>(const kernels::BackendConfig&)>
+      make_backend;
 
   absl::Status Validate() const;
 };
@@ -99,10 +125,13 @@ class ModelRunner {
   // per-layer hook: a step that needs one (a disaggregated prefill's KV push) runs Execute.
   absl::Status ExecuteNano(std::span<const int> batch_of);
   bool has_nano_groups() const { return nano_ != nullptr; }
-  // [vocab] logits of `row` of the last Execute or ExecuteNano.
-  const float* logits(int row) const;
+  // [vocab] f32 logits of `row` of the last Execute or ExecuteNano, in host memory (copied
+  // out of the device at the first call for the row when they stayed there).
+  const float* logits(int row);
   // Samples every job's row; jobs are independent (each its own sampler).
   void Sample(std::span<SampleJob> jobs);
+  // True when Execute leaves the logits on the device for Sample to draw there.
+  bool samples_on_device() const { return sample_on_device_; }
 
  private:
   explicit ModelRunner(
@@ -110,6 +139,9 @@ class ModelRunner {
   static absl::StatusOr<std::unique_ptr<ModelRunner>> Finish(std::unique_ptr<ModelRunner> r);
   struct NanoGroups;  // model_runner.cc
   absl::Status CreateNanoGroups();
+  absl::Status AllocateSampleBuffers();
+  // Samples `jobs` (all DeviceSamplable) with Backend::Sample on the last Execute's logits.
+  void SampleOnDevice(std::span<SampleJob* const> jobs);
 
   // Constant after construction.
   const ModelRunnerConfig config_;
@@ -128,6 +160,22 @@ class ModelRunner {
   std::vector<int> chunk_row_;        // [num_chunks] each chunk's logit row, or -1
   std::vector<int> row_in_logits_;    // [rows] where logits_ holds each row after ExecuteNano;
                                       // empty after Execute (row r at r)
+  // Device sampling (sample_on_device_ fixed at creation): the last Execute left its logits on
+  // the device; row_on_host_[r] once logits_ holds row r too.
+  bool sample_on_device_ = false;
+  bool logits_on_device_ = false;
+  std::vector<uint8_t> row_on_host_;  // [max_logit_rows]
+  // Backend::Sample's per-row inputs and outputs, struct-of-arrays in one device buffer (the
+  // inputs first, then the outputs, so each crosses in one copy) and its host mirror.
+  struct SampleLayout {
+    size_t temperature = 0, top_k = 0, top_p = 0, min_p = 0, seed = 0, counter = 0;  // inputs
+    size_t ids = 0, logprobs = 0;  // outputs (byte offsets, like the inputs)
+    size_t inputs_end = 0, bytes = 0;
+  };
+  SampleLayout sample_layout_;
+  kernels::DeviceBuffer sample_device_;
+  std::vector<uint8_t> sample_host_;
+  std::vector<SampleJob*> host_jobs_, device_jobs_;  // Sample's split, reused
 };
 
 }  // namespace tandem::model

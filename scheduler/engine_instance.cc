@@ -55,6 +55,7 @@ model::ModelRunnerConfig RunnerConfig(const EngineInstanceConfig& config) {
   // local layer's window and receives into local layer groups.
   rc.window_local_kv = config.window_local_kv;
   rc.nano_groups = config.nano_batching ? 2 : 0;
+  rc.sampling = config.sampling;
   return rc;
 }
 

@@ -130,6 +130,9 @@ struct EngineInstanceConfig {
   // check for cancellation between layers and feed the KV hand-off).
   bool nano_batching = false;
   double nano_min_gain = 0.05;
+  // Where rows are sampled (model::ModelRunner): auto is the device on a GPU (only ids and
+  // logprobs cross to the host), the host on the CPU.
+  model::SamplingPlace sampling = model::SamplingPlace::kAuto;
   int32_t eos_token_id = -1;  // from the tokenizer; < 0: none
   // Weight loading progress (see model::ModelOptions::load_progress). May be empty.
   std::function<void(int layers_done, int n_layers)> load_progress;
@@ -211,6 +214,8 @@ class EngineInstance : public Engine {
   // How the model was obtained: "profiled", "loaded", or "none".
   const std::string& latency_source() const { return latency_source_; }
   std::string device_name() const { return runner_->backend().Name(); }
+  // Where this instance's rows are sampled (model::ModelRunner::samples_on_device).
+  bool samples_on_device() const { return runner_->samples_on_device(); }
   // How the KV cache keeps layers, for the startup log: "" for whole contexts, else e.g.
   // "; 15 sliding-window layers keep their last 512 positions".
   std::string kv_layout() const;

@@ -78,6 +78,10 @@ ABSL_FLAG(std::string, device, "cpu",
 ABSL_FLAG(std::string, activations, "auto",
           "Activation dtype on a GPU (--device cuda:N): f16, bf16, or auto (bf16 for models whose "
           "activations pass fp16's range, Gemma 3; f16 otherwise). The CPU computes in f32.");
+ABSL_FLAG(std::string, sampling, "auto",
+          "Where tokens are sampled: device (the backend's sampling op: on a GPU only the ids and "
+          "logprobs cross to the host; rows with penalties or top_logprobs are still sampled on "
+          "the host), host, or auto (device on a GPU, host on the CPU).");
 ABSL_FLAG(int, threads, 0, "CPU threads of the engine instance (0: every core).");
 ABSL_FLAG(std::string, disaggregation, "off",
           "on: prefill and decode run as separate instances on disjoint sets of the --threads "
@@ -296,6 +300,8 @@ absl::Status Run() {
     return absl::InvalidArgumentError(
         StrCat("--activations must be auto, f16 or bf16, got '", a, "'"));
   }
+  TANDEM_ASSIGN_OR_RETURN(const model::SamplingPlace sampling,
+                          model::ParseSamplingPlace(absl::GetFlag(FLAGS_sampling)));
   backend.cpu.threads = threads;
   backend.cpu.isa = isa;
   backend.cpu.spin_us = absl::GetFlag(FLAGS_spin_us);
@@ -378,6 +384,7 @@ absl::Status Run() {
   ic.prefix_caching = absl::GetFlag(FLAGS_enable_prefix_caching);
   ic.window_local_kv = absl::GetFlag(FLAGS_kv_window_local);
   ic.nano_batching = absl::GetFlag(FLAGS_nano_batching);
+  ic.sampling = sampling;
   ic.eos_token_id = tokenizer->eos_id();
   int last_pct = 0;
   ic.load_progress = [&last_pct](int done, int total) {
@@ -647,6 +654,8 @@ absl::Status Run() {
   }
   const model::ModelConfig& mc = engine->model_config();
   for (scheduler::EngineInstance* inst : instances) {
+    spdlog::info("[2/3] {} on {}, sampling on the {}", inst->config().name, inst->device_name(),
+                 inst->samples_on_device() ? "device (Backend::Sample)" : "host");
     const scheduler::LatencyModel lm = inst->latency_model();
     if (lm.fitted()) {
       const auto& c = lm.coefficients();

@@ -1,7 +1,8 @@
 // ModelRunner: config errors name the problem; a step's logits match the model run directly;
 // Sample over the backend's threads gives what one-by-one sampling gives; a second runner on
 // the first's weights computes the same logits; a sliding-window model's logits are the same
-// bit for bit whether its local layers keep the whole context or only the window.
+// bit for bit whether its local layers keep the whole context or only the window; rows
+// sampled on the device draw the host's tokens.
 #include "model/model_runner.h"
 
 #include <unistd.h>
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <memory>
 #include <random>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -150,6 +152,127 @@ TEST(ModelRunnerTest, StepsAndSamplesInParallel) {
   for (auto& t : tables) r.kv().Free(t);
   for (auto& t : twin_tables) (*twin)->kv().Free(t);
   EXPECT_EQ(r.kv().num_free(), r.kv().num_total());
+}
+
+// Sampling on the device (Backend::Sample, here the CPU's) against sampling on the host: five
+// sequences decode twelve tokens on two runners sharing weights, one per place. Rows of every
+// kind: greedy, seeded temperature with top-k / top-p / min-p, logprobs, and two that the
+// device runner must still sample on the host (penalties, top_logprobs). The streams are the
+// same token for token (one definition of the draw), the logprobs agree, and a row left out
+// of a Sample call (sampled by a second call) disturbs none of the others.
+TEST(ModelRunnerTest, DeviceSamplingDrawsTheHostsTokens) {
+  auto file = TestFile();
+  ASSERT_TRUE(file);
+  ModelRunnerConfig hc = Config(2);
+  hc.sampling = SamplingPlace::kHost;
+  auto host = ModelRunner::Create(hc, *file);
+  ASSERT_TRUE(host.ok()) << host.status();
+  ModelRunnerConfig dc = Config(2);
+  dc.sampling = SamplingPlace::kDevice;
+  auto device = ModelRunner::Create(dc, (*host)->weights());
+  ASSERT_TRUE(device.ok()) << device.status();
+  EXPECT_FALSE((*host)->samples_on_device());
+  EXPECT_TRUE((*device)->samples_on_device());
+  auto automatic = ModelRunner::Create(Config(1), (*host)->weights());
+  ASSERT_TRUE(automatic.ok());
+  EXPECT_FALSE((*automatic)->samples_on_device());  // the CPU's memory is the host's
+
+  const int vocab = (*host)->model_config().vocab_size;
+  std::vector<SamplingParams> params(5);
+  params[0].temperature = 0.0f;  // greedy
+  params[1].temperature = 0.9f;
+  params[1].top_k = 20;
+  params[1].top_p = 0.9f;
+  params[2].temperature = 1.3f;
+  params[2].min_p = 0.02f;
+  params[2].logprobs = true;
+  params[3].temperature = 0.7f;  // penalties: the host's, on either runner
+  params[3].repetition_penalty = 1.3f;
+  params[3].frequency_penalty = 0.5f;
+  params[4].temperature = 1.0f;  // top_logprobs: the host's, on either runner
+  params[4].top_p = 0.95f;
+  params[4].logprobs = true;
+  params[4].top_logprobs = 3;
+  for (size_t i = 0; i < params.size(); ++i) {
+    params[i].seed = 500 + i;
+    params[i].has_seed = true;
+  }
+
+  struct Side {
+    ModelRunner* runner = nullptr;
+    std::vector<Sampler> samplers;
+    std::vector<kvcache::BlockTable> tables;
+    std::vector<std::vector<int32_t>> tokens;
+    std::vector<std::vector<float>> logprobs;
+  };
+  std::vector<Side> sides(2);
+  sides[0].runner = host->get();
+  sides[1].runner = device->get();
+  for (Side& side : sides) {
+    for (size_t i = 0; i < params.size(); ++i) {
+      side.samplers.emplace_back(params[i], vocab, -1);
+      side.tables.emplace_back(4);
+      side.tokens.push_back(Prompt(3 + 2 * static_cast<int>(i), 40 + i));
+      side.samplers.back().AddPromptTokens(side.tokens.back());
+    }
+    side.logprobs.resize(params.size());
+  }
+  const int n_prompt0 = static_cast<int>(sides[0].tokens[0].size());
+  for (int step = 0; step < 12; ++step) {
+    for (Side& side : sides) {
+      ModelRunner& r = *side.runner;
+      r.BeginStep();
+      std::vector<SampleJob> jobs;
+      for (size_t i = 0; i < params.size(); ++i) {
+        std::vector<int32_t>& seq = side.tokens[i];
+        const int done = step == 0 ? 0 : static_cast<int>(seq.size()) - 1;
+        ASSERT_TRUE(r.kv().Append(side.tables[i], static_cast<int>(seq.size())).ok());
+        const int row = r.AddChunk(side.tables[i], std::span(seq).subspan(done), done, true);
+        jobs.push_back({&side.samplers[i], row, {}});
+      }
+      const absl::Status run = r.Execute();
+      ASSERT_TRUE(run.ok()) << run;
+      if (step % 4 == 1) {
+        // Row 1 in a second call: the first samples rows 0 and 2.. around a row no job wants.
+        std::vector<SampleJob> second = {jobs[1]};
+        jobs.erase(jobs.begin() + 1);
+        r.Sample(jobs);
+        r.Sample(second);
+        jobs.insert(jobs.begin() + 1, second[0]);
+      } else {
+        r.Sample(jobs);
+      }
+      for (size_t i = 0; i < jobs.size(); ++i) {
+        side.tokens[i].push_back(jobs[i].result.token);
+        side.logprobs[i].push_back(jobs[i].result.logprob);
+        if (params[i].top_logprobs > 0) {
+          EXPECT_EQ(jobs[i].result.num_top_logprobs, 3);
+        }
+      }
+    }
+  }
+  for (size_t i = 0; i < params.size(); ++i) {
+    EXPECT_EQ(sides[0].tokens[i], sides[1].tokens[i]) << "sequence " << i;
+    if (!params[i].logprobs) continue;
+    for (size_t t = 0; t < sides[0].logprobs[i].size(); ++t) {
+      EXPECT_NEAR(sides[0].logprobs[i][t], sides[1].logprobs[i][t], 1e-4) << i << " " << t;
+      EXPECT_LT(sides[1].logprobs[i][t], 0.0f);
+    }
+  }
+  EXPECT_EQ(static_cast<int>(sides[1].tokens[0].size()), n_prompt0 + 12);
+  // Sampled, not all the same token: the draws are live.
+  const std::vector<int32_t>& t2 = sides[1].tokens[2];
+  EXPECT_GT(std::set<int32_t>(t2.end() - 12, t2.end()).size(), 3u);
+  // The device runner's logits, copied out on request, are the host runner's.
+  for (size_t r = 0; r < 3; ++r) {
+    EXPECT_TRUE(std::equal(sides[0].runner->logits(static_cast<int>(r)),
+                           sides[0].runner->logits(static_cast<int>(r)) + vocab,
+                           sides[1].runner->logits(static_cast<int>(r))))
+        << r;
+  }
+  for (Side& side : sides) {
+    for (auto& t : side.tables) side.runner->kv().Free(t);
+  }
 }
 
 // Gemma 3's shape in small: 6 layers, 2 and 5 global, the others sliding over 8 positions.
