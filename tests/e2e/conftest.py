@@ -103,16 +103,20 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
 
+    def stop_cleanly(self):
+        """Stops the daemon (SIGTERM) and asserts that it exited with 0 and that its log holds
+        no sanitizer report (sanitizer builds print them there)."""
+        code = self.terminate()
+        assert code == 0, f"tandemd exited with {code}:\n{self.logs()}"
+        logs = self.logs()
+        assert "ERROR: AddressSanitizer" not in logs and "runtime error:" not in logs, logs
+
 
 @pytest.fixture(scope="session")
 def daemon():
     d = Daemon("--max-num-seqs", "64", "--max-queue", "512")
     yield d
-    code = d.terminate()
-    assert code == 0, f"tandemd exited with {code}:\n{d.logs()}"
-    # Sanitizer builds print reports to the log; a report is a failure.
-    logs = d.logs()
-    assert "ERROR: AddressSanitizer" not in logs and "runtime error:" not in logs, logs
+    d.stop_cleanly()
 
 
 @pytest.fixture(scope="session")

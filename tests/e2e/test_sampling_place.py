@@ -23,10 +23,7 @@ PROMPTS = [
 def device_sampling():
     d = Daemon("--sampling", "device", "--max-num-seqs", "16")
     yield d
-    code = d.terminate()
-    assert code == 0, f"tandemd exited with {code}:\n{d.logs()}"
-    logs = d.logs()
-    assert "ERROR: AddressSanitizer" not in logs and "runtime error:" not in logs, logs
+    d.stop_cleanly()
 
 
 def complete(url, prompt, **extra):
