@@ -123,55 +123,6 @@ std::string EncodeNcclHello(std::string_view kind, const KvDirectLayout& layout,
   return out;
 }
 
-// KvNcclLayerStream ----------------------------------------------------------------------------
-
-void KvNcclLayerStream::AddLayer(int layer, std::vector<KvRegion> regions, kernels::Event ready) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (ended_) return;
-  Item it;
-  it.kind = Item::kLayer;
-  it.layer = layer;
-  it.regions = std::move(regions);
-  it.ready = ready;
-  items_.push_back(std::move(it));
-  cv_.notify_all();
-}
-
-void KvNcclLayerStream::Commit(int32_t first_token, uint64_t seed) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (ended_) return;
-  ended_ = true;
-  Item it;
-  it.kind = Item::kCommit;
-  it.first_token = first_token;
-  it.seed = seed;
-  items_.push_back(std::move(it));
-  cv_.notify_all();
-}
-
-void KvNcclLayerStream::Cancel(std::string reason) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (ended_) return;
-  ended_ = true;
-  Item it;
-  it.kind = Item::kCancel;
-  it.reason = std::move(reason);
-  items_.push_back(std::move(it));
-  cv_.notify_all();
-}
-
-std::optional<KvNcclLayerStream::Item> KvNcclLayerStream::Next(absl::Time until) {
-  std::unique_lock<std::mutex> lock(mu_);
-  while (items_.empty()) {
-    const absl::Duration left = until - absl::Now();
-    if (left <= absl::ZeroDuration()) return std::nullopt;
-    cv_.wait_for(lock, absl::ToChronoNanoseconds(std::min(left, absl::Seconds(1))));
-  }
-  Item it = std::move(items_.front());
-  items_.pop_front();
-  return it;
-}
-
 // KvNcclPusher ---------------------------------------------------------------------------------
 
 KvNcclPusher::KvNcclPusher(Connect connect, KvDataPlaneFactory& planes, KvNcclPusherConfig config)

@@ -36,7 +36,6 @@
 #ifndef TANDEM_KVCACHE_TRANSFER_KV_NCCL_TRANSPORT_H_
 #define TANDEM_KVCACHE_TRANSFER_KV_NCCL_TRANSPORT_H_
 
-#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -58,10 +57,19 @@
 #include "kvcache/transfer/kv_connection.h"
 #include "kvcache/transfer/kv_data_plane.h"
 #include "kvcache/transfer/kv_frame.h"
+#include "kvcache/transfer/kv_layer_queue.h"
 #include "kvcache/transfer/kv_nccl_watchdog.h"
 #include "kvcache/transfer/kv_receiver.h"
 
 namespace tandem::kvcache {
+
+// One layer of a direct push: its regions in the prefill cache and the event after which they
+// hold the layer's KV.
+struct KvNcclLayer {
+  int layer = 0;
+  std::vector<KvRegion> regions;
+  kernels::Event ready;
+};
 
 // One transfer's source, layer by layer, as the prefill step produces it: after each layer's
 // KV append, the engine thread adds that layer's regions in its cache (DirectLayerRegions) and
@@ -70,35 +78,20 @@ namespace tandem::kvcache {
 // order. The regions must stay allocated and unwritten until the push's `done` has run.
 //
 // Thread safety: every method from any thread.
-class KvNcclLayerStream {
+class KvNcclLayerStream : public KvLayerQueue<KvNcclLayer> {
  public:
   KvNcclLayerStream(int n_tokens, int n_layers) : n_tokens_(n_tokens), n_layers_(n_layers) {}
 
-  void AddLayer(int layer, std::vector<KvRegion> regions, kernels::Event ready);
-  void Commit(int32_t first_token, uint64_t seed);
-  void Cancel(std::string reason);
-
-  struct Item {
-    enum Kind { kLayer, kCommit, kCancel } kind = kLayer;
-    int layer = 0;                  // kLayer
-    std::vector<KvRegion> regions;  // kLayer
-    kernels::Event ready;           // kLayer
-    int32_t first_token = 0;        // kCommit
-    uint64_t seed = 0;
-    std::string reason;  // kCancel
-  };
-  // The next item, or nullopt when none came by `until`.
-  std::optional<Item> Next(absl::Time until);
+  // Then Commit or Cancel (KvLayerQueue); the pusher takes the items with Next.
+  void AddLayer(int layer, std::vector<KvRegion> regions, kernels::Event ready) {
+    Add(KvNcclLayer{layer, std::move(regions), ready});
+  }
 
   int n_tokens() const { return n_tokens_; }
   int n_layers() const { return n_layers_; }
 
  private:
   const int n_tokens_, n_layers_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Item> items_ ABSL_GUARDED_BY(mu_);
-  bool ended_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 struct KvNcclPush {

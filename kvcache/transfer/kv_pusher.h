@@ -16,7 +16,6 @@
 #ifndef TANDEM_KVCACHE_TRANSFER_KV_PUSHER_H_
 #define TANDEM_KVCACHE_TRANSFER_KV_PUSHER_H_
 
-#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -34,9 +33,18 @@
 #include "absl/time/time.h"
 #include "kernels/backend.h"
 #include "kvcache/transfer/kv_connection.h"
+#include "kvcache/transfer/kv_layer_queue.h"
 #include "kvcache/transfer/kv_snapshot.h"
 
 namespace tandem::kvcache {
+
+// One layer of a layer-wise push: positions [first, n_tokens) of `layer` (LayerFrame's
+// payload layout).
+struct KvPayloadLayer {
+  int layer = 0;
+  int first = 0;
+  std::string payload;
+};
 
 // The layers of one transfer as the prefill step produces them (layer-wise push): the engine
 // thread adds each layer's payload as soon as that layer's KV is in its cache, then the
@@ -45,7 +53,7 @@ namespace tandem::kvcache {
 // still compute.
 //
 // Thread safety: every method from any thread.
-class KvLayerStream {
+class KvLayerStream : public KvLayerQueue<KvPayloadLayer> {
  public:
   // The layout every layer has (n_tokens positions of n_kv_heads x head_dim, in dtype).
   KvLayerStream(int n_tokens, int n_layers, int n_kv_heads, int head_dim, kernels::KvDType dtype)
@@ -55,23 +63,11 @@ class KvLayerStream {
         head_dim_(head_dim),
         dtype_(dtype) {}
 
-  // `payload` holds positions [first, n_tokens) of `layer` (LayerFrame's layout).
-  void AddLayer(int layer, int first, std::string payload);
-  void Commit(int32_t first_token, uint64_t seed);
-  void Cancel(std::string reason);
-
-  // The pusher's side. Waits until the next item is there or `until` passes: a layer (and its
-  // index), the commit, or the cancellation (with its reason); nullopt at the deadline.
-  struct Item {
-    enum Kind { kLayer, kCommit, kCancel } kind = kLayer;
-    int layer = 0;
-    int first = 0;        // kLayer
-    std::string payload;  // kLayer
-    int32_t first_token = 0;
-    uint64_t seed = 0;
-    std::string reason;  // kCancel
-  };
-  std::optional<Item> Next(absl::Time until);
+  // `payload` holds positions [first, n_tokens) of `layer` (LayerFrame's layout). Then
+  // Commit or Cancel (KvLayerQueue); the pusher takes the items with Next.
+  void AddLayer(int layer, int first, std::string payload) {
+    Add(KvPayloadLayer{layer, first, std::move(payload)});
+  }
 
   int n_tokens() const { return n_tokens_; }
   int n_layers() const { return n_layers_; }
@@ -82,10 +78,6 @@ class KvLayerStream {
  private:
   const int n_tokens_, n_layers_, n_kv_heads_, head_dim_;
   const kernels::KvDType dtype_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Item> items_ ABSL_GUARDED_BY(mu_);
-  bool ended_ ABSL_GUARDED_BY(mu_) = false;  // a commit or a cancel was added
 };
 
 struct KvPush {
