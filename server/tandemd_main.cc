@@ -197,6 +197,12 @@ absl::StatusOr<size_t> ParseBytes(std::string s) {
 
 // The CPU's model name (/proc/cpuinfo), part of the latency profile's key: a profile taken on
 // one CPU model does not describe another.
+// The device the weights go to, for the startup log: "the CPU backend (2 threads)" or
+// "cuda:0".
+std::string BackendWords(const kernels::BackendConfig& b) {
+  return b.device == "cpu" ? StrCat("the CPU backend (", b.cpu.threads, " threads)") : b.device;
+}
+
 std::string CpuModelName() {
   std::ifstream f("/proc/cpuinfo");
   std::string line;
@@ -510,8 +516,7 @@ absl::Status Run() {
     } else {
       wc.role = scheduler::InstanceRole::kDecode;
     }
-    spdlog::info("[2/3] {} worker: loading weights onto the CPU backend ({} threads)...", role,
-                 threads);
+    spdlog::info("[2/3] {} worker: loading weights onto {}...", role, BackendWords(backend));
     TANDEM_ASSIGN_OR_RETURN(worker_instance, scheduler::EngineInstance::Create(wc, *file));
     instances = {worker_instance.get()};
     std::string kv_address;
@@ -647,7 +652,7 @@ absl::Status Run() {
     for (int i = 0; i < pair->num_decode(); ++i) instances.push_back(&pair->decode(i));
     engine = std::move(pair);
   } else {
-    spdlog::info("[2/3] loading weights onto the CPU backend ({} threads)...", threads);
+    spdlog::info("[2/3] loading weights onto {}...", BackendWords(backend));
     TANDEM_ASSIGN_OR_RETURN(auto one, scheduler::EngineInstance::Create(ic, *file));
     instances = {one.get()};
     engine = std::move(one);
