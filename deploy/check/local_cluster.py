@@ -384,6 +384,19 @@ def run_local_cluster(docs: list[dict], work: Path, logs: Path,
                     f"{p.name} {'ready' if p.is_ready else 'not ready'}" for p in ps)))
             time.sleep(0.2)
 
+    def wait_started(p: ClusterPod, limit: float = 120) -> None:
+        """Waits for `p`'s startup probe to pass (a router is not ready before workers
+        register, so readiness cannot be what a pod waits for)."""
+        t0 = time.monotonic()
+        while p.startup_s is None:
+            if p.error:
+                fail(f"{p.error} (log: {(logs / (p.name + '.log')).relative_to(ROOT)})")
+            if p.proc and p.proc.poll() is not None:
+                fail(f"{p.name} exited {p.proc.returncode}: {p.log_text()[-600:]}")
+            if time.monotonic() - t0 > limit:
+                fail(f"{p.name}: startup probe not passed within {limit:.0f} s")
+            time.sleep(0.2)
+
     def service_url(svc: str, port: str = "http") -> str:
         """A client's view of a Service: its name resolved by cluster DNS to a ready endpoint."""
         refresh_dns()
@@ -424,9 +437,20 @@ def run_local_cluster(docs: list[dict], work: Path, logs: Path,
             log(f"WARNING: {where}")
         log(f"{CLUSTER_OVERLAY}: router, 1 prefill and 2 decode pods in {where}")
 
+        # One pod after another, each past its startup probe (its model loaded and its latency
+        # model profiled) before the next starts. The router places requests by the workers'
+        # latency models; in a cluster each pod profiles on cores of its own, while here pods
+        # starting together would profile under each other's load, leaving one decode worker
+        # with a model so slow that the router rightly sends it nothing (and, idle, it never
+        # corrects it).
         router = launch("router-0", "router")
+        wait_started(router)
         prefill = launch("prefill-0", "prefill")
-        decodes = [launch("decode-0", "decode"), launch("decode-1", "decode")]
+        wait_started(prefill)
+        decodes = []
+        for name in ("decode-0", "decode-1"):
+            decodes.append(launch(name, "decode"))
+            wait_started(decodes[-1])
         wait_ready(pods)
         t_ready = time.monotonic() - t_all
         for p in pods:
