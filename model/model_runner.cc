@@ -43,10 +43,9 @@ T* At(uint8_t* base, size_t offset) {
   return reinterpret_cast<T*>(base + offset);
 }
 
-// The CPU backend quantizes activations in scratch sized for its max_batch_tokens rows: make
-// it hold the model's step.
-// The backend for this model: the CPU backend's scratch sized for its steps, and a 16-bit
-// device's activation dtype the model's own unless the configuration names one.
+// The backend for this model: the CPU backend's activation scratch (max_batch_tokens rows)
+// sized for its steps, and a 16-bit device's activation dtype the model's own unless the
+// configuration names one.
 kernels::BackendConfig SizedFor(kernels::BackendConfig b, const ModelOptions& mo,
                                 const ModelConfig& mc) {
   b.cpu.max_batch_tokens = std::max(b.cpu.max_batch_tokens, mo.max_batch_tokens);
