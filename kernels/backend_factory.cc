@@ -25,6 +25,8 @@ int CudaOrdinal(const std::string& device) {
 
 }  // namespace
 
+int BackendConfig::cuda_ordinal() const { return CudaOrdinal(device); }
+
 absl::Status BackendConfig::Validate() const {
   if (device == "cpu") return cpu::ValidateCpuBackendConfig(cpu);
   if (device.rfind("cuda", 0) == 0) {

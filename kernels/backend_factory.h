@@ -25,6 +25,8 @@ struct BackendConfig {
   std::optional<ActivationDType> cuda_activations;
 
   absl::Status Validate() const;
+  // N of a device "cuda:N"; -1 for any other name.
+  int cuda_ordinal() const;
 };
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendConfig& config);

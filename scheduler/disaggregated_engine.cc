@@ -208,8 +208,7 @@ HandoverStats DisaggregatedEngine::handover_stats() const {
   return {handed_.load(), handed_bytes_.load(), handover_seconds_.load()};
 }
 
-absl::Status DisaggregatedEngine::PrefillSide::SendKv(const Sequence& seq,
-                                                      const kvcache::KvManager& kv) {
+absl::Status DisaggregatedEngine::PrefillSide::SendKv(const Sequence& seq, kvcache::KvManager& kv) {
   const auto t0 = std::chrono::steady_clock::now();
   TANDEM_ASSIGN_OR_RETURN(pending_, kvcache::KvSnapshot::Take(kv, seq.table, seq.num_computed));
   owner_->handed_bytes_.fetch_add(pending_->bytes());

@@ -106,7 +106,7 @@ class DisaggregatedEngine : public Engine {
   class PrefillSide : public PrefillHandoff {
    public:
     explicit PrefillSide(DisaggregatedEngine* owner) : owner_(owner) {}
-    absl::Status SendKv(const Sequence& seq, const kvcache::KvManager& kv) override;
+    absl::Status SendKv(const Sequence& seq, kvcache::KvManager& kv) override;
     void Commit(std::unique_ptr<Sequence> seq) override;
     // Refuses while prefilled sequences wait for room on every decode instance.
     absl::Status CanAccept() const override;

@@ -88,6 +88,13 @@ absl::StatusOr<std::unique_ptr<EngineInstance>> EngineInstance::Start(
   }
   inst->scheduler_ = std::make_unique<Scheduler>(config.scheduler, inst->runner_->kv());
   inst->scheduler_->set_latency_model(&inst->model_live_);
+  if (config.role == InstanceRole::kPrefill && config.handoff->streams_layers()) {
+    for (int l = 0; l < inst->runner_->model_config().n_layers; ++l) {
+      TANDEM_ASSIGN_OR_RETURN(kernels::Event e, inst->runner_->backend().CreateEvent());
+      inst->layer_events_.push_back(e);
+    }
+  }
+  if (config.role == InstanceRole::kPrefill) config.handoff->Attach(*inst);
   inst->PublishStats();
   // The engine thread first gets its latency model (profiling runs on the thread, and cores,
   // that will run the steps), then serves.
@@ -301,7 +308,10 @@ LatencyModel EngineInstance::latency_model() const {
   return load_.model;
 }
 
-EngineInstance::~EngineInstance() { Stop(); }
+EngineInstance::~EngineInstance() {
+  Stop();
+  for (kernels::Event e : layer_events_) runner_->backend().DestroyEvent(e);
+}
 
 absl::Status EngineInstance::ValidateRequest(const SequenceRequest& request) const {
   const model::ModelConfig& mc = runner_->model_config();
@@ -448,6 +458,7 @@ void EngineInstance::RunTasks(bool stopping) {
   }
   for (auto& t : tasks) t(&runner_->kv(), stopping);
   leases_.store(runner_->kv().num_leases());
+  kv_free_.store(runner_->kv().num_free());  // a task may have freed blocks
 }
 
 absl::StatusOr<kvcache::KvReservation> EngineInstance::ReserveKv(int n_tokens) {
@@ -497,7 +508,13 @@ void EngineInstance::Stop() {
     stopping_ = true;
   }
   cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
+  if (!thread_.joinable()) return;
+  thread_.join();
+  if (config_.role == InstanceRole::kPrefill) {
+    // The thread is gone: this thread may use the cache now.
+    config_.handoff->Detach(runner_->kv());
+    PublishStats();
+  }
 }
 
 std::string EngineInstance::kv_layout() const {
@@ -507,6 +524,11 @@ std::string EngineInstance::kv_layout() const {
   for (int w : g.window) local += w > 0 ? g.layers_per_group : 0;
   return StrCat("; ", local, " sliding-window layers keep their last ", g.window.back(),
                 " positions");
+}
+
+kvcache::KvDirectLayout EngineInstance::direct_kv_layout() const {
+  const kvcache::KvManager& kv = runner_->kv();  // its view and groups are set at creation
+  return kvcache::DirectLayoutOf(kv.view(), kv.groups(), kv.config().n_layers);
 }
 
 int EngineInstance::num_arrivals_waiting() const { return arrived_count_.load(); }
@@ -773,7 +795,10 @@ absl::Status EngineInstance::Execute(const SchedulerOutput& out) {
       return false;
     }
     if (!completing_.empty()) {
-      config_.handoff->OnLayer(layer, std::span<Sequence* const>(completing_), runner_->kv());
+      kernels::Backend& be = runner_->backend();
+      be.RecordEvent(layer_events_[layer], be.DefaultStream());
+      config_.handoff->OnLayer(layer, std::span<Sequence* const>(completing_), runner_->kv(),
+                               layer_events_[layer]);
     }
     return true;
   });

@@ -41,6 +41,7 @@
 #include "kernels/backend.h"
 #include "kernels/backend_factory.h"
 #include "kvcache/kv_manager.h"
+#include "kvcache/transfer/kv_data_plane.h"
 #include "kvcache/transfer/kv_receiver.h"
 #include "model/gguf_file.h"
 #include "model/llama_weights.h"
@@ -58,14 +59,19 @@ namespace tandem::scheduler {
 enum class InstanceRole { kColocated, kPrefill, kDecode };
 const char* InstanceRoleName(InstanceRole role);  // "colocated", "prefill", "decode"
 
+class EngineInstance;
+
 // The prefill role's way out: the disaggregated engine implements it over a KV transport.
-// Called on the prefill instance's engine thread.
+// Called on the prefill instance's engine thread (but Attach and Detach, see there).
 class PrefillHandoff {
  public:
   virtual ~PrefillHandoff() = default;
   // `seq`'s first token has just been sampled and reported: send its KV (positions
-  // [0, seq.num_computed), still in `kv`). An error fails the sequence with that status.
-  virtual absl::Status SendKv(const Sequence& seq, const kvcache::KvManager& kv) = 0;
+  // [0, seq.num_computed), still in `kv`). An error fails the sequence with that status. A
+  // handoff that sends from the blocks themselves (the direct transport) may hold them past
+  // this call with kv.AddRef, and must return each reference on the engine thread (Post) or
+  // in Detach.
+  virtual absl::Status SendKv(const Sequence& seq, kvcache::KvManager& kv) = 0;
   // Then, its blocks here freed, the sequence itself (tokens, sampler state, sink, SLOs and
   // timings) goes to the decode side, which now owns its end.
   virtual void Commit(std::unique_ptr<Sequence> seq) = 0;
@@ -75,14 +81,26 @@ class PrefillHandoff {
   virtual absl::Status CanAccept() const { return absl::OkStatus(); }
 
   // Layer-wise hand-off (optional). When streams_layers(), the instance calls OnLayer after
-  // each layer's KV of a step is in the cache, for the sequences whose prompt completes in
-  // that step (they sample their first token at its end): their KV can leave while later
-  // layers still compute. Each of them then either hands off (SendKv, Commit) or ends on
-  // this side, and is then Dropped (also called for sequences that never streamed: a no-op).
+  // each layer's KV of a step is appended, for the sequences whose prompt completes in that
+  // step (they sample their first token at its end): their KV can leave while later layers
+  // still compute. `ready` was recorded on the model's stream right after the layer's append
+  // (on an asynchronous backend the KV is written once it has happened; the CPU's has). It is
+  // one of the instance's per-layer events, recorded again at the same layer of later steps:
+  // a wait queued on it before then waits for this layer, one queued later for a later step
+  // (on the same stream: this layer too). Each of them then either hands off (SendKv, Commit)
+  // or ends on this side, and is then Dropped (also called for sequences that never streamed:
+  // a no-op).
   virtual bool streams_layers() const { return false; }
-  virtual void OnLayer(int layer, std::span<Sequence* const> completing,
-                       const kvcache::KvManager& kv) {}
+  virtual void OnLayer(int layer, std::span<Sequence* const> completing, kvcache::KvManager& kv,
+                       kernels::Event ready) {}
   virtual void Drop(const Sequence& seq) {}
+
+  // The instance this handoff serves: Attach before its engine thread starts; Detach once that
+  // thread has ended, on the thread that stops the instance, while the cache still exists. A
+  // handoff holding blocks of the cache must, in Detach, stop every read of them and return
+  // its references to `kv` (which the calling thread may use then).
+  virtual void Attach(EngineInstance& instance) {}
+  virtual void Detach(kvcache::KvManager& kv) {}
 };
 
 // A sequence that arrives at a decode instance with its prompt's KV computed elsewhere.
@@ -196,9 +214,13 @@ class EngineInstance : public Engine {
   // A sequence of this instance for `request` (validated as Submit validates it), not queued:
   // for a decode worker that builds a sequence whose KV arrives from another process.
   absl::StatusOr<std::unique_ptr<Sequence>> MakeSequence(SequenceRequest request) const;
-  // Fails every queued and running sequence with Unavailable and joins the engine thread.
-  // Idempotent.
+  // Fails every queued and running sequence with Unavailable and joins the engine thread
+  // (then detaches the handoff). Idempotent.
   void Stop() override;
+  // Queues `task` for the engine thread, which runs it at its next Admit with its KV manager
+  // (stopping false), or as it stops (stopping true); once the thread has stopped, the caller
+  // runs it at once with kv null (any thread).
+  void Post(std::function<void(kvcache::KvManager* kv, bool stopping)> task);
 
   InstanceStats stats() const override;
   // Role kDecode: sequences that arrived with KV and found no room at the last step (any
@@ -219,6 +241,9 @@ class EngineInstance : public Engine {
   // How the KV cache keeps layers, for the startup log: "" for whole contexts, else e.g.
   // "; 15 sliding-window layers keep their last 512 positions".
   std::string kv_layout() const;
+  // The cache's layout as the direct (block-to-block) KV transport compares it between the
+  // two sides (kvcache::KvDirectLayout; any thread).
+  kvcache::KvDirectLayout direct_kv_layout() const;
 
  private:
   EngineInstance(const EngineInstanceConfig& config);
@@ -243,8 +268,6 @@ class EngineInstance : public Engine {
   void ImportArrived();
   // An arrival joined the running set: counts its wait.
   void CountJoin(const ArrivingSequence& a);
-  // Queues `task` for the engine thread (see tasks_).
-  void Post(std::function<void(kvcache::KvManager*, bool stopping)> task);
   // Runs the queued tasks.
   void RunTasks(bool stopping);
   // Role kPrefill: sends seq's KV and hands it over; false if it failed instead.
@@ -267,6 +290,9 @@ class EngineInstance : public Engine {
   std::vector<int> chunk_rows_;            // [chunks] logit row of each chunk, -1 if none
   std::vector<model::SampleJob> samples_;  // this step's rows to sample, in chunk order
   std::vector<Sequence*> completing_;      // role kPrefill: this step's prompts that complete
+  // Role kPrefill with a layer-wise handoff: one per model layer, recorded after its KV append
+  // (PrefillHandoff::OnLayer). Made at Start, destroyed with the instance.
+  std::vector<kernels::Event> layer_events_;
   std::vector<ArrivingSequence> arrived_;  // role kDecode: taken from arriving_, not yet in
   // Refilled every step, kept for their capacity.
   SchedulerOutput plan_;              // this step's chunks, preempted and failed
@@ -284,9 +310,9 @@ class EngineInstance : public Engine {
   std::condition_variable cv_;
   std::vector<SequenceRequest> inbox_ ABSL_GUARDED_BY(mu_);
   std::vector<ArrivingSequence> arriving_ ABSL_GUARDED_BY(mu_);
-  // Work for the engine thread (ReserveKv, ReleaseKv): run at its next Admit, or as it stops,
-  // with its KV manager and whether it is stopping; posted once it stops, run by the poster
-  // with nullptr.
+  // Work for the engine thread (ReserveKv, ReleaseKv, a handoff's releases): run at its next Admit,
+  // or as it stops, with its KV manager and whether it is stopping; posted once it stops, run by
+  // the poster with nullptr.
   std::vector<std::function<void(kvcache::KvManager*, bool stopping)>> tasks_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   // The load as of the step in flight, and the model, for Submit's admission.

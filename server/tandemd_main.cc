@@ -37,6 +37,9 @@
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kvcache/kv_cache.h"
+#include "kvcache/transfer/kv_data_plane.h"
+#include "kvcache/transfer/kv_nccl_plane.h"
+#include "kvcache/transfer/kv_nccl_transport.h"
 #include "kvcache/transfer/kv_receiver.h"
 #include "kvcache/transfer/kv_shm.h"
 #include "kvcache/transfer/kv_tcp.h"
@@ -116,8 +119,9 @@ ABSL_FLAG(std::string, kv_push, "layer",
           "Prefill workers: layer (each layer's KV leaves as soon as the prefill step has it, "
           "while later layers compute) or after-prefill (the whole KV after the step).");
 ABSL_FLAG(int, kv_transfer_timeout_ms, 30000,
-          "Decode workers: a KV transfer not committed this long after its reservation is "
-          "aborted and its blocks freed.");
+          "Decode workers (and prefill workers with --kv-transport=direct or nccl): a KV "
+          "transfer not committed this long after its reservation is aborted and its blocks "
+          "freed.");
 ABSL_FLAG(std::string, cluster_secret_file, "",
           "A file holding the secret every cluster peer must present (router, workers, KV "
           "transfers). Without one, only loopback peers are accepted.");
@@ -129,7 +133,12 @@ ABSL_FLAG(std::string, kv_transport, "inproc",
           "handed over in memory), tcp (the protocol between processes, over loopback: decode "
           "leases blocks, prefill pushes the layers into them, then commits) or shm (that "
           "protocol over shared memory). Decode workers (--role=decode): tcp (on --kv-port; the "
-          "default) or shm (a shared-memory listener, for prefill workers on the same host).");
+          "default), shm (a shared-memory listener, for prefill workers on the same host), "
+          "direct (block to block, no re-paging: the layers go from the prefill cache's blocks "
+          "into the reserved ones over a second TCP connection; CPU workers) or nccl (the same "
+          "over NCCL, between GPUs). Prefill workers: direct or nccl to send that way (the "
+          "decode workers must use the same); otherwise tcp or shm, as each decode worker's "
+          "address says.");
 ABSL_FLAG(
     std::string, kv_transfer_dtype, "auto",
     "With --kv-transport=tcp or shm, the KV dtype on the wire: auto (the cache's), f16, f32 or "
@@ -195,14 +204,14 @@ absl::StatusOr<size_t> ParseBytes(std::string s) {
   return v * mult;
 }
 
-// The CPU's model name (/proc/cpuinfo), part of the latency profile's key: a profile taken on
-// one CPU model does not describe another.
 // The device the weights go to, for the startup log: "the CPU backend (2 threads)" or
 // "cuda:0".
 std::string BackendWords(const kernels::BackendConfig& b) {
   return b.device == "cpu" ? StrCat("the CPU backend (", b.cpu.threads, " threads)") : b.device;
 }
 
+// The CPU's model name (/proc/cpuinfo), part of the latency profile's key: a profile taken on
+// one CPU model does not describe another.
 std::string CpuModelName() {
   std::ifstream f("/proc/cpuinfo");
   std::string line;
@@ -269,6 +278,42 @@ std::string AdvertiseHost() {
 std::string HostPort(const std::string& host, int port) {
   return host.find(':') != std::string::npos ? StrCat("[", host, "]:", port)
                                              : StrCat(host, ":", port);
+}
+
+// The transport a decode worker's KV address names: "shm" (shm:NAME), "direct" or "nccl"
+// (direct:HOST:PORT, nccl:HOST:PORT: the block-to-block protocol, its control connection on
+// HOST:PORT), else "tcp" (HOST:PORT).
+std::string KvAddressTransport(const std::string& address) {
+  for (const char* kind : {"shm", "direct", "nccl"}) {
+    if (address.rfind(StrCat(kind, ":"), 0) == 0) return kind;
+  }
+  return "tcp";
+}
+
+bool IsDirectTransport(const std::string& transport) {
+  return transport == "direct" || transport == "nccl";
+}
+
+// The data plane of --kv-transport=direct (the byte plane, between CPU workers) or nccl
+// (between GPUs).
+absl::StatusOr<std::unique_ptr<kvcache::KvDataPlaneFactory>> MakeKvPlanes(
+    const std::string& transport, const kernels::BackendConfig& backend) {
+  if (transport == "nccl") {
+    kvcache::NcclPlaneConfig nc;
+    nc.device = backend.cuda_ordinal();
+    if (nc.device < 0) {
+      return absl::InvalidArgumentError(
+          "--kv-transport=nccl moves KV between GPUs: it needs --device cuda:N (CPU workers "
+          "use direct, tcp or shm)");
+    }
+    return kvcache::MakeNcclDataPlaneFactory(nc);
+  }
+  if (backend.device != "cpu") {
+    return absl::InvalidArgumentError(
+        StrCat("--kv-transport=direct moves KV between host memories (CPU workers): with --device ",
+               backend.device, " use nccl"));
+  }
+  return kvcache::MakeByteDataPlaneFactory(AdvertiseHost());
 }
 
 // What identifies the model across processes: a router and its workers must agree on it.
@@ -435,11 +480,13 @@ absl::Status Run() {
   // The cluster's pieces of this process, by role (all null for colocated).
   // Declared so that each outlives what calls it: the instance calls the handoff, the
   // arrivals and the receiver call the instance, the servers call the services.
-  cluster::RouterEngine* router = nullptr;  // owned by `engine`
+  cluster::RouterEngine* router = nullptr;                 // owned by `engine`
+  std::unique_ptr<kvcache::KvDataPlaneFactory> kv_planes;  // --kv-transport=direct or nccl
   std::unique_ptr<scheduler::RemoteHandoff> handoff;
   std::unique_ptr<scheduler::EngineInstance> worker_instance;
   std::unique_ptr<scheduler::KvArrivals> arrivals;
   std::unique_ptr<kvcache::KvReceiver> kv_receiver;
+  std::unique_ptr<kvcache::KvNcclReceiver> kv_direct_receiver;
   std::unique_ptr<cluster::WorkerService> worker_service;
   std::unique_ptr<grpc::Server> cluster_server;
   std::unique_ptr<cluster::WorkerAgent> agent;
@@ -496,15 +543,48 @@ absl::Status Run() {
   } else if (role == "prefill" || role == "decode") {
     scheduler::EngineInstanceConfig wc = ic;
     wc.name = role;
+    const std::string kv_transport = absl::GetFlag(FLAGS_kv_transport);
+    if (kv_transport != "inproc" && kv_transport != "tcp" && kv_transport != "shm" &&
+        !IsDirectTransport(kv_transport)) {
+      return absl::InvalidArgumentError(
+          StrCat("--kv-transport of a ", role, " worker must be tcp, shm, direct or nccl"));
+    }
+    if (absl::GetFlag(FLAGS_kv_transfer_timeout_ms) <= 0) {
+      return absl::InvalidArgumentError("--kv-transfer-timeout-ms must be > 0");
+    }
+    const absl::Duration kv_transfer_timeout =
+        absl::Milliseconds(absl::GetFlag(FLAGS_kv_transfer_timeout_ms));
+    const bool kv_direct = IsDirectTransport(kv_transport);
+    if (kv_direct) {
+      if (wire_dtype.has_value()) {
+        return absl::InvalidArgumentError(
+            "--kv-transfer-dtype needs --kv-transport=tcp or shm: direct and nccl move the "
+            "cache's blocks as they are");
+      }
+      TANDEM_ASSIGN_OR_RETURN(kv_planes, MakeKvPlanes(kv_transport, backend));
+    }
     if (role == "prefill") {
       scheduler::RemoteHandoffConfig hc;
-      hc.connect = [secret](const std::string& address) {
-        // The decode worker's kv_address says the transport: "shm:NAME" or host:port.
-        return kvcache::IsShmAddress(address)
-                   ? kvcache::ConnectShm(address, absl::Seconds(5), secret)
-                   : kvcache::ConnectTcp(address, absl::Seconds(5), secret);
+      hc.connect = [secret, kv_transport, kv_direct](const std::string& address)
+          -> absl::StatusOr<std::unique_ptr<kvcache::KvConnection>> {
+        // The decode worker's kv_address says its transport; this worker's must be the same
+        // protocol (tcp and shm carry the same one).
+        const std::string theirs = KvAddressTransport(address);
+        if (kv_direct ? theirs != kv_transport : IsDirectTransport(theirs)) {
+          // The cluster's set-up, not the request, is wrong: a 503, which the router may try
+          // on another decode worker.
+          return absl::UnavailableError(StrCat("the decode worker at ", address, " takes KV over ",
+                                               theirs, ", this prefill worker sends it over ",
+                                               kv_direct ? kv_transport : "tcp/shm",
+                                               ": start both roles with the same --kv-transport"));
+        }
+        if (theirs == "shm") return kvcache::ConnectShm(address, absl::Seconds(5), secret);
+        return kvcache::ConnectTcp(theirs == "tcp" ? address : address.substr(theirs.size() + 1),
+                                   absl::Seconds(5), secret);
       };
       hc.wire_dtype = wire_dtype;
+      hc.direct_planes = kv_planes.get();
+      hc.transfer_timeout = kv_transfer_timeout;
       const std::string push = absl::GetFlag(FLAGS_kv_push);
       if (push != "layer" && push != "after-prefill") {
         return absl::InvalidArgumentError("--kv-push must be layer or after-prefill");
@@ -522,10 +602,6 @@ absl::Status Run() {
     std::string kv_address;
     if (role == "decode") {
       arrivals = std::make_unique<scheduler::KvArrivals>(*worker_instance);
-      const std::string kv_transport = absl::GetFlag(FLAGS_kv_transport);
-      if (kv_transport != "inproc" && kv_transport != "tcp" && kv_transport != "shm") {
-        return absl::InvalidArgumentError("--kv-transport of a decode worker must be tcp or shm");
-      }
       const bool kv_shm = kv_transport == "shm";
       TANDEM_ASSIGN_OR_RETURN(
           auto listener,
@@ -533,20 +609,32 @@ absl::Status Run() {
                  : kvcache::ListenTcp(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_kv_port)));
       const std::string bound = listener->address();
       const int kv_port = kv_shm ? 0 : std::stoi(bound.substr(bound.rfind(':') + 1));
-      kvcache::KvReceiverConfig krc;
-      krc.secret = secret;
-      if (absl::GetFlag(FLAGS_kv_transfer_timeout_ms) <= 0) {
-        return absl::InvalidArgumentError("--kv-transfer-timeout-ms must be > 0");
-      }
-      krc.transfer_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_kv_transfer_timeout_ms));
-      krc.on_refused_peer = [](const absl::Status& s) {
+      auto on_refused_peer = [](const absl::Status& s) {
         spdlog::warn("KV receiver: refused a connection: {}", std::string(s.message()));
       };
-      kv_receiver = kvcache::KvReceiver::Start(std::move(listener), *arrivals, krc);
+      if (kv_direct) {
+        kvcache::KvNcclReceiverConfig nrc;
+        nrc.layout = worker_instance->direct_kv_layout();
+        nrc.transfer_timeout = kv_transfer_timeout;
+        nrc.secret = secret;
+        nrc.on_refused_peer = on_refused_peer;
+        kv_direct_receiver =
+            kvcache::KvNcclReceiver::Start(std::move(listener), *arrivals, *kv_planes, nrc);
+      } else {
+        kvcache::KvReceiverConfig krc;
+        krc.secret = secret;
+        krc.transfer_timeout = kv_transfer_timeout;
+        krc.on_refused_peer = on_refused_peer;
+        kv_receiver = kvcache::KvReceiver::Start(std::move(listener), *arrivals, krc);
+      }
       kv_address = absl::GetFlag(FLAGS_kv_advertise_address).empty()
                        ? HostPort(AdvertiseHost(), kv_port)
                        : absl::GetFlag(FLAGS_kv_advertise_address);
       if (kv_shm) kv_address = bound;  // "shm:NAME", for workers on this host
+      // Prefill workers learn the protocol from the address: "direct:HOST:PORT".
+      if (kv_direct && KvAddressTransport(kv_address) != kv_transport) {
+        kv_address = StrCat(kv_transport, ":", kv_address);
+      }
       worker_service = cluster::WorkerService::ForDecode(*worker_instance, *arrivals, secret);
     } else {
       worker_service = cluster::WorkerService::ForPrefill(*worker_instance, *handoff, secret);
@@ -637,7 +725,11 @@ absl::Status Run() {
     } else if (transport == "shm") {
       dc.transport = scheduler::KvTransportKind::kShm;
     } else if (transport != "inproc") {
-      return absl::InvalidArgumentError("--kv-transport must be inproc, tcp or shm");
+      return absl::InvalidArgumentError(
+          StrCat("--kv-transport must be inproc, tcp or shm",
+                 IsDirectTransport(transport)
+                     ? " in one process (direct and nccl are for --role=prefill and decode workers)"
+                     : ""));
     }
     if (const std::string wire = absl::GetFlag(FLAGS_kv_transfer_dtype); wire != "auto") {
       if (dc.transport == scheduler::KvTransportKind::kInProcess) {
@@ -704,6 +796,19 @@ absl::Status Run() {
   if (kv_receiver) {
     metrics.AddSource([r = kv_receiver.get(), a = arrivals.get()] {
       return cluster::RenderDecodeMetrics(r->stats(), r->open_transfers(), *a);
+    });
+  }
+  if (kv_direct_receiver) {
+    metrics.AddSource([r = kv_direct_receiver.get(), a = arrivals.get()] {
+      const kvcache::KvNcclStats d = r->stats();
+      kvcache::KvReceiverStats t;
+      t.connections = d.connections;
+      t.committed = d.committed;
+      t.aborted = d.failed;
+      t.refused = d.refused;
+      t.bytes = d.bytes;
+      t.refused_peers = d.refused_peers;
+      return cluster::RenderDecodeMetrics(t, r->open_transfers(), *a);
     });
   }
   step_metrics.store(&metrics, std::memory_order_release);
@@ -792,6 +897,7 @@ absl::Status Run() {
     cluster_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   }
   if (kv_receiver) kv_receiver->Stop();
+  if (kv_direct_receiver) kv_direct_receiver->Stop();
   if (arrivals) arrivals->Close();
   if (handoff) handoff->Stop();
   engine->Stop();  // fails what is left with 503 / UNAVAILABLE

@@ -150,6 +150,7 @@ KvNcclStats KvNcclPusher::stats() const {
   return {.committed = committed_.load(),
           .failed = failed_.load(),
           .cancelled = cancelled_.load(),
+          .bytes = bytes_.load(),
           .reserve_retries = retries_.load(),
           .connections = connects_.load(),
           .refused_peers = refused_.load(),
@@ -205,6 +206,7 @@ void KvNcclPusher::Loop() {
       queued_.fetch_sub(1);
     }
     absl::Status s = Send(p);
+    waiting_for_room_.store(false);
     if (s.ok()) {
       committed_.fetch_add(1);
     } else if (s.code() == absl::StatusCode::kCancelled) {
@@ -329,6 +331,8 @@ absl::Status KvNcclPusher::Send(const KvNcclPush& p) {
     absl::Status s = write(reserve);
     absl::StatusOr<Frame> answer =
         s.ok() ? Await(p.transfer_id, absl::Now() + kAnswerTimeout) : absl::StatusOr<Frame>(s);
+    // Cleared by any answer but "no room" (set again below then).
+    waiting_for_room_.store(false);
     if (!answer.ok()) {
       // The peer may still reserve and queue receives: this connection is done.
       (void)write(AbortFrame{p.transfer_id, "no answer to Reserve in time",
@@ -355,6 +359,7 @@ absl::Status KvNcclPusher::Send(const KvNcclPush& p) {
                  " tokens before the deadline: ", refused.message()));
     }
     retries_.fetch_add(1);
+    waiting_for_room_.store(true);
     {
       std::unique_lock<std::mutex> lock(mu_);
       if (cv_.wait_for(lock, absl::ToChronoNanoseconds(backoff), [&] { return stopping_; })) {
@@ -396,6 +401,7 @@ absl::Status KvNcclPusher::Send(const KvNcclPush& p) {
     return absl::OkStatus();
   };
   int next_layer = 0;
+  uint64_t sent = 0;  // bytes of the layers queued on the plane
   absl::Time last_item = absl::Now();
   while (true) {
     const absl::Time give_up = std::min(deadline, last_item + config_.producer_timeout);
@@ -437,6 +443,7 @@ absl::Status KvNcclPusher::Send(const KvNcclPush& p) {
         if (absl::Status s = plane->Send(item->regions, item->ready); !s.ok()) {
           return fail(s, true);
         }
+        for (const KvRegion& g : item->regions) sent += g.bytes;
         ++next_layer;
         if (absl::Status s = peer_aborted(); !s.ok()) return fail(s, false);
         break;
@@ -463,6 +470,7 @@ absl::Status KvNcclPusher::Send(const KvNcclPush& p) {
           return fail(s, false);
         }
         watchdog_.Disarm(token);
+        bytes_.fetch_add(sent);
         return absl::OkStatus();
       }
       case KvNcclLayerStream::Item::kCancel:
@@ -525,6 +533,7 @@ KvNcclStats KvNcclReceiver::stats() const {
   return {.committed = committed_.load(),
           .failed = aborted_.load(),
           .refused = refused_.load(),
+          .bytes = bytes_.load(),
           .connections = connections_.load(),
           .refused_peers = refused_peers_.load(),
           .planes = planes_made_.load(),
@@ -604,6 +613,7 @@ void KvNcclReceiver::Serve(Conn* c) {
     KvReservation lease;
     absl::Time deadline;
     uint64_t watchdog = 0;
+    uint64_t bytes = 0;  // of every layer's regions
   };
   std::optional<Live> live;
   FrameParser parser;
@@ -679,7 +689,10 @@ void KvNcclReceiver::Serve(Conn* c) {
           tell_abort(id, s);
           return absl::OkStatus();
         }
-        live = Live{r, std::move(*lease), deadline, 0};
+        live = Live{r, std::move(*lease), deadline, 0, 0};
+        for (const std::vector<KvRegion>& layer : regions) {
+          for (const KvRegion& g : layer) live->bytes += g.bytes;
+        }
         open_.fetch_add(1);
         // The loop below enforces the deadline itself; the watchdog is the backstop for a
         // thread blocked in the plane, a moment later.
@@ -711,6 +724,7 @@ void KvNcclReceiver::Serve(Conn* c) {
         }
         watchdog_.Disarm(live->watchdog);
         committed_.fetch_add(1);
+        bytes_.fetch_add(live->bytes);
         open_.fetch_sub(1);
         const Live done = std::move(*live);
         live.reset();

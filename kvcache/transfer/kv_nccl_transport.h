@@ -120,6 +120,7 @@ struct KvNcclStats {
   uint64_t failed = 0;     // pusher: pushes that failed; receiver: transfers aborted after lease
   uint64_t cancelled = 0;  // pusher: streams their producer called off
   uint64_t refused = 0;    // receiver: Reserves answered with an Abort (no room, layout)
+  uint64_t bytes = 0;      // KV of the committed transfers (their regions, every layer)
   uint64_t reserve_retries = 0;
   uint64_t connections = 0;     // made (pusher) or accepted (receiver)
   uint64_t refused_peers = 0;   // connections whose hello (or secret) was refused
@@ -139,7 +140,11 @@ class KvNcclPusher {
 
   // Queues a transfer. After Stop, fails it at once with Unavailable.
   void Push(KvNcclPush push);
+  // Pushes queued and not started.
   int queued() const { return queued_.load(); }
+  // Whether the push in flight waits for room on the peer (its Reserve was refused and is
+  // being retried): then every queued push waits behind it.
+  bool waiting_for_room() const { return waiting_for_room_.load(); }
   KvNcclStats stats() const;
   // Aborts the plane and ends the connection (the transfer in flight fails), fails every
   // queued push with Unavailable and joins the thread. Idempotent.
@@ -175,8 +180,9 @@ class KvNcclPusher {
 
   KvWatchdog watchdog_;
   std::atomic<int> queued_{0};
-  std::atomic<uint64_t> committed_{0}, failed_{0}, cancelled_{0}, retries_{0}, connects_{0},
-      refused_{0}, planes_made_{0}, planes_aborted_{0};
+  std::atomic<bool> waiting_for_room_{false};
+  std::atomic<uint64_t> committed_{0}, failed_{0}, cancelled_{0}, bytes_{0}, retries_{0},
+      connects_{0}, refused_{0}, planes_made_{0}, planes_aborted_{0};
   std::thread thread_;
 };
 
@@ -230,8 +236,8 @@ class KvNcclReceiver {
 
   KvWatchdog watchdog_;
   std::atomic<int> open_{0};
-  std::atomic<uint64_t> connections_{0}, committed_{0}, aborted_{0}, refused_{0}, refused_peers_{0},
-      planes_made_{0}, planes_aborted_{0};
+  std::atomic<uint64_t> connections_{0}, committed_{0}, aborted_{0}, refused_{0}, bytes_{0},
+      refused_peers_{0}, planes_made_{0}, planes_aborted_{0};
   std::thread accept_thread_;
 };
 

@@ -223,6 +223,73 @@ def test_a_cluster_over_shared_memory_equals_the_colocated_daemon(daemon):
         os.unlink(secret)
 
 
+def test_a_direct_cluster_equals_the_colocated_daemon(daemon):
+    """Both workers with --kv-transport direct: the decode worker registers a "direct:HOST:PORT"
+    address, the prefill worker sends each layer from its cache's blocks straight into the
+    blocks the decode worker reserved (the protocol of nccl, over the byte data plane), holding
+    them until the push is done; the outputs are the colocated daemon's and both caches end
+    empty."""
+    with tempfile.NamedTemporaryFile("w", suffix=".secret", delete=False) as f:
+        f.write("direct, same secret\n")
+        secret = f.name
+    c = Cluster("--kv-transport", "direct", secret_file=secret)
+    try:
+        assert "KV at direct:" in c.decode[0].logs(), c.decode[0].logs()
+        for prompt in PROMPTS:
+            want = complete(daemon.url, prompt)["choices"][0]["text"]
+            got = complete(c.url, prompt)
+            assert got["choices"][0]["text"] == want, prompt
+            assert got["usage"]["completion_tokens"] == 24
+        with concurrent.futures.ThreadPoolExecutor(len(PROMPTS)) as pool:
+            texts = [f.result()["choices"][0]["text"]
+                     for f in [pool.submit(complete, c.url, p) for p in PROMPTS]]
+        assert texts == [complete(daemon.url, p)["choices"][0]["text"] for p in PROMPTS]
+        assert c.kv_all_free() is True
+        d = c.decode[0].metrics()
+        assert d['tandem:kv_transfers_total{outcome="committed"}'] == 2 * len(PROMPTS), d
+        assert d["tandem:kv_transfers_open"] == 0, d
+        assert d["tandem:kv_transfer_bytes_total"] > 0, d
+        p = c.prefill[0].metrics()
+        assert p['tandem:kv_pushes_total{outcome="committed"}'] == 2 * len(PROMPTS), p
+        assert p["tandem:kv_push_bytes_total"] == d["tandem:kv_transfer_bytes_total"], (p, d)
+    finally:
+        for d, code in c.stop().items():
+            assert code == 0, f"tandemd exited with {code}:\n{d.logs()}"
+        os.unlink(secret)
+
+
+def test_a_prefill_worker_of_another_kv_transport_fails_its_requests_clearly():
+    """A decode worker with --kv-transport direct, a prefill worker with the default (tcp):
+    the hand-off fails before anything is sent, and the request's error says what to fix."""
+    port = free_port()
+    router = Daemon("--role", "router", "--cluster-port", str(port), *HEARTBEAT,
+                    wait_path="/health")
+    workers = [Daemon("--role", role, "--router", f"127.0.0.1:{port}", "--cluster-port", "0",
+                      "--threads", "1", *extra)
+               for role, extra in [("prefill", ()), ("decode", ("--kv-transport", "direct"))]]
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(router.url + "/ready", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.05)
+        body = json.dumps({"model": MODEL_NAME, "prompt": PROMPTS[0], "max_tokens": 8,
+                           "temperature": 0}).encode()
+        req = urllib.request.Request(router.url + "/v1/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=60)
+        message = e.value.read().decode()
+        assert e.value.code >= 500, message
+        assert "--kv-transport" in message and "direct" in message, message
+    finally:
+        for d in [*workers, router]:
+            assert d.terminate() == 0, d.logs()
+
+
 def test_workers_refuse_generation_and_bad_input_is_a_400(cluster):
     with pytest.raises(urllib.error.HTTPError) as e:
         complete(cluster.prefill[0].url, "Hi")
@@ -462,7 +529,14 @@ def test_role_flags_are_checked():
                        (("--role", "router", "--disaggregation", "on"), "--disaggregation"),
                        (("--role", "router", "--cluster-port", "0"), "--cluster-port"),
                        (("--role", "decode", "--router", "127.0.0.1:1", "--cluster-port", "0",
-                         "--kv-transport", "udp"), "--kv-transport")]:
+                         "--kv-transport", "udp"), "--kv-transport"),
+                       (("--role", "decode", "--router", "127.0.0.1:1", "--cluster-port", "0",
+                         "--kv-transport", "nccl"), "--device cuda:N"),
+                       (("--role", "prefill", "--router", "127.0.0.1:1", "--cluster-port", "0",
+                         "--kv-transport", "direct", "--kv-transfer-dtype", "int8"),
+                        "--kv-transfer-dtype"),
+                       (("--disaggregation", "on", "--threads", "2", "--kv-transport", "direct"),
+                        "--role=prefill")]:
         r = subprocess.run([TANDEMD, "--model", MODEL, "--port", "0", *args],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode != 0, args

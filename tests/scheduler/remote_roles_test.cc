@@ -1,9 +1,11 @@
 // The separate-process roles' engine side, wired in one test process over loopback TCP: a
 // prefill instance whose RemoteHandoff pushes KV (layer by layer, or after the prefill step)
 // to a KvReceiver in front of a decode instance, whose KvArrivals builds each sequence from
-// its request and the commit, as a decode worker does. The first token comes from the prefill
-// instance's sink, the rest from the decode instance's; together they equal one colocated
-// instance's output, greedy and seeded, and both caches end whole.
+// its request and the commit, as a decode worker does; or, direct, to a KvNcclReceiver over
+// the byte data plane (the protocol of --kv-transport=direct and nccl: the prefill cache's
+// blocks, held until the push is done, go straight into the reserved ones). The first token
+// comes from the prefill instance's sink, the rest from the decode instance's; together they
+// equal one colocated instance's output, greedy and seeded, and both caches end whole.
 #include <unistd.h>
 
 #include <chrono>
@@ -16,7 +18,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/check.h"
 #include "gtest/gtest.h"
+#include "kvcache/transfer/kv_data_plane.h"
+#include "kvcache/transfer/kv_nccl_transport.h"
 #include "kvcache/transfer/kv_receiver.h"
 #include "kvcache/transfer/kv_tcp.h"
 #include "model/gguf_file.h"
@@ -69,6 +74,57 @@ class RemoteRolesTest : public ::testing::Test {
 };
 std::string* RemoteRolesTest::path_ = nullptr;
 
+// The decode worker's receiving end, of either protocol.
+struct DecodeEnd {
+  std::unique_ptr<kvcache::KvReceiver> tcp;
+  std::unique_ptr<kvcache::KvNcclReceiver> direct;
+
+  std::string address() const { return tcp ? tcp->address() : direct->address(); }
+  uint64_t committed() const { return tcp ? tcp->stats().committed : direct->stats().committed; }
+  int open_transfers() const { return tcp ? tcp->open_transfers() : direct->open_transfers(); }
+  void Stop() {
+    if (tcp) tcp->Stop();
+    if (direct) direct->Stop();
+  }
+};
+
+// `planes` null: the frame protocol (KvReceiver); else the direct one over `planes`.
+DecodeEnd StartDecodeEnd(KvArrivals& arrivals, const EngineInstance& decode,
+                         kvcache::KvDataPlaneFactory* planes) {
+  DecodeEnd end;
+  auto listener = kvcache::ListenTcp("127.0.0.1", 0);
+  TANDEM_CHECK(listener.ok());
+  if (planes == nullptr) {
+    end.tcp = kvcache::KvReceiver::Start(std::move(*listener), arrivals);
+  } else {
+    kvcache::KvNcclReceiverConfig rc;
+    rc.layout = decode.direct_kv_layout();
+    end.direct = kvcache::KvNcclReceiver::Start(std::move(*listener), arrivals, *planes, rc);
+  }
+  return end;
+}
+
+RemoteHandoffConfig HandoffConfig(kvcache::KvDataPlaneFactory* planes, bool layer_wise) {
+  RemoteHandoffConfig hc;
+  hc.connect = [](const std::string& address) {
+    return kvcache::ConnectTcp(address, absl::Seconds(5));
+  };
+  hc.layer_wise = layer_wise;
+  hc.direct_planes = planes;
+  return hc;
+}
+
+// Waits up to 30 s for `done`.
+template <typename F>
+bool Eventually(F done) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
 std::vector<std::vector<int32_t>> PromptSet() {
   std::vector<std::vector<int32_t>> out;
   for (int i = 0; i < 6; ++i) {
@@ -79,14 +135,19 @@ std::vector<std::vector<int32_t>> PromptSet() {
   return out;
 }
 
-TEST_F(RemoteRolesTest, PrefillAndDecodeRolesOverTcpEqualColocated) {
+TEST_F(RemoteRolesTest, PrefillAndDecodeRolesEqualColocated) {
   auto file = model::GgufFile::Open(*path_);
   ASSERT_TRUE(file.ok());
   auto colocated = EngineInstance::Create(Instance(InstanceRole::kColocated, 4), **file);
   ASSERT_TRUE(colocated.ok()) << colocated.status();
   const auto prompts = PromptSet();
-  for (const bool layer_wise : {true, false}) {
-    SCOPED_TRACE(layer_wise ? "layer-wise push" : "push after prefill");
+  const std::unique_ptr<kvcache::KvDataPlaneFactory> bytes = kvcache::MakeByteDataPlaneFactory();
+  const std::pair<bool, bool> cases[] = {
+      {false, true}, {false, false}, {true, true}, {true, false}};
+  for (const auto& [direct, layer_wise] : cases) {
+    SCOPED_TRACE(absl::StrCat(direct ? "direct, " : "frames, ",
+                              layer_wise ? "layer-wise push" : "push after prefill"));
+    kvcache::KvDataPlaneFactory* planes = direct ? bytes.get() : nullptr;
     // The decode side: instance, arrivals, receiver. Same block size as the others: attention
     // sums over blocks, so another block size changes the last bits of the logits, enough to
     // flip a sampled token now and then (greedy held in a trial); that the transfer itself
@@ -94,16 +155,9 @@ TEST_F(RemoteRolesTest, PrefillAndDecodeRolesOverTcpEqualColocated) {
     auto decode = EngineInstance::Create(Instance(InstanceRole::kDecode, 4), **file);
     ASSERT_TRUE(decode.ok()) << decode.status();
     KvArrivals arrivals(**decode);
-    auto listener = kvcache::ListenTcp("127.0.0.1", 0);
-    ASSERT_TRUE(listener.ok());
-    auto receiver = kvcache::KvReceiver::Start(std::move(*listener), arrivals);
+    DecodeEnd receiver = StartDecodeEnd(arrivals, **decode, planes);
     // The prefill side.
-    RemoteHandoffConfig hc;
-    hc.connect = [](const std::string& address) {
-      return kvcache::ConnectTcp(address, absl::Seconds(5));
-    };
-    hc.layer_wise = layer_wise;
-    RemoteHandoff handoff(hc);
+    RemoteHandoff handoff(HandoffConfig(planes, layer_wise));
     EngineInstanceConfig pc = Instance(InstanceRole::kPrefill, 4);
     pc.handoff = &handoff;
     auto prefill = EngineInstance::Create(pc, (*decode)->weights());
@@ -133,7 +187,7 @@ TEST_F(RemoteRolesTest, PrefillAndDecodeRolesOverTcpEqualColocated) {
         rest.push_back(std::make_shared<RecordingSink>());
         arrivals.ExpectRequest(id, request(rest.back()));
         first.push_back(std::make_shared<RecordingSink>());
-        handoff.Route(id, receiver->address(), [sink = first.back()](const absl::Status& s) {
+        handoff.Route(id, receiver.address(), [sink = first.back()](const absl::Status& s) {
           // The prefill side's end: handed off (or why not).
           sink->OnFinish(SequenceEnd::kLength, s);
         });
@@ -161,8 +215,14 @@ TEST_F(RemoteRolesTest, PrefillAndDecodeRolesOverTcpEqualColocated) {
     const kvcache::KvPusherStats ps = handoff.stats();
     EXPECT_EQ(ps.committed, 2 * prompts.size());
     EXPECT_EQ(ps.failed, 0u);
-    EXPECT_EQ(receiver->stats().committed, 2 * prompts.size());
+    EXPECT_EQ(receiver.committed(), 2 * prompts.size());
     EXPECT_EQ(arrivals.num_waiting(), 0);
+    // Direct: every block a push held went back on the prefill engine thread.
+    EXPECT_TRUE(Eventually([&] { return handoff.held_blocks() == 0; }));
+    EXPECT_TRUE(Eventually([&] {
+      const InstanceStats p = (*prefill)->stats();
+      return p.kv_blocks_free == p.kv_blocks_total;
+    }));
     // The sampled round repeated the greedy round's prompts: the prefill side took their whole
     // blocks from its prefix cache, and what it pushed (layer by layer too) was still whole.
     EXPECT_GT((*prefill)->stats().prefix_hit_tokens, 0u);
@@ -174,7 +234,7 @@ TEST_F(RemoteRolesTest, PrefillAndDecodeRolesOverTcpEqualColocated) {
     r.max_tokens = 1;
     r.sampling.temperature = 0;
     r.sink = one;
-    handoff.Route(9999, receiver->address(), [](const absl::Status&) {});
+    handoff.Route(9999, receiver.address(), [](const absl::Status&) {});
     ASSERT_TRUE((*prefill)->Submit(std::move(r)).ok());
     one->Wait();
     EXPECT_EQ(one->tokens().size(), 1u);
@@ -183,7 +243,7 @@ TEST_F(RemoteRolesTest, PrefillAndDecodeRolesOverTcpEqualColocated) {
 
     (*prefill)->Stop();
     handoff.Stop();
-    receiver->Stop();
+    receiver.Stop();
     arrivals.Close();
     const InstanceStats p = (*prefill)->stats(), d = (*decode)->stats();
     EXPECT_EQ(p.kv_blocks_free, p.kv_blocks_total);
@@ -197,76 +257,139 @@ TEST_F(RemoteRolesTest, PrefillAndDecodeRolesOverTcpEqualColocated) {
 
 // A prompt that ends at its first token on the prefill side (EOS there) after its layer-wise
 // push began: the push is called off (its `done` hears Cancelled, which a worker ignores: the
-// sink reports the end), the decode side frees the lease, and nothing is left anywhere.
+// sink reports the end), the decode side frees the lease, and nothing is left anywhere (direct:
+// the prefill blocks the push held come back too).
 TEST_F(RemoteRolesTest, ALayerWisePushIsCalledOffWhenTheSequenceEndsAtItsFirstToken) {
   auto file = model::GgufFile::Open(*path_);
   ASSERT_TRUE(file.ok());
-  const std::vector<int32_t> prompt = PromptSet()[3];
-  // Its greedy first token, made the prefill side's EOS.
-  auto colocated = EngineInstance::Create(Instance(InstanceRole::kColocated, 4), **file);
-  ASSERT_TRUE(colocated.ok());
-  auto probe = std::make_shared<RecordingSink>();
-  SequenceRequest pr;
-  pr.prompt = prompt;
-  pr.max_tokens = 1;
-  pr.sampling.temperature = 0;
-  pr.sink = probe;
-  ASSERT_TRUE((*colocated)->Submit(std::move(pr)).ok());
-  probe->Wait();
-  ASSERT_EQ(probe->tokens().size(), 1u);
-  const int32_t first = probe->tokens()[0];
+  const std::unique_ptr<kvcache::KvDataPlaneFactory> bytes = kvcache::MakeByteDataPlaneFactory();
+  for (kvcache::KvDataPlaneFactory* planes :
+       {static_cast<kvcache::KvDataPlaneFactory*>(nullptr), bytes.get()}) {
+    SCOPED_TRACE(planes ? "direct" : "frames");
+    const std::vector<int32_t> prompt = PromptSet()[3];
+    // Its greedy first token, made the prefill side's EOS.
+    auto colocated = EngineInstance::Create(Instance(InstanceRole::kColocated, 4), **file);
+    ASSERT_TRUE(colocated.ok());
+    auto probe = std::make_shared<RecordingSink>();
+    SequenceRequest pr;
+    pr.prompt = prompt;
+    pr.max_tokens = 1;
+    pr.sampling.temperature = 0;
+    pr.sink = probe;
+    ASSERT_TRUE((*colocated)->Submit(std::move(pr)).ok());
+    probe->Wait();
+    ASSERT_EQ(probe->tokens().size(), 1u);
+    const int32_t first = probe->tokens()[0];
 
-  auto decode = EngineInstance::Create(Instance(InstanceRole::kDecode, 4), **file);
-  ASSERT_TRUE(decode.ok());
+    auto decode = EngineInstance::Create(Instance(InstanceRole::kDecode, 4), **file);
+    ASSERT_TRUE(decode.ok());
+    KvArrivals arrivals(**decode);
+    DecodeEnd receiver = StartDecodeEnd(arrivals, **decode, planes);
+    RemoteHandoff handoff(HandoffConfig(planes, /*layer_wise=*/true));
+    EngineInstanceConfig pc = Instance(InstanceRole::kPrefill, 4);
+    pc.handoff = &handoff;
+    pc.eos_token_id = first;
+    auto prefill = EngineInstance::Create(pc, (*decode)->weights());
+    ASSERT_TRUE(prefill.ok());
+
+    auto sink = std::make_shared<RecordingSink>();
+    std::mutex mu;
+    std::vector<absl::Status> dones;
+    handoff.Route(7, receiver.address(), [&](const absl::Status& s) {
+      std::lock_guard<std::mutex> lock(mu);
+      dones.push_back(s);
+    });
+    SequenceRequest r;
+    r.id = 7;
+    r.prompt = prompt;
+    r.max_tokens = 10;
+    r.sampling.temperature = 0;
+    r.sink = sink;
+    ASSERT_TRUE((*prefill)->Submit(std::move(r)).ok());
+    sink->Wait();
+    EXPECT_EQ(sink->end(), SequenceEnd::kStopToken) << sink->status();
+    for (int i = 0; i < 2000 && handoff.stats().cancelled == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    EXPECT_EQ(handoff.stats().cancelled, 1u);
+    EXPECT_EQ(handoff.stats().committed, 0u);
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      ASSERT_EQ(dones.size(), 1u);
+      EXPECT_TRUE(absl::IsCancelled(dones[0])) << dones[0];
+    }
+    // The decode side heard the abort: no lease, no open transfer.
+    for (int i = 0; i < 2000 && receiver.open_transfers() > 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    EXPECT_EQ(receiver.open_transfers(), 0);
+    EXPECT_TRUE(Eventually([&] { return handoff.held_blocks() == 0; }));
+    EXPECT_TRUE(Eventually([&] {
+      const InstanceStats p = (*prefill)->stats();
+      return p.kv_blocks_free == p.kv_blocks_total;
+    }));
+    (*prefill)->Stop();
+    handoff.Stop();
+    receiver.Stop();
+    arrivals.Close();
+    const InstanceStats d = (*decode)->stats();
+    EXPECT_EQ(d.kv_blocks_free, d.kv_blocks_total);
+    (*decode)->Stop();
+  }
+}
+
+// Direct: a push still under way when its prefill instance stops (here: waiting for room on a
+// decode instance too small for the prompt) ends as the instance stops, before its cache goes:
+// the route hears Unavailable, and the blocks it held are back in the cache once Stop returns.
+TEST_F(RemoteRolesTest, ADirectPushEndsWhenItsPrefillInstanceStops) {
+  auto file = model::GgufFile::Open(*path_);
+  ASSERT_TRUE(file.ok());
+  const std::unique_ptr<kvcache::KvDataPlaneFactory> bytes = kvcache::MakeByteDataPlaneFactory();
+  EngineInstanceConfig dc = Instance(InstanceRole::kDecode, 4);
+  dc.kv_cache_bytes = 4096;  // 5 blocks of 4 tokens at 192 bytes a token: 20 tokens
+  auto decode = EngineInstance::Create(dc, **file);
+  ASSERT_TRUE(decode.ok()) << decode.status();
+  ASSERT_LT((*decode)->kv_capacity_tokens(), 40);
   KvArrivals arrivals(**decode);
-  auto listener = kvcache::ListenTcp("127.0.0.1", 0);
-  ASSERT_TRUE(listener.ok());
-  auto receiver = kvcache::KvReceiver::Start(std::move(*listener), arrivals);
-  RemoteHandoffConfig hc;
-  hc.connect = [](const std::string& address) {
-    return kvcache::ConnectTcp(address, absl::Seconds(5));
-  };
-  RemoteHandoff handoff(hc);
-  EngineInstanceConfig pc = Instance(InstanceRole::kPrefill, 4);
-  pc.handoff = &handoff;
-  pc.eos_token_id = first;
-  auto prefill = EngineInstance::Create(pc, (*decode)->weights());
-  ASSERT_TRUE(prefill.ok());
-
-  auto sink = std::make_shared<RecordingSink>();
-  std::mutex mu;
-  std::vector<absl::Status> dones;
-  handoff.Route(7, receiver->address(), [&](const absl::Status& s) {
-    std::lock_guard<std::mutex> lock(mu);
-    dones.push_back(s);
-  });
-  SequenceRequest r;
-  r.id = 7;
-  r.prompt = prompt;
-  r.max_tokens = 10;
-  r.sampling.temperature = 0;
-  r.sink = sink;
-  ASSERT_TRUE((*prefill)->Submit(std::move(r)).ok());
-  sink->Wait();
-  EXPECT_EQ(sink->end(), SequenceEnd::kStopToken) << sink->status();
-  for (int i = 0; i < 2000 && handoff.stats().cancelled == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  DecodeEnd receiver = StartDecodeEnd(arrivals, **decode, bytes.get());
+  for (const bool layer_wise : {true, false}) {
+    SCOPED_TRACE(layer_wise ? "layer-wise push" : "push after prefill");
+    RemoteHandoff handoff(HandoffConfig(bytes.get(), layer_wise));
+    EngineInstanceConfig pc = Instance(InstanceRole::kPrefill, 4);
+    pc.handoff = &handoff;
+    auto prefill = EngineInstance::Create(pc, (*decode)->weights());
+    ASSERT_TRUE(prefill.ok());
+    std::mutex mu;
+    std::vector<absl::Status> dones;
+    handoff.Route(11, receiver.address(), [&](const absl::Status& s) {
+      std::lock_guard<std::mutex> lock(mu);
+      dones.push_back(s);
+    });
+    auto sink = std::make_shared<RecordingSink>();
+    SequenceRequest r;
+    r.id = 11;
+    r.prompt = PromptSet()[5];  // 40 tokens
+    r.max_tokens = 10;
+    r.sampling.temperature = 0;
+    r.sink = sink;
+    ASSERT_TRUE((*prefill)->Submit(std::move(r)).ok());
+    // Handed off, its blocks held, its Reserve refused for room and retried.
+    ASSERT_TRUE(Eventually([&] { return handoff.waiting_for_room() > 0; }));
+    EXPECT_GT(handoff.held_blocks(), 0);
+    const InstanceStats before = (*prefill)->stats();
+    EXPECT_LT(before.kv_blocks_free, before.kv_blocks_total);
+    (*prefill)->Stop();
+    EXPECT_EQ(handoff.held_blocks(), 0);
+    const InstanceStats p = (*prefill)->stats();
+    EXPECT_EQ(p.kv_blocks_free, p.kv_blocks_total);
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      ASSERT_EQ(dones.size(), 1u);
+      EXPECT_TRUE(absl::IsUnavailable(dones[0])) << dones[0];
+    }
+    handoff.Stop();
   }
-  EXPECT_EQ(handoff.stats().cancelled, 1u);
-  EXPECT_EQ(handoff.stats().committed, 0u);
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    ASSERT_EQ(dones.size(), 1u);
-    EXPECT_TRUE(absl::IsCancelled(dones[0])) << dones[0];
-  }
-  // The decode side heard the abort: no lease, no open transfer.
-  for (int i = 0; i < 2000 && receiver->open_transfers() > 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  EXPECT_EQ(receiver->open_transfers(), 0);
-  (*prefill)->Stop();
-  handoff.Stop();
-  receiver->Stop();
+  receiver.Stop();
   arrivals.Close();
   const InstanceStats d = (*decode)->stats();
   EXPECT_EQ(d.kv_blocks_free, d.kv_blocks_total);
