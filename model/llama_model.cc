@@ -240,7 +240,8 @@ absl::Status LlamaModel::ValidateBatch(const StepBatch& b, const kernels::KvCach
 }
 
 absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView& cache,
-                                 float* logits, const LayerHook& on_layer_kv) {
+                                 float* logits, const LayerHook& on_layer_kv,
+                                 const LayerHook& on_layer_begin) {
   const kvcache::KvGroups* groups = GroupsOf(cache);
   if (groups == nullptr) {
     return absl::InvalidArgumentError(
@@ -319,6 +320,9 @@ absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView&
   }
   for (int il = 0; il < c.n_layers; ++il) {
     const LlamaWeights::Layer& l = w.layer(il);
+    if (on_layer_begin && !on_layer_begin(il)) {
+      return absl::CancelledError(absl::StrCat("the step was stopped before layer ", il));
+    }
     be.RmsNorm(x_, l.attn_norm, n, c.hidden, c.rms_eps, h_, s);
     be.Matmul(*l.wq, h_, n, q_, s);
     be.Matmul(*l.wk, h_, n, k_, s);

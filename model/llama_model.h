@@ -88,9 +88,12 @@ class LlamaModel {
   // stay on the device, in device_logits(), for Backend::Sample or CopyLogitsToHost.
   // InvalidArgument when the batch breaks StepBatch's invariants or exceeds ModelOptions; nothing
   // runs then. `on_layer_kv`, when set, is called after each layer's KV append (see LayerHook);
-  // Cancelled when it stopped the step.
+  // `on_layer_begin`, likewise, before each layer's first op is queued (a nano-batch executor
+  // makes the stream wait there for another stream's event). Cancelled when either stopped the
+  // step.
   absl::Status Forward(const StepBatch& batch, const kernels::KvCacheView& cache, float* logits,
-                       const LayerHook& on_layer_kv = nullptr);
+                       const LayerHook& on_layer_kv = nullptr,
+                       const LayerHook& on_layer_begin = nullptr);
   // The last Forward's logits on the device: [logit rows, vocab] of the backend's activation
   // dtype, valid until the next Forward.
   const float* device_logits() const { return logits_; }

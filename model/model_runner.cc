@@ -27,10 +27,9 @@ absl::Status ModelRunnerConfig::Validate() const {
   if (nano_groups != 0 && nano_groups != 2) {
     return absl::InvalidArgumentError(StrCat("nano_groups is ", nano_groups, "; 0 or 2"));
   }
-  if (nano_groups == 2 && (backend.device != "cpu" || backend.cpu.threads < 2)) {
-    return absl::InvalidArgumentError(
-        StrCat("nano-batching needs the cpu device with at least 2 threads (device '",
-               backend.device, "', ", backend.cpu.threads, " threads)"));
+  if (nano_groups == 2 && backend.device == "cpu" && backend.cpu.threads < 2) {
+    return absl::InvalidArgumentError(StrCat(
+        "nano-batching on the cpu device needs at least 2 threads (", backend.cpu.threads, ")"));
   }
   return absl::OkStatus();
 }
@@ -60,7 +59,8 @@ absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeBackend(const ModelRunnerC
 
 }  // namespace
 
-// The two thread groups of ExecuteNano and the thread that drives group 1.
+// The two groups of ExecuteNano (thread groups on the CPU, streams on a GPU) and the thread
+// that drives group 1.
 struct ModelRunner::NanoGroups {
   struct Group {
     std::unique_ptr<kernels::Backend> backend;  // declared first: the model's scratch is its
@@ -68,6 +68,64 @@ struct ModelRunner::NanoGroups {
     StepBatch batch;  // this step's nano-batch (engine thread writes it before the hand-off)
   };
   std::array<Group, 2> group;
+
+  // GPU groups (two backends on one device, a stream each) are pipelined: group 1's layer l
+  // starts on its stream once group 0's layer l has appended its KV (its Q/K/V GEMMs done),
+  // and group 0's layer l + 1 once group 1's layer l has, so each group's GEMMs run beside the
+  // other's attention instead of beside its GEMMs (NanoFlow's overlap of compute-bound and
+  // memory-bound work; REFERENCE.md). The order is kept by events on the streams; the host only
+  // makes sure an event is recorded before a stream is told to wait on it. CPU groups, on
+  // disjoint threads, run free.
+  bool pipelined = false;
+  std::array<std::vector<kernels::Event>, 2> kv_done;  // [group][layer], recorded after KvAppend
+  std::mutex pipe_mu;
+  std::condition_variable pipe_cv;
+  std::array<int, 2> recorded{0, 0};         // guarded by pipe_mu: kv_done events this step
+  std::array<bool, 2> returned{true, true};  // guarded by pipe_mu: Forward returned this step
+
+  // Before group g queues layer `layer`: its stream waits for the other group's event.
+  bool Begin(int g, int layer) {
+    const int other = 1 - g;
+    const int need = g == 1 ? layer : layer - 1;
+    if (need < 0) return true;
+    {
+      std::unique_lock<std::mutex> lock(pipe_mu);
+      pipe_cv.wait(lock, [&] { return recorded[other] > need || returned[other]; });
+      // A group that returned before recording it (an error) has nothing left to wait for.
+      if (recorded[other] <= need) return true;
+    }
+    kernels::Backend& be = *group[g].backend;
+    be.StreamWaitEvent(be.DefaultStream(), kv_done[other][need]);
+    return true;
+  }
+  bool KvDone(int g, int layer) {
+    kernels::Backend& be = *group[g].backend;
+    be.RecordEvent(kv_done[g][layer], be.DefaultStream());
+    {
+      std::lock_guard<std::mutex> lock(pipe_mu);
+      recorded[g] = layer + 1;
+    }
+    pipe_cv.notify_all();
+    return true;
+  }
+  // Before a step: which groups run (a group that does not is finished at once).
+  void StartStep(bool run0, bool run1) {
+    std::lock_guard<std::mutex> lock(pipe_mu);
+    recorded = {0, 0};
+    returned = {!run0, !run1};
+  }
+  absl::Status Run(int g, const kernels::KvCacheView& cache, float* logits) {
+    if (!pipelined) return group[g].model->Forward(group[g].batch, cache, logits);
+    absl::Status s = group[g].model->Forward(
+        group[g].batch, cache, logits, [this, g](int l) { return KvDone(g, l); },
+        [this, g](int l) { return Begin(g, l); });
+    {
+      std::lock_guard<std::mutex> lock(pipe_mu);
+      returned[g] = true;
+    }
+    pipe_cv.notify_all();
+    return s;
+  }
 
   // Group 1's driver. The engine thread fills group[1].batch, cache and logits, then bumps
   // `requested` under mu; the worker runs the Forward and sets `finished` = requested.
@@ -90,7 +148,7 @@ struct ModelRunner::NanoGroups {
         if (quit) return;
         seen = requested;
       }
-      absl::Status s = group[1].model->Forward(group[1].batch, cache, logits);
+      absl::Status s = Run(1, cache, logits);
       {
         std::lock_guard<std::mutex> lock(mu);
         status = std::move(s);
@@ -107,6 +165,9 @@ struct ModelRunner::NanoGroups {
       }
       cv.notify_all();
       worker.join();
+    }
+    for (int g = 0; g < 2; ++g) {
+      for (kernels::Event e : kv_done[g]) group[g].backend->DestroyEvent(e);
     }
   }
 };
@@ -185,6 +246,25 @@ absl::Status ModelRunner::AllocateSampleBuffers() {
 
 absl::Status ModelRunner::CreateNanoGroups() {
   const kernels::BackendConfig whole = SizedFor(config_.backend, config_.model, model_->config());
+  if (backend_->Name().rfind("cpu", 0) != 0) {
+    // A GPU: two more backends on the same device, each with a stream and scratch of its own,
+    // running the shared weights; pipelined by events (NanoGroups::pipelined).
+    auto nano = std::make_unique<NanoGroups>();
+    nano->pipelined = true;
+    for (int g = 0; g < 2; ++g) {
+      TANDEM_ASSIGN_OR_RETURN(nano->group[g].backend, MakeBackend(config_, whole));
+      TANDEM_ASSIGN_OR_RETURN(
+          nano->group[g].model,
+          LlamaModel::Create(model_->weights(), *nano->group[g].backend, config_.model));
+      for (int l = 0; l < model_->config().n_layers; ++l) {
+        TANDEM_ASSIGN_OR_RETURN(kernels::Event e, nano->group[g].backend->CreateEvent());
+        nano->kv_done[g].push_back(e);
+      }
+    }
+    nano->worker = std::thread([p = nano.get()] { p->Loop(); });
+    nano_ = std::move(nano);
+    return absl::OkStatus();
+  }
   const int threads = whole.cpu.threads;
   const int first = (threads + 1) / 2;
   auto nano = std::make_unique<NanoGroups>();
@@ -285,7 +365,9 @@ absl::Status ModelRunner::ExecuteNano(std::span<const int> batch_of) {
 
   logits_on_device_ = false;  // the groups' Forwards write host logits
   const kernels::KvCacheView cache = kv_->view();
+  const bool run0 = nano_->group[0].batch.n_seqs > 0;
   const bool run1 = nano_->group[1].batch.n_seqs > 0;
+  nano_->StartStep(run0, run1);
   uint64_t ticket = 0;
   if (run1) {
     std::lock_guard<std::mutex> lock(nano_->mu);
@@ -295,9 +377,7 @@ absl::Status ModelRunner::ExecuteNano(std::span<const int> batch_of) {
   }
   if (run1) nano_->cv.notify_all();
   absl::Status s0;
-  if (nano_->group[0].batch.n_seqs > 0) {
-    s0 = nano_->group[0].model->Forward(nano_->group[0].batch, cache, logits_.data());
-  }
+  if (run0) s0 = nano_->Run(0, cache, logits_.data());
   absl::Status s1;
   if (run1) {
     std::unique_lock<std::mutex> lock(nano_->mu);

@@ -18,16 +18,19 @@
 // sequence's tokens do not depend on where its rows were sampled but where float rounding
 // moves a survivor's mass across a boundary.
 //
-// Nano-batching (config nano_groups = 2, CPU only): the runner also holds two thread groups,
-// each a CpuBackend on half the threads (and half the pinned cores) with its own LlamaModel on
-// the shared weights, writing into the same KV memory. ExecuteNano runs the step's chunks as
-// two nano-batches, one per group, concurrently (the calling thread drives group 0, a
-// persistent thread group 1); sequences in different nano-batches touch disjoint KV blocks.
-// logits(row) then reads the same rows a monolithic Execute would have produced, for the
-// same chunks: each sequence's math does not depend on its batch-mates on the CPU kernels,
-// so the rows are identical bit for bit. Which chunk goes where is the caller's
-// (scheduler::NanoBatchPlanner); with nano_groups = 0 nothing of this exists and Execute is
-// unchanged.
+// Nano-batching (config nano_groups = 2): the runner also holds two groups, each a backend
+// with its own LlamaModel on the shared weights, writing into the same KV memory: on the CPU,
+// a CpuBackend on half the threads (and half the pinned cores); on a GPU, a backend on the
+// whole device with a stream of its own, the two pipelined by events so that one nano-batch's
+// GEMMs run beside the other's attention (model_runner.cc, NanoGroups). ExecuteNano runs the
+// step's chunks as two nano-batches, one per group, concurrently (the calling thread drives
+// group 0, a persistent thread group 1); sequences in different nano-batches touch disjoint KV
+// blocks. logits(row) then reads the same rows a monolithic Execute would have produced, for
+// the same chunks: each sequence's math does not depend on its batch-mates on the CPU kernels,
+// so the rows are identical bit for bit (on the CUDA kernels too while both steps take the same
+// GEMM path: the quantized GEMV up to 8 rows, the mma GEMM above, which round differently). Which
+// chunk goes where is the caller's (scheduler::NanoBatchPlanner); with nano_groups = 0 nothing of
+// this exists and Execute is unchanged.
 //
 // Thread safety: one thread drives a runner (its instance's engine thread), except that
 // Sample calls each job's sampler from the backend's threads, one job per thread at a time.
@@ -71,8 +74,9 @@ struct ModelRunnerConfig {
   size_t kv_cache_bytes = size_t{1} << 30;
   // Sliding-window layers keep only their window's KV (kvcache::KvGroups).
   bool window_local_kv = false;
-  // 0, or 2: two thread groups for ExecuteNano (device "cpu", backend.cpu.threads >= 2; the
-  // threads and pinned cores split in halves, group 0 taking the first).
+  // 0, or 2: two groups for ExecuteNano: on device "cpu" (backend.cpu.threads >= 2) the
+  // threads and pinned cores split in halves, group 0 taking the first; on a GPU two more
+  // backends on the device, a stream each.
   int nano_groups = 0;
   SamplingPlace sampling = SamplingPlace::kAuto;
   // Makes the runner's backends from `backend` (after sizing); null: kernels::CreateBackend.

@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """bench/cluster/handover.py: the KV handover as a client sees it, layer-wise push against
-push-after-prefill.
+push-after-prefill, and the frame protocol (tcp) against block to block (direct).
 
-For each --kv-push mode, starts a router and one prefill and one decode worker (one core each,
-KV over loopback TCP), then for each prompt length sends --runs streamed requests one at a time
-(max_tokens 2, ignore_eos) and measures TTFT and the gap from the first token (sampled by the
-prefill worker) to the second (the decode worker's first, after the KV arrived). Prints the
-medians, and the KV bytes per request (from the prefill worker's metrics).
+For each --kv-transport (tcp, direct) and --kv-push mode (layer, after-prefill), starts a
+router and one prefill and one decode worker (one core each, KV over loopback), then for each
+prompt length sends --runs streamed requests one at a time (max_tokens 2, ignore_eos) and
+measures TTFT and the gap from the first token (sampled by the prefill worker) to the second
+(the decode worker's first, after the KV arrived). Prints the medians, and the KV bytes per
+request (from the prefill worker's metrics).
 
-  bench/cluster/handover.py [--runs 7] [--lengths 128,512,1024,2048] [--tandemd PATH] [--model PATH]
+  bench/cluster/handover.py [--runs 7] [--lengths 128,512,1024,2048] [--transports tcp,direct]
+                            [--pushes layer,after-prefill] [--tandemd PATH] [--model PATH]
 """
 import argparse
 import http.client
@@ -69,7 +71,7 @@ def one(port, prompt):
     return times[0] - t0, times[1] - times[0]
 
 
-def run_mode(a, mode):
+def run_mode(a, transport, mode):
     common = [a.tandemd, "--model", a.model, "--served-model-name", "m", "--host", "127.0.0.1",
               "--ttft-slo-ms", "0", "--tpot-slo-ms", "0", "--profile-latency=false",
               "--grpc-port", "-1", "--threads", "1", "--log-level", "warn"]
@@ -83,7 +85,9 @@ def run_mode(a, mode):
                                       stdout=open(f"{logs}/router.log", "w"),
                                       stderr=subprocess.STDOUT))
         for role in ("prefill", "decode"):
-            extra = ["--kv-push", mode] if role == "prefill" else []
+            extra = ["--kv-transport", transport]
+            if role == "prefill":
+                extra += ["--kv-push", mode]
             procs.append(subprocess.Popen([*common, "--role", role, "--port", str(ports[role]),
                                            "--router", f"127.0.0.1:{cport}", "--cluster-port",
                                            "0", *extra],
@@ -118,18 +122,23 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--lengths", default="128,512,1024,2048")
+    ap.add_argument("--transports", default="tcp,direct")
+    ap.add_argument("--pushes", default="layer,after-prefill")
     ap.add_argument("--tandemd", default=os.path.join(ROOT, "build/bin/tandemd"))
     ap.add_argument("--model", default=os.path.join(ROOT, "models/SmolLM2-135M-Instruct.Q4_1.gguf"))
     a = ap.parse_args()
     a.lengths = [int(x) for x in a.lengths.split(",")]
     cpu = open("/proc/cpuinfo").read().split("model name")[1].split(":")[1].split("\n")[0].strip()
     print(f"CPU: {cpu}; {os.cpu_count()} cores; medians of {a.runs} runs")
-    results = {mode: run_mode(a, mode) for mode in ("layer", "after-prefill")}
-    print("| prompt words | KV MB | TTFT layer / after-prefill (ms) | first->second token "
-          "layer / after-prefill (ms) |")
+    configs = [(t, p) for t in a.transports.split(",") for p in a.pushes.split(",")]
+    results = [run_mode(a, t, p) for t, p in configs]
+    names = " / ".join(f"{t} {p}" for t, p in configs)
+    print(f"| prompt words | KV MB | TTFT {names} (ms) | first->second token {names} (ms) |")
     print("| ---: | ---: | --- | --- |")
-    for (n, kvb, t1, g1), (_, _, t2, g2) in zip(results["layer"], results["after-prefill"]):
-        print(f"| {n} | {kvb / 1e6:.1f} | {t1:.0f} / {t2:.0f} | {g1:.1f} / {g2:.1f} |")
+    for i, (n, kvb, _, _) in enumerate(results[0]):
+        ttft = " / ".join(f"{r[i][2]:.0f}" for r in results)
+        gap = " / ".join(f"{r[i][3]:.1f}" for r in results)
+        print(f"| {n} | {kvb / 1e6:.1f} | {ttft} | {gap} |")
 
 
 if __name__ == "__main__":
