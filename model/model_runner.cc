@@ -288,6 +288,8 @@ absl::Status ModelRunner::CreateNanoGroups() {
 
 ModelRunner::ModelRunner(const ModelRunnerConfig& config) : config_(config) {}
 
+bool ModelRunner::nano_groups_share_device() const { return nano_ && nano_->pipelined; }
+
 ModelRunner::~ModelRunner() {
   if (sample_device_.ptr != nullptr) backend_->Free(sample_device_);
 }

@@ -129,6 +129,9 @@ class ModelRunner {
   // per-layer hook: a step that needs one (a disaggregated prefill's KV push) runs Execute.
   absl::Status ExecuteNano(std::span<const int> batch_of);
   bool has_nano_groups() const { return nano_ != nullptr; }
+  // Whether the two groups share the device (a GPU's streams) rather than split it (the CPU's
+  // thread groups): a nano-batch's time is then its time beside the other's.
+  bool nano_groups_share_device() const;
   // [vocab] f32 logits of `row` of the last Execute or ExecuteNano, in host memory (copied
   // out of the device at the first call for the row when they stayed there).
   const float* logits(int row);

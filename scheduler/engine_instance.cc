@@ -56,6 +56,7 @@ model::ModelRunnerConfig RunnerConfig(const EngineInstanceConfig& config) {
   rc.window_local_kv = config.window_local_kv;
   rc.nano_groups = config.nano_batching ? 2 : 0;
   rc.sampling = config.sampling;
+  rc.make_backend = config.make_backend;
   return rc;
 }
 
@@ -281,7 +282,13 @@ absl::StatusOr<std::vector<StepSample>> EngineInstance::Profile(bool on_group) {
       if (rep == 1 && times[0] > kShort) break;
       const auto t0 = std::chrono::steady_clock::now();
       Prepare(out);
-      if (on_group) {
+      if (on_group && runner_->nano_groups_share_device()) {
+        // Groups on one device (a GPU's streams): a nano-batch's time is its time beside the
+        // other's, so both run, on alternate chunks, and the step counts as group 0's half.
+        group_zeros_.resize(out.chunks.size());
+        for (size_t i = 0; i < group_zeros_.size(); ++i) group_zeros_[i] = static_cast<int>(i % 2);
+        TANDEM_RETURN_IF_ERROR(runner_->ExecuteNano(group_zeros_));
+      } else if (on_group) {
         group_zeros_.assign(out.chunks.size(), 0);
         TANDEM_RETURN_IF_ERROR(runner_->ExecuteNano(group_zeros_));
       } else {
@@ -294,7 +301,21 @@ absl::StatusOr<std::vector<StepSample>> EngineInstance::Profile(bool on_group) {
     if (si == 0) continue;
     if (!times.empty()) {
       std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
-      samples.push_back({out.shape, times[times.size() / 2]});
+      StepShape shape = out.shape;
+      if (on_group && runner_->nano_groups_share_device()) {
+        // Group 0's half: the even chunks (the profile's decode chunks are one token after a
+        // context of >= 8, its prompt chunks >= 16 tokens).
+        shape = StepShape();
+        for (size_t i = 0; i < out.chunks.size(); i += 2) {
+          const ScheduledChunk& c = out.chunks[i];
+          if (c.num_tokens == 1 && c.start > 0) {
+            shape.AddDecode(c.start + 1);
+          } else {
+            shape.AddPrefill(c.num_tokens, c.start);
+          }
+        }
+      }
+      samples.push_back({shape, times[times.size() / 2]});
     }
     ++done;
     if (config_.profile_progress) config_.profile_progress(done, total);

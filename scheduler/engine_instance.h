@@ -126,6 +126,9 @@ struct EngineInstanceConfig {
   InstanceRole role = InstanceRole::kColocated;
   PrefillHandoff* handoff = nullptr;  // role kPrefill: required, must outlive the instance
   kernels::BackendConfig backend;     // the device: "cpu" with threads, pinned cores, ISA
+  // Tests: makes the backends in place of kernels::CreateBackend (model::ModelRunnerConfig's).
+  std::function<absl::StatusOr<std::unique_ptr<kernels::Backend>>(const kernels::BackendConfig&)>
+      make_backend;
   SchedulerConfig scheduler;
   int max_queue = 1024;  // waiting sequences; Submit fails beyond
   kernels::KvDType kv_dtype = kernels::KvDType::kF16;
@@ -139,10 +142,11 @@ struct EngineInstanceConfig {
   // long contexts take a fraction of the memory. Every role: a prefill instance sends only the
   // window of those layers, a decode instance writes only the window of what it receives.
   bool window_local_kv = true;
-  // Nano-batching (CPU with >= 2 threads): the runner also holds two thread groups of half the
-  // threads (model::ModelRunner::ExecuteNano), the instance profiles a latency model of one
-  // group at start besides the whole device's, and a decode-only step runs as two concurrent
-  // nano-batches when the planner (scheduler/nano_batch.h) predicts it at least
+  // Nano-batching (CPU with >= 2 threads, or a GPU): the runner also holds two groups
+  // (model::ModelRunner::ExecuteNano: thread groups of half the threads, or two streams on the
+  // GPU), the instance profiles a latency model of one group at start besides the whole
+  // device's (on a GPU, of a nano-batch running beside another), and a decode-only step runs as
+  // two concurrent nano-batches when the planner (scheduler/nano_batch.h) predicts it at least
   // `nano_min_gain` faster than one batch. Off by default: on 2 cores it wins only for decode
   // batches of ~64 (bench/RESULTS.md). Steps with prefill chunks always run as one batch (they
   // check for cancellation between layers and feed the KV hand-off).
@@ -252,7 +256,8 @@ class EngineInstance : public Engine {
   // Engine thread, before serving: load or profile the latency model.
   absl::Status InitLatencyModel();
   absl::Status InitWholeLatencyModel();
-  // The profile's steps, timed on the whole device or (on_group) on nano group 0 alone.
+  // The profile's steps, timed on the whole device or (on_group) on nano group 0 alone (groups
+  // that share the device: on alternate chunks in both groups, as group 0's half).
   absl::StatusOr<std::vector<StepSample>> Profile(bool on_group = false);
   absl::Status ValidateRequest(const SequenceRequest& request) const;
   std::string ProfileKey() const;

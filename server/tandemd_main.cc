@@ -150,10 +150,11 @@ ABSL_FLAG(bool, kv_window_local, true,
           "Sliding-window models (Gemma 3): the local layers keep only their window's KV "
           "(every role; a prefill worker sends only the window of those layers).");
 ABSL_FLAG(bool, nano_batching, false,
-          "CPU with >= 2 threads per instance: decode-only steps that the latency models predict "
-          "faster run as two concurrent nano-batches on halves of the threads (one more latency "
-          "profile at start). Off by default: on 2 cores it pays only for decode batches of ~64 "
-          "(bench/RESULTS.md).");
+          "CPU with >= 2 threads per instance, or a GPU: decode-only steps that the latency "
+          "models predict faster run as two concurrent nano-batches, on halves of the threads "
+          "(CPU) or on two streams pipelined so that one's GEMMs run beside the other's "
+          "attention (GPU; not yet run on one). One more latency profile at start. Off by "
+          "default: on 2 cores it pays only for decode batches of ~64 (bench/RESULTS.md).");
 ABSL_FLAG(std::string, isa, "auto", "CPU kernels: auto, scalar, avx2, avx512 or amx.");
 ABSL_FLAG(std::string, chat_template, "",
           "Chat template: chatml, llama3, mistral, llama2 or gemma (default: from the GGUF; a "
