@@ -1,9 +1,12 @@
 // tandem-bench-nano: one step run monolithic (ModelRunner::Execute on all the threads) beside
 // the same step run as two nano-batches on two thread groups of half the threads each
 // (ModelRunner::ExecuteNano), on the same runner, KV and weights. bench/nano/run drives it.
+// With --device cuda:N the groups are two streams on the GPU pipelined by events (model_runner.h)
+// and --threads does not apply; scripts/gpu-check runs that.
 //
-//   tandem-bench-nano --model M.gguf [--threads 2] [--decode 8,32,64] [--context 256]
-//                     [--mixed_prefill 256 --mixed_decode 16] [--reps 5] [--pin] [--json]
+//   tandem-bench-nano --model M.gguf [--device cpu] [--threads 2] [--decode 8,32,64]
+//                     [--context 256] [--mixed_prefill 256 --mixed_decode 16] [--reps 5] [--pin]
+//                     [--json]
 //
 // Shapes: decode batches of --decode sequences at --context, and one prefill-heavy mixed step
 // (a --mixed_prefill-token chunk at position 0 beside --mixed_decode decodes). Placement: a
@@ -33,6 +36,7 @@
 #include "nlohmann/json.hpp"
 
 ABSL_FLAG(std::string, model, "", "GGUF model file (required)");
+ABSL_FLAG(std::string, device, "cpu", "cpu, or cuda:N in a build with the CUDA backend");
 ABSL_FLAG(int, threads, 2, "threads of the monolithic step; the groups take half each");
 ABSL_FLAG(std::vector<std::string>, decode, std::vector<std::string>({"8", "32", "64"}),
           "decode batch sizes");
@@ -89,7 +93,11 @@ int Run() {
   }
 
   model::ModelRunnerConfig config;
+  config.backend.device = absl::GetFlag(FLAGS_device);
   config.backend.cpu.threads = threads;
+  // Both modes bring the logits to the host, as ExecuteNano does (a GPU would keep them on the
+  // device for sampling in the monolithic step otherwise).
+  config.sampling = model::SamplingPlace::kHost;
   if (absl::GetFlag(FLAGS_pin)) {
     for (int i = 0; i < threads; ++i) config.backend.cpu.cpus.push_back(i);
   }
@@ -161,11 +169,11 @@ int Run() {
     const double mono = Median(times[0]) * 1e3, nano = Median(times[1]) * 1e3,
                  group0 = Median(times[2]) * 1e3;
     if (absl::GetFlag(FLAGS_json)) {
-      nlohmann::json j = {{"shape", shape.name},      {"threads", threads},
-                          {"decode", shape.decode},   {"prefill", shape.prefill},
-                          {"context", context},       {"mono_ms", mono},
-                          {"nano_ms", nano},          {"group0_ms", group0},
-                          {"mono_runs_ms", times[0]}, {"nano_runs_ms", times[1]}};
+      nlohmann::json j = {
+          {"shape", shape.name},      {"threads", threads},       {"device", config.backend.device},
+          {"decode", shape.decode},   {"prefill", shape.prefill}, {"context", context},
+          {"mono_ms", mono},          {"nano_ms", nano},          {"group0_ms", group0},
+          {"mono_runs_ms", times[0]}, {"nano_runs_ms", times[1]}};
       std::printf("%s\n", j.dump().c_str());
     } else {
       std::printf("%-34s %12.2f %12.2f %12.2f %8.3f\n", shape.name.c_str(), mono, nano, group0,
