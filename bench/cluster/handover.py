@@ -7,10 +7,14 @@ router and one prefill and one decode worker (one core each, KV over loopback), 
 prompt length sends --runs streamed requests one at a time (max_tokens 2, ignore_eos) and
 measures TTFT and the gap from the first token (sampled by the prefill worker) to the second
 (the decode worker's first, after the KV arrived). Prints the medians, and the KV bytes per
-request (from the prefill worker's metrics).
+request (from the prefill worker's metrics). Each request's prompt starts with a word of its own,
+so the prefill worker's prefix cache holds none of it and the whole prompt is computed;
+--repeat-prompts sends the same prompt every time instead (the prefix cache then serves all
+but its last block, and the handover is most of what is left).
 
   bench/cluster/handover.py [--runs 7] [--lengths 128,512,1024,2048] [--transports tcp,direct]
-                            [--pushes layer,after-prefill] [--tandemd PATH] [--model PATH]
+                            [--pushes layer,after-prefill] [--repeat-prompts] [--tandemd PATH]
+                            [--model PATH]
 """
 import argparse
 import http.client
@@ -102,8 +106,9 @@ def run_mode(a, transport, mode):
             one(ports["router"], prompt)  # warm-up
             before = metrics(f"http://127.0.0.1:{ports['prefill']}")
             ttft, gap = [], []
-            for _ in range(a.runs):
-                t, g = one(ports["router"], prompt)
+            for run in range(a.runs):
+                unique = "" if a.repeat_prompts else f"Request {n}-{run}-{transport}-{mode}: "
+                t, g = one(ports["router"], unique + prompt)
                 ttft.append(t * 1000)
                 gap.append(g * 1000)
             after = metrics(f"http://127.0.0.1:{ports['prefill']}")
@@ -124,12 +129,14 @@ def main():
     ap.add_argument("--lengths", default="128,512,1024,2048")
     ap.add_argument("--transports", default="tcp,direct")
     ap.add_argument("--pushes", default="layer,after-prefill")
+    ap.add_argument("--repeat-prompts", action="store_true")
     ap.add_argument("--tandemd", default=os.path.join(ROOT, "build/bin/tandemd"))
     ap.add_argument("--model", default=os.path.join(ROOT, "models/SmolLM2-135M-Instruct.Q4_1.gguf"))
     a = ap.parse_args()
     a.lengths = [int(x) for x in a.lengths.split(",")]
     cpu = open("/proc/cpuinfo").read().split("model name")[1].split(":")[1].split("\n")[0].strip()
-    print(f"CPU: {cpu}; {os.cpu_count()} cores; medians of {a.runs} runs")
+    print(f"CPU: {cpu}; {os.cpu_count()} cores; medians of {a.runs} runs; "
+          f"{'the same prompt every time' if a.repeat_prompts else 'a prompt of its own each'}")
     configs = [(t, p) for t in a.transports.split(",") for p in a.pushes.split(",")]
     results = [run_mode(a, t, p) for t, p in configs]
     names = " / ".join(f"{t} {p}" for t, p in configs)

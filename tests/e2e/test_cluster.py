@@ -477,6 +477,43 @@ def test_sigstop_past_the_heartbeat_drops_the_worker_and_sigcont_brings_it_back(
         c.stop()
 
 
+def test_a_direct_push_to_a_stopped_decode_worker_gives_the_prefill_blocks_back():
+    """--kv-transport direct: the prefill worker holds a sequence's blocks until its push is
+    done. With the decode worker stopped (SIGSTOP) before the prompt is prefilled, the push gets
+    no answer and fails at its timeout; the request ends with a clear error, every block held for
+    the push comes back (the prefill worker's KV all free), and after SIGCONT the cluster
+    serves again."""
+    import threading
+    c = Cluster("--kv-transport", "direct")
+    try:
+        victim = c.decode[0]
+        result = {}
+        t = threading.Thread(target=lambda: result.update(
+            r=stream_until_error(c.url, "word " * 300, 8)))
+        os.kill(victim.proc.pid, signal.SIGSTOP)
+        t.start()
+        t.join(120)
+        assert not t.is_alive()
+        n, err = result["r"]
+        assert err is not None and n < 8, (n, err)  # chunks streamed before the error
+        prefill = c.prefill[0]
+        deadline = time.time() + 60
+        while True:
+            m = prefill.metrics()
+            if (m.get('tandem:kv_pushes_total{outcome="failed"}', 0) >= 1 and
+                    m.get("tandem:kv_cache_usage_ratio") == 0):
+                break
+            assert time.time() < deadline, m
+            time.sleep(0.1)
+        os.kill(victim.proc.pid, signal.SIGCONT)
+        c.wait_ready()
+        assert complete(c.url, "Hello", max_tokens=4)["usage"]["completion_tokens"] == 4
+        assert c.kv_all_free() is True
+    finally:
+        os.kill(c.decode[0].proc.pid, signal.SIGCONT)
+        c.stop()
+
+
 def test_a_restarted_router_gets_its_workers_back():
     c = Cluster()
     try:
