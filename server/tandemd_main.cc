@@ -665,6 +665,7 @@ absl::Status Run() {
       l.set_kv_blocks_total(st.kv_blocks_total);
       l.set_handoffs_waiting(ho ? ho->queued() : wi->num_arrivals_waiting() + ar->num_waiting());
       l.set_latency_correction(st.latency_correction);
+      l.set_steps(st.steps);
       if (const scheduler::LatencyModel lm = wi->latency_model(); lm.fitted()) {
         for (double c : lm.coefficients()) l.add_latency_coefficients(c);
       }

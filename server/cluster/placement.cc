@@ -27,6 +27,8 @@ int64_t FreeTokens(const WorkerInfo& w) {
   return static_cast<int64_t>(w.load.kv_blocks_free()) * std::max(1, w.load.kv_block_size());
 }
 
+bool Idle(const WorkerInfo& w) { return w.in_flight == 0 && w.load.running() == 0; }
+
 }  // namespace
 
 double PredictTtftSeconds(const WorkerInfo& w, int prompt) {
@@ -89,7 +91,22 @@ const WorkerInfo* PickWorker(const std::vector<const WorkerInfo*>& workers, v1::
       chosen_score = scores[i];
     }
   }
-  return best;
+  if (!all_modelled || best == nullptr || Idle(*best)) return best;
+  // Exploration (see kProvenSteps): an idle worker whose model no step has checked yet.
+  const WorkerInfo* explore = nullptr;
+  double explore_score = 0;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    const WorkerInfo* w = candidates[i];
+    if (!Idle(*w) || w->load.steps() >= kProvenSteps) continue;
+    if (role == v1::WORKER_ROLE_DECODE && w->load.kv_block_size() > 0 && FreeTokens(*w) < need) {
+      continue;
+    }
+    if (explore == nullptr || scores[i] < explore_score) {
+      explore = w;
+      explore_score = scores[i];
+    }
+  }
+  return explore != nullptr ? explore : best;
 }
 
 }  // namespace tandem::server::cluster

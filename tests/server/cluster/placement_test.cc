@@ -22,6 +22,7 @@ WorkerInfo Worker(uint64_t id, v1::WorkerRole role) {
   w.load.set_kv_blocks_total(100);
   w.load.set_kv_block_size(16);
   w.load.set_latency_correction(1.0);
+  w.load.set_steps(10000);  // a model long checked against measured steps (no exploration)
   return w;
 }
 
@@ -100,6 +101,49 @@ TEST(PlacementTest, NearlyEqualPredictionsGoToTheLessLoaded) {
   // Inside it (13 ms against 13.5 ms), the less loaded.
   SetModel(ws[1], 0.0125, 0.001, 0.001);
   EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_DECODE, 10, 40)->id, 2u);
+}
+
+// A decode worker profiled while another worker loaded the host: its model came out three
+// times too slow, so prediction alone never gives it a sequence and its correction never
+// learns. While it has run fewer than kProvenSteps steps, it takes a sequence whenever the
+// predicted best is busy and it is idle (with room); once its steps are counted, the
+// prediction (with the correction those steps taught) decides again.
+TEST(PlacementTest, AnIdleWorkerWhoseModelIsUncheckedIsExplored) {
+  std::vector<WorkerInfo> ws = {Worker(1, v1::WORKER_ROLE_DECODE),
+                                Worker(2, v1::WORKER_ROLE_DECODE)};
+  SetModel(ws[0], 0.006, 0.001, 0.0015);
+  SetModel(ws[1], 0.018, 0.003, 0.0045);  // profiled under load
+  ws[0].load.set_steps(0);
+  ws[1].load.set_steps(0);
+  // Both idle: the prediction decides.
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_DECODE, 10, 40)->id, 1u);
+  ws[0].in_flight = 1;
+  // The best is busy: the idle, unchecked one is explored.
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_DECODE, 10, 40)->id, 2u);
+  // Not while it is busy itself (its own sequences will check the model)...
+  ws[1].load.set_running(1);
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_DECODE, 10, 40)->id, 1u);
+  ws[1].load.set_running(0);
+  // ...nor without room for the sequence...
+  ws[1].load.set_kv_blocks_free(1);  // 16 tokens < 40
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_DECODE, 10, 40)->id, 1u);
+  ws[1].load.set_kv_blocks_free(100);
+  // ...nor once its model is checked: then its correction counts. Uncorrected, still 3x.
+  ws[1].load.set_steps(kProvenSteps);
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_DECODE, 10, 40)->id, 1u);
+  // Corrected by what its steps measured (as fast as the other), the less loaded again.
+  ws[1].load.set_latency_correction(1.0 / 3);
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_DECODE, 10, 40)->id, 2u);
+  // Prefill workers alike.
+  std::vector<WorkerInfo> ps = {Worker(3, v1::WORKER_ROLE_PREFILL),
+                                Worker(4, v1::WORKER_ROLE_PREFILL)};
+  SetModel(ps[0], 0.001, 0.0005, 0.001);
+  SetModel(ps[1], 0.003, 0.0015, 0.003);
+  ps[1].load.set_steps(3);
+  ps[0].in_flight = 1;
+  EXPECT_EQ(PickWorker(All(ps), v1::WORKER_ROLE_PREFILL, 200, 300)->id, 4u);
+  ps[1].load.set_steps(kProvenSteps);
+  EXPECT_EQ(PickWorker(All(ps), v1::WORKER_ROLE_PREFILL, 200, 300)->id, 3u);
 }
 
 TEST(PlacementTest, LeastLoadedWhileAnyWorkerHasNoModel) {
