@@ -396,5 +396,83 @@ TEST_F(RemoteRolesTest, ADirectPushEndsWhenItsPrefillInstanceStops) {
   (*decode)->Stop();
 }
 
+// Direct, on a sliding-window model (Gemma 3's shape in small: local layers keep 8 positions,
+// in layer groups of their own) with an int8 cache: the prefill side holds the pages of every
+// group a sequence's table still has (a local group's pages before its window are already
+// returned), the layouts match group for group, and the outputs are a colocated instance's with
+// the same cache, greedy, token for token.
+TEST_F(RemoteRolesTest, ADirectPushOfASlidingWindowModelWithAnInt8CacheEqualsColocated) {
+  const std::string path =
+      absl::StrCat(::testing::TempDir(), "/remote_roles_swa.", getpid(), ".gguf");
+  ASSERT_TRUE(testing::WriteTestModel(testing::SlidingWindowTestSpec(), path).ok());
+  auto file = model::GgufFile::Open(path);
+  std::remove(path.c_str());
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto config = [](InstanceRole role) {
+    EngineInstanceConfig c = Instance(role, 4);
+    c.kv_dtype = kernels::KvDType::kInt8;
+    c.window_local_kv = true;
+    c.eos_token_id = -1;
+    return c;
+  };
+  auto colocated = EngineInstance::Create(config(InstanceRole::kColocated), **file);
+  ASSERT_TRUE(colocated.ok()) << colocated.status();
+  auto decode = EngineInstance::Create(config(InstanceRole::kDecode), **file);
+  ASSERT_TRUE(decode.ok()) << decode.status();
+  ASSERT_FALSE((*decode)->kv_layout().empty());  // the local layers keep their window only
+  const std::unique_ptr<kvcache::KvDataPlaneFactory> bytes = kvcache::MakeByteDataPlaneFactory();
+  KvArrivals arrivals(**decode);
+  DecodeEnd receiver = StartDecodeEnd(arrivals, **decode, bytes.get());
+  RemoteHandoff handoff(HandoffConfig(bytes.get(), /*layer_wise=*/true));
+  EngineInstanceConfig pc = config(InstanceRole::kPrefill);
+  pc.handoff = &handoff;
+  auto prefill = EngineInstance::Create(pc, (*decode)->weights());
+  ASSERT_TRUE(prefill.ok()) << prefill.status();
+
+  std::vector<std::shared_ptr<RecordingSink>> want, first, rest;
+  for (int i = 0; i < 4; ++i) {
+    auto request = [&](std::shared_ptr<SequenceSink> sink) {
+      SequenceRequest r;
+      r.id = 500 + i;
+      for (int t = 0; t < 12 + 9 * i; ++t) r.prompt.push_back(3 + (i * 17 + t * 5) % 120);
+      r.max_tokens = 12;
+      r.sampling.temperature = 0;
+      r.sink = std::move(sink);
+      return r;
+    };
+    want.push_back(std::make_shared<RecordingSink>());
+    ASSERT_TRUE((*colocated)->Submit(request(want.back())).ok());
+    rest.push_back(std::make_shared<RecordingSink>());
+    arrivals.ExpectRequest(500 + i, request(rest.back()));
+    first.push_back(std::make_shared<RecordingSink>());
+    handoff.Route(500 + i, receiver.address(), [sink = first.back()](const absl::Status& s) {
+      sink->OnFinish(SequenceEnd::kLength, s);
+    });
+    ASSERT_TRUE((*prefill)->Submit(request(first.back())).ok());
+  }
+  for (size_t i = 0; i < want.size(); ++i) {
+    want[i]->Wait();
+    first[i]->Wait();
+    rest[i]->Wait();
+    ASSERT_TRUE(first[i]->status().ok()) << first[i]->status();
+    std::vector<int32_t> got = first[i]->tokens();
+    for (int32_t t : rest[i]->tokens()) got.push_back(t);
+    EXPECT_EQ(got, want[i]->tokens()) << "prompt " << i;
+  }
+  EXPECT_EQ(receiver.committed(), want.size());
+  EXPECT_TRUE(Eventually([&] { return handoff.held_blocks() == 0; }));
+  EXPECT_TRUE(Eventually([&] {
+    const InstanceStats p = (*prefill)->stats();
+    return p.kv_blocks_free == p.kv_blocks_total;
+  }));
+  (*prefill)->Stop();
+  handoff.Stop();
+  receiver.Stop();
+  arrivals.Close();
+  const InstanceStats d = (*decode)->stats();
+  EXPECT_EQ(d.kv_blocks_free, d.kv_blocks_total);
+  (*decode)->Stop();
+}
+
 }  // namespace
 }  // namespace tandem::scheduler
