@@ -115,6 +115,10 @@ ABSL_FLAG(std::string, advertise_host, "",
 ABSL_FLAG(std::string, kv_advertise_address, "",
           "Decode workers: the host:port prefill workers dial for KV (default: "
           "--advertise-host and the KV port), e.g. another network or a proxy.");
+ABSL_FLAG(std::string, kv_direct_host, "",
+          "Prefill workers with --kv-transport=direct: this host's address that decode workers "
+          "connect to for the data plane, a port of its own per connection (default: "
+          "--advertise-host), e.g. its address on a separate KV network.");
 ABSL_FLAG(std::string, kv_push, "layer",
           "Prefill workers: layer (each layer's KV leaves as soon as the prefill step has it, "
           "while later layers compute) or after-prefill (the whole KV after the step).");
@@ -314,7 +318,8 @@ absl::StatusOr<std::unique_ptr<kvcache::KvDataPlaneFactory>> MakeKvPlanes(
         StrCat("--kv-transport=direct moves KV between host memories (CPU workers): with --device ",
                backend.device, " use nccl"));
   }
-  return kvcache::MakeByteDataPlaneFactory(AdvertiseHost());
+  const std::string host = absl::GetFlag(FLAGS_kv_direct_host);
+  return kvcache::MakeByteDataPlaneFactory(host.empty() ? AdvertiseHost() : host);
 }
 
 // What identifies the model across processes: a router and its workers must agree on it.

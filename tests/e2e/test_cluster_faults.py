@@ -6,7 +6,10 @@ down mid-transfer), and through a small fault-injecting TCP proxy, delay, a stal
 
 After every fault: the request ends with a clear status, nothing hangs, both workers' KV is all
 free (read from the router's registry of worker loads), and the cluster serves the next
-request with the right answer."""
+request with the right answer. A second cluster runs --kv-transport direct (the prefill worker
+holds a sequence's blocks until its push is done, the data plane a second connection from the
+decode worker to the prefill worker's address on the KV link): healthy, and partitioned
+mid-transfer."""
 import json
 import os
 import socket
@@ -34,9 +37,14 @@ def sh(*args, check=True):
 
 class Net:
     """Namespaces r (router), p (prefill), d (decode); links root-r, r-p, r-d, p-d."""
+    made_count = 0
 
     def __init__(self):
-        tag = f"tf{os.getpid() % 100000}"
+        Net.made_count += 1
+        tag = f"tf{os.getpid() % 100000}{Net.made_count}"
+        # Each Net's addresses are 10.(212 + n).x.y: two clusters side by side do not clash in
+        # the root namespace.
+        self.base = f"10.{212 + Net.made_count}"
         self.ns = {k: f"{tag}{k}" for k in "rpd"}
         self.made = []
         for ns in self.ns.values():
@@ -52,10 +60,10 @@ class Net:
             for end, dev, host in ((a, da, 1), (b, db, 2)):
                 if end is not None:
                     sh("ip", "link", "set", dev, "netns", self.ns[end])
-                self.exec(end, "ip", "addr", "add", f"10.213.{net}.{host}/24", "dev", dev)
+                self.exec(end, "ip", "addr", "add", f"{self.base}.{net}.{host}/24", "dev", dev)
                 self.exec(end, "ip", "link", "set", dev, "up")
                 self.dev[(end, b if end == a else a)] = dev
-        self.router_ip = "10.213.0.2"
+        self.router_ip = f"{self.base}.0.2"
 
     def exec(self, end, *cmd, check=True):
         if end is None:
@@ -101,8 +109,8 @@ class Proc:
         return self.proc.returncode
 
 
-@pytest.fixture(scope="module")
-def faults():
+def start_cluster(*, direct):
+    """Yields a Faults over a router, a prefill and a decode worker in their namespaces."""
     if os.geteuid() != 0:
         pytest.fail("these tests create network namespaces: run them as root")
     net = Net()
@@ -117,27 +125,34 @@ def faults():
               "--ttft-slo-ms", "0", "--tpot-slo-ms", "0", "--profile-latency=false",
               "--cluster-secret-file", secret, "--threads", "1", "--grpc-port", "-1"]
     http_port, cluster_port = free_port(), 50052
+    # direct: both workers; the prefill worker's data-plane address on the p-d link (x.x.3.1),
+    # and its transfers' deadline as short as the decode side's.
+    transport = ["--kv-transport", "direct"] if direct else []
+    prefill_extra = (["--kv-direct-host", f"{net.base}.3.1", "--kv-transfer-timeout-ms", "3000"]
+                     if direct else [])
     procs = {}
     try:
         procs["router"] = Proc(net, "r", [*common, "--role", "router", "--port", str(http_port),
                                           "--cluster-port", str(cluster_port),
                                           "--heartbeat-ms", "200", "--worker-timeout-ms", "2000"],
                                "router")
-        procs["proxy"] = Proc(net, "d", [sys.executable, PROXY, f"10.213.3.2:{PROXY_PORT}",
+        procs["proxy"] = Proc(net, "d", [sys.executable, PROXY, f"{net.base}.3.2:{PROXY_PORT}",
                                          f"127.0.0.1:{KV_PORT}", mode], "proxy")
         procs["decode"] = Proc(net, "d", [*common, "--role", "decode", "--port", "8000",
-                                          "--router", f"10.213.2.1:{cluster_port}",
+                                          "--router", f"{net.base}.2.1:{cluster_port}",
                                           "--cluster-port", "50053", "--advertise-host",
-                                          "10.213.2.2", "--kv-port", str(KV_PORT),
+                                          f"{net.base}.2.2", "--kv-port", str(KV_PORT),
                                           # KV comes over the prefill-decode link, through the
                                           # fault proxy.
                                           "--kv-advertise-address",
-                                          f"10.213.3.2:{PROXY_PORT}",
-                                          "--kv-transfer-timeout-ms", "3000"], "decode")
+                                          f"{net.base}.3.2:{PROXY_PORT}",
+                                          "--kv-transfer-timeout-ms", "3000", *transport],
+                                "decode")
         procs["prefill"] = Proc(net, "p", [*common, "--role", "prefill", "--port", "8000",
-                                           "--router", f"10.213.1.1:{cluster_port}",
+                                           "--router", f"{net.base}.1.1:{cluster_port}",
                                            "--cluster-port", "50053", "--advertise-host",
-                                           "10.213.1.2"], "prefill")
+                                           f"{net.base}.1.2", *transport, *prefill_extra],
+                                "prefill")
         f = Faults(net, procs, f"http://{net.router_ip}:{http_port}", mode)
         f.wait_ready()
         yield f
@@ -149,6 +164,17 @@ def faults():
                 logs = procs[name].logs()
                 assert "ERROR: AddressSanitizer" not in logs and "runtime error:" not in logs, logs
                 assert codes[name] == 0, f"{name} exited {codes[name]}:\n{logs}"
+
+
+@pytest.fixture(scope="module")
+def faults():
+    yield from start_cluster(direct=False)
+
+
+@pytest.fixture(scope="module")
+def direct_faults(faults):
+    # After the tcp cluster (its reference answer is compared against), beside it.
+    yield from start_cluster(direct=True)
 
 
 class Faults:
@@ -330,3 +356,30 @@ def test_client_gone_mid_transfer_frees_both_workers(faults, reference):
     finally:
         faults.proxy("pass")
     assert faults.complete()["choices"][0]["text"] == reference
+
+
+def test_direct_over_real_links_equals_the_frame_protocol(direct_faults, reference):
+    assert direct_faults.complete()["choices"][0]["text"] == reference
+    assert "KV at direct:" in direct_faults.procs["decode"].logs()
+    assert direct_faults.workers_idle() is True
+
+
+def test_direct_partition_mid_transfer_fails_the_request_and_frees_the_kv(direct_faults,
+                                                                         reference):
+    """The data plane's connection and the control's both cross the cut link: the transfer's
+    deadline passes on both sides, the watchdogs abort the plane, the decode worker frees its
+    lease and the prefill worker gets back the blocks the push held."""
+    direct_faults.net.cap("20mbit")
+    try:
+        t0 = time.time()
+        n, error = direct_faults.stream(
+            lambda: (time.sleep(0.3), direct_faults.net.link(False)))
+        elapsed = time.time() - t0
+    finally:
+        direct_faults.net.link(True)
+        direct_faults.net.cap(None)
+    assert n >= 1 and error is not None, (n, error)
+    assert "KV" in error or "worker" in error, error
+    assert elapsed < 60, elapsed
+    assert direct_faults.workers_idle() is True
+    assert direct_faults.complete()["choices"][0]["text"] == reference
