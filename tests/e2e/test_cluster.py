@@ -194,16 +194,17 @@ def test_a_synthetic_gqa_model_equals_colocated(tmp_path):
             c.stop()
 
 
-def test_a_cluster_over_shared_memory_equals_the_colocated_daemon(daemon):
-    """The decode worker listens for KV on shared memory (--kv-transport shm): it registers a
-    "shm:NAME" address, the prefill worker on the same host connects to it there (with the
-    cluster secret), and the outputs are the colocated daemon's."""
+def check_transport_equals_the_colocated_daemon(daemon, transport):
+    """A cluster of one prefill and one decode worker with --kv-transport `transport` and the
+    cluster secret: the decode worker registers a "<transport>:..." KV address, the outputs
+    (one at a time, then all at once) are the colocated daemon's, both caches end empty, and
+    every transfer committed. Returns the two workers' last metrics (prefill, decode)."""
     with tempfile.NamedTemporaryFile("w", suffix=".secret", delete=False) as f:
-        f.write("shared memory, same secret\n")
+        f.write(f"{transport}, same secret\n")
         secret = f.name
-    c = Cluster("--kv-transport", "shm", secret_file=secret)
+    c = Cluster("--kv-transport", transport, secret_file=secret)
     try:
-        assert "KV at shm:" in c.decode[0].logs(), c.decode[0].logs()
+        assert f"KV at {transport}:" in c.decode[0].logs(), c.decode[0].logs()
         for prompt in PROMPTS:
             want = complete(daemon.url, prompt)["choices"][0]["text"]
             got = complete(c.url, prompt)
@@ -217,45 +218,28 @@ def test_a_cluster_over_shared_memory_equals_the_colocated_daemon(daemon):
         d = c.decode[0].metrics()
         assert d['tandem:kv_transfers_total{outcome="committed"}'] == 2 * len(PROMPTS), d
         assert d["tandem:kv_transfers_open"] == 0, d
+        return c.prefill[0].metrics(), d
     finally:
         for d, code in c.stop().items():
             assert code == 0, f"tandemd exited with {code}:\n{d.logs()}"
         os.unlink(secret)
+
+
+def test_a_cluster_over_shared_memory_equals_the_colocated_daemon(daemon):
+    """The decode worker listens for KV on shared memory (--kv-transport shm): it registers a
+    "shm:NAME" address, and the prefill worker on the same host connects to it there."""
+    check_transport_equals_the_colocated_daemon(daemon, "shm")
 
 
 def test_a_direct_cluster_equals_the_colocated_daemon(daemon):
     """Both workers with --kv-transport direct: the decode worker registers a "direct:HOST:PORT"
     address, the prefill worker sends each layer from its cache's blocks straight into the
     blocks the decode worker reserved (the protocol of nccl, over the byte data plane), holding
-    them until the push is done; the outputs are the colocated daemon's and both caches end
-    empty."""
-    with tempfile.NamedTemporaryFile("w", suffix=".secret", delete=False) as f:
-        f.write("direct, same secret\n")
-        secret = f.name
-    c = Cluster("--kv-transport", "direct", secret_file=secret)
-    try:
-        assert "KV at direct:" in c.decode[0].logs(), c.decode[0].logs()
-        for prompt in PROMPTS:
-            want = complete(daemon.url, prompt)["choices"][0]["text"]
-            got = complete(c.url, prompt)
-            assert got["choices"][0]["text"] == want, prompt
-            assert got["usage"]["completion_tokens"] == 24
-        with concurrent.futures.ThreadPoolExecutor(len(PROMPTS)) as pool:
-            texts = [f.result()["choices"][0]["text"]
-                     for f in [pool.submit(complete, c.url, p) for p in PROMPTS]]
-        assert texts == [complete(daemon.url, p)["choices"][0]["text"] for p in PROMPTS]
-        assert c.kv_all_free() is True
-        d = c.decode[0].metrics()
-        assert d['tandem:kv_transfers_total{outcome="committed"}'] == 2 * len(PROMPTS), d
-        assert d["tandem:kv_transfers_open"] == 0, d
-        assert d["tandem:kv_transfer_bytes_total"] > 0, d
-        p = c.prefill[0].metrics()
-        assert p['tandem:kv_pushes_total{outcome="committed"}'] == 2 * len(PROMPTS), p
-        assert p["tandem:kv_push_bytes_total"] == d["tandem:kv_transfer_bytes_total"], (p, d)
-    finally:
-        for d, code in c.stop().items():
-            assert code == 0, f"tandemd exited with {code}:\n{d.logs()}"
-        os.unlink(secret)
+    them until the push is done (all free again at the end)."""
+    p, d = check_transport_equals_the_colocated_daemon(daemon, "direct")
+    assert d["tandem:kv_transfer_bytes_total"] > 0, d
+    assert p['tandem:kv_pushes_total{outcome="committed"}'] == 2 * len(PROMPTS), p
+    assert p["tandem:kv_push_bytes_total"] == d["tandem:kv_transfer_bytes_total"], (p, d)
 
 
 def test_a_prefill_worker_of_another_kv_transport_fails_its_requests_clearly():

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -125,6 +126,76 @@ bool Eventually(F done) {
   return true;
 }
 
+// What a worker pair does with each of `prompts` (ids first_id, first_id + 1, ...): the decode
+// side expects the request, the prefill side gets it routed to `address`; the same request also
+// goes to `colocated`. Then the prefill side's first token followed by the decode side's tokens
+// must be the colocated output. `sampling(i)` gives prompt i's sampling parameters.
+void RunAndCompare(EngineInstance& colocated, EngineInstance& prefill, RemoteHandoff& handoff,
+                   KvArrivals& arrivals, const std::string& address,
+                   const std::vector<std::vector<int32_t>>& prompts, uint64_t first_id,
+                   int max_tokens, const std::function<model::SamplingParams(int i)>& sampling) {
+  std::vector<std::shared_ptr<RecordingSink>> want, first, rest;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const uint64_t id = first_id + i;
+    auto request = [&](std::shared_ptr<SequenceSink> sink) {
+      SequenceRequest r;
+      r.id = id;
+      r.prompt = prompts[i];
+      r.max_tokens = max_tokens;
+      r.sink = std::move(sink);
+      r.sampling = sampling(static_cast<int>(i));
+      return r;
+    };
+    want.push_back(std::make_shared<RecordingSink>());
+    ASSERT_TRUE(colocated.Submit(request(want.back())).ok());
+    // As a decode worker does: the request first, so it expects the KV.
+    rest.push_back(std::make_shared<RecordingSink>());
+    arrivals.ExpectRequest(id, request(rest.back()));
+    first.push_back(std::make_shared<RecordingSink>());
+    handoff.Route(id, address, [sink = first.back()](const absl::Status& s) {
+      // The prefill side's end: handed off (or why not).
+      sink->OnFinish(SequenceEnd::kLength, s);
+    });
+    ASSERT_TRUE(prefill.Submit(request(first.back())).ok());
+  }
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    want[i]->Wait();
+    first[i]->Wait();
+    rest[i]->Wait();
+    ASSERT_TRUE(first[i]->status().ok()) << first[i]->status();
+    EXPECT_EQ(rest[i]->end(), SequenceEnd::kLength) << rest[i]->status();
+    std::vector<int32_t> got = first[i]->tokens();
+    ASSERT_EQ(got.size(), 1u);
+    for (int32_t t : rest[i]->tokens()) got.push_back(t);
+    EXPECT_EQ(got, want[i]->tokens()) << "prompt " << i;
+  }
+}
+
+// Every block a direct push held is back (returned on the prefill engine thread): the prefill
+// cache is whole while the instance still runs.
+void ExpectHeldBlocksBack(const RemoteHandoff& handoff, const EngineInstance& prefill) {
+  EXPECT_TRUE(Eventually([&] { return handoff.held_blocks() == 0; }));
+  EXPECT_TRUE(Eventually([&] {
+    const InstanceStats p = prefill.stats();
+    return p.kv_blocks_free == p.kv_blocks_total;
+  }));
+}
+
+// Stops a pair in a worker's order (prefill instance, its pushes, the receiver, the unpaired
+// arrivals, the decode instance); both caches end whole.
+void StopPairExpectingWholeCaches(EngineInstance& prefill, RemoteHandoff& handoff,
+                                  DecodeEnd& receiver, KvArrivals& arrivals,
+                                  EngineInstance& decode) {
+  prefill.Stop();
+  handoff.Stop();
+  receiver.Stop();
+  arrivals.Close();
+  const InstanceStats p = prefill.stats(), d = decode.stats();
+  EXPECT_EQ(p.kv_blocks_free, p.kv_blocks_total);
+  EXPECT_EQ(d.kv_blocks_free, d.kv_blocks_total);
+  decode.Stop();
+}
+
 std::vector<std::vector<int32_t>> PromptSet() {
   std::vector<std::vector<int32_t>> out;
   for (int i = 0; i < 6; ++i) {
@@ -164,46 +235,18 @@ TEST_F(RemoteRolesTest, PrefillAndDecodeRolesEqualColocated) {
     ASSERT_TRUE(prefill.ok()) << prefill.status();
 
     for (const bool sampled : {false, true}) {
-      std::vector<std::shared_ptr<RecordingSink>> want, first, rest;
-      uint64_t id = sampled ? 1000 : 1;
-      for (size_t i = 0; i < prompts.size(); ++i, ++id) {
-        auto request = [&](std::shared_ptr<SequenceSink> sink) {
-          SequenceRequest r;
-          r.id = id;
-          r.prompt = prompts[i];
-          r.max_tokens = 10;
-          r.sink = std::move(sink);
-          r.sampling.temperature = 0;  // greedy
-          if (sampled) {
-            r.sampling.temperature = 0.9f;
-            r.sampling.has_seed = true;
-            r.sampling.seed = 50 + i;
-          }
-          return r;
-        };
-        want.push_back(std::make_shared<RecordingSink>());
-        ASSERT_TRUE((*colocated)->Submit(request(want.back())).ok());
-        // As a decode worker does: the request first, so it expects the KV.
-        rest.push_back(std::make_shared<RecordingSink>());
-        arrivals.ExpectRequest(id, request(rest.back()));
-        first.push_back(std::make_shared<RecordingSink>());
-        handoff.Route(id, receiver.address(), [sink = first.back()](const absl::Status& s) {
-          // The prefill side's end: handed off (or why not).
-          sink->OnFinish(SequenceEnd::kLength, s);
-        });
-        ASSERT_TRUE((*prefill)->Submit(request(first.back())).ok());
-      }
-      for (size_t i = 0; i < prompts.size(); ++i) {
-        want[i]->Wait();
-        first[i]->Wait();
-        rest[i]->Wait();
-        ASSERT_TRUE(first[i]->status().ok()) << first[i]->status();
-        EXPECT_EQ(rest[i]->end(), SequenceEnd::kLength) << rest[i]->status();
-        std::vector<int32_t> got = first[i]->tokens();
-        ASSERT_EQ(got.size(), 1u);
-        for (int32_t t : rest[i]->tokens()) got.push_back(t);
-        EXPECT_EQ(got, want[i]->tokens()) << "prompt " << i << (sampled ? " sampled" : " greedy");
-      }
+      SCOPED_TRACE(sampled ? "sampled" : "greedy");
+      RunAndCompare(**colocated, **prefill, handoff, arrivals, receiver.address(), prompts,
+                    sampled ? 1000 : 1, 10, [sampled](int i) {
+                      model::SamplingParams sp;
+                      sp.temperature = 0;  // greedy
+                      if (sampled) {
+                        sp.temperature = 0.9f;
+                        sp.has_seed = true;
+                        sp.seed = 50 + i;
+                      }
+                      return sp;
+                    });
     }
     // A pusher counts a push once its Commit is written, which the decode side may act on (and
     // finish the sequence) first: wait for the count.
@@ -217,12 +260,7 @@ TEST_F(RemoteRolesTest, PrefillAndDecodeRolesEqualColocated) {
     EXPECT_EQ(ps.failed, 0u);
     EXPECT_EQ(receiver.committed(), 2 * prompts.size());
     EXPECT_EQ(arrivals.num_waiting(), 0);
-    // Direct: every block a push held went back on the prefill engine thread.
-    EXPECT_TRUE(Eventually([&] { return handoff.held_blocks() == 0; }));
-    EXPECT_TRUE(Eventually([&] {
-      const InstanceStats p = (*prefill)->stats();
-      return p.kv_blocks_free == p.kv_blocks_total;
-    }));
+    ExpectHeldBlocksBack(handoff, **prefill);  // direct: returned on the engine thread
     // The sampled round repeated the greedy round's prompts: the prefill side took their whole
     // blocks from its prefix cache, and what it pushed (layer by layer too) was still whole.
     EXPECT_GT((*prefill)->stats().prefix_hit_tokens, 0u);
@@ -241,17 +279,10 @@ TEST_F(RemoteRolesTest, PrefillAndDecodeRolesEqualColocated) {
     EXPECT_EQ(handoff.stats().committed, 2 * prompts.size());
     handoff.Forget(9999);
 
-    (*prefill)->Stop();
-    handoff.Stop();
-    receiver.Stop();
-    arrivals.Close();
-    const InstanceStats p = (*prefill)->stats(), d = (*decode)->stats();
-    EXPECT_EQ(p.kv_blocks_free, p.kv_blocks_total);
-    EXPECT_EQ(d.kv_blocks_free, d.kv_blocks_total);
     // (The prefill side may count a prompt's last token run alone as a decode token: the
     // scheduler's step shape does. The decode side runs no prompt.)
-    EXPECT_EQ(d.prefill_tokens, 0u);
-    (*decode)->Stop();
+    EXPECT_EQ((*decode)->stats().prefill_tokens, 0u);
+    StopPairExpectingWholeCaches(**prefill, handoff, receiver, arrivals, **decode);
   }
 }
 
@@ -323,18 +354,8 @@ TEST_F(RemoteRolesTest, ALayerWisePushIsCalledOffWhenTheSequenceEndsAtItsFirstTo
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     EXPECT_EQ(receiver.open_transfers(), 0);
-    EXPECT_TRUE(Eventually([&] { return handoff.held_blocks() == 0; }));
-    EXPECT_TRUE(Eventually([&] {
-      const InstanceStats p = (*prefill)->stats();
-      return p.kv_blocks_free == p.kv_blocks_total;
-    }));
-    (*prefill)->Stop();
-    handoff.Stop();
-    receiver.Stop();
-    arrivals.Close();
-    const InstanceStats d = (*decode)->stats();
-    EXPECT_EQ(d.kv_blocks_free, d.kv_blocks_total);
-    (*decode)->Stop();
+    ExpectHeldBlocksBack(handoff, **prefill);
+    StopPairExpectingWholeCaches(**prefill, handoff, receiver, arrivals, **decode);
   }
 }
 
@@ -429,49 +450,19 @@ TEST_F(RemoteRolesTest, ADirectPushOfASlidingWindowModelWithAnInt8CacheEqualsCol
   auto prefill = EngineInstance::Create(pc, (*decode)->weights());
   ASSERT_TRUE(prefill.ok()) << prefill.status();
 
-  std::vector<std::shared_ptr<RecordingSink>> want, first, rest;
+  std::vector<std::vector<int32_t>> prompts(4);
   for (int i = 0; i < 4; ++i) {
-    auto request = [&](std::shared_ptr<SequenceSink> sink) {
-      SequenceRequest r;
-      r.id = 500 + i;
-      for (int t = 0; t < 12 + 9 * i; ++t) r.prompt.push_back(3 + (i * 17 + t * 5) % 120);
-      r.max_tokens = 12;
-      r.sampling.temperature = 0;
-      r.sink = std::move(sink);
-      return r;
-    };
-    want.push_back(std::make_shared<RecordingSink>());
-    ASSERT_TRUE((*colocated)->Submit(request(want.back())).ok());
-    rest.push_back(std::make_shared<RecordingSink>());
-    arrivals.ExpectRequest(500 + i, request(rest.back()));
-    first.push_back(std::make_shared<RecordingSink>());
-    handoff.Route(500 + i, receiver.address(), [sink = first.back()](const absl::Status& s) {
-      sink->OnFinish(SequenceEnd::kLength, s);
-    });
-    ASSERT_TRUE((*prefill)->Submit(request(first.back())).ok());
+    for (int t = 0; t < 12 + 9 * i; ++t) prompts[i].push_back(3 + (i * 17 + t * 5) % 120);
   }
-  for (size_t i = 0; i < want.size(); ++i) {
-    want[i]->Wait();
-    first[i]->Wait();
-    rest[i]->Wait();
-    ASSERT_TRUE(first[i]->status().ok()) << first[i]->status();
-    std::vector<int32_t> got = first[i]->tokens();
-    for (int32_t t : rest[i]->tokens()) got.push_back(t);
-    EXPECT_EQ(got, want[i]->tokens()) << "prompt " << i;
-  }
-  EXPECT_EQ(receiver.committed(), want.size());
-  EXPECT_TRUE(Eventually([&] { return handoff.held_blocks() == 0; }));
-  EXPECT_TRUE(Eventually([&] {
-    const InstanceStats p = (*prefill)->stats();
-    return p.kv_blocks_free == p.kv_blocks_total;
-  }));
-  (*prefill)->Stop();
-  handoff.Stop();
-  receiver.Stop();
-  arrivals.Close();
-  const InstanceStats d = (*decode)->stats();
-  EXPECT_EQ(d.kv_blocks_free, d.kv_blocks_total);
-  (*decode)->Stop();
+  RunAndCompare(**colocated, **prefill, handoff, arrivals, receiver.address(), prompts, 500, 12,
+                [](int) {
+                  model::SamplingParams sp;
+                  sp.temperature = 0;
+                  return sp;
+                });
+  EXPECT_TRUE(Eventually([&] { return receiver.committed() == prompts.size(); }));
+  ExpectHeldBlocksBack(handoff, **prefill);
+  StopPairExpectingWholeCaches(**prefill, handoff, receiver, arrivals, **decode);
 }
 
 }  // namespace
