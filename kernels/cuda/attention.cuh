@@ -27,6 +27,15 @@
 // the window), the warp reduces max and sum, and each lane updates its elements (lane + 32 e) of
 // the accumulator with every position's weight (shuffled from its lane): online softmax as in
 // flash attention. The row's output (acc / l) is rounded to the activation dtype once.
+//
+// AttentionPrefillMmaKernel: the same tiling on tensor cores, for head sizes 64 and 128 and
+// f16/bf16 activations: rows (<= kMmaRows) in 16-row tiles, one per warp, whose Q fragments stay
+// in registers; per K/V tile of kMmaKv positions (converted to the activation dtype in shared
+// memory), S = Q K^T and O += P V by mma.sync m16n8k16 with f32 accumulators, the online
+// softmax on S's accumulator fragments (a row's scores in the 4 lanes of a quad), P passed to the
+// second mma in registers as FlashAttention-2 does. Rows outside the run being streamed see only
+// masked scores and keep their state. P, and K and V of an int8 or f32 cache, are rounded to the
+// activation dtype for the mma (the CUDA-core kernel keeps them in f32).
 // Thread safety: device code.
 #ifndef TANDEM_KERNELS_CUDA_ATTENTION_CUH_
 #define TANDEM_KERNELS_CUDA_ATTENTION_CUH_
@@ -345,6 +354,195 @@ __global__ void __launch_bounds__(kAttentionThreads)
     const int64_t t = t0 + r / group;
     const int head = kv_head * group + r % group;
     reinterpret_cast<T*>(p.out)[(t * p.n_heads + head) * d + i] = FromFloat<T>(acc[x] / l[r]);
+  }
+}
+
+inline constexpr int kMmaRows = 64;  // query rows per block: 16 per warp
+inline constexpr int kMmaKv = 32;    // positions per K/V tile
+
+template <typename T, KvDType kCache, int kD>
+__global__ void __launch_bounds__(kAttentionThreads)
+    AttentionPrefillMmaKernel(AttentionParams p, int tile_tokens) {
+  constexpr int kStride = kD + 8;       // shared row: 16-byte aligned, rows in distinct banks
+  constexpr int kChunks = kD / 16;      // k steps of S = Q K^T
+  constexpr int kDimTiles = kD / 8;     // n tiles of O
+  constexpr int kKvTiles = kMmaKv / 8;  // n tiles of S
+  TANDEM_SHARED(T, qs, kMmaRows * kStride);
+  TANDEM_SHARED(T, ks, kMmaKv * kStride);
+  TANDEM_SHARED(T, vs, kMmaKv * kStride);
+  const KvCacheView& c = p.cache;
+  const int group = p.n_heads / p.n_kv_heads;
+  const int kv_head = blockIdx.y;
+  const int t0 = static_cast<int>(blockIdx.x) * tile_tokens;
+  const int n_tok = IntMin(tile_tokens, p.n_tokens - t0);
+  const int n_rows = n_tok * group;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int quad = lane % 4;
+  // This lane's two rows of its warp's 16 (the C fragments' rows g and g + 8).
+  const int row[2] = {warp * 16 + lane / 4, warp * 16 + lane / 4 + 8};
+
+  // Q rows (row r = token t0 + r / group, head kv_head * group + r % group; zeros past n_rows)
+  // to shared memory, then each warp's A fragments into registers for the whole block.
+  for (int x = threadIdx.x; x < kMmaRows * kD; x += blockDim.x) {
+    const int r = x / kD;
+    const int i = x % kD;
+    T v = FromFloat<T>(0.f);
+    if (r < n_rows) {
+      const int64_t t = t0 + r / group;
+      const int head = kv_head * group + r % group;
+      v = reinterpret_cast<const T*>(p.q)[(t * p.n_heads + head) * kD + i];
+    }
+    qs[r * kStride + i] = v;
+  }
+  __syncthreads();
+  uint32_t qf[kChunks][4];
+  TANDEM_ATTENTION_UNROLL
+  for (int kc = 0; kc < kChunks; ++kc) {
+    LdMatrixX4(qf[kc], qs + (warp * 16 + lane % 16) * kStride + kc * 16 + (lane / 16) * 8);
+  }
+  float o[kDimTiles][4];
+  TANDEM_ATTENTION_UNROLL
+  for (int j = 0; j < kDimTiles; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  float row_m[2] = {-INFINITY, -INFINITY};
+  float row_l[2] = {0.f, 0.f};
+
+  for (int run = 0; run < n_tok;) {
+    // The run: tokens [run, run_end) of one sequence at consecutive positions (as in
+    // AttentionPrefillKernel); its rows are [run * group, run_end * group).
+    const int seq = p.token_seq[t0 + run];
+    int run_end = run + 1;
+    while (run_end < n_tok && p.token_seq[t0 + run_end] == seq &&
+           p.positions[t0 + run_end] == p.positions[t0 + run_end - 1] + 1) {
+      ++run_end;
+    }
+    const int pos0 = p.positions[t0 + run];
+    const int lo = p.window > 0 ? IntMax(0, pos0 - p.window + 1) : 0;
+    const int hi = p.positions[t0 + run_end - 1];
+    const int32_t* table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
+    bool in_run[2];
+    int last[2], first[2];  // the positions row h attends to: [first, last]
+    TANDEM_ATTENTION_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      in_run[h] = row[h] >= run * group && row[h] < run_end * group;
+      last[h] = in_run[h] ? p.positions[t0 + row[h] / group] : -1;
+      first[h] = p.window > 0 ? IntMax(0, last[h] - p.window + 1) : 0;
+    }
+    const bool warp_in_run = warp * 16 < run_end * group && warp * 16 + 16 > run * group;
+    for (int kv0 = lo; kv0 <= hi; kv0 += kMmaKv) {
+      const int count = IntMin(kMmaKv, hi + 1 - kv0);
+      __syncthreads();  // the previous K/V tile (and, at first, the Q tile) is done with
+      for (int x = threadIdx.x; x < kMmaKv * kD; x += blockDim.x) {
+        const int j = x / kD;
+        const int i = x % kD;
+        float kv_k = 0.f, kv_v = 0.f;  // past `count`: zeros (masked, but never NaN)
+        if (j < count) {
+          const int position = kv0 + j;
+          const int block = table[position / c.block_size];
+          TANDEM_DEVICE_CHECK(block >= 0 && block < c.n_blocks);
+          const int64_t kv_row =
+              ((static_cast<int64_t>(p.layer) * c.n_blocks + block) * c.n_kv_heads + kv_head) *
+                  c.block_size +
+              position % c.block_size;
+          kv_k = LoadKv<kCache>(c.k, c.k_scale_zero, kv_row, kD, i);
+          kv_v = LoadKv<kCache>(c.v, c.v_scale_zero, kv_row, kD, i);
+        }
+        ks[j * kStride + i] = FromFloat<T>(kv_k);
+        vs[j * kStride + i] = FromFloat<T>(kv_v);
+      }
+      __syncthreads();
+      if (!warp_in_run) continue;  // warp-uniform; no barrier below
+
+      // S = Q K^T on this warp's 16 rows: K rows are B's columns (ldmatrix without .trans).
+      float sc[kKvTiles][4];
+      TANDEM_ATTENTION_UNROLL
+      for (int nt = 0; nt < kKvTiles; ++nt) {
+        sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+        TANDEM_ATTENTION_UNROLL
+        for (int kc = 0; kc < kChunks; ++kc) {
+          uint32_t b[2];
+          LdMatrixX2(b, ks + (nt * 8 + lane % 8) * kStride + kc * 16 + ((lane / 8) % 2) * 8);
+          MmaM16N8K16<T>(sc[nt], qf[kc], b);
+        }
+      }
+      // Scale and mask (causality, window, rows of other runs), then online softmax per row:
+      // a row's 32 scores sit in the 4 lanes of a quad.
+      float tile_max[2] = {-INFINITY, -INFINITY};
+      TANDEM_ATTENTION_UNROLL
+      for (int nt = 0; nt < kKvTiles; ++nt) {
+        TANDEM_ATTENTION_UNROLL
+        for (int e = 0; e < 4; ++e) {
+          const int h = e / 2;
+          const int col = nt * 8 + 2 * quad + e % 2;
+          const int position = kv0 + col;
+          const bool valid =
+              in_run[h] && col < count && position <= last[h] && position >= first[h];
+          sc[nt][e] = valid ? sc[nt][e] * p.scale : -INFINITY;
+          tile_max[h] = fmaxf(tile_max[h], sc[nt][e]);
+        }
+      }
+      float alpha[2], sum[2] = {0.f, 0.f};
+      TANDEM_ATTENTION_UNROLL
+      for (int h = 0; h < 2; ++h) {
+        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+        const float m_new = fmaxf(row_m[h], tile_max[h]);
+        // A row with nothing yet (or outside the run) keeps its state: factor 1, weights 0.
+        alpha[h] = m_new == -INFINITY ? 1.f : expf(row_m[h] - m_new);
+        row_m[h] = m_new;
+      }
+      TANDEM_ATTENTION_UNROLL
+      for (int nt = 0; nt < kKvTiles; ++nt) {
+        TANDEM_ATTENTION_UNROLL
+        for (int e = 0; e < 4; ++e) {
+          const int h = e / 2;
+          sc[nt][e] = sc[nt][e] == -INFINITY ? 0.f : expf(sc[nt][e] - row_m[h]);
+          sum[h] += sc[nt][e];
+        }
+      }
+      TANDEM_ATTENTION_UNROLL
+      for (int h = 0; h < 2; ++h) {
+        sum[h] += __shfl_xor_sync(0xffffffffu, sum[h], 1);
+        sum[h] += __shfl_xor_sync(0xffffffffu, sum[h], 2);
+        row_l[h] = row_l[h] * alpha[h] + sum[h];
+      }
+      TANDEM_ATTENTION_UNROLL
+      for (int j = 0; j < kDimTiles; ++j) {
+        TANDEM_ATTENTION_UNROLL
+        for (int e = 0; e < 4; ++e) o[j][e] *= alpha[e / 2];
+      }
+      // O += P V: P's accumulator fragments are the A operand (two n tiles of S per k step of
+      // 16 positions); V rows are B's rows (ldmatrix .trans).
+      TANDEM_ATTENTION_UNROLL
+      for (int kc = 0; kc < kMmaKv / 16; ++kc) {
+        const uint32_t a[4] = {PackPair<T>(sc[2 * kc][0], sc[2 * kc][1]),
+                               PackPair<T>(sc[2 * kc][2], sc[2 * kc][3]),
+                               PackPair<T>(sc[2 * kc + 1][0], sc[2 * kc + 1][1]),
+                               PackPair<T>(sc[2 * kc + 1][2], sc[2 * kc + 1][3])};
+        TANDEM_ATTENTION_UNROLL
+        for (int j = 0; j < kDimTiles; ++j) {
+          uint32_t b[2];
+          LdMatrixX2Trans(b, vs + (kc * 16 + lane % 16) * kStride + j * 8);
+          MmaM16N8K16<T>(o[j], a, b);
+        }
+      }
+    }
+    run = run_end;
+  }
+  // Each row's output, O / l, rounded to the activation dtype once.
+  T* out = reinterpret_cast<T*>(p.out);
+  TANDEM_ATTENTION_UNROLL
+  for (int h = 0; h < 2; ++h) {
+    if (row[h] >= n_rows) continue;
+    const int64_t t = t0 + row[h] / group;
+    const int head = kv_head * group + row[h] % group;
+    const float inv = 1.f / row_l[h];
+    TANDEM_ATTENTION_UNROLL
+    for (int j = 0; j < kDimTiles; ++j) {
+      const int64_t at = (t * p.n_heads + head) * kD + j * 8 + 2 * quad;
+      out[at] = FromFloat<T>(o[j][2 * h] * inv);
+      out[at + 1] = FromFloat<T>(o[j][2 * h + 1] * inv);
+    }
   }
 }
 

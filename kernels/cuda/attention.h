@@ -51,6 +51,14 @@ void AttentionPrefill(const AttentionParams& p, ActivationDType dtype, Stream st
 // Batch tokens per AttentionPrefill block for this head size and GQA group (>= 1).
 int AttentionPrefillTileTokens(int head_dim, int group);
 
+// AttentionPrefill on tensor cores (AttentionPrefillMmaKernel): f16 or bf16 activations, head
+// size 64 or 128, a GQA group of at most 64 (AttentionPrefillMmaSupports). The same result as
+// Attention within the rounding of P, and of K and V from an int8 or f32 cache, to the
+// activation dtype. Aborts on broken preconditions (as AttentionPrefill, and an unsupported
+// shape).
+bool AttentionPrefillMmaSupports(const AttentionParams& p, ActivationDType dtype);
+void AttentionPrefillMma(const AttentionParams& p, ActivationDType dtype, Stream stream);
+
 }  // namespace TANDEM_CUDA_BUILD
 }  // namespace tandem::kernels::cuda
 

@@ -517,12 +517,18 @@ class CudaBackend : public Backend {
   void Attention(const AttentionParams& p, Stream s) override {
     UseDevice(config_.device);
     // A step that is mostly prefill chunks (at least kPrefillTokensPerSeq tokens per sequence)
-    // takes the tiled kernel, which reads each K/V row once per chunk; decode-heavy steps the
-    // split-K one, which spreads a long context over blocks.
-    if (p.n_tokens >= kPrefillTokensPerSeq * p.n_seqs &&
-        p.n_heads / p.n_kv_heads <= AttentionPrefillTileTokens(p.head_dim, 1)) {
-      cuda::AttentionPrefill(p, config_.activations, s);
-      return;
+    // takes the tiled kernel, which reads each K/V row once per chunk (on tensor cores for head
+    // sizes 64 and 128); decode-heavy steps the split-K one, which spreads a long context over
+    // blocks.
+    if (p.n_tokens >= kPrefillTokensPerSeq * p.n_seqs) {
+      if (cuda::AttentionPrefillMmaSupports(p, config_.activations)) {
+        cuda::AttentionPrefillMma(p, config_.activations, s);
+        return;
+      }
+      if (p.n_heads / p.n_kv_heads <= AttentionPrefillTileTokens(p.head_dim, 1)) {
+        cuda::AttentionPrefill(p, config_.activations, s);
+        return;
+      }
     }
     TANDEM_CHECK(workspace_ != nullptr && "Attention before ReserveStepScratch");
     TANDEM_CHECK(p.n_tokens <= step_.max_tokens && p.n_heads <= step_.n_heads &&

@@ -13,6 +13,13 @@
 // int8 cache's dequantization rounds twice in f32 where the reference rounds once from double:
 // 1 ulp of an entry, inside that margin.) f16 and bf16 add half an ulp of the output
 // (cuda_test_util.h).
+//
+// The tensor-core prefill kernel (AttentionPrefillMma, head sizes 64 and 128) rounds more to
+// the activation dtype (unit roundoff u_T: 2^-11 f16, 2^-8 bf16): K and V of an f32 or int8
+// cache (each entry within u_T relative, so a score within u_T sum|q_i k_i| / sqrt(d) <=
+// u_T sqrt(d), moving the output by at most 2 u_T sqrt(d)), V's own rounding (u_T |v| <= u_T)
+// and the softmax weights P (each within u_T, while the normalizer sums them unrounded: at
+// most u_T sum p_j |v_j| / l <= u_T). Its bound adds u_T (2 sqrt(d) + 2) to the one above.
 #include "kernels/cuda/attention.h"
 
 #include <gtest/gtest.h>
@@ -86,6 +93,7 @@ TYPED_TEST(AttentionTest, MatchesReference) {
       {12, 1, 80, 8, 0, 24},   // a group of 12: two blocks per KV head; d not a multiple of 32
       {4, 1, 130, 4, 13, 6},   // a sliding window of 13 over blocks of 4
       {2, 2, 33, 16, 0, 7},    // odd head size, splits of 7
+      {6, 2, 128, 8, 9, 16},   // GQA 3 at d 128 (the tensor-core prefill kernel's other size)
   };
   for (const Shape& s : shapes) {
     for (KvDType kv : {KvDType::kF32, KvDType::kF16, KvDType::kInt8}) {
@@ -189,6 +197,21 @@ TYPED_TEST(AttentionTest, MatchesReference) {
         ASSERT_LE(err, Tolerance<T>(want[i], 0, f32_abs))
             << "prefill kernel, element " << i << ": got " << ToFloat(tiled[i]) << ", want "
             << want[i];
+      }
+      // The tensor-core prefill kernel, where it applies, within its looser bound.
+      if (AttentionPrefillMmaSupports(p, ActTraits<T>::kDType)) {
+        std::vector<T> mma(q.size(), FromFloat<T>(7.f));
+        DeviceCopy<T> dmma(mma);
+        p.out = reinterpret_cast<float*>(dmma.get());
+        AttentionPrefillMma(p, ActTraits<T>::kDType, Stream{});
+        dmma.ToHost(mma);
+        const double extra = ActTraits<T>::kHalfUlp * (2 * std::sqrt(d) + 2);
+        for (size_t i = 0; i < mma.size(); ++i) {
+          const double err = std::fabs(ToFloat(mma[i]) - want[i]);
+          ASSERT_LE(err, Tolerance<T>(want[i], 0, f32_abs + extra))
+              << "tensor-core prefill kernel, element " << i << ": got " << ToFloat(mma[i])
+              << ", want " << want[i];
+        }
       }
     }
   }
@@ -327,6 +350,19 @@ TEST(AttentionPrefillTest, LongChunksMatchReference) {
     for (size_t i = 0; i < got.size(); ++i) {
       ASSERT_LE(std::fabs(ToFloat(got[i]) - want[i]), Tolerance<T>(want[i], 0, f32_abs))
           << "element " << i << " (token " << i / (6 * 64) << ")";
+    }
+    // The tensor-core kernel on the same batch: runs over several 32-position K/V tiles and
+    // several 64-row blocks, rows of two runs in one warp's 16.
+    ASSERT_TRUE(AttentionPrefillMmaSupports(p, ActivationDType::kF16));
+    std::vector<T> mma(q.size(), FromFloat<T>(7.f));
+    DeviceCopy<T> dmma(mma);
+    p.out = reinterpret_cast<float*>(dmma.get());
+    AttentionPrefillMma(p, ActivationDType::kF16, Stream{});
+    dmma.ToHost(mma);
+    const double extra = ActTraits<T>::kHalfUlp * (2 * 8 + 2);
+    for (size_t i = 0; i < mma.size(); ++i) {
+      ASSERT_LE(std::fabs(ToFloat(mma[i]) - want[i]), Tolerance<T>(want[i], 0, f32_abs + extra))
+          << "tensor-core kernel, element " << i << " (token " << i / (6 * 64) << ")";
     }
   }
 }
