@@ -221,6 +221,42 @@ inline constexpr int kPrefillKv = 32;  // positions per K/V tile: one per lane
 
 // Query rows per prefill block for a head size: 64 rows of 64 (16 KB of f32 per row array),
 // fewer for larger heads, at least 8.
+// A run of a prefill tile: tokens [begin, end) of the tile (from t0) of one sequence at
+// consecutive positions (a prefill chunk; a decode token is a run of one), and the context its
+// tokens read together: positions [lo, hi] through `table`.
+struct PrefillRun {
+  int end = 0;
+  int lo = 0, hi = 0;
+  const int32_t* table = nullptr;
+};
+__device__ __forceinline__ PrefillRun FindRun(const AttentionParams& p, int t0, int begin,
+                                              int n_tok) {
+  PrefillRun r;
+  const int seq = p.token_seq[t0 + begin];
+  r.end = begin + 1;
+  while (r.end < n_tok && p.token_seq[t0 + r.end] == seq &&
+         p.positions[t0 + r.end] == p.positions[t0 + r.end - 1] + 1) {
+    ++r.end;
+  }
+  const int pos0 = p.positions[t0 + begin];
+  r.lo = p.window > 0 ? IntMax(0, pos0 - p.window + 1) : 0;
+  r.hi = p.positions[t0 + r.end - 1];
+  r.table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
+  return r;
+}
+
+// The cache row (of p.layer, `kv_head`) holding `position` of a sequence with block table
+// `table`; traps on a block outside the cache.
+__device__ __forceinline__ int64_t KvRowOf(const AttentionParams& p, const int32_t* table,
+                                           int position, int kv_head) {
+  const KvCacheView& c = p.cache;
+  const int block = table[position / c.block_size];
+  TANDEM_DEVICE_CHECK(block >= 0 && block < c.n_blocks);
+  return ((static_cast<int64_t>(p.layer) * c.n_blocks + block) * c.n_kv_heads + kv_head) *
+             c.block_size +
+         position % c.block_size;
+}
+
 __host__ __device__ inline int PrefillRows(int head_dim) {
   const int rows = 4096 / head_dim;
   return rows < 8 ? 8 : (rows > 64 ? 64 : rows);
@@ -271,30 +307,15 @@ __global__ void __launch_bounds__(kAttentionThreads)
   }
 
   for (int run = 0; run < n_tok;) {
-    // The run: tokens [run, run_end) of one sequence at consecutive positions.
-    const int seq = p.token_seq[t0 + run];
-    int run_end = run + 1;
-    while (run_end < n_tok && p.token_seq[t0 + run_end] == seq &&
-           p.positions[t0 + run_end] == p.positions[t0 + run_end - 1] + 1) {
-      ++run_end;
-    }
-    const int pos0 = p.positions[t0 + run];
-    const int lo = p.window > 0 ? IntMax(0, pos0 - p.window + 1) : 0;
-    const int hi = p.positions[t0 + run_end - 1];
-    const int32_t* table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
-    for (int kv0 = lo; kv0 <= hi; kv0 += kPrefillKv) {
-      const int count = IntMin(kPrefillKv, hi + 1 - kv0);
+    const PrefillRun rr = FindRun(p, t0, run, n_tok);
+    const int run_end = rr.end;
+    for (int kv0 = rr.lo; kv0 <= rr.hi; kv0 += kPrefillKv) {
+      const int count = IntMin(kPrefillKv, rr.hi + 1 - kv0);
       __syncthreads();  // the previous K/V tile (and, at first, the set-up above) is done with
       for (int x = threadIdx.x; x < count * d; x += blockDim.x) {
         const int j = x / d;
         const int i = x % d;
-        const int position = kv0 + j;
-        const int block = table[position / c.block_size];
-        TANDEM_DEVICE_CHECK(block >= 0 && block < c.n_blocks);
-        const int64_t row =
-            ((static_cast<int64_t>(p.layer) * c.n_blocks + block) * c.n_kv_heads + kv_head) *
-                c.block_size +
-            position % c.block_size;
+        const int64_t row = KvRowOf(p, rr.table, kv0 + j, kv_head);
         kt[j * ks + i] = LoadKv<kCache>(c.k, c.k_scale_zero, row, d, i);
         vt[j * ks + i] = LoadKv<kCache>(c.v, c.v_scale_zero, row, d, i);
       }
@@ -408,18 +429,9 @@ __global__ void __launch_bounds__(kAttentionThreads)
   float row_l[2] = {0.f, 0.f};
 
   for (int run = 0; run < n_tok;) {
-    // The run: tokens [run, run_end) of one sequence at consecutive positions (as in
-    // AttentionPrefillKernel); its rows are [run * group, run_end * group).
-    const int seq = p.token_seq[t0 + run];
-    int run_end = run + 1;
-    while (run_end < n_tok && p.token_seq[t0 + run_end] == seq &&
-           p.positions[t0 + run_end] == p.positions[t0 + run_end - 1] + 1) {
-      ++run_end;
-    }
-    const int pos0 = p.positions[t0 + run];
-    const int lo = p.window > 0 ? IntMax(0, pos0 - p.window + 1) : 0;
-    const int hi = p.positions[t0 + run_end - 1];
-    const int32_t* table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
+    // The run's rows are [run * group, run_end * group).
+    const PrefillRun rr = FindRun(p, t0, run, n_tok);
+    const int run_end = rr.end;
     bool in_run[2];
     int last[2], first[2];  // the positions row h attends to: [first, last]
     TANDEM_ATTENTION_UNROLL
@@ -429,21 +441,15 @@ __global__ void __launch_bounds__(kAttentionThreads)
       first[h] = p.window > 0 ? IntMax(0, last[h] - p.window + 1) : 0;
     }
     const bool warp_in_run = warp * 16 < run_end * group && warp * 16 + 16 > run * group;
-    for (int kv0 = lo; kv0 <= hi; kv0 += kMmaKv) {
-      const int count = IntMin(kMmaKv, hi + 1 - kv0);
+    for (int kv0 = rr.lo; kv0 <= rr.hi; kv0 += kMmaKv) {
+      const int count = IntMin(kMmaKv, rr.hi + 1 - kv0);
       __syncthreads();  // the previous K/V tile (and, at first, the Q tile) is done with
       for (int x = threadIdx.x; x < kMmaKv * kD; x += blockDim.x) {
         const int j = x / kD;
         const int i = x % kD;
         float kv_k = 0.f, kv_v = 0.f;  // past `count`: zeros (masked, but never NaN)
         if (j < count) {
-          const int position = kv0 + j;
-          const int block = table[position / c.block_size];
-          TANDEM_DEVICE_CHECK(block >= 0 && block < c.n_blocks);
-          const int64_t kv_row =
-              ((static_cast<int64_t>(p.layer) * c.n_blocks + block) * c.n_kv_heads + kv_head) *
-                  c.block_size +
-              position % c.block_size;
+          const int64_t kv_row = KvRowOf(p, rr.table, kv0 + j, kv_head);
           kv_k = LoadKv<kCache>(c.k, c.k_scale_zero, kv_row, kD, i);
           kv_v = LoadKv<kCache>(c.v, c.v_scale_zero, kv_row, kD, i);
         }
