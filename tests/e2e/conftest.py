@@ -6,6 +6,7 @@ Environment (set by CTest, see tests/e2e/CMakeLists.txt):
   TANDEM_SOURCE_DIR  repository root (for proto/)
 """
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,7 +23,32 @@ SOURCE_DIR = os.environ.get("TANDEM_SOURCE_DIR", os.getcwd())
 MODEL_NAME = "smollm2"
 
 
+_ports_given = set()
+
+
 def free_port():
+    """A port nothing listens on, for a daemon to bind later. Taken below the kernel's
+    ephemeral range where it can: a port that bind(0) returned and released may be handed to
+    the next bind(0) anywhere, and CI saw a decode worker's KV listener (port 0) take the HTTP
+    port its test had picked that way a moment before."""
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    if low > 11000:
+        for _ in range(500):
+            port = random.randrange(10000, low)
+            if port in _ports_given:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _ports_given.add(port)
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
