@@ -255,20 +255,29 @@ absl::StatusOr<std::vector<StepSample>> EngineInstance::Profile(bool on_group) {
     s->num_computed = computed;
     return s;
   };
+  // Groups on one device (a GPU's streams): a nano-batch's time is its time beside the other's,
+  // so both run, on alternate chunks (group_zeros_ then alternates), and the step is timed as
+  // group 0's half.
+  const bool halves = on_group && runner_->nano_groups_share_device();
   for (size_t si = 0; si <= plan.size(); ++si) {
     // Shape 0 runs once more first, as the warm-up of caches and thread pool.
     const Shape& shape = plan[si == 0 ? 0 : si - 1];
     seqs.clear();
     out.Clear();
+    // What the time is of: the step, or (groups sharing the device) group 0's half of it.
+    StepShape timed;
+    auto timed_too = [&] { return !halves || out.chunks.size() % 2 == 1; };
     for (int ctx : shape.decode_ctx) {
       Sequence* s = make(ctx, ctx - 1);
       out.chunks.push_back({s, ctx - 1, 1, true});
       out.shape.AddDecode(ctx);
+      if (timed_too()) timed.AddDecode(ctx);
     }
     if (shape.prefill > 0) {
       Sequence* s = make(shape.start + shape.prefill, shape.start);
       out.chunks.push_back({s, shape.start, shape.prefill, true});
       out.shape.AddPrefill(shape.prefill, shape.start);
+      if (timed_too()) timed.AddPrefill(shape.prefill, shape.start);
     }
     bool fits = true;
     for (const auto& s : seqs) {
@@ -282,9 +291,7 @@ absl::StatusOr<std::vector<StepSample>> EngineInstance::Profile(bool on_group) {
       if (rep == 1 && times[0] > kShort) break;
       const auto t0 = std::chrono::steady_clock::now();
       Prepare(out);
-      if (on_group && runner_->nano_groups_share_device()) {
-        // Groups on one device (a GPU's streams): a nano-batch's time is its time beside the
-        // other's, so both run, on alternate chunks, and the step counts as group 0's half.
+      if (halves) {
         group_zeros_.resize(out.chunks.size());
         for (size_t i = 0; i < group_zeros_.size(); ++i) group_zeros_[i] = static_cast<int>(i % 2);
         TANDEM_RETURN_IF_ERROR(runner_->ExecuteNano(group_zeros_));
@@ -301,21 +308,7 @@ absl::StatusOr<std::vector<StepSample>> EngineInstance::Profile(bool on_group) {
     if (si == 0) continue;
     if (!times.empty()) {
       std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
-      StepShape shape = out.shape;
-      if (on_group && runner_->nano_groups_share_device()) {
-        // Group 0's half: the even chunks (the profile's decode chunks are one token after a
-        // context of >= 8, its prompt chunks >= 16 tokens).
-        shape = StepShape();
-        for (size_t i = 0; i < out.chunks.size(); i += 2) {
-          const ScheduledChunk& c = out.chunks[i];
-          if (c.num_tokens == 1 && c.start > 0) {
-            shape.AddDecode(c.start + 1);
-          } else {
-            shape.AddPrefill(c.num_tokens, c.start);
-          }
-        }
-      }
-      samples.push_back({shape, times[times.size() / 2]});
+      samples.push_back({timed, times[times.size() / 2]});
     }
     ++done;
     if (config_.profile_progress) config_.profile_progress(done, total);
