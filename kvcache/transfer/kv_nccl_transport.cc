@@ -352,7 +352,12 @@ absl::Status KvNcclPusher::Send(const KvNcclPush& p) {
       return bad;
     }
     const absl::Status refused = AbortStatus(std::get<AbortFrame>(*answer));
-    if (refused.code() != absl::StatusCode::kResourceExhausted) return refused;
+    if (refused.code() != absl::StatusCode::kResourceExhausted) {
+      // Refused for a reason of the peer's own (it is stopping, or its layout changed): nothing
+      // is queued on the plane yet, and the next push connects afresh and hears it in the hello.
+      Teardown(refused);
+      return refused;
+    }
     if (absl::Now() + backoff > p.deadline) {
       return absl::ResourceExhaustedError(
           StrCat("the decode side had no room for the KV of ", reserve.n_tokens,
