@@ -698,7 +698,7 @@ const SchedulerOutput& EngineInstance::ScheduleStep() {
     if (!c.seq->scheduled_once) {
       c.seq->scheduled_once = true;
       queued_.fetch_sub(1);
-      c.seq->sink->OnScheduled();
+      c.seq->sink->OnScheduled(c.start);
     }
   }
   return out;

@@ -44,8 +44,9 @@ class SequenceSink {
   // arrival). Called on the submitting thread inside Submit, before the engine can call
   // anything else; not called when no prediction was made.
   virtual void OnAdmitted(absl::Duration predicted_ttft) {}
-  // The sequence entered its first step (left the queue).
-  virtual void OnScheduled() = 0;
+  // The sequence entered its first step (left the queue); the first `cached_tokens` of its
+  // prompt came from the prefix cache (0: none, or prefix caching off).
+  virtual void OnScheduled(int cached_tokens) = 0;
   // One generated token (never a stop token).
   virtual void OnToken(const model::SampleResult& token) = 0;
   // Called exactly once, last. status is OK unless end == kFailed.

@@ -20,7 +20,8 @@ struct StreamState {
   struct Choice {
     int index = 0;
     int prompt_tokens = 0;
-    std::string echo;  // prompt text returned before the output (echo), sent once
+    bool first_of_prompt = false;  // its prompt's first choice: its cached tokens are usage's
+    std::string echo;              // prompt text returned before the output (echo), sent once
 
     // Written by the engine thread (sink), read by the consumer; guarded by StreamState::mu.
     std::vector<model::SampleResult> pending;
@@ -30,6 +31,7 @@ struct StreamState {
     int generated = 0;
     absl::Time scheduled, first_token, last_token;
     bool has_token = false;
+    int cached_tokens = 0;  // of its prompt, from the prefix cache
 
     // Consumer only.
     std::unique_ptr<model::StreamDecoder> decoder;
@@ -79,9 +81,10 @@ class ChoiceSink : public scheduler::SequenceSink {
     std::lock_guard<std::mutex> lock(state_->mu);
     state_->predicted_ttft = predicted_ttft;
   }
-  void OnScheduled() override {
+  void OnScheduled(int cached_tokens) override {
     std::lock_guard<std::mutex> lock(state_->mu);
     choice_->scheduled = absl::Now();
+    choice_->cached_tokens = cached_tokens;
   }
   void OnToken(const model::SampleResult& token) override {
     const absl::Time now = absl::Now();
@@ -200,7 +203,10 @@ class EngineGenerationStream : public GenerationStream {
   Usage usage() const override {
     std::lock_guard<std::mutex> lock(state_->mu);
     Usage u;
-    for (const auto& c : state_->choices) u.completion_tokens += c->generated;
+    for (const auto& c : state_->choices) {
+      u.completion_tokens += c->generated;
+      if (c->first_of_prompt) u.cached_tokens += c->cached_tokens;
+    }
     u.prompt_tokens = prompt_tokens_;
     return u;
   }
@@ -420,6 +426,7 @@ absl::StatusOr<std::unique_ptr<GenerationStream>> EngineFrontend::Generate(
       auto choice = std::make_unique<StreamState::Choice>();
       choice->index = static_cast<int>(i) * request.n + j;
       choice->prompt_tokens = len;
+      choice->first_of_prompt = j == 0;
       if (request.echo) choice->echo = prompts[i].text;
       choice->decoder =
           std::make_unique<model::StreamDecoder>(*tokenizer_, /*render_special=*/false);

@@ -90,6 +90,9 @@ struct ChoiceDelta {
 struct Usage {
   int prompt_tokens = 0;      // summed over prompts (each counted once, not per choice)
   int completion_tokens = 0;  // summed over choices
+  // Of prompt_tokens, those the prefix cache held (each prompt counted once, by its first
+  // choice): OpenAI's usage.prompt_tokens_details.cached_tokens.
+  int cached_tokens = 0;
 };
 
 }  // namespace tandem::server

@@ -132,6 +132,11 @@ ABSL_FLAG(std::string, cluster_secret_file, "",
 ABSL_FLAG(int, heartbeat_ms, 1000, "Router: how often workers report their load.");
 ABSL_FLAG(int, worker_timeout_ms, 3000,
           "Router: a worker silent for this long is dropped, and its requests fail.");
+ABSL_FLAG(bool, prefix_aware_routing, true,
+          "Router: a prompt's prefix that a prefill worker's cache is predicted to hold (from "
+          "the prompts the router sent it) counts in that worker's predicted TTFT, so prompts "
+          "sharing a prefix go where it is cached unless that worker's queue costs more than "
+          "the prefix saves. false: placement as if every cache were empty.");
 ABSL_FLAG(std::string, kv_transport, "inproc",
           "With --disaggregation=on, how KV moves from prefill to decode: inproc (the copy is "
           "handed over in memory), tcp (the protocol between processes, over loopback: decode "
@@ -540,6 +545,7 @@ absl::Status Run() {
     rc.secret = secret;
     rc.heartbeat_interval = absl::Milliseconds(absl::GetFlag(FLAGS_heartbeat_ms));
     rc.worker_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_worker_timeout_ms));
+    rc.prefix_aware = absl::GetFlag(FLAGS_prefix_aware_routing);
     auto r = std::make_unique<cluster::RouterEngine>(rc);
     router = r.get();
     engine = std::move(r);

@@ -111,6 +111,15 @@ std::string RenderRouterMetrics(const RouterEngine& router) {
          router.retries());
   Single(&out, "tandem:cluster_requests_in_flight", "gauge", "Sequences relayed by the router now.",
          router.in_flight());
+  // Prefix-aware placement: what the router predicted against what the workers found.
+  const RouterEngine::PrefixCounts prefix = router.prefix_counts();
+  Single(&out, "tandem:cluster_prefix_queried_tokens_total", "counter",
+         "Prompt tokens of the sequences placed on prefill workers.", prefix.queried);
+  Single(&out, "tandem:cluster_prefix_predicted_tokens_total", "counter",
+         "Of those, the tokens the chosen worker's prefix cache was predicted to hold.",
+         prefix.predicted);
+  Single(&out, "tandem:cluster_prefix_hit_tokens_total", "counter",
+         "Prompt tokens the prefill workers said their prefix caches gave.", prefix.reported);
   // Attainment per role, workers since dropped included: the prefill role keeps TTFT, the
   // decode role TPOT (the client-side view of both is tandem:slo_attainment_ratio).
   const RouterEngine::Attainment per[] = {router.attainment(v1::WORKER_ROLE_PREFILL),

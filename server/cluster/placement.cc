@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <optional>
+#include <tuple>
 
+#include "common/check.h"
 #include "scheduler/latency_model.h"
 
 namespace tandem::server::cluster {
@@ -31,11 +33,13 @@ bool Idle(const WorkerInfo& w) { return w.in_flight == 0 && w.load.running() == 
 
 }  // namespace
 
-double PredictTtftSeconds(const WorkerInfo& w, int prompt) {
+double PredictTtftSeconds(const WorkerInfo& w, int prompt, int cached) {
   const std::optional<scheduler::LatencyModel> m = ModelOf(w);
   if (!m) return -1;
+  cached = std::clamp(cached, 0, prompt);
   scheduler::StepShape shape;
-  shape.AddPrefill(static_cast<int>(std::min<int64_t>(w.prefill_tokens + prompt, 1 << 30)), 0);
+  shape.AddPrefill(static_cast<int>(std::min<int64_t>(w.prefill_tokens + prompt - cached, 1 << 30)),
+                   cached);
   return m->PredictFitted(shape) * Correction(w);
 }
 
@@ -49,22 +53,27 @@ double PredictTpotSeconds(const WorkerInfo& w, int need) {
 }
 
 const WorkerInfo* PickWorker(const std::vector<const WorkerInfo*>& workers, v1::WorkerRole role,
-                             int prompt, int need) {
+                             int prompt, int need, std::span<const int> cached) {
+  TANDEM_CHECK(cached.empty() || cached.size() == workers.size());
   std::vector<const WorkerInfo*> candidates;
+  std::vector<int> hit;  // per candidate
   bool all_modelled = true;
-  for (const WorkerInfo* w : workers) {
+  for (size_t i = 0; i < workers.size(); ++i) {
+    const WorkerInfo* w = workers[i];
     if (w->role != role || w->load.draining()) continue;
     if (w->suspect_since >= w->last_seen) continue;
     if (w->kv_capacity_tokens > 0 && need > w->kv_capacity_tokens) continue;
     candidates.push_back(w);
+    hit.push_back(cached.empty() ? 0 : cached[i]);
     all_modelled &= ModelOf(*w).has_value();
   }
   if (candidates.empty()) return nullptr;
   std::vector<double> scores;
   double best_score = 0;
-  for (const WorkerInfo* w : candidates) {
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    const WorkerInfo* w = candidates[i];
     double score = !all_modelled                     ? w->in_flight
-                   : role == v1::WORKER_ROLE_PREFILL ? PredictTtftSeconds(*w, prompt)
+                   : role == v1::WORKER_ROLE_PREFILL ? PredictTtftSeconds(*w, prompt, hit[i])
                                                      : PredictTpotSeconds(*w, need);
     // A decode worker whose free KV (as of its last heartbeat) cannot hold the sequence goes
     // last: it would only keep it waiting.
@@ -75,20 +84,21 @@ const WorkerInfo* PickWorker(const std::vector<const WorkerInfo*>& workers, v1::
     scores.push_back(score);
   }
   // Predictions within kPredictionSlack of the best do not tell workers apart: of those, the
-  // least loaded, then the most free KV, then the best prediction.
+  // least loaded, then the most cached prefix, then the most free KV, then the best prediction.
   const double band = all_modelled ? best_score * (1 + kPredictionSlack) : best_score;
   const WorkerInfo* best = nullptr;
-  double chosen_score = 0;
+  size_t chosen = 0;
   for (size_t i = 0; i < candidates.size(); ++i) {
     const WorkerInfo* w = candidates[i];
     if (scores[i] > band) continue;
-    const bool better = best == nullptr || w->in_flight < best->in_flight ||
-                        (w->in_flight == best->in_flight &&
-                         (FreeTokens(*w) > FreeTokens(*best) ||
-                          (FreeTokens(*w) == FreeTokens(*best) && scores[i] < chosen_score)));
-    if (better) {
+    const auto key = [&](size_t k) {
+      // Larger is better, compared in order.
+      return std::make_tuple(-candidates[k]->in_flight, hit[k], FreeTokens(*candidates[k]),
+                             -scores[k]);
+    };
+    if (best == nullptr || key(i) > key(chosen)) {
       best = w;
-      chosen_score = scores[i];
+      chosen = i;
     }
   }
   if (!all_modelled || best == nullptr || Idle(*best)) return best;
@@ -98,6 +108,8 @@ const WorkerInfo* PickWorker(const std::vector<const WorkerInfo*>& workers, v1::
   for (size_t i = 0; i < candidates.size(); ++i) {
     const WorkerInfo* w = candidates[i];
     if (!Idle(*w) || w->load.steps() >= kProvenSteps) continue;
+    // Never away from a cached prefix: that costs the prompt its hit, a sure loss for a guess.
+    if (hit[i] < hit[chosen]) continue;
     if (role == v1::WORKER_ROLE_DECODE && w->load.kv_block_size() > 0 && FreeTokens(*w) < need) {
       continue;
     }

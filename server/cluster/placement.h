@@ -9,6 +9,7 @@
 #define TANDEM_SERVER_CLUSTER_PLACEMENT_H_
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -45,18 +46,20 @@ struct WorkerInfo {
 // tokens in all, or nullptr when none can take it. Skipped: other roles, draining, suspected
 // (suspect_since not older than last_seen), and a context `need` past kv_capacity_tokens.
 // Among the rest, the least predicted TTFT (prefill: one step of the prompt tokens already
-// queued there plus this prompt) or TPOT (decode: a step of its sequences plus this one, each
-// at `need` tokens of context), with a decode worker whose free KV cannot hold `need` last.
-// Predictions within kPredictionSlack of the least count as equal: of those, the fewest
-// sequences in flight wins, then the most free KV. Without models on every candidate: the
-// fewest in flight, then the most free KV.
-// Exploration: when that choice is busy (sequences of this router in flight), an idle
+// queued there plus what this prompt's cached prefix leaves, `cached[i]` tokens for
+// workers[i] (none when `cached` is empty), after that prefix) or TPOT (decode: a step of its
+// sequences plus this one, each at `need` tokens of context), with a decode worker whose free KV
+// cannot hold `need` last. Predictions within kPredictionSlack of the least count as equal: of
+// those, the fewest sequences in flight wins, then the most cached prefix, then the most free KV.
+// Without models on every candidate: the fewest in flight, then the most cached prefix, then the
+// most free KV. Exploration: when that choice is busy (sequences of this router in flight), an idle
 // candidate whose model is still unchecked (fewer than kProvenSteps engine steps run) and that
-// has room takes the sequence instead, the best predicted of such first. A model profiled
-// under another worker's load can come out several times too slow; the online correction
-// would fix it, but only from steps the worker runs, which placement by prediction alone never
-// gives it. The cost is bounded: a worker is explored for its first kProvenSteps steps only
-// (the correction, an EWMA of weight 0.05, is then within 4% of what the steps measured).
+// has room takes the sequence instead, the best predicted of such first, unless its cache holds
+// less of the prompt than the choice's does. A model profiled under another worker's load can
+// come out several times too slow; the online correction would fix it, but only from steps
+// the worker runs, which placement by prediction alone never gives it. The cost is bounded: a
+// worker is explored for its first kProvenSteps steps only (the correction, an EWMA of weight
+// 0.05, is then within 4% of what the steps measured).
 inline constexpr uint64_t kProvenSteps = 64;
 // The latency models fit their profiles to 10-25% (median error, logged at each worker's
 // start), and workers profiled side by side on a busy host differ by more than their devices
@@ -64,10 +67,12 @@ inline constexpr uint64_t kProvenSteps = 64;
 inline constexpr double kPredictionSlack = 0.10;
 
 const WorkerInfo* PickWorker(const std::vector<const WorkerInfo*>& workers,
-                             tandem::v1::WorkerRole role, int prompt, int need);
+                             tandem::v1::WorkerRole role, int prompt, int need,
+                             std::span<const int> cached = {});
 
 // The predictions themselves, in seconds (nullopt-like -1 when the worker sent no model).
-double PredictTtftSeconds(const WorkerInfo& w, int prompt);
+// `cached`: the prompt's leading tokens the worker's prefix cache holds.
+double PredictTtftSeconds(const WorkerInfo& w, int prompt, int cached = 0);
 double PredictTpotSeconds(const WorkerInfo& w, int need);
 
 }  // namespace tandem::server::cluster

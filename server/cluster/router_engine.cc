@@ -4,6 +4,7 @@
 #include <array>
 #include <limits>
 #include <random>
+#include <span>
 #include <utility>
 
 #include "common/check.h"
@@ -23,15 +24,17 @@ namespace v1 = tandem::v1;
 class RoutedRequest : public std::enable_shared_from_this<RoutedRequest> {
  public:
   // `retry`: this is the second try of a request whose first workers failed before it sent
-  // anything (and `scheduled_sent`: whether the sink heard OnScheduled then).
+  // anything (and `scheduled_sent`: whether the sink heard OnScheduled then). `prefill_charge`:
+  // the prompt tokens placement counted as queued on the prefill worker for it.
   RoutedRequest(RouterEngine* router, v1::PhaseRequest request,
                 std::shared_ptr<scheduler::SequenceSink> sink, uint64_t prefill_worker,
-                uint64_t decode_worker, bool retry, bool scheduled_sent)
+                uint64_t decode_worker, int prefill_charge, bool retry, bool scheduled_sent)
       : router_(router),
         sink_(std::move(sink)),
         id_(request.transfer_id()),
         prefill_worker_(prefill_worker),
         decode_worker_(decode_worker),
+        prefill_charge_(prefill_charge),
         request_(std::move(request)),
         is_retry_(retry),
         scheduled_sent_(scheduled_sent) {}
@@ -68,6 +71,7 @@ class RoutedRequest : public std::enable_shared_from_this<RoutedRequest> {
   const std::shared_ptr<scheduler::SequenceSink> sink_;
   const uint64_t id_;
   const uint64_t prefill_worker_, decode_worker_;
+  const int prefill_charge_;
   const v1::PhaseRequest request_;
   const bool is_retry_;
 
@@ -178,7 +182,7 @@ void RoutedRequest::CancelCallsLocked() {
 void RoutedRequest::Emit(const v1::PhaseEvent& ev) {
   if (ev.scheduled() && !scheduled_sent_) {
     scheduled_sent_ = true;
-    sink_->OnScheduled();
+    sink_->OnScheduled(ev.cached_tokens());
   }
   for (const v1::PhaseToken& t : ev.tokens()) {
     sink_->OnToken(FromPhaseToken(t));
@@ -192,6 +196,7 @@ void RoutedRequest::Emit(const v1::PhaseEvent& ev) {
 }
 
 void RoutedRequest::OnEvent(bool prefill, const v1::PhaseEvent& ev) {
+  if (prefill && ev.scheduled()) router_->PrefixReported(ev.cached_tokens());
   std::lock_guard<std::mutex> lock(mu_);
   (prefill ? prefill_heard_ : decode_heard_) = absl::Now();
   if (finished_) return;
@@ -224,7 +229,7 @@ void RoutedRequest::OnCallDone(bool prefill, Call* call, const absl::Status& sta
   std::optional<absl::Status> retry;
   bool scheduled_sent;
   const uint64_t worker = prefill ? prefill_worker_ : decode_worker_;
-  if (prefill) router_->PrefillEnded(prefill_worker_, request_.prompt_size());
+  if (prefill) router_->PrefillEnded(prefill_worker_, prefill_charge_);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (status.code() == absl::StatusCode::kUnavailable && !by_worker) {
@@ -372,25 +377,39 @@ absl::Status RouterEngine::CanPlaceLocked(int need) {
   return absl::OkStatus();
 }
 
-RouterEngine::Worker* RouterEngine::PickLocked(v1::WorkerRole role, int prompt, int need) {
+RouterEngine::Worker* RouterEngine::PickLocked(v1::WorkerRole role, int prompt, int need,
+                                               const std::map<uint64_t, int>& cached) {
   std::vector<const WorkerInfo*> candidates;
+  std::vector<int> hit;
   std::map<const WorkerInfo*, Worker*> of;
   for (auto& [id, w] : workers_) {
     if (w.info.role != role) continue;
     candidates.push_back(&w.info);
+    auto c = cached.find(id);
+    hit.push_back(c == cached.end() ? 0 : c->second);
     of[&w.info] = &w;
   }
-  const WorkerInfo* best = PickWorker(candidates, role, prompt, need);
+  const WorkerInfo* best = PickWorker(candidates, role, prompt, need, hit);
   return best == nullptr ? nullptr : of[best];
 }
 
-void RouterEngine::PrefillEnded(uint64_t worker, int prompt_tokens) {
+void RouterEngine::PrefillEnded(uint64_t worker, int charged_tokens) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = workers_.find(worker);
   if (it != workers_.end()) {
     it->second.info.prefill_tokens =
-        std::max<int64_t>(0, it->second.info.prefill_tokens - prompt_tokens);
+        std::max<int64_t>(0, it->second.info.prefill_tokens - charged_tokens);
   }
+}
+
+void RouterEngine::PrefixReported(int tokens) {
+  std::lock_guard<std::mutex> lock(mu_);
+  prefix_counts_.reported += std::max(0, tokens);
+}
+
+RouterEngine::PrefixCounts RouterEngine::prefix_counts() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return prefix_counts_;
 }
 
 RouterEngine::Started RouterEngine::PlaceLocked(v1::PhaseRequest phase,
@@ -398,15 +417,38 @@ RouterEngine::Started RouterEngine::PlaceLocked(v1::PhaseRequest phase,
                                                 bool retry, bool scheduled_sent) {
   const int prompt = phase.prompt_size();
   const int need = prompt + phase.max_tokens();
-  Worker* p = PickLocked(v1::WORKER_ROLE_PREFILL, prompt, need);
+  // The prompt's whole blocks as each prefill worker's cache keys them (block sizes may
+  // differ), and how many of them each is predicted to hold.
+  std::map<int, std::vector<uint64_t>> hashes;  // by block size
+  std::map<uint64_t, int> cached;               // by worker id, tokens
+  if (config_.prefix_aware) {
+    const std::span<const int32_t> tokens(phase.prompt().data(), phase.prompt().size());
+    for (auto& [id, w] : workers_) {
+      if (w.info.role != v1::WORKER_ROLE_PREFILL) continue;
+      const int bs = w.info.load.kv_block_size();
+      auto h = hashes.find(bs);
+      if (h == hashes.end()) h = hashes.emplace(bs, PrefixIndex::BlockHashes(tokens, bs)).first;
+      cached[id] = prefix_index_.Match(id, h->second) * bs;
+    }
+  }
+  Worker* p = PickLocked(v1::WORKER_ROLE_PREFILL, prompt, need, cached);
   Worker* d = PickLocked(v1::WORKER_ROLE_DECODE, prompt, need);
   TANDEM_CHECK(p != nullptr && d != nullptr);
+  int hit = 0;
+  if (config_.prefix_aware) {
+    hit = cached[p->info.id];
+    // It computes what it lacks and caches the prompt's whole blocks.
+    prefix_index_.Insert(p->info.id, hashes[p->info.load.kv_block_size()],
+                         p->info.load.kv_blocks_total());
+  }
+  prefix_counts_.queried += prompt;
+  prefix_counts_.predicted += hit;
   phase.set_transfer_id(next_transfer_id_++);
   ++p->info.in_flight;
   ++d->info.in_flight;
-  p->info.prefill_tokens += prompt;
+  p->info.prefill_tokens += prompt - hit;
   auto req = std::make_shared<RoutedRequest>(this, std::move(phase), std::move(sink), p->info.id,
-                                             d->info.id, retry, scheduled_sent);
+                                             d->info.id, prompt - hit, retry, scheduled_sent);
   active_[req->id()] = req;
   return Started{req, p->stub, d->stub, d->info.kv_address};
 }
@@ -581,6 +623,7 @@ grpc::ServerUnaryReactor* RouterEngine::Register(grpc::CallbackServerContext* ct
     // The same worker registering again (after being dropped, or restarted) replaces itself.
     for (auto it = workers_.begin(); it != workers_.end(); ++it) {
       if (it->second.info.control_address == w.info.control_address) {
+        prefix_index_.Forget(it->first);
         workers_.erase(it);
         break;
       }
@@ -633,6 +676,7 @@ void RouterEngine::SweepLoop() {
                      absl::FormatDuration(now - it->second.info.last_seen));
         dropped_.fetch_add(1);
         dropped_ids_.insert(it->first);
+        prefix_index_.Forget(it->first);
         it = workers_.erase(it);
       } else {
         ++it;

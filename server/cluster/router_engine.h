@@ -10,7 +10,10 @@
 // registers again, and a request whose stream from it has been silent for `worker_timeout`
 // as well fails with UNAVAILABLE (its other worker is told to drop it); a stream that still
 // flows goes on (a heartbeat can stall where the stream does not; a dead connection ends the
-// stream by itself). Placement: server/cluster/placement.h.
+// stream by itself). Placement: server/cluster/placement.h; a prompt's prefix that a prefill
+// worker's cache is predicted to hold (server/cluster/prefix_index.h) counts in its predicted
+// TTFT, so prompts that share a prefix go where it is cached unless that worker's queue costs
+// more than the prefix saves.
 //
 // No silent fallback: with no prefill or no decode worker, Submit answers UNAVAILABLE with a
 // clear message.
@@ -40,6 +43,7 @@
 #include "model/model_config.h"
 #include "scheduler/engine.h"
 #include "server/cluster/placement.h"
+#include "server/cluster/prefix_index.h"
 #include "tandem/v1/cluster.grpc.pb.h"
 
 namespace tandem::server::cluster {
@@ -51,6 +55,9 @@ struct RouterConfig {
   absl::Duration heartbeat_interval = absl::Seconds(1);
   // A worker silent for this long is dropped.
   absl::Duration worker_timeout = absl::Seconds(3);
+  // Place prompts by the prefixes the prefill workers' caches are predicted to hold
+  // (--prefix-aware-routing); off: as if every cache were empty.
+  bool prefix_aware = true;
 };
 
 class RoutedRequest;
@@ -92,6 +99,15 @@ class RouterEngine : public scheduler::Engine, public tandem::v1::Router::Callba
     uint64_t met = 0;
   };
   Attainment attainment(tandem::v1::WorkerRole role) const;
+  // Prompt tokens of the sequences placed on prefill workers; of those, the ones the chosen
+  // worker's cache was predicted to hold; and the ones the workers said their caches gave
+  // (PhaseEvent.cached_tokens).
+  struct PrefixCounts {
+    uint64_t queried = 0;
+    uint64_t predicted = 0;
+    uint64_t reported = 0;
+  };
+  PrefixCounts prefix_counts() const;
 
  private:
   friend class RoutedRequest;
@@ -114,10 +130,14 @@ class RouterEngine : public scheduler::Engine, public tandem::v1::Router::Callba
   // worker with the least predicted TTFT, the decode worker with room for `need` tokens and
   // the least predicted TPOT (workers' latency models, from their heartbeats); the least
   // loaded when a worker has no model. nullptr: none.
-  Worker* PickLocked(tandem::v1::WorkerRole role, int prompt, int need)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // A prefill call ended: its prompt no longer waits on that worker.
-  void PrefillEnded(uint64_t worker, int prompt_tokens);
+  // `cached`, for prefill: each candidate's predicted cached prefix, by worker id.
+  Worker* PickLocked(tandem::v1::WorkerRole role, int prompt, int need,
+                     const std::map<uint64_t, int>& cached = {}) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A prefill call ended: its prompt tokens (those placement charged it, the prompt less its
+  // predicted cached prefix) no longer wait on that worker.
+  void PrefillEnded(uint64_t worker, int charged_tokens);
+  // A prefill worker said its cache gave a sequence `tokens` of its prompt.
+  void PrefixReported(int tokens);
   // Picks its workers (CanPlaceLocked must have said yes) and registers the request.
   Started PlaceLocked(tandem::v1::PhaseRequest phase, std::shared_ptr<scheduler::SequenceSink> sink,
                       bool retry, bool scheduled_sent) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -148,6 +168,8 @@ class RouterEngine : public scheduler::Engine, public tandem::v1::Router::Callba
   std::atomic<uint64_t> retries_{0};
   Attainment prefill_attainment_ ABSL_GUARDED_BY(mu_);
   Attainment decode_attainment_ ABSL_GUARDED_BY(mu_);
+  PrefixIndex prefix_index_ ABSL_GUARDED_BY(mu_);
+  PrefixCounts prefix_counts_ ABSL_GUARDED_BY(mu_);
   std::atomic<int> live_calls_{0};  // worker calls not yet done
   std::thread sweeper_;
 };

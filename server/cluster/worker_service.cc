@@ -146,9 +146,10 @@ class PhaseSink : public scheduler::SequenceSink {
   PhaseSink(std::shared_ptr<StreamState> state, std::function<void()> on_end)
       : state_(std::move(state)), on_end_(std::move(on_end)) {}
 
-  void OnScheduled() override {
+  void OnScheduled(int cached_tokens) override {
     v1::PhaseEvent ev;
     ev.set_scheduled(true);
+    ev.set_cached_tokens(cached_tokens);
     state_->Send(std::move(ev));
   }
   void OnToken(const model::SampleResult& token) override {

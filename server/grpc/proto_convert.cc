@@ -147,6 +147,7 @@ void ToProto(const Usage& usage, tandem::v1::Usage* proto) {
   proto->set_prompt_tokens(usage.prompt_tokens);
   proto->set_completion_tokens(usage.completion_tokens);
   proto->set_total_tokens(usage.prompt_tokens + usage.completion_tokens);
+  proto->set_cached_tokens(usage.cached_tokens);
 }
 
 void ToProto(const ModelInfo& info, tandem::v1::ModelInfo* proto) {

@@ -35,7 +35,8 @@ Json FinishJson(const std::optional<FinishReason>& finish) {
 Json UsageJson(const Usage& usage) {
   return Json{{"prompt_tokens", usage.prompt_tokens},
               {"completion_tokens", usage.completion_tokens},
-              {"total_tokens", usage.prompt_tokens + usage.completion_tokens}};
+              {"total_tokens", usage.prompt_tokens + usage.completion_tokens},
+              {"prompt_tokens_details", Json{{"cached_tokens", usage.cached_tokens}}}};
 }
 
 // Completions logprobs; `offset` is the code-point offset of the first token's text and is

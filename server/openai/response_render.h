@@ -12,7 +12,8 @@
 //     "choices":[{"index","message":{"role":"assistant","content"},"logprobs",
 //     "finish_reason"}],"usage"}; logprobs: null or {"content":[{"token","logprob","bytes",
 //     "top_logprobs":[{"token","logprob","bytes"}]}]}.
-//   usage: {"prompt_tokens","completion_tokens","total_tokens"}.
+//   usage: {"prompt_tokens","completion_tokens","total_tokens",
+//   "prompt_tokens_details":{"cached_tokens"}}.
 //   stream chunks ("data: {...}\n\n" each): completions {"id","object":"text_completion",
 //     "created","model","choices":[{"index","text","logprobs","finish_reason"}]}; chat
 //     {"id","object":"chat.completion.chunk","created","model","choices":[{"index","delta",

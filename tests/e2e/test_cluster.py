@@ -169,6 +169,44 @@ def test_metrics_of_each_role(cluster):
     assert d["tandem:decode_queue_seconds_total"] >= 0, d
 
 
+def test_prompts_go_to_the_prefill_worker_that_holds_their_prefix():
+    """Two prefill workers. Two long prompts placed at once land one on each; each one's
+    continuation (a conversation's next turn) goes back to the worker that cached it, which says
+    so in usage.prompt_tokens_details.cached_tokens; the router's predicted hits equal the hits
+    the workers reported. (Without prefix-aware routing both continuations go to one worker,
+    the least loaded, and one of them finds nothing.)"""
+    c = Cluster()
+    try:
+        c.prefill.append(c.add("prefill"))
+        deadline = time.time() + 60
+        while c.router.metrics().get('tandem:cluster_workers{role="prefill"}') != 2:
+            assert time.time() < deadline, c.router.logs()
+            time.sleep(0.05)
+        a = "A list of the planets, from the Sun outwards, with a note on each: " * 6
+        b = "Instructions for baking bread at home, step by step, with the reasons: " * 6
+        first = complete(c.url, [a, b], max_tokens=4)
+        assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0, first["usage"]
+        for turn in (" Mercury is the closest.", " Mix flour and water."):
+            for base in (a, b):
+                r = complete(c.url, base + turn, max_tokens=4)
+                u = r["usage"]
+                # The whole blocks of its first turn at least (a tokenization seam at the join
+                # can cost the last block).
+                assert u["prompt_tokens_details"]["cached_tokens"] >= u["prompt_tokens"] // 2, u
+        # Each worker ran one of the conversations: both have hits of their own.
+        for w in c.prefill:
+            m = w.metrics()
+            assert m["tandem:prefix_cache_hit_tokens_total"] > 0, m
+        r = c.router.metrics()
+        assert r["tandem:cluster_prefix_hit_tokens_total"] > 0, r
+        assert (r["tandem:cluster_prefix_predicted_tokens_total"] ==
+                r["tandem:cluster_prefix_hit_tokens_total"]), r
+        assert c.kv_all_free() is True
+    finally:
+        for d, code in c.stop().items():
+            assert code == 0, f"tandemd exited with {code}:\n{d.logs()}"
+
+
 def test_a_synthetic_gqa_model_equals_colocated(tmp_path):
     """The same equality on a model the project generates: 8 heads over 2 KV heads, 3 layers,
     f16 weights, random; prompts given as token ids."""

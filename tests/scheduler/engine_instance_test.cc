@@ -235,6 +235,7 @@ TEST_F(EngineInstanceTest, PrefixCachingKeepsOutputsAndCountsHits) {
     auto request = [&](size_t i, bool sampled, std::shared_ptr<RecordingSink> sink) {
       return MaybeSampled(prompts[i], 12, std::move(sink), sampled, 50 + i);
     };
+    int64_t sequential_cached = 0;  // what the sinks were told, requests sent one at a time
     for (const bool sampled : {false, true}) {
       for (const bool together : {false, true}) {
         std::vector<std::shared_ptr<RecordingSink>> sinks;
@@ -243,12 +244,27 @@ TEST_F(EngineInstanceTest, PrefixCachingKeepsOutputsAndCountsHits) {
           ASSERT_TRUE((*inst)->Submit(request(i, sampled, sinks.back())).ok());
           if (!together) sinks.back()->Wait();
         }
-        for (auto& sink : sinks) {
-          sink->Wait();
-          EXPECT_EQ(sink->end(), SequenceEnd::kLength) << sink->status();
-          outputs[caching].push_back(sink->tokens());
+        for (size_t i = 0; i < sinks.size(); ++i) {
+          RecordingSink& sink = *sinks[i];
+          sink.Wait();
+          EXPECT_EQ(sink.end(), SequenceEnd::kLength) << sink.status();
+          outputs[caching].push_back(sink.tokens());
+          // Each sequence is told how much of its prompt the cache gave it: whole blocks, none
+          // without caching; one after another, the first prompt of all finds nothing and
+          // the second the shared prefix's 9 whole blocks.
+          EXPECT_EQ(sink.cached_tokens() % 4, 0);
+          if (!caching) {
+            EXPECT_EQ(sink.cached_tokens(), 0);
+          } else if (!together && !sampled && i < 2) {
+            EXPECT_EQ(sink.cached_tokens(), i == 0 ? 0 : 36) << "request " << i;
+          }
+          if (!together) sequential_cached += sink.cached_tokens();
         }
       }
+    }
+    EXPECT_LE(sequential_cached, static_cast<int64_t>((*inst)->stats().prefix_hit_tokens));
+    if (caching) {
+      EXPECT_GE(sequential_cached, 212 + 248);
     }
     const InstanceStats st = (*inst)->stats();
     EXPECT_EQ(st.kv_blocks_free, st.kv_blocks_total);  // cached blocks count as free
@@ -439,8 +455,8 @@ TEST_F(EngineInstanceTest, SubmitValidates) {
 // A sink whose client goes away as soon as its sequence enters a step.
 class GoneAtScheduleSink : public RecordingSink {
  public:
-  void OnScheduled() override {
-    RecordingSink::OnScheduled();
+  void OnScheduled(int cached_tokens) override {
+    RecordingSink::OnScheduled(cached_tokens);
     Cancel();
   }
 };
@@ -480,8 +496,8 @@ TEST_F(EngineInstanceTest, AStepWhoseSequencesAreAllCancelledStopsBetweenLayers)
 class GatedSink : public RecordingSink {
  public:
   explicit GatedSink(std::shared_future<void> gate) : gate_(std::move(gate)) {}
-  void OnScheduled() override {
-    RecordingSink::OnScheduled();
+  void OnScheduled(int cached_tokens) override {
+    RecordingSink::OnScheduled(cached_tokens);
     gate_.wait();
   }
 

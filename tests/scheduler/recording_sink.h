@@ -19,7 +19,10 @@ namespace tandem::scheduler {
 class RecordingSink : public SequenceSink {
  public:
   explicit RecordingSink(int cancel_after = -1) : cancel_after_(cancel_after) {}
-  void OnScheduled() override { scheduled_ = true; }
+  void OnScheduled(int cached_tokens) override {
+    scheduled_ = true;
+    cached_tokens_.store(cached_tokens);
+  }
   void OnToken(const model::SampleResult& r) override {
     std::lock_guard<std::mutex> lock(mu_);
     tokens_.push_back(r.token);
@@ -52,6 +55,8 @@ class RecordingSink : public SequenceSink {
     return status_;
   }
   void Cancel() { cancel_ = true; }
+  // What OnScheduled said came from the prefix cache (-1: not scheduled).
+  int cached_tokens() const { return cached_tokens_.load(); }
 
  private:
   const int cancel_after_;
@@ -60,6 +65,7 @@ class RecordingSink : public SequenceSink {
   std::vector<int32_t> tokens_;
   bool finished_ = false;
   bool scheduled_ = false;
+  std::atomic<int> cached_tokens_{-1};
   SequenceEnd end_ = SequenceEnd::kFailed;
   absl::Status status_;
   std::atomic<bool> cancel_{false};

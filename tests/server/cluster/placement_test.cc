@@ -146,6 +146,55 @@ TEST(PlacementTest, AnIdleWorkerWhoseModelIsUncheckedIsExplored) {
   EXPECT_EQ(PickWorker(All(ps), v1::WORKER_ROLE_PREFILL, 200, 300)->id, 3u);
 }
 
+// A prompt whose prefix one prefill worker's cache holds (as the router predicts it): that
+// worker's predicted TTFT counts only what the cache lacks, attending to the cached part, so it
+// wins until its queue costs more than the prefix saves.
+TEST(PlacementTest, PrefillGoesWhereThePromptsPrefixIsCachedUnlessItsQueueCostsMore) {
+  std::vector<WorkerInfo> ws = {Worker(1, v1::WORKER_ROLE_PREFILL),
+                                Worker(2, v1::WORKER_ROLE_PREFILL)};
+  SetModel(ws[0], 0.001, 0.0005, 0.001);
+  SetModel(ws[1], 0.001, 0.0005, 0.001);
+  const std::vector<int> cached = {0, 960};
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_PREFILL, 1000, 1100, cached)->id, 2u);
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_PREFILL, 1000, 1100)->id, 1u);  // none known
+  // Busier (more sequences in flight) but far sooner: still the cached one.
+  ws[1].in_flight = 3;
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_PREFILL, 1000, 1100, cached)->id, 2u);
+  // 2,000 prompt tokens queued there: 2,040 x 0.5 ms > 1,000 x 0.5 ms.
+  ws[1].prefill_tokens = 2000;
+  EXPECT_EQ(PickWorker(All(ws), v1::WORKER_ROLE_PREFILL, 1000, 1100, cached)->id, 1u);
+  // The uncached tokens attend to the cached ones: the pairs term sees them.
+  ws[1].prefill_tokens = 0;
+  ws[1].load.clear_latency_coefficients();
+  for (double c : {0.001, 0.0005, 1e-6, 0.001, 0.0}) ws[1].load.add_latency_coefficients(c);
+  EXPECT_NEAR(PredictTtftSeconds(ws[1], 1000, 960), 0.001 + 40 * 0.0005 + 1e-6 * (40 * 960 + 820),
+              1e-9);
+  EXPECT_NEAR(PredictTtftSeconds(ws[1], 1000, 5000), PredictTtftSeconds(ws[1], 1000, 1000), 1e-12);
+  // Without models, equal loads: the more cached prefix before the more free KV.
+  std::vector<WorkerInfo> bare = {Worker(3, v1::WORKER_ROLE_PREFILL),
+                                  Worker(4, v1::WORKER_ROLE_PREFILL)};
+  bare[1].load.set_kv_blocks_free(10);
+  EXPECT_EQ(PickWorker(All(bare), v1::WORKER_ROLE_PREFILL, 100, 200)->id, 3u);
+  EXPECT_EQ(PickWorker(All(bare), v1::WORKER_ROLE_PREFILL, 100, 200, std::vector<int>{0, 64})->id,
+            4u);
+}
+
+// Exploration never takes a prompt away from the worker that holds its prefix.
+TEST(PlacementTest, ExplorationKeepsACachedPrefix) {
+  std::vector<WorkerInfo> ps = {Worker(1, v1::WORKER_ROLE_PREFILL),
+                                Worker(2, v1::WORKER_ROLE_PREFILL)};
+  SetModel(ps[0], 0.001, 0.0005, 0.001);
+  SetModel(ps[1], 0.003, 0.0015, 0.003);  // looks slower (profiled under load)
+  ps[1].load.set_steps(0);                // unchecked, idle
+  ps[0].in_flight = 1;                    // the choice is busy
+  EXPECT_EQ(PickWorker(All(ps), v1::WORKER_ROLE_PREFILL, 400, 500)->id, 2u);
+  EXPECT_EQ(PickWorker(All(ps), v1::WORKER_ROLE_PREFILL, 400, 500, std::vector<int>{384, 0})->id,
+            1u);
+  // An unchecked worker that holds as much is still explored.
+  EXPECT_EQ(PickWorker(All(ps), v1::WORKER_ROLE_PREFILL, 400, 500, std::vector<int>{384, 384})->id,
+            2u);
+}
+
 TEST(PlacementTest, LeastLoadedWhileAnyWorkerHasNoModel) {
   std::vector<WorkerInfo> ws = {Worker(1, v1::WORKER_ROLE_PREFILL),
                                 Worker(2, v1::WORKER_ROLE_PREFILL)};

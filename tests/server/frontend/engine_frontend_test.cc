@@ -164,6 +164,26 @@ TEST_F(EngineFrontendTest, GreedyTextMatchesDetokenizedTokens) {
   EXPECT_EQ(c.text[0], *text);
 }
 
+// usage.cached_tokens: the prompt tokens the prefix cache gave the request, each prompt
+// counted once (by its first choice), whole blocks (of 4 here) before the prompt's last token.
+TEST_F(EngineFrontendTest, UsageCountsThePromptTokensTheCacheHeld) {
+  const std::string prompt = "the quick brown fox jumps over the lazy dog, and then some more";
+  Collected first = Run(Completion(prompt, 2));
+  ASSERT_TRUE(first.status.ok()) << first.status;
+  EXPECT_EQ(first.usage.cached_tokens, 0);
+  const int whole = (first.usage.prompt_tokens - 1) / 4 * 4;
+  ASSERT_GT(whole, 0);
+  Collected again = Run(Completion(prompt, 2));
+  ASSERT_TRUE(again.status.ok()) << again.status;
+  EXPECT_EQ(again.usage.cached_tokens, whole);
+  GenerationRequest two = Completion(prompt, 2);
+  two.n = 2;
+  Collected both = Run(std::move(two), 2);
+  ASSERT_TRUE(both.status.ok()) << both.status;
+  EXPECT_EQ(both.usage.cached_tokens, whole);
+  EXPECT_EQ(both.usage.prompt_tokens, first.usage.prompt_tokens);
+}
+
 TEST_F(EngineFrontendTest, StopStringsAreCutAndNeverReturned) {
   Collected base = Run(Completion("the cat", 40));
   const std::string& t = base.text[0];

@@ -58,12 +58,13 @@ TEST(RenderCompletion, Golden) {
       Entry(Tok(10, "Hello", -0.5f), {Tok(10, "Hello", -0.5f), Tok(12, "Hi", -1.5f)}),
       Entry(Tok(11, " world", -1.25f), {Tok(11, " world", -1.25f), Tok(13, " there", -2.0f)})};
   c.finish = FinishReason::kLength;
-  EXPECT_EQ(RenderCompletion(Meta("cmpl-abc"), {c}, Usage{5, 2}),
+  EXPECT_EQ(RenderCompletion(Meta("cmpl-abc"), {c}, Usage{5, 2, 4}),
             R"({"id":"cmpl-abc","object":"text_completion","created":1700000000,"model":"smol",)"
             R"("choices":[{"index":0,"text":"Hello world","logprobs":{"tokens":["Hello"," world"],)"
             R"("token_logprobs":[-0.5,-1.25],"top_logprobs":[{"Hello":-0.5,"Hi":-1.5},)"
             R"({" world":-1.25," there":-2.0}],"text_offset":[0,5]},"finish_reason":"length"}],)"
-            R"("usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}})");
+            R"("usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7,)"
+            R"("prompt_tokens_details":{"cached_tokens":4}}})");
 }
 
 TEST(RenderChatCompletion, Golden) {
@@ -81,7 +82,7 @@ TEST(RenderChatCompletion, Golden) {
             R"("content":"Hi!"},"logprobs":null,"finish_reason":"stop"},{"index":1,)"
             R"("message":{"role":"assistant","content":"Hey"},"logprobs":null,)"
             R"("finish_reason":"length"}],"usage":{"prompt_tokens":9,"completion_tokens":4,)"
-            R"("total_tokens":13}})");
+            R"("total_tokens":13,"prompt_tokens_details":{"cached_tokens":0}}})");
 }
 
 TEST(StreamRenderer, ChatGoldenSequenceWithUsage) {
@@ -124,7 +125,8 @@ TEST(StreamRenderer, ChatGoldenSequenceWithUsage) {
                 "\n\n"
                 R"(data: {"id":"chatcmpl-s","object":"chat.completion.chunk",)"
                 R"("created":1700000000,"model":"smol","choices":[],"usage":{"prompt_tokens":3,)"
-                R"("completion_tokens":2,"total_tokens":5}})"
+                R"("completion_tokens":2,"total_tokens":5,)"
+                R"("prompt_tokens_details":{"cached_tokens":0}}})"
                 "\n\n"
                 "data: [DONE]\n\n");
 }
