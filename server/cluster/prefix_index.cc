@@ -19,7 +19,7 @@ uint64_t Mix(uint64_t x) {
 std::vector<uint64_t> PrefixIndex::BlockHashes(std::span<const int32_t> tokens, int block_size) {
   std::vector<uint64_t> out;
   if (block_size < 1 || tokens.empty()) return out;
-  const size_t blocks = (tokens.size() - 1) / static_cast<size_t>(block_size);
+  const size_t blocks = tokens.size() / static_cast<size_t>(block_size);
   out.reserve(blocks);
   // The block size is in the seed: chains of different block sizes never compare equal.
   uint64_t h = Mix(0x7a6e646d00000000ULL ^ static_cast<uint64_t>(block_size));
@@ -30,6 +30,11 @@ std::vector<uint64_t> PrefixIndex::BlockHashes(std::span<const int32_t> tokens, 
     out.push_back(h);
   }
   return out;
+}
+
+int PrefixIndex::UsableTokens(int blocks, int block_size, int prompt) {
+  if (block_size < 1 || prompt < 1) return 0;
+  return std::min(blocks, (prompt - 1) / block_size) * block_size;
 }
 
 int PrefixIndex::Match(uint64_t worker, std::span<const uint64_t> hashes) const {

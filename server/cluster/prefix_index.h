@@ -27,9 +27,12 @@ namespace tandem::server::cluster {
 class PrefixIndex {
  public:
   // The chain hashes of the whole blocks of `tokens` (block i's hash covers tokens
-  // [0, (i + 1) * block_size)) that a worker's prefix cache could give: blocks before the last
-  // token, which always runs (its logits give the first token). Empty for block_size < 1.
+  // [0, (i + 1) * block_size)), as a worker caches them once it computed the prompt. Empty for
+  // block_size < 1.
   static std::vector<uint64_t> BlockHashes(std::span<const int32_t> tokens, int block_size);
+  // The tokens of a prompt of `prompt` tokens that a cache holding `blocks` of its leading
+  // blocks can give: the last token always runs (its logits give the first token).
+  static int UsableTokens(int blocks, int block_size, int prompt);
 
   // How many leading blocks of `hashes` are recorded for `worker`.
   int Match(uint64_t worker, std::span<const uint64_t> hashes) const;

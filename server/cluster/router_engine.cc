@@ -428,7 +428,7 @@ RouterEngine::Started RouterEngine::PlaceLocked(v1::PhaseRequest phase,
       const int bs = w.info.load.kv_block_size();
       auto h = hashes.find(bs);
       if (h == hashes.end()) h = hashes.emplace(bs, PrefixIndex::BlockHashes(tokens, bs)).first;
-      cached[id] = prefix_index_.Match(id, h->second) * bs;
+      cached[id] = PrefixIndex::UsableTokens(prefix_index_.Match(id, h->second), bs, prompt);
     }
   }
   Worker* p = PickLocked(v1::WORKER_ROLE_PREFILL, prompt, need, cached);

@@ -18,13 +18,20 @@ std::vector<int32_t> Tokens(int n, int32_t first) {
   return t;
 }
 
-TEST(PrefixIndexTest, HashesCoverTheWholeBlocksBeforeTheLastToken) {
-  // The last token always runs, so 33 tokens give 2 blocks of 16, and 32 tokens 1.
-  EXPECT_EQ(PrefixIndex::BlockHashes(Tokens(33, 5), 16).size(), 2u);
-  EXPECT_EQ(PrefixIndex::BlockHashes(Tokens(32, 5), 16).size(), 1u);
-  EXPECT_TRUE(PrefixIndex::BlockHashes(Tokens(16, 5), 16).empty());
+TEST(PrefixIndexTest, HashesCoverTheWholeBlocksAndTheLastTokenAlwaysRuns) {
+  // A worker caches every whole block it computed: 32 tokens are 2 blocks of 16, 31 are 1.
+  EXPECT_EQ(PrefixIndex::BlockHashes(Tokens(32, 5), 16).size(), 2u);
+  EXPECT_EQ(PrefixIndex::BlockHashes(Tokens(31, 5), 16).size(), 1u);
+  EXPECT_TRUE(PrefixIndex::BlockHashes(Tokens(15, 5), 16).empty());
   EXPECT_TRUE(PrefixIndex::BlockHashes(Tokens(40, 5), 0).empty());
   EXPECT_TRUE(PrefixIndex::BlockHashes({}, 16).empty());
+  // But a prompt's last token always runs (its logits give the first token): of a 32-token
+  // prompt whose 2 blocks are cached, 16 tokens come from the cache; of a 33-token one, 32.
+  EXPECT_EQ(PrefixIndex::UsableTokens(2, 16, 32), 16);
+  EXPECT_EQ(PrefixIndex::UsableTokens(2, 16, 33), 32);
+  EXPECT_EQ(PrefixIndex::UsableTokens(1, 16, 100), 16);
+  EXPECT_EQ(PrefixIndex::UsableTokens(0, 16, 100), 0);
+  EXPECT_EQ(PrefixIndex::UsableTokens(3, 0, 100), 0);
 }
 
 TEST(PrefixIndexTest, BlockHashesAreChains) {
