@@ -4,7 +4,9 @@
 #include <chrono>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 
 #include "common/check.h"
@@ -95,20 +97,52 @@ DisaggregatedEngine::~DisaggregatedEngine() { Stop(); }
 absl::StatusOr<Admission> DisaggregatedEngine::Submit(std::vector<SequenceRequest> requests) {
   // TTFT is the prefill instances' to keep: their admission decides, after asking CanAccept.
   if (prefill_.size() == 1) return prefill_[0]->inst->Submit(std::move(requests));
-  // The least loaded first; among equals, each request starts one further along.
+  // The soonest predicted first token first (each instance's simulation of its own queue with
+  // this request added, counting only what its prefix cache lacks of the prompt), when every
+  // instance has a latency model; predictions within kPredictionSlack of the soonest tie.
+  // Then, and without models, the least loaded, then the most cached prefix; among equals,
+  // each request starts one further along.
+  constexpr double kPredictionSlack = 0.10;
   const size_t n = prefill_.size(), start = next_prefill_.fetch_add(1) % n;
-  std::vector<std::pair<int, size_t>> order;  // (running + waiting, instance)
+  struct Choice {
+    double predicted = 0;  // seconds; 0 for all when some instance has no model
+    int load = 0;          // running + waiting
+    int cached = 0;        // prompt tokens its prefix cache holds
+    size_t instance = 0;
+  };
+  std::vector<Choice> order;
+  bool all_predicted = true;
   for (size_t k = 0; k < n; ++k) {
     const size_t i = (start + k) % n;
-    const InstanceStats s = prefill_[i]->inst->stats();
-    order.push_back({s.running + s.waiting, i});
+    EngineInstance& inst = *prefill_[i]->inst;
+    const InstanceStats s = inst.stats();
+    Choice c;
+    c.load = s.running + s.waiting;
+    c.cached = inst.CachedPrefixTokens(requests[0].prompt);
+    c.instance = i;
+    if (all_predicted) {
+      const std::optional<absl::Duration> t = inst.PredictFirstToken(requests);
+      all_predicted = t.has_value();
+      if (t) c.predicted = absl::ToDoubleSeconds(std::min(*t, absl::Seconds(1e6)));
+    }
+    order.push_back(c);
   }
-  std::stable_sort(order.begin(), order.end(),
-                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  double soonest = std::numeric_limits<double>::infinity();
+  for (Choice& c : order) {
+    if (!all_predicted) c.predicted = 0;
+    soonest = std::min(soonest, c.predicted);
+  }
+  for (Choice& c : order) {
+    if (c.predicted <= soonest * (1 + kPredictionSlack)) c.predicted = soonest;
+  }
+  std::stable_sort(order.begin(), order.end(), [](const Choice& a, const Choice& b) {
+    return std::make_tuple(a.predicted, a.load, -a.cached) <
+           std::make_tuple(b.predicted, b.load, -b.cached);
+  });
   absl::Status refused;
   for (size_t k = 0; k < order.size(); ++k) {
     const bool last = k + 1 == order.size();
-    absl::StatusOr<Admission> a = prefill_[order[k].second]->inst->Submit(
+    absl::StatusOr<Admission> a = prefill_[order[k].instance]->inst->Submit(
         last ? std::move(requests) : std::vector<SequenceRequest>(requests));
     // Only a refusal for capacity is worth another instance; bad input is bad everywhere.
     if (a.ok() || !absl::IsResourceExhausted(a.status())) return a;

@@ -6,8 +6,11 @@
 // own (block sizes and KV dtypes may differ) and decodes it to the end. Prefill steps never
 // stall decode steps, so TPOT no longer pays for other requests' prompts.
 //
-// With several instances of a role: a request goes to the prefill instance with the least work
-// (running plus waiting sequences), and to the next if that one's admission refuses it; a
+// With several instances of a role: a request goes to the prefill instance that predicts its
+// first token soonest (EngineInstance::PredictFirstToken: its own queue, and only what its
+// prefix cache lacks of the prompt), predictions within 10% counting as equal; then to the
+// one with the least work (running plus waiting sequences), then the most of the prompt
+// cached; and to the next if that one's admission refuses it; a
 // prefilled sequence goes to the decode instance with the fewest sequences running or waiting
 // to join, then the most free KV.
 //

@@ -365,16 +365,19 @@ absl::Status EngineInstance::Submit(SequenceRequest request) {
   return Submit(std::move(one)).status();
 }
 
-absl::StatusOr<Admission> EngineInstance::Submit(std::vector<SequenceRequest> requests) {
-  if (requests.empty()) return absl::InvalidArgumentError("no sequences to submit");
-  for (const SequenceRequest& r : requests) TANDEM_RETURN_IF_ERROR(ValidateRequest(r));
+int EngineInstance::CachedPrefixTokens(std::span<const int32_t> prompt) const {
+  if (prompt.empty()) return 0;
+  return runner_->kv().PeekPrefix(prompt, static_cast<int>(prompt.size()) - 1);
+}
+
+std::vector<PrefillWork> EngineInstance::WorkOf(
+    const std::vector<SequenceRequest>& requests) const {
   const absl::Duration aging = config_.scheduler.best_effort_aging;
   std::vector<PrefillWork> work;
   work.reserve(requests.size());
   // With prefix caching, what the cache holds of the prompt now is what admission expects
   // it will not compute (the choices share one prompt).
-  const int cached =
-      runner_->kv().PeekPrefix(requests[0].prompt, static_cast<int>(requests[0].prompt.size()) - 1);
+  const int cached = CachedPrefixTokens(requests[0].prompt);
   for (const SequenceRequest& r : requests) {
     PrefillWork w;
     w.id = r.id;
@@ -387,6 +390,32 @@ absl::StatusOr<Admission> EngineInstance::Submit(std::vector<SequenceRequest> re
     w.tpot_slo = r.tpot_slo;
     work.push_back(w);
   }
+  return work;
+}
+
+std::optional<absl::Duration> EngineInstance::PredictFirstToken(
+    const std::vector<SequenceRequest>& requests) const {
+  if (requests.empty() || requests[0].prompt.empty()) return std::nullopt;
+  const std::vector<PrefillWork> candidates = WorkOf(requests);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!load_.model.fitted()) return std::nullopt;
+  // The snapshot's own work, what arrived since it was taken, then the candidates.
+  std::vector<PrefillWork> work = load_.prefilling;
+  work.insert(work.end(), inbox_work_.begin(), inbox_work_.end());
+  work.insert(work.end(), candidates.begin(), candidates.end());
+  const absl::Time now = absl::Now();
+  const SimulationResult r = SimulateSteps(load_, work, now, absl::Seconds(120));
+  absl::Duration latest = absl::ZeroDuration();
+  for (size_t i = work.size() - candidates.size(); i < work.size(); ++i) {
+    latest = std::max(latest, r.first_token[i]);
+  }
+  return latest;
+}
+
+absl::StatusOr<Admission> EngineInstance::Submit(std::vector<SequenceRequest> requests) {
+  if (requests.empty()) return absl::InvalidArgumentError("no sequences to submit");
+  for (const SequenceRequest& r : requests) TANDEM_RETURN_IF_ERROR(ValidateRequest(r));
+  const std::vector<PrefillWork> work = WorkOf(requests);
   // The decode side's back-pressure, for SLO work (best-effort work waits instead).
   if (config_.handoff != nullptr && config_.admission != AdmissionMode::kOff && work[0].slo) {
     TANDEM_RETURN_IF_ERROR(config_.handoff->CanAccept());

@@ -30,6 +30,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <thread>
@@ -200,6 +201,15 @@ class EngineInstance : public Engine {
   // retry-after, common/retry_after.h), Unavailable (stopped).
   absl::StatusOr<Admission> Submit(std::vector<SequenceRequest> requests) override;
   absl::Status Submit(SequenceRequest request);
+  // When the first tokens of `requests` (the choices of one request, as Submit takes them)
+  // would come if they were submitted now: the latency model's simulation of this instance's
+  // queue with them added, counting only what the prefix cache lacks of the prompt, as
+  // admission predicts (any thread; nothing is queued). nullopt without a fitted model;
+  // InfiniteDuration past two minutes.
+  std::optional<absl::Duration> PredictFirstToken(
+      const std::vector<SequenceRequest>& requests) const;
+  // The prompt tokens the prefix cache holds of `prompt` now (any thread).
+  int CachedPrefixTokens(std::span<const int32_t> prompt) const;
   // Role kDecode: queues a sequence that arrives with its KV; it starts decoding once this
   // instance has room for it (running set and KV). Unavailable when stopped (no sink is called
   // then), FailedPrecondition for another role.
@@ -260,6 +270,9 @@ class EngineInstance : public Engine {
   // that share the device: on alternate chunks in both groups, as group 0's half).
   absl::StatusOr<std::vector<StepSample>> Profile(bool on_group = false);
   absl::Status ValidateRequest(const SequenceRequest& request) const;
+  // What admission simulates for `requests` (one request's choices): the prompt less its
+  // cached prefix, from the position it starts at, with the request's deadline.
+  std::vector<PrefillWork> WorkOf(const std::vector<SequenceRequest>& requests) const;
   std::string ProfileKey() const;
   void Loop();
   // The step's verbs.

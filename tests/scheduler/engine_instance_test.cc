@@ -699,6 +699,49 @@ TEST_F(EngineInstanceTest, DisaggregatedSlidingWindowLayersSendAndKeepOnlyTheWin
       << tcp_f16_bytes[true] << " vs " << tcp_f16_bytes[false];
 }
 
+// Two prefill instances: four conversations' first turns spread over both, and each second
+// turn goes back to the instance that holds its first turn in its prefix cache, which gives it
+// all of that turn's whole blocks: by predicted first token (profiled latency models), and by
+// the cached prefix as the tie-break without models. (Placed by load alone, with each request
+// starting one instance further along, half of the second turns would find nothing.)
+TEST_F(EngineInstanceTest, SeveralPrefillInstancesSendAPromptWhereItsPrefixIsCached) {
+  auto file = model::GgufFile::Open(*path_);
+  ASSERT_TRUE(file.ok());
+  std::mt19937 rng(21);
+  std::vector<std::vector<int32_t>> first(4);
+  for (auto& p : first) {
+    p.resize(60);
+    for (int32_t& t : p) t = 3 + rng() % 200;
+  }
+  for (const bool profiled : {true, false}) {
+    SCOPED_TRACE(profiled ? "latency models" : "no latency models");
+    DisaggregatedEngineConfig dc;
+    dc.prefill = {Config(4, 32, 256), Config(4, 32, 256)};
+    dc.decode = {Config(6, 32, 256)};
+    for (EngineInstanceConfig& c : dc.prefill) c.profile = profiled;
+    auto disagg = DisaggregatedEngine::Create(dc, **file);
+    ASSERT_TRUE(disagg.ok()) << disagg.status();
+    auto run = [&](const std::vector<int32_t>& prompt) {
+      auto sink = std::make_shared<RecordingSink>();
+      EXPECT_TRUE((*disagg)->Submit({Request(prompt, 3, sink)}).ok());
+      sink->Wait();
+      EXPECT_EQ(sink->end(), SequenceEnd::kLength) << sink->status();
+      return sink->cached_tokens();
+    };
+    EXPECT_EQ((*disagg)->prefill(0).PredictFirstToken({Request(first[0], 3, nullptr)}).has_value(),
+              profiled);
+    for (const auto& p : first) EXPECT_EQ(run(p), 0);
+    for (int i = 0; i < 2; ++i) {
+      EXPECT_GT((*disagg)->prefill(i).stats().prefix_cached_blocks, 0) << "prefill-" << i;
+    }
+    for (size_t k = first.size(); k-- > 0;) {  // reversed: not in the first turns' rotation
+      std::vector<int32_t> next = first[k];
+      for (int j = 0; j < 8; ++j) next.push_back(3 + rng() % 200);
+      EXPECT_EQ(run(next), 60) << "conversation " << k;
+    }
+  }
+}
+
 // Two prefill and two decode instances: requests spread over both of each role (the least
 // loaded first), and every output is still what one colocated instance produces.
 TEST_F(EngineInstanceTest, SeveralInstancesPerRoleMatchColocated) {
