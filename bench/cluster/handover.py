@@ -58,6 +58,14 @@ def wait_ready(url, timeout=120):
     raise RuntimeError(url + " not ready")
 
 
+def stop_all(procs):
+    """SIGTERM to every process, then waits for each."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=60)
+
+
 def one(port, prompt):
     body = json.dumps({"model": "m", "prompt": prompt, "max_tokens": 2, "temperature": 0,
                        "stream": True, "ignore_eos": True})
@@ -117,10 +125,7 @@ def run_mode(a, transport, mode):
             rows.append((n, kv_bytes, statistics.median(ttft), statistics.median(gap)))
         return rows
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=60)
+        stop_all(procs)
 
 
 def main():

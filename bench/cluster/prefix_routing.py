@@ -30,7 +30,7 @@ import subprocess
 import tempfile
 import time
 
-from handover import ROOT, free_port, metrics, wait_ready
+from handover import ROOT, free_port, metrics, stop_all, wait_ready
 
 QUESTIONS = ["What is the main idea so far?", "Who is speaking here, and to whom?",
              "Name one place that was mentioned.", "What might happen next?",
@@ -124,10 +124,7 @@ def run_mode(a, aware, words):
             "wall": wall,
         }
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=60)
+        stop_all(procs)
 
 
 def main():
