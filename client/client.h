@@ -55,6 +55,7 @@ struct TextDelta {
 struct Usage {
   int prompt_tokens = 0;
   int completion_tokens = 0;
+  int cached_tokens = 0;  // of prompt_tokens, those the server's prefix cache held
 };
 
 struct ModelEntry {

@@ -117,7 +117,7 @@ absl::StatusOr<Usage> GrpcClient::Generate(const GenerateParams& params,
         return on_delta(text_delta);
       });
   if (!usage.ok()) return usage.status();
-  return Usage{usage->prompt_tokens(), usage->completion_tokens()};
+  return Usage{usage->prompt_tokens(), usage->completion_tokens(), usage->cached_tokens()};
 }
 
 absl::StatusOr<tandem::v1::TokenizeResponse> GrpcClient::Tokenize(

@@ -281,6 +281,9 @@ absl::StatusOr<Usage> HttpClient::Generate(const GenerateParams& params,
     if (const Json* u = Field(chunk, "usage"); u != nullptr && u->is_object()) {
       usage.prompt_tokens = IntField(*u, "prompt_tokens");
       usage.completion_tokens = IntField(*u, "completion_tokens");
+      if (const Json* d = Field(*u, "prompt_tokens_details"); d != nullptr && d->is_object()) {
+        usage.cached_tokens = IntField(*d, "cached_tokens");
+      }
     }
     return true;
   };

@@ -47,7 +47,7 @@ TEST(HttpClientTest, ChatStreamDeltasUsageAndRequest) {
       "\"finish_reason\":null}]}\n\n"
       "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n"
       "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,"
-      "\"total_tokens\":15}}\n\n"
+      "\"total_tokens\":15,\"prompt_tokens_details\":{\"cached_tokens\":8}}}\n\n"
       "data: [DONE]\n\n";
   // The body split mid-event, as a network would.
   CannedHttpServer server(
@@ -71,6 +71,7 @@ TEST(HttpClientTest, ChatStreamDeltasUsageAndRequest) {
   EXPECT_EQ(got.deltas[2].finish_reason, "stop");
   EXPECT_EQ(usage->prompt_tokens, 12);
   EXPECT_EQ(usage->completion_tokens, 3);
+  EXPECT_EQ(usage->cached_tokens, 8);
 
   std::vector<std::string> requests = server.requests();
   ASSERT_EQ(requests.size(), 1u);
@@ -129,6 +130,7 @@ TEST(HttpClientTest, CompletionStreamOverChunkedEncodingWithCrlf) {
   EXPECT_EQ(finish[0], "stop");
   EXPECT_EQ(finish[1], "length");
   EXPECT_EQ(usage->completion_tokens, 4);
+  EXPECT_EQ(usage->cached_tokens, 0);  // a server without prompt_tokens_details
 
   const std::string request = server.requests().at(0);
   EXPECT_EQ(request.rfind("POST /v1/completions HTTP/1.1\r\n", 0), 0u);
