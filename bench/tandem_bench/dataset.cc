@@ -92,9 +92,24 @@ absl::StatusOr<std::vector<BenchRequest>> SynthesizeRequests(const SyntheticConf
                                                              std::vector<std::string> corpus_words,
                                                              TokenCounter* counter) {
   if (corpus_words.empty()) return absl::InvalidArgumentError("empty corpus");
+  if (config.shared_prefix_tokens < 0 || config.prefix_groups < 1) {
+    return absl::InvalidArgumentError("shared prefix tokens must be >= 0 and prefix groups >= 1");
+  }
   const size_t n_words = corpus_words.size();
   PromptBuilder builder(std::move(corpus_words), counter);
   std::mt19937_64 rng(config.seed);
+  // The shared prefixes and each request's choice of one, from a generator of their own so
+  // that the requests' own draws are the same with and without them.
+  std::vector<std::string> prefixes;
+  std::mt19937_64 prefix_rng(config.seed ^ 0x5eed5eed5eed5eedULL);
+  if (config.shared_prefix_tokens > 0) {
+    for (int g = 0; g < config.prefix_groups; ++g) {
+      const size_t start = std::uniform_int_distribution<size_t>(0, n_words - 1)(prefix_rng);
+      TANDEM_ASSIGN_OR_RETURN(PromptBuilder::Prompt p,
+                              builder.Build(config.shared_prefix_tokens, start));
+      prefixes.push_back(StrCat("Context ", g + 1, ": ", p.text, "\n\n"));
+    }
+  }
   std::vector<BenchRequest> out;
   out.reserve(config.num_requests);
   for (int i = 0; i < config.num_requests; ++i) {
@@ -106,6 +121,11 @@ absl::StatusOr<std::vector<BenchRequest>> SynthesizeRequests(const SyntheticConf
     r.prompt = std::move(p.text);
     r.prompt_tokens = p.tokens;
     r.max_tokens = out_len;
+    if (!prefixes.empty()) {
+      const size_t g = std::uniform_int_distribution<size_t>(0, prefixes.size() - 1)(prefix_rng);
+      r.prompt = prefixes[g] + r.prompt;
+      TANDEM_ASSIGN_OR_RETURN(r.prompt_tokens, counter->Count(r.prompt));
+    }
     out.push_back(std::move(r));
   }
   return out;

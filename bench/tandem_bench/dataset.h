@@ -2,6 +2,9 @@
 //   Synthetic   input/output lengths drawn from LengthDists (fixed seed); prompt text is a
 //               window of a corpus file (real prose), sized by PromptBuilder to the wanted
 //               token count, each request starting at a different word so prompts differ.
+//               With a shared prefix (SGLang's generated-shared-prefix workload): every
+//               prompt starts with one of `prefix_groups` prefixes of `shared_prefix_tokens`
+//               tokens (corpus windows of their own), drawn with the seed, then its own text.
 //   ShareGPT    a JSON array of {"conversations": [{"from","value"}...]}; vLLM's filter: the
 //               first two turns are prompt and reply; drop prompt < 4 or reply < 4 tokens,
 //               prompt > 1024 or prompt + reply > 2048; shuffled with the seed; the reply's
@@ -63,6 +66,8 @@ struct SyntheticConfig {
   LengthDist input = *LengthDist::Parse("128");
   LengthDist output = *LengthDist::Parse("128");
   uint64_t seed = 0;
+  int shared_prefix_tokens = 0;  // 0: none
+  int prefix_groups = 1;         // distinct prefixes, >= 1
 };
 absl::StatusOr<std::vector<BenchRequest>> SynthesizeRequests(const SyntheticConfig& config,
                                                              std::vector<std::string> corpus_words,

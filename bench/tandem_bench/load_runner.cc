@@ -237,6 +237,7 @@ class RunSession {
           rec.usage_reported = true;
           rec.output_tokens = *chunk->completion_tokens;
           if (chunk->prompt_tokens) rec.prompt_tokens = *chunk->prompt_tokens;
+          if (chunk->cached_tokens) rec.cached_tokens = *chunk->cached_tokens;
         }
       }
     }

@@ -50,6 +50,10 @@ ABSL_FLAG(std::string, dataset_path, "", "file for --dataset sharegpt or jsonl")
 ABSL_FLAG(std::string, input_len, "128",
           "synthetic prompt tokens: N, uniform:LO:HI or lognormal:MEAN:SIGMA");
 ABSL_FLAG(std::string, output_len, "128", "output tokens (max_tokens), same forms as --input-len");
+ABSL_FLAG(int, shared_prefix_tokens, 0,
+          "synthetic: every prompt starts with one of --prefix-groups shared prefixes of this "
+          "many tokens (0: none), for measuring prefix caching");
+ABSL_FLAG(int, prefix_groups, 1, "synthetic with --shared-prefix-tokens: distinct prefixes");
 ABSL_FLAG(int, sharegpt_output_len, 0, "force max_tokens for ShareGPT requests (0: the reply's)");
 ABSL_FLAG(std::string, corpus, "",
           "text file synthetic prompts are cut from "
@@ -154,6 +158,7 @@ absl::StatusOr<RateRun> RunAtRate(const Context& ctx, double rate, const std::st
       cc.completed_requests = out.summary.completed;
       cc.prompt_tokens = static_cast<double>(out.summary.input_tokens);
       cc.output_tokens = static_cast<double>(out.summary.output_tokens);
+      cc.cached_tokens = static_cast<double>(out.summary.cached_tokens);
       auto rows = CrossCheck(before, *after, cc);
       std::printf("%s", FormatCrossCheck(ctx.server_kind, rows).c_str());
       out.cross_check = CrossCheckJson(ctx.server_kind, rows);
@@ -180,6 +185,8 @@ nlohmann::json ConfigJson(const Context& ctx) {
       {"dataset_path", absl::GetFlag(FLAGS_dataset_path)},
       {"input_len", absl::GetFlag(FLAGS_input_len)},
       {"output_len", absl::GetFlag(FLAGS_output_len)},
+      {"shared_prefix_tokens", absl::GetFlag(FLAGS_shared_prefix_tokens)},
+      {"prefix_groups", absl::GetFlag(FLAGS_prefix_groups)},
       {"slo", ctx.load.slo.ToString()},
       {"attainment_target", ctx.target},
       {"ignore_eos", ctx.load.ignore_eos},
@@ -220,8 +227,13 @@ absl::StatusOr<std::vector<BenchRequest>> LoadRequests(const ServerUrl& server,
     TANDEM_ASSIGN_OR_RETURN(sc.input, LengthDist::Parse(absl::GetFlag(FLAGS_input_len)));
     TANDEM_ASSIGN_OR_RETURN(sc.output, LengthDist::Parse(absl::GetFlag(FLAGS_output_len)));
     sc.seed = absl::GetFlag(FLAGS_seed);
+    sc.shared_prefix_tokens = absl::GetFlag(FLAGS_shared_prefix_tokens);
+    sc.prefix_groups = absl::GetFlag(FLAGS_prefix_groups);
     TANDEM_ASSIGN_OR_RETURN(std::vector<std::string> words, LoadCorpusWords(FindCorpus()));
     return SynthesizeRequests(sc, std::move(words), counter.get());
+  }
+  if (absl::GetFlag(FLAGS_shared_prefix_tokens) != 0) {
+    return absl::InvalidArgumentError("--shared-prefix-tokens is for --dataset synthetic");
   }
   const std::string path = absl::GetFlag(FLAGS_dataset_path);
   if (path.empty())

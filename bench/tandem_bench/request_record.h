@@ -37,6 +37,9 @@ struct RequestRecord {
   int prompt_tokens = 0;      // usage.prompt_tokens when the server reports it, else the dataset's
   int output_tokens = 0;      // usage.completion_tokens when reported, else token chunks seen
   int token_chunks = 0;       // non-empty token chunks seen
+  // usage.prompt_tokens_details.cached_tokens: prompt tokens the server's prefix cache held
+  // (-1: not reported).
+  int cached_tokens = -1;
   bool usage_reported = false;
   RequestStatus status = RequestStatus::kOk;
   int http_status = 0;

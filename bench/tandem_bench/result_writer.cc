@@ -28,7 +28,7 @@ std::string Ms(double s) { return absl::StrFormat("%.3f", s * 1e3); }
 std::string RequestsCsv(const std::vector<RequestRecord>& records) {
   std::string out =
       "index,send_s,status,http_status,ttft_ms,tpot_ms,e2e_ms,prompt_tokens,output_tokens,"
-      "token_chunks,usage_reported,slo_ttft_ms,slo_tpot_ms,met_slo,itl_ms,error\n";
+      "token_chunks,usage_reported,slo_ttft_ms,slo_tpot_ms,met_slo,itl_ms,error,cached_tokens\n";
   for (const RequestRecord& r : records) {
     std::string itl;
     for (size_t i = 0; i < r.itl_s.size(); ++i) {
@@ -40,7 +40,8 @@ std::string RequestsCsv(const std::vector<RequestRecord>& records) {
                   ",", Ms(r.e2e_s), ",", r.prompt_tokens, ",", r.output_tokens, ",", r.token_chunks,
                   ",", r.usage_reported ? 1 : 0, ",", r.slo.ttft_ms ? StrCat(*r.slo.ttft_ms) : "",
                   ",", r.slo.tpot_ms ? StrCat(*r.slo.tpot_ms) : "", ",", r.MeetsSlo() ? 1 : 0, ",",
-                  itl, ",", CsvQuote(r.error), "\n");
+                  itl, ",", CsvQuote(r.error), ",",
+                  r.cached_tokens >= 0 ? StrCat(r.cached_tokens) : "", "\n");
   }
   return out;
 }
@@ -72,6 +73,11 @@ std::string FormatSummaryTable(const std::string& title, const RunSummary& s,
        absl::StrFormat("%d / %.1f", s.input_tokens, s.input_token_throughput));
   line("Output tokens / throughput (tok/s):",
        absl::StrFormat("%d / %.1f", s.output_tokens, s.output_token_throughput));
+  if (s.cached_reported > 0) {
+    line("Cached prompt tokens (share):",
+         absl::StrFormat("%d (%.1f%% of %d requests' prompts)", s.cached_tokens,
+                         100 * s.cached_share, s.cached_reported));
+  }
   out += absl::StrFormat("%-10s %7s %10s %10s %10s %10s\n", "(ms)", "n", "mean", "median", "p90",
                          "p99");
   auto dist = [&out](const char* name, const Distribution& d) {

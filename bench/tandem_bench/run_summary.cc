@@ -37,6 +37,7 @@ RunSummary Summarize(const std::vector<RequestRecord>& records, double duration_
   std::vector<double> ttft, tpot, itl, e2e;
   int meet_ttft = 0, meet_tpot = 0, meet_e2e = 0;
   double first_send = 0, last_send = 0;
+  long cached_of = 0;  // prompt tokens of the requests that reported cached tokens
   for (size_t i = 0; i < records.size(); ++i) {
     const RequestRecord& r = records[i];
     if (i == 0 || r.send_s < first_send) first_send = r.send_s;
@@ -52,6 +53,11 @@ RunSummary Summarize(const std::vector<RequestRecord>& records, double duration_
     ++s.completed;
     s.input_tokens += r.prompt_tokens;
     s.output_tokens += r.output_tokens;
+    if (r.cached_tokens >= 0) {
+      ++s.cached_reported;
+      s.cached_tokens += r.cached_tokens;
+      cached_of += r.prompt_tokens;
+    }
     if (r.ttft_s >= 0) ttft.push_back(r.ttft_s);
     // TPOT is defined only with >= 2 output tokens; 0-by-definition values would skew it.
     if (r.output_tokens > 1 && r.ttft_s >= 0) tpot.push_back(r.TpotS());
@@ -59,6 +65,7 @@ RunSummary Summarize(const std::vector<RequestRecord>& records, double duration_
     e2e.push_back(r.e2e_s);
   }
   s.failed = s.requests - s.completed;
+  if (cached_of > 0) s.cached_share = static_cast<double>(s.cached_tokens) / cached_of;
   if (duration_s > 0) {
     s.request_throughput = s.completed / duration_s;
     s.input_token_throughput = s.input_tokens / duration_s;
@@ -100,6 +107,10 @@ nlohmann::json ToJson(const RunSummary& s) {
       {"request_throughput", s.request_throughput},
       {"input_tokens", s.input_tokens},
       {"output_tokens", s.output_tokens},
+      {"cached_prompt_tokens",
+       {{"requests_reporting", s.cached_reported},
+        {"tokens", s.cached_tokens},
+        {"share", s.cached_share}}},
       {"input_token_throughput", s.input_token_throughput},
       {"output_token_throughput", s.output_token_throughput},
       {"ttft_ms", ToJson(s.ttft)},

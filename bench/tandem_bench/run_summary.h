@@ -34,9 +34,15 @@ struct RunSummary {
   std::map<std::string, int> errors_by_kind;  // RequestStatusName -> count
   long input_tokens = 0;                      // over completed requests
   long output_tokens = 0;                     // over completed requests
-  double request_throughput = 0;              // completed / duration
-  double input_token_throughput = 0;          // tokens / s
-  double output_token_throughput = 0;         // tokens / s
+  // Completed requests whose server reported cached prompt tokens
+  // (usage.prompt_tokens_details.cached_tokens), those tokens, and their share of those
+  // requests' prompt tokens.
+  int cached_reported = 0;
+  long cached_tokens = 0;
+  double cached_share = 0;
+  double request_throughput = 0;       // completed / duration
+  double input_token_throughput = 0;   // tokens / s
+  double output_token_throughput = 0;  // tokens / s
   Distribution ttft, tpot, itl, e2e;
   // Share of all sent requests meeting each objective (1 when the objective is unset).
   double attainment_ttft = 0, attainment_tpot = 0, attainment_e2e = 0, attainment = 0;

@@ -56,6 +56,7 @@ std::vector<CrossCheckRow> CrossCheck(const std::map<std::string, double>& befor
       {"tandem:request_success_total", "requests completed", client.completed_requests},
       {"tandem:prompt_tokens_total", "prompt tokens", client.prompt_tokens},
       {"tandem:generation_tokens_total", "output tokens", client.output_tokens},
+      {"tandem:prefix_cache_hit_tokens_total", "cached prompt tokens", client.cached_tokens},
       {"llamacpp:prompt_tokens_total", "prompt tokens", client.prompt_tokens},
       {"llamacpp:tokens_predicted_total", "output tokens", client.output_tokens},
   };

@@ -4,6 +4,8 @@
 //   tandem (tandemd):   tandem:request_success_total   requests completed
 //                       tandem:prompt_tokens_total     prompt tokens processed
 //                       tandem:generation_tokens_total tokens generated
+//                       tandem:prefix_cache_hit_tokens_total  prompt tokens the prefix cache
+//                                                             gave (usage's cached_tokens)
 //   llama.cpp server:   llamacpp:prompt_tokens_total, llamacpp:tokens_predicted_total
 //                       (only with llama-server --metrics)
 // A server whose /metrics has none of these is not cross-checked (and the report says so).
@@ -26,16 +28,18 @@ std::map<std::string, double> ParsePrometheusText(std::string_view text);
 std::string DetectServerKind(const std::map<std::string, double>& metrics);
 
 struct CrossCheckRow {
-  std::string quantity;  // "requests completed", "prompt tokens", "output tokens"
-  std::string metric;    // server counter name
-  double client = 0;     // counted by tandem-bench over the measured run
-  double server = 0;     // counter increase over the measured run
+  // "requests completed", "prompt tokens", "output tokens", "cached prompt tokens"
+  std::string quantity;
+  std::string metric;  // server counter name
+  double client = 0;   // counted by tandem-bench over the measured run
+  double server = 0;   // counter increase over the measured run
 };
 
 struct ClientCounts {
   double completed_requests = 0;  // ok requests
   double prompt_tokens = 0;
   double output_tokens = 0;
+  double cached_tokens = 0;  // usage.prompt_tokens_details.cached_tokens, summed
 };
 
 // Rows for the counters present in both snapshots of a known server kind.

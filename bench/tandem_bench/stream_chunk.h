@@ -19,6 +19,7 @@ struct StreamChunk {
   std::string text;                      // generated text in this chunk (may be empty)
   std::optional<int> prompt_tokens;      // usage.prompt_tokens
   std::optional<int> completion_tokens;  // usage.completion_tokens
+  std::optional<int> cached_tokens;      // usage.prompt_tokens_details.cached_tokens
   std::optional<std::string> error;      // error.message (or the error value) when present
 };
 

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 namespace tandem::bench {
 namespace {
@@ -93,6 +94,39 @@ TEST(DatasetTest, SyntheticIsDeterministicAndDistinct) {
     if (i && (*a)[i].prompt != (*a)[i - 1].prompt) ++distinct;
   }
   EXPECT_GE(distinct, 18);
+}
+
+// A shared prefix: every prompt is one of the groups' prefixes followed by the prompt it has
+// without one (same seed), every group is used, and the counts cover the whole text.
+TEST(DatasetTest, SyntheticSharedPrefixes) {
+  auto words = LoadCorpusWords(std::string(TANDEM_SOURCE_DIR) + "/bench/data/corpus.txt");
+  ASSERT_TRUE(words.ok());
+  WordTokenCounter counter;
+  SyntheticConfig c;
+  c.num_requests = 24;
+  c.input = *LengthDist::Parse("uniform:20:60");
+  c.seed = 5;
+  auto plain = SynthesizeRequests(c, *words, &counter);
+  c.shared_prefix_tokens = 300;
+  c.prefix_groups = 3;
+  auto shared = SynthesizeRequests(c, *words, &counter);
+  ASSERT_TRUE(plain.ok() && shared.ok()) << shared.status();
+  ASSERT_EQ(shared->size(), plain->size());
+  std::set<std::string> prefixes;
+  for (size_t i = 0; i < shared->size(); ++i) {
+    const std::string& p = (*shared)[i].prompt;
+    const std::string& own = (*plain)[i].prompt;
+    ASSERT_GT(p.size(), own.size());
+    EXPECT_EQ(p.substr(p.size() - own.size()), own) << i;
+    const std::string prefix = p.substr(0, p.size() - own.size());
+    prefixes.insert(prefix);
+    EXPECT_NEAR(*counter.Count(prefix), 302, 3) << prefix.substr(0, 40);  // "Context g:" too
+    EXPECT_EQ((*shared)[i].prompt_tokens, *counter.Count(p));
+    EXPECT_EQ((*shared)[i].max_tokens, (*plain)[i].max_tokens);
+  }
+  EXPECT_EQ(prefixes.size(), 3u);
+  c.prefix_groups = 0;
+  EXPECT_FALSE(SynthesizeRequests(c, *words, &counter).ok());
 }
 
 TEST(DatasetTest, ShareGptFilterFollowsVllm) {

@@ -17,6 +17,7 @@ TEST(ResultWriterTest, CsvHasEveryRequestAndItl) {
   ok.e2e_s = 0.3;
   ok.output_tokens = 3;
   ok.itl_s = {0.1, 0.1};
+  ok.cached_tokens = 16;
   RequestRecord bad;
   bad.status = RequestStatus::kBrokenStream;
   bad.error = "cut \"here\"\nsecond line";
@@ -33,6 +34,10 @@ TEST(ResultWriterTest, CsvHasEveryRequestAndItl) {
   EXPECT_NE(row1.find(",100.000,"), std::string::npos);  // TPOT = (300 - 100) / 2
   EXPECT_NE(row2.find("broken_stream"), std::string::npos);
   EXPECT_NE(row2.find("\"cut \"\"here\"\" second line\""), std::string::npos);
+  // The last column: cached prompt tokens, empty when the server did not say.
+  EXPECT_EQ(header.substr(header.rfind(',') + 1), "cached_tokens");
+  EXPECT_EQ(row1.substr(row1.rfind(',') + 1), "16");
+  EXPECT_EQ(row2.back(), ',');
 }
 
 TEST(ResultWriterTest, TablesNameTheNumbers) {
@@ -66,10 +71,13 @@ TEST(ServerMetricsTest, ParsesPrometheusTextAndCrossChecks) {
   EXPECT_EQ(DetectServerKind(before), "tandem");
   const auto after = ParsePrometheusText(
       "tandem:request_success_total 15\ntandem:prompt_tokens_total 420\n"
-      "tandem:generation_tokens_total 690\n");
-  ClientCounts cc{10, 320, 640};
+      "tandem:generation_tokens_total 690\n"
+      "tandem:prefix_cache_hit_tokens_total 96\n");
+  ClientCounts cc{10, 320, 640, 96};
   const auto rows = CrossCheck(before, after, cc);
-  ASSERT_EQ(rows.size(), 3u);
+  ASSERT_EQ(rows.size(), 4u);
+  EXPECT_EQ(rows[3].quantity, "cached prompt tokens");
+  EXPECT_EQ(rows[3].server, 96);  // absent before: counted from 0
   EXPECT_EQ(rows[0].server, 10);
   EXPECT_EQ(rows[1].server, 320);
   EXPECT_EQ(rows[2].server, 640);

@@ -85,6 +85,24 @@ TEST(RunSummaryTest, NoSloMeansEveryCompletedRequestIsGood) {
   EXPECT_DOUBLE_EQ(s.goodput, 1.0);
 }
 
+// Cached prompt tokens: summed over the completed requests whose server reported them, and
+// their share of those requests' prompt tokens only.
+TEST(RunSummaryTest, CachedTokensOverTheRequestsThatReportThem) {
+  std::vector<RequestRecord> rs = {Ok(0, 5, 10, 3), Ok(1, 5, 10, 3), Ok(2, 5, 10, 3)};
+  rs[0].cached_tokens = 8;  // of its 10
+  rs[1].cached_tokens = 0;
+  rs[2].status = RequestStatus::kTimeout;  // failed: not counted
+  rs[2].cached_tokens = 10;
+  RequestRecord silent = Ok(3, 5, 10, 3);  // a server without prompt_tokens_details
+  rs.push_back(silent);
+  const RunSummary s = Summarize(rs, 2.0);
+  EXPECT_EQ(s.cached_reported, 2);
+  EXPECT_EQ(s.cached_tokens, 8);
+  EXPECT_DOUBLE_EQ(s.cached_share, 8.0 / 20);
+  EXPECT_EQ(ToJson(s)["cached_prompt_tokens"]["tokens"], 8);
+  EXPECT_EQ(Summarize({Ok(0, 5, 10, 3)}, 1.0).cached_reported, 0);
+}
+
 TEST(SloTest, ParsesAndRejects) {
   auto s = ParseSlo("ttft:250,tpot:100,e2e:5000");
   ASSERT_TRUE(s.ok());

@@ -73,6 +73,12 @@ TEST(StreamChunkTest, UsageDoneAndErrors) {
   ASSERT_TRUE(u.ok());
   EXPECT_EQ(u->prompt_tokens, 12);
   EXPECT_EQ(u->completion_tokens, 34);
+  EXPECT_FALSE(u->cached_tokens);
+  auto cached = ParseStreamChunk(
+      R"({"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15,)"
+      R"("prompt_tokens_details":{"cached_tokens":8}}})");
+  ASSERT_TRUE(cached.ok());
+  EXPECT_EQ(cached->cached_tokens, 8);
   EXPECT_TRUE(ParseStreamChunk("[DONE]")->done);
   auto e = ParseStreamChunk(R"({"error":{"message":"out of memory","code":500}})");
   ASSERT_TRUE(e.ok());
