@@ -174,8 +174,10 @@ def test_prompts_go_to_the_prefill_worker_that_holds_their_prefix():
     continuation (a conversation's next turn) goes back to the worker that cached it, which says
     so in usage.prompt_tokens_details.cached_tokens; the router's predicted hits equal the hits
     the workers reported. (Without prefix-aware routing both continuations go to one worker,
-    the least loaded, and one of them finds nothing.)"""
-    c = Cluster()
+    the least loaded, and one of them finds nothing.) The workers take no latency profile, so
+    that placement is by load and cached prefix alone, not by profiles that a busy host can
+    skew (the predicted TTFT's use of the prefix is placement_test's)."""
+    c = Cluster("--profile-latency=false")
     try:
         c.prefill.append(c.add("prefill"))
         deadline = time.time() + 60
