@@ -718,7 +718,16 @@ TEST_F(EngineInstanceTest, SeveralPrefillInstancesSendAPromptWhereItsPrefixIsCac
     DisaggregatedEngineConfig dc;
     dc.prefill = {Config(4, 32, 256), Config(4, 32, 256)};
     dc.decode = {Config(6, 32, 256)};
-    for (EngineInstanceConfig& c : dc.prefill) c.profile = profiled;
+    // One profile for both (the first writes it, the second loads it): two profiles taken on a
+    // busy host can differ by more than the prefix saves, and the faster-looking instance
+    // would then rightly take every first turn.
+    const std::string profile =
+        absl::StrCat(::testing::TempDir(), "/prefix_placement_profile.", getpid(), ".json");
+    std::remove(profile.c_str());
+    for (EngineInstanceConfig& c : dc.prefill) {
+      c.profile = profiled;
+      if (profiled) c.latency_profile = profile;
+    }
     auto disagg = DisaggregatedEngine::Create(dc, **file);
     ASSERT_TRUE(disagg.ok()) << disagg.status();
     auto run = [&](const std::vector<int32_t>& prompt) {
@@ -739,6 +748,7 @@ TEST_F(EngineInstanceTest, SeveralPrefillInstancesSendAPromptWhereItsPrefixIsCac
       for (int j = 0; j < 8; ++j) next.push_back(3 + rng() % 200);
       EXPECT_EQ(run(next), 60) << "conversation " << k;
     }
+    std::remove(profile.c_str());
   }
 }
 
