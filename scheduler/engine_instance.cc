@@ -661,13 +661,7 @@ void EngineInstance::PublishLoad(const SchedulerOutput& out, absl::Time step_sta
   LoadSnapshot snap;
   scheduler_->ExportLoad(out, step_start + absl::Seconds(predicted), &snap);
   if (config_.role == InstanceRole::kPrefill) {
-    // Its sequences leave at their first token: none decodes here, now or later, and the
-    // blocks of those that take it in this step return.
-    if (snap.kv_blocks_free >= 0) {
-      for (const DecodeWork& d : snap.decoding) {
-        snap.kv_blocks_free += (d.context - 1 + snap.kv_block_size - 1) / snap.kv_block_size;
-      }
-    }
+    // Its sequences leave at their first token: none decodes here, now or later.
     snap.decoding.clear();
     for (PrefillWork& w : snap.prefilling) w.generate = 0;
   }

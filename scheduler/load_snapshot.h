@@ -41,12 +41,6 @@ struct LoadSnapshot {
   std::vector<PrefillWork> prefilling;  // any order
   int max_num_seqs = 0;
   int max_batch_tokens = 0;
-  // KV blocks of kv_block_size tokens free once the step completes (evictable prefix-cache
-  // blocks count as free; the blocks of sequences that end in the step are added back).
-  // -1: KV is not modelled (a cache whose layers keep pages in several groups, Gemma 3's
-  // sliding-window layers: a token's cost is not one block count).
-  int kv_block_size = 0;
-  int kv_blocks_free = -1;
   double budget_margin = 0.9;
   LatencyModel model;
 };

@@ -358,9 +358,6 @@ void Scheduler::ExportLoad(const SchedulerOutput& in_flight, absl::Time step_end
   snap->max_batch_tokens = config_.max_batch_tokens;
   snap->budget_margin = config_.budget_margin;
   const absl::Duration aging = config_.best_effort_aging;
-  const bool model_kv = kv_.groups().n_groups() == 1;
-  snap->kv_block_size = kv_.block_size();
-  snap->kv_blocks_free = model_kv ? kv_.num_free() : -1;
   auto add = [&](Sequence& s) {
     const int ran = s.scheduled_step == step_ ? s.scheduled_tokens : 0;
     // A sequence that has not started yet computes only what the prefix cache lacks.
@@ -374,10 +371,7 @@ void Scheduler::ExportLoad(const SchedulerOutput& in_flight, absl::Time step_end
     int generated = s.num_generated();
     if (uncomputed == 0) {  // the step samples a token
       ++generated;
-      if (generated >= s.max_tokens) {  // and that was its last: its blocks return
-        if (model_kv) snap->kv_blocks_free += static_cast<int>(s.table.blocks().size());
-        return;
-      }
+      if (generated >= s.max_tokens) return;  // and that was its last
       snap->decoding.push_back({s.num_tokens() + 1, s.max_tokens - generated, s.tpot_slo});
       return;
     }

@@ -110,12 +110,6 @@ SimulationResult SimulateSteps(const LoadSnapshot& snap, std::span<const Prefill
     return wa.deadline != wb.deadline ? wa.deadline < wb.deadline : wa.id < wb.id;
   });
 
-  // KV blocks (not simulated when the snapshot does not model them).
-  const bool kv = snap.kv_blocks_free >= 0 && snap.kv_block_size > 0;
-  const int bs = std::max(1, snap.kv_block_size);
-  auto blocks = [bs](int tokens) { return static_cast<int64_t>((tokens + bs - 1) / bs); };
-  int64_t free_blocks = snap.kv_blocks_free;
-
   double t = std::max(0.0, absl::ToDoubleSeconds(snap.step_end - now));
   const double end = Secs(horizon);
   size_t first_pending = 0;  // items before it are done
@@ -164,16 +158,6 @@ SimulationResult SimulateSteps(const LoadSnapshot& snap, std::span<const Prefill
       }
       const int n = MaxChunk(m, shape, it.start, std::min(it.remaining, tokens_left), budget);
       if (n == 0) break;
-      if (kv) {
-        // A new sequence takes the blocks of its cached prefix too (counted free while
-        // evictable); a started one only those past what it holds.
-        const int64_t need = blocks(it.start + n) - (it.started ? blocks(it.start) : 0);
-        if (!it.started && need > free_blocks) {
-          r.waited_for_kv = true;
-          break;
-        }
-        free_blocks -= need;
-      }
       if (!it.started) {
         it.started = true;
         ++running;
@@ -188,10 +172,7 @@ SimulationResult SimulateSteps(const LoadSnapshot& snap, std::span<const Prefill
     const double dt = m.Predict(shape);
     t += std::max(dt, 1e-6);
     // Decode progress and departures.
-    // A decode token at context c writes the KV of position c - 1: a block of its own when
-    // that position starts one.
     for (int i : ran) {
-      if (kv) free_blocks -= blocks(decoding[i].context) - blocks(decoding[i].context - 1);
       ++decoding[i].context;
       --decoding[i].remaining;
     }
@@ -201,7 +182,6 @@ SimulationResult SimulateSteps(const LoadSnapshot& snap, std::span<const Prefill
         decoding[kept++] = decoding[i];
       } else {
         --running;
-        if (kv) free_blocks += blocks(decoding[i].context - 1);
       }
     }
     decoding.resize(kept);
@@ -212,7 +192,6 @@ SimulationResult SimulateSteps(const LoadSnapshot& snap, std::span<const Prefill
         decoding.push_back({it.start + 1, it.generate, it.tpot});
       } else {
         --running;
-        if (kv) free_blocks += blocks(it.start);
       }
     }
     while (first_pending < items.size() && items[first_pending].remaining == 0) ++first_pending;
@@ -249,9 +228,7 @@ AdmissionVerdict CheckAdmission(const LoadSnapshot& snap, std::span<const Prefil
   }
   if (late > absl::ZeroDuration()) {
     v.admit = false;
-    v.reason = with.waited_for_capacity ? kRejectTpot
-               : with.waited_for_kv     ? kRejectKv
-                                        : kRejectTtft;
+    v.reason = with.waited_for_capacity ? kRejectTpot : kRejectTtft;
     v.retry_after = ClampRetry(late);
     return v;
   }
@@ -289,9 +266,6 @@ absl::Status RejectionStatus(const AdmissionVerdict& verdict, absl::Duration ttf
     why = StrCat("the running requests leave no decode capacity within their TPOT SLOs: ",
                  "predicted time to first token ", ms(verdict.predicted_ttft),
                  " exceeds the TTFT SLO of ", ms(ttft_slo));
-  } else if (std::string_view(verdict.reason) == kRejectKv) {
-    why = StrCat("the KV cache is full until running requests finish: predicted time to first ",
-                 "token ", ms(verdict.predicted_ttft), " exceeds the TTFT SLO of ", ms(ttft_slo));
   } else if (std::string_view(verdict.reason) == kRejectExpired) {
     why =
         StrCat("its TTFT SLO of ", ms(ttft_slo), " can no longer be met (it waited in the queue)");

@@ -41,7 +41,6 @@ const char* AdmissionModeName(AdmissionMode mode);
 // Rejection reasons, as metric labels.
 inline constexpr char kRejectTtft[] = "ttft";             // its own first token would be late
 inline constexpr char kRejectTpot[] = "tpot";             // late because decode capacity is full
-inline constexpr char kRejectKv[] = "kv";                 // late because the KV cache is full
 inline constexpr char kRejectQueued[] = "queued_ttft";    // would make a queued request late
 inline constexpr char kRejectExpired[] = "expired";       // kQueue: dropped once hopeless
 inline constexpr char kRejectQueueFull[] = "queue_full";  // --max-queue sequences waiting
@@ -65,18 +64,12 @@ struct AdmissionVerdict {
 struct SimulationResult {
   std::vector<absl::Duration> first_token;
   bool waited_for_capacity = false;  // some work waited for decode capacity (TPOT budget)
-  bool waited_for_kv = false;        // some work waited for free KV blocks
   int steps = 0;
 };
 
 // Runs the step policy forward from snap.step_end over the snapshot's decoding sequences and
 // `work` (the snapshot's own prefill work, possibly with candidates added) until every item
-// has its first token or `horizon` after `now` has passed. With snap.kv_blocks_free >= 0 the
-// KV cache is simulated too: a decode token that starts a block takes one, a prefill chunk
-// the blocks up to its end (a new sequence's cached prefix included), a sequence that
-// finishes (or, with nothing to generate, takes its first token) gives its blocks back, and a
-// new sequence starts only when its first chunk's blocks are free (as the scheduler reserves
-// them). Running sequences are never preempted in the simulation.
+// has its first token or `horizon` after `now` has passed.
 SimulationResult SimulateSteps(const LoadSnapshot& snap, std::span<const PrefillWork> work,
                                absl::Time now, absl::Duration horizon);
 

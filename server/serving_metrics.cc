@@ -89,8 +89,7 @@ ServingMetrics::ServingMetrics(const scheduler::Engine& engine)
       rejections_(registry_.AddCounter(
           "tandem:slo_rejections_total",
           "Requests refused with 429, by reason: ttft (predicted late), tpot (no decode "
-          "capacity within the TPOT SLOs), kv (late waiting for free KV blocks), queued_ttft "
-          "(would make queued requests late), "
+          "capacity within the TPOT SLOs), queued_ttft (would make queued requests late), "
           "expired (queued until its deadline was out of reach), queue_full.",
           {"reason"})),
       goodput_(registry_

@@ -197,56 +197,6 @@ TEST(SloAdmissionTest, SimulationRetiresDecodersAndAdmitsInDeadlineOrder) {
   EXPECT_EQ(r.steps, 4);
 }
 
-// The KV cache: a prompt whose first chunk needs more free blocks than there are waits until
-// a running sequence finishes and gives its blocks back, and admission says so.
-TEST(SloAdmissionTest, APromptWaitsForKvBlocksUntilASequenceFinishes) {
-  LoadSnapshot s = Idle();
-  s.kv_block_size = 4;
-  s.kv_blocks_free = 10;
-  s.decoding.push_back({61, 3});  // 60 tokens of KV: 15 blocks held; 3 tokens left
-  std::vector<PrefillWork> work = {Request(1, 60, absl::Seconds(1))};  // 15 blocks
-  SimulationResult r = SimulateSteps(s, work, kNow, absl::Seconds(10));
-  // Its first decode token starts block 16 (9 free); after the third the sequence is done and
-  // 16 come back, so the prompt runs in the fourth step: 3 x (7.8125 + 1.953125) ms, then
-  // 7.8125 + 60 x 0.9765625 ms.
-  EXPECT_EQ(r.first_token[0], absl::Microseconds(3 * 9765.625 + 66406.25));
-  EXPECT_TRUE(r.waited_for_kv);
-  // Not modelled (-1), or room enough: it runs beside the decode at once.
-  const absl::Duration at_once = absl::Microseconds(7812.5 + 1953.125 + 58593.75);
-  s.kv_blocks_free = -1;
-  EXPECT_EQ(SimulateSteps(s, work, kNow, absl::Seconds(10)).first_token[0], at_once);
-  s.kv_blocks_free = 15;
-  r = SimulateSteps(s, work, kNow, absl::Seconds(10));
-  EXPECT_EQ(r.first_token[0], at_once);
-  EXPECT_FALSE(r.waited_for_kv);
-  // A cached prefix is taken from the same blocks: 40 of the 60 cached, 20 to compute, still
-  // 15 blocks to hold.
-  s.kv_blocks_free = 10;
-  work[0].start = 40;
-  work[0].remaining = 20;
-  EXPECT_GT(SimulateSteps(s, work, kNow, absl::Seconds(10)).first_token[0],
-            absl::Microseconds(3 * 9765.625));
-  // With nothing to generate (a prefill instance), a sequence gives its blocks back at its
-  // first token: two prompts of 15 blocks in 15 free run one after the other.
-  LoadSnapshot p = Idle(64, 64);
-  p.kv_block_size = 4;
-  p.kv_blocks_free = 15;
-  work = {Request(1, 60, absl::Seconds(1)), Request(2, 60, absl::Seconds(1))};
-  r = SimulateSteps(p, work, kNow, absl::Seconds(10));
-  EXPECT_EQ(r.first_token[0], absl::Microseconds(7812.5 + 58593.75));
-  EXPECT_EQ(r.first_token[1], 2 * r.first_token[0]);
-  // Admission names the KV cache: a 90 ms TTFT the prompt would meet with room.
-  s.kv_blocks_free = 10;
-  std::vector<PrefillWork> c = {Request(1, 60, absl::Milliseconds(90))};
-  const AdmissionVerdict v = CheckAdmission(s, c, kNow);
-  EXPECT_FALSE(v.admit);
-  EXPECT_STREQ(v.reason, kRejectKv);
-  EXPECT_NE(RejectionStatus(v, absl::Milliseconds(90)).message().find("KV cache is full"),
-            std::string::npos);
-  s.kv_blocks_free = 15;
-  EXPECT_TRUE(CheckAdmission(s, c, kNow).admit);
-}
-
 TEST(SloAdmissionTest, ParsesModes) {
   EXPECT_EQ(*ParseAdmissionMode("reject"), AdmissionMode::kReject);
   EXPECT_EQ(*ParseAdmissionMode("queue"), AdmissionMode::kQueue);
