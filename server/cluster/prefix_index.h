@@ -12,6 +12,9 @@
 // router does not see: the worker reports what it actually found (PhaseEvent.cached_tokens)
 // and the router counts both (tandem:cluster_prefix_*_tokens_total).
 //
+// Invariants: per worker, `at` indexes exactly the hashes in `lru`, each once, and a worker
+// keeps at most the capacity its last Insert was given.
+//
 // Thread safety: none; the router holds its lock.
 #ifndef TANDEM_SERVER_CLUSTER_PREFIX_INDEX_H_
 #define TANDEM_SERVER_CLUSTER_PREFIX_INDEX_H_
