@@ -1,8 +1,8 @@
 // GenerationRequest / GenerationEvent: the API-neutral form of one completion or chat request
 // and of what the Frontend sends back. HTTP (OpenAI JSON, server/openai/) and gRPC
 // (proto/tandem/v1) both parse into a GenerationRequest, validated by one function
-// (openai::ValidateGenerationRequest in server/openai/validate.h), and both render GenerationEvents, so the
-// two APIs cannot drift apart.
+// (openai::ValidateGenerationRequest in server/openai/validate.h), and both render
+// GenerationEvents, so the two APIs cannot drift apart.
 //
 // Thread safety: plain values.
 #ifndef TANDEM_SERVER_GENERATION_REQUEST_H_
@@ -29,8 +29,8 @@ struct GenerationRequest {
   enum class Kind { kCompletion, kChat };
   Kind kind = Kind::kCompletion;
 
-  std::string model;                       // must name the served model
-  std::vector<PromptInput> prompts;        // kCompletion: >= 1 prompts
+  std::string model;                         // must name the served model
+  std::vector<PromptInput> prompts;          // kCompletion: >= 1 prompts
   std::vector<model::ChatMessage> messages;  // kChat: >= 1 messages
 
   // Tokens to generate per choice; unset: completions 16 (OpenAI's default), chat up to the
@@ -81,10 +81,10 @@ struct LogprobEntry {
 // New output of one choice. Choices are numbered prompt_index * n + j.
 struct ChoiceDelta {
   int index = 0;
-  std::string text;                     // new text: valid UTF-8, stop strings removed
-  std::vector<int32_t> token_ids;       // tokens behind `text` (all generated tokens)
-  std::vector<LogprobEntry> logprobs;   // one per token, when logprobs were requested
-  std::optional<FinishReason> finish;   // set on the choice's last delta
+  std::string text;                    // new text: valid UTF-8, stop strings removed
+  std::vector<int32_t> token_ids;      // tokens behind `text` (all generated tokens)
+  std::vector<LogprobEntry> logprobs;  // one per token, when logprobs were requested
+  std::optional<FinishReason> finish;  // set on the choice's last delta
 };
 
 struct Usage {
