@@ -86,16 +86,15 @@ const WorkerInfo* PickWorker(const std::vector<const WorkerInfo*>& workers, v1::
   // Predictions within kPredictionSlack of the best do not tell workers apart: of those, the
   // least loaded, then the most cached prefix, then the most free KV, then the best prediction.
   const double band = all_modelled ? best_score * (1 + kPredictionSlack) : best_score;
+  const auto key = [&](size_t k) {  // larger is better, compared in order
+    return std::make_tuple(-candidates[k]->in_flight, hit[k], FreeTokens(*candidates[k]),
+                           -scores[k]);
+  };
   const WorkerInfo* best = nullptr;
   size_t chosen = 0;
   for (size_t i = 0; i < candidates.size(); ++i) {
     const WorkerInfo* w = candidates[i];
     if (scores[i] > band) continue;
-    const auto key = [&](size_t k) {
-      // Larger is better, compared in order.
-      return std::make_tuple(-candidates[k]->in_flight, hit[k], FreeTokens(*candidates[k]),
-                             -scores[k]);
-    };
     if (best == nullptr || key(i) > key(chosen)) {
       best = w;
       chosen = i;

@@ -36,15 +36,19 @@ class CharCounter : public TokenCounter {
   int calls = 0;
 };
 
+absl::StatusOr<std::vector<std::string>> CorpusWords() {
+  return LoadCorpusWords(std::string(TANDEM_SOURCE_DIR) + "/bench/data/corpus.txt");
+}
+
 TEST(DatasetTest, CorpusShipsWithTheRepo) {
-  auto words = LoadCorpusWords(std::string(TANDEM_SOURCE_DIR) + "/bench/data/corpus.txt");
+  auto words = CorpusWords();
   ASSERT_TRUE(words.ok()) << words.status();
   EXPECT_GT(words->size(), 800u);
   EXPECT_FALSE(LoadCorpusWords("/nonexistent/corpus.txt").ok());
 }
 
 TEST(DatasetTest, PromptBuilderHitsTheTargetWithWordCounts) {
-  auto words = LoadCorpusWords(std::string(TANDEM_SOURCE_DIR) + "/bench/data/corpus.txt");
+  auto words = CorpusWords();
   ASSERT_TRUE(words.ok());
   WordTokenCounter counter;
   PromptBuilder b(*words, &counter);
@@ -57,7 +61,7 @@ TEST(DatasetTest, PromptBuilderHitsTheTargetWithWordCounts) {
 }
 
 TEST(DatasetTest, PromptBuilderSearchesANonLinearCounter) {
-  auto words = LoadCorpusWords(std::string(TANDEM_SOURCE_DIR) + "/bench/data/corpus.txt");
+  auto words = CorpusWords();
   ASSERT_TRUE(words.ok());
   CharCounter counter;
   PromptBuilder b(*words, &counter);
@@ -72,7 +76,7 @@ TEST(DatasetTest, PromptBuilderSearchesANonLinearCounter) {
 }
 
 TEST(DatasetTest, SyntheticIsDeterministicAndDistinct) {
-  auto words = LoadCorpusWords(std::string(TANDEM_SOURCE_DIR) + "/bench/data/corpus.txt");
+  auto words = CorpusWords();
   ASSERT_TRUE(words.ok());
   WordTokenCounter counter;
   SyntheticConfig c;
@@ -99,7 +103,7 @@ TEST(DatasetTest, SyntheticIsDeterministicAndDistinct) {
 // A shared prefix: every prompt is one of the groups' prefixes followed by the prompt it has
 // without one (same seed), every group is used, and the counts cover the whole text.
 TEST(DatasetTest, SyntheticSharedPrefixes) {
-  auto words = LoadCorpusWords(std::string(TANDEM_SOURCE_DIR) + "/bench/data/corpus.txt");
+  auto words = CorpusWords();
   ASSERT_TRUE(words.ok());
   WordTokenCounter counter;
   SyntheticConfig c;
