@@ -28,6 +28,8 @@
 #include <thread>
 #include <vector>
 
+#include "kernels/cpu/host_memory.h"
+
 namespace tandem::bench {
 
 enum class StreamIsa { kScalar, kAvx2, kAvx512 };
@@ -41,9 +43,12 @@ inline StreamIsa BestStreamIsa() {
 
 inline const char* StreamIsaName(StreamIsa isa) {
   switch (isa) {
-    case StreamIsa::kAvx512: return "avx512";
-    case StreamIsa::kAvx2: return "avx2";
-    case StreamIsa::kScalar: return "scalar";
+    case StreamIsa::kAvx512:
+      return "avx512";
+    case StreamIsa::kAvx2:
+      return "avx2";
+    case StreamIsa::kScalar:
+      return "scalar";
   }
   return "?";
 }
@@ -96,20 +101,26 @@ inline uint64_t ReadScalar(const uint8_t* p, size_t bytes) {
 
 inline uint64_t Read(StreamIsa isa, const uint8_t* p, size_t bytes) {
   switch (isa) {
-    case StreamIsa::kAvx512: return ReadAvx512(p, bytes);
-    case StreamIsa::kAvx2: return ReadAvx2(p, bytes);
-    case StreamIsa::kScalar: break;
+    case StreamIsa::kAvx512:
+      return ReadAvx512(p, bytes);
+    case StreamIsa::kAvx2:
+      return ReadAvx2(p, bytes);
+    case StreamIsa::kScalar:
+      break;
   }
   return ReadScalar(p, bytes);
 }
 
 }  // namespace stream_internal
 
-// A page-aligned buffer, written once so every page is backed by memory before timing.
+// A page-aligned buffer, written once so every page is backed by memory before timing. It
+// comes from the CPU backend's allocator, on huge pages as the weights and the KV cache are
+// (kernels/cpu/host_memory.h): the roofline is the best streaming rate the machine gives the
+// engine's own buffers, not a rate 4 KiB pages' TLB misses hold down.
 class StreamReadBuffer {
  public:
   explicit StreamReadBuffer(size_t bytes) : bytes_(bytes / 4096 * 4096) {
-    data_ = static_cast<uint8_t*>(std::aligned_alloc(4096, bytes_));
+    data_ = static_cast<uint8_t*>(kernels::cpu::AllocateHostBuffer(bytes_));
     if (data_ != nullptr) {
       // Pseudo-random words, so no two pages are alike: identical pages could be merged
       // (KSM, or the hypervisor's page sharing) into one cached page and inflate the figure.
@@ -122,7 +133,7 @@ class StreamReadBuffer {
       }
     }
   }
-  ~StreamReadBuffer() { std::free(data_); }
+  ~StreamReadBuffer() { kernels::cpu::FreeHostBuffer(data_, bytes_); }
   StreamReadBuffer(const StreamReadBuffer&) = delete;
   StreamReadBuffer& operator=(const StreamReadBuffer&) = delete;
 

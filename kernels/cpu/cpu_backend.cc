@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
+#include "kernels/cpu/host_memory.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/sample.h"
@@ -59,15 +60,15 @@ OpsIsa ToOpsIsa(Isa isa) {
 class CpuWeight : public Weight {
  public:
   static constexpr uint64_t kMagic = 0x7461'6e64'6370'7577;  // "tandcpuw"
-  CpuWeight(DType type, int64_t rows, int64_t cols, AlignedBytes data, PackedLayout layout)
+  CpuWeight(DType type, int64_t rows, int64_t cols, HostSlice data, PackedLayout layout)
       : Weight(type, rows, cols), data_(std::move(data)), layout_(layout) {}
   bool valid() const { return magic_ == kMagic; }
-  const uint8_t* data() const { return data_.get(); }
+  const uint8_t* data() const { return data_.data; }
   const PackedLayout& layout() const { return layout_; }
 
  private:
   const uint64_t magic_ = kMagic;
-  AlignedBytes data_;
+  HostSlice data_;       // in a region of the uploading backend's weight arena
   PackedLayout layout_;  // quantized types only
 };
 
@@ -84,13 +85,13 @@ class CpuBackend : public Backend {
   bool IsHostMemory() const override { return true; }
 
   absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) override {
-    void* p = std::aligned_alloc(64, RoundUp64(std::max<size_t>(bytes, 1)));
+    void* p = AllocateHostBuffer(bytes);
     if (p == nullptr) {
       return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " bytes"));
     }
     return DeviceBuffer{p, bytes};
   }
-  void Free(DeviceBuffer buffer) override { std::free(buffer.ptr); }
+  void Free(DeviceBuffer buffer) override { FreeHostBuffer(buffer.ptr, buffer.bytes); }
   void CopyToDevice(void* dst, const void* src, size_t bytes, Stream) override {
     std::memcpy(dst, src, bytes);
   }
@@ -196,6 +197,10 @@ class CpuBackend : public Backend {
   const CpuBackendConfig config_;
   const std::unique_ptr<ThreadPool> pool_;
 
+  // Packed weights, several to a huge-page region (a weight keeps its region alive after
+  // the backend is gone: weights may outlive the backend that packed them).
+  HostArena weight_arena_;
+
   // Activation scratch, grown only by PackWeight: rows [0, max_batch_tokens + 16) are shared
   // (quantized once, read by every thread); then kSmallM private rows per thread.
   int64_t scratch_cols_ = 0;
@@ -277,20 +282,20 @@ absl::StatusOr<std::unique_ptr<Weight>> CpuBackend::PackWeight(const WeightDesc&
     return absl::InvalidArgumentError(absl::StrCat("weight ", desc.name, ": no data"));
   }
   PackedLayout layout;
-  AlignedBytes data;
+  HostSlice data;
   if (IsQuantized(desc.type)) {
     layout = MakePackedLayout(desc.type, desc.rows, desc.cols);
-    data = AllocAligned(layout.total_bytes());
-    if (!data)
+    data = weight_arena_.Allocate(layout.total_bytes());
+    if (data.data == nullptr)
       return absl::ResourceExhaustedError(absl::StrCat("weight ", desc.name, ": out of memory"));
-    PackQuantized(layout, desc.data, data.get());
+    PackQuantized(layout, desc.data, data.data);
     EnsureScratch(desc.cols);
   } else {
     const size_t bytes = desc.rows * RowBytes(desc.type, desc.cols);
-    data = AllocAligned(bytes);
-    if (!data)
+    data = weight_arena_.Allocate(bytes);
+    if (data.data == nullptr)
       return absl::ResourceExhaustedError(absl::StrCat("weight ", desc.name, ": out of memory"));
-    std::memcpy(data.get(), desc.data, bytes);
+    std::memcpy(data.data, desc.data, bytes);
   }
   EnsureSampleScratch(desc.rows);
   return std::make_unique<CpuWeight>(desc.type, desc.rows, desc.cols, std::move(data), layout);
