@@ -4,19 +4,26 @@
 // the op once per layer, as a decode step does; the figure is microseconds per step and per
 // context position, and the K/V bytes read per second.
 //
+// The K and V arrays come from the CPU backend's allocator (on huge pages, as the KV cache).
 // "cold" evicts the caches before every step by reading a buffer larger than the L3 (in a
 // real step the weights streamed since the previous one have done that); "hot" does not, so
 // it shows the arithmetic alone. The blocks of a sequence are scattered over the pool, as
-// after a while of serving. One thread; every figure is the median of --reps steps.
+// after a while of serving. Every figure is the median of --reps steps.
+//
+// With --threads T > 1 each step runs on a pool of T threads both ways CpuBackend could:
+// "items" hands the (token, kv_head) items to the threads (3 items on 2 threads: one thread
+// does two), "split" cuts each item's context into AttentionSplitCount(p, T) ranges and
+// merges (what CpuBackend does; kernels/cpu/ops.h). The splits column says how many.
 //
 //   tandem-bench-attention [--isa all|scalar,avx2,avx512] [--kv_cache_dtype f16,int8,f32]
-//                          [--context 128,512,2048] [--reps 31] [--flush_mib 64]
+//                          [--context 128,512,2048] [--threads 1] [--reps 31] [--flush_mib 64]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -25,8 +32,11 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
+#include "common/check.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/host_memory.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/thread_pool.h"
 
 ABSL_FLAG(std::vector<std::string>, isa, std::vector<std::string>({"all"}),
           "ops ISAs to run: all (every supported one) or a list of scalar, avx2, avx512");
@@ -34,6 +44,8 @@ ABSL_FLAG(std::vector<std::string>, kv_cache_dtype, std::vector<std::string>({"f
           "KV cache types: f16, int8, f32");
 ABSL_FLAG(std::vector<std::string>, context, std::vector<std::string>({"128", "512", "2048"}),
           "context lengths (positions attended per query)");
+ABSL_FLAG(std::vector<std::string>, threads, std::vector<std::string>({"1"}),
+          "thread counts; above 1, each step runs both unsplit and split");
 ABSL_FLAG(int, reps, 31, "timed steps per figure (the median is reported)");
 ABSL_FLAG(int, flush_mib, 64, "bytes read between cold steps to evict the caches");
 ABSL_FLAG(int, layers, 30, "layers per step");
@@ -63,8 +75,8 @@ class Cache {
     const size_t rows = static_cast<size_t>(o.layers) * n_blocks_ * o.kv_heads * o.block_size;
     const size_t bytes = rows * o.head_dim * kernels::KvElemBytes(dtype);
     std::mt19937 rng(7);
-    k_.resize(bytes);
-    v_.resize(bytes);
+    k_ = HostBytes(bytes);
+    v_ = HostBytes(bytes);
     if (dtype == KvDType::kF16) {  // halves in [0.5, 1) with random signs, never NaN
       for (size_t i = 0; i + 1 < bytes; i += 2) {
         const uint16_t h = 0x3800 | (rng() & 0x83ff);
@@ -80,8 +92,8 @@ class Cache {
         std::memcpy(&v_[i], &b, 4);
       }
     } else {
-      for (auto& x : k_) x = static_cast<uint8_t>(rng());
-      for (auto& x : v_) x = static_cast<uint8_t>(rng());
+      for (size_t i = 0; i < bytes; ++i) k_[i] = static_cast<uint8_t>(rng());
+      for (size_t i = 0; i < bytes; ++i) v_[i] = static_cast<uint8_t>(rng());
       k_sz_.assign(rows * 2, 0.01f);
       v_sz_.assign(rows * 2, -0.5f);
     }
@@ -97,8 +109,9 @@ class Cache {
     pos_ = context;
   }
 
-  // One decode step: the op over every layer.
-  void Step() {
+  // One decode step: the op over every layer; on `pool`, with `splits` ranges per item (1:
+  // the items alone).
+  void Step(kernels::cpu::ThreadPool* pool = nullptr, int splits = 1) {
     AttentionParams p;
     p.q = q_.data();
     p.out = out_.data();
@@ -118,14 +131,44 @@ class Cache {
     p.cache.block_size = o_.block_size;
     p.cache.n_kv_heads = o_.kv_heads;
     p.cache.head_dim = o_.head_dim;
-    p.cache.k = k_.data();
-    p.cache.v = v_.data();
+    p.cache.k = k_.get();
+    p.cache.v = v_.get();
     p.cache.k_scale_zero = k_sz_.empty() ? nullptr : k_sz_.data();
     p.cache.v_scale_zero = v_sz_.empty() ? nullptr : v_sz_.data();
+    const int64_t items = kernels::cpu::AttentionItems(p);
+    kernels::cpu::AttentionSplits s;
+    if (splits > 1) {
+      const int64_t heads = items * splits * (o_.heads / o_.kv_heads);
+      split_scratch_.resize(static_cast<size_t>(heads) * (o_.head_dim + 2));
+      s.n_splits = splits;
+      s.acc = split_scratch_.data();
+      s.max = s.acc + heads * o_.head_dim;
+      s.sum = s.max + heads;
+    }
     for (int l = 0; l < o_.layers; ++l) {
       p.layer = l;
-      kernels::cpu::AttentionRange(p, 0, kernels::cpu::AttentionItems(p));
+      if (pool == nullptr) {
+        kernels::cpu::AttentionRange(p, 0, items);
+      } else if (splits <= 1) {
+        pool->ParallelFor(
+            items, 1, [&](int64_t b, int64_t e, int) { kernels::cpu::AttentionRange(p, b, e); });
+      } else {
+        pool->ParallelFor(items * splits, 1, [&](int64_t b, int64_t e, int) {
+          kernels::cpu::AttentionSplitRange(p, s, b, e);
+        });
+        kernels::cpu::AttentionMergeRange(p, s, 0, items);
+      }
     }
+  }
+
+  // The split count CpuBackend would use on `threads` threads.
+  int SplitsFor(int threads) const {
+    AttentionParams p;
+    p.positions = &pos_;
+    p.n_tokens = 1;
+    p.n_heads = o_.heads;
+    p.n_kv_heads = o_.kv_heads;
+    return kernels::cpu::AttentionSplitCount(p, threads);
   }
 
   // K and V bytes one step reads.
@@ -138,8 +181,19 @@ class Cache {
   Options o_;
   KvDType dtype_;
   int n_seq_blocks_ = 0, n_blocks_ = 0;
-  std::vector<uint8_t> k_, v_;
-  std::vector<float> k_sz_, v_sz_, q_, out_;
+  // From the CPU backend's allocator, on huge pages as the engine's KV cache is.
+  struct FreeHost {
+    size_t bytes;
+    void operator()(uint8_t* p) const { kernels::cpu::FreeHostBuffer(p, bytes); }
+  };
+  using HostPtr = std::unique_ptr<uint8_t[], FreeHost>;
+  static HostPtr HostBytes(size_t bytes) {
+    HostPtr p(static_cast<uint8_t*>(kernels::cpu::AllocateHostBuffer(bytes)), FreeHost{bytes});
+    TANDEM_CHECK(p != nullptr);
+    return p;
+  }
+  HostPtr k_, v_;
+  std::vector<float> k_sz_, v_sz_, q_, out_, split_scratch_;
   std::vector<int32_t> table_;
   int32_t seq_ = 0, pos_ = 0;
 };
@@ -150,9 +204,10 @@ double Median(std::vector<double> v) {
 }
 
 // Microseconds per step, median over o.reps steps.
-double TimeSteps(Cache& cache, const Options& o, bool cold, const std::vector<uint8_t>& flush) {
+double TimeSteps(Cache& cache, const Options& o, bool cold, const std::vector<uint8_t>& flush,
+                 kernels::cpu::ThreadPool* pool, int splits) {
   std::vector<double> us;
-  cache.Step();  // warm-up (and first touch of the pages)
+  cache.Step(pool, splits);  // warm-up (and first touch of the pages)
   for (int r = 0; r < o.reps; ++r) {
     if (cold) {
       uint64_t sum = 0;
@@ -160,7 +215,7 @@ double TimeSteps(Cache& cache, const Options& o, bool cold, const std::vector<ui
       asm volatile("" : : "r"(sum));
     }
     const auto t0 = std::chrono::steady_clock::now();
-    cache.Step();
+    cache.Step(pool, splits);
     const auto t1 = std::chrono::steady_clock::now();
     us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
   }
@@ -168,8 +223,8 @@ double TimeSteps(Cache& cache, const Options& o, bool cold, const std::vector<ui
 }
 
 int Run() {
-  Options o{absl::GetFlag(FLAGS_layers),   absl::GetFlag(FLAGS_heads),
-            absl::GetFlag(FLAGS_kv_heads), absl::GetFlag(FLAGS_head_dim),
+  Options o{absl::GetFlag(FLAGS_layers),     absl::GetFlag(FLAGS_heads),
+            absl::GetFlag(FLAGS_kv_heads),   absl::GetFlag(FLAGS_head_dim),
             absl::GetFlag(FLAGS_block_size), absl::GetFlag(FLAGS_reps),
             absl::GetFlag(FLAGS_flush_mib)};
   if (o.layers < 1 || o.heads < 1 || o.kv_heads < 1 || o.heads % o.kv_heads != 0 ||
@@ -214,22 +269,53 @@ int Run() {
     }
     contexts.push_back(c);
   }
+  std::vector<int> thread_counts;
+  for (const std::string& s : absl::GetFlag(FLAGS_threads)) {
+    int t = 0;
+    if (!absl::SimpleAtoi(s, &t) || t < 1) {
+      std::fprintf(stderr, "tandem-bench-attention: bad --threads '%s'\n", s.c_str());
+      return 2;
+    }
+    thread_counts.push_back(t);
+  }
   std::vector<uint8_t> flush(static_cast<size_t>(o.flush_mib) << 20, 1);
   std::printf("shape: %d layers, %d heads, %d kv heads, head_dim %d, block %d; median of %d\n",
               o.layers, o.heads, o.kv_heads, o.head_dim, o.block_size, o.reps);
-  std::printf("%-7s %-5s %8s %5s %12s %10s %8s\n", "isa", "kv", "context", "cache", "us/step",
-              "ns/pos", "GB/s");
-  for (OpsIsa isa : isas) {
-    kernels::cpu::SetOpsIsa(isa);
-    for (KvDType dtype : dtypes) {
-      for (int context : contexts) {
-        Cache cache(o, dtype, context);
-        for (bool cold : {true, false}) {
-          const double us = TimeSteps(cache, o, cold, flush);
-          std::printf("%-7s %-5s %8d %5s %12.1f %10.1f %8.2f\n", kernels::cpu::OpsIsaName(isa),
-                      dtype == KvDType::kF16 ? "f16" : dtype == KvDType::kF32 ? "f32" : "int8",
-                      context, cold ? "cold" : "hot", us, 1e3 * us / (context + 1),
-                      cache.StepBytes() / us / 1e3);
+  std::printf("%-7s %-5s %8s %7s %6s %5s %12s %10s %8s\n", "isa", "kv", "context", "threads",
+              "splits", "cache", "us/step", "ns/pos", "GB/s");
+  for (int threads : thread_counts) {
+    std::unique_ptr<kernels::cpu::ThreadPool> pool;
+    if (threads > 1) {
+      kernels::cpu::ThreadPoolOptions po;
+      po.threads = threads;
+      auto created = kernels::cpu::ThreadPool::Create(po);
+      if (!created.ok()) {
+        std::fprintf(stderr, "tandem-bench-attention: %s\n", created.status().ToString().c_str());
+        return 2;
+      }
+      pool = std::move(created).value();
+    }
+    for (OpsIsa isa : isas) {
+      kernels::cpu::SetOpsIsa(isa);
+      for (KvDType dtype : dtypes) {
+        for (int context : contexts) {
+          Cache cache(o, dtype, context);
+          std::vector<int> split_counts = {1};
+          if (threads > 1 && cache.SplitsFor(threads) > 1) {
+            split_counts.push_back(cache.SplitsFor(threads));
+          }
+          for (int splits : split_counts) {
+            for (bool cold : {true, false}) {
+              const double us = TimeSteps(cache, o, cold, flush, pool.get(), splits);
+              std::printf("%-7s %-5s %8d %7d %6d %5s %12.1f %10.1f %8.2f\n",
+                          kernels::cpu::OpsIsaName(isa),
+                          dtype == KvDType::kF16   ? "f16"
+                          : dtype == KvDType::kF32 ? "f32"
+                                                   : "int8",
+                          context, threads, splits, cold ? "cold" : "hot", us,
+                          1e3 * us / (context + 1), cache.StepBytes() / us / 1e3);
+            }
+          }
         }
       }
     }

@@ -85,11 +85,13 @@ void LoadRow(const KvCacheView& c, const void* base, const float* scale_zero, in
   }
 }
 
-void AttendScalar(const AttentionParams& p, int64_t t, int kv_head) {
+// Positions [lo, hi) of the token's window; `split` null writes the normalized result to
+// p.out, otherwise the range's softmax state to unit `unit` of *split.
+void AttendScalar(const AttentionParams& p, int64_t t, int kv_head, int lo, int hi,
+                  const AttentionSplits* split, int64_t unit) {
   const KvCacheView& c = p.cache;
   const int d = p.head_dim;
   const int group = p.n_heads / p.n_kv_heads;
-  const int pos = p.positions[t];
   const int32_t* table =
       p.block_tables + static_cast<int64_t>(p.token_seq[t]) * p.max_blocks_per_seq;
   float q[kGroupTile][kMaxHeadDim];
@@ -108,12 +110,12 @@ void AttendScalar(const AttentionParams& p, int64_t t, int kv_head) {
       l[g] = 0;
     }
     int n = 0;
-    for (int start = AttentionWindowStart(p, pos); start <= pos; start += n) {
+    for (int start = lo; start < hi; start += n) {
       // A tile stays inside one block, whose rows are contiguous; it ends early at a block
       // boundary.
       const int block = table[start / c.block_size];
       const int offset = start % c.block_size;
-      n = std::min({kTile, pos + 1 - start, c.block_size - offset});
+      n = std::min({kTile, hi - start, c.block_size - offset});
       const int64_t row0 =
           ((static_cast<int64_t>(p.layer) * c.n_blocks + block) * c.n_kv_heads + kv_head) *
               c.block_size +
@@ -150,6 +152,13 @@ void AttendScalar(const AttentionParams& p, int64_t t, int kv_head) {
       }
     }
     for (int g = 0; g < gn; ++g) {
+      if (split != nullptr) {
+        const int64_t u = unit * group + g0 + g;
+        std::copy(acc[g], acc[g] + d, split->acc + u * d);
+        split->max[u] = m[g];
+        split->sum[u] = l[g];
+        continue;
+      }
       float* out = p.out + (t * p.n_heads + kv_head * group + g0 + g) * d;
       const float inv = 1.f / l[g];
       for (int i = 0; i < d; ++i) out[i] = acc[g][i] * inv;
@@ -174,11 +183,168 @@ void AttentionRange(const AttentionParams& p, int64_t begin, int64_t end) {
   internal::AttentionRangeScalar(p, begin, end);
 }
 
+int AttentionQueryTiles(const AttentionParams& p, int32_t* starts) {
+  int n = 0;
+  starts[0] = 0;
+  for (int t = 1; t <= p.n_tokens; ++t) {
+    if (t == p.n_tokens || p.token_seq[t] != p.token_seq[t - 1] ||
+        p.positions[t] != p.positions[t - 1] + 1 || t - starts[n] == kQueryTile) {
+      starts[++n] = t;
+    }
+  }
+  return n;
+}
+
+bool AttentionTilesPay(const AttentionParams& p) {
+  return GetOpsIsa() == OpsIsa::kAvx512 && p.head_dim % 16 == 0;
+}
+
+void AttentionTileRange(const AttentionParams& p, const AttentionTiles& tiles, int64_t begin,
+                        int64_t end) {
+  TANDEM_CHECK_LE(0, begin);
+  TANDEM_CHECK_LE(begin, end);
+  TANDEM_CHECK_LE(end, static_cast<int64_t>(tiles.n_tiles) * p.n_kv_heads);
+  for (int64_t unit = begin; unit < end; ++unit) {
+    const int tile = AttentionTileOfUnit(tiles, unit / p.n_kv_heads);
+    const int kv_head = static_cast<int>(unit % p.n_kv_heads);
+    const int t0 = tiles.starts[tile], t1 = tiles.starts[tile + 1];
+    TANDEM_CHECK_LT(t0, t1);
+    TANDEM_CHECK_LE(t1 - t0, kQueryTile);
+    CheckAttention(p, static_cast<int64_t>(t0) * p.n_kv_heads,
+                   static_cast<int64_t>(t1) * p.n_kv_heads);
+    for (int t = t0 + 1; t < t1; ++t) {
+      TANDEM_CHECK_EQ(p.token_seq[t], p.token_seq[t0]);
+      TANDEM_CHECK_EQ(p.positions[t], p.positions[t0] + (t - t0));
+    }
+    if (t1 - t0 > 1 && AttentionTilesPay(p)) {
+      internal::AttentionTileRangeAvx512(p, tiles, unit, unit + 1);
+      continue;
+    }
+    // One token, or no tiled kernel for this ISA: the tile's items one by one.
+    for (int t = t0; t < t1; ++t) {
+      const int64_t item = static_cast<int64_t>(t) * p.n_kv_heads + kv_head;
+      AttentionRange(p, item, item + 1);
+    }
+  }
+}
+
+int AttentionSplitCount(const AttentionParams& p, int threads) {
+  const int64_t items = AttentionItems(p);
+  if (threads <= 1 || items == 0 || items >= 4 * static_cast<int64_t>(threads)) return 1;
+  int longest = 0;
+  for (int t = 0; t < p.n_tokens; ++t) {
+    longest = std::max(longest, p.positions[t] + 1 - AttentionWindowStart(p, p.positions[t]));
+  }
+  // items * splits >= 4 * threads and a multiple of threads, so that the pool's contiguous
+  // static split hands every thread the same number of equal units.
+  const int splits = threads * static_cast<int>((4 + items - 1) / items);
+  const int most = longest / kMinSplitPositions;
+  return most >= 2 ? std::min(splits, most) : 1;
+}
+
+int64_t AttentionSplitScratchFloats(int threads, int max_tokens, int n_heads, int head_dim,
+                                    int max_context) {
+  // With k KV heads a step of n tokens has n * k items, and the split count falls as items
+  // grow: one KV head is the worst case. Splits need fewer than 4 * threads items.
+  const int most = max_context / kMinSplitPositions;
+  if (threads <= 1 || most < 2) return 0;
+  int64_t heads = 0;
+  for (int n = 1; n < 4 * threads && n <= max_tokens; ++n) {
+    const int splits = std::min(threads * ((4 + n - 1) / n), most);
+    heads = std::max(heads, static_cast<int64_t>(n) * n_heads * splits);
+  }
+  return heads * (head_dim + 2);
+}
+
+void AttentionSplitBounds(const AttentionParams& p, int pos, int n_splits, int split, int* lo,
+                          int* hi) {
+  const int first = AttentionWindowStart(p, pos);
+  const int64_t n = pos + 1 - first;
+  // Boundary k of n_splits + 1: first, then first + n * k / n_splits rounded down to a
+  // multiple of 16 (never below first), then pos + 1.
+  auto boundary = [&](int k) {
+    if (k <= 0) return first;
+    if (k >= n_splits) return pos + 1;
+    const int b = static_cast<int>(first + n * k / n_splits) & ~15;
+    return std::max(b, first);
+  };
+  *lo = boundary(split);
+  *hi = boundary(split + 1);
+}
+
+void AttentionSplitRange(const AttentionParams& p, const AttentionSplits& s, int64_t begin,
+                         int64_t end) {
+  TANDEM_CHECK_GE(s.n_splits, 1);
+  TANDEM_CHECK(s.acc != nullptr && s.max != nullptr && s.sum != nullptr);
+  TANDEM_CHECK_LE(0, begin);
+  TANDEM_CHECK_LE(begin, end);
+  if (begin == end) return;
+  CheckAttention(p, begin / s.n_splits, (end - 1) / s.n_splits + 1);
+  if (p.head_dim % 16 == 0) {
+    switch (GetOpsIsa()) {
+      case OpsIsa::kAvx512:
+        return internal::AttentionSplitRangeAvx512(p, s, begin, end);
+      case OpsIsa::kAvx2:
+        return internal::AttentionSplitRangeAvx2(p, s, begin, end);
+      case OpsIsa::kScalar:
+        break;
+    }
+  }
+  internal::AttentionSplitRangeScalar(p, s, begin, end);
+}
+
+void AttentionMergeRange(const AttentionParams& p, const AttentionSplits& s, int64_t begin,
+                         int64_t end) {
+  TANDEM_CHECK_LE(0, begin);
+  TANDEM_CHECK_LE(begin, end);
+  TANDEM_CHECK_LE(end, AttentionItems(p));
+  const int d = p.head_dim;
+  const int group = p.n_heads / p.n_kv_heads;
+  const int n = s.n_splits;
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t t = item / p.n_kv_heads;
+    const int kv_head = static_cast<int>(item % p.n_kv_heads);
+    for (int g = 0; g < group; ++g) {
+      // Unit (item, k)'s state for head g is at index (item * n + k) * group + g.
+      auto at = [&](int k) { return (item * n + k) * group + g; };
+      float m = -std::numeric_limits<float>::infinity();
+      for (int k = 0; k < n; ++k) m = std::max(m, s.max[at(k)]);
+      float* out = p.out + (t * p.n_heads + kv_head * group + g) * d;
+      std::fill(out, out + d, 0.f);
+      float l = 0;
+      for (int k = 0; k < n; ++k) {
+        if (s.sum[at(k)] == 0) continue;  // an empty range (its max is -inf)
+        const float w = std::exp(s.max[at(k)] - m);
+        l += w * s.sum[at(k)];
+        const float* acc = s.acc + at(k) * d;
+        for (int i = 0; i < d; ++i) out[i] += w * acc[i];
+      }
+      const float inv = 1.f / l;
+      for (int i = 0; i < d; ++i) out[i] *= inv;
+    }
+  }
+}
+
 namespace internal {
 
 void AttentionRangeScalar(const AttentionParams& p, int64_t begin, int64_t end) {
   for (int64_t item = begin; item < end; ++item) {
-    AttendScalar(p, item / p.n_kv_heads, static_cast<int>(item % p.n_kv_heads));
+    const int64_t t = item / p.n_kv_heads;
+    const int pos = p.positions[t];
+    AttendScalar(p, t, static_cast<int>(item % p.n_kv_heads), AttentionWindowStart(p, pos), pos + 1,
+                 nullptr, 0);
+  }
+}
+
+void AttentionSplitRangeScalar(const AttentionParams& p, const AttentionSplits& s, int64_t begin,
+                               int64_t end) {
+  for (int64_t unit = begin; unit < end; ++unit) {
+    const int64_t item = unit / s.n_splits;
+    const int64_t t = item / p.n_kv_heads;
+    int lo = 0, hi = 0;
+    AttentionSplitBounds(p, p.positions[t], s.n_splits, static_cast<int>(unit % s.n_splits), &lo,
+                         &hi);
+    AttendScalar(p, t, static_cast<int>(item % p.n_kv_heads), lo, hi, &s, unit);
   }
 }
 

@@ -39,14 +39,16 @@ inline void LoadRow(const void* base, const float* scale_zero, int64_t row, int 
   }
 }
 
+// Positions [lo, hi) of the token's window; `split` null writes the normalized result to
+// p.out, otherwise the range's softmax state to unit `unit` of *split.
 // kNv > 0 fixes head_dim / 8 at compile time; 0 reads it.
 template <KvDType kDt, int kNv>
-void Attend(const AttentionParams& p, int64_t t, int kv_head) {
+void Attend(const AttentionParams& p, int64_t t, int kv_head, int lo, int hi,
+            const AttentionSplits* split, int64_t unit) {
   const KvCacheView& c = p.cache;
   const int d = p.head_dim;
   const int nv = kNv > 0 ? kNv : d / 8;
   const int group = p.n_heads / p.n_kv_heads;
-  const int pos = p.positions[t];
   const int32_t* table =
       p.block_tables + static_cast<int64_t>(p.token_seq[t]) * p.max_blocks_per_seq;
   alignas(32) float q[kGroupTile][kMaxHeadDim];
@@ -70,17 +72,16 @@ void Attend(const AttentionParams& p, int64_t t, int kv_head) {
     }
     // A window only moves the first position; the tile after a mid-block start ends at the
     // block's end, and from the next block on tiles fall where they do without a window.
-    const int first = AttentionWindowStart(p, pos);
-    PrefetchKvRows(p, table, kv_head, c.k, c.k_scale_zero, first, kPrefetchTiles * kTile, pos + 1);
-    PrefetchKvRows(p, table, kv_head, c.v, c.v_scale_zero, first, kPrefetchTiles * kTile, pos + 1);
+    PrefetchKvRows(p, table, kv_head, c.k, c.k_scale_zero, lo, kPrefetchTiles * kTile, hi);
+    PrefetchKvRows(p, table, kv_head, c.v, c.v_scale_zero, lo, kPrefetchTiles * kTile, hi);
     int n = 0;
-    for (int start = first; start <= pos; start += n) {
+    for (int start = lo; start < hi; start += n) {
       const int ahead = start + kPrefetchTiles * kTile;
-      PrefetchKvRows(p, table, kv_head, c.k, c.k_scale_zero, ahead, kTile, pos + 1);
-      PrefetchKvRows(p, table, kv_head, c.v, c.v_scale_zero, ahead, kTile, pos + 1);
+      PrefetchKvRows(p, table, kv_head, c.k, c.k_scale_zero, ahead, kTile, hi);
+      PrefetchKvRows(p, table, kv_head, c.v, c.v_scale_zero, ahead, kTile, hi);
       const int block = table[start / c.block_size];
       const int offset = start % c.block_size;
-      n = pos + 1 - start;
+      n = hi - start;
       if (n > kTile) n = kTile;
       if (n > c.block_size - offset) n = c.block_size - offset;
       const int64_t row0 =
@@ -127,6 +128,14 @@ void Attend(const AttentionParams& p, int64_t t, int kv_head) {
       }
     }
     for (int g = 0; g < gn; ++g) {
+      if (split != nullptr) {
+        const int64_t u = unit * group + g0 + g;
+        float* out = split->acc + u * d;
+        for (int i = 0; i < nv; ++i) _mm256_storeu_ps(out + 8 * i, _mm256_load_ps(acc[g] + 8 * i));
+        split->max[u] = m[g];
+        split->sum[u] = l[g];
+        continue;
+      }
       float* out = p.out + (t * p.n_heads + kv_head * group + g0 + g) * d;
       const __m256 inv = _mm256_set1_ps(1.f / l[g]);
       for (int i = 0; i < nv; ++i) {
@@ -136,13 +145,38 @@ void Attend(const AttentionParams& p, int64_t t, int kv_head) {
   }
 }
 
+using AttendFn = void (*)(const AttentionParams&, int64_t, int, int, int, const AttentionSplits*,
+                          int64_t);
+
+template <KvDType kDt>
+AttendFn AttendFor(int head_dim) {
+  if (head_dim == 64) return &Attend<kDt, 8>;
+  if (head_dim == 128) return &Attend<kDt, 16>;
+  return &Attend<kDt, 0>;
+}
+
 template <KvDType kDt>
 void AttendRange(const AttentionParams& p, int64_t begin, int64_t end) {
-  void (*attend)(const AttentionParams&, int64_t, int) = &Attend<kDt, 0>;
-  if (p.head_dim == 64) attend = &Attend<kDt, 8>;
-  if (p.head_dim == 128) attend = &Attend<kDt, 16>;
+  const AttendFn attend = AttendFor<kDt>(p.head_dim);
   for (int64_t item = begin; item < end; ++item) {
-    attend(p, item / p.n_kv_heads, static_cast<int>(item % p.n_kv_heads));
+    const int64_t t = item / p.n_kv_heads;
+    const int pos = p.positions[t];
+    attend(p, t, static_cast<int>(item % p.n_kv_heads), AttentionWindowStart(p, pos), pos + 1,
+           nullptr, 0);
+  }
+}
+
+template <KvDType kDt>
+void AttendSplitRange(const AttentionParams& p, const AttentionSplits& s, int64_t begin,
+                      int64_t end) {
+  const AttendFn attend = AttendFor<kDt>(p.head_dim);
+  for (int64_t unit = begin; unit < end; ++unit) {
+    const int64_t item = unit / s.n_splits;
+    const int64_t t = item / p.n_kv_heads;
+    int lo = 0, hi = 0;
+    AttentionSplitBounds(p, p.positions[t], s.n_splits, static_cast<int>(unit % s.n_splits), &lo,
+                         &hi);
+    attend(p, t, static_cast<int>(item % p.n_kv_heads), lo, hi, &s, unit);
   }
 }
 
@@ -157,6 +191,18 @@ void AttentionRangeAvx2(const AttentionParams& p, int64_t begin, int64_t end) {
       return AttendRange<KvDType::kF16>(p, begin, end);
     case KvDType::kInt8:
       return AttendRange<KvDType::kInt8>(p, begin, end);
+  }
+}
+
+void AttentionSplitRangeAvx2(const AttentionParams& p, const AttentionSplits& s, int64_t begin,
+                             int64_t end) {
+  switch (p.cache.dtype) {
+    case KvDType::kF32:
+      return AttendSplitRange<KvDType::kF32>(p, s, begin, end);
+    case KvDType::kF16:
+      return AttendSplitRange<KvDType::kF16>(p, s, begin, end);
+    case KvDType::kInt8:
+      return AttendSplitRange<KvDType::kInt8>(p, s, begin, end);
   }
 }
 

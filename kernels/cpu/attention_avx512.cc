@@ -118,9 +118,12 @@ __attribute__((always_inline)) inline void LoadRow(const void* base, const float
 //      exponentials, written back over the scores;
 //   3. each V row loaded (and converted) once and added into the accumulators of up to
 //      kHeadsPerPass heads, which stay in registers.
+// Positions [lo, hi) of the token's window; `split` null writes the normalized result to
+// p.out, otherwise the range's softmax state to unit `unit` of *split.
 // kNv > 0 fixes head_dim = 16 * kNv at compile time; 0 reads it.
 template <KvDType kDt, int kNv>
-void Attend(const AttentionParams& p, int64_t t, int kv_head) {
+void Attend(const AttentionParams& p, int64_t t, int kv_head, int lo, int hi,
+            const AttentionSplits* split, int64_t unit) {
   constexpr int kMaxNv = kNv > 0 ? kNv : kMaxHeadDim / 16;
   // Pass 3 keeps kHeadsPerPass x kMaxNv accumulators plus a V row in the 32 zmm registers.
   constexpr int kHeadsPerPass = kMaxNv >= 20 ? 1 : 20 / kMaxNv;
@@ -128,7 +131,6 @@ void Attend(const AttentionParams& p, int64_t t, int kv_head) {
   const int d = kNv > 0 ? 16 * kNv : p.head_dim;
   const int nv = d / 16;
   const int group = p.n_heads / p.n_kv_heads;
-  const int pos = p.positions[t];
   const int32_t* table =
       p.block_tables + static_cast<int64_t>(p.token_seq[t]) * p.max_blocks_per_seq;
   const int64_t head_rows = static_cast<int64_t>(c.n_kv_heads) * c.block_size;
@@ -165,15 +167,14 @@ void Attend(const AttentionParams& p, int64_t t, int kv_head) {
     // chunk starts on a multiple of kTile and cuts no tile a block boundary would not: the
     // mid-block start costs at most one extra partial tile per item, not one per chunk. With
     // first == 0 the chunks are [0, 128), [128, 256), ... as without a window.
-    const int first = AttentionWindowStart(p, pos);
-    PrefetchKvRows(p, table, kv_head, c.k, c.k_scale_zero, first, kPrefetchTiles * kTile, pos + 1);
-    for (int c0 = first, c1 = 0; c0 <= pos; c0 = c1) {
-      c1 = Min(pos + 1, (c0 & ~(kTile - 1)) + kChunk);
+    PrefetchKvRows(p, table, kv_head, c.k, c.k_scale_zero, lo, kPrefetchTiles * kTile, hi);
+    for (int c0 = lo, c1 = 0; c0 < hi; c0 = c1) {
+      c1 = Min(hi, (c0 & ~(kTile - 1)) + kChunk);
       // 1. Scores.
       int n = 0;
       for (int start = c0; start < c1; start += n) {
         PrefetchKvRows(p, table, kv_head, c.k, c.k_scale_zero, start + kPrefetchTiles * kTile,
-                       kTile, pos + 1);
+                       kTile, hi);
         const int64_t row0 = tile_at(start, c1, &n);
         const float* kt = StageRows<kDt>(c.k, c.k_scale_zero, row0, n, d, k_buf);
         const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1u);
@@ -264,6 +265,15 @@ void Attend(const AttentionParams& p, int64_t t, int kv_head) {
       }
     }
     for (int g = 0; g < gn; ++g) {
+      if (split != nullptr) {
+        const int64_t u = unit * group + g0 + g;
+        float* out = split->acc + u * d;
+        for (int i = 0; i < nv; ++i)
+          _mm512_storeu_ps(out + 16 * i, _mm512_load_ps(acc[g] + 16 * i));
+        split->max[u] = m[g];
+        split->sum[u] = l[g];
+        continue;
+      }
       float* out = p.out + (t * p.n_heads + kv_head * group + g0 + g) * d;
       const __m512 inv = _mm512_set1_ps(1.f / l[g]);
       for (int i = 0; i < nv; ++i) {
@@ -273,13 +283,38 @@ void Attend(const AttentionParams& p, int64_t t, int kv_head) {
   }
 }
 
+using AttendFn = void (*)(const AttentionParams&, int64_t, int, int, int, const AttentionSplits*,
+                          int64_t);
+
+template <KvDType kDt>
+AttendFn AttendFor(int head_dim) {
+  if (head_dim == 64) return &Attend<kDt, 4>;
+  if (head_dim == 128) return &Attend<kDt, 8>;
+  return &Attend<kDt, 0>;
+}
+
 template <KvDType kDt>
 void AttendRange(const AttentionParams& p, int64_t begin, int64_t end) {
-  void (*attend)(const AttentionParams&, int64_t, int) = &Attend<kDt, 0>;
-  if (p.head_dim == 64) attend = &Attend<kDt, 4>;
-  if (p.head_dim == 128) attend = &Attend<kDt, 8>;
+  const AttendFn attend = AttendFor<kDt>(p.head_dim);
   for (int64_t item = begin; item < end; ++item) {
-    attend(p, item / p.n_kv_heads, static_cast<int>(item % p.n_kv_heads));
+    const int64_t t = item / p.n_kv_heads;
+    const int pos = p.positions[t];
+    attend(p, t, static_cast<int>(item % p.n_kv_heads), AttentionWindowStart(p, pos), pos + 1,
+           nullptr, 0);
+  }
+}
+
+template <KvDType kDt>
+void AttendSplitRange(const AttentionParams& p, const AttentionSplits& s, int64_t begin,
+                      int64_t end) {
+  const AttendFn attend = AttendFor<kDt>(p.head_dim);
+  for (int64_t unit = begin; unit < end; ++unit) {
+    const int64_t item = unit / s.n_splits;
+    const int64_t t = item / p.n_kv_heads;
+    int lo = 0, hi = 0;
+    AttentionSplitBounds(p, p.positions[t], s.n_splits, static_cast<int>(unit % s.n_splits), &lo,
+                         &hi);
+    attend(p, t, static_cast<int>(item % p.n_kv_heads), lo, hi, &s, unit);
   }
 }
 
@@ -294,6 +329,18 @@ void AttentionRangeAvx512(const AttentionParams& p, int64_t begin, int64_t end) 
       return AttendRange<KvDType::kF16>(p, begin, end);
     case KvDType::kInt8:
       return AttendRange<KvDType::kInt8>(p, begin, end);
+  }
+}
+
+void AttentionSplitRangeAvx512(const AttentionParams& p, const AttentionSplits& s, int64_t begin,
+                               int64_t end) {
+  switch (p.cache.dtype) {
+    case KvDType::kF32:
+      return AttendSplitRange<KvDType::kF32>(p, s, begin, end);
+    case KvDType::kF16:
+      return AttendSplitRange<KvDType::kF16>(p, s, begin, end);
+    case KvDType::kInt8:
+      return AttendSplitRange<KvDType::kInt8>(p, s, begin, end);
   }
 }
 

@@ -120,8 +120,17 @@ class CpuBackend : public Backend {
         n, [&](int64_t b, int64_t e, int) { fn(static_cast<int>(b), static_cast<int>(e)); });
   }
 
-  // The CPU's op scratch is sized by PackWeight (activations) and per call (attention).
-  absl::Status ReserveStepScratch(const StepShape&) override { return absl::OkStatus(); }
+  // The CPU's op scratch is sized by PackWeight (activations) and here (split attention's
+  // states, prefill's query tiles); attention's other scratch is on the stack.
+  absl::Status ReserveStepScratch(const StepShape& shape) override {
+    const int64_t floats = AttentionSplitScratchFloats(
+        pool_->size(), shape.max_tokens, shape.n_heads, shape.head_dim, shape.max_context);
+    if (static_cast<int64_t>(split_scratch_.size()) < floats) split_scratch_.resize(floats);
+    if (tile_starts_.size() < static_cast<size_t>(shape.max_tokens) + 1) {
+      tile_starts_.resize(shape.max_tokens + 1);
+    }
+    return absl::OkStatus();
+  }
   absl::StatusOr<std::unique_ptr<Weight>> PackWeight(const WeightDesc& desc) override;
   absl::Status AdoptWeight(const Weight& w) override;
   void Matmul(const Weight& w, const float* x, int m, float* y, Stream s) override;
@@ -173,8 +182,42 @@ class CpuBackend : public Backend {
   }
   void Attention(const AttentionParams& p, Stream) override {
     // An item reads its whole context, so even one item per thread is worth splitting.
-    pool_->ParallelFor(AttentionItems(p), 1,
-                       [&](int64_t b, int64_t e, int) { AttentionRange(p, b, e); });
+    const int splits = AttentionSplitCount(p, pool_->size());
+    if (splits <= 1 && p.n_tokens > 1 && AttentionTilesPay(p)) {
+      // Prefill chunks: tiles of consecutive tokens share their K/V reads.
+      // Sized by ReserveStepScratch; grown here only for a caller that did not reserve.
+      if (tile_starts_.size() < static_cast<size_t>(p.n_tokens) + 1) {
+        tile_starts_.resize(p.n_tokens + 1);
+      }
+      AttentionTiles tiles;
+      tiles.starts = tile_starts_.data();
+      tiles.n_tiles = AttentionQueryTiles(p, tile_starts_.data());
+      if (tiles.n_tiles < p.n_tokens) {
+        pool_->ParallelFor(static_cast<int64_t>(tiles.n_tiles) * p.n_kv_heads, 1,
+                           [&](int64_t b, int64_t e, int) { AttentionTileRange(p, tiles, b, e); });
+        return;
+      }
+    }
+    if (splits <= 1) {
+      pool_->ParallelFor(AttentionItems(p), 1,
+                         [&](int64_t b, int64_t e, int) { AttentionRange(p, b, e); });
+      return;
+    }
+    // Few items (a decode step of one or a few sequences): split each one's context so that
+    // every thread gets the same share, then merge on this thread (a few KiB of states).
+    const int64_t units = AttentionItems(p) * splits;
+    const int64_t heads = units * (p.n_heads / p.n_kv_heads);
+    const size_t floats = static_cast<size_t>(heads) * (p.head_dim + 2);
+    // Sized by ReserveStepScratch; grown here only for a caller that did not reserve.
+    if (split_scratch_.size() < floats) split_scratch_.resize(floats);
+    AttentionSplits s;
+    s.n_splits = splits;
+    s.acc = split_scratch_.data();
+    s.max = s.acc + heads * p.head_dim;
+    s.sum = s.max + heads;
+    pool_->ParallelFor(units, 1,
+                       [&](int64_t b, int64_t e, int) { AttentionSplitRange(p, s, b, e); });
+    AttentionMergeRange(p, s, 0, AttentionItems(p));
   }
   void Sample(const SampleParams& p, Stream) override;
 
@@ -214,6 +257,12 @@ class CpuBackend : public Backend {
   int64_t sample_vocab_ = 0;
   AlignedBytes sample_mem_;
   std::vector<SampleScratch> sample_scratch_;
+
+  // Split attention's per-unit softmax states (AttentionSplits), sized by ReserveStepScratch
+  // for the largest step; a decode step of one sequence needs a few KiB.
+  std::vector<float> split_scratch_;
+  // Query tiles of a prefill step (AttentionTiles::starts), sized by ReserveStepScratch.
+  std::vector<int32_t> tile_starts_;
 };
 
 QuantizedActs CpuBackend::ScratchView(int64_t first_row, int64_t cols) const {

@@ -78,6 +78,70 @@ void AttentionRange(const AttentionParams& p, int64_t begin, int64_t end);
 inline int64_t AttentionItems(const AttentionParams& p) {
   return static_cast<int64_t>(p.n_tokens) * p.n_kv_heads;
 }
+
+// Query-tiled attention, for prefill: the tokens of a step are cut into tiles, each a run
+// of up to kQueryTile consecutive tokens of one sequence at consecutive positions (a decode
+// token is a tile of one). A unit is a (tile, kv_head) pair; the AVX-512 variant reads each
+// K/V row once per tile and gets the tile's scores as a small matrix product, where
+// AttentionRange reads it once per token; other ISAs run AttentionRange's walk per token.
+// Same result as AttentionRange up to float rounding.
+inline constexpr int kQueryTile = 16;
+struct AttentionTiles {
+  const int32_t* starts = nullptr;  // [n_tiles + 1]: tile k is tokens [starts[k], starts[k + 1])
+  int n_tiles = 0;
+};
+// Cuts p's tokens into tiles, writing n_tiles + 1 entries (at most p.n_tokens + 1) to
+// `starts`; returns n_tiles.
+int AttentionQueryTiles(const AttentionParams& p, int32_t* starts);
+// True when this ISA has a query-tiled kernel (AVX-512 with head_dim % 16 == 0), so that
+// tiling a prefill step pays.
+bool AttentionTilesPay(const AttentionParams& p);
+// Unit index i / n_kv_heads -> tile, in the order short, long, short, ...: tile 0, the last,
+// 1, the one before it, ... A prompt's later tiles attend to more positions, so a contiguous
+// share of the units (the thread pool's static split) gets a mix of both.
+inline int AttentionTileOfUnit(const AttentionTiles& t, int64_t i) {
+  return static_cast<int>(i % 2 == 0 ? i / 2 : t.n_tiles - 1 - i / 2);
+}
+// Work items: units [begin, end) of tiles.n_tiles * p.n_kv_heads.
+void AttentionTileRange(const AttentionParams& p, const AttentionTiles& tiles, int64_t begin,
+                        int64_t end);
+
+// Split-context attention ("flash decoding"), for steps with fewer items than threads can
+// share evenly: one decode sequence has n_kv_heads items (3 on SmolLM2, 1 on Gemma 3 270M),
+// so on two threads one thread would do two thirds of a long context's attention, or all of
+// it. Each item's positions (its window) are cut into n_splits ranges; a unit
+// u = item * n_splits + split computes its range's softmax state (AttentionSplitRange), and
+// AttentionMergeRange combines an item's states into p.out. The result equals
+// AttentionRange's up to float rounding (the sums are grouped differently). Per unit u and
+// query head g of the item's group (group = n_heads / n_kv_heads):
+struct AttentionSplits {
+  int n_splits = 1;
+  float* acc = nullptr;  // [units, group, head_dim]: sum over the range of exp(s - max) * V
+  float* max = nullptr;  // [units, group]: the range's largest scaled score, -inf if empty
+  float* sum = nullptr;  // [units, group]: sum over the range of exp(s - max)
+};
+// How many splits CpuBackend uses on `threads` threads: 1 (no split) when there is one
+// thread, when the step has 4 * threads items or more (they balance well enough), or when
+// the longest window is too short for ranges of kMinSplitPositions; otherwise a multiple of
+// `threads` that gives at least 4 * threads units.
+inline constexpr int kMinSplitPositions = 256;
+int AttentionSplitCount(const AttentionParams& p, int threads);
+// The most floats of AttentionSplits (acc, max and sum together) a step needs on `threads`
+// threads, for steps of up to max_tokens tokens, n_heads query heads of head_dim, and windows
+// of up to max_context positions (the worst case is one KV head).
+int64_t AttentionSplitScratchFloats(int threads, int max_tokens, int n_heads, int head_dim,
+                                    int max_context);
+// Positions [*lo, *hi) of split `split` for a token at `pos`: the window [first, pos] cut
+// into n_splits consecutive ranges at multiples of 16 positions (so that no vector tile
+// straddles two), some possibly empty, the last never.
+void AttentionSplitBounds(const AttentionParams& p, int pos, int n_splits, int split, int* lo,
+                          int* hi);
+// Work items: units [begin, end) of AttentionItems(p) * s.n_splits.
+void AttentionSplitRange(const AttentionParams& p, const AttentionSplits& s, int64_t begin,
+                         int64_t end);
+// Work items: (token, kv_head) items, as AttentionRange's; reads the items' units.
+void AttentionMergeRange(const AttentionParams& p, const AttentionSplits& s, int64_t begin,
+                         int64_t end);
 // First position a token at `pos` attends to: max(0, pos - window + 1), 0 without a window.
 // `static` like PrefetchKvRows below: the ISA-specific files call it too.
 static inline int AttentionWindowStart(const AttentionParams& p, int pos) {
@@ -141,7 +205,12 @@ namespace internal {
   void AddRange##suffix(float* x, const float* y, int64_t begin, int64_t end);                     \
   void ScaleRange##suffix(float* x, float factor, int64_t begin, int64_t end);                     \
   void KvAppendRange##suffix(const KvAppendParams& p, int64_t begin, int64_t end);                 \
-  void AttentionRange##suffix(const AttentionParams& p, int64_t begin, int64_t end);
+  void AttentionRange##suffix(const AttentionParams& p, int64_t begin, int64_t end);               \
+  void AttentionSplitRange##suffix(const AttentionParams& p, const AttentionSplits& s,             \
+                                   int64_t begin, int64_t end);
+
+void AttentionTileRangeAvx512(const AttentionParams& p, const AttentionTiles& tiles, int64_t begin,
+                              int64_t end);
 
 TANDEM_CPU_OPS_DECLARE_VARIANT(Scalar)
 TANDEM_CPU_OPS_DECLARE_VARIANT(Avx2)

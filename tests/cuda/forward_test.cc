@@ -9,9 +9,15 @@
 // - logits at every forced position: max |cuda - cpu| / max |cpu logit| per position;
 // - the greedy token at every position, held to the project's criterion (tests/reference/
 //   README.md): llama.cpp with flash attention on vs off picks another token at 2.1% of the
-//   positions, at top-2 gaps up to 0.393; so the CUDA path may differ from the CPU backend at
-//   no more than kMaxMismatchShare of the positions (rounded up to a whole position), each where
-//   the CPU backend's top-2 gap is below kNearTie;
+//   positions, at top-2 gaps up to 0.393; so the CUDA path may differ from the CPU backend,
+//   each time where the CPU backend's top-2 gap is below kNearTie, at no more positions than
+//   two backends that differ as llama.cpp's two paths do would reach in 99% of samples of that
+//   many positions (MismatchBound: the 99th percentile of Binomial(positions,
+//   kLlamaCppFlipRate); 3 of the default run's 32 positions, 46 of the full 1,536). A fixed
+//   share rounded up (3% of 32: one position) was stricter than llama.cpp's own two paths
+//   pass: they differ at 2 or more of 32 positions in 14% of samples, and the CPU backend's
+//   query-tiled prefill attention, which moved its logits closer to llama.cpp's and to the
+//   exact model on average, flipped 2 near-ties (top-2 gap 0.058) of the 32;
 // - the last prompt position's logits against the float64 model (exact_last_logits.bin).
 //
 // The tolerance for f16 activations, derived: the two backends round differently and neither is
@@ -50,12 +56,25 @@
 namespace tandem::kernels::cuda {
 namespace {
 
+// The smallest k with P(X <= k) >= 0.99 for X ~ Binomial(n, p).
+int MismatchBound(int n, double p) {
+  double term = std::pow(1 - p, n);  // P(X = 0)
+  double cdf = term;
+  int k = 0;
+  while (cdf < 0.99 && k < n) {
+    term *= (n - k) / (k + 1.0) * p / (1 - p);
+    cdf += term;
+    ++k;
+  }
+  return k;
+}
+
 using model::BatchBuilder;
 using model::GgufFile;
 using model::LlamaModel;
 
 constexpr double kNearTie = 0.4;
-constexpr double kMaxMismatchShare = 0.03;
+constexpr double kLlamaCppFlipRate = 32.0 / 1536;  // tests/reference/README.md
 constexpr double kMaxLogitErr = 7e-2;
 constexpr double kMaxMeanLogitErr = 4e-2;
 constexpr double kMaxExactErr = 2e-2;
@@ -238,8 +257,7 @@ TEST_P(CudaForwardTest, DefaultModelMatchesCpuBackendAndExactModel) {
       "cpu %.2e (%.0f s)\n",
       f16 ? "f16 " : "bf16", n_prompts, positions, worst, sum / positions, mismatches, worst_gap,
       worst_exact, worst_cpu_exact, secs);
-  // 3% of the positions, in whole positions (one of the default run's 32).
-  EXPECT_LE(mismatches, std::ceil(kMaxMismatchShare * positions));
+  EXPECT_LE(mismatches, MismatchBound(positions, kLlamaCppFlipRate));
   EXPECT_LE(worst, f16 ? kMaxLogitErr : kMaxBf16LogitErr);
   EXPECT_LE(sum / positions, f16 ? kMaxMeanLogitErr : kMaxBf16MeanLogitErr);
   if (f16) {

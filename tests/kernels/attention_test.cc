@@ -1,7 +1,9 @@
 // Tests of paged attention (kernels/cpu/ops.h AttentionRange) against the scalar reference
 // (kernels/ref/attention_ref.h) for every OpsIsa this CPU supports, on batches that mix
 // prefill chunks and decode tokens of several sequences with shuffled block tables; and
-// sliding-window attention against the reference and against exact math written out here.
+// sliding-window attention against the reference and against exact math written out here;
+// split-context attention (AttentionSplitRange + AttentionMergeRange) against unsplit, and
+// query-tiled attention (AttentionTileRange) against per-token attention.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -541,6 +543,226 @@ TEST(AttentionWindow, CoveringWindowIsBitIdenticalToNoWindow) {
         AttentionRange(p, 0, AttentionItems(p));
         EXPECT_EQ(0, std::memcmp(none.data(), covering.data(), sizeof(float) * none.size()))
             << OpsIsaName(isa) << " " << DTypeName(dtype) << " window " << window;
+      }
+    }
+  }
+}
+
+// Split-context attention: each unit's softmax state over its range, merged, equals the
+// unsplit result (within 1e-5 on V in [-1, 1]: the sums are grouped differently) for every
+// ISA and KV dtype, on the mixed batch with and without windows; from 1 split to more
+// splits than 16-position pieces of the context (so that many ranges are empty), the units
+// run in uneven pieces as threads would.
+TEST(AttentionSplit, MergedSplitsMatchUnsplit) {
+  const Shape shapes[] = {{16, 2, 3, 64}, {32, 1, 4, 128}, {16, 1, 2, 40}, {8, 2, 12, 64}};
+  for (const Shape& s : shapes) {
+    for (KvDType dtype : {KvDType::kF32, KvDType::kF16, KvDType::kInt8}) {
+      Scenario sc(s, dtype, 23);
+      for (int window : {0, 20, 100}) {
+        const std::vector<int32_t> tables = sc.TablesWithoutBlocksBeforeWindows(window);
+        for (OpsIsa isa : SupportedIsas()) {
+          OpsIsaGuard guard(isa);
+          std::vector<float> want(sc.OutSize(), -7.f);
+          AttentionParams p = sc.Params(want.data());
+          p.window = window;
+          p.block_tables = tables.data();
+          const int64_t items = AttentionItems(p);
+          AttentionRange(p, 0, items);
+          for (int n_splits : {1, 2, 3, 5, 8, 13}) {
+            const int64_t units = items * n_splits;
+            const int64_t heads = units * s.group;
+            std::vector<float> acc(heads * s.head_dim, 9.f), mx(heads, 9.f), sum(heads, 9.f);
+            AttentionSplits splits{n_splits, acc.data(), mx.data(), sum.data()};
+            const int64_t cuts[] = {0, 1, units / 3, units / 2 + 1, units - 1, units};
+            for (size_t i = 0; i + 1 < std::size(cuts); ++i) {
+              AttentionSplitRange(p, splits, cuts[i], std::max(cuts[i], cuts[i + 1]));
+            }
+            std::vector<float> got(sc.OutSize(), -7.f);
+            p.out = got.data();
+            AttentionMergeRange(p, splits, 0, items / 2);
+            AttentionMergeRange(p, splits, items / 2, items);
+            p.out = want.data();
+            for (size_t i = 0; i < want.size(); ++i) {
+              ASSERT_NEAR(got[i], want[i], 1e-5f)
+                  << OpsIsaName(isa) << " " << DTypeName(dtype) << " window " << window
+                  << " splits " << n_splits << " head_dim " << s.head_dim << " group " << s.group
+                  << " element " << i;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// The ranges of a token's splits cover its window in order: the first starts at the window's
+// first position, the last ends after the token and is never empty, and every boundary in
+// between is a multiple of 16.
+TEST(AttentionSplit, BoundsCoverTheWindowInOrder) {
+  AttentionParams p;
+  for (int window : {0, 5, 100}) {
+    p.window = window;
+    for (int pos : {0, 1, 15, 16, 17, 100, 255, 256, 1000, 4095}) {
+      for (int n_splits = 1; n_splits <= 20; ++n_splits) {
+        int prev_hi = AttentionWindowStart(p, pos);
+        for (int k = 0; k < n_splits; ++k) {
+          int lo = -1, hi = -1;
+          AttentionSplitBounds(p, pos, n_splits, k, &lo, &hi);
+          ASSERT_EQ(lo, prev_hi) << "pos " << pos << " window " << window << " split " << k;
+          ASSERT_LE(lo, hi);
+          if (k + 1 < n_splits) {
+            ASSERT_EQ(hi % 16 == 0 || hi == lo, true) << hi;
+          } else {
+            ASSERT_EQ(hi, pos + 1);
+            ASSERT_LT(lo, hi) << "the last split is empty";
+          }
+          prev_hi = hi;
+        }
+      }
+    }
+  }
+}
+
+// Splits are used only where they pay: more than one thread, fewer than 4 items a thread,
+// and a context of at least 2 * kMinSplitPositions; then units are a multiple of the
+// threads, at least 4 a thread, each range at least kMinSplitPositions long.
+TEST(AttentionSplit, SplitCountPolicy) {
+  std::vector<int32_t> positions(64, 4095);
+  AttentionParams p;
+  p.positions = positions.data();
+  p.n_heads = 9;
+  p.n_kv_heads = 3;
+  p.n_tokens = 1;
+  EXPECT_EQ(AttentionSplitCount(p, 1), 1);
+  EXPECT_EQ(AttentionSplitCount(p, 2), 4);  // 3 items: 12 units, 6 a thread
+  EXPECT_EQ(AttentionSplitCount(p, 4), 8);  // 24 units
+  p.n_tokens = 2;
+  EXPECT_EQ(AttentionSplitCount(p, 2), 2);  // 6 items: 12 units
+  p.n_tokens = 3;
+  EXPECT_EQ(AttentionSplitCount(p, 2), 1);  // 9 items >= 4 a thread
+  p.n_heads = 4;
+  p.n_kv_heads = 1;  // Gemma 3 270M: one item a token
+  p.n_tokens = 1;
+  EXPECT_EQ(AttentionSplitCount(p, 2), 8);
+  for (int pos : {0, 300, 511, 512, 700, 1024, 2047}) {
+    positions[0] = pos;
+    const int want = (pos + 1) / kMinSplitPositions >= 2 ? std::min(8, (pos + 1) / 256) : 1;
+    EXPECT_EQ(AttentionSplitCount(p, 2), want) << pos;
+  }
+  positions[0] = 4095;
+  p.window = 512;  // a window bounds the range to split
+  EXPECT_EQ(AttentionSplitCount(p, 2), 2);
+  // Where the context does not cap them (4096 positions allow 16 ranges): whole units per
+  // thread, at least 4 each.
+  p.window = 0;
+  for (int threads = 2; threads <= 16; ++threads) {
+    for (int tokens = 1; tokens <= 3; ++tokens) {
+      p.n_tokens = tokens;
+      const int splits = AttentionSplitCount(p, threads);
+      ASSERT_LE(splits, 4096 / kMinSplitPositions);
+      if (splits == 4096 / kMinSplitPositions) continue;
+      EXPECT_EQ(tokens * splits % threads, 0) << threads << " threads, " << tokens << " tokens";
+      EXPECT_GE(tokens * splits, 4 * threads) << threads << " threads, " << tokens << " tokens";
+    }
+  }
+}
+
+// The scratch CpuBackend reserves at set-up holds the states of every step the shape
+// allows, and is no larger than the largest such step needs.
+TEST(AttentionSplit, ScratchBoundCoversEveryStep) {
+  const int head_dim = 64, max_tokens = 40, max_context = 4096;
+  std::vector<int32_t> positions(max_tokens, max_context - 1);
+  for (int threads : {2, 3, 4, 8}) {
+    for (int group : {1, 3}) {
+      int64_t largest = 0;
+      for (int n_kv : {1, 2, 3, 8}) {
+        const int64_t bound =
+            AttentionSplitScratchFloats(threads, max_tokens, n_kv * group, head_dim, max_context);
+        for (int tokens = 1; tokens <= max_tokens; ++tokens) {
+          AttentionParams p;
+          p.positions = positions.data();
+          p.n_tokens = tokens;
+          p.n_kv_heads = n_kv;
+          p.n_heads = n_kv * group;
+          const int splits = AttentionSplitCount(p, threads);
+          if (splits <= 1) continue;
+          const int64_t need = AttentionItems(p) * splits * group * (head_dim + 2);
+          EXPECT_LE(need, bound) << threads << " threads, " << n_kv << " kv heads, " << tokens;
+          if (n_kv == 1) largest = std::max(largest, need);
+        }
+      }
+      EXPECT_EQ(largest,
+                AttentionSplitScratchFloats(threads, max_tokens, group, head_dim, max_context));
+    }
+  }
+  EXPECT_EQ(AttentionSplitScratchFloats(1, 40, 8, 64, 4096), 0);  // one thread: no splits
+  EXPECT_EQ(AttentionSplitScratchFloats(2, 40, 8, 64, 511), 0);   // too short to split
+}
+
+// The mixed batch's tiles: runs of one sequence at consecutive positions, cut every
+// kQueryTile tokens; decode tokens (and a run broken by a gap in positions) stand alone.
+TEST(AttentionTiles, TilesFollowRunsOfConsecutivePositions) {
+  Scenario sc({16, 2, 3, 64}, KvDType::kF32, 29);
+  std::vector<float> out(sc.OutSize());
+  const AttentionParams p = sc.Params(out.data());
+  std::vector<int32_t> starts(p.n_tokens + 1, -1);
+  const int n = AttentionQueryTiles(p, starts.data());
+  // Tokens: seq 1 at 0; seq 0 at 40..69 (30); seq 2 at 126..129 and 199; seq 3 at 0..32 (33);
+  // seq 4 at 16.
+  const std::vector<int32_t> want = {0, 1, 17, 31, 35, 36, 52, 68, 69, 70};
+  ASSERT_EQ(n + 1, static_cast<int>(want.size()));
+  EXPECT_EQ(std::vector<int32_t>(starts.begin(), starts.begin() + n + 1), want);
+  // Every unit order covers every tile once, alternating short and long ends.
+  AttentionTiles tiles{starts.data(), n};
+  std::vector<int> seen(n, 0);
+  for (int i = 0; i < n; ++i) ++seen[AttentionTileOfUnit(tiles, i)];
+  EXPECT_EQ(seen, std::vector<int>(n, 1));
+  EXPECT_EQ(AttentionTileOfUnit(tiles, 1), n - 1);
+}
+
+// Query-tiled attention against per-token attention (and so the reference): every ISA (the
+// tiled kernel under AVX-512, the per-token walk per tile otherwise), KV dtype and shape
+// (head_dim 40: scalar code; 80: run-time row length; a group of 12: heads in passes; block
+// 8: shorter than a K tile), windows (block entries before every window are -1), peaked
+// scores, units run in uneven pieces as threads would. 1e-5 on V in [-1, 1].
+TEST(AttentionTiles, MatchesPerTokenAttention) {
+  const Shape shapes[] = {{16, 2, 3, 64}, {32, 1, 4, 128}, {16, 2, 12, 64}, {8, 2, 1, 64},
+                          {16, 1, 2, 40}, {16, 2, 3, 80},  {16, 1, 4, 256}};
+  for (const Shape& s : shapes) {
+    for (KvDType dtype : {KvDType::kF32, KvDType::kF16, KvDType::kInt8}) {
+      Scenario sc(s, dtype, 31);
+      for (int window : {0, 1, 17, 100, -1}) {
+        // -1: no window, with scores scaled to about +-60 (a sharply peaked softmax whose
+        // maximum moves within chunks), on head_dim 64 as PeakedScoresMatchReference (longer
+        // rows make the scores' own float error exceed 1e-5 there, for every kernel).
+        const bool peaked = window < 0;
+        if (peaked && s.head_dim != 64) continue;
+        if (peaked) window = 0;
+        const std::vector<int32_t> tables = sc.TablesWithoutBlocksBeforeWindows(window);
+        std::vector<float> want(sc.OutSize(), -7.f);
+        AttentionParams p = sc.Params(want.data());
+        p.window = window;
+        p.block_tables = tables.data();
+        if (peaked) p.scale = 4.f;
+        ref::AttentionRef(p);
+        std::vector<int32_t> starts(p.n_tokens + 1);
+        const AttentionTiles tiles{starts.data(), AttentionQueryTiles(p, starts.data())};
+        const int64_t units = static_cast<int64_t>(tiles.n_tiles) * p.n_kv_heads;
+        for (OpsIsa isa : SupportedIsas()) {
+          OpsIsaGuard guard(isa);
+          std::vector<float> got(sc.OutSize(), -7.f);
+          p.out = got.data();
+          const int64_t cuts[] = {0, 1, units / 3, units / 2 + 1, units - 1, units};
+          for (size_t i = 0; i + 1 < std::size(cuts); ++i) {
+            AttentionTileRange(p, tiles, cuts[i], std::max(cuts[i], cuts[i + 1]));
+          }
+          for (size_t i = 0; i < want.size(); ++i) {
+            ASSERT_NEAR(got[i], want[i], 1e-5f)
+                << OpsIsaName(isa) << " " << DTypeName(dtype) << " window " << window
+                << " head_dim " << s.head_dim << " group " << s.group << " block " << s.block_size
+                << " element " << i;
+          }
+        }
       }
     }
   }
