@@ -181,7 +181,11 @@ class CpuBackend : public Backend {
                        [&](int64_t b, int64_t e, int) { KvAppendRange(p, b, e); });
   }
   void Attention(const AttentionParams& p, Stream) override {
-    // An item reads its whole context, so even one item per thread is worth splitting.
+    // Three ways to share the work (kernels/README.md, "Attention"): a decode step with too
+    // few (token, kv_head) items for the threads splits each item's context; a step with runs
+    // of consecutive tokens (prefill) goes by query tiles where this ISA has a tiled kernel;
+    // anything else by items, where even one item per thread is worth handing out (an item
+    // reads its whole context).
     const int splits = AttentionSplitCount(p, pool_->size());
     if (splits <= 1 && p.n_tokens > 1 && AttentionTilesPay(p)) {
       // Prefill chunks: tiles of consecutive tokens share their K/V reads.
