@@ -272,6 +272,12 @@ void AttentionSplitBounds(const AttentionParams& p, int pos, int n_splits, int s
   *hi = boundary(split + 1);
 }
 
+AttentionWalk AttentionUnitWalk(const AttentionParams& p, const AttentionSplits& s, int64_t unit) {
+  AttentionWalk w = AttentionItemWalk(p, unit / s.n_splits);
+  AttentionSplitBounds(p, w.hi - 1, s.n_splits, static_cast<int>(unit % s.n_splits), &w.lo, &w.hi);
+  return w;
+}
+
 void AttentionSplitRange(const AttentionParams& p, const AttentionSplits& s, int64_t begin,
                          int64_t end) {
   TANDEM_CHECK_GE(s.n_splits, 1);
@@ -329,22 +335,16 @@ namespace internal {
 
 void AttentionRangeScalar(const AttentionParams& p, int64_t begin, int64_t end) {
   for (int64_t item = begin; item < end; ++item) {
-    const int64_t t = item / p.n_kv_heads;
-    const int pos = p.positions[t];
-    AttendScalar(p, t, static_cast<int>(item % p.n_kv_heads), AttentionWindowStart(p, pos), pos + 1,
-                 nullptr, 0);
+    const AttentionWalk w = AttentionItemWalk(p, item);
+    AttendScalar(p, w.t, w.kv_head, w.lo, w.hi, nullptr, 0);
   }
 }
 
 void AttentionSplitRangeScalar(const AttentionParams& p, const AttentionSplits& s, int64_t begin,
                                int64_t end) {
   for (int64_t unit = begin; unit < end; ++unit) {
-    const int64_t item = unit / s.n_splits;
-    const int64_t t = item / p.n_kv_heads;
-    int lo = 0, hi = 0;
-    AttentionSplitBounds(p, p.positions[t], s.n_splits, static_cast<int>(unit % s.n_splits), &lo,
-                         &hi);
-    AttendScalar(p, t, static_cast<int>(item % p.n_kv_heads), lo, hi, &s, unit);
+    const AttentionWalk w = AttentionUnitWalk(p, s, unit);
+    AttendScalar(p, w.t, w.kv_head, w.lo, w.hi, &s, unit);
   }
 }
 

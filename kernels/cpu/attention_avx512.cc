@@ -297,10 +297,8 @@ template <KvDType kDt>
 void AttendRange(const AttentionParams& p, int64_t begin, int64_t end) {
   const AttendFn attend = AttendFor<kDt>(p.head_dim);
   for (int64_t item = begin; item < end; ++item) {
-    const int64_t t = item / p.n_kv_heads;
-    const int pos = p.positions[t];
-    attend(p, t, static_cast<int>(item % p.n_kv_heads), AttentionWindowStart(p, pos), pos + 1,
-           nullptr, 0);
+    const AttentionWalk w = AttentionItemWalk(p, item);
+    attend(p, w.t, w.kv_head, w.lo, w.hi, nullptr, 0);
   }
 }
 
@@ -309,12 +307,8 @@ void AttendSplitRange(const AttentionParams& p, const AttentionSplits& s, int64_
                       int64_t end) {
   const AttendFn attend = AttendFor<kDt>(p.head_dim);
   for (int64_t unit = begin; unit < end; ++unit) {
-    const int64_t item = unit / s.n_splits;
-    const int64_t t = item / p.n_kv_heads;
-    int lo = 0, hi = 0;
-    AttentionSplitBounds(p, p.positions[t], s.n_splits, static_cast<int>(unit % s.n_splits), &lo,
-                         &hi);
-    attend(p, t, static_cast<int>(item % p.n_kv_heads), lo, hi, &s, unit);
+    const AttentionWalk w = AttentionUnitWalk(p, s, unit);
+    attend(p, w.t, w.kv_head, w.lo, w.hi, &s, unit);
   }
 }
 

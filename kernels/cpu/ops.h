@@ -136,6 +136,14 @@ int64_t AttentionSplitScratchFloats(int threads, int max_tokens, int n_heads, in
 // straddles two), some possibly empty, the last never.
 void AttentionSplitBounds(const AttentionParams& p, int pos, int n_splits, int split, int* lo,
                           int* hi);
+// What one walk over the cache covers: token t's KV head kv_head, positions [lo, hi).
+struct AttentionWalk {
+  int64_t t = 0;
+  int kv_head = 0;
+  int lo = 0, hi = 0;
+};
+// Unit `unit` of AttentionSplitRange: its item's range of split unit % n_splits.
+AttentionWalk AttentionUnitWalk(const AttentionParams& p, const AttentionSplits& s, int64_t unit);
 // Work items: units [begin, end) of AttentionItems(p) * s.n_splits.
 void AttentionSplitRange(const AttentionParams& p, const AttentionSplits& s, int64_t begin,
                          int64_t end);
@@ -146,6 +154,15 @@ void AttentionMergeRange(const AttentionParams& p, const AttentionSplits& s, int
 // `static` like PrefetchKvRows below: the ISA-specific files call it too.
 static inline int AttentionWindowStart(const AttentionParams& p, int pos) {
   return p.window > 0 && pos >= p.window ? pos - p.window + 1 : 0;
+}
+// Item `item` of AttentionRange: the token's whole window.
+static inline AttentionWalk AttentionItemWalk(const AttentionParams& p, int64_t item) {
+  AttentionWalk w;
+  w.t = item / p.n_kv_heads;
+  w.kv_head = static_cast<int>(item % p.n_kv_heads);
+  w.hi = p.positions[w.t] + 1;
+  w.lo = AttentionWindowStart(p, w.hi - 1);
+  return w;
 }
 
 // A prefetch the optimizer keeps: GCC deletes loops whose only statements are
