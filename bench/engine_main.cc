@@ -19,6 +19,9 @@
 //     so decode tok/s <= streaming read GB/s / weight bytes per token. Bytes are the GGUF
 //     tensors' sizes; the token embedding counts only when it is also the (tied) output head,
 //     since otherwise one row per token is gathered, not streamed.
+//   bound: the roofline with the KV cache a batch-1 step reads added to the weights (K and V
+//     of every attended position, a sliding-window layer's window only, int8's scales), the
+//     mean over the timed steps: at --context 4096 it is as many bytes as the weights.
 // Each figure is the median of --reps timed repetitions after one untimed warm-up.
 // Bad arguments or a bad model: a one-line error on stderr and exit code 2.
 #include <algorithm>
@@ -47,6 +50,7 @@
 #include "model/batch_builder.h"
 #include "model/gguf_file.h"
 #include "model/llama_model.h"
+#include "model/model_config.h"
 #include "nlohmann/json.hpp"
 
 ABSL_FLAG(std::string, model, "", "GGUF model file (required)");
@@ -127,6 +131,26 @@ WeightBytes CountWeightBytes(const model::GgufFile& file) {
     }
   }
   return w;
+}
+
+// Bytes of KV cache one batch-1 decode step reads, the mean over steps at positions
+// context .. context + steps - 1: each attends its own window of positions (all before it
+// and itself, or a sliding-window layer's last `sliding_window`), K and V rows of every KV
+// head, and for int8 each row's (scale, zero) pair.
+double KvBytesPerDecodeStep(const model::ModelConfig& mc, kernels::KvDType dtype, int context,
+                            int steps) {
+  const double row = static_cast<double>(mc.n_kv_heads) *
+                     (static_cast<double>(mc.head_dim) * kernels::KvElemBytes(dtype) +
+                      (dtype == kernels::KvDType::kInt8 ? 2 * sizeof(float) : 0));
+  double total = 0;
+  for (int step = 0; step < steps; ++step) {
+    const int attended = context + step + 1;
+    for (int il = 0; il < mc.n_layers; ++il) {
+      const int window = mc.LayerWindow(il);
+      total += 2 * row * (window > 0 ? std::min(attended, window) : attended);
+    }
+  }
+  return total / steps;
 }
 
 struct Config {
@@ -325,6 +349,8 @@ absl::StatusOr<Config> ParseConfig() {
 absl::Status Run(const Config& cfg) {
   TANDEM_ASSIGN_OR_RETURN(auto file, model::GgufFile::Open(cfg.model_path));
   const WeightBytes wb = CountWeightBytes(*file);
+  TANDEM_ASSIGN_OR_RETURN(const model::ModelConfig mc, model::ModelConfig::FromGguf(*file));
+  const double kv_bytes = KvBytesPerDecodeStep(mc, cfg.kv_dtype, cfg.context, cfg.steps);
 
   nlohmann::json out;
   out["model"] = cfg.model_path;
@@ -341,6 +367,7 @@ absl::Status Run(const Config& cfg) {
                          {"norms", wb.norms},
                          {"per_token", wb.per_token()},
                          {"matmul_weights", wb.matmul_weights}};
+  out["kv_bytes_decode_b1"] = kv_bytes;
 
   std::unique_ptr<StreamReadBuffer> membw;
   for (int threads : cfg.threads) {
@@ -372,6 +399,7 @@ absl::Status Run(const Config& cfg) {
       r["membw_gbps"] = gbps;
       r["membw_isa"] = StreamIsaName(sisa);
       r["roofline_decode_b1_tok_s"] = gbps * 1e9 / static_cast<double>(wb.per_token());
+      r["bound_decode_b1_tok_s"] = gbps * 1e9 / (static_cast<double>(wb.per_token()) + kv_bytes);
     }
     out["results"].push_back(r);
   }
@@ -384,12 +412,17 @@ absl::Status Run(const Config& cfg) {
   std::printf("model %s\nweights streamed per decode token: %.1f MB (linear %.1f + head %.1f%s)\n",
               cfg.model_path.c_str(), wb.per_token() / 1e6, wb.linear / 1e6, wb.head / 1e6,
               wb.tied ? ", tied to the embedding" : "");
+  std::printf("KV cache read per batch-1 decode step: %.1f MB (%s, mean of the steps)\n",
+              kv_bytes / 1e6, std::string(kvcache::KvDTypeName(cfg.kv_dtype)).c_str());
   std::printf("medians of %d reps; decode: context %d, %d steps\n\n", cfg.reps, cfg.context,
               cfg.steps);
   std::printf("%-8s %-26s", "threads", "backend");
   for (int n : cfg.prefill) std::printf(" %12s", absl::StrCat("pp", n, " tok/s").c_str());
   for (int b : cfg.batches) std::printf(" %12s", absl::StrCat("tg b", b, " tok/s").c_str());
-  if (cfg.membw_mib > 0) std::printf(" %9s %13s %8s", "GB/s", "roofline b1", "b1/roof");
+  if (cfg.membw_mib > 0) {
+    std::printf(" %9s %13s %8s %11s %9s", "GB/s", "roofline b1", "b1/roof", "bound b1",
+                "b1/bound");
+  }
   std::printf("\n");
   for (const nlohmann::json& r : out["results"]) {
     std::printf("%-8d %-26s", r["threads"].get<int>(), r["backend"].get<std::string>().c_str());
@@ -397,11 +430,14 @@ absl::Status Run(const Config& cfg) {
     for (const nlohmann::json& d : r["decode"]) std::printf(" %12.1f", d["tok_s"].get<double>());
     if (r.contains("membw_gbps")) {
       const double roof = r["roofline_decode_b1_tok_s"].get<double>();
+      const double bound = r["bound_decode_b1_tok_s"].get<double>();
       std::printf(" %9.2f %13.1f", r["membw_gbps"].get<double>(), roof);
       // Only meaningful when batch 1 was measured.
       for (const nlohmann::json& d : r["decode"]) {
-        if (d["batch"].get<int>() == 1)
-          std::printf(" %7.0f%%", 100 * d["tok_s"].get<double>() / roof);
+        if (d["batch"].get<int>() == 1) {
+          std::printf(" %7.0f%% %11.1f %8.0f%%", 100 * d["tok_s"].get<double>() / roof, bound,
+                      100 * d["tok_s"].get<double>() / bound);
+        }
       }
     }
     std::printf("\n");

@@ -3,7 +3,9 @@
 
 Inputs (in --dir): tandem.json (tandem-bench-engine --json), llama_pp.json and
 llama_tg.json (llama-bench -o json), bb-<threads>-<rep>.jsonl (llama-batched-bench
---output-format jsonl, one file per repetition). Every llama.cpp figure is a median over
+--output-format jsonl, one file per repetition), and for long context tandem_long.json
+(tandem-bench-engine with one long prompt and a long decode context), llama_pp_long.json
+(llama-bench -p N -n 0) and llama_tg_long.json (llama-bench -p 0 -n S -d N). Every llama.cpp figure is a median over
 repetitions, like tandem's: llama-bench's samples_ts, and batched-bench's speed_tg/speed_pp
 across its repeated runs. Missing llama.cpp files (run --no-llama) leave those cells empty.
 """
@@ -36,9 +38,10 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
-def llama_bench_median(rows, threads, n_prompt, n_gen):
+def llama_bench_median(rows, threads, n_prompt, n_gen, n_depth=0):
     for r in rows or []:
-        if r["n_threads"] == threads and r["n_prompt"] == n_prompt and r["n_gen"] == n_gen:
+        if (r["n_threads"] == threads and r["n_prompt"] == n_prompt and r["n_gen"] == n_gen
+                and r.get("n_depth", 0) == n_depth):
             return statistics.median(r["samples_ts"])
     return None
 
@@ -68,6 +71,9 @@ def main():
     tandem = load_json(os.path.join(a.dir, "tandem.json"))
     lb_pp = load_json(os.path.join(a.dir, "llama_pp.json"))
     lb_tg = load_json(os.path.join(a.dir, "llama_tg.json"))
+    long_tandem = load_json(os.path.join(a.dir, "tandem_long.json"))
+    lb_pp_long = load_json(os.path.join(a.dir, "llama_pp_long.json"))
+    lb_tg_long = load_json(os.path.join(a.dir, "llama_tg_long.json"))
     threads = [int(t) for t in a.threads.split(",")]
     ctx, steps = tandem["decode_context"], tandem["decode_steps"]
 
@@ -104,9 +110,29 @@ def main():
                 "membw_gbps": res["membw_gbps"],
                 "tandem_share": b1 / roof if b1 else None,
                 "llama_cpp_share": llama_b1 / roof if llama_b1 else None})
+        if long_tandem:
+            lres = next(r for r in long_tandem["results"] if r["threads"] == t)
+            lctx, lsteps = long_tandem["decode_context"], long_tandem["decode_steps"]
+            for p in lres["prefill"]:
+                n = p["tokens"]
+                add(f"prefill {n} (one Forward)", p["tok_s"],
+                    llama_bench_median(lb_pp_long, t, n, 0), f"llama-bench -p {n} -n 0")
+            b1 = next((d["tok_s"] for d in lres["decode"] if d["batch"] == 1), None)
+            llama_b1 = llama_bench_median(lb_tg_long, t, 0, lsteps, lctx)
+            add(f"decode b1 (ctx {lctx}, {lsteps} steps)", b1, llama_b1,
+                f"llama-bench -p 0 -n {lsteps} -d {lctx}")
+            bound = lres.get("bound_decode_b1_tok_s")
+            if bound:
+                comparison.append({
+                    "threads": t, "figure": f"decode b1 bound (ctx {lctx})",
+                    "bound_tok_s": bound, "membw_gbps": lres["membw_gbps"],
+                    "bytes_per_step": long_tandem["weight_bytes"]["per_token"]
+                    + long_tandem["kv_bytes_decode_b1"],
+                    "tandem_share": b1 / bound if b1 else None,
+                    "llama_cpp_share": llama_b1 / bound if llama_b1 else None})
 
     build = None
-    for rows in (lb_pp, lb_tg):
+    for rows in (lb_pp, lb_tg, lb_pp_long, lb_tg_long):
         if rows:
             build = {"build_commit": rows[0].get("build_commit"),
                      "build_number": rows[0].get("build_number"),
@@ -121,7 +147,9 @@ def main():
         "llama_cpp": {"source": a.llama_version, **(build or {})},
         "comparison": comparison,
         "tandem": tandem,
-        "llama_bench": {"prefill": lb_pp, "decode": lb_tg},
+        "tandem_long": long_tandem,
+        "llama_bench": {"prefill": lb_pp, "decode": lb_tg, "prefill_long": lb_pp_long,
+                        "decode_long": lb_tg_long},
         "llama_batched_bench": batched,
     }
     with open(a.out, "w") as f:
@@ -145,6 +173,11 @@ def main():
             print(f"{c['threads']:>7}  {'decode b1 roofline':<34} {fmt(c['roofline_tok_s']):>12}"
                   f" {'':>15} {'':>12}   ({c['membw_gbps']:.2f} GB/s; tandem at "
                   f"{pct(c['tandem_share'])}, llama.cpp at {pct(c['llama_cpp_share'])})")
+        elif "bound_tok_s" in c:
+            print(f"{c['threads']:>7}  {c['figure']:<34} {fmt(c['bound_tok_s']):>12}"
+                  f" {'':>15} {'':>12}   ({c['bytes_per_step'] / 1e6:.1f} MB at "
+                  f"{c['membw_gbps']:.2f} GB/s; tandem at {pct(c['tandem_share'])}, "
+                  f"llama.cpp at {pct(c['llama_cpp_share'])})")
         else:
             print(f"{c['threads']:>7}  {c['figure']:<34} {fmt(c['tandem_tok_s']):>12} "
                   f"{fmt(c['llama_cpp_tok_s']):>15} {fmt(c['ratio'], '{:.2f}'):>12}")
