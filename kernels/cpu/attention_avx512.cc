@@ -175,6 +175,9 @@ void Attend(const AttentionParams& p, int64_t t, int kv_head, int lo, int hi,
       for (int start = c0; start < c1; start += n) {
         PrefetchKvRows(p, table, kv_head, c.k, c.k_scale_zero, start + kPrefetchTiles * kTile,
                        kTile, hi);
+        // This tile's V rows, which pass 3 reads after the chunk's scores and softmax: asked
+        // for now, they arrive while the compute of passes 1 and 2 runs.
+        PrefetchKvRows(p, table, kv_head, c.v, c.v_scale_zero, start, kTile, c1);
         const int64_t row0 = tile_at(start, c1, &n);
         const float* kt = StageRows<kDt>(c.k, c.k_scale_zero, row0, n, d, k_buf);
         const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1u);
@@ -234,15 +237,8 @@ void Attend(const AttentionParams& p, int64_t t, int kv_head, int lo, int hi,
             av[h][i] = _mm512_mul_ps(_mm512_load_ps(acc[h0 + h] + 16 * i), vc);
           }
         }
-        if (h0 == 0) {
-          PrefetchKvRows(p, table, kv_head, c.v, c.v_scale_zero, c0, kPrefetchTiles * kTile, c1);
-        }
         for (int start = c0; start < c1; start += n) {
           const int64_t row0 = tile_at(start, c1, &n);
-          if (h0 == 0) {
-            PrefetchKvRows(p, table, kv_head, c.v, c.v_scale_zero, start + kPrefetchTiles * kTile,
-                           kTile, c1);
-          }
           for (int j = 0; j < n; ++j) {
             __m512 vr[kMaxNv];
             LoadRow<kDt, kMaxNv>(c.v, c.v_scale_zero, row0 + j, d, nv, vr);
