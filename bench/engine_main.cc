@@ -3,7 +3,7 @@
 //
 //   tandem-bench-engine --model PATH [--threads 1,2] [--isa auto] [--reps 5] [--json]
 //       [--prefill 128,512] [--batches 1,8,32] [--context 128] [--steps 32]
-//       [--kv_cache_dtype f16] [--membw_mib 1024] [--device cpu|cuda:N]
+//       [--kv_cache_dtype f16] [--block_size 16] [--membw_mib 1024] [--device cpu|cuda:N]
 //
 // With --device cuda:N the same figures come from the CUDA backend (one row; scripts/gpu-check
 // turns them into % of the GPU's HBM roofline and tensor-core peak with the JSON's
@@ -67,6 +67,7 @@ ABSL_FLAG(int, context, 128, "tokens already in each decode sequence's KV cache"
 ABSL_FLAG(int, steps, 32, "timed decode steps per repetition");
 ABSL_FLAG(int, chunk, 512, "most tokens per prefill Forward");
 ABSL_FLAG(std::string, kv_cache_dtype, "f16", "KV cache type: f16, f32 or int8");
+ABSL_FLAG(int, block_size, 16, "tokens per KV cache block (tandemd's --block-size)");
 ABSL_FLAG(int, membw_mib, 1024, "streaming-read buffer for the roofline, MiB (0: skip)");
 ABSL_FLAG(std::string, device, "cpu",
           "cpu, or cuda:N (a build with the CUDA backend and a GPU; --threads and --isa are then "
@@ -159,7 +160,7 @@ struct Config {
   std::vector<int> threads, prefill, batches;
   kernels::cpu::Isa isa;
   kernels::KvDType kv_dtype;
-  int reps, context, steps, chunk, membw_mib;
+  int reps, context, steps, chunk, membw_mib, block_size;
   bool json;
 };
 
@@ -187,6 +188,7 @@ class EngineBench {
     const int fill_seqs = std::max(1, cfg.chunk / cfg.context);
     opts.max_logit_rows = std::max(max_batch, fill_seqs);
     opts.max_seqs = std::max(max_batch, fill_seqs);
+    opts.block_size = cfg.block_size;
     TANDEM_ASSIGN_OR_RETURN(b->model_, model::LlamaModel::Load(file, *b->backend_, opts));
     const model::ModelConfig& mc = b->model_->config();
     const int decode_len = cfg.context + cfg.steps;
@@ -335,6 +337,7 @@ absl::StatusOr<Config> ParseConfig() {
   c.steps = absl::GetFlag(FLAGS_steps);
   c.chunk = absl::GetFlag(FLAGS_chunk);
   c.membw_mib = absl::GetFlag(FLAGS_membw_mib);
+  c.block_size = absl::GetFlag(FLAGS_block_size);
   c.json = absl::GetFlag(FLAGS_json);
   if (c.reps < 1) return absl::InvalidArgumentError("--reps must be >= 1");
   if (c.context < 1) return absl::InvalidArgumentError("--context must be >= 1");
@@ -342,6 +345,9 @@ absl::StatusOr<Config> ParseConfig() {
   if (c.chunk < 1) return absl::InvalidArgumentError("--chunk must be >= 1");
   if (c.context > c.chunk) return absl::InvalidArgumentError("--context must be <= --chunk");
   if (c.membw_mib < 0) return absl::InvalidArgumentError("--membw_mib must be >= 0");
+  if (c.block_size < 1 || c.block_size > 256) {
+    return absl::InvalidArgumentError("--block_size must be in 1..256");
+  }
   if (c.device != "cpu") c.membw_mib = 0;  // the host's bandwidth says nothing of a GPU's
   return c;
 }
@@ -358,6 +364,7 @@ absl::Status Run(const Config& cfg) {
   out["isa"] = std::string(kernels::cpu::IsaName(cfg.isa));
   out["reps"] = cfg.reps;
   out["kv_cache_dtype"] = std::string(kvcache::KvDTypeName(cfg.kv_dtype));
+  out["block_size"] = cfg.block_size;
   out["decode_context"] = cfg.context;
   out["decode_steps"] = cfg.steps;
   out["prefill_chunk"] = cfg.chunk;
