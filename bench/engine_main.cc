@@ -427,8 +427,7 @@ absl::Status Run(const Config& cfg) {
   for (int n : cfg.prefill) std::printf(" %12s", absl::StrCat("pp", n, " tok/s").c_str());
   for (int b : cfg.batches) std::printf(" %12s", absl::StrCat("tg b", b, " tok/s").c_str());
   if (cfg.membw_mib > 0) {
-    std::printf(" %9s %13s %8s %11s %9s", "GB/s", "roofline b1", "b1/roof", "bound b1",
-                "b1/bound");
+    std::printf(" %9s %13s %8s %11s %9s", "GB/s", "roofline b1", "b1/roof", "bound b1", "b1/bound");
   }
   std::printf("\n");
   for (const nlohmann::json& r : out["results"]) {

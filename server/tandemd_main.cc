@@ -803,8 +803,7 @@ absl::Status Run() {
         "{} tokens ({}, blocks of {}){}",
         inst->config().name, mc.architecture, mc.n_layers, mc.hidden, mc.context_length,
         inst->device_name(), inst->kv_capacity_tokens(),
-        std::string(kvcache::KvDTypeName(kv_dtype)), inst->config().block_size,
-        inst->kv_layout());
+        std::string(kvcache::KvDTypeName(kv_dtype)), inst->config().block_size, inst->kv_layout());
   }
   file.reset();
 
