@@ -345,8 +345,9 @@ absl::StatusOr<Config> ParseConfig() {
   if (c.chunk < 1) return absl::InvalidArgumentError("--chunk must be >= 1");
   if (c.context > c.chunk) return absl::InvalidArgumentError("--context must be <= --chunk");
   if (c.membw_mib < 0) return absl::InvalidArgumentError("--membw_mib must be >= 0");
-  if (c.block_size < 1 || c.block_size > 256) {
-    return absl::InvalidArgumentError("--block_size must be in 1..256");
+  if (c.block_size < 1 || c.block_size > kvcache::kMaxBlockSize) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--block_size must be in 1..", kvcache::kMaxBlockSize));
   }
   if (c.device != "cpu") c.membw_mib = 0;  // the host's bandwidth says nothing of a GPU's
   return c;

@@ -13,9 +13,9 @@ absl::Status KvCacheConfig::Validate() const {
   if (n_layers <= 0 || n_kv_heads <= 0 || head_dim <= 0) {
     return absl::InvalidArgumentError("KV cache: layers, kv heads and head dim must be > 0");
   }
-  if (block_size <= 0 || block_size > 256) {
+  if (block_size <= 0 || block_size > kMaxBlockSize) {
     return absl::InvalidArgumentError(
-        absl::StrCat("KV cache: block size must be in 1..256, got ", block_size));
+        absl::StrCat("KV cache: block size must be in 1..", kMaxBlockSize, ", got ", block_size));
   }
   if (num_blocks < 0) return absl::InvalidArgumentError("KV cache: num_blocks must be >= 0");
   if (sliding_window < 0 || max_step_tokens < 0) {

@@ -52,6 +52,9 @@ struct KvGroups {
   }
 };
 
+// The largest block a KV cache takes (tokens); flags that set the block size check against it.
+inline constexpr int kMaxBlockSize = 256;
+
 struct KvCacheConfig {
   int n_layers = 0;
   int n_kv_heads = 0;

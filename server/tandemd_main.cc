@@ -449,9 +449,9 @@ absl::Status Run() {
   ic.kv_dtype = kv_dtype;
   ic.kv_cache_bytes = kv_bytes;
   ic.block_size = absl::GetFlag(FLAGS_block_size);
-  if (ic.block_size < 1 || ic.block_size > 256) {
-    return absl::InvalidArgumentError(
-        StrCat("--block-size must be in 1..256 tokens, got ", ic.block_size));
+  if (ic.block_size < 1 || ic.block_size > kvcache::kMaxBlockSize) {
+    return absl::InvalidArgumentError(StrCat("--block-size must be in 1..", kvcache::kMaxBlockSize,
+                                             " tokens, got ", ic.block_size));
   }
   ic.prefix_caching = absl::GetFlag(FLAGS_enable_prefix_caching);
   ic.window_local_kv = absl::GetFlag(FLAGS_kv_window_local);
