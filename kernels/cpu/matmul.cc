@@ -185,10 +185,8 @@ PackedLayout MakePackedLayout(DType type, int64_t rows, int64_t cols) {
   l.nb = cols / kQuantBlock;
   l.n_groups = (rows + kGroupRows - 1) / kGroupRows;
   l.qs_bytes = HasByteTile(type) ? 512 : 256;
-  l.d_offset = l.nb * l.qs_bytes;
-  l.m_offset = l.d_offset + l.nb * kGroupRows * 2;
-  const int64_t end = HasMin(type) ? l.m_offset + l.nb * kGroupRows * 2 : l.m_offset;
-  l.group_bytes = RoundUp(end, 64);
+  l.span_bytes = SpanBytes(type);
+  l.group_bytes = (l.nb + kSpanBlocks - 1) / kSpanBlocks * l.span_bytes;
   return l;
 }
 
@@ -200,19 +198,17 @@ void PackQuantized(const PackedLayout& l, const void* gguf_rows, uint8_t* out) {
   if (IsKQuant(l.type)) return PackKQuantized(l, src, out);
   for (int64_t g = 0; g < l.n_groups; ++g) {
     uint8_t* group = out + g * l.group_bytes;
-    auto* d = reinterpret_cast<uint16_t*>(group + l.d_offset);
-    auto* m = reinterpret_cast<uint16_t*>(group + l.m_offset);
     for (int r = 0; r < kGroupRows; ++r) {
       const int64_t row = g * kGroupRows + r;
       if (row >= l.rows) break;  // padding rows stay zero: d = 0 makes them contribute 0
       for (int64_t b = 0; b < l.nb; ++b) {
         const SrcBlock s = ReadSrcBlock(l.type, src, row_bytes, row, b);
-        uint8_t* tile = group + b * l.qs_bytes;
+        uint8_t* tile = group + l.tile_offset(b);
         for (int p = 0; p < n_vec; ++p) {
           for (int e = 0; e < 4; ++e) tile[64 * p + 4 * r + e] = s.bytes[4 * p + e];
         }
-        d[b * kGroupRows + r] = s.d;
-        if (HasMin(l.type)) m[b * kGroupRows + r] = s.m;
+        reinterpret_cast<uint16_t*>(group + l.d_offset(b))[r] = s.d;
+        if (HasMin(l.type)) reinterpret_cast<uint16_t*>(group + l.m_offset(b))[r] = s.m;
       }
     }
   }
@@ -241,15 +237,14 @@ void DequantizePackedRow(const PackedLayout& l, const uint8_t* packed, int64_t r
     }
     return;
   }
-  const auto* d = reinterpret_cast<const uint16_t*>(group + l.d_offset);
-  const auto* m = reinterpret_cast<const uint16_t*>(group + l.m_offset);
   for (int64_t b = 0; b < l.nb; ++b, out += kQuantBlock) {
-    const uint8_t* tile = group + b * l.qs_bytes;
-    const float scale = HalfToFloat(d[b * kGroupRows + r]);
+    const uint8_t* tile = group + l.tile_offset(b);
+    const auto* m = reinterpret_cast<const uint16_t*>(group + l.m_offset(b));
+    const float scale = HalfToFloat(reinterpret_cast<const uint16_t*>(group + l.d_offset(b))[r]);
     if (HasByteTile(l.type)) {
       // Q5_1 as DequantizeRow computes it (q * d + m), the others as (q + offset) * d.
       const bool has_min = HasMin(l.type);
-      const float min = has_min ? HalfToFloat(m[b * kGroupRows + r]) : 0.f;
+      const float min = has_min ? HalfToFloat(m[r]) : 0.f;
       for (int p = 0; p < 8; ++p) {
         for (int e = 0; e < 4; ++e) {
           const int byte = tile[64 * p + 4 * r + e];
@@ -258,7 +253,7 @@ void DequantizePackedRow(const PackedLayout& l, const uint8_t* packed, int64_t r
       }
       continue;
     }
-    const float min = HasMin(l.type) ? HalfToFloat(m[b * kGroupRows + r]) : 0.f;
+    const float min = HasMin(l.type) ? HalfToFloat(m[r]) : 0.f;
     const int off = l.type == DType::kQ4_0 ? -8 : 0;
     for (int p = 0; p < 4; ++p) {
       for (int e = 0; e < 4; ++e) {
@@ -451,15 +446,15 @@ void QuantGemmScalar(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t 
   const bool has_min = HasMin(l.type);
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* group = args.packed + g * l.group_bytes;
-    const auto* dh = reinterpret_cast<const uint16_t*>(group + l.d_offset);
-    const auto* mh = reinterpret_cast<const uint16_t*>(group + l.m_offset);
     const int n_valid = static_cast<int>(std::min<int64_t>(kGroupRows, l.rows - g * kGroupRows));
     for (int64_t i = m0; i < m1; ++i) {
       const int8_t* xq = a.q + i * a.cols;
       float acc[kGroupRows] = {};
       float acc_min[kGroupRows] = {};
       for (int64_t b = 0; b < l.nb; ++b) {
-        const uint8_t* tile = group + b * l.qs_bytes;
+        const uint8_t* tile = group + l.tile_offset(b);
+        const auto* dh = reinterpret_cast<const uint16_t*>(group + l.d_offset(b));
+        const auto* mh = reinterpret_cast<const uint16_t*>(group + l.m_offset(b));
         const int8_t* xb = xq + b * kQuantBlock;
         const float dx = a.d[i * a.nb + b];
         for (int r = 0; r < n_valid; ++r) {
@@ -477,11 +472,10 @@ void QuantGemmScalar(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t 
             }
           }
           dot += a.bias[i * a.nb + b];
-          const float scale = HalfToFloat(dh[b * kGroupRows + r]) * dx;
+          const float scale = HalfToFloat(dh[r]) * dx;
           acc[r] = std::fma(static_cast<float>(dot), scale, acc[r]);
           if (has_min) {
-            acc_min[r] =
-                std::fma(HalfToFloat(mh[b * kGroupRows + r]), a.s[i * a.nb + b], acc_min[r]);
+            acc_min[r] = std::fma(HalfToFloat(mh[r]), a.s[i * a.nb + b], acc_min[r]);
           }
         }
       }

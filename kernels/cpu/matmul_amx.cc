@@ -53,15 +53,15 @@ void AmxTyped(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* group = args.packed + g * l.group_bytes;
-    const auto* dh = reinterpret_cast<const uint16_t*>(group + l.d_offset);
-    const auto* mh = reinterpret_cast<const uint16_t*>(group + l.m_offset);
     const int64_t n_valid = std::min<int64_t>(kGroupRows, l.rows - g * kGroupRows);
     const __mmask16 mask = static_cast<__mmask16>((1u << n_valid) - 1);
     for (int64_t i0 = m0; i0 < m1; i0 += kGroupRows) {
       __m512 acc[kGroupRows];
       for (int r = 0; r < kGroupRows; ++r) acc[r] = _mm512_setzero_ps();
       for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* tile = group + b * l.qs_bytes;
+        const uint8_t* tile = group + l.tile_offset(b);
+        const auto* dh = reinterpret_cast<const uint16_t*>(group + l.d_offset(b));
+        const auto* mh = reinterpret_cast<const uint16_t*>(group + l.m_offset(b));
         const uint8_t* bsrc = tile;
         if constexpr (!kByteTile) {
           for (int p = 0; p < 4; ++p) {
@@ -77,11 +77,10 @@ void AmxTyped(const QuantGemmArgs& args, int64_t m0, int64_t m1, int64_t g0, int
         _tile_zero(TANDEM_TILE_C);
         _tile_dpbsud(TANDEM_TILE_C, TANDEM_TILE_A, TANDEM_TILE_B);
         _tile_stored(TANDEM_TILE_C, cbuf, 64);
-        const __m512 dv =
-            _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(dh + b * 16)));
+        const __m512 dv = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(dh)));
         __m512 mv = _mm512_setzero_ps();
         if constexpr (kMin) {
-          mv = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(mh + b * 16)));
+          mv = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(mh)));
         }
         for (int r = 0; r < kGroupRows; ++r) {
           const int64_t i = i0 + r;

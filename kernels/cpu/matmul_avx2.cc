@@ -27,8 +27,10 @@ void HalfGroupTile(const PackedLayout& l, const uint8_t* group, int h, const Qua
                    int64_t i0, float* y, int64_t ldy, int n_store) {
   constexpr bool kByteTile = HasByteTile(kType);
   constexpr bool kMin = HasMin(kType);
-  const auto* dh = reinterpret_cast<const uint16_t*>(group + l.d_offset) + 8 * h;
-  const auto* mh = reinterpret_cast<const uint16_t*>(group + l.m_offset) + 8 * h;
+  constexpr int64_t kQs = kByteTile ? 512 : 256;
+  constexpr int64_t kDBytes = kGroupRows * 2;        // one block's d (or m)
+  constexpr int64_t kDSpan = kSpanBlocks * kDBytes;  // the span's d (or m)
+  constexpr int64_t kSpan = SpanBytes(kType);
   const __m256i low4 = _mm256_set1_epi8(0x0f);
   const __m256i ones16 = _mm256_set1_epi16(1);
   __m256 acc[MR];
@@ -36,14 +38,16 @@ void HalfGroupTile(const PackedLayout& l, const uint8_t* group, int h, const Qua
   const int8_t* xq0 = a.q + i0 * a.cols;
   const int64_t nb = l.nb;
   for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* tile = group + b * l.qs_bytes + 32 * h;
-    if (h == 0) {
-      for (int p = 0; p < (kByteTile ? 8 : 4); ++p) {
-        _mm_prefetch(reinterpret_cast<const char*>(tile + kPrefetchBytes + 64 * p), _MM_HINT_T1);
-      }
-      _mm_prefetch(reinterpret_cast<const char*>(dh + b * 16) + kPrefetchBytes / 8, _MM_HINT_T1);
-      if constexpr (kMin) {
-        _mm_prefetch(reinterpret_cast<const char*>(mh + b * 16) + kPrefetchBytes / 8, _MM_HINT_T1);
+    // The span layout of matmul.h: block b's tile, d and m, and this half's 8 rows of each.
+    const uint8_t* span = group + b / kSpanBlocks * kSpan;
+    const int j = static_cast<int>(b % kSpanBlocks);
+    const uint8_t* tile = span + j * kQs + 32 * h;
+    const auto* dh =
+        reinterpret_cast<const uint16_t*>(span + kSpanBlocks * kQs + j * kDBytes) + 8 * h;
+    const auto* mh = dh + kDSpan / 2;
+    if (h == 0 && j == 0) {
+      for (int64_t o = 0; o < kSpan; o += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(span + kPrefetchBytes + o), _MM_HINT_T1);
       }
     }
     __m256i s[MR];
@@ -103,11 +107,10 @@ void HalfGroupTile(const PackedLayout& l, const uint8_t* group, int h, const Qua
       }
       for (int r = 0; r < MR; ++r) s[r] = _mm256_madd_epi16(s16[r], ones16);
     }
-    const __m256 dv =
-        _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dh + b * 16)));
+    const __m256 dv = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dh)));
     __m256 mv = _mm256_setzero_ps();
     if constexpr (kMin) {
-      mv = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(mh + b * 16)));
+      mv = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(mh)));
     }
 #pragma GCC unroll 4
     for (int r = 0; r < MR; ++r) {

@@ -15,11 +15,11 @@ namespace {
 
 using AliasI32 = int32_t __attribute__((may_alias));
 
-// How far ahead in the qs stream to prefetch into L2 (scales: 1/8 of it, their stream is
-// 8x thinner). Measured on Zen 4 streaming a 120 MB Q4_1 weight: no prefetch or a short
-// distance gives ~10 GB/s per core, 8-32 KB ahead into L2 gives ~14-15 GB/s (Q8_0: 11 ->
-// 18 GB/s, about the plain streaming-read rate): hardware prefetchers stop at 4 KB pages,
-// this runs a few pages ahead of them. _MM_HINT_T1 at the same distances did not help.
+// How far ahead in a group's stream to prefetch into L2. Measured on Zen 4 streaming a
+// 120 MB Q4_1 weight in the earlier layout (scales apart from the tiles): no prefetch or a
+// short distance gives ~10 GB/s per core, 8-32 KB ahead ~14-15 GB/s. On Zen 5, with the
+// span layout (one stream), the hardware prefetchers alone reach ~31 GB/s and 12 KB ahead
+// ~33-36, the plain streaming-read rate (bench/RESULTS.md).
 constexpr int64_t kPrefetchBytes = 12288;
 
 inline __m512i Bcast4(const int8_t* p) {
@@ -33,8 +33,11 @@ void GroupTile(const PackedLayout& l, const uint8_t* group, const QuantizedActs&
                float* y, int64_t ldy, __mmask16 store_mask) {
   constexpr bool kByteTile = HasByteTile(kType);
   constexpr bool kMin = HasMin(kType);
-  const auto* dh = reinterpret_cast<const uint16_t*>(group + l.d_offset);
-  const auto* mh = reinterpret_cast<const uint16_t*>(group + l.m_offset);
+  // The layout's span (see matmul.h) with sizes known at compile time.
+  constexpr int64_t kQs = kByteTile ? 512 : 256;
+  constexpr int64_t kDBytes = kGroupRows * 2;        // one block's d (or m)
+  constexpr int64_t kDSpan = kSpanBlocks * kDBytes;  // the span's d (or m)
+  constexpr int64_t kSpan = SpanBytes(kType);
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   __m512 acc[MR];
 #pragma GCC unroll 8
@@ -42,16 +45,19 @@ void GroupTile(const PackedLayout& l, const uint8_t* group, const QuantizedActs&
   const int8_t* xq0 = a.q + i0 * a.cols;
   const int64_t nb = l.nb;
   for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* tile = group + b * l.qs_bytes;
-    // Decode (MR = 1) is bound by how fast weights stream in from DRAM (see
-    // kPrefetchBytes; the group's scales are separate streams, fetched ahead too).
-#pragma GCC unroll 8
-    for (int p = 0; p < (kByteTile ? 8 : 4); ++p) {
-      _mm_prefetch(reinterpret_cast<const char*>(tile + kPrefetchBytes + 64 * p), _MM_HINT_T1);
-    }
-    _mm_prefetch(reinterpret_cast<const char*>(dh + b * 16) + kPrefetchBytes / 8, _MM_HINT_T1);
-    if constexpr (kMin) {
-      _mm_prefetch(reinterpret_cast<const char*>(mh + b * 16) + kPrefetchBytes / 8, _MM_HINT_T1);
+    const uint8_t* span = group + b / kSpanBlocks * kSpan;
+    const int j = static_cast<int>(b % kSpanBlocks);
+    const uint8_t* tile = span + j * kQs;
+    const auto* dh = reinterpret_cast<const uint16_t*>(span + kSpanBlocks * kQs + j * kDBytes);
+    const auto* mh =
+        reinterpret_cast<const uint16_t*>(span + kSpanBlocks * kQs + kDSpan + j * kDBytes);
+    // Decode (MR = 1) is bound by how fast weights stream in from DRAM: the group is one
+    // sequential stream, asked for kPrefetchBytes ahead a span at a time.
+    if (j == 0) {
+#pragma GCC unroll 18
+      for (int64_t o = 0; o < kSpan; o += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(span + kPrefetchBytes + o), _MM_HINT_T1);
+      }
     }
     __m512i w[8];
     if constexpr (kByteTile) {
@@ -65,11 +71,10 @@ void GroupTile(const PackedLayout& l, const uint8_t* group, const QuantizedActs&
         w[p + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
       }
     }
-    const __m512 dv =
-        _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(dh + b * 16)));
+    const __m512 dv = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(dh)));
     __m512 mv = _mm512_setzero_ps();
     if constexpr (kMin) {
-      mv = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(mh + b * 16)));
+      mv = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(mh)));
     }
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
