@@ -14,7 +14,7 @@ namespace {
 
 using AliasI32 = int32_t __attribute__((may_alias));
 
-// Prefetch distance into L2, as in matmul_avx512.cc (where it is measured).
+// Prefetch distance and hint as in matmul_avx512.cc (where they are measured).
 constexpr int64_t kPrefetchBytes = 12288;
 
 inline __m256i Bcast4(const int8_t* p) {
@@ -47,7 +47,7 @@ void HalfGroupTile(const PackedLayout& l, const uint8_t* group, int h, const Qua
     const auto* mh = dh + kDSpan / 2;
     if (h == 0 && j == 0) {
       for (int64_t o = 0; o < kSpan; o += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(span + kPrefetchBytes + o), _MM_HINT_T1);
+        _mm_prefetch(reinterpret_cast<const char*>(span + kPrefetchBytes + o), _MM_HINT_T0);
       }
     }
     __m256i s[MR];
@@ -182,7 +182,7 @@ void KHalfGroupTile(const PackedLayout& l, const uint8_t* group, int h, const Qu
     }
     if (h == 0) {  // one stream per super-block, one prefetch per line as in GroupTile
       for (int64_t o = 0; o < l.sb_bytes; o += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(sb + kPrefetchBytes + o), _MM_HINT_T1);
+        _mm_prefetch(reinterpret_cast<const char*>(sb + kPrefetchBytes + o), _MM_HINT_T0);
       }
     }
     for (int j = 0; j < 8; ++j) {

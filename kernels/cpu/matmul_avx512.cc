@@ -15,11 +15,13 @@ namespace {
 
 using AliasI32 = int32_t __attribute__((may_alias));
 
-// How far ahead in a group's stream to prefetch into L2. Measured on Zen 4 streaming a
-// 120 MB Q4_1 weight in the earlier layout (scales apart from the tiles): no prefetch or a
-// short distance gives ~10 GB/s per core, 8-32 KB ahead ~14-15 GB/s. On Zen 5, with the
-// span layout (one stream), the hardware prefetchers alone reach ~31 GB/s and 12 KB ahead
-// ~33-36, the plain streaming-read rate (bench/RESULTS.md).
+// How far ahead in a group's stream to prefetch, with _MM_HINT_T0 (into every level). On
+// Zen 4, in the earlier layout (scales apart from the tiles), no prefetch or a short
+// distance gave ~10 GB/s per core and 8-32 KB ahead ~14-15 GB/s. On Zen 5 (bench/RESULTS.md),
+// with the span layout, a replica of the decode loop reads ~31 GB/s with the hardware
+// prefetchers alone and ~33-36 (the plain streaming-read rate) 12 KB ahead; in the engine,
+// decode b1 runs ~1.2x faster with T0 (or NTA) than with T1, and 6-12 KB are alike. NTA is
+// not used: lines it brings skip L2 on eviction, and prefill reuses a group's lines.
 constexpr int64_t kPrefetchBytes = 12288;
 
 inline __m512i Bcast4(const int8_t* p) {
@@ -56,7 +58,7 @@ void GroupTile(const PackedLayout& l, const uint8_t* group, const QuantizedActs&
     if (j == 0) {
 #pragma GCC unroll 18
       for (int64_t o = 0; o < kSpan; o += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(span + kPrefetchBytes + o), _MM_HINT_T1);
+        _mm_prefetch(reinterpret_cast<const char*>(span + kPrefetchBytes + o), _MM_HINT_T0);
       }
     }
     __m512i w[8];
@@ -159,7 +161,7 @@ void KGroupTile(const PackedLayout& l, const uint8_t* group, const QuantizedActs
     // One stream (tiles and scales interleaved per super-block), prefetched ahead as in
     // GroupTile, one line per 64 bytes.
     for (int64_t o = 0; o < l.sb_bytes; o += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(sb + kPrefetchBytes + o), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(sb + kPrefetchBytes + o), _MM_HINT_T0);
     }
     for (int j = 0; j < 8; ++j) {
       const int64_t b = sbi * 8 + j;
