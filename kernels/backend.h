@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 
 #include "absl/functional/function_ref.h"
@@ -261,6 +262,13 @@ class Backend {
   // Ops. Pointers are device pointers; shapes are in the comments of each parameter.
   // y[m, w.rows] = x[m, w.cols] * w^T
   virtual void Matmul(const Weight& w, const float* x, int m, float* y, Stream s) = 0;
+  // ys[i][m, ws[i].rows] = x[m, cols] * ws[i]^T for weights that share cols (q, k and v; gate
+  // and up): one launch where the backend can make one (the CPU backend at decode sizes: one
+  // hand-off to its threads instead of one per weight); by default a Matmul each.
+  virtual void MatmulSameInput(std::span<const Weight* const> ws, const float* x, int m,
+                               std::span<float* const> ys, Stream s) {
+    for (size_t i = 0; i < ws.size(); ++i) Matmul(*ws[i], x, m, ys[i], s);
+  }
   // out[n, w.cols] = dequantized rows ids[n] of w (embedding lookup)
   virtual void EmbeddingGather(const Weight& w, const int32_t* ids, int n, float* out,
                                Stream s) = 0;

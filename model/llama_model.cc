@@ -324,9 +324,9 @@ absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView&
       return absl::CancelledError(absl::StrCat("the step was stopped before layer ", il));
     }
     be.RmsNorm(x_, l.attn_norm, n, c.hidden, c.rms_eps, h_, s);
-    be.Matmul(*l.wq, h_, n, q_, s);
-    be.Matmul(*l.wk, h_, n, k_, s);
-    be.Matmul(*l.wv, h_, n, v_, s);
+    const kernels::Weight* qkv[] = {l.wq.get(), l.wk.get(), l.wv.get()};
+    float* const qkv_out[] = {q_, k_, v_};
+    be.MatmulSameInput(qkv, h_, n, qkv_out, s);
     if (l.bq != nullptr) {
       be.AddBias(q_, l.bq, n, q_dim, s);
       be.AddBias(k_, l.bk, n, kv_dim, s);
@@ -357,8 +357,9 @@ absl::Status LlamaModel::Forward(const StepBatch& b, const kernels::KvCacheView&
     be.Add(x_, h_, static_cast<int64_t>(n) * c.hidden, s);
 
     be.RmsNorm(x_, l.ffn_norm, n, c.hidden, c.rms_eps, h_, s);
-    be.Matmul(*l.w_gate, h_, n, gate_, s);
-    be.Matmul(*l.w_up, h_, n, up_, s);
+    const kernels::Weight* gate_up[] = {l.w_gate.get(), l.w_up.get()};
+    float* const gate_up_out[] = {gate_, up_};
+    be.MatmulSameInput(gate_up, h_, n, gate_up_out, s);
     if (c.ffn_activation == FfnActivation::kGeluTanh) {
       be.GeGlu(gate_, up_, n, c.ffn_dim, ffn_, s);
     } else {

@@ -1,6 +1,7 @@
 #include "kernels/cpu/cpu_backend.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -134,6 +135,8 @@ class CpuBackend : public Backend {
   absl::StatusOr<std::unique_ptr<Weight>> PackWeight(const WeightDesc& desc) override;
   absl::Status AdoptWeight(const Weight& w) override;
   void Matmul(const Weight& w, const float* x, int m, float* y, Stream s) override;
+  void MatmulSameInput(std::span<const Weight* const> ws, const float* x, int m,
+                       std::span<float* const> ys, Stream s) override;
   void EmbeddingGather(const Weight& w, const int32_t* ids, int n, float* out, Stream s) override;
 
   void RmsNorm(const float* x, const float* weight, int rows, int dim, float eps, float* out,
@@ -433,6 +436,52 @@ void CpuBackend::Matmul(const Weight& w, const float* x, int m, float* y, Stream
       QuantGemm(isa, args, m0, m1, g0, g1);
     });
   }
+}
+
+void CpuBackend::MatmulSameInput(std::span<const Weight* const> ws, const float* x, int m,
+                                 std::span<float* const> ys, Stream s) {
+  TANDEM_CHECK_EQ(ws.size(), ys.size());
+  constexpr size_t kMaxFused = 4;
+  bool fuse = m > 0 && m <= kSmallM && ws.size() > 1 && ws.size() <= kMaxFused;
+  for (size_t i = 0; fuse && i < ws.size(); ++i) {
+    const auto& cw = static_cast<const CpuWeight&>(*ws[i]);
+    fuse = IsQuantized(cw.type()) && cw.cols() == static_cast<const CpuWeight&>(*ws[0]).cols();
+  }
+  if (!fuse) {
+    for (size_t i = 0; i < ws.size(); ++i) Matmul(*ws[i], x, m, ys[i], s);
+    return;
+  }
+  // Decode: the row groups of every weight, one after another, split over the threads in
+  // one hand-off. A thread quantizes x again only where the weights' activation offsets
+  // differ (K-quant layers mix types).
+  const Isa isa = config_.isa;
+  const int64_t cols = static_cast<const CpuWeight&>(*ws[0]).cols();
+  TANDEM_CHECK_LE(cols, scratch_cols_);
+  std::array<int64_t, kMaxFused + 1> first{};  // first[i]: weight i's first unit
+  for (size_t i = 0; i < ws.size(); ++i) {
+    first[i + 1] = first[i] + static_cast<const CpuWeight&>(*ws[i]).layout().n_groups;
+  }
+  ParallelGemm(m, first[ws.size()], cols,
+               [&](int64_t m0, int64_t m1, int64_t u0, int64_t u1, int thread) {
+                 const QuantizedActs own =
+                     ScratchView(config_.max_batch_tokens + kGroupRows + thread * kSmallM, cols);
+                 int32_t quantized_offset = 0;
+                 bool quantized = false;
+                 for (size_t i = 0; i < ws.size(); ++i) {
+                   const int64_t g0 = std::max(u0, first[i]) - first[i];
+                   const int64_t g1 = std::min(u1, first[i + 1]) - first[i];
+                   if (g0 >= g1) continue;
+                   const auto& cw = static_cast<const CpuWeight&>(*ws[i]);
+                   const int32_t offset = ActOffset(cw.type(), isa);
+                   if (!quantized || offset != quantized_offset) {
+                     QuantizeActs(isa, x, offset, own, m0, m1);
+                     quantized_offset = offset;
+                     quantized = true;
+                   }
+                   const QuantGemmArgs args{&cw.layout(), cw.data(), &own, ys[i], cw.rows()};
+                   QuantGemm(isa, args, m0, m1, g0, g1);
+                 }
+               });
 }
 
 void CpuBackend::EmbeddingGather(const Weight& w, const int32_t* ids, int n, float* out, Stream) {
