@@ -224,6 +224,55 @@ TEST(MatmulTest, RaggedShapes) {
   }
 }
 
+// MatmulSameInput (q/k/v, gate/up) gives exactly the separate Matmuls' outputs: at decode
+// sizes the CPU backend runs all row groups in one hand-off and re-quantizes x where the
+// weights' activation offsets differ (Q4_K next to Q6_K, Q4_0 next to Q4_1); above them,
+// and with float weights, it runs one Matmul each.
+TEST(MatmulTest, SameInputMatchesSeparateMatmuls) {
+  const std::vector<std::vector<std::pair<DType, int64_t>>> sets = {
+      {{DType::kQ4_1, 576}, {DType::kQ4_1, 192}, {DType::kQ4_1, 192}},
+      {{DType::kQ4_K, 40}, {DType::kQ6_K, 17}, {DType::kQ4_K, 33}},
+      {{DType::kQ4_0, 48}, {DType::kQ4_1, 16}, {DType::kQ8_0, 7}, {DType::kQ5_1, 64}},
+      {{DType::kQ4_1, 32}, {DType::kF16, 24}}};
+  const int64_t cols = 512;
+  uint32_t seed = 900;
+  for (Isa isa : RunnableIsas()) {
+    for (int threads : {1, 2}) {
+      auto backend = MakeBackend(isa, threads);
+      for (const auto& set : sets) {
+        std::vector<std::unique_ptr<kernels::Weight>> packed;
+        std::vector<const kernels::Weight*> ws;
+        for (auto [type, rows] : set) {
+          const std::vector<uint8_t> w = RandomWeights(type, rows, cols, seed++);
+          auto p = backend->PackWeight({type, rows, cols, w.data(), "test"});
+          ASSERT_TRUE(p.ok()) << p.status();
+          ws.push_back(p->get());
+          packed.push_back(std::move(p).value());
+        }
+        for (int m : {1, 2, 4, 5, 19}) {
+          SCOPED_TRACE(std::string(backend->Name()) + " set of " + std::to_string(set.size()) +
+                       " m=" + std::to_string(m));
+          const std::vector<float> x = RandomFloats(int64_t{m} * cols, seed++);
+          std::vector<std::vector<float>> fused(ws.size()), separate(ws.size());
+          std::vector<float*> outs;
+          for (size_t i = 0; i < ws.size(); ++i) {
+            fused[i].assign(int64_t{m} * ws[i]->rows(), std::nanf(""));
+            separate[i].assign(fused[i].size(), std::nanf(""));
+            outs.push_back(fused[i].data());
+            backend->Matmul(*ws[i], x.data(), m, separate[i].data(), backend->DefaultStream());
+          }
+          backend->MatmulSameInput(ws, x.data(), m, outs, backend->DefaultStream());
+          for (size_t i = 0; i < ws.size(); ++i) {
+            for (size_t k = 0; k < fused[i].size(); ++k) {
+              ASSERT_EQ(fused[i][k], separate[i][k]) << "weight " << i << " output " << k;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(MatmulTest, OutputHeadQ8_0) {
   // SmolLM2's tied embedding used as the output head: 49152 x 576 Q8_0.
   for (Isa isa : RunnableIsas()) {
