@@ -242,6 +242,11 @@ class CpuBackend : public Backend {
   // calls fn(m0, m1, u0, u1, thread) on each contiguous run.
   template <typename Fn>
   void ParallelGemm(int64_t m, int64_t n_units, int64_t cols, Fn&& fn);
+  // Decode (m <= kSmallM) of up to kMaxFused quantized weights of equal cols:
+  // ys[i] = x * ws[i]^T, their row groups one weight after another in one thread hand-off.
+  static constexpr size_t kMaxFused = 4;
+  void DecodeMatmuls(std::span<const Weight* const> ws, const float* x, int m,
+                     std::span<float* const> ys);
 
   // Constant after construction.
   const CpuBackendConfig config_;
@@ -411,17 +416,9 @@ void CpuBackend::Matmul(const Weight& w, const float* x, int m, float* y, Stream
   TANDEM_CHECK_LE(cols, scratch_cols_);
   const int32_t offset = ActOffset(cw.type(), isa);
   if (m <= kSmallM) {
-    // Decode: each thread quantizes the few activation rows itself, into its own scratch,
-    // which saves a serial step before the hand-off and the activations' trip across
-    // cores (measured: 1536x576 Q4_1 on two threads, 7.2 -> 6.0 us).
-    ParallelGemm(m, n_groups, cols,
-                 [&](int64_t m0, int64_t m1, int64_t g0, int64_t g1, int thread) {
-                   const QuantizedActs own =
-                       ScratchView(config_.max_batch_tokens + kGroupRows + thread * kSmallM, cols);
-                   QuantizeActs(isa, x, offset, own, m0, m1);
-                   const QuantGemmArgs args{&cw.layout(), cw.data(), &own, y, rows};
-                   QuantGemm(isa, args, m0, m1, g0, g1);
-                 });
+    const Weight* one[] = {&w};
+    float* const out[] = {y};
+    DecodeMatmuls(one, x, m, out);
     return;
   }
   const QuantizedActs acts = ScratchView(0, cols);
@@ -441,7 +438,6 @@ void CpuBackend::Matmul(const Weight& w, const float* x, int m, float* y, Stream
 void CpuBackend::MatmulSameInput(std::span<const Weight* const> ws, const float* x, int m,
                                  std::span<float* const> ys, Stream s) {
   TANDEM_CHECK_EQ(ws.size(), ys.size());
-  constexpr size_t kMaxFused = 4;
   bool fuse = m > 0 && m <= kSmallM && ws.size() > 1 && ws.size() <= kMaxFused;
   for (size_t i = 0; fuse && i < ws.size(); ++i) {
     const auto& cw = static_cast<const CpuWeight&>(*ws[i]);
@@ -451,9 +447,12 @@ void CpuBackend::MatmulSameInput(std::span<const Weight* const> ws, const float*
     for (size_t i = 0; i < ws.size(); ++i) Matmul(*ws[i], x, m, ys[i], s);
     return;
   }
-  // Decode: the row groups of every weight, one after another, split over the threads in
-  // one hand-off. A thread quantizes x again only where the weights' activation offsets
-  // differ (K-quant layers mix types).
+  DecodeMatmuls(ws, x, m, ys);
+}
+
+void CpuBackend::DecodeMatmuls(std::span<const Weight* const> ws, const float* x, int m,
+                               std::span<float* const> ys) {
+  TANDEM_CHECK_LE(ws.size(), kMaxFused);
   const Isa isa = config_.isa;
   const int64_t cols = static_cast<const CpuWeight&>(*ws[0]).cols();
   TANDEM_CHECK_LE(cols, scratch_cols_);
@@ -461,6 +460,10 @@ void CpuBackend::MatmulSameInput(std::span<const Weight* const> ws, const float*
   for (size_t i = 0; i < ws.size(); ++i) {
     first[i + 1] = first[i] + static_cast<const CpuWeight&>(*ws[i]).layout().n_groups;
   }
+  // Each thread quantizes the few activation rows itself, into its own scratch, which saves
+  // a serial step before the hand-off and the activations' trip across cores (measured:
+  // 1536x576 Q4_1 on two threads, 7.2 -> 6.0 us); again only where the weights' activation
+  // offsets differ (K-quant layers mix types).
   ParallelGemm(m, first[ws.size()], cols,
                [&](int64_t m0, int64_t m1, int64_t u0, int64_t u1, int thread) {
                  const QuantizedActs own =
