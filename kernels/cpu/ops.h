@@ -176,15 +176,24 @@ static inline void PrefetchLine(const void* p) {
 #endif
 }
 
+// prefetcht1: into L2 (and the levels below it), not L1.
+static inline void PrefetchLineL2(const void* p) {
+#if defined(__x86_64__)
+  asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p, 0, 2);
+#endif
+}
+
 // Asks for rows [start, min(start + n, end)) of kv_head in `base` (the K or the V array of
 // p.cache) and their int8 scales (`scale_zero`, null for float caches) to be brought into the
 // cache ahead of use. A decode step reads its whole context from DRAM (the weights streamed
 // since the previous step have evicted it) and the blocks lie scattered in the pool, so the
 // hardware prefetchers cannot see the next tile coming; the attention variants call this a
-// few tiles ahead of the one they compute.
+// few tiles ahead of the one they compute. `to_l2`: prefetcht1, for rows further ahead.
 static inline void PrefetchKvRows(const AttentionParams& p, const int32_t* table, int kv_head,
                                   const void* base, const float* scale_zero, int start, int n,
-                                  int end) {
+                                  int end, bool to_l2 = false) {
   const KvCacheView& c = p.cache;
   const int elem = c.dtype == KvDType::kF32 ? 4 : c.dtype == KvDType::kF16 ? 2 : 1;
   const int64_t row_bytes = static_cast<int64_t>(c.head_dim) * elem;
@@ -199,9 +208,13 @@ static inline void PrefetchKvRows(const AttentionParams& p, const int32_t* table
             c.block_size +
         offset;
     const char* rp = static_cast<const char*>(base) + row0 * row_bytes;
-    for (int64_t b = 0; b < rows * row_bytes; b += 64) PrefetchLine(rp + b);
+    for (int64_t b = 0; b < rows * row_bytes; b += 64) {
+      to_l2 ? PrefetchLineL2(rp + b) : PrefetchLine(rp + b);
+    }
     if (scale_zero != nullptr) {  // 2 floats a row
-      for (int64_t i = 0; i < rows * 2; i += 16) PrefetchLine(scale_zero + row0 * 2 + i);
+      for (int64_t i = 0; i < rows * 2; i += 16) {
+        to_l2 ? PrefetchLineL2(scale_zero + row0 * 2 + i) : PrefetchLine(scale_zero + row0 * 2 + i);
+      }
     }
     s += rows;
   }
