@@ -184,9 +184,8 @@ PackedLayout MakePackedLayout(DType type, int64_t rows, int64_t cols) {
   l.cols = cols;
   l.nb = cols / kQuantBlock;
   l.n_groups = (rows + kGroupRows - 1) / kGroupRows;
-  l.qs_bytes = HasByteTile(type) ? 512 : 256;
-  l.span_bytes = SpanBytes(type);
-  l.group_bytes = (l.nb + kSpanBlocks - 1) / kSpanBlocks * l.span_bytes;
+  l.qs_bytes = QsBytes(type);
+  l.group_bytes = (l.nb + kSpanBlocks - 1) / kSpanBlocks * SpanBytes(type);
   return l;
 }
 

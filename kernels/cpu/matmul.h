@@ -113,10 +113,23 @@ constexpr int KBaseBits(DType t) { return t == DType::kQ2_K || t == DType::kQ3_K
 constexpr int KHighBits(DType t) {
   return t == DType::kQ6_K ? 2 : t == DType::kQ5_K || t == DType::kQ3_K ? 1 : 0;
 }
-// Bytes of one span of the non-K layout: kSpanBlocks qs tiles, their d and (Q4_1, Q5_1) m.
+// The non-K layout's sizes and offsets (see the header comment), one definition for the
+// packing code and the kernels (which call them with a compile-time type): bytes of a qs
+// tile; of a span (kSpanBlocks qs tiles, their d and (Q4_1, Q5_1) m); and block b's qs tile,
+// its 16 rows' d and their m, as offsets from the group's start.
+constexpr int64_t QsBytes(DType t) { return HasByteTile(t) ? 512 : 256; }
 constexpr int64_t SpanBytes(DType t) {
-  return kSpanBlocks * (HasByteTile(t) ? 512 : 256) +
-         (HasMin(t) ? 2 : 1) * kSpanBlocks * kGroupRows * 2;
+  return kSpanBlocks * QsBytes(t) + (HasMin(t) ? 2 : 1) * kSpanBlocks * kGroupRows * 2;
+}
+constexpr int64_t TileOffset(DType t, int64_t b) {
+  return b / kSpanBlocks * SpanBytes(t) + b % kSpanBlocks * QsBytes(t);
+}
+constexpr int64_t DOffset(DType t, int64_t b) {
+  return b / kSpanBlocks * SpanBytes(t) + kSpanBlocks * QsBytes(t) +
+         b % kSpanBlocks * kGroupRows * 2;
+}
+constexpr int64_t MOffset(DType t, int64_t b) {
+  return DOffset(t, b) + kSpanBlocks * kGroupRows * 2;
 }
 // Where the parts of a packed quantized weight live; see the header comment.
 struct PackedLayout {
@@ -128,17 +141,12 @@ struct PackedLayout {
   int64_t qs_bytes = 0;     // bytes of one block's qs tile: 256 (Q4), 512 (8-bit); K:
                             // 64 * (KBaseBits + KHighBits)
   int64_t group_bytes = 0;  // stride between groups, a multiple of 64
-  // Non-K types: a group is ceil(nb / kSpanBlocks) spans of span_bytes (a multiple of 64);
-  // block b's qs tile, its 16 rows' d and (Q4_1, Q5_1) their m sit at these offsets from the
-  // group's start.
-  int64_t span_bytes = 0;
-  int64_t tile_offset(int64_t b) const {
-    return b / kSpanBlocks * span_bytes + b % kSpanBlocks * qs_bytes;
-  }
-  int64_t d_offset(int64_t b) const {
-    return b / kSpanBlocks * span_bytes + kSpanBlocks * qs_bytes + b % kSpanBlocks * kGroupRows * 2;
-  }
-  int64_t m_offset(int64_t b) const { return d_offset(b) + kSpanBlocks * kGroupRows * 2; }
+  // Non-K types: a group is ceil(nb / kSpanBlocks) spans of SpanBytes(type) (a multiple of
+  // 64); block b's qs tile, its 16 rows' d and (Q4_1, Q5_1) their m sit at these offsets
+  // from the group's start.
+  int64_t tile_offset(int64_t b) const { return TileOffset(type, b); }
+  int64_t d_offset(int64_t b) const { return DOffset(type, b); }
+  int64_t m_offset(int64_t b) const { return MOffset(type, b); }
   // K-quants only: a group is n_sb super-blocks of sb_bytes each, a super-block 8 qs tiles
   // then its scales at these offsets (from the super-block's start).
   int64_t n_sb = 0;          // super-blocks per row = cols / 256

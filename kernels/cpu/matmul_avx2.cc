@@ -27,9 +27,6 @@ void HalfGroupTile(const PackedLayout& l, const uint8_t* group, int h, const Qua
                    int64_t i0, float* y, int64_t ldy, int n_store) {
   constexpr bool kByteTile = HasByteTile(kType);
   constexpr bool kMin = HasMin(kType);
-  constexpr int64_t kQs = kByteTile ? 512 : 256;
-  constexpr int64_t kDBytes = kGroupRows * 2;        // one block's d (or m)
-  constexpr int64_t kDSpan = kSpanBlocks * kDBytes;  // the span's d (or m)
   constexpr int64_t kSpan = SpanBytes(kType);
   const __m256i low4 = _mm256_set1_epi8(0x0f);
   const __m256i ones16 = _mm256_set1_epi16(1);
@@ -38,16 +35,13 @@ void HalfGroupTile(const PackedLayout& l, const uint8_t* group, int h, const Qua
   const int8_t* xq0 = a.q + i0 * a.cols;
   const int64_t nb = l.nb;
   for (int64_t b = 0; b < nb; ++b) {
-    // The span layout of matmul.h: block b's tile, d and m, and this half's 8 rows of each.
-    const uint8_t* span = group + b / kSpanBlocks * kSpan;
-    const int j = static_cast<int>(b % kSpanBlocks);
-    const uint8_t* tile = span + j * kQs + 32 * h;
-    const auto* dh =
-        reinterpret_cast<const uint16_t*>(span + kSpanBlocks * kQs + j * kDBytes) + 8 * h;
-    const auto* mh = dh + kDSpan / 2;
-    if (h == 0 && j == 0) {
+    // Block b's tile, d and m (matmul.h), and this half's 8 rows of each.
+    const uint8_t* tile = group + TileOffset(kType, b) + 32 * h;
+    const auto* dh = reinterpret_cast<const uint16_t*>(group + DOffset(kType, b)) + 8 * h;
+    const auto* mh = reinterpret_cast<const uint16_t*>(group + MOffset(kType, b)) + 8 * h;
+    if (h == 0 && b % kSpanBlocks == 0) {  // a span at a time, as in matmul_avx512.cc
       for (int64_t o = 0; o < kSpan; o += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(span + kPrefetchBytes + o), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(tile + kPrefetchBytes + o), _MM_HINT_T0);
       }
     }
     __m256i s[MR];

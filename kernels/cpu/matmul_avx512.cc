@@ -35,10 +35,6 @@ void GroupTile(const PackedLayout& l, const uint8_t* group, const QuantizedActs&
                float* y, int64_t ldy, __mmask16 store_mask) {
   constexpr bool kByteTile = HasByteTile(kType);
   constexpr bool kMin = HasMin(kType);
-  // The layout's span (see matmul.h) with sizes known at compile time.
-  constexpr int64_t kQs = kByteTile ? 512 : 256;
-  constexpr int64_t kDBytes = kGroupRows * 2;        // one block's d (or m)
-  constexpr int64_t kDSpan = kSpanBlocks * kDBytes;  // the span's d (or m)
   constexpr int64_t kSpan = SpanBytes(kType);
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   __m512 acc[MR];
@@ -47,18 +43,16 @@ void GroupTile(const PackedLayout& l, const uint8_t* group, const QuantizedActs&
   const int8_t* xq0 = a.q + i0 * a.cols;
   const int64_t nb = l.nb;
   for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* span = group + b / kSpanBlocks * kSpan;
-    const int j = static_cast<int>(b % kSpanBlocks);
-    const uint8_t* tile = span + j * kQs;
-    const auto* dh = reinterpret_cast<const uint16_t*>(span + kSpanBlocks * kQs + j * kDBytes);
-    const auto* mh =
-        reinterpret_cast<const uint16_t*>(span + kSpanBlocks * kQs + kDSpan + j * kDBytes);
+    const uint8_t* tile = group + TileOffset(kType, b);
+    const auto* dh = reinterpret_cast<const uint16_t*>(group + DOffset(kType, b));
+    const auto* mh = reinterpret_cast<const uint16_t*>(group + MOffset(kType, b));
     // Decode (MR = 1) is bound by how fast weights stream in from DRAM: the group is one
-    // sequential stream, asked for kPrefetchBytes ahead a span at a time.
-    if (j == 0) {
+    // sequential stream, asked for kPrefetchBytes ahead a span at a time (a span starts
+    // with its first block's tile).
+    if (b % kSpanBlocks == 0) {
 #pragma GCC unroll 18
       for (int64_t o = 0; o < kSpan; o += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(span + kPrefetchBytes + o), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(tile + kPrefetchBytes + o), _MM_HINT_T0);
       }
     }
     __m512i w[8];
